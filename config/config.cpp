@@ -1,0 +1,893 @@
+// YAML -> validated Config. A Loader walks the document once, fills a Config and collects
+// every problem with the position of the node it is about; nothing is thrown out of it.
+#include "config/config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <initializer_list>
+#include <map>
+#include <set>
+#include <string_view>
+
+namespace lb::config {
+
+std::string Address::text() const {
+  std::string port_text = std::to_string(port);
+  return ipv6 ? "[" + host + "]:" + port_text : host + ":" + port_text;
+}
+
+const Pool* Config::find_pool(const std::string& name) const {
+  for (const auto& pool : pools)
+    if (pool.name == name)
+      return &pool;
+  return nullptr;
+}
+
+namespace {
+
+using Names = std::initializer_list<std::string_view>;
+
+// One key and its value in a YAML map, or one item of a list (then key and value are the item).
+struct Item {
+  std::string name; // the key, or what a list item is ("listener", "backend"), for messages
+  YAML::Node key;
+  YAML::Node value;
+};
+
+bool is_empty(const YAML::Node& node) { return !node.IsDefined() || node.IsNull(); }
+
+std::string describe(const YAML::Node& node) {
+  if (node.IsScalar())
+    return "'" + node.Scalar() + "'";
+  if (node.IsMap())
+    return "a map";
+  if (node.IsSequence())
+    return "a list";
+  return "nothing";
+}
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j)
+    row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// " (did you mean 'x'?)" when one candidate is within two edits of `word`, else "".
+template <class Candidates>
+std::string suggestion(std::string_view word, const Candidates& candidates) {
+  std::string_view best;
+  size_t best_distance = 3;
+  for (std::string_view candidate : candidates) {
+    size_t distance = edit_distance(word, candidate);
+    if (distance < best_distance && distance < candidate.size()) {
+      best = candidate;
+      best_distance = distance;
+    }
+  }
+  return best.empty() ? "" : " (did you mean '" + std::string(best) + "'?)";
+}
+
+bool contains(Names names, std::string_view word) {
+  return std::find(names.begin(), names.end(), word) != names.end();
+}
+
+// RFC 9110 token: what a header name may be made of.
+bool is_token(std::string_view text) {
+  static constexpr std::string_view extra = "!#$%&'*+-.^_`|~";
+  return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || extra.find(c) != std::string_view::npos;
+  });
+}
+
+// Names of listeners, pools and regions appear in metric labels and admin URLs.
+bool is_name(std::string_view text) {
+  return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+  });
+}
+
+// "api.example.com" or "*.example.com"; letters, digits, '-' and '.'.
+bool is_host_pattern(std::string_view text) {
+  if (text.starts_with("*."))
+    text.remove_prefix(2);
+  return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.';
+  });
+}
+
+std::string format_size(uint64_t bytes) {
+  if (bytes != 0 && bytes % (1 << 30) == 0)
+    return std::to_string(bytes >> 30) + "GiB";
+  if (bytes != 0 && bytes % (1 << 20) == 0)
+    return std::to_string(bytes >> 20) + "MiB";
+  if (bytes != 0 && bytes % (1 << 10) == 0)
+    return std::to_string(bytes >> 10) + "KiB";
+  return std::to_string(bytes);
+}
+
+class Loader {
+public:
+  explicit Loader(std::string file) : file_(std::move(file)) {}
+
+  LoadResult load(const std::string& text);
+
+private:
+  struct Error {
+    int line;
+    int column;
+    std::string message;
+  };
+
+  LoadResult result(std::shared_ptr<Config> config);
+  void error(const YAML::Mark& mark, std::string message);
+
+  void error(const YAML::Node& node, std::string message) {
+    error(node.Mark(), std::move(message));
+  }
+  // At the value; at the key when the value is empty (yaml-cpp marks it at the next token).
+  void error(const Item& item, std::string message) {
+    error(is_empty(item.value) ? item.key : item.value, std::move(message));
+  }
+
+  std::optional<std::vector<Item>> map_items(const Item& map);
+  std::optional<std::vector<Item>> fields(const Item& map, Names known, Names unsupported = {});
+  std::optional<std::vector<Item>> list_items(const Item& list, const std::string& item_name);
+
+  std::optional<std::string> scalar(const Item& item, std::string_view expected);
+  std::optional<uint64_t> integer(const Item& item, uint64_t min, uint64_t max);
+  std::optional<Duration> duration(const Item& item, bool positive);
+  std::optional<uint64_t> size(const Item& item, uint64_t min, uint64_t max);
+  std::optional<Address> address(const Item& item, bool port_zero_ok);
+  std::optional<bool> on_off(const Item& item);
+  std::optional<std::string> name(const Item& item);
+
+  void top(const YAML::Node& root, Config& config);
+  void admin(const Item& item, Admin& admin);
+  void access_log(const Item& item, AccessLog& log);
+  void listener(const Item& item, Listener& listener);
+  void limits(const Item& item, Limits& limits);
+  void listener_timeouts(const Item& item, ListenerTimeouts& timeouts);
+  void headers(const Item& item, Headers& headers);
+  void route(const Item& item, Route& route);
+  void route_match(const Item& item, RouteMatch& match);
+  void pool(const Item& item, Pool& pool);
+  void pool_timeouts(const Item& item, PoolTimeouts& timeouts);
+  void region(const Item& item, Region& region, const Pool& pool, std::set<std::string>& addresses);
+  void backends(const Item& item, Region& region, const Pool& pool,
+                std::set<std::string>& addresses, const std::string& if_empty);
+  void backend(const Item& item, Region& region, const Pool& pool,
+               std::set<std::string>& addresses);
+
+  std::string file_;
+  std::vector<Error> errors_;
+  std::vector<std::string> pool_names_; // known before listeners are read
+  std::set<std::string> listener_names_;
+  std::map<std::string, std::string> listen_addresses_; // address text -> listener name
+  std::optional<Item> admin_listen_;
+};
+
+void Loader::error(const YAML::Mark& mark, std::string message) {
+  // yaml-cpp counts from 0 and has no mark at all for some nodes.
+  errors_.push_back({std::max(mark.line, 0) + 1, std::max(mark.column, 0) + 1, std::move(message)});
+}
+
+LoadResult Loader::result(std::shared_ptr<Config> config) {
+  std::stable_sort(errors_.begin(), errors_.end(), [](const Error& a, const Error& b) {
+    return a.line != b.line ? a.line < b.line : a.column < b.column;
+  });
+  LoadResult result;
+  for (const auto& e : errors_)
+    result.errors.push_back(file_ + ":" + std::to_string(e.line) + ":" + std::to_string(e.column) +
+                            ": " + e.message);
+  if (result.errors.empty())
+    result.config = std::move(config);
+  return result;
+}
+
+LoadResult Loader::load(const std::string& text) {
+  auto config = std::make_shared<Config>();
+  config->file = file_;
+  try {
+    std::vector<YAML::Node> documents = YAML::LoadAll(text);
+    if (documents.size() > 1)
+      error(documents[1], "only one YAML document is allowed");
+    top(documents.empty() ? YAML::Node() : documents[0], *config);
+  } catch (const YAML::Exception& e) {
+    error(e.mark, (dynamic_cast<const YAML::ParserException*>(&e) ? "invalid YAML: " : "") + e.msg);
+  } catch (const std::exception& e) {
+    error(YAML::Mark(), std::string("cannot load: ") + e.what());
+  }
+  return result(std::move(config));
+}
+
+// ---- structure -------------------------------------------------------------------------------
+
+std::optional<std::vector<Item>> Loader::map_items(const Item& map) {
+  if (is_empty(map.value))
+    return std::vector<Item>{};
+  if (!map.value.IsMap()) {
+    error(map, map.name + ": expected a map, got " + describe(map.value));
+    return std::nullopt;
+  }
+  std::vector<Item> items;
+  std::set<std::string> seen;
+  for (auto it = map.value.begin(); it != map.value.end(); ++it) {
+    if (!it->first.IsScalar()) {
+      error(it->first, "expected a plain key, got " + describe(it->first));
+      continue;
+    }
+    const std::string& key = it->first.Scalar();
+    if (!seen.insert(key).second) {
+      error(it->first, "duplicate key '" + key + "'");
+      continue;
+    }
+    items.push_back({key, it->first, it->second});
+  }
+  return items;
+}
+
+// The items of a map whose keys are fixed; unknown and not yet supported keys are errors.
+std::optional<std::vector<Item>> Loader::fields(const Item& map, Names known, Names unsupported) {
+  auto items = map_items(map);
+  if (!items)
+    return std::nullopt;
+  std::vector<Item> accepted;
+  for (auto& item : *items) {
+    if (contains(known, item.name)) {
+      accepted.push_back(std::move(item));
+    } else if (contains(unsupported, item.name)) {
+      error(item.key, item.name + ": not supported yet");
+    } else {
+      error(item.key, "unknown key '" + item.name + "'" + suggestion(item.name, known));
+    }
+  }
+  return accepted;
+}
+
+std::optional<std::vector<Item>> Loader::list_items(const Item& list,
+                                                    const std::string& item_name) {
+  if (is_empty(list.value))
+    return std::vector<Item>{};
+  if (!list.value.IsSequence()) {
+    error(list, list.name + ": expected a list, got " + describe(list.value));
+    return std::nullopt;
+  }
+  std::vector<Item> items;
+  for (const auto& node : list.value)
+    items.push_back({item_name, node, node});
+  return items;
+}
+
+// ---- values ----------------------------------------------------------------------------------
+
+std::optional<std::string> Loader::scalar(const Item& item, std::string_view expected) {
+  if (item.value.IsScalar())
+    return item.value.Scalar();
+  error(item, item.name + ": expected " + std::string(expected) + ", got " + describe(item.value));
+  return std::nullopt;
+}
+
+std::optional<uint64_t> Loader::integer(const Item& item, uint64_t min, uint64_t max) {
+  std::string range = std::to_string(min) + ".." + std::to_string(max);
+  auto text = scalar(item, "an integer " + range);
+  if (!text)
+    return std::nullopt;
+  uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
+  if (text->empty() || ec != std::errc() || end != text->data() + text->size()) {
+    if (ec == std::errc::result_out_of_range) {
+      error(item, item.name + ": must be " + range + ", got '" + *text + "'");
+    } else {
+      error(item, item.name + ": expected an integer " + range + ", got '" + *text + "'");
+    }
+    return std::nullopt;
+  }
+  if (value < min || value > max) {
+    error(item, item.name + ": must be " + range + ", got '" + *text + "'");
+    return std::nullopt;
+  }
+  return value;
+}
+
+std::optional<Duration> Loader::duration(const Item& item, bool positive) {
+  static constexpr std::string_view expected = "a duration like 2s or 250ms";
+  auto text = scalar(item, expected);
+  if (!text)
+    return std::nullopt;
+  auto value = parse_duration(*text);
+  if (!value) {
+    bool bare_number = !text->empty() && text->find_first_not_of("0123456789") == std::string::npos;
+    error(item, item.name + ": expected " + std::string(expected) + ", got '" + *text + "'" +
+                    (bare_number ? " (add a unit: ms, s, m or h)" : ""));
+    return std::nullopt;
+  }
+  if (positive && value->count() == 0) {
+    error(item, item.name + ": must be more than 0s");
+    return std::nullopt;
+  }
+  return value;
+}
+
+std::optional<uint64_t> Loader::size(const Item& item, uint64_t min, uint64_t max) {
+  static constexpr std::string_view expected = "a size like 16KiB, 10MiB or a number of bytes";
+  auto text = scalar(item, expected);
+  if (!text)
+    return std::nullopt;
+  auto value = parse_size(*text);
+  if (!value) {
+    bool decimal_unit = text->find_first_of("KMGkmg") != std::string::npos;
+    error(item,
+          item.name + ": expected " + std::string(expected) + ", got '" + *text + "'" +
+              (decimal_unit ? " (units are KiB, MiB and GiB; KB/MB/GB are not accepted)" : ""));
+    return std::nullopt;
+  }
+  if (*value < min || *value > max) {
+    error(item, item.name + ": must be between " + format_size(min) + " and " + format_size(max) +
+                    ", got '" + *text + "'");
+    return std::nullopt;
+  }
+  return value;
+}
+
+std::optional<Address> Loader::address(const Item& item, bool port_zero_ok) {
+  static constexpr std::string_view expected =
+      "a numeric address like 127.0.0.1:8080 or [::1]:8080";
+  auto text = scalar(item, expected);
+  if (!text)
+    return std::nullopt;
+  auto value = parse_address(*text);
+  if (!value) {
+    std::string hint;
+    bool bracketed = text->starts_with('[');
+    if (!bracketed && std::count(text->begin(), text->end(), ':') > 1)
+      hint = " (IPv6 addresses go in brackets)";
+    else if (!bracketed && text->find_first_of("abcdefghijklmnopqrstuvwxyz"
+                                               "ABCDEFGHIJKLMNOPQRSTUVWXYZ") != std::string::npos)
+      hint = " (host names are not supported here: use an IP address)";
+    error(item, item.name + ": expected " + std::string(expected) + ", got '" + *text + "'" + hint);
+    return std::nullopt;
+  }
+  if (!port_zero_ok && value->port == 0) {
+    error(item, item.name + ": port 0 is not allowed for a backend");
+    return std::nullopt;
+  }
+  return value;
+}
+
+std::optional<bool> Loader::on_off(const Item& item) {
+  auto text = scalar(item, "on or off");
+  if (!text)
+    return std::nullopt;
+  if (*text == "on" || *text == "true")
+    return true;
+  if (*text == "off" || *text == "false")
+    return false;
+  error(item, item.name + ": expected on or off, got '" + *text + "'");
+  return std::nullopt;
+}
+
+std::optional<std::string> Loader::name(const Item& item) {
+  auto text = scalar(item, "a name");
+  if (!text)
+    return std::nullopt;
+  if (!is_name(*text)) {
+    error(item, item.name + ": '" + *text +
+                    "' is not a valid name (use letters, digits, '-', '_' and '.')");
+    return std::nullopt;
+  }
+  return text;
+}
+
+// ---- the document ----------------------------------------------------------------------------
+
+void Loader::top(const YAML::Node& root, Config& config) {
+  if (is_empty(root)) {
+    error(YAML::Mark(), "the config is empty: expected a map with 'listeners' and 'pools'");
+    return;
+  }
+  auto items = fields({"config", root, root},
+                      {"workers", "shutdown_timeout", "admin", "access_log", "listeners", "pools"},
+                      {"dns", "sticky_secret"});
+  if (!items)
+    return;
+  const Item* listeners = nullptr;
+  const Item* pools = nullptr;
+  for (const auto& item : *items) {
+    if (item.name == "workers") {
+      const std::string text = item.value.IsScalar() ? item.value.Scalar() : "";
+      if (text == "auto") {
+        config.workers = 0;
+      } else if (text.empty() || text.find_first_not_of("0123456789") != std::string::npos) {
+        error(item,
+              "workers: expected auto or a number of threads 1..1024, got " + describe(item.value));
+      } else if (auto n = integer(item, 1, 1024)) {
+        config.workers = unsigned(*n);
+      }
+    } else if (item.name == "shutdown_timeout") {
+      if (auto d = duration(item, false))
+        config.shutdown_timeout = *d;
+    } else if (item.name == "admin") {
+      admin(item, config.admin);
+    } else if (item.name == "access_log") {
+      access_log(item, config.access_log);
+    } else if (item.name == "listeners") {
+      listeners = &item;
+    } else if (item.name == "pools") {
+      pools = &item;
+    }
+  }
+
+  if (!listeners)
+    error(root, "missing required key 'listeners'");
+  if (!pools)
+    error(root, "missing required key 'pools'");
+
+  // Pools first, so that routes can name them wherever they are in the file.
+  if (auto list = pools ? map_items(*pools) : std::nullopt) {
+    if (list->empty())
+      error(*pools, "pools: at least one pool is required");
+    for (const auto& item : *list)
+      pool_names_.push_back(item.name);
+    for (const auto& item : *list) {
+      config.pools.push_back({});
+      pool(item, config.pools.back());
+    }
+  }
+
+  if (auto list = listeners ? list_items(*listeners, "listener") : std::nullopt) {
+    if (list->empty())
+      error(*listeners, "listeners: at least one listener is required");
+    for (const auto& item : *list) {
+      config.listeners.push_back({});
+      listener(item, config.listeners.back());
+    }
+  }
+
+  if (admin_listen_) {
+    auto it = listen_addresses_.find(config.admin.listen.text());
+    if (it != listen_addresses_.end())
+      error(*admin_listen_,
+            "listen: " + it->first + " is already used by listener '" + it->second + "'");
+  }
+}
+
+void Loader::admin(const Item& item, Admin& admin) {
+  auto items = fields(item, {"listen"});
+  if (!items)
+    return;
+  for (const auto& f : *items) {
+    if (auto a = address(f, true)) {
+      admin.listen = *a;
+      if (a->port != 0)
+        admin_listen_ = f;
+    }
+  }
+}
+
+void Loader::access_log(const Item& item, AccessLog& log) {
+  auto items = fields(item, {"path", "format"});
+  if (!items)
+    return;
+  for (const auto& f : *items) {
+    auto text =
+        scalar(f, f.name == "path" ? "stdout, stderr, off or a file path" : "json or combined");
+    if (!text)
+      continue;
+    if (f.name == "path") {
+      if (text->empty())
+        error(f, "path: expected stdout, stderr, off or a file path, got ''");
+      else
+        log.path = *text;
+    } else if (*text == "json") {
+      log.format = AccessLog::Format::json;
+    } else if (*text == "combined") {
+      log.format = AccessLog::Format::combined;
+    } else {
+      error(f, "format: expected json or combined, got '" + *text + "'" +
+                   suggestion(*text, Names{"json", "combined"}));
+    }
+  }
+}
+
+// ---- listeners -------------------------------------------------------------------------------
+
+void Loader::listener(const Item& item, Listener& listener) {
+  auto items = fields(item, {"name", "listen", "limits", "timeouts", "headers", "routes"},
+                      {"proxy_protocol", "tls"});
+  if (!items)
+    return;
+  std::set<std::string> present;
+  const Item* name_item = nullptr;   // set when valid
+  const Item* listen_item = nullptr; // set when valid
+  for (const auto& f : *items) {
+    present.insert(f.name);
+    if (f.name == "name") {
+      if (auto n = name(f)) {
+        listener.name = *n;
+        name_item = &f;
+      }
+    } else if (f.name == "listen") {
+      if (auto a = address(f, true)) {
+        listener.listen = *a;
+        listen_item = &f;
+      }
+    } else if (f.name == "limits") {
+      limits(f, listener.limits);
+    } else if (f.name == "timeouts") {
+      listener_timeouts(f, listener.timeouts);
+    } else if (f.name == "headers") {
+      headers(f, listener.headers);
+    } else if (f.name == "routes") {
+      auto routes = list_items(f, "route");
+      if (routes && routes->empty())
+        error(f, "listener has no routes");
+      for (const auto& r : routes.value_or(std::vector<Item>{})) {
+        listener.routes.push_back({});
+        route(r, listener.routes.back());
+      }
+    }
+  }
+  if (!present.count("name"))
+    error(item.key, "missing required key 'name'");
+  if (!present.count("listen"))
+    error(item.key, "missing required key 'listen'");
+  if (!present.count("routes"))
+    error(item.key, "listener has no routes");
+
+  if (name_item && !listener_names_.insert(listener.name).second)
+    error(*name_item, "duplicate listener name '" + listener.name + "'");
+  // Port 0 asks the kernel for a free port: two of them do not collide.
+  if (listen_item && listener.listen.port != 0) {
+    auto [it, fresh] = listen_addresses_.emplace(listener.listen.text(), listener.name);
+    if (!fresh)
+      error(*listen_item,
+            "listen: " + it->first + " is already used by listener '" + it->second + "'");
+  }
+}
+
+void Loader::limits(const Item& item, Limits& limits) {
+  auto items = fields(item, {"max_header_bytes", "max_body_bytes", "max_connections"});
+  if (!items)
+    return;
+  for (const auto& f : *items) {
+    if (f.name == "max_header_bytes") {
+      if (auto n = size(f, 1 << 10, 1 << 20))
+        limits.max_header_bytes = *n;
+    } else if (f.name == "max_body_bytes") {
+      if (auto n = size(f, 0, UINT64_MAX))
+        limits.max_body_bytes = *n;
+    } else if (f.name == "max_connections") {
+      if (auto n = integer(f, 1, 100'000'000))
+        limits.max_connections = *n;
+    }
+  }
+}
+
+void Loader::listener_timeouts(const Item& item, ListenerTimeouts& timeouts) {
+  auto items = fields(item, {"header", "idle"});
+  if (!items)
+    return;
+  for (const auto& f : *items) {
+    auto d = duration(f, true);
+    if (!d)
+      continue;
+    (f.name == "header" ? timeouts.header : timeouts.idle) = *d;
+  }
+}
+
+void Loader::headers(const Item& item, Headers& headers) {
+  auto items = fields(item, {"forwarded_for", "request_id", "via"});
+  if (!items)
+    return;
+  for (const auto& f : *items) {
+    if (f.name == "forwarded_for") {
+      auto text = scalar(f, "append, replace or off");
+      if (!text)
+        continue;
+      if (*text == "append")
+        headers.forwarded_for = Headers::ForwardedFor::append;
+      else if (*text == "replace")
+        headers.forwarded_for = Headers::ForwardedFor::replace;
+      else if (*text == "off" || *text == "false")
+        headers.forwarded_for = Headers::ForwardedFor::off;
+      else
+        error(f, "forwarded_for: expected append, replace or off, got '" + *text + "'");
+    } else if (f.name == "request_id") {
+      auto text = scalar(f, "a header name or off");
+      if (!text)
+        continue;
+      if (*text == "off" || *text == "false")
+        headers.request_id.clear();
+      else if (is_token(*text))
+        headers.request_id = *text;
+      else
+        error(f, "request_id: expected a header name or off, got '" + *text + "'");
+    } else if (f.name == "via") {
+      if (auto on = on_off(f))
+        headers.via = *on;
+    }
+  }
+}
+
+void Loader::route(const Item& item, Route& route) {
+  auto items = fields(item, {"match", "pool"});
+  if (!items)
+    return;
+  bool has_pool = false;
+  for (const auto& f : *items) {
+    if (f.name == "match") {
+      route_match(f, route.match);
+    } else if (f.name == "pool") {
+      has_pool = true;
+      auto text = scalar(f, "a pool name");
+      if (!text)
+        continue;
+      route.pool = *text;
+      if (std::find(pool_names_.begin(), pool_names_.end(), *text) == pool_names_.end())
+        error(f, "pool '" + *text + "' is not defined" + suggestion(*text, pool_names_));
+    }
+  }
+  if (!has_pool)
+    error(item.key, "missing required key 'pool'");
+}
+
+void Loader::route_match(const Item& item, RouteMatch& match) {
+  auto items = fields(item, {"host", "path_prefix", "header"});
+  if (!items)
+    return;
+  for (const auto& f : *items) {
+    if (f.name == "host") {
+      auto text = scalar(f, "a host name like api.example.com or *.example.com");
+      if (!text)
+        continue;
+      std::string host = *text;
+      std::transform(host.begin(), host.end(), host.begin(),
+                     [](unsigned char c) { return char(std::tolower(c)); });
+      if (is_host_pattern(host))
+        match.host = host;
+      else
+        error(f, "host: expected a host name like api.example.com or *.example.com, got '" + *text +
+                     "'");
+    } else if (f.name == "path_prefix") {
+      auto text = scalar(f, "a path starting with '/'");
+      if (!text)
+        continue;
+      bool printable = std::all_of(text->begin(), text->end(),
+                                   [](unsigned char c) { return c > ' ' && c < 0x7f; });
+      if (text->starts_with("/") && printable)
+        match.path_prefix = *text;
+      else
+        error(f, "path_prefix: expected a path starting with '/', got '" + *text + "'");
+    } else if (f.name == "header") {
+      auto headers = map_items(f);
+      for (const auto& h : headers.value_or(std::vector<Item>{})) {
+        if (!is_token(h.name)) {
+          error(h.key, "header: '" + h.name + "' is not a valid header name");
+        } else if (auto value = scalar(h, "a header value")) {
+          match.headers.emplace_back(h.name, *value);
+        }
+      }
+    }
+  }
+}
+
+// ---- pools -----------------------------------------------------------------------------------
+
+void Loader::pool(const Item& item, Pool& pool) {
+  pool.name = item.name;
+  if (!is_name(item.name))
+    error(item.key,
+          "pool name '" + item.name + "' is not valid (use letters, digits, '-', '_' and '.')");
+  auto items = fields(item, {"balance", "timeouts", "retries", "backends", "regions"},
+                      {"hash_key", "sticky_cookie", "slow_start", "fail_open",
+                       "max_connections_per_backend", "queue_timeout", "maintenance",
+                       "health_check", "outlier_detection", "overprovisioning"});
+  if (!items)
+    return;
+  const Item* backend_list = nullptr;
+  const Item* region_list = nullptr;
+  for (const auto& f : *items) {
+    if (f.name == "balance") {
+      auto text = scalar(f, "round_robin");
+      if (!text || *text == "round_robin")
+        continue;
+      if (contains({"least_conn", "random_two", "ring_hash", "maglev"}, *text))
+        error(f, "balance: " + *text + " not supported yet");
+      else
+        error(f, "balance: expected round_robin, got '" + *text + "'");
+    } else if (f.name == "timeouts") {
+      pool_timeouts(f, pool.timeouts);
+    } else if (f.name == "retries") {
+      if (auto n = integer(f, 0, 10))
+        pool.retries = uint32_t(*n);
+    } else if (f.name == "backends") {
+      backend_list = &f;
+    } else if (f.name == "regions") {
+      region_list = &f;
+    }
+  }
+
+  std::set<std::string> addresses; // to find a backend listed twice
+  if (backend_list && region_list) {
+    error(region_list->key, "a pool has either 'backends' or 'regions', not both");
+  } else if (backend_list) {
+    pool.regions.push_back({"default", 0, {}});
+    backends(*backend_list, pool.regions.back(), pool, addresses,
+             "pool '" + pool.name + "' has no backends");
+  } else if (region_list) {
+    auto regions = list_items(*region_list, "region");
+    if (regions && regions->empty())
+      error(*region_list, "pool '" + pool.name + "' has no backends");
+    for (const auto& r : regions.value_or(std::vector<Item>{})) {
+      pool.regions.push_back({});
+      region(r, pool.regions.back(), pool, addresses);
+    }
+  } else {
+    error(item.key, "pool '" + pool.name + "' has no backends");
+  }
+}
+
+void Loader::pool_timeouts(const Item& item, PoolTimeouts& timeouts) {
+  auto items = fields(item, {"connect", "response", "idle"});
+  if (!items)
+    return;
+  for (const auto& f : *items) {
+    auto d = duration(f, true);
+    if (!d)
+      continue;
+    if (f.name == "connect")
+      timeouts.connect = *d;
+    else if (f.name == "response")
+      timeouts.response = *d;
+    else
+      timeouts.idle = *d;
+  }
+}
+
+void Loader::region(const Item& item, Region& region, const Pool& pool,
+                    std::set<std::string>& addresses) {
+  auto items = fields(item, {"name", "priority", "backends"}, {"weight"});
+  if (!items)
+    return;
+  bool has_name = false;
+  bool has_backends = false;
+  auto no_backends = [&] {
+    return region.name.empty() ? std::string("region has no backends")
+                               : "region '" + region.name + "' has no backends";
+  };
+  for (const auto& f : *items) {
+    if (f.name == "name") {
+      has_name = true;
+      auto n = name(f);
+      if (!n)
+        continue;
+      region.name = *n;
+      bool taken = std::any_of(pool.regions.begin(), pool.regions.end() - 1,
+                               [&](const Region& other) { return other.name == *n; });
+      if (taken)
+        error(f, "duplicate region name '" + *n + "' in pool '" + pool.name + "'");
+    } else if (f.name == "priority") {
+      if (auto n = integer(f, 0, 1000))
+        region.priority = uint32_t(*n);
+    } else if (f.name == "backends") {
+      has_backends = true;
+      backends(f, region, pool, addresses, no_backends());
+    }
+  }
+  if (!has_name)
+    error(item.key, "missing required key 'name'");
+  if (!has_backends)
+    error(item.key, no_backends());
+}
+
+void Loader::backends(const Item& item, Region& region, const Pool& pool,
+                      std::set<std::string>& addresses, const std::string& if_empty) {
+  auto list = list_items(item, "backend");
+  if (!list)
+    return;
+  if (list->empty())
+    error(item, if_empty);
+  for (const auto& b : *list)
+    backend(b, region, pool, addresses);
+}
+
+void Loader::backend(const Item& item, Region& region, const Pool& pool,
+                     std::set<std::string>& addresses) {
+  Backend backend;
+  std::optional<Item> address_item;
+  if (item.value.IsScalar()) { // shorthand: "10.0.0.1:8080"
+    address_item = item;
+  } else {
+    if (!item.value.IsMap()) {
+      error(item, "backend: expected an address like 10.0.0.1:8080 or a map with 'address', got " +
+                      describe(item.value));
+      return;
+    }
+    auto items = fields(item, {"address", "weight"}, {"dns", "srv"});
+    if (!items)
+      return;
+    bool has_address = false;
+    for (const auto& f : *items) {
+      if (f.name == "address") {
+        has_address = true;
+        address_item = f;
+      } else if (f.name == "weight") {
+        if (auto n = integer(f, 1, 1000))
+          backend.weight = uint32_t(*n);
+      }
+    }
+    // A dns: or srv: backend has been reported already.
+    bool other_kind = item.value["dns"].IsDefined() || item.value["srv"].IsDefined();
+    if (!has_address && !other_kind)
+      error(item.key, "missing required key 'address'");
+  }
+  if (!address_item)
+    return;
+  auto a = address(*address_item, false);
+  if (!a)
+    return;
+  backend.address = *a;
+  if (!addresses.insert(a->text()).second)
+    error(*address_item, "duplicate backend " + a->text() + " in pool '" + pool.name + "'");
+  region.backends.push_back(backend);
+}
+
+} // namespace
+
+LoadResult load_string(const std::string& text, const std::string& name) {
+  return Loader(name).load(text);
+}
+
+LoadResult load_file(const std::string& path) {
+  // A config is small; the cap keeps `lb check -c /dev/zero` from eating the memory.
+  constexpr size_t max_bytes = 16 << 20;
+  std::string text;
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  bool ok = fd >= 0;
+  while (ok) {
+    if (text.size() > max_bytes) {
+      ok = false;
+      errno = EFBIG;
+      break;
+    }
+    char buffer[16384];
+    ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0) {
+      ok = n == 0;
+      break;
+    }
+    text.append(buffer, size_t(n));
+  }
+  if (!ok) {
+    int saved = errno;
+    if (fd >= 0)
+      ::close(fd);
+    LoadResult result;
+    result.errors.push_back(path + ": cannot read: " + std::strerror(saved));
+    return result;
+  }
+  ::close(fd);
+  return Loader(path).load(text);
+}
+
+} // namespace lb::config

@@ -1,0 +1,110 @@
+#pragma once
+// Plain, immutable description of an lb configuration, as validated from YAML.
+// Every module that needs settings reads them from here; the loader lives in config.hpp.
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace lb::config {
+
+using Duration = std::chrono::milliseconds;
+
+// A numeric IP address and port, as written by the user ("127.0.0.1:80", "[::1]:80").
+struct Address {
+  std::string host;    // numeric IPv4 or IPv6 address, without brackets
+  uint16_t port = 0;   // 0 = any free port (listeners only; the bound port is logged)
+  bool ipv6 = false;
+  std::string text() const;  // "host:port" or "[host]:port"
+};
+
+struct AccessLog {
+  enum class Format { json, combined };
+  std::string path = "off";  // stdout | stderr | a file path | off
+  Format format = Format::json;
+};
+
+struct Limits {
+  uint64_t max_header_bytes = 32 * 1024;
+  uint64_t max_body_bytes = 10 * 1024 * 1024;  // 0 = unlimited
+  uint64_t max_connections = 100000;
+};
+
+struct ListenerTimeouts {
+  Duration header{std::chrono::seconds(10)};
+  Duration idle{std::chrono::seconds(60)};
+};
+
+struct Headers {
+  enum class ForwardedFor { append, replace, off };
+  ForwardedFor forwarded_for = ForwardedFor::append;
+  std::string request_id = "X-Request-Id";  // empty = off
+  bool via = true;
+};
+
+struct RouteMatch {
+  std::string host;         // lowercase; empty = any; "*.example.com" = any subdomain
+  std::string path_prefix;  // empty = any
+  std::vector<std::pair<std::string, std::string>> headers;  // name -> exact value
+};
+
+struct Route {
+  RouteMatch match;
+  std::string pool;
+};
+
+struct Listener {
+  std::string name;
+  Address listen;
+  Limits limits;
+  ListenerTimeouts timeouts;
+  Headers headers;
+  std::vector<Route> routes;
+};
+
+struct Backend {
+  Address address;
+  uint32_t weight = 1;
+};
+
+struct Region {
+  std::string name;
+  uint32_t priority = 0;
+  std::vector<Backend> backends;
+};
+
+struct PoolTimeouts {
+  Duration connect{std::chrono::seconds(2)};
+  Duration response{std::chrono::seconds(30)};
+  Duration idle{std::chrono::seconds(90)};
+};
+
+enum class Balance { round_robin };
+
+struct Pool {
+  std::string name;
+  Balance balance = Balance::round_robin;
+  PoolTimeouts timeouts;
+  uint32_t retries = 2;
+  std::vector<Region> regions;
+};
+
+struct Admin {
+  Address listen{"127.0.0.1", 9901, false};
+};
+
+struct Config {
+  std::string file;             // where it was loaded from
+  unsigned workers = 0;         // 0 = auto: one per core
+  Duration shutdown_timeout{std::chrono::seconds(30)};
+  Admin admin;
+  AccessLog access_log;
+  std::vector<Listener> listeners;
+  std::vector<Pool> pools;      // in file order
+
+  const Pool* find_pool(const std::string& name) const;
+};
+
+}  // namespace lb::config

@@ -1,0 +1,52 @@
+#include "lb/http/message.hpp"
+
+namespace lb::http {
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    unsigned char x = static_cast<unsigned char>(a[i]);
+    unsigned char y = static_cast<unsigned char>(b[i]);
+    if (static_cast<unsigned>(x - 'A') < 26u) x += 32;
+    if (static_cast<unsigned>(y - 'A') < 26u) y += 32;
+    if (x != y) return false;
+  }
+  return true;
+}
+
+const char* Head::end_of_fields() const {
+  // The head ends with CRLF CRLF (or LF LF when tolerated): step back over one line end.
+  const char* p = end;
+  if (p > start && p[-1] == '\n') --p;
+  if (p > start && p[-1] == '\r') --p;
+  return p;
+}
+
+const Header* Head::find(Field f) const {
+  for (unsigned i = 0; i < count; ++i)
+    if (headers[i].field == f) return &headers[i];
+  return nullptr;
+}
+
+}  // namespace lb::http
+
+namespace lb::http {
+
+void mark_connection_options(Head& head) {
+  for (unsigned i = 0; i < head.count; ++i) {
+    if (head.headers[i].field != Field::connection) continue;
+    std::string_view v = head.headers[i].value.view();
+    while (!v.empty()) {
+      size_t comma = v.find(',');
+      std::string_view token = v.substr(0, comma);
+      v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
+      while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
+      while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
+      if (token.empty()) continue;
+      for (unsigned j = 0; j < head.count; ++j)
+        if (iequals(head.headers[j].name.view(), token)) head.headers[j].hop_by_hop = true;
+    }
+  }
+}
+
+}  // namespace lb::http

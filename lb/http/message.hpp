@@ -1,0 +1,80 @@
+#pragma once
+// A parsed HTTP/1.x message head, as spans into the connection's read buffer.
+// Nothing is copied: the spans stay valid while the buffer holds the head.
+
+#include <cstdint>
+#include <string_view>
+
+namespace lb::http {
+
+struct Span {
+  const char* p = nullptr;
+  uint32_t n = 0;
+  std::string_view view() const { return {p, n}; }
+  bool empty() const { return n == 0; }
+  const char* end() const { return p + n; }
+};
+
+// Header fields lb acts on; everything else is `other` and passes through.
+enum class Field : uint8_t {
+  other,
+  host,
+  connection,
+  keep_alive,
+  proxy_connection,
+  te,
+  trailer,
+  upgrade,
+  content_length,
+  transfer_encoding,
+  x_forwarded_for,
+  x_forwarded_proto,
+  x_forwarded_host,
+  via,
+  request_id,  // the listener's configured request id header
+};
+
+struct Header {
+  Span name;
+  Span value;              // without surrounding whitespace
+  const char* line_start;  // first byte of the field line
+  const char* line_end;    // one past its line terminator
+  Field field;
+  bool hop_by_hop;         // not forwarded
+};
+
+inline constexpr unsigned max_headers = 100;
+
+struct Head {
+  const char* start = nullptr;  // first byte of the start line
+  const char* end = nullptr;    // one past the empty line that ends the head
+  Span method;                  // requests
+  Span target;                  // requests
+  int status = 0;               // responses
+  uint8_t major = 1;
+  uint8_t minor = 1;
+  bool keep_alive = true;       // what the message says about its connection
+  bool chunked = false;
+  bool has_content_length = false;
+  uint64_t content_length = 0;
+  unsigned count = 0;
+  Header headers[max_headers];
+
+  // Ends of the start line: one past its line terminator.
+  const char* start_line_end() const { return count ? headers[0].line_start : end_of_fields(); }
+  // Where the empty line that ends the head begins.
+  const char* end_of_fields() const;
+  const Header* find(Field f) const;
+};
+
+// ASCII case-insensitive equality.
+bool iequals(std::string_view a, std::string_view b);
+
+}  // namespace lb::http
+
+namespace lb::http {
+
+// Marks as hop-by-hop every field named by the Connection header(s) (RFC 9110 §7.6.1).
+void mark_connection_options(Head& head);
+
+}  // namespace lb::http

@@ -1,0 +1,245 @@
+#include "lb/http/parser.hpp"
+
+#include <cstring>
+
+namespace lb::http {
+
+namespace {
+
+Parser& self(llhttp_t* p) { return *static_cast<Parser*>(p->data); }
+
+// Extends a span with the next piece of the same token: pieces arrive in order
+// from one contiguous buffer, so the span simply grows to the piece's end.
+void extend(Span& s, const char* at, size_t len) {
+  if (!s.p) s.p = at;
+  s.n = static_cast<uint32_t>(at + len - s.p);
+}
+
+Span trim(Span s) {
+  while (s.n && (s.p[0] == ' ' || s.p[0] == '\t')) ++s.p, --s.n;
+  while (s.n && (s.p[s.n - 1] == ' ' || s.p[s.n - 1] == '\t')) --s.n;
+  return s;
+}
+
+}  // namespace
+
+Parser::Parser(Kind kind) : kind_(kind) {
+  llhttp_settings_init(&settings_);
+  settings_.on_message_begin = on_message_begin;
+  if (kind == Kind::request) {
+    settings_.on_method = on_method;
+    settings_.on_url = on_url;
+  } else {
+    settings_.on_version = [](llhttp_t* p, const char* at, size_t) {
+      Parser& s = self(p);
+      // "HTTP/" precedes the version digits on a status line.
+      if (!s.head_.start) s.head_.start = at - 5;
+      return 0;
+    };
+  }
+  settings_.on_header_field = on_header_field;
+  settings_.on_header_field_complete = on_header_field_complete;
+  settings_.on_header_value = on_header_value;
+  settings_.on_header_value_complete = on_header_value_complete;
+  settings_.on_headers_complete = on_headers_complete;
+  settings_.on_body = on_body;
+  settings_.on_message_complete = on_message_complete;
+  llhttp_init(&parser_, kind == Kind::request ? HTTP_REQUEST : HTTP_RESPONSE, &settings_);
+  parser_.data = this;
+}
+
+Parser::Result Parser::feed(const char* p, const char* end) {
+  first_byte_ = p;
+  llhttp_errno_t err = llhttp_execute(&parser_, p, static_cast<size_t>(end - p));
+  switch (err) {
+    case HPE_OK:
+      return {Event::need_more, end};
+    case HPE_PAUSED: {
+      const char* stop = llhttp_get_error_pos(&parser_);
+      llhttp_resume(&parser_);
+      if (in_head_) {
+        end_head(stop);
+        return {Event::head_complete, stop};
+      }
+      return {Event::message_complete, stop};
+    }
+    case HPE_PAUSED_UPGRADE: {
+      // The message is complete; what follows belongs to another protocol.
+      const char* stop = llhttp_get_error_pos(&parser_);
+      upgrade_ = true;
+      if (in_head_) {
+        end_head(stop);
+        return {Event::head_complete, stop};
+      }
+      in_message_ = false;
+      return {Event::message_complete, stop};
+    }
+    default:
+      if (!error_reason_) error_reason_ = llhttp_get_error_reason(&parser_);
+      if (too_many_headers_) error_reason_ = "too many header fields";
+      return {Event::error, llhttp_get_error_pos(&parser_)};
+  }
+}
+
+void Parser::reset() {
+  llhttp_reset(&parser_);
+  in_message_ = false;
+  in_head_ = false;
+  body_until_eof_ = false;
+  upgrade_ = false;
+  too_many_headers_ = false;
+  error_reason_ = nullptr;
+}
+
+bool Parser::finish_at_eof() {
+  if (!in_message_) return true;
+  if (llhttp_finish(&parser_) != HPE_OK) return false;
+  return !in_message_;
+}
+
+void Parser::end_head(const char* stop) {
+  in_head_ = false;
+  head_.end = stop;
+  // Each field line runs to the start of the next one; the last to the empty line.
+  for (unsigned i = 0; i + 1 < head_.count; ++i) head_.headers[i].line_end = head_.headers[i + 1].line_start;
+  if (head_.count) head_.headers[head_.count - 1].line_end = head_.end_of_fields();
+}
+
+int Parser::on_message_begin(llhttp_t* p) {
+  Parser& s = self(p);
+  s.head_ = Head{};
+  s.head_.count = 0;
+  s.current_ = nullptr;
+  s.in_message_ = true;
+  s.in_head_ = true;
+  s.body_until_eof_ = false;
+  s.upgrade_ = false;
+  s.body_bytes_ = 0;
+  s.error_reason_ = nullptr;
+  return 0;
+}
+
+int Parser::on_method(llhttp_t* p, const char* at, size_t len) {
+  Parser& s = self(p);
+  if (!s.head_.start) s.head_.start = at;
+  extend(s.head_.method, at, len);
+  return 0;
+}
+
+int Parser::on_url(llhttp_t* p, const char* at, size_t len) {
+  extend(self(p).head_.target, at, len);
+  return 0;
+}
+
+int Parser::on_header_field(llhttp_t* p, const char* at, size_t len) {
+  Parser& s = self(p);
+  if (!s.current_) {
+    if (s.head_.count == max_headers) {
+      s.too_many_headers_ = true;
+      return -1;
+    }
+    s.current_ = &s.head_.headers[s.head_.count++];
+    *s.current_ = Header{{}, {}, at, nullptr, Field::other, false};
+  }
+  extend(s.current_->name, at, len);
+  return 0;
+}
+
+int Parser::on_header_field_complete(llhttp_t* p) {
+  Parser& s = self(p);
+  s.current_->field = s.classify(s.current_->name.view());
+  return 0;
+}
+
+int Parser::on_header_value(llhttp_t* p, const char* at, size_t len) {
+  Parser& s = self(p);
+  extend(s.current_->value, at, len);
+  return 0;
+}
+
+int Parser::on_header_value_complete(llhttp_t* p) {
+  Parser& s = self(p);
+  Header& h = *s.current_;
+  if (!h.value.p) h.value.p = h.name.end() + 1;  // empty value: anchor it after the colon
+  h.value = trim(h.value);
+  switch (h.field) {
+    case Field::connection:
+    case Field::keep_alive:
+    case Field::proxy_connection:
+    case Field::te:
+    case Field::trailer:
+    case Field::upgrade:
+      h.hop_by_hop = true;
+      break;
+    default:
+      break;
+  }
+  s.current_ = nullptr;
+  return 0;
+}
+
+int Parser::on_headers_complete(llhttp_t* p) { return self(p).headers_complete(); }
+
+int Parser::headers_complete() {
+  head_.major = llhttp_get_http_major(&parser_);
+  head_.minor = llhttp_get_http_minor(&parser_);
+  head_.status = kind_ == Kind::response ? llhttp_get_status_code(&parser_) : 0;
+  head_.chunked = (parser_.flags & F_CHUNKED) != 0;
+  head_.has_content_length = (parser_.flags & F_CONTENT_LENGTH) != 0;
+  head_.content_length = head_.has_content_length ? parser_.content_length : 0;
+  if (kind_ == Kind::response && head_request_) parser_.flags |= F_SKIPBODY;
+  head_.keep_alive = llhttp_should_keep_alive(&parser_) != 0;
+  body_until_eof_ = llhttp_message_needs_eof(&parser_) != 0;
+  return HPE_PAUSED;
+}
+
+int Parser::on_body(llhttp_t* p, const char*, size_t len) {
+  self(p).body_bytes_ += len;
+  return 0;
+}
+
+int Parser::on_message_complete(llhttp_t* p) {
+  Parser& s = self(p);
+  s.in_message_ = false;
+  return HPE_PAUSED;
+}
+
+Field Parser::classify(std::string_view n) const {
+  if (!request_id_name_.empty() && iequals(n, request_id_name_)) return Field::request_id;
+  switch (n.size()) {
+    case 2:
+      if (iequals(n, "te")) return Field::te;
+      break;
+    case 3:
+      if (iequals(n, "via")) return Field::via;
+      break;
+    case 4:
+      if (iequals(n, "host")) return Field::host;
+      break;
+    case 7:
+      if (iequals(n, "trailer")) return Field::trailer;
+      if (iequals(n, "upgrade")) return Field::upgrade;
+      break;
+    case 10:
+      if (iequals(n, "connection")) return Field::connection;
+      if (iequals(n, "keep-alive")) return Field::keep_alive;
+      break;
+    case 14:
+      if (iequals(n, "content-length")) return Field::content_length;
+      break;
+    case 15:
+      if (iequals(n, "x-forwarded-for")) return Field::x_forwarded_for;
+      break;
+    case 16:
+      if (iequals(n, "proxy-connection")) return Field::proxy_connection;
+      if (iequals(n, "x-forwarded-host")) return Field::x_forwarded_host;
+      break;
+    case 17:
+      if (iequals(n, "transfer-encoding")) return Field::transfer_encoding;
+      if (iequals(n, "x-forwarded-proto")) return Field::x_forwarded_proto;
+      break;
+  }
+  return Field::other;
+}
+
+}  // namespace lb::http

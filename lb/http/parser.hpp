@@ -1,0 +1,89 @@
+#pragma once
+// Incremental HTTP/1.x head and framing parser over llhttp.
+//
+// The parser is fed the connection's bytes as they arrive (always in one
+// contiguous buffer for a head: spans point into it). It stops after the head
+// and after the end of each message, so the caller forwards raw bytes and
+// knows exactly where one message ends and the next begins (pipelining).
+
+#include "lb/http/message.hpp"
+
+#include <llhttp.h>
+
+#include <cstddef>
+#include <string_view>
+
+namespace lb::http {
+
+class Parser {
+ public:
+  enum class Kind { request, response };
+  enum class Event {
+    need_more,         // all input consumed, message not finished
+    head_complete,     // head() is valid; input stopped right after the head
+    message_complete,  // input stopped right after the message
+    error,             // error_reason() says why
+  };
+  struct Result {
+    Event event;
+    const char* stop;  // one past the last byte consumed
+  };
+
+  explicit Parser(Kind kind);
+  Parser(const Parser&) = delete;
+  Parser& operator=(const Parser&) = delete;
+
+  // The name of the request id header for Field::request_id (empty: none).
+  void set_request_id_header(std::string_view name) { request_id_name_ = name; }
+  // Responses only: the response answers a HEAD request (no body follows the head).
+  void set_head_request(bool v) { head_request_ = v; }
+
+  Result feed(const char* p, const char* end);
+  // Forgets any message in progress (the connection is being replaced).
+  void reset();
+  // The connection closed: finishes a message that ends at end of file.
+  bool finish_at_eof();
+
+  const Head& head() const { return head_; }
+  Head& head() { return head_; }
+  bool in_message() const { return in_message_; }
+  bool body_until_eof() const { return body_until_eof_; }
+  bool upgrade() const { return upgrade_; }
+  uint64_t body_bytes() const { return body_bytes_; }
+  const char* error_reason() const { return error_reason_; }
+
+ private:
+  static int on_message_begin(llhttp_t*);
+  static int on_method(llhttp_t*, const char*, size_t);
+  static int on_url(llhttp_t*, const char*, size_t);
+  static int on_header_field(llhttp_t*, const char*, size_t);
+  static int on_header_field_complete(llhttp_t*);
+  static int on_header_value(llhttp_t*, const char*, size_t);
+  static int on_header_value_complete(llhttp_t*);
+  static int on_headers_complete(llhttp_t*);
+  static int on_body(llhttp_t*, const char*, size_t);
+  static int on_message_complete(llhttp_t*);
+
+  int headers_complete();
+  void end_head(const char* stop);
+  Field classify(std::string_view name) const;
+
+  llhttp_t parser_;
+  llhttp_settings_t settings_;
+  Kind kind_;
+  Head head_;
+  std::string_view request_id_name_;
+  Header* current_ = nullptr;
+  const char* message_start_ = nullptr;
+  const char* first_byte_ = nullptr;  // first byte given to the current feed()
+  bool head_request_ = false;
+  bool in_message_ = false;
+  bool in_head_ = false;
+  bool body_until_eof_ = false;
+  bool upgrade_ = false;
+  bool too_many_headers_ = false;
+  uint64_t body_bytes_ = 0;
+  const char* error_reason_ = nullptr;
+};
+
+}  // namespace lb::http

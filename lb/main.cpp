@@ -1,0 +1,123 @@
+// lb: a layer-7 HTTP load balancer.
+//   lb run   -c FILE   serve (FILE defaults to config/lb.yaml)
+//   lb check -c FILE   validate only
+//   lb version
+#include "config/config.hpp"
+#include "lb/admin/admin.hpp"
+#include "lb/io/log.hpp"
+#include "lb/server/server.hpp"
+#include "lb/version.hpp"
+
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+namespace {
+
+// Serves until SIGTERM/SIGINT, then drains: stop accepting, let in-flight
+// requests finish (up to shutdown_timeout), exit 0.
+int serve(std::shared_ptr<const lb::config::Config> config) {
+  namespace asio = boost::asio;
+  std::signal(SIGPIPE, SIG_IGN);
+  asio::io_context main_io;
+  lb::server::Server server(config);
+  if (!server.bind()) return 1;
+  lb::admin::AdminServer admin(main_io, config->admin);
+  std::string error;
+  if (!admin.bind(error)) {
+    lb::io::log("admin: cannot listen on %s: %s", config->admin.listen.text().c_str(),
+                error.c_str());
+    return 1;
+  }
+  admin.start();
+
+  asio::signal_set signals(main_io, SIGTERM, SIGINT, SIGHUP);
+  asio::steady_timer deadline(main_io);
+  bool stopping = false;
+  std::function<void(const boost::system::error_code&, int)> on_signal =
+      [&](const boost::system::error_code& ec, int sig) {
+        if (ec) return;
+        if (sig == SIGHUP) {
+          lb::io::log("SIGHUP: configuration reload is not supported yet; still serving %s",
+                      config->file.c_str());
+          signals.async_wait(on_signal);
+          return;
+        }
+        if (stopping) {
+          lb::io::log("second signal: stopping now");
+          main_io.stop();
+          return;
+        }
+        stopping = true;
+        lb::io::log("%s: draining (up to %lld ms), then exiting", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                    static_cast<long long>(config->shutdown_timeout.count()));
+        admin.set_shutting_down();
+        server.drain(main_io, [&] {
+          lb::io::log("drained: exiting");
+          main_io.stop();
+        });
+        deadline.expires_after(config->shutdown_timeout);
+        deadline.async_wait([&](const boost::system::error_code& e) {
+          if (e) return;
+          lb::io::log("shutdown_timeout reached: closing remaining connections");
+          main_io.stop();
+        });
+        signals.async_wait(on_signal);
+      };
+  signals.async_wait(on_signal);
+
+  server.start();
+  lb::io::log("ready (%u workers)", server.workers());
+  main_io.run();
+  admin.close();
+  server.stop();
+  return 0;
+}
+
+int usage() {
+  std::fprintf(stderr,
+               "usage: lb run [-c FILE]     serve (FILE defaults to config/lb.yaml)\n"
+               "       lb check [-c FILE]   validate the config and exit\n"
+               "       lb version\n");
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage();
+  std::string command = argv[1];
+  if (command == "version" || command == "--version") {
+    std::printf("lb %s\n", lb::version);
+    return 0;
+  }
+  if (command != "run" && command != "check") return usage();
+
+  std::string file = "config/lb.yaml";
+  for (int i = 2; i < argc; ++i) {
+    if ((std::strcmp(argv[i], "-c") == 0 || std::strcmp(argv[i], "--config") == 0) &&
+        i + 1 < argc) {
+      file = argv[++i];
+    } else {
+      std::fprintf(stderr, "lb: unknown argument '%s'\n", argv[i]);
+      return usage();
+    }
+  }
+
+  auto loaded = lb::config::load_file(file);
+  if (!loaded.config) {
+    for (const auto& e : loaded.errors) std::fprintf(stderr, "%s\n", e.c_str());
+    std::fprintf(stderr, "lb: %zu error%s in %s\n", loaded.errors.size(),
+                 loaded.errors.size() == 1 ? "" : "s", file.c_str());
+    return 1;
+  }
+  if (command == "check") {
+    std::printf("ok\n");
+    return 0;
+  }
+  return serve(loaded.config);
+}

@@ -1,0 +1,947 @@
+#include "lb/proxy/session.hpp"
+
+#include "lb/io/log.hpp"
+
+#include <boost/asio/bind_allocator.hpp>
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+namespace lb::proxy {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+using std::chrono::duration;
+
+// A strong reference held by every pending completion handler.
+class Session::Ref {
+ public:
+  explicit Ref(Session* s) : s_(s) { s_->add_ref(); }
+  Ref(const Ref& o) : s_(o.s_) { s_->add_ref(); }
+  Ref(Ref&& o) noexcept : s_(o.s_) { o.s_ = nullptr; }
+  Ref& operator=(const Ref&) = delete;
+  ~Ref() {
+    if (s_) s_->release();
+  }
+  Session* operator->() const { return s_; }
+
+ private:
+  Session* s_;
+};
+
+namespace {
+
+const char* reason_phrase(int status) {
+  switch (status) {
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Error";
+  }
+}
+
+double ms_between(io::Clock::time_point a, io::Clock::time_point b) {
+  return duration<double, std::milli>(b - a).count();
+}
+
+template <class F>
+auto in_slot(io::HandlerSlot& slot, F&& f) {
+  return asio::bind_allocator(io::SlotAllocator<void>(slot), std::forward<F>(f));
+}
+
+int fd_of(asio::ip::tcp::socket& s) { return s.native_handle(); }
+
+}  // namespace
+
+// ---- Outbox: the gather list of one write ---------------------------------
+
+bool Session::Outbox::add(const void* p, size_t n) {
+  if (n == 0) return true;
+  if (count == capacity) return false;
+  v[count].iov_base = const_cast<void*>(p);
+  v[count].iov_len = n;
+  ++count;
+  return true;
+}
+
+void Session::Outbox::advance(size_t n) {
+  while (n && first < count) {
+    if (n >= v[first].iov_len) {
+      n -= v[first].iov_len;
+      ++first;
+    } else {
+      v[first].iov_base = static_cast<char*>(v[first].iov_base) + n;
+      v[first].iov_len -= n;
+      n = 0;
+    }
+  }
+}
+
+// Writes as much of `out` as the socket takes now. Returns 1 when all is
+// written, 0 when the socket would block, -1 on error (errno set).
+static int write_some(int fd, Session* /*unused*/, iovec* v, unsigned& first, unsigned count,
+                      uint64_t& written) {
+  while (first < count) {
+    msghdr m{};
+    m.msg_iov = v + first;
+    m.msg_iovlen = std::min<unsigned>(count - first, 1024);
+    ssize_t n = ::sendmsg(fd, &m, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+      return -1;
+    }
+    written += static_cast<uint64_t>(n);
+    size_t left = static_cast<size_t>(n);
+    while (left && first < count) {
+      if (left >= v[first].iov_len) {
+        left -= v[first].iov_len;
+        ++first;
+      } else {
+        v[first].iov_base = static_cast<char*>(v[first].iov_base) + left;
+        v[first].iov_len -= left;
+        left = 0;
+      }
+    }
+  }
+  return 1;
+}
+
+// ---- Start and end ----------------------------------------------------------
+
+void Session::start(WorkerContext& worker, const ListenerRuntime& listener,
+                    asio::ip::tcp::socket socket) {
+  Ref self(new Session(worker, listener, std::move(socket)));
+  self->arm(Timer::idle);
+  self->do_read_request();
+}
+
+Session::Session(WorkerContext& worker, const ListenerRuntime& listener,
+                 asio::ip::tcp::socket socket)
+    : worker_(worker), listener_(listener), runtime_(worker.runtime.get()),
+      client_(std::move(socket)) {
+  error_code ec;
+  client_.non_blocking(true, ec);
+  client_.set_option(asio::ip::tcp::no_delay(true), ec);
+  auto peer = client_.remote_endpoint(ec);
+  if (!ec) {
+    std::string ip = peer.address().to_string();
+    client_ip_len_ = static_cast<uint8_t>(std::min(ip.size(), sizeof client_ip_ - 1));
+    std::memcpy(client_ip_, ip.data(), client_ip_len_);
+  }
+  req_.set_request_id_header(listener_.config.headers.request_id);
+  timer_.fire = &Session::on_timeout;
+  timer_.owner = this;
+  next_in_worker = worker_.sessions;
+  if (next_in_worker) next_in_worker->prev_in_worker = this;
+  worker_.sessions = this;
+  ++worker_.session_count;
+  ++worker_.connections_per_listener[listener_.index];
+}
+
+Session::~Session() {
+  io::Timeouts::disarm(timer_);
+  delete conn_;
+  worker_.buffers.release(cbuf_);
+  worker_.buffers.release(ubuf_);
+  if (prev_in_worker) prev_in_worker->next_in_worker = next_in_worker;
+  else worker_.sessions = next_in_worker;
+  if (next_in_worker) next_in_worker->prev_in_worker = prev_in_worker;
+  --worker_.connections_per_listener[listener_.index];
+  if (worker_.on_session_closed) worker_.on_session_closed(listener_.index);
+  if (--worker_.session_count == 0 && worker_.draining && worker_.on_drained)
+    asio::post(worker_.io, worker_.on_drained);
+}
+
+void Session::close_if_idle() {
+  keep_client_ = false;
+  if (timer_kind_ == Timer::idle && c_len_ == 0) close();
+}
+
+void Session::close() {
+  if (closed_) return;
+  closed_ = true;
+  io::Timeouts::disarm(timer_);
+  timer_kind_ = Timer::none;
+  error_code ec;
+  client_.close(ec);
+  release_backend(false);
+  worker_.buffers.release(cbuf_);
+  cbuf_ = nullptr;
+  c_len_ = c_parsed_ = 0;
+}
+
+// Closes after the last response without losing it: a close with unread
+// request bytes would make the kernel send a reset that can destroy the
+// response in the client's receive buffer. So: send FIN, discard what the
+// client still sends (bounded in bytes and time), then close.
+void Session::close_gracefully() {
+  if (closed_) return;
+  release_backend(false);
+  error_code ec;
+  client_.shutdown(asio::socket_base::shutdown_send, ec);
+  if (ec) return close();
+  arm(Timer::linger);
+  linger_read();
+}
+
+void Session::linger_read() {
+  char sink[4096];
+  for (;;) {
+    ssize_t n = ::recv(fd_of(client_), sink, sizeof sink, 0);
+    if (n > 0) {
+      lingered_ += static_cast<uint32_t>(n);
+      if (lingered_ > (1u << 20)) return close();
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      client_.async_wait(asio::socket_base::wait_read,
+                         in_slot(client_read_slot_, [self = Ref(this)](const error_code& e) {
+                           if (self->closed_) return;
+                           if (e) return self->close();
+                           self->linger_read();
+                         }));
+      return;
+    }
+    return close();
+  }
+}
+
+// ---- Reading the request head ----------------------------------------------
+
+void Session::do_read_request() {
+  if (closed_) return;
+  read_request_head();
+}
+
+void Session::on_client_readable(const error_code& ec) {
+  if (closed_) return;
+  if (ec) return close();
+  read_request_head();
+}
+
+void Session::read_request_head() {
+  const auto& limits = listener_.config.limits;
+  for (;;) {
+    if (c_parsed_ < c_len_) {
+      char* data = cbuf_->data();
+      auto r = req_.feed(data + c_parsed_, data + c_len_);
+      c_parsed_ = static_cast<uint32_t>(r.stop - data);
+      if (r.event == http::Parser::Event::head_complete) {
+        head_end_ = c_parsed_;
+        return on_request_head();
+      }
+      if (r.event == http::Parser::Event::error) {
+        keep_client_ = false;
+        return respond_error(400, req_.error_reason(), true);
+      }
+    }
+    if (c_parsed_ > limits.max_header_bytes || (cbuf_ && c_len_ == cbuf_->capacity)) {
+      keep_client_ = false;
+      return respond_error(431, "request head larger than max_header_bytes", true);
+    }
+    if (!cbuf_) cbuf_ = worker_.buffers.acquire();
+    ssize_t n = ::recv(fd_of(client_), cbuf_->data() + c_len_, cbuf_->capacity - c_len_, 0);
+    if (n > 0) {
+      if (c_len_ == 0) arm(Timer::header);
+      c_len_ += static_cast<uint32_t>(n);
+      bytes_in_ += static_cast<uint64_t>(n);
+      continue;
+    }
+    if (n == 0) return close();  // the client is done (or gave up mid-head)
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return close();
+    if (c_len_ == 0) {  // idle between requests: hold no buffer
+      worker_.buffers.release(cbuf_);
+      cbuf_ = nullptr;
+    }
+    client_.async_wait(asio::socket_base::wait_read,
+                       in_slot(client_read_slot_, [self = Ref(this)](const error_code& ec) {
+                         self->on_client_readable(ec);
+                       }));
+    return;
+  }
+}
+
+void Session::on_request_head() {
+  started_ = io::Clock::now();
+  http::Head& head = req_.head();
+  http::mark_connection_options(head);
+
+  // Request id: the client's if it sent one, else a new one.
+  request_id_len_ = 0;
+  if (!listener_.config.headers.request_id.empty() && !head.find(http::Field::request_id)) {
+    uint64_t n = ++worker_.next_request;
+    request_id_len_ = static_cast<uint8_t>(std::snprintf(
+        request_id_, sizeof request_id_, "%08x%02x%06llx", worker_.id_prefix, worker_.id & 0xff,
+        static_cast<unsigned long long>(n & 0xffffff)));
+  }
+
+  keep_client_ = head.keep_alive && !worker_.draining;
+  if (head.major == 1 && head.minor == 1 && !head.find(http::Field::host)) {
+    keep_client_ = false;
+    return respond_error(400, "missing Host header", true);
+  }
+  uint64_t max_body = listener_.config.limits.max_body_bytes;
+  if (max_body && head.has_content_length && head.content_length > max_body) {
+    keep_client_ = false;
+    return respond_error(413, "request body larger than max_body_bytes", true);
+  }
+
+  int pool = listener_.router.match(head);
+  bool has_body = head.chunked || head.content_length > 0;
+
+  // Body bytes that arrived with the head, up to the end of this message.
+  auto r = req_.feed(cbuf_->data() + c_parsed_, cbuf_->data() + c_len_);
+  if (r.event == http::Parser::Event::error) {
+    keep_client_ = false;
+    return respond_error(400, req_.error_reason(), true);
+  }
+  c_parsed_ = static_cast<uint32_t>(r.stop - cbuf_->data());
+  msg_end_ = c_parsed_;
+  req_done_ = r.event == http::Parser::Event::message_complete;
+
+  if (pool < 0) {
+    if (has_body && !req_done_) keep_client_ = false;
+    return respond_error(404, "no route matches the request", !keep_client_);
+  }
+  pool_ = runtime_->pools[static_cast<size_t>(pool)].get();
+  resp_.set_head_request(head.method.view() == "HEAD");
+  arm(Timer::exchange);
+  do_attempt();
+}
+
+// ---- Choosing a backend and connecting ------------------------------------
+
+void Session::do_attempt() {
+  int b = pool_->pick(tried_);
+  if (b < 0) {
+    bool any = attempts_ > 0;
+    return respond_error(any ? 502 : 503,
+                         any ? error_page_ /* the last failure, kept there */ : "no backend available",
+                         !req_done_);
+  }
+  if (b < 64) tried_ |= uint64_t{1} << b;
+  ++attempts_;
+  ++attempt_;
+  backend_ = b;
+  resp_.reset();
+  u_len_ = u_parsed_ = u_sent_ = 0;
+  if (attempts_ == 1) upstream_started_ = io::Clock::now();
+  conn_ = worker_.connections.take(static_cast<uint32_t>(pool_->index()), static_cast<uint32_t>(b));
+  conn_reused_ = conn_ != nullptr;
+  if (conn_reused_) return do_send_request_head();
+  do_connect();
+}
+
+void Session::do_connect() {
+  conn_ = new upstream::Connection(worker_.io);
+  conn_->pool = static_cast<uint32_t>(pool_->index());
+  conn_->backend = static_cast<uint32_t>(backend_);
+  const auto& endpoint = pool_->backends()[static_cast<size_t>(backend_)].endpoint;
+  error_code ec;
+  conn_->socket.open(endpoint.protocol(), ec);
+  if (!ec) conn_->socket.non_blocking(true, ec);
+  if (ec) return backend_failed(Failure::connect, "cannot open a socket");
+  arm(Timer::connect);
+  conn_->socket.async_connect(
+      endpoint, in_slot(backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& e) {
+        self->on_connect(e, a);
+      }));
+}
+
+void Session::on_connect(const error_code& ec, uint32_t attempt) {
+  if (closed_ || attempt != attempt_) return;
+  if (ec) {
+    std::snprintf(error_page_, sizeof error_page_, "connect to %s failed: %s",
+                  pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
+                  ec.message().c_str());
+    io::log("pool %s: %s", pool_->name().c_str(), error_page_);
+    return backend_failed(Failure::connect, error_page_);
+  }
+  error_code ignored;
+  conn_->socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+  arm(Timer::exchange);
+  do_send_request_head();
+}
+
+// ---- Sending the request ----------------------------------------------------
+
+void Session::do_send_request_head() {
+  const http::Head& head = req_.head();
+  const auto& headers_cfg = listener_.config.headers;
+  using FF = config::Headers::ForwardedFor;
+  Outbox& out = to_backend_;
+  out.clear();
+
+  int last_xff = -1;
+  if (headers_cfg.forwarded_for == FF::append)
+    for (unsigned i = 0; i < head.count; ++i)
+      if (head.headers[i].field == http::Field::x_forwarded_for) last_xff = static_cast<int>(i);
+
+  char* extra = req_extra_;
+  size_t extra_left = sizeof req_extra_;
+  auto add_extra = [&](const char* fmt, auto... args) {
+    int n = std::snprintf(extra, extra_left, fmt, args...);
+    if (n < 0 || static_cast<size_t>(n) >= extra_left) return false;
+    bool ok = out.add(extra, static_cast<size_t>(n));
+    extra += n;
+    extra_left -= static_cast<size_t>(n);
+    return ok;
+  };
+
+  bool ok = true;
+  const char* seg = head.start;
+  for (unsigned i = 0; i < head.count; ++i) {
+    const http::Header& h = head.headers[i];
+    bool cut = h.hop_by_hop || h.field == http::Field::x_forwarded_proto ||
+               h.field == http::Field::x_forwarded_host ||
+               (h.field == http::Field::x_forwarded_for && headers_cfg.forwarded_for == FF::replace);
+    if (static_cast<int>(i) == last_xff) {
+      // Append the client to the last X-Forwarded-For line in place.
+      ok &= out.add(seg, static_cast<size_t>(h.value.end() - seg));
+      ok &= add_extra(", %.*s\r\n", int(client_ip_len_), client_ip_);
+      seg = h.line_end;
+    } else if (cut) {
+      ok &= out.add(seg, static_cast<size_t>(h.line_start - seg));
+      seg = h.line_end;
+    }
+  }
+  ok &= out.add(seg, static_cast<size_t>(head.end_of_fields() - seg));
+
+  if (headers_cfg.forwarded_for != FF::off && last_xff < 0)
+    ok &= add_extra("X-Forwarded-For: %.*s\r\n", int(client_ip_len_), client_ip_);
+  ok &= out.add(std::string_view("X-Forwarded-Proto: http\r\n"));
+  if (const http::Header* host = head.find(http::Field::host)) {
+    ok &= out.add(std::string_view("X-Forwarded-Host: "));
+    ok &= out.add(host->value.p, host->value.n);
+    ok &= out.add(std::string_view("\r\n"));
+  }
+  if (headers_cfg.via)
+    ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
+                                  : std::string_view("Via: 1.1 lb\r\n"));
+  if (request_id_len_)
+    ok &= add_extra("%s: %.*s\r\n", headers_cfg.request_id.c_str(), int(request_id_len_),
+                    request_id_);
+  if (head.minor == 0) ok &= out.add(std::string_view("Connection: keep-alive\r\n"));
+  ok &= out.add(std::string_view("\r\n"));
+  ok &= out.add(cbuf_->data() + head_end_, msg_end_ - head_end_);
+  if (!ok) {
+    keep_client_ = false;
+    return respond_error(400, "request has too many header fields to forward", true);
+  }
+  reading_response_ = false;
+  do_write_backend();
+}
+
+void Session::do_write_backend() {
+  uint64_t written = 0;
+  int r = write_some(fd_of(conn_->socket), this, to_backend_.v, to_backend_.first,
+                     to_backend_.count, written);
+  if (r > 0) return on_request_bytes_sent();
+  if (r == 0) {
+    backend_writing_ = true;
+    conn_->socket.async_wait(
+        asio::socket_base::wait_write,
+        in_slot(backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
+          self->on_backend_writable(ec, a);
+        }));
+    return;
+  }
+  std::snprintf(error_page_, sizeof error_page_, "sending to %s failed: %s",
+                pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
+                std::strerror(errno));
+  backend_failed(conn_reused_ && u_len_ == 0 ? Failure::reused_early : Failure::backend,
+                 error_page_);
+}
+
+void Session::on_backend_writable(const error_code& ec, uint32_t attempt) {
+  if (closed_ || attempt != attempt_) return;
+  backend_writing_ = false;
+  if (ec) return backend_failed(Failure::backend, "backend connection failed");
+  arm(Timer::exchange);
+  do_write_backend();
+}
+
+void Session::on_request_bytes_sent() {
+  backend_writing_ = false;
+  if (req_done_) req_sent_ = true;
+  if (!reading_response_) {
+    // Start reading the response from the event loop, not from inside this
+    // write: the steps below must not run re-entrantly into the next request.
+    reading_response_ = true;
+    asio::post(worker_.io, in_slot(backend_read_slot_, [self = Ref(this), a = attempt_] {
+                 if (!self->closed_ && a == self->attempt_) self->do_read_response();
+               }));
+  }
+  if (!req_done_) return do_read_request_body();
+  if (resp_done_ && !client_writing_ && !answered_locally_) on_response_complete();
+}
+
+void Session::do_read_request_body() {
+  // The body bytes after the head have been sent: reuse that room.
+  if (msg_end_ > head_end_) body_discarded_ = true;
+  c_len_ = c_parsed_ = msg_end_ = head_end_;
+  if (++request_chain_ % 16 == 0) {
+    // Bytes keep coming without blocking: continue from the event loop so the
+    // stack does not grow with the body.
+    asio::post(worker_.io, in_slot(client_read_slot_, [self = Ref(this)] {
+                 if (!self->closed_) self->read_request_body();
+               }));
+    return;
+  }
+  read_request_body();
+}
+
+void Session::on_client_body_readable(const error_code& ec) {
+  if (closed_) return;
+  if (ec) return close();
+  read_request_body();
+}
+
+void Session::read_request_body() {
+  for (;;) {
+    ssize_t n = ::recv(fd_of(client_), cbuf_->data() + c_len_, cbuf_->capacity - c_len_, 0);
+    if (n > 0) {
+      c_len_ += static_cast<uint32_t>(n);
+      bytes_in_ += static_cast<uint64_t>(n);
+      break;
+    }
+    if (n == 0) return close();  // the client left before its request was complete
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) return close();
+    client_.async_wait(asio::socket_base::wait_read,
+                       in_slot(client_read_slot_, [self = Ref(this)](const error_code& ec) {
+                         self->on_client_body_readable(ec);
+                       }));
+    return;
+  }
+  arm(Timer::exchange);
+  char* data = cbuf_->data();
+  auto r = req_.feed(data + c_parsed_, data + c_len_);
+  if (r.event == http::Parser::Event::error) {
+    keep_client_ = false;
+    if (resp_started_) return close();
+    return respond_error(400, req_.error_reason(), true);
+  }
+  uint64_t max_body = listener_.config.limits.max_body_bytes;
+  if (max_body && req_.body_bytes() > max_body) {
+    keep_client_ = false;
+    if (resp_started_) return close();
+    return respond_error(413, "request body larger than max_body_bytes", true);
+  }
+  c_parsed_ = static_cast<uint32_t>(r.stop - data);
+  uint32_t from = msg_end_;
+  msg_end_ = c_parsed_;
+  req_done_ = r.event == http::Parser::Event::message_complete;
+  to_backend_.clear();
+  to_backend_.add(data + from, msg_end_ - from);
+  do_write_backend();
+}
+
+// ---- Receiving the response -------------------------------------------------
+
+void Session::do_read_response() { read_response(); }
+
+void Session::on_backend_readable(const error_code& ec, uint32_t attempt) {
+  if (closed_ || attempt != attempt_) return;
+  if (ec) return backend_failed(Failure::backend, "backend connection failed");
+  read_response();
+}
+
+void Session::read_response() {
+  for (;;) {
+    if (!ubuf_) ubuf_ = worker_.buffers.acquire();
+    if (u_len_ == ubuf_->capacity) {
+      // Only a head can fill the buffer (a body is sent on as it comes).
+      return backend_failed(Failure::backend, "response head too large");
+    }
+    ssize_t n = ::recv(fd_of(conn_->socket), ubuf_->data() + u_len_, ubuf_->capacity - u_len_, 0);
+    if (n > 0) {
+      u_len_ += static_cast<uint32_t>(n);
+      arm(Timer::exchange);
+      return parse_response();
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (u_len_ == 0) {
+        worker_.buffers.release(ubuf_);
+        ubuf_ = nullptr;
+      }
+      conn_->socket.async_wait(
+          asio::socket_base::wait_read,
+          in_slot(backend_read_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
+            self->on_backend_readable(ec, a);
+          }));
+      return;
+    }
+    // End of file or reset.
+    if (n == 0 && resp_.body_until_eof() && resp_.in_message() && !in_response_head_) {
+      resp_.finish_at_eof();
+      resp_done_ = true;
+      backend_keep_alive_ = false;
+      if (!client_writing_) on_response_bytes_sent();
+      return;
+    }
+    bool nothing_received = u_len_ == 0 && !resp_started_ && !resp_.in_message();
+    std::snprintf(error_page_, sizeof error_page_, "%s %s",
+                  pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
+                  n == 0 ? (nothing_received ? "closed the connection without a response"
+                                             : "closed the connection mid-response")
+                         : "reset the connection");
+    return backend_failed(nothing_received && conn_reused_ ? Failure::reused_early
+                                                           : Failure::backend,
+                          error_page_);
+  }
+}
+
+void Session::parse_response() {
+  char* data = ubuf_->data();
+  for (;;) {
+    auto r = resp_.feed(data + u_parsed_, data + u_len_);
+    u_parsed_ = static_cast<uint32_t>(r.stop - data);
+    switch (r.event) {
+      case http::Parser::Event::error:
+        std::snprintf(error_page_, sizeof error_page_, "invalid response from %s: %s",
+                      pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
+                      resp_.error_reason() ? resp_.error_reason() : "parse error");
+        return backend_failed(Failure::backend, error_page_);
+      case http::Parser::Event::head_complete:
+        return on_response_head();
+      case http::Parser::Event::message_complete:
+        if (in_response_head_) {
+          // An interim (1xx) response ended: the final one follows. Move what is
+          // left to the front so the next head has the whole buffer.
+          uint32_t left = u_len_ - u_parsed_;
+          std::memmove(data, data + u_parsed_, left);
+          u_len_ = left;
+          u_parsed_ = u_sent_ = 0;
+          if (left) continue;
+          return read_response();
+        }
+        resp_done_ = true;
+        if (u_parsed_ != u_len_) backend_keep_alive_ = false;  // bytes past the response
+        break;
+      case http::Parser::Event::need_more:
+        if (in_response_head_) return read_response();
+        break;
+    }
+    break;
+  }
+  // Body bytes: send what was parsed.
+  to_client_.clear();
+  to_client_.add(data + u_sent_, u_parsed_ - u_sent_);
+  u_sent_ = u_parsed_;
+  do_write_client();
+}
+
+void Session::on_response_head() {
+  http::Head& head = resp_.head();
+  http::mark_connection_options(head);
+  bool interim = head.status >= 100 && head.status < 200;
+  if (head.status == 101) {
+    return backend_failed(Failure::backend, "backend switched protocols without an upgrade");
+  }
+  Outbox& out = to_client_;
+  out.clear();
+  const char* seg = head.start;
+  for (unsigned i = 0; i < head.count; ++i) {
+    const http::Header& h = head.headers[i];
+    if (h.hop_by_hop) {
+      out.add(seg, static_cast<size_t>(h.line_start - seg));
+      seg = h.line_end;
+    }
+  }
+  bool ok = out.add(seg, static_cast<size_t>(head.end_of_fields() - seg));
+  if (interim) {
+    in_response_head_ = true;
+  } else {
+    in_response_head_ = false;
+    status_ = head.status;
+    upstream_ms_ = ms_between(upstream_started_, io::Clock::now());
+    backend_keep_alive_ = head.keep_alive && !resp_.body_until_eof();
+    if (resp_.body_until_eof() || !req_done_ || worker_.draining) keep_client_ = false;
+    if (listener_.config.headers.via)
+      ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
+                                    : std::string_view("Via: 1.1 lb\r\n"));
+    const http::Head& req = req_.head();
+    if (!keep_client_) ok &= out.add(std::string_view("Connection: close\r\n"));
+    else if (req.minor == 0) ok &= out.add(std::string_view("Connection: keep-alive\r\n"));
+  }
+  ok &= out.add(std::string_view("\r\n"));
+  if (!ok) return backend_failed(Failure::backend, "response has too many header fields");
+  resp_started_ = true;
+
+  if (!interim) {
+    // Body bytes that came with the head, up to the end of the response.
+    char* data = ubuf_->data();
+    auto r = resp_.feed(data + u_parsed_, data + u_len_);
+    if (r.event == http::Parser::Event::error) {
+      keep_client_ = false;
+      backend_keep_alive_ = false;
+      to_client_.clear();
+      return close();
+    }
+    u_parsed_ = static_cast<uint32_t>(r.stop - data);
+    if (r.event == http::Parser::Event::message_complete) {
+      resp_done_ = true;
+      if (u_parsed_ != u_len_) backend_keep_alive_ = false;
+    }
+    out.add(data + (head.end - data), u_parsed_ - static_cast<uint32_t>(head.end - data));
+  }
+  u_sent_ = u_parsed_;
+  do_write_client();
+}
+
+void Session::do_write_client() {
+  int r = write_some(fd_of(client_), this, to_client_.v, to_client_.first, to_client_.count,
+                     bytes_out_);
+  if (r > 0) return on_response_bytes_sent();
+  if (r == 0) {
+    client_writing_ = true;
+    client_.async_wait(asio::socket_base::wait_write,
+                       in_slot(client_write_slot_, [self = Ref(this)](const error_code& ec) {
+                         self->on_client_writable(ec);
+                       }));
+    return;
+  }
+  close();  // the client is gone
+}
+
+void Session::on_client_writable(const error_code& ec) {
+  if (closed_) return;
+  client_writing_ = false;
+  if (ec) return close();
+  if (timer_kind_ == Timer::exchange) arm(Timer::exchange);
+  do_write_client();
+}
+
+void Session::on_response_bytes_sent() {
+  client_writing_ = false;
+  if (answered_locally_) return finish_request();
+  if (in_response_head_) {
+    // An interim response went out; carry on with what follows it.
+    return parse_response();
+  }
+  if (resp_done_) return on_response_complete();
+  // Head and body so far are sent: the whole buffer is free for more body.
+  u_len_ = u_parsed_ = u_sent_ = 0;
+  if (++response_chain_ % 16 == 0) {
+    asio::post(worker_.io, in_slot(backend_read_slot_, [self = Ref(this), a = attempt_] {
+                 if (!self->closed_ && a == self->attempt_) self->read_response();
+               }));
+    return;
+  }
+  read_response();
+}
+
+void Session::on_response_complete() {
+  if (!req_sent_) {
+    // The backend answered before the request was fully sent (or read): neither
+    // connection can carry another message safely.
+    keep_client_ = false;
+    if (backend_writing_ || !req_done_) {
+      release_backend(false);
+      return finish_request();
+    }
+  }
+  release_backend(backend_keep_alive_ && req_sent_);
+  finish_request();
+}
+
+// ---- Ends ---------------------------------------------------------------------
+
+void Session::backend_failed(Failure failure, const char* reason) {
+  release_backend(false);
+  if (closed_) return;
+  if (failure == Failure::connect && attempts_ <= pool_->config().retries) return do_attempt();
+  if (failure == Failure::reused_early && idempotent() && !body_discarded_ && replays_ < 3) {
+    // The backend closed a pooled connection as we reused it: replay on another one.
+    ++replays_;
+    --attempts_;
+    if (backend_ < 64) tried_ &= ~(uint64_t{1} << backend_);
+    return do_attempt();
+  }
+  if (failure == Failure::connect && attempts_ > pool_->config().retries) {
+    return respond_error(502, reason, !req_done_);
+  }
+  if (resp_started_) return close();
+  respond_error(502, reason, !req_done_ || backend_writing_);
+}
+
+void Session::respond_error(int status, const char* reason, bool close_after) {
+  if (closed_) return;
+  if (resp_started_) return close();
+  release_backend(false);
+  if (close_after || !req_done_) keep_client_ = false;
+  status_ = status;
+  // `reason` may point into error_page_ itself: copy it out first.
+  char why[256];
+  std::snprintf(why, sizeof why, "%s", reason ? reason : "");
+  std::string_view id = request_id();
+  char body[400];
+  int body_len = std::snprintf(body, sizeof body, "%d %s: %s (request id %.*s)\n", status,
+                               reason_phrase(status), why, int(id.size()), id.data());
+  body_len = std::min<int>(body_len, sizeof body - 1);
+  int n = std::snprintf(error_page_, sizeof error_page_,
+                        "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                        "Content-Length: %d\r\nConnection: %s\r\n\r\n%.*s",
+                        status, reason_phrase(status), body_len,
+                        keep_client_ ? "keep-alive" : "close", body_len, body);
+  n = std::min<int>(n, sizeof error_page_ - 1);
+  to_client_.clear();
+  to_client_.add(error_page_, static_cast<size_t>(n));
+  resp_started_ = true;
+  answered_locally_ = true;
+  do_write_client();
+}
+
+void Session::release_backend(bool reusable) {
+  ++attempt_;  // handlers of this attempt must ignore what they see
+  if (conn_) {
+    if (reusable && !closed_) {
+      ++conn_->requests;
+      worker_.connections.put(conn_);
+    } else {
+      delete conn_;
+    }
+    conn_ = nullptr;
+  }
+  worker_.buffers.release(ubuf_);
+  ubuf_ = nullptr;
+  u_len_ = u_parsed_ = u_sent_ = 0;
+  backend_writing_ = false;
+  reading_response_ = false;
+}
+
+void Session::finish_request() {
+  if (worker_.access_log.enabled() && (status_ || c_len_)) {
+    const http::Head& h = req_.head();
+    AccessRecord rec;
+    rec.request_id = request_id();
+    rec.client = {client_ip_, client_ip_len_};
+    rec.listener = listener_.config.name;
+    if (pool_) rec.pool = pool_->name();
+    if (pool_ && backend_ >= 0) rec.backend = pool_->backends()[static_cast<size_t>(backend_)].label;
+    if (h.start) {
+      rec.method = h.method.view();
+      rec.target = h.target.view();
+      rec.version_minor = h.minor;
+      for (unsigned i = 0; i < h.count; ++i) {
+        if (http::iequals(h.headers[i].name.view(), "user-agent")) rec.user_agent = h.headers[i].value.view();
+        else if (http::iequals(h.headers[i].name.view(), "referer")) rec.referer = h.headers[i].value.view();
+      }
+    }
+    rec.status = status_;
+    rec.bytes_in = bytes_in_;
+    rec.bytes_out = bytes_out_;
+    rec.upstream_ms = upstream_ms_;
+    rec.total_ms = started_ == io::Clock::time_point{} ? 0 : ms_between(started_, io::Clock::now());
+    worker_.access_log.write(rec);
+  }
+
+  bool keep = keep_client_ && !closed_ && req_done_ && !worker_.draining;
+  // Per-request state back to its start.
+  pool_ = nullptr;
+  backend_ = -1;
+  tried_ = 0;
+  attempts_ = replays_ = 0;
+  req_done_ = req_sent_ = body_discarded_ = false;
+  resp_started_ = resp_done_ = answered_locally_ = in_response_head_ = false;
+  status_ = 0;
+  bytes_in_ = bytes_out_ = 0;
+  upstream_ms_ = -1;
+  started_ = {};
+  if (!keep) return close_gracefully();
+
+  // A pipelined request may already be in the buffer: move it to the front.
+  uint32_t left = c_len_ - msg_end_;
+  if (left) {
+    std::memmove(cbuf_->data(), cbuf_->data() + msg_end_, left);
+    bytes_in_ = left;
+    arm(Timer::header);
+  } else {
+    worker_.buffers.release(cbuf_);
+    cbuf_ = nullptr;
+    arm(Timer::idle);
+  }
+  c_len_ = left;
+  c_parsed_ = head_end_ = msg_end_ = 0;
+  keep_client_ = true;
+  do_read_request();
+}
+
+// ---- Timeouts -------------------------------------------------------------------
+
+void Session::arm(Timer t) {
+  timer_kind_ = t;
+  std::chrono::milliseconds d{};
+  switch (t) {
+    case Timer::none:
+      io::Timeouts::disarm(timer_);
+      return;
+    case Timer::idle: d = listener_.config.timeouts.idle; break;
+    case Timer::header: d = listener_.config.timeouts.header; break;
+    case Timer::connect: d = pool_->config().timeouts.connect; break;
+    case Timer::exchange: d = pool_->config().timeouts.response; break;
+    case Timer::linger: d = std::chrono::seconds(2); break;
+  }
+  worker_.timeouts.arm(timer_, d);
+}
+
+void Session::on_timeout(io::Timeouts::Entry* e) {
+  Session* s = static_cast<TimerEntry*>(e)->owner;
+  Ref self(s);
+  s->timed_out();
+}
+
+void Session::timed_out() {
+  if (closed_) return;
+  Timer kind = timer_kind_;
+  timer_kind_ = Timer::none;
+  switch (kind) {
+    case Timer::none:
+    case Timer::idle:
+    case Timer::linger:
+      return close();
+    case Timer::header:
+      keep_client_ = false;
+      return respond_error(408, "request head not received within timeouts.header", true);
+    case Timer::connect:
+      std::snprintf(error_page_, sizeof error_page_, "connect to %s timed out",
+                    pool_->backends()[static_cast<size_t>(backend_)].label.c_str());
+      io::log("pool %s: %s", pool_->name().c_str(), error_page_);
+      return backend_failed(Failure::connect, error_page_);
+    case Timer::exchange:
+      keep_client_ = false;
+      if (!req_done_) return respond_error(408, "request body not received in time", true);
+      return respond_error(504, "backend did not respond within timeouts.response", true);
+  }
+}
+
+bool Session::idempotent() const {
+  std::string_view m = req_.head().method.view();
+  return m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "PUT" || m == "DELETE" ||
+         m == "TRACE";
+}
+
+std::string_view Session::request_id() const {
+  if (request_id_len_) return {request_id_, request_id_len_};
+  if (const http::Header* h = req_.head().find(http::Field::request_id)) return h->value.view();
+  return "-";
+}
+
+}  // namespace lb::proxy

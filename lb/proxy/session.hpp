@@ -1,0 +1,181 @@
+#pragma once
+// One client connection: reads requests, routes each to a pool, forwards it to a
+// backend and streams the response back, one request at a time (pipelined
+// requests wait in the read buffer and are answered in order).
+//
+// Written as do_x / on_x steps in the order a request flows. The session lives
+// on its worker thread; a pending operation holds a reference to it.
+
+#include "lb/http/parser.hpp"
+#include "lb/io/handler_memory.hpp"
+#include "lb/io/timeouts.hpp"
+#include "lb/proxy/worker_context.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/system/error_code.hpp>
+
+#include <sys/uio.h>
+
+#include <cstdint>
+
+namespace lb::proxy {
+
+class Session {
+ public:
+  // Takes over an accepted connection and starts serving it.
+  static void start(WorkerContext& worker, const ListenerRuntime& listener,
+                    boost::asio::ip::tcp::socket socket);
+
+  // Draining: closes the connection now if it is between requests; otherwise it
+  // closes after the response in flight.
+  void close_if_idle();
+
+  void add_ref() { ++refs_; }
+  void release() {
+    if (--refs_ == 0) delete this;
+  }
+
+  Session* prev_in_worker = nullptr;
+  Session* next_in_worker = nullptr;
+
+ private:
+  class Ref;
+  struct Outbox {
+    static constexpr unsigned capacity = 96;
+    iovec v[capacity];
+    unsigned count = 0;
+    unsigned first = 0;
+    bool add(const void* p, size_t n);
+    bool add(std::string_view s) { return add(s.data(), s.size()); }
+    bool empty() const { return first == count; }
+    void clear() { count = first = 0; }
+    void advance(size_t n);
+  };
+  enum class Timer : uint8_t { none, idle, header, connect, exchange, linger };
+  enum class Failure : uint8_t {
+    connect,         // nothing was sent: any request may go to another backend
+    reused_early,    // a pooled connection failed before any response byte
+    backend,         // anything else: not retried
+  };
+
+  Session(WorkerContext& worker, const ListenerRuntime& listener,
+          boost::asio::ip::tcp::socket socket);
+  ~Session();
+
+  // Request head.
+  void do_read_request();
+  void on_client_readable(const boost::system::error_code& ec);
+  void read_request_head();
+  void on_request_head();
+  // Choosing a backend and connecting.
+  void do_attempt();
+  void do_connect();
+  void on_connect(const boost::system::error_code& ec, uint32_t attempt);
+  // Sending the request.
+  void do_send_request_head();
+  void do_write_backend();
+  void on_backend_writable(const boost::system::error_code& ec, uint32_t attempt);
+  void on_request_bytes_sent();
+  void do_read_request_body();
+  void on_client_body_readable(const boost::system::error_code& ec);
+  void read_request_body();
+  // Receiving the response.
+  void do_read_response();
+  void on_backend_readable(const boost::system::error_code& ec, uint32_t attempt);
+  void read_response();
+  void parse_response();
+  void on_response_head();
+  void do_write_client();
+  void on_client_writable(const boost::system::error_code& ec);
+  void on_response_bytes_sent();
+  void on_response_complete();
+  // Ends.
+  void backend_failed(Failure failure, const char* reason);
+  void respond_error(int status, const char* reason, bool close);
+  void finish_request();
+  void close();
+  void close_gracefully();
+  void linger_read();
+  void release_backend(bool reusable);
+  void arm(Timer t);
+  static void on_timeout(io::Timeouts::Entry* e);
+  void timed_out();
+  bool idempotent() const;
+  std::string_view request_id() const;
+
+  WorkerContext& worker_;
+  const ListenerRuntime& listener_;
+  const Runtime* runtime_;
+  boost::asio::ip::tcp::socket client_;
+  int refs_ = 0;
+  bool closed_ = false;
+
+  // Client side: the read buffer holds the current request head (from offset 0),
+  // the body bytes in flight after it and maybe the next pipelined request.
+  io::Buffer* cbuf_ = nullptr;
+  uint32_t c_len_ = 0;       // bytes in cbuf_
+  uint32_t c_parsed_ = 0;    // bytes given to the request parser
+  uint32_t head_end_ = 0;    // end of the request head
+  uint32_t msg_end_ = 0;     // end of the request bytes forwarded so far
+  http::Parser req_{http::Parser::Kind::request};
+
+  // The exchange with a backend.
+  const upstream::Pool* pool_ = nullptr;
+  int backend_ = -1;
+  upstream::Connection* conn_ = nullptr;
+  bool conn_reused_ = false;
+  uint64_t tried_ = 0;
+  unsigned attempts_ = 0;       // backends tried for this request
+  unsigned replays_ = 0;        // replays after a pooled connection failed early
+  uint32_t attempt_ = 0;        // generation: handlers of an abandoned attempt ignore
+  bool req_done_ = false;       // the whole request was read from the client
+  bool req_sent_ = false;       // ... and written to the backend
+  bool body_discarded_ = false; // body bytes were sent and dropped from the buffer
+  bool resp_started_ = false;   // a response byte went to the client
+  bool resp_done_ = false;
+  bool keep_client_ = true;     // keep the client connection after this response
+  bool client_writing_ = false;
+  bool backend_writing_ = false;
+  bool reading_response_ = false;   // the response read loop runs for this attempt
+  bool in_response_head_ = false;   // an interim (1xx) response is being passed on
+  bool backend_keep_alive_ = false; // the backend connection may serve another request
+  bool answered_locally_ = false;   // lb answers this request itself (an error)
+  uint32_t request_chain_ = 0;      // body chunks forwarded without waiting
+  uint32_t response_chain_ = 0;
+  uint32_t lingered_ = 0;           // bytes discarded while closing
+
+  io::Buffer* ubuf_ = nullptr;  // response bytes from the backend
+  uint32_t u_len_ = 0;
+  uint32_t u_parsed_ = 0;
+  uint32_t u_sent_ = 0;         // response bytes of the buffer queued to the client
+  http::Parser resp_{http::Parser::Kind::response};
+
+  Outbox to_backend_;
+  Outbox to_client_;
+  char req_extra_[256];    // headers lb adds to the request
+  char resp_extra_[64];    // ... to the response
+  char error_page_[512];   // a response lb answers itself
+  char request_id_[20];
+  uint8_t request_id_len_ = 0;
+  char client_ip_[48];
+  uint8_t client_ip_len_ = 0;
+
+  int status_ = 0;
+  uint64_t bytes_in_ = 0;
+  uint64_t bytes_out_ = 0;
+  io::Clock::time_point started_{};
+  io::Clock::time_point upstream_started_{};
+  double upstream_ms_ = -1;
+
+  struct TimerEntry : io::Timeouts::Entry {
+    Session* owner = nullptr;
+  };
+  TimerEntry timer_;
+  Timer timer_kind_ = Timer::none;
+  io::HandlerSlot client_read_slot_;
+  io::HandlerSlot client_write_slot_;
+  io::HandlerSlot backend_read_slot_;
+  io::HandlerSlot backend_write_slot_;
+};
+
+}  // namespace lb::proxy

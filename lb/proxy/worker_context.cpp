@@ -1,0 +1,19 @@
+#include "lb/proxy/worker_context.hpp"
+
+#include <random>
+
+namespace lb::proxy {
+
+WorkerContext::WorkerContext(boost::asio::io_context& io_context, unsigned worker_id,
+                             std::shared_ptr<const Runtime> rt, uint32_t buffer_size,
+                             int access_log_fd)
+    : io(io_context),
+      id(worker_id),
+      runtime(std::move(rt)),
+      buffers(buffer_size, 4096),
+      access_log(access_log_fd, runtime->config->access_log.format) {
+  std::random_device rd;
+  id_prefix = rd();
+}
+
+}  // namespace lb::proxy

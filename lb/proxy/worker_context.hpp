@@ -1,0 +1,49 @@
+#pragma once
+// What a worker thread owns and its sessions use: the event loop, buffers,
+// timeouts, idle upstream connections, the access log buffer. Touched by that
+// thread only, so nothing here needs a lock.
+
+#include "lb/io/buffer_pool.hpp"
+#include "lb/io/timeouts.hpp"
+#include "lb/proxy/access_log.hpp"
+#include "lb/proxy/runtime.hpp"
+#include "lb/upstream/connection.hpp"
+
+#include <boost/asio/io_context.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+namespace lb::proxy {
+
+class Session;
+
+struct WorkerContext {
+  WorkerContext(boost::asio::io_context& io_context, unsigned worker_id,
+                std::shared_ptr<const Runtime> rt, uint32_t buffer_size, int access_log_fd);
+
+  boost::asio::io_context& io;
+  unsigned id;
+  std::shared_ptr<const Runtime> runtime;
+  io::BufferPool buffers;
+  io::Timeouts timeouts;
+  upstream::ConnectionPool connections;
+  AccessLog access_log;
+
+  bool draining = false;
+  std::function<void()> on_drained;  // called once draining and no session is left
+
+  // Sessions of this worker (intrusive list), for draining.
+  Session* sessions = nullptr;
+  size_t session_count = 0;
+  std::vector<size_t> connections_per_listener;       // by ListenerRuntime::index
+  std::function<void(size_t listener)> on_session_closed;
+
+  // Request ids: a per-process random prefix, the worker id and a counter.
+  uint64_t next_request = 0;
+  uint32_t id_prefix = 0;
+};
+
+}  // namespace lb::proxy

@@ -1,0 +1,100 @@
+#include "lb/server/server.hpp"
+
+#include "lb/io/log.hpp"
+#include "lb/server/worker.hpp"
+
+#include <boost/asio/post.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+namespace lb::server {
+
+namespace asio = boost::asio;
+
+Server::Server(std::shared_ptr<const config::Config> config)
+    : config_(std::move(config)), runtime_(std::make_shared<proxy::Runtime>(config_)) {
+  const std::string& path = config_->access_log.path;
+  if (path == "stdout") {
+    access_log_fd_ = STDOUT_FILENO;
+  } else if (path == "stderr") {
+    access_log_fd_ = STDERR_FILENO;
+  } else if (path != "off" && !path.empty()) {
+    access_log_fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (access_log_fd_ < 0)
+      io::log("access_log: cannot open %s: %s (access logging is off)", path.c_str(),
+              std::strerror(errno));
+    else
+      own_access_log_fd_ = true;
+  }
+
+  unsigned n = config_->workers;
+  if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
+  // A read buffer holds a whole request head plus room to stream the body.
+  uint64_t largest_head = 0;
+  for (const auto& l : config_->listeners)
+    largest_head = std::max(largest_head, l.limits.max_header_bytes);
+  uint32_t buffer_size = static_cast<uint32_t>(std::max<uint64_t>(largest_head, 16 * 1024) + 16 * 1024);
+  for (unsigned i = 0; i < n; ++i)
+    workers_.push_back(std::make_unique<Worker>(i, runtime_, buffer_size, access_log_fd_));
+}
+
+Server::~Server() {
+  stop();
+  workers_.clear();
+  if (own_access_log_fd_) ::close(access_log_fd_);
+}
+
+bool Server::bind() {
+  for (size_t i = 0; i < config_->listeners.size(); ++i) {
+    const auto& l = config_->listeners[i];
+    asio::ip::tcp::endpoint endpoint(asio::ip::make_address(l.listen.host), l.listen.port);
+    for (auto& w : workers_) {
+      std::string error;
+      asio::ip::tcp::endpoint bound;
+      if (!w->bind(i, endpoint, error, bound)) {
+        io::log("listener %s: cannot listen on %s: %s", l.name.c_str(), l.listen.text().c_str(),
+                error.c_str());
+        return false;
+      }
+      // Port 0: the first worker's socket picks a port; the others share it.
+      endpoint = bound;
+      size_t share = (l.limits.max_connections + workers_.size() - 1) / workers_.size();
+      w->set_connection_limit(i, share);
+    }
+    std::string shown = endpoint.address().is_v6()
+                            ? "[" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port())
+                            : endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
+    io::log("listener %s listening on %s", l.name.c_str(), shown.c_str());
+  }
+  return true;
+}
+
+void Server::start() {
+  for (auto& w : workers_) {
+    Worker* worker = w.get();
+    threads_.emplace_back([worker] { worker->run(); });
+  }
+}
+
+void Server::drain(asio::io_context& notify, std::function<void()> done) {
+  auto left = std::make_shared<std::atomic<size_t>>(workers_.size());
+  for (auto& w : workers_) {
+    w->drain([&notify, left, done] {
+      if (left->fetch_sub(1) == 1) asio::post(notify, done);
+    });
+  }
+}
+
+void Server::stop() {
+  for (auto& w : workers_) w->stop();
+  for (auto& t : threads_)
+    if (t.joinable()) t.join();
+  threads_.clear();
+}
+
+}  // namespace lb::server

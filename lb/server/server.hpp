@@ -1,0 +1,50 @@
+#pragma once
+// Accepting connections: `workers` threads, each with its own io_context and its
+// own SO_REUSEPORT listening socket per listener, so the kernel spreads
+// connections and a connection lives and dies on one thread.
+
+#include "config/config_types.hpp"
+#include "lb/proxy/runtime.hpp"
+
+#include <boost/asio/io_context.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace lb::server {
+
+class Worker;
+
+class Server {
+ public:
+  explicit Server(std::shared_ptr<const config::Config> config);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds every listener on every worker. Returns false (and logs why) on failure.
+  bool bind();
+  // Starts the worker threads.
+  void start();
+  // Stops accepting and lets in-flight requests finish; `done` runs on the
+  // caller's io_context when every worker is idle. Thread: the caller's.
+  void drain(boost::asio::io_context& notify, std::function<void()> done);
+  // Ends whatever is still running and joins the threads.
+  void stop();
+
+  unsigned workers() const { return static_cast<unsigned>(workers_.size()); }
+  std::shared_ptr<const proxy::Runtime> runtime() const { return runtime_; }
+
+ private:
+  std::shared_ptr<const config::Config> config_;
+  std::shared_ptr<const proxy::Runtime> runtime_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<std::thread> threads_;
+  int access_log_fd_ = -1;
+  bool own_access_log_fd_ = false;
+};
+
+}  // namespace lb::server

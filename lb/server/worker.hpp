@@ -1,0 +1,58 @@
+#pragma once
+// One event-loop thread: its listeners' accept loops, its sessions, its tick.
+
+#include "lb/io/handler_memory.hpp"
+#include "lb/proxy/worker_context.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+namespace lb::server {
+
+class Worker {
+ public:
+  Worker(unsigned id, std::shared_ptr<const proxy::Runtime> runtime, uint32_t buffer_size,
+         int access_log_fd);
+  ~Worker();
+
+  // Binds this worker's socket for listener `index` (SO_REUSEPORT). Before run().
+  bool bind(size_t index, const boost::asio::ip::tcp::endpoint& endpoint, std::string& error,
+            boost::asio::ip::tcp::endpoint& bound);
+  void run();  // the thread body
+  // Thread-safe: stop accepting, finish in-flight requests, call `done` when idle.
+  void drain(std::function<void()> done);
+  void stop() { io_.stop(); }
+  void set_connection_limit(size_t index, size_t limit) { acceptors_[index]->limit = limit; }
+
+ private:
+  struct Acceptor {
+    Acceptor(boost::asio::io_context& io, const proxy::ListenerRuntime& l)
+        : socket(io), listener(l) {}
+    boost::asio::ip::tcp::acceptor socket;
+    const proxy::ListenerRuntime& listener;
+    io::HandlerSlot slot;
+    size_t limit = 0;     // this worker's share of limits.max_connections
+    bool paused = false;  // at the limit: accepting again when a connection ends
+  };
+
+  void do_accept(Acceptor& a);
+  void on_accept(Acceptor& a, const boost::system::error_code& ec,
+                 boost::asio::ip::tcp::socket socket);
+  void do_tick();
+  void on_tick(const boost::system::error_code& ec);
+  void on_session_closed();
+
+  boost::asio::io_context io_;
+  proxy::WorkerContext context_;
+  std::vector<std::unique_ptr<Acceptor>> acceptors_;
+  boost::asio::steady_timer tick_;
+  io::HandlerSlot tick_slot_;
+  unsigned ticks_ = 0;
+  std::function<void()> drained_;
+};
+
+}  // namespace lb::server

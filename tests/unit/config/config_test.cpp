@@ -1,0 +1,446 @@
+#include "config/config.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <unistd.h>
+
+using namespace std::chrono_literals;
+using namespace lb::config;
+
+namespace {
+
+const char* const minimal = R"(
+listeners:
+  - name: public
+    listen: 127.0.0.1:8080
+    routes:
+      - pool: web
+pools:
+  web:
+    backends: [127.0.0.1:9001]
+)";
+
+// Loads `yaml` that must be valid.
+std::shared_ptr<const Config> valid(const std::string& yaml) {
+  auto result = load_string(yaml, "t.yaml");
+  for (const auto& e : result.errors)
+    ADD_FAILURE() << e;
+  EXPECT_TRUE(result.config);
+  return result.config;
+}
+
+// The errors of `yaml`, which must be invalid.
+std::vector<std::string> errors(const std::string& yaml) {
+  auto result = load_string(yaml, "t.yaml");
+  EXPECT_FALSE(result.config);
+  EXPECT_FALSE(result.errors.empty());
+  return result.errors;
+}
+
+std::string only_error(const std::string& yaml) {
+  auto all = errors(yaml);
+  EXPECT_EQ(all.size(), 1u) << ::testing::PrintToString(all);
+  return all.empty() ? "" : all[0];
+}
+
+// `minimal` with `extra` lines added at the end of the first listener's map.
+std::string with_listener_lines(const std::string& extra) {
+  return R"(
+listeners:
+  - name: public
+    listen: 127.0.0.1:8080
+    routes:
+      - pool: web
+)" + extra +
+         R"(
+pools:
+  web:
+    backends: [127.0.0.1:9001]
+)";
+}
+
+} // namespace
+
+TEST(Config, LoadsTheSpecExample) {
+  auto config = valid(R"(
+workers: 4
+shutdown_timeout: 5s
+admin:
+  listen: 127.0.0.1:9901
+access_log:
+  path: stderr
+  format: combined
+listeners:
+  - name: public
+    listen: "[::]:8080"
+    limits:
+      max_header_bytes: 16KiB
+      max_body_bytes: 0
+      max_connections: 500
+    timeouts:
+      header: 250ms
+      idle: 2m
+    headers:
+      forwarded_for: replace
+      request_id: X-Trace
+      via: off
+    routes:
+      - match: { host: API.example.com, path_prefix: /v1/ }
+        pool: api
+      - match: { host: "*.example.com", header: { X-Canary: "1", X-Env: prod } }
+        pool: web
+      - pool: web
+pools:
+  web:
+    balance: round_robin
+    timeouts: { connect: 1s, response: 10s, idle: 20s }
+    retries: 0
+    regions:
+      - name: aws-us-east
+        priority: 0
+        backends:
+          - address: 127.0.0.1:9001
+            weight: 2
+          - address: 127.0.0.1:9002
+      - name: rackspace
+        priority: 1
+        backends: ["[::1]:9003"]
+  api:
+    backends:
+      - address: 127.0.0.1:9101
+)");
+  ASSERT_TRUE(config);
+  EXPECT_EQ(config->file, "t.yaml");
+  EXPECT_EQ(config->workers, 4u);
+  EXPECT_EQ(config->shutdown_timeout, 5s);
+  EXPECT_EQ(config->admin.listen.text(), "127.0.0.1:9901");
+  EXPECT_EQ(config->access_log.path, "stderr");
+  EXPECT_EQ(config->access_log.format, AccessLog::Format::combined);
+
+  ASSERT_EQ(config->listeners.size(), 1u);
+  const Listener& l = config->listeners[0];
+  EXPECT_EQ(l.name, "public");
+  EXPECT_EQ(l.listen.host, "::");
+  EXPECT_EQ(l.listen.port, 8080);
+  EXPECT_TRUE(l.listen.ipv6);
+  EXPECT_EQ(l.limits.max_header_bytes, 16u * 1024);
+  EXPECT_EQ(l.limits.max_body_bytes, 0u);
+  EXPECT_EQ(l.limits.max_connections, 500u);
+  EXPECT_EQ(l.timeouts.header, 250ms);
+  EXPECT_EQ(l.timeouts.idle, 120s);
+  EXPECT_EQ(l.headers.forwarded_for, Headers::ForwardedFor::replace);
+  EXPECT_EQ(l.headers.request_id, "X-Trace");
+  EXPECT_FALSE(l.headers.via);
+  ASSERT_EQ(l.routes.size(), 3u);
+  EXPECT_EQ(l.routes[0].match.host, "api.example.com"); // host names are case-insensitive
+  EXPECT_EQ(l.routes[0].match.path_prefix, "/v1/");
+  EXPECT_EQ(l.routes[0].pool, "api");
+  EXPECT_EQ(l.routes[1].match.host, "*.example.com");
+  using Header = std::pair<std::string, std::string>;
+  EXPECT_EQ(l.routes[1].match.headers, (std::vector<Header>{{"X-Canary", "1"}, {"X-Env", "prod"}}));
+  EXPECT_TRUE(l.routes[2].match.host.empty());
+  EXPECT_TRUE(l.routes[2].match.path_prefix.empty());
+  EXPECT_TRUE(l.routes[2].match.headers.empty());
+
+  ASSERT_EQ(config->pools.size(), 2u); // file order
+  const Pool& web = config->pools[0];
+  EXPECT_EQ(web.name, "web");
+  EXPECT_EQ(web.balance, Balance::round_robin);
+  EXPECT_EQ(web.timeouts.connect, 1s);
+  EXPECT_EQ(web.timeouts.response, 10s);
+  EXPECT_EQ(web.timeouts.idle, 20s);
+  EXPECT_EQ(web.retries, 0u);
+  ASSERT_EQ(web.regions.size(), 2u);
+  EXPECT_EQ(web.regions[0].name, "aws-us-east");
+  EXPECT_EQ(web.regions[0].priority, 0u);
+  ASSERT_EQ(web.regions[0].backends.size(), 2u);
+  EXPECT_EQ(web.regions[0].backends[0].address.text(), "127.0.0.1:9001");
+  EXPECT_EQ(web.regions[0].backends[0].weight, 2u);
+  EXPECT_EQ(web.regions[0].backends[1].weight, 1u);
+  EXPECT_EQ(web.regions[1].name, "rackspace");
+  EXPECT_EQ(web.regions[1].priority, 1u);
+  ASSERT_EQ(web.regions[1].backends.size(), 1u);
+  EXPECT_EQ(web.regions[1].backends[0].address.text(), "[::1]:9003");
+
+  const Pool* api = config->find_pool("api");
+  ASSERT_TRUE(api);
+  EXPECT_EQ(api, &config->pools[1]);
+  ASSERT_EQ(api->regions.size(), 1u);
+  EXPECT_EQ(api->regions[0].name, "default"); // the `backends:` shorthand
+  EXPECT_EQ(api->regions[0].priority, 0u);
+  EXPECT_EQ(config->find_pool("nope"), nullptr);
+}
+
+TEST(Config, DefaultsComeFromTheTypes) {
+  auto config = valid(minimal);
+  ASSERT_TRUE(config);
+  const Config defaults;
+  EXPECT_EQ(config->workers, 0u);
+  EXPECT_EQ(config->shutdown_timeout, defaults.shutdown_timeout);
+  EXPECT_EQ(config->admin.listen.text(), "127.0.0.1:9901");
+  EXPECT_EQ(config->access_log.path, "off");
+  const Listener& l = config->listeners.at(0);
+  EXPECT_EQ(l.limits.max_header_bytes, Limits{}.max_header_bytes);
+  EXPECT_EQ(l.limits.max_body_bytes, Limits{}.max_body_bytes);
+  EXPECT_EQ(l.timeouts.header, ListenerTimeouts{}.header);
+  EXPECT_EQ(l.headers.request_id, "X-Request-Id");
+  EXPECT_TRUE(l.headers.via);
+  const Pool& web = config->pools.at(0);
+  EXPECT_EQ(web.retries, 2u);
+  EXPECT_EQ(web.timeouts.response, PoolTimeouts{}.response);
+  EXPECT_EQ(web.regions.at(0).backends.at(0).weight, 1u);
+}
+
+TEST(Config, WorkersAuto) {
+  EXPECT_EQ(valid(std::string("workers: auto\n") + minimal)->workers, 0u);
+  EXPECT_EQ(valid(std::string("workers: 3\n") + minimal)->workers, 3u);
+  EXPECT_EQ(only_error(std::string("workers: 0\n") + minimal),
+            "t.yaml:1:10: workers: must be 1..1024, got '0'");
+  EXPECT_EQ(only_error(std::string("workers: many\n") + minimal),
+            "t.yaml:1:10: workers: expected auto or a number of threads 1..1024, got 'many'");
+}
+
+TEST(Config, OffAndOnSpellings) {
+  for (const char* off : {"off", "\"off\"", "false"}) {
+    auto config = valid(with_listener_lines(std::string("    headers: { request_id: ") + off +
+                                            ", via: " + off + ", forwarded_for: " + off + " }"));
+    ASSERT_TRUE(config) << off;
+    EXPECT_EQ(config->listeners[0].headers.request_id, "") << off;
+    EXPECT_FALSE(config->listeners[0].headers.via) << off;
+    EXPECT_EQ(config->listeners[0].headers.forwarded_for, Headers::ForwardedFor::off) << off;
+  }
+  for (const char* on : {"on", "true"})
+    EXPECT_TRUE(valid(with_listener_lines(std::string("    headers: { via: ") + on + " }"))
+                    ->listeners[0]
+                    .headers.via);
+}
+
+TEST(Config, EmptyMatchMatchesEverything) {
+  auto config = valid(R"(
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    routes:
+      - { match: {}, pool: web }
+      - { match: , pool: web }
+      - pool: web
+pools:
+  web: { backends: [{ address: 127.0.0.1:9001 }] }
+)");
+  ASSERT_TRUE(config);
+  for (const Route& route : config->listeners[0].routes) {
+    EXPECT_TRUE(route.match.host.empty());
+    EXPECT_TRUE(route.match.path_prefix.empty());
+    EXPECT_TRUE(route.match.headers.empty());
+    EXPECT_EQ(route.pool, "web");
+  }
+}
+
+TEST(Config, UnknownKeyIsReportedAtTheKeyWithASuggestion) {
+  EXPECT_EQ(only_error(with_listener_lines("    limts: { max_connections: 5 }")),
+            "t.yaml:7:5: unknown key 'limts' (did you mean 'limits'?)");
+  EXPECT_EQ(only_error(with_listener_lines("    colour: blue")),
+            "t.yaml:7:5: unknown key 'colour'");
+}
+
+TEST(Config, CollectsEveryErrorInFileOrder) {
+  auto all = errors(R"(
+shutdown_timeout: 30
+listeners:
+  - name: public
+    listen: localhost:80
+    timeouts: { header: abc }
+    routes: [{ pool: nope }]
+pools:
+  web:
+    retries: 99
+    backends: [127.0.0.1:9001]
+)");
+  EXPECT_EQ(all, (std::vector<std::string>{
+                     "t.yaml:2:19: shutdown_timeout: expected a duration like 2s or 250ms, got "
+                     "'30' (add a unit: ms, s, m or h)",
+                     "t.yaml:5:13: listen: expected a numeric address like 127.0.0.1:8080 or "
+                     "[::1]:8080, got 'localhost:80' (host names are not supported here: use an "
+                     "IP address)",
+                     "t.yaml:6:25: header: expected a duration like 2s or 250ms, got 'abc'",
+                     "t.yaml:7:22: pool 'nope' is not defined",
+                     "t.yaml:10:14: retries: must be 0..10, got '99'",
+                 }));
+}
+
+TEST(Config, DuplicateKeyIsReportedAtTheSecond) {
+  EXPECT_EQ(only_error(with_listener_lines("    name: again")), "t.yaml:7:5: duplicate key 'name'");
+}
+
+TEST(Config, KeysNotSupportedYetAreRefused) {
+  EXPECT_EQ(only_error(std::string("sticky_secret: x\n") + minimal),
+            "t.yaml:1:1: sticky_secret: not supported yet");
+  EXPECT_EQ(only_error(with_listener_lines("    tls: {}")), "t.yaml:7:5: tls: not supported yet");
+  EXPECT_EQ(only_error(std::string(minimal) + "    health_check: { path: / }\n"),
+            "t.yaml:10:5: health_check: not supported yet");
+  for (const char* balance : {"least_conn", "random_two", "ring_hash", "maglev"})
+    EXPECT_EQ(only_error(std::string(minimal) + "    balance: " + balance + "\n"),
+              std::string("t.yaml:10:14: balance: ") + balance + " not supported yet");
+  EXPECT_EQ(only_error(std::string(minimal) + "    balance: fastest\n"),
+            "t.yaml:10:14: balance: expected round_robin, got 'fastest'");
+}
+
+TEST(Config, RouteToAnUnknownPool) {
+  auto yaml = std::string(minimal);
+  yaml.replace(yaml.find("pool: web"), 9, "pool: wbe");
+  EXPECT_EQ(only_error(yaml), "t.yaml:6:15: pool 'wbe' is not defined (did you mean 'web'?)");
+}
+
+TEST(Config, ListenerWithoutRoutes) {
+  EXPECT_EQ(only_error(R"(
+listeners:
+  - name: public
+    listen: 127.0.0.1:8080
+pools:
+  web: { backends: [127.0.0.1:9001] }
+)"),
+            "t.yaml:3:5: listener has no routes");
+  EXPECT_EQ(only_error(R"(
+listeners:
+  - name: public
+    listen: 127.0.0.1:8080
+    routes: []
+pools:
+  web: { backends: [127.0.0.1:9001] }
+)"),
+            "t.yaml:5:13: listener has no routes");
+}
+
+TEST(Config, ListenerNamesAndAddressesAreUnique) {
+  auto all = errors(R"(
+listeners:
+  - { name: a, listen: 127.0.0.1:8080, routes: [{ pool: web }] }
+  - { name: a, listen: 127.0.0.1:8081, routes: [{ pool: web }] }
+  - { name: b, listen: 127.0.0.1:8080, routes: [{ pool: web }] }
+pools:
+  web: { backends: [127.0.0.1:9001] }
+)");
+  EXPECT_EQ(all, (std::vector<std::string>{
+                     "t.yaml:4:13: duplicate listener name 'a'",
+                     "t.yaml:5:24: listen: 127.0.0.1:8080 is already used by listener 'a'",
+                 }));
+  // Port 0 means "any free port": several listeners may ask for it.
+  EXPECT_TRUE(valid(R"(
+listeners:
+  - { name: a, listen: 127.0.0.1:0, routes: [{ pool: web }] }
+  - { name: b, listen: 127.0.0.1:0, routes: [{ pool: web }] }
+admin: { listen: 127.0.0.1:0 }
+pools:
+  web: { backends: [127.0.0.1:9001] }
+)"));
+}
+
+TEST(Config, PoolShape) {
+  auto base = std::string(with_listener_lines("")) + "  api:\n";
+  EXPECT_EQ(only_error(base + "    retries: 1\n"), "t.yaml:11:3: pool 'api' has no backends");
+  EXPECT_EQ(only_error(base + "    backends: [127.0.0.1:1]\n    regions: []\n"),
+            "t.yaml:13:5: a pool has either 'backends' or 'regions', not both");
+  EXPECT_EQ(
+      only_error(base + "    regions:\n      - { name: r, weight: 5, backends: [127.0.0.1:1] }\n"),
+      "t.yaml:13:20: weight: not supported yet");
+  EXPECT_EQ(only_error(base + "    backends: [{ address: 127.0.0.1:1, weight: 1001 }]\n"),
+            "t.yaml:12:48: weight: must be 1..1000, got '1001'");
+  EXPECT_EQ(only_error(base + "    backends: [{ dns: app.internal:80 }]\n"),
+            "t.yaml:12:18: dns: not supported yet");
+}
+
+TEST(Config, BackendAddressesAreUniqueInAPool) {
+  EXPECT_EQ(only_error(R"(
+listeners:
+  - { name: a, listen: 127.0.0.1:0, routes: [{ pool: web }] }
+pools:
+  web:
+    regions:
+      - { name: one, backends: [127.0.0.1:9001] }
+      - { name: two, priority: 1, backends: [{ address: 127.0.0.1:9001 }] }
+  other: { backends: [127.0.0.1:9001] }
+)"),
+            "t.yaml:8:57: duplicate backend 127.0.0.1:9001 in pool 'web'");
+}
+
+TEST(Config, HeaderSizeLimits) {
+  EXPECT_EQ(only_error(with_listener_lines("    limits: { max_header_bytes: 512 }")),
+            "t.yaml:7:33: max_header_bytes: must be between 1KiB and 1MiB, got '512'");
+  EXPECT_EQ(only_error(with_listener_lines("    limits: { max_body_bytes: 10MB }")),
+            "t.yaml:7:31: max_body_bytes: expected a size like 16KiB, 10MiB or a number of bytes, "
+            "got '10MB' (units are KiB, MiB and GiB; KB/MB/GB are not accepted)");
+  EXPECT_TRUE(valid(with_listener_lines("    limits: { max_header_bytes: 1MiB }")));
+}
+
+TEST(Config, WrongTypes) {
+  EXPECT_EQ(only_error(with_listener_lines("    timeouts: [1s]")),
+            "t.yaml:7:15: timeouts: expected a map, got a list");
+  EXPECT_EQ(only_error(with_listener_lines("    timeouts: { idle: }")),
+            "t.yaml:7:17: idle: expected a duration like 2s or 250ms, got nothing");
+  EXPECT_EQ(only_error(with_listener_lines("    timeouts: { idle: 0s }")),
+            "t.yaml:7:23: idle: must be more than 0s");
+}
+
+TEST(Config, SyntaxErrorHasAPosition) {
+  EXPECT_EQ(only_error("listeners: [\npools: {}\n"),
+            "t.yaml:3:1: invalid YAML: end of sequence flow not found");
+}
+
+TEST(Config, EmptyDocument) {
+  EXPECT_EQ(only_error(""),
+            "t.yaml:1:1: the config is empty: expected a map with 'listeners' and 'pools'");
+  EXPECT_EQ(only_error("# only a comment\n"),
+            "t.yaml:1:1: the config is empty: expected a map with 'listeners' and 'pools'");
+}
+
+TEST(Config, NeverThrows) {
+  const std::string deep(100000, '[');
+  for (const std::string& text :
+       {deep, std::string("\t- x"), std::string("a: *nothing"), std::string("\0\1\2", 3),
+        std::string("- - - -"), std::string("!!binary ~"), std::string("? [a]: 1\n")}) {
+    LoadResult result;
+    EXPECT_NO_THROW(result = load_string(text, "t.yaml"));
+    EXPECT_FALSE(result.config);
+    EXPECT_FALSE(result.errors.empty());
+  }
+}
+
+TEST(LoadFile, ReadsTheFile) {
+  char path[] = "/tmp/lb_config_test_XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(write(fd, minimal, strlen(minimal)), ssize_t(strlen(minimal)));
+  close(fd);
+  auto result = load_file(path);
+  unlink(path);
+  ASSERT_TRUE(result.config);
+  EXPECT_EQ(result.config->file, path);
+}
+
+TEST(LoadFile, MissingFile) {
+  auto result = load_file("/nonexistent/lb.yaml");
+  EXPECT_FALSE(result.config);
+  EXPECT_EQ(result.errors, std::vector<std::string>{
+                               "/nonexistent/lb.yaml: cannot read: No such file or directory"});
+}
+
+TEST(LoadFile, DirectoryIsNotAConfig) {
+  auto result = load_file("/tmp");
+  EXPECT_FALSE(result.config);
+  ASSERT_EQ(result.errors.size(), 1u);
+  EXPECT_EQ(result.errors[0], "/tmp: cannot read: Is a directory");
+}
+
+TEST(LoadFile, EndlessFileIsRefused) {
+  auto result = load_file("/dev/zero");
+  EXPECT_FALSE(result.config);
+  EXPECT_EQ(result.errors, std::vector<std::string>{"/dev/zero: cannot read: File too large"});
+}
+
+TEST(Config, EmptyAddressIsAnError) {
+  EXPECT_EQ(only_error(std::string("admin: { listen: '' }\n") + minimal),
+            "t.yaml:1:18: listen: expected a numeric address like 127.0.0.1:8080 or [::1]:8080, "
+            "got ''");
+}
