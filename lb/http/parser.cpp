@@ -93,7 +93,8 @@ void Parser::reset() {
 
 bool Parser::finish_at_eof() {
   if (!in_message_) return true;
-  if (llhttp_finish(&parser_) != HPE_OK) return false;
+  llhttp_errno_t err = llhttp_finish(&parser_);
+  if (err != HPE_OK && err != HPE_PAUSED) return false;  // on_message_complete pauses
   return !in_message_;
 }
 
@@ -145,8 +146,23 @@ int Parser::on_header_field(llhttp_t* p, const char* at, size_t len) {
   return 0;
 }
 
+// RFC 9110 §5.6.2: a field name is a token.
+static bool is_token(std::string_view s) {
+  if (s.empty()) return false;
+  for (unsigned char c : s) {
+    bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              std::strchr("!#$%&'*+-.^_`|~", c) != nullptr;
+    if (!ok || c == 0) return false;
+  }
+  return true;
+}
+
 int Parser::on_header_field_complete(llhttp_t* p) {
   Parser& s = self(p);
+  if (!is_token(s.current_->name.view())) {
+    s.error_reason_ = "invalid header field name";
+    return -1;
+  }
   s.current_->field = s.classify(s.current_->name.view());
   return 0;
 }

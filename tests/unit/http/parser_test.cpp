@@ -1,0 +1,170 @@
+#include "lb/http/parser.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace lb::http {
+namespace {
+
+using Event = Parser::Event;
+
+// Feeds `text` (in pieces of `step` bytes, all from one buffer, as a connection
+// does) until the head is complete. Returns the offset just past the head.
+size_t parse_head(Parser& p, const std::string& text, size_t step = 1 << 20) {
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = std::min(text.size(), pos + step);
+    auto r = p.feed(text.data() + pos, text.data() + end);
+    pos = static_cast<size_t>(r.stop - text.data());
+    if (r.event == Event::head_complete) return pos;
+    EXPECT_EQ(r.event, Event::need_more) << p.error_reason();
+    if (r.event != Event::need_more) return std::string::npos;
+  }
+  return std::string::npos;
+}
+
+TEST(ParserTest, RequestHeadAsSpans) {
+  Parser p(Parser::Kind::request);
+  std::string text =
+      "GET /a/b?c=1 HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive, X-Foo\r\n"
+      "X-Foo: bar  \r\nContent-Length: 0\r\n\r\n";
+  size_t end = parse_head(p, text);
+  ASSERT_EQ(end, text.size());
+  const Head& h = p.head();
+  EXPECT_EQ(h.method.view(), "GET");
+  EXPECT_EQ(h.target.view(), "/a/b?c=1");
+  EXPECT_EQ(h.minor, 1);
+  ASSERT_EQ(h.count, 4u);
+  EXPECT_EQ(h.headers[0].field, Field::host);
+  EXPECT_EQ(h.headers[0].value.view(), "example.com");
+  EXPECT_EQ(h.headers[2].value.view(), "bar");  // trailing whitespace is not part of the value
+  EXPECT_TRUE(h.headers[1].hop_by_hop);
+  EXPECT_EQ(h.start, text.data());
+  EXPECT_EQ(std::string(h.headers[1].line_start, h.headers[1].line_end),
+            "Connection: keep-alive, X-Foo\r\n");
+  EXPECT_EQ(std::string(h.start, h.start_line_end()), "GET /a/b?c=1 HTTP/1.1\r\n");
+  EXPECT_EQ(std::string(h.end_of_fields(), h.end), "\r\n");
+  // The spans point into the caller's buffer: nothing was copied.
+  EXPECT_GE(h.headers[2].value.p, text.data());
+  EXPECT_LT(h.headers[2].value.p, text.data() + text.size());
+
+  Head& mutable_head = p.head();
+  mark_connection_options(mutable_head);
+  EXPECT_TRUE(mutable_head.headers[2].hop_by_hop);   // named by Connection
+  EXPECT_FALSE(mutable_head.headers[3].hop_by_hop);  // Content-Length stays
+}
+
+TEST(ParserTest, ByteByByteGivesTheSameSpans) {
+  std::string text = "POST /upload HTTP/1.1\r\nHost: h\r\nX-Long-Header-Name: some value\r\n\r\n";
+  Parser whole(Parser::Kind::request), bytes(Parser::Kind::request);
+  ASSERT_EQ(parse_head(whole, text), text.size());
+  ASSERT_EQ(parse_head(bytes, text, 1), text.size());
+  ASSERT_EQ(whole.head().count, bytes.head().count);
+  for (unsigned i = 0; i < whole.head().count; ++i) {
+    EXPECT_EQ(whole.head().headers[i].name.view(), bytes.head().headers[i].name.view());
+    EXPECT_EQ(whole.head().headers[i].value.view(), bytes.head().headers[i].value.view());
+  }
+  EXPECT_EQ(bytes.head().target.view(), "/upload");
+}
+
+TEST(ParserTest, PipelinedMessagesStopAtEachEnd) {
+  Parser p(Parser::Kind::request);
+  std::string text =
+      "POST /1 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+      "GET /2 HTTP/1.1\r\nHost: h\r\n\r\n";
+  size_t head_end = parse_head(p, text);
+  ASSERT_NE(head_end, std::string::npos);
+  EXPECT_EQ(p.head().content_length, 5u);
+  auto r = p.feed(text.data() + head_end, text.data() + text.size());
+  ASSERT_EQ(r.event, Event::message_complete);
+  size_t second = static_cast<size_t>(r.stop - text.data());
+  EXPECT_EQ(text.substr(second, 6), "GET /2");
+  r = p.feed(text.data() + second, text.data() + text.size());
+  ASSERT_EQ(r.event, Event::head_complete);
+  EXPECT_EQ(p.head().target.view(), "/2");
+  r = p.feed(r.stop, text.data() + text.size());
+  EXPECT_EQ(r.event, Event::message_complete);
+  EXPECT_EQ(r.stop, text.data() + text.size());
+}
+
+TEST(ParserTest, ChunkedBodyEndsAfterLastChunkAndTrailers) {
+  Parser p(Parser::Kind::request);
+  std::string text =
+      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+  size_t head_end = parse_head(p, text);
+  ASSERT_TRUE(p.head().chunked);
+  auto r = p.feed(text.data() + head_end, text.data() + text.size());
+  ASSERT_EQ(r.event, Event::message_complete);
+  EXPECT_EQ(std::string(r.stop), "NEXT");
+  EXPECT_EQ(p.body_bytes(), 5u);
+}
+
+TEST(ParserTest, SmugglingFormsAreErrors) {
+  const char* bad[] = {
+      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+      "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost: h\r\nBad Name: x\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost : h\r\n\r\n",
+      "NOT-HTTP\r\n\r\n",
+  };
+  for (const char* text : bad) {
+    Parser p(Parser::Kind::request);
+    std::string s(text);
+    auto r = p.feed(s.data(), s.data() + s.size());
+    EXPECT_EQ(r.event, Event::error) << text;
+    EXPECT_NE(p.error_reason(), nullptr);
+  }
+}
+
+TEST(ParserTest, TooManyHeadersIsAnError) {
+  std::string text = "GET / HTTP/1.1\r\nHost: h\r\n";
+  for (unsigned i = 0; i < max_headers + 1; ++i) text += "X-H" + std::to_string(i) + ": v\r\n";
+  text += "\r\n";
+  Parser p(Parser::Kind::request);
+  auto r = p.feed(text.data(), text.data() + text.size());
+  EXPECT_EQ(r.event, Event::error);
+  EXPECT_STREQ(p.error_reason(), "too many header fields");
+}
+
+TEST(ParserTest, ResponseToHeadHasNoBody) {
+  Parser p(Parser::Kind::response);
+  p.set_head_request(true);
+  std::string text = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+  size_t head_end = parse_head(p, text);
+  ASSERT_NE(head_end, std::string::npos);
+  EXPECT_EQ(p.head().status, 200);
+  EXPECT_EQ(p.head().start, text.data());
+  auto r = p.feed(text.data() + head_end, text.data() + text.size());
+  ASSERT_EQ(r.event, Event::message_complete);
+  EXPECT_EQ(static_cast<size_t>(r.stop - text.data()), head_end);
+}
+
+TEST(ParserTest, InterimResponseThenFinal) {
+  Parser p(Parser::Kind::response);
+  std::string text = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  size_t first = parse_head(p, text);
+  EXPECT_EQ(p.head().status, 100);
+  auto r = p.feed(text.data() + first, text.data() + text.size());
+  ASSERT_EQ(r.event, Event::message_complete);
+  r = p.feed(r.stop, text.data() + text.size());
+  ASSERT_EQ(r.event, Event::head_complete);
+  EXPECT_EQ(p.head().status, 200);
+  r = p.feed(r.stop, text.data() + text.size());
+  EXPECT_EQ(r.event, Event::message_complete);
+}
+
+TEST(ParserTest, CloseDelimitedResponseEndsAtEof) {
+  Parser p(Parser::Kind::response);
+  std::string text = "HTTP/1.1 200 OK\r\n\r\nsome bytes";
+  size_t head_end = parse_head(p, text);
+  EXPECT_TRUE(p.body_until_eof());
+  auto r = p.feed(text.data() + head_end, text.data() + text.size());
+  EXPECT_EQ(r.event, Event::need_more);
+  EXPECT_TRUE(p.finish_at_eof());
+  EXPECT_FALSE(p.in_message());
+}
+
+}  // namespace
+}  // namespace lb::http

@@ -1,0 +1,79 @@
+#include "lb/io/timeouts.hpp"
+
+#include "lb/io/buffer_pool.hpp"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace lb::io {
+namespace {
+
+struct Probe : Timeouts::Entry {
+  int id = 0;
+  std::vector<int>* fired = nullptr;
+};
+
+void record(Timeouts::Entry* e) {
+  auto* p = static_cast<Probe*>(e);
+  p->fired->push_back(p->id);
+}
+
+TEST(TimeoutsTest, FiresOnlyWhatIsDueInDeadlineOrder) {
+  Timeouts t;
+  std::vector<int> fired;
+  Probe a, b, c;
+  for (Probe* p : {&a, &b, &c}) {
+    p->fire = record;
+    p->fired = &fired;
+  }
+  a.id = 1;
+  b.id = 2;
+  c.id = 3;
+  t.arm(a, std::chrono::milliseconds(100));
+  t.arm(b, std::chrono::milliseconds(10));
+  t.arm(c, std::chrono::milliseconds(100));
+  auto now = Clock::now();
+  t.expire(now);
+  EXPECT_TRUE(fired.empty());
+  t.expire(now + std::chrono::milliseconds(50));
+  EXPECT_EQ(fired, (std::vector<int>{2}));
+  t.expire(now + std::chrono::milliseconds(200));
+  EXPECT_EQ(fired, (std::vector<int>{2, 1, 3}));
+  EXPECT_FALSE(a.armed());
+}
+
+TEST(TimeoutsTest, RearmMovesTheDeadlineAndDisarmCancels) {
+  Timeouts t;
+  std::vector<int> fired;
+  Probe a, b;
+  a.fire = b.fire = record;
+  a.fired = b.fired = &fired;
+  a.id = 1;
+  b.id = 2;
+  t.arm(a, std::chrono::milliseconds(10));
+  t.arm(b, std::chrono::milliseconds(10));
+  t.arm(a, std::chrono::seconds(10));  // re-armed to another duration
+  Timeouts::disarm(b);
+  t.expire(Clock::now() + std::chrono::seconds(1));
+  EXPECT_TRUE(fired.empty());
+  t.expire(Clock::now() + std::chrono::seconds(11));
+  EXPECT_EQ(fired, (std::vector<int>{1}));
+}
+
+TEST(BufferPoolTest, ReusesReleasedBuffers) {
+  BufferPool pool(1024, 2);
+  Buffer* a = pool.acquire();
+  Buffer* b = pool.acquire();
+  EXPECT_EQ(a->capacity, 1024u);
+  EXPECT_EQ(pool.in_use(), 2u);
+  pool.release(a);
+  EXPECT_EQ(pool.acquire(), a);
+  pool.release(a);
+  pool.release(b);
+  pool.release(nullptr);
+  EXPECT_EQ(pool.in_use(), 0u);
+}
+
+}  // namespace
+}  // namespace lb::io
