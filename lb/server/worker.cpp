@@ -20,7 +20,9 @@ constexpr std::chrono::milliseconds tick_interval{100};
 
 Worker::Worker(unsigned id, std::shared_ptr<const proxy::Runtime> runtime, uint32_t buffer_size,
                int access_log_fd)
-    : context_(io_, id, std::move(runtime), buffer_size, access_log_fd), tick_(io_) {
+    : io_(std::make_unique<asio::io_context>(1)),
+      context_(*io_, id, std::move(runtime), buffer_size, access_log_fd) {
+  tick_.emplace(*io_);
   context_.connections_per_listener.assign(context_.runtime->listeners.size(), 0);
   context_.on_session_closed = [this](size_t listener) {
     if (listener < acceptors_.size() && acceptors_[listener]) {
@@ -34,12 +36,22 @@ Worker::Worker(unsigned id, std::shared_ptr<const proxy::Runtime> runtime, uint3
   };
 }
 
-Worker::~Worker() = default;
+Worker::~Worker() {
+  // Sessions still open (a forced stop) are destroyed with the handlers that
+  // hold them, inside the io_context's destruction: they must still find their
+  // worker's state, and must not schedule anything.
+  acceptors_.clear();
+  context_.on_session_closed = nullptr;
+  context_.on_drained = nullptr;
+  context_.connections.close_all();
+  tick_.reset();
+  io_.reset();
+}
 
 bool Worker::bind(size_t index, const asio::ip::tcp::endpoint& endpoint, std::string& error,
                   asio::ip::tcp::endpoint& bound) {
   if (acceptors_.size() <= index) acceptors_.resize(index + 1);
-  auto a = std::make_unique<Acceptor>(io_, *context_.runtime->listeners[index]);
+  auto a = std::make_unique<Acceptor>(*io_, *context_.runtime->listeners[index]);
   error_code ec;
   a->socket.open(endpoint.protocol(), ec);
   if (!ec) a->socket.set_option(asio::socket_base::reuse_address(true), ec);
@@ -67,7 +79,7 @@ void Worker::run() {
     do_accept(*a);
   }
   do_tick();
-  io_.run();
+  io_->run();
   context_.connections.close_all();
   context_.access_log.flush();
 }
@@ -99,8 +111,8 @@ void Worker::on_accept(Acceptor& a, const error_code& ec, asio::ip::tcp::socket 
 }
 
 void Worker::do_tick() {
-  tick_.expires_after(tick_interval);
-  tick_.async_wait(asio::bind_allocator(io::SlotAllocator<void>(tick_slot_),
+  tick_->expires_after(tick_interval);
+  tick_->async_wait(asio::bind_allocator(io::SlotAllocator<void>(tick_slot_),
                                         [this](const error_code& ec) { on_tick(ec); }));
 }
 
@@ -126,7 +138,7 @@ void Worker::on_tick(const error_code& ec) {
 }
 
 void Worker::drain(std::function<void()> done) {
-  asio::post(io_, [this, done = std::move(done)]() mutable {
+  asio::post(*io_, [this, done = std::move(done)]() mutable {
     context_.draining = true;
     for (auto& a : acceptors_) {
       if (!a) continue;
@@ -139,7 +151,7 @@ void Worker::drain(std::function<void()> done) {
       *finished = true;
       context_.connections.close_all();
       context_.access_log.flush();
-      tick_.cancel();
+      tick_->cancel();
       done();
     };
     context_.on_drained = finish;

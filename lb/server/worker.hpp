@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 namespace lb::server {
@@ -25,7 +26,7 @@ class Worker {
   void run();  // the thread body
   // Thread-safe: stop accepting, finish in-flight requests, call `done` when idle.
   void drain(std::function<void()> done);
-  void stop() { io_.stop(); }
+  void stop() { io_->stop(); }
   void set_connection_limit(size_t index, size_t limit) { acceptors_[index]->limit = limit; }
 
  private:
@@ -46,10 +47,10 @@ class Worker {
   void on_tick(const boost::system::error_code& ec);
   void on_session_closed();
 
-  boost::asio::io_context io_;
+  std::unique_ptr<boost::asio::io_context> io_;  // first: destroyed last by hand
   proxy::WorkerContext context_;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
-  boost::asio::steady_timer tick_;
+  std::optional<boost::asio::steady_timer> tick_;
   io::HandlerSlot tick_slot_;
   unsigned ticks_ = 0;
   std::function<void()> drained_;
