@@ -31,7 +31,7 @@ class HandlerSlot {
   }
 
  private:
-  alignas(std::max_align_t) unsigned char storage_[192];
+  alignas(std::max_align_t) unsigned char storage_[320];  // an asio wait operation on a socket is ~210 bytes
   bool in_use_ = false;
 };
 

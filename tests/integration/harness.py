@@ -82,8 +82,19 @@ def lb_bin():
     """Path of the lb binary: $LB_BIN, else $LB_SOURCE_DIR/build/lb/lb."""
     b = os.environ.get("LB_BIN")
     if b:
-        return b
+        return os.path.abspath(b)  # lb runs with cwd = its temp dir
     return os.path.join(SOURCE_DIR, "build", "lb", "lb")
+
+
+def unused_port(host="127.0.0.1"):
+    """A loopback port with nothing listening on it (bound to port 0, then closed):
+    connecting to it is refused."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
 
 
 # ---------------------------------------------------------------------------
