@@ -582,14 +582,14 @@ void Loader::limits(const Item& item, Limits& limits) {
 }
 
 void Loader::listener_timeouts(const Item& item, ListenerTimeouts& timeouts) {
-  auto items = fields(item, {"header", "idle"});
+  auto items = fields(item, {"header", "idle", "tunnel"});
   if (!items)
     return;
   for (const auto& f : *items) {
     auto d = duration(f, true);
     if (!d)
       continue;
-    (f.name == "header" ? timeouts.header : timeouts.idle) = *d;
+    (f.name == "header" ? timeouts.header : f.name == "idle" ? timeouts.idle : timeouts.tunnel) = *d;
   }
 }
 

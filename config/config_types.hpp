@@ -35,6 +35,7 @@ struct Limits {
 struct ListenerTimeouts {
   Duration header{std::chrono::seconds(10)};
   Duration idle{std::chrono::seconds(60)};
+  Duration tunnel{std::chrono::hours(1)};  // an upgraded (WebSocket) connection with no traffic
 };
 
 struct Headers {

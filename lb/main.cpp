@@ -11,6 +11,8 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <sys/resource.h>
+
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -23,6 +25,12 @@ namespace {
 int serve(std::shared_ptr<const lb::config::Config> config) {
   namespace asio = boost::asio;
   std::signal(SIGPIPE, SIG_IGN);
+  // Every connection is a descriptor (two when proxied): use all the system allows.
+  struct rlimit files;
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   asio::io_context main_io;
   lb::server::Server server(config);
   if (!server.bind()) return 1;

@@ -32,6 +32,18 @@ const Header* Head::find(Field f) const {
 
 namespace lb::http {
 
+bool has_token(std::string_view v, std::string_view token) {
+  while (!v.empty()) {
+    size_t comma = v.find(',');
+    std::string_view t = v.substr(0, comma);
+    v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
+    while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
+    while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
+    if (iequals(t, token)) return true;
+  }
+  return false;
+}
+
 void mark_connection_options(Head& head) {
   for (unsigned i = 0; i < head.count; ++i) {
     if (head.headers[i].field != Field::connection) continue;

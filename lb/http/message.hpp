@@ -77,4 +77,7 @@ namespace lb::http {
 // Marks as hop-by-hop every field named by the Connection header(s) (RFC 9110 §7.6.1).
 void mark_connection_options(Head& head);
 
+// Whether a comma-separated list value holds `token` (case-insensitive).
+bool has_token(std::string_view list, std::string_view token);
+
 }  // namespace lb::http

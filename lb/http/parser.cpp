@@ -42,6 +42,10 @@ Parser::Parser(Kind kind) : kind_(kind) {
   settings_.on_header_value = on_header_value;
   settings_.on_header_value_complete = on_header_value_complete;
   settings_.on_headers_complete = on_headers_complete;
+  settings_.on_url_complete = [](llhttp_t* p) {
+    self(p).target_complete_ = true;
+    return 0;
+  };
   settings_.on_body = on_body;
   settings_.on_message_complete = on_message_complete;
   llhttp_init(&parser_, kind == Kind::request ? HTTP_REQUEST : HTTP_RESPONSE, &settings_);
@@ -49,35 +53,40 @@ Parser::Parser(Kind kind) : kind_(kind) {
 }
 
 Parser::Result Parser::feed(const char* p, const char* end) {
-  first_byte_ = p;
-  llhttp_errno_t err = llhttp_execute(&parser_, p, static_cast<size_t>(end - p));
-  switch (err) {
-    case HPE_OK:
-      return {Event::need_more, end};
-    case HPE_PAUSED: {
-      const char* stop = llhttp_get_error_pos(&parser_);
-      llhttp_resume(&parser_);
-      if (in_head_) {
-        end_head(stop);
-        return {Event::head_complete, stop};
+  for (;;) {
+    first_byte_ = p;
+    llhttp_errno_t err = llhttp_execute(&parser_, p, static_cast<size_t>(end - p));
+    switch (err) {
+      case HPE_OK:
+        return {Event::need_more, end};
+      case HPE_PAUSED: {
+        const char* stop = llhttp_get_error_pos(&parser_);
+        llhttp_resume(&parser_);
+        if (in_head_) {
+          end_head(stop);
+          return {Event::head_complete, stop};
+        }
+        return {Event::message_complete, stop};
       }
-      return {Event::message_complete, stop};
-    }
-    case HPE_PAUSED_UPGRADE: {
-      // The message is complete; what follows belongs to another protocol.
-      const char* stop = llhttp_get_error_pos(&parser_);
-      upgrade_ = true;
-      if (in_head_) {
-        end_head(stop);
-        return {Event::head_complete, stop};
+      case HPE_PAUSED_UPGRADE: {
+        // llhttp stops after a message that asked to switch protocols. Whether it
+        // does is the backend's answer (101 or not), which the caller handles; if
+        // the caller feeds more, it is HTTP again.
+        const char* stop = llhttp_get_error_pos(&parser_);
+        llhttp_resume_after_upgrade(&parser_);
+        upgrade_ = true;
+        if (in_message_) {
+          in_message_ = false;
+          return {Event::message_complete, stop};
+        }
+        p = stop;
+        continue;
       }
-      in_message_ = false;
-      return {Event::message_complete, stop};
+      default:
+        if (!error_reason_) error_reason_ = llhttp_get_error_reason(&parser_);
+        if (too_many_headers_) error_reason_ = "too many header fields";
+        return {Event::error, llhttp_get_error_pos(&parser_)};
     }
-    default:
-      if (!error_reason_) error_reason_ = llhttp_get_error_reason(&parser_);
-      if (too_many_headers_) error_reason_ = "too many header fields";
-      return {Event::error, llhttp_get_error_pos(&parser_)};
   }
 }
 
@@ -117,6 +126,7 @@ int Parser::on_message_begin(llhttp_t* p) {
   s.upgrade_ = false;
   s.body_bytes_ = 0;
   s.error_reason_ = nullptr;
+  s.target_complete_ = false;
   return 0;
 }
 
@@ -177,6 +187,15 @@ int Parser::on_header_value_complete(llhttp_t* p) {
   Parser& s = self(p);
   Header& h = *s.current_;
   if (!h.value.p) h.value.p = h.name.end() + 1;  // empty value: anchor it after the colon
+  // A folded line (obs-fold) or a stray CR/LF inside a value: RFC 9112 §5.2 lets a
+  // proxy refuse it, and we do, rather than forward a line others may split.
+  for (uint32_t i = 0; i < h.value.n; ++i) {
+    char c = h.value.p[i];
+    if (c == '\r' || c == '\n' || c == '\0') {
+      s.error_reason_ = c == '\0' ? "NUL in a header value" : "folded or broken header line";
+      return -1;
+    }
+  }
   h.value = trim(h.value);
   switch (h.field) {
     case Field::connection:
@@ -203,6 +222,10 @@ int Parser::headers_complete() {
   head_.chunked = (parser_.flags & F_CHUNKED) != 0;
   head_.has_content_length = (parser_.flags & F_CONTENT_LENGTH) != 0;
   head_.content_length = head_.has_content_length ? parser_.content_length : 0;
+  if (const char* why = check_framing()) {
+    error_reason_ = why;
+    return -1;
+  }
   if (kind_ == Kind::response && head_request_) parser_.flags |= F_SKIPBODY;
   head_.keep_alive = llhttp_should_keep_alive(&parser_) != 0;
   body_until_eof_ = llhttp_message_needs_eof(&parser_) != 0;
@@ -218,6 +241,28 @@ int Parser::on_message_complete(llhttp_t* p) {
   Parser& s = self(p);
   s.in_message_ = false;
   return HPE_PAUSED;
+}
+
+// Framing rules llhttp leaves to us (RFC 9112 §6.1, §3.2). Returns why the head
+// is refused, or nullptr.
+const char* Parser::check_framing() const {
+  if (kind_ != Kind::request) return nullptr;
+  unsigned hosts = 0;
+  for (unsigned i = 0; i < head_.count; ++i) {
+    const Header& h = head_.headers[i];
+    if (h.field == Field::transfer_encoding && head_.major == 1 && head_.minor == 0)
+      return "Transfer-Encoding in an HTTP/1.0 request";
+    if (h.field != Field::host) continue;
+    if (++hosts > 1) return "more than one Host header";
+    // uri-host [ ":" port ]: reg-name characters, an IP literal, digits.
+    for (char c : h.value.view()) {
+      bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                std::strchr("-._~!$&'()*+,;=:[]%", c) != nullptr;
+      if (!ok || c == 0) return "invalid Host header";
+    }
+  }
+  if (head_.major == 1 && head_.minor == 1 && hosts == 0) return "missing Host header";
+  return nullptr;
 }
 
 Field Parser::classify(std::string_view n) const {

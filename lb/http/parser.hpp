@@ -50,6 +50,8 @@ class Parser {
   bool body_until_eof() const { return body_until_eof_; }
   bool upgrade() const { return upgrade_; }
   uint64_t body_bytes() const { return body_bytes_; }
+  // Requests: the whole request target has been seen.
+  bool target_complete() const { return target_complete_; }
   const char* error_reason() const { return error_reason_; }
 
  private:
@@ -66,6 +68,7 @@ class Parser {
 
   int headers_complete();
   void end_head(const char* stop);
+  const char* check_framing() const;
   Field classify(std::string_view name) const;
 
   llhttp_t parser_;
@@ -82,6 +85,7 @@ class Parser {
   bool body_until_eof_ = false;
   bool upgrade_ = false;
   bool too_many_headers_ = false;
+  bool target_complete_ = false;
   uint64_t body_bytes_ = 0;
   const char* error_reason_ = nullptr;
 };

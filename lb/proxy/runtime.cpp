@@ -63,9 +63,11 @@ Router::Router(const std::vector<config::Route>& routes,
   }
 }
 
-int Router::match(const http::Head& head) const {
+int Router::match(const http::Head& head, std::string_view authority) const {
   const http::Header* host_header = head.find(http::Field::host);
-  std::string_view host = host_header ? host_without_port(host_header->value.view()) : "";
+  std::string_view host = !authority.empty() ? host_without_port(authority)
+                          : host_header      ? host_without_port(host_header->value.view())
+                                             : std::string_view();
   std::string_view path = path_of(head.target.view());
   for (const auto& r : routes_) {
     switch (r.host_match) {

@@ -19,7 +19,8 @@ class Router {
   Router(const std::vector<config::Route>& routes,
          const std::vector<std::unique_ptr<upstream::Pool>>& pools);
   // Index of the pool for this request head, or -1 when no route matches.
-  int match(const http::Head& head) const;
+  // `authority` (from an absolute-form target), when not empty, stands for Host.
+  int match(const http::Head& head, std::string_view authority = {}) const;
 
  private:
   struct CompiledRoute {

@@ -36,10 +36,13 @@ class Session::Ref {
 
 namespace {
 
+constexpr uint32_t max_target_bytes = 8 * 1024;
+
 const char* reason_phrase(int status) {
   switch (status) {
     case 400: return "Bad Request";
     case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
     case 408: return "Request Timeout";
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
@@ -249,6 +252,10 @@ void Session::read_request_head() {
         return respond_error(400, req_.error_reason(), true);
       }
     }
+    if (!req_.target_complete() && c_parsed_ > max_target_bytes + 16) {
+      keep_client_ = false;
+      return respond_error(414, "request target longer than 8 KiB", true);
+    }
     if (c_parsed_ > limits.max_header_bytes || (cbuf_ && c_len_ == cbuf_->capacity)) {
       keep_client_ = false;
       return respond_error(431, "request head larger than max_header_bytes", true);
@@ -291,9 +298,36 @@ void Session::on_request_head() {
   }
 
   keep_client_ = head.keep_alive && !worker_.draining;
-  if (head.major == 1 && head.minor == 1 && !head.find(http::Field::host)) {
+  if (head.target.n > max_target_bytes) {
     keep_client_ = false;
-    return respond_error(400, "missing Host header", true);
+    return respond_error(414, "request target longer than 8 KiB", true);
+  }
+  if (head.method.view() == "CONNECT") {
+    keep_client_ = false;
+    return respond_error(405, "CONNECT is not supported: lb is not a forward proxy", true);
+  }
+  // An absolute-form target ("GET http://host/path") names the host itself:
+  // it replaces the Host header, for routing and for the backend (RFC 9112 §3.2.2).
+  authority_ = {};
+  std::string_view target = head.target.view();
+  if (!target.empty() && target.front() != '/' && target != "*") {
+    size_t scheme_end = target.find("://");
+    if (scheme_end == std::string_view::npos ||
+        !(http::iequals(target.substr(0, scheme_end), "http") ||
+          http::iequals(target.substr(0, scheme_end), "https"))) {
+      keep_client_ = false;
+      return respond_error(400, "request target is neither origin-form nor absolute-form", true);
+    }
+    size_t start = scheme_end + 3;
+    size_t end = target.find_first_of("/?#", start);
+    if (end == std::string_view::npos) end = target.size();
+    if (end == start || target.substr(start, end - start).find('@') != std::string_view::npos) {
+      keep_client_ = false;
+      return respond_error(400, "invalid authority in the request target", true);
+    }
+    authority_ = {head.target.p + start, static_cast<uint32_t>(end - start)};
+    for (unsigned i = 0; i < head.count; ++i)
+      if (head.headers[i].field == http::Field::host) head.headers[i].hop_by_hop = true;
   }
   uint64_t max_body = listener_.config.limits.max_body_bytes;
   if (max_body && head.has_content_length && head.content_length > max_body) {
@@ -301,7 +335,17 @@ void Session::on_request_head() {
     return respond_error(413, "request body larger than max_body_bytes", true);
   }
 
-  int pool = listener_.router.match(head);
+  upgrade_requested_ = false;
+  if (const http::Header* conn = head.find(http::Field::connection);
+      conn && head.find(http::Field::upgrade) && head.minor == 1 &&
+      http::has_token(conn->value.view(), "upgrade")) {
+    // Upgrade is hop-by-hop, but asking the backend to switch is the point.
+    upgrade_requested_ = true;
+    for (unsigned i = 0; i < head.count; ++i)
+      if (head.headers[i].field == http::Field::upgrade) head.headers[i].hop_by_hop = false;
+  }
+
+  int pool = listener_.router.match(head, authority_.view());
   bool has_body = head.chunked || head.content_length > 0;
 
   // Body bytes that arrived with the head, up to the end of this message.
@@ -425,18 +469,29 @@ void Session::do_send_request_head() {
   if (headers_cfg.forwarded_for != FF::off && last_xff < 0)
     ok &= add_extra("X-Forwarded-For: %.*s\r\n", int(client_ip_len_), client_ip_);
   ok &= out.add(std::string_view("X-Forwarded-Proto: http\r\n"));
-  if (const http::Header* host = head.find(http::Field::host)) {
+  http::Span host = authority_;
+  if (!authority_.empty()) {
+    ok &= out.add(std::string_view("Host: "));
+    ok &= out.add(authority_.p, authority_.n);
+    ok &= out.add(std::string_view("\r\n"));
+  } else if (const http::Header* h = head.find(http::Field::host)) {
+    host = h->value;
+  }
+  if (!host.empty()) {
     ok &= out.add(std::string_view("X-Forwarded-Host: "));
-    ok &= out.add(host->value.p, host->value.n);
+    ok &= out.add(host.p, host.n);
     ok &= out.add(std::string_view("\r\n"));
   }
+  if (const http::Header* te = head.find(http::Field::te); te && http::has_token(te->value.view(), "trailers"))
+    ok &= out.add(std::string_view("TE: trailers\r\n"));
   if (headers_cfg.via)
     ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
                                   : std::string_view("Via: 1.1 lb\r\n"));
   if (request_id_len_)
     ok &= add_extra("%s: %.*s\r\n", headers_cfg.request_id.c_str(), int(request_id_len_),
                     request_id_);
-  if (head.minor == 0) ok &= out.add(std::string_view("Connection: keep-alive\r\n"));
+  if (upgrade_requested_) ok &= out.add(std::string_view("Connection: upgrade\r\n"));
+  else if (head.minor == 0) ok &= out.add(std::string_view("Connection: keep-alive\r\n"));
   ok &= out.add(std::string_view("\r\n"));
   ok &= out.add(cbuf_->data() + head_end_, msg_end_ - head_end_);
   if (!ok) {
@@ -651,9 +706,13 @@ void Session::parse_response() {
 void Session::on_response_head() {
   http::Head& head = resp_.head();
   http::mark_connection_options(head);
-  bool interim = head.status >= 100 && head.status < 200;
-  if (head.status == 101) {
-    return backend_failed(Failure::backend, "backend switched protocols without an upgrade");
+  bool switching = head.status == 101;
+  bool interim = head.status >= 100 && head.status < 200 && !switching;
+  if (switching) {
+    if (!upgrade_requested_ || !req_sent_)
+      return backend_failed(Failure::backend, "backend switched protocols without an upgrade");
+    for (unsigned i = 0; i < head.count; ++i)
+      if (head.headers[i].field == http::Field::upgrade) head.headers[i].hop_by_hop = false;
   }
   Outbox& out = to_client_;
   out.clear();
@@ -666,13 +725,20 @@ void Session::on_response_head() {
     }
   }
   bool ok = out.add(seg, static_cast<size_t>(head.end_of_fields() - seg));
-  if (interim) {
+  if (switching) {
+    status_ = 101;
+    upstream_ms_ = ms_between(upstream_started_, io::Clock::now());
+    tunnel_pending_ = true;
+    if (listener_.config.headers.via) ok &= out.add(std::string_view("Via: 1.1 lb\r\n"));
+    ok &= out.add(std::string_view("Connection: upgrade\r\n"));
+  } else if (interim) {
     in_response_head_ = true;
   } else {
     in_response_head_ = false;
     status_ = head.status;
     upstream_ms_ = ms_between(upstream_started_, io::Clock::now());
     backend_keep_alive_ = head.keep_alive && !resp_.body_until_eof();
+    if (const http::Header* ka = head.find(http::Field::keep_alive)) learn_keep_alive(ka->value.view());
     if (resp_.body_until_eof() || !req_done_ || worker_.draining) keep_client_ = false;
     if (listener_.config.headers.via)
       ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
@@ -685,7 +751,7 @@ void Session::on_response_head() {
   if (!ok) return backend_failed(Failure::backend, "response has too many header fields");
   resp_started_ = true;
 
-  if (!interim) {
+  if (!interim && !switching) {
     // Body bytes that came with the head, up to the end of the response.
     char* data = ubuf_->data();
     auto r = resp_.feed(data + u_parsed_, data + u_len_);
@@ -731,7 +797,9 @@ void Session::on_client_writable(const error_code& ec) {
 
 void Session::on_response_bytes_sent() {
   client_writing_ = false;
+  if (tunnel_) return pump_down();
   if (answered_locally_) return finish_request();
+  if (tunnel_pending_) return start_tunnel();
   if (in_response_head_) {
     // An interim response went out; carry on with what follows it.
     return parse_response();
@@ -760,6 +828,120 @@ void Session::on_response_complete() {
   }
   release_backend(backend_keep_alive_ && req_sent_);
   finish_request();
+}
+
+// ---- Tunnels -------------------------------------------------------------------
+
+void Session::start_tunnel() {
+  tunnel_pending_ = false;
+  tunnel_ = true;
+  finish_request_log();
+  arm(Timer::tunnel);
+  // What either side sent after the switch is already in the buffers.
+  to_backend_.clear();
+  if (cbuf_) to_backend_.add(cbuf_->data() + msg_end_, c_len_ - msg_end_);
+  to_client_.clear();
+  to_client_.add(ubuf_->data() + u_parsed_, u_len_ - u_parsed_);
+  pump_up();
+  if (!closed_) pump_down();
+}
+
+void Session::pump_up() {
+  for (int budget = 0; !closed_; ++budget) {
+    if (!to_backend_.empty()) {
+      uint64_t written = 0;
+      int r = write_some(fd_of(conn_->socket), this, to_backend_.v, to_backend_.first,
+                         to_backend_.count, written);
+      if (r < 0) return close();
+      if (r == 0) {
+        conn_->socket.async_wait(asio::socket_base::wait_write,
+                                 in_slot(backend_write_slot_, [self = Ref(this)](const error_code& ec) {
+                                   if (self->closed_) return;
+                                   if (ec) return self->close();
+                                   self->pump_up();
+                                 }));
+        return;
+      }
+      arm(Timer::tunnel);
+    }
+    if (budget == 16) {  // let other connections run
+      asio::post(worker_.io, in_slot(client_read_slot_, [self = Ref(this)] { self->pump_up(); }));
+      return;
+    }
+    if (!cbuf_) cbuf_ = worker_.buffers.acquire();
+    ssize_t n = ::recv(fd_of(client_), cbuf_->data(), cbuf_->capacity, 0);
+    if (n > 0) {
+      bytes_in_ += static_cast<uint64_t>(n);
+      to_backend_.clear();
+      to_backend_.add(cbuf_->data(), static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      client_.async_wait(asio::socket_base::wait_read,
+                         in_slot(client_read_slot_, [self = Ref(this)](const error_code& ec) {
+                           if (self->closed_) return;
+                           if (ec) return self->close();
+                           self->pump_up();
+                         }));
+      return;
+    }
+    if (n < 0) return close();
+    // The client is done sending: pass the end on.
+    up_done_ = true;
+    error_code ignored;
+    conn_->socket.shutdown(asio::socket_base::shutdown_send, ignored);
+    return tunnel_half_closed();
+  }
+}
+
+void Session::pump_down() {
+  for (int budget = 0; !closed_; ++budget) {
+    if (!to_client_.empty()) {
+      int r = write_some(fd_of(client_), this, to_client_.v, to_client_.first, to_client_.count,
+                         bytes_out_);
+      if (r < 0) return close();
+      if (r == 0) {
+        client_.async_wait(asio::socket_base::wait_write,
+                           in_slot(client_write_slot_, [self = Ref(this)](const error_code& ec) {
+                             if (self->closed_) return;
+                             if (ec) return self->close();
+                             self->pump_down();
+                           }));
+        return;
+      }
+      arm(Timer::tunnel);
+    }
+    if (budget == 16) {
+      asio::post(worker_.io, in_slot(backend_read_slot_, [self = Ref(this)] { self->pump_down(); }));
+      return;
+    }
+    ssize_t n = ::recv(fd_of(conn_->socket), ubuf_->data(), ubuf_->capacity, 0);
+    if (n > 0) {
+      to_client_.clear();
+      to_client_.add(ubuf_->data(), static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      conn_->socket.async_wait(asio::socket_base::wait_read,
+                               in_slot(backend_read_slot_, [self = Ref(this)](const error_code& ec) {
+                                 if (self->closed_) return;
+                                 if (ec) return self->close();
+                                 self->pump_down();
+                               }));
+      return;
+    }
+    if (n < 0) return close();
+    down_done_ = true;
+    error_code ignored;
+    client_.shutdown(asio::socket_base::shutdown_send, ignored);
+    return tunnel_half_closed();
+  }
+}
+
+void Session::tunnel_half_closed() {
+  if (up_done_ && down_done_) close();
 }
 
 // ---- Ends ---------------------------------------------------------------------
@@ -828,6 +1010,11 @@ void Session::release_backend(bool reusable) {
 }
 
 void Session::finish_request() {
+  finish_request_log();
+  finish_request_state();
+}
+
+void Session::finish_request_log() {
   if (worker_.access_log.enabled() && (status_ || c_len_)) {
     const http::Head& h = req_.head();
     AccessRecord rec;
@@ -852,7 +1039,9 @@ void Session::finish_request() {
     rec.total_ms = started_ == io::Clock::time_point{} ? 0 : ms_between(started_, io::Clock::now());
     worker_.access_log.write(rec);
   }
+}
 
+void Session::finish_request_state() {
   bool keep = keep_client_ && !closed_ && req_done_ && !worker_.draining;
   // Per-request state back to its start.
   pool_ = nullptr;
@@ -898,6 +1087,7 @@ void Session::arm(Timer t) {
     case Timer::connect: d = pool_->config().timeouts.connect; break;
     case Timer::exchange: d = pool_->config().timeouts.response; break;
     case Timer::linger: d = std::chrono::seconds(2); break;
+    case Timer::tunnel: d = listener_.config.timeouts.tunnel; break;
   }
   worker_.timeouts.arm(timer_, d);
 }
@@ -916,6 +1106,7 @@ void Session::timed_out() {
     case Timer::none:
     case Timer::idle:
     case Timer::linger:
+    case Timer::tunnel:
       return close();
     case Timer::header:
       keep_client_ = false;
@@ -930,6 +1121,20 @@ void Session::timed_out() {
       if (!req_done_) return respond_error(408, "request body not received in time", true);
       return respond_error(504, "backend did not respond within timeouts.response", true);
   }
+}
+
+// "Keep-Alive: timeout=5, max=100": retire the connection a little before the
+// backend closes it, so a request is never sent into that close.
+void Session::learn_keep_alive(std::string_view v) {
+  size_t at = v.find("timeout=");
+  if (at == std::string_view::npos || !conn_) return;
+  unsigned long seconds = 0;
+  size_t i = at + 8;
+  while (i < v.size() && v[i] >= '0' && v[i] <= '9' && seconds < 100000) seconds = seconds * 10 + (v[i++] - '0');
+  if (i == at + 8) return;
+  auto budget = std::chrono::milliseconds(seconds * 1000);
+  auto margin = std::min<std::chrono::milliseconds>(budget / 2, std::chrono::milliseconds(500));
+  conn_->retire_at = io::Clock::now() + budget - margin;
 }
 
 bool Session::idempotent() const {

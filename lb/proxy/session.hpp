@@ -51,7 +51,7 @@ class Session {
     void clear() { count = first = 0; }
     void advance(size_t n);
   };
-  enum class Timer : uint8_t { none, idle, header, connect, exchange, linger };
+  enum class Timer : uint8_t { none, idle, header, connect, exchange, linger, tunnel };
   enum class Failure : uint8_t {
     connect,         // nothing was sent: any request may go to another backend
     reused_early,    // a pooled connection failed before any response byte
@@ -89,10 +89,17 @@ class Session {
   void on_client_writable(const boost::system::error_code& ec);
   void on_response_bytes_sent();
   void on_response_complete();
+  // Upgraded connections (WebSocket): bytes both ways until either side ends.
+  void start_tunnel();
+  void pump_up();    // client -> backend
+  void pump_down();  // backend -> client
+  void tunnel_half_closed();
   // Ends.
   void backend_failed(Failure failure, const char* reason);
   void respond_error(int status, const char* reason, bool close);
   void finish_request();
+  void finish_request_log();
+  void finish_request_state();
   void close();
   void close_gracefully();
   void linger_read();
@@ -101,6 +108,7 @@ class Session {
   static void on_timeout(io::Timeouts::Entry* e);
   void timed_out();
   bool idempotent() const;
+  void learn_keep_alive(std::string_view value);
   std::string_view request_id() const;
 
   WorkerContext& worker_;
@@ -118,6 +126,7 @@ class Session {
   uint32_t head_end_ = 0;    // end of the request head
   uint32_t msg_end_ = 0;     // end of the request bytes forwarded so far
   http::Parser req_{http::Parser::Kind::request};
+  http::Span authority_;     // of an absolute-form target; replaces Host
 
   // The exchange with a backend.
   const upstream::Pool* pool_ = nullptr;
@@ -143,6 +152,11 @@ class Session {
   uint32_t request_chain_ = 0;      // body chunks forwarded without waiting
   uint32_t response_chain_ = 0;
   uint32_t lingered_ = 0;           // bytes discarded while closing
+  bool upgrade_requested_ = false;  // the request asks to switch protocols
+  bool tunnel_pending_ = false;     // a 101 is being passed on; the tunnel follows
+  bool tunnel_ = false;
+  bool up_done_ = false;            // the client ended its side of the tunnel
+  bool down_done_ = false;          // the backend ended its side
 
   io::Buffer* ubuf_ = nullptr;  // response bytes from the backend
   uint32_t u_len_ = 0;

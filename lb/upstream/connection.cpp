@@ -23,10 +23,11 @@ ConnectionPool::~ConnectionPool() { close_all(); }
 Connection* ConnectionPool::take(uint32_t pool, uint32_t backend) {
   if (pool >= idle_.size() || backend >= idle_[pool].size()) return nullptr;
   auto& list = idle_[pool][backend];
+  auto now = io::Clock::now();
   while (!list.empty()) {
     Connection* c = list.back();
     list.pop_back();
-    if (still_open(*c)) return c;
+    if (now < c->retire_at && still_open(*c)) return c;
     delete c;
   }
   return nullptr;
@@ -50,6 +51,12 @@ void ConnectionPool::sweep(io::Clock::time_point now,
       while (expired < list.size() && now - list[expired]->idle_since >= limit) ++expired;
       for (size_t i = 0; i < expired; ++i) delete list[i];
       list.erase(list.begin(), list.begin() + static_cast<std::ptrdiff_t>(expired));
+      // Those past the backend's own keep-alive timeout go too.
+      std::erase_if(list, [now](Connection* c) {
+        if (now < c->retire_at) return false;
+        delete c;
+        return true;
+      });
     }
   }
 }

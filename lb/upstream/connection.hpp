@@ -18,6 +18,9 @@ struct Connection {
   uint32_t backend = 0;
   uint32_t requests = 0;  // requests served on this connection so far
   io::Clock::time_point idle_since{};
+  // The backend announced it closes idle connections after a while
+  // ("Keep-Alive: timeout=N"): not reused from this point on.
+  io::Clock::time_point retire_at = io::Clock::time_point::max();
 };
 
 // Idle keep-alive connections of one worker, per pool and backend. Not

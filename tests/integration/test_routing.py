@@ -200,7 +200,7 @@ pools:
                    b"Connection: keep-alive, X-Secret-Hop\r\n"
                    b"Keep-Alive: timeout=5\r\n"
                    b"X-Secret-Hop: do-not-forward\r\n"
-                   b"TE: trailers\r\n"
+                   b"TE: gzip\r\n"
                    b"Upgrade: h2c\r\n"
                    b"Proxy-Connection: keep-alive\r\n"
                    b"X-End-To-End: kept\r\n"
@@ -214,6 +214,17 @@ pools:
         for v in all_values(seen, "Connection"):
             self.assertNotIn("x-secret-hop", v.lower(), "client's Connection header forwarded")
         self.assertEqual(all_values(seen, "X-End-To-End"), ["kept"])
+
+    def test_te_trailers_passes(self):
+        # RFC 9110 §10.1.4: TE is hop-by-hop, but "trailers" tells the next hop the
+        # client accepts trailer fields; lb keeps that and drops other codings.
+        with RawConnection(self.port) as c:
+            c.send(b"GET /headers HTTP/1.1\r\nHost: www.example.com\r\n"
+                   b"TE: gzip, trailers\r\n\r\n")
+            status, headers, body = c.read_response()
+        self.assertEqual(status, 200, body[:300])
+        seen = json.loads(body)["headers"]
+        self.assertEqual(all_values(seen, "TE"), ["trailers"], seen)
 
 
 if __name__ == "__main__":
