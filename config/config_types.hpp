@@ -73,6 +73,7 @@ struct Backend {
 struct Region {
   std::string name;
   uint32_t priority = 0;
+  uint32_t weight = 100;  // share among the regions of the same priority
   std::vector<Backend> backends;
 };
 
@@ -82,6 +83,24 @@ struct PoolTimeouts {
   Duration idle{std::chrono::seconds(90)};
 };
 
+struct HealthCheck {
+  bool enabled = false;
+  enum class Type { http, tcp } type = Type::http;
+  std::string path = "/healthz";
+  std::string host;  // Host header of the check; empty: the backend address
+  Duration interval{std::chrono::seconds(2)};
+  Duration timeout{std::chrono::seconds(1)};
+  uint32_t healthy_threshold = 2;
+  uint32_t unhealthy_threshold = 3;
+  std::vector<std::pair<int, int>> expect_status{{200, 399}};
+};
+
+struct OutlierDetection {
+  bool enabled = false;
+  uint32_t consecutive_failures = 5;
+  Duration ejection_time{std::chrono::seconds(30)};
+};
+
 enum class Balance { round_robin };
 
 struct Pool {
@@ -89,6 +108,10 @@ struct Pool {
   Balance balance = Balance::round_robin;
   PoolTimeouts timeouts;
   uint32_t retries = 2;
+  double overprovisioning = 1.4;  // priority load: level gets min(100%, this x its health)
+  HealthCheck health_check;
+  OutlierDetection outlier_detection;
+  bool fail_open = true;
   std::vector<Region> regions;
 };
 

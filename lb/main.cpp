@@ -78,6 +78,18 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
       };
   signals.async_wait(on_signal);
 
+  // The control tick: ends outlier ejections whose time is up.
+  asio::steady_timer control(main_io);
+  std::function<void(const boost::system::error_code&)> on_control =
+      [&](const boost::system::error_code& ec) {
+        if (ec) return;
+        for (const auto& pool : server.runtime()->pools) pool->expire_ejections();
+        control.expires_after(std::chrono::milliseconds(100));
+        control.async_wait(on_control);
+      };
+  control.expires_after(std::chrono::milliseconds(100));
+  control.async_wait(on_control);
+
   server.start();
   lb::io::log("ready (%u workers)", server.workers());
   main_io.run();

@@ -373,10 +373,11 @@ void Session::on_request_head() {
 void Session::do_attempt() {
   int b = pool_->pick(tried_);
   if (b < 0) {
-    bool any = attempts_ > 0;
-    return respond_error(any ? 502 : 503,
-                         any ? error_page_ /* the last failure, kept there */ : "no backend available",
-                         !req_done_);
+    if (attempts_ > 0)  // the last failure's reason is kept in error_page_
+      return respond_error(502, error_page_, !req_done_);
+    std::snprintf(error_page_, sizeof error_page_, "no healthy backend in pool %s",
+                  pool_->name().c_str());
+    return respond_error(503, error_page_, !req_done_);
   }
   if (b < 64) tried_ |= uint64_t{1} << b;
   ++attempts_;
@@ -414,6 +415,9 @@ void Session::on_connect(const error_code& ec, uint32_t attempt) {
                   pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
                   ec.message().c_str());
     io::log("pool %s: %s", pool_->name().c_str(), error_page_);
+    pool_->report(static_cast<size_t>(backend_), ec == asio::error::connection_refused
+                                           ? upstream::Outcome::refused
+                                           : upstream::Outcome::connect_failure);
     return backend_failed(Failure::connect, error_page_);
   }
   error_code ignored;
@@ -519,7 +523,9 @@ void Session::do_write_backend() {
   std::snprintf(error_page_, sizeof error_page_, "sending to %s failed: %s",
                 pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
                 std::strerror(errno));
-  backend_failed(conn_reused_ && u_len_ == 0 ? Failure::reused_early : Failure::backend,
+  backend_failed(u_len_ == 0 && !resp_started_
+                     ? (conn_reused_ ? Failure::reused_early : Failure::before_response)
+                     : Failure::backend,
                  error_page_);
 }
 
@@ -657,8 +663,12 @@ void Session::read_response() {
                   n == 0 ? (nothing_received ? "closed the connection without a response"
                                              : "closed the connection mid-response")
                          : "reset the connection");
-    return backend_failed(nothing_received && conn_reused_ ? Failure::reused_early
-                                                           : Failure::backend,
+    if (!nothing_received || !conn_reused_)
+      pool_->report(static_cast<size_t>(backend_),
+                                                 upstream::Outcome::server_error);
+    return backend_failed(nothing_received
+                              ? (conn_reused_ ? Failure::reused_early : Failure::before_response)
+                              : Failure::backend,
                           error_page_);
   }
 }
@@ -737,6 +747,9 @@ void Session::on_response_head() {
     in_response_head_ = false;
     status_ = head.status;
     upstream_ms_ = ms_between(upstream_started_, io::Clock::now());
+    pool_->report(
+        static_cast<size_t>(backend_),
+        head.status >= 500 ? upstream::Outcome::server_error : upstream::Outcome::success);
     backend_keep_alive_ = head.keep_alive && !resp_.body_until_eof();
     if (const http::Header* ka = head.find(http::Field::keep_alive)) learn_keep_alive(ka->value.view());
     if (resp_.body_until_eof() || !req_done_ || worker_.draining) keep_client_ = false;
@@ -949,7 +962,8 @@ void Session::tunnel_half_closed() {
 void Session::backend_failed(Failure failure, const char* reason) {
   release_backend(false);
   if (closed_) return;
-  if (failure == Failure::connect && attempts_ <= pool_->config().retries) return do_attempt();
+  bool may_retry = attempts_ <= pool_->config().retries;
+  if (failure == Failure::connect && may_retry) return do_attempt();
   if (failure == Failure::reused_early && idempotent() && !body_discarded_ && replays_ < 3) {
     // The backend closed a pooled connection as we reused it: replay on another one.
     ++replays_;
@@ -957,9 +971,8 @@ void Session::backend_failed(Failure failure, const char* reason) {
     if (backend_ < 64) tried_ &= ~(uint64_t{1} << backend_);
     return do_attempt();
   }
-  if (failure == Failure::connect && attempts_ > pool_->config().retries) {
-    return respond_error(502, reason, !req_done_);
-  }
+  if (failure == Failure::before_response && idempotent() && !body_discarded_ && may_retry)
+    return do_attempt();  // nothing came back: another backend may answer
   if (resp_started_) return close();
   respond_error(502, reason, !req_done_ || backend_writing_);
 }
@@ -1115,6 +1128,8 @@ void Session::timed_out() {
       std::snprintf(error_page_, sizeof error_page_, "connect to %s timed out",
                     pool_->backends()[static_cast<size_t>(backend_)].label.c_str());
       io::log("pool %s: %s", pool_->name().c_str(), error_page_);
+      pool_->report(static_cast<size_t>(backend_),
+                                                 upstream::Outcome::connect_failure);
       return backend_failed(Failure::connect, error_page_);
     case Timer::exchange:
       keep_client_ = false;

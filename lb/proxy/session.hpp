@@ -53,9 +53,10 @@ class Session {
   };
   enum class Timer : uint8_t { none, idle, header, connect, exchange, linger, tunnel };
   enum class Failure : uint8_t {
-    connect,         // nothing was sent: any request may go to another backend
-    reused_early,    // a pooled connection failed before any response byte
-    backend,         // anything else: not retried
+    connect,          // nothing was sent: any request may go to another backend
+    reused_early,     // a pooled connection failed before any response byte: replay
+    before_response,  // a fresh connection failed before any response byte
+    backend,          // anything else: not retried
   };
 
   Session(WorkerContext& worker, const ListenerRuntime& listener,
@@ -129,7 +130,7 @@ class Session {
   http::Span authority_;     // of an absolute-form target; replaces Host
 
   // The exchange with a backend.
-  const upstream::Pool* pool_ = nullptr;
+  upstream::Pool* pool_ = nullptr;
   int backend_ = -1;
   upstream::Connection* conn_ = nullptr;
   bool conn_reused_ = false;

@@ -1,15 +1,24 @@
 #pragma once
-// A pool as the data path sees it: its backends with their resolved endpoints and
-// a balancer built once from their weights. Built off the hot path when the
-// config (or, later, health) changes; immutable and shared by every worker.
+// A pool as the data path sees it: its backends, their shared state (health,
+// ejection, drain, weight) and the current selection built from that state.
+//
+// Workers only read: `pick` loads the current selection (an immutable object
+// published through an atomic pointer) and indexes it. Whoever changes state
+// (the health checker, a worker that ejects an outlier, the admin API, the
+// control tick) rebuilds the selection under the pool's mutex and publishes it;
+// replaced selections are freed only after a grace period, long after any pick
+// that could still read them has returned.
 
 #include "config/config_types.hpp"
+#include "lb/io/timeouts.hpp"
+#include "lb/upstream/selection.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -18,37 +27,72 @@ namespace lb::upstream {
 struct Backend {
   std::string label;  // "host:port", as in the config, logs and metrics
   std::string region;
+  uint32_t region_index = 0;
   boost::asio::ip::tcp::endpoint endpoint;
   uint32_t weight = 1;
   uint32_t priority = 0;
 };
 
-// Smooth weighted round robin (as nginx's): the pick order for one period of
-// sum(weights) picks, computed once; picking is an index into it.
-std::vector<uint32_t> smooth_wrr_sequence(const std::vector<uint32_t>& weights);
+// Mutable state of one backend, shared by all threads; alone on its cache line.
+struct alignas(64) BackendState {
+  std::atomic<bool> healthy{true};           // active checks (true when none)
+  std::atomic<bool> drained{false};          // admin drain
+  std::atomic<int64_t> ejected_until_ms{0};  // passive outlier ejection (steady clock ms)
+  std::atomic<uint32_t> ejections{0};        // how often ejected (the ejection time doubles)
+  std::atomic<uint32_t> consecutive_failures{0};
+  std::atomic<uint32_t> weight{1};           // current weight (config or admin)
+};
+
+// What the data path tells the pool about one exchange with a backend.
+enum class Outcome { success, server_error, connect_failure, refused };
 
 class Pool {
  public:
   Pool(const config::Pool& config, size_t index);
+  ~Pool();
 
   const std::string& name() const { return name_; }
   size_t index() const { return index_; }
   const config::Pool& config() const { return config_; }
   const std::vector<Backend>& backends() const { return backends_; }
+  const BackendState& state(size_t b) const { return states_[b]; }
 
   // Picks a backend not in `tried` (a bit per backend index; the low 64 only).
-  // Returns -1 when every backend was tried. Any thread; lock-free.
+  // Returns -1 when none is left. Any thread; lock-free.
   int pick(uint64_t tried) const;
 
+  // The selection in force (any thread; valid for a few seconds at least).
+  const Selection& selection() const { return *current_.load(std::memory_order_acquire); }
+
+  // Active health check results (checker thread). Returns true when it changed.
+  bool set_healthy(size_t b, bool healthy);
+  // Passive outlier detection: called by workers after each exchange. Cheap in
+  // the steady state (a load, no store, while a backend keeps succeeding).
+  void report(size_t b, Outcome outcome);
+  // Admin actions. Return false for an unknown backend.
+  bool set_drained(size_t b, bool drained);
+  bool set_weight(size_t b, uint32_t weight);
+  int find(const std::string& label) const;
+  // Ends ejections whose time is up (control tick, any thread).
+  void expire_ejections();
+
  private:
+  void rebuild(const char* why);
+
   config::Pool config_;
   std::string name_;
   size_t index_;
   std::vector<Backend> backends_;
-  std::vector<uint32_t> sequence_;  // backend indexes in smooth WRR order
+  std::unique_ptr<BackendState[]> states_;
+  std::atomic<const Selection*> current_{nullptr};
   // One cursor for all workers, so clients see the configured rotation whatever
   // thread serves them; alone on its cache line.
   alignas(64) mutable std::atomic<uint64_t> cursor_{0};
+  alignas(64) std::mutex rebuild_mutex_;
+  std::vector<std::pair<io::Clock::time_point, const Selection*>> retired_;
+  bool was_fail_open_ = false;
 };
+
+int64_t steady_ms();
 
 }  // namespace lb::upstream

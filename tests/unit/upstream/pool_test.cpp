@@ -10,15 +10,16 @@ namespace {
 config::Pool make_pool(std::vector<uint32_t> weights, std::vector<uint32_t> priorities = {}) {
   config::Pool p;
   p.name = "web";
-  config::Region r;
-  r.name = "default";
   for (size_t i = 0; i < weights.size(); ++i) {
     uint32_t prio = i < priorities.size() ? priorities[i] : 0;
     config::Region* region = nullptr;
     for (auto& existing : p.regions)
       if (existing.priority == prio) region = &existing;
     if (!region) {
-      p.regions.push_back({"r" + std::to_string(prio), prio, {}});
+      config::Region fresh;
+      fresh.name = "r" + std::to_string(prio);
+      fresh.priority = prio;
+      p.regions.push_back(fresh);
       region = &p.regions.back();
     }
     config::Backend b;

@@ -1,0 +1,48 @@
+#pragma once
+// Which backends take traffic and in what shares, computed from health, drains and
+// weights (SPEC "Balancing and failover semantics"). Pure functions: the pool
+// calls them off the hot path whenever something changes and publishes the result.
+
+#include <cstdint>
+#include <vector>
+
+namespace lb::upstream {
+
+struct BackendView {
+  uint32_t weight = 1;   // 0 = takes no traffic
+  uint32_t region = 0;   // index into the regions
+  bool in_rotation = true;  // healthy, not ejected, not drained
+  bool drained = false;
+};
+
+struct RegionView {
+  uint32_t priority = 0;
+  uint32_t weight = 100;
+};
+
+// Envoy's priority load: the share of traffic (0..1) of each priority level, in
+// level order, from each level's health (0..1). Level 0 gets
+// min(1, overprovisioning x health); the rest spills to the next level by the
+// same rule; when the levels together are under-provisioned the shares are
+// scaled up to sum to 1. All zero when no level has any health.
+std::vector<double> priority_load(const std::vector<double>& level_health, double overprovisioning);
+
+struct Selection {
+  std::vector<uint32_t> effective_weight;  // per backend; 0 = takes no traffic now
+  std::vector<uint32_t> sequence;          // smooth weighted round robin order
+  std::vector<double> region_share;        // per region, 0..1 (for status and metrics)
+  bool fail_open = false;  // no backend in rotation: spreading over all non-drained ones
+  bool empty() const { return sequence.empty(); }
+};
+
+// Builds the selection for one pool. With `fail_open`, when no backend is in
+// rotation every non-drained backend takes traffic by its weight.
+Selection build_selection(const std::vector<BackendView>& backends,
+                          const std::vector<RegionView>& regions, double overprovisioning,
+                          bool fail_open);
+
+// Smooth weighted round robin (nginx's): the pick order of one period of
+// sum(weights) picks. No burst to the heaviest backend.
+std::vector<uint32_t> smooth_wrr_sequence(const std::vector<uint32_t>& weights);
+
+}  // namespace lb::upstream
