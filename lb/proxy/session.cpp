@@ -152,6 +152,7 @@ Session::Session(WorkerContext& worker, const ListenerRuntime& listener,
   worker_.sessions = this;
   ++worker_.session_count;
   ++worker_.connections_per_listener[listener_.index];
+  worker_.metrics->listeners[listener_.index]->connections.add(1);
 }
 
 Session::~Session() {
@@ -163,6 +164,8 @@ Session::~Session() {
   else worker_.sessions = next_in_worker;
   if (next_in_worker) next_in_worker->prev_in_worker = prev_in_worker;
   --worker_.connections_per_listener[listener_.index];
+  count_bytes();
+  worker_.metrics->listeners[listener_.index]->connections.add(-1);
   if (worker_.on_session_closed) worker_.on_session_closed(listener_.index);
   if (--worker_.session_count == 0 && worker_.draining && worker_.on_drained)
     asio::post(worker_.io, worker_.on_drained);
@@ -176,6 +179,7 @@ void Session::close_if_idle() {
 void Session::close() {
   if (closed_) return;
   closed_ = true;
+  count_bytes();
   io::Timeouts::disarm(timer_);
   timer_kind_ = Timer::none;
   error_code ec;
@@ -380,9 +384,14 @@ void Session::do_attempt() {
     return respond_error(503, error_page_, !req_done_);
   }
   if (b < 64) tried_ |= uint64_t{1} << b;
+  PoolMetrics& pm = *worker_.metrics->pools[pool_->index()];
+  if (attempts_ > 0 || replays_ > 0) pm.retries.add();
+  if (attempts_ == 0 && replays_ == 0 && pool_->selection().fail_open) pm.fail_open.add();
   ++attempts_;
   ++attempt_;
   backend_ = b;
+  active_backend_ = b;
+  pm.backends[static_cast<size_t>(b)].active.add(1);
   resp_.reset();
   u_len_ = u_parsed_ = u_sent_ = 0;
   if (attempts_ == 1) upstream_started_ = io::Clock::now();
@@ -415,6 +424,7 @@ void Session::on_connect(const error_code& ec, uint32_t attempt) {
                   pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
                   ec.message().c_str());
     io::log("pool %s: %s", pool_->name().c_str(), error_page_);
+    worker_.metrics->pools[pool_->index()]->backends[static_cast<size_t>(backend_)].connect_errors.add();
     pool_->report(static_cast<size_t>(backend_), ec == asio::error::connection_refused
                                            ? upstream::Outcome::refused
                                            : upstream::Outcome::connect_failure);
@@ -747,9 +757,10 @@ void Session::on_response_head() {
     in_response_head_ = false;
     status_ = head.status;
     upstream_ms_ = ms_between(upstream_started_, io::Clock::now());
-    pool_->report(
-        static_cast<size_t>(backend_),
-        head.status >= 500 ? upstream::Outcome::server_error : upstream::Outcome::success);
+    worker_.metrics->pools[pool_->index()]->backends[static_cast<size_t>(backend_)].responses.add(head.status);
+    pool_->report(static_cast<size_t>(backend_), head.status >= 500
+                                                     ? upstream::Outcome::server_error
+                                                     : upstream::Outcome::success);
     backend_keep_alive_ = head.keep_alive && !resp_.body_until_eof();
     if (const http::Header* ka = head.find(http::Field::keep_alive)) learn_keep_alive(ka->value.view());
     if (resp_.body_until_eof() || !req_done_ || worker_.draining) keep_client_ = false;
@@ -1004,8 +1015,20 @@ void Session::respond_error(int status, const char* reason, bool close_after) {
   do_write_client();
 }
 
+void Session::count_bytes() {
+  ListenerMetrics& lm = *worker_.metrics->listeners[listener_.index];
+  if (bytes_in_ > counted_in_) lm.bytes_in.add(bytes_in_ - counted_in_);
+  if (bytes_out_ > counted_out_) lm.bytes_out.add(bytes_out_ - counted_out_);
+  counted_in_ = bytes_in_;
+  counted_out_ = bytes_out_;
+}
+
 void Session::release_backend(bool reusable) {
   ++attempt_;  // handlers of this attempt must ignore what they see
+  if (active_backend_ >= 0 && pool_) {
+    worker_.metrics->pools[pool_->index()]->backends[static_cast<size_t>(active_backend_)].active.add(-1);
+    active_backend_ = -1;
+  }
   if (conn_) {
     if (reusable && !closed_) {
       ++conn_->requests;
@@ -1028,6 +1051,14 @@ void Session::finish_request() {
 }
 
 void Session::finish_request_log() {
+  if (status_) {
+    WorkerMetrics& m = *worker_.metrics;
+    m.listeners[listener_.index]->requests[pool_ ? pool_->index() + 1 : 0].add(status_);
+    if (pool_ && started_ != io::Clock::time_point{})
+      m.pools[pool_->index()]->duration.observe(
+          std::chrono::duration<double>(io::Clock::now() - started_).count());
+  }
+  count_bytes();
   if (worker_.access_log.enabled() && (status_ || c_len_)) {
     const http::Head& h = req_.head();
     AccessRecord rec;
@@ -1064,7 +1095,7 @@ void Session::finish_request_state() {
   req_done_ = req_sent_ = body_discarded_ = false;
   resp_started_ = resp_done_ = answered_locally_ = in_response_head_ = false;
   status_ = 0;
-  bytes_in_ = bytes_out_ = 0;
+  bytes_in_ = bytes_out_ = counted_in_ = counted_out_ = 0;
   upstream_ms_ = -1;
   started_ = {};
   if (!keep) return close_gracefully();
@@ -1073,7 +1104,7 @@ void Session::finish_request_state() {
   uint32_t left = c_len_ - msg_end_;
   if (left) {
     std::memmove(cbuf_->data(), cbuf_->data() + msg_end_, left);
-    bytes_in_ = left;
+    bytes_in_ = counted_in_ = left;  // already counted in the metrics with the last request
     arm(Timer::header);
   } else {
     worker_.buffers.release(cbuf_);
@@ -1128,8 +1159,8 @@ void Session::timed_out() {
       std::snprintf(error_page_, sizeof error_page_, "connect to %s timed out",
                     pool_->backends()[static_cast<size_t>(backend_)].label.c_str());
       io::log("pool %s: %s", pool_->name().c_str(), error_page_);
-      pool_->report(static_cast<size_t>(backend_),
-                                                 upstream::Outcome::connect_failure);
+      worker_.metrics->pools[pool_->index()]->backends[static_cast<size_t>(backend_)].connect_errors.add();
+      pool_->report(static_cast<size_t>(backend_), upstream::Outcome::connect_failure);
       return backend_failed(Failure::connect, error_page_);
     case Timer::exchange:
       keep_client_ = false;

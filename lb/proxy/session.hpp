@@ -105,6 +105,7 @@ class Session {
   void close_gracefully();
   void linger_read();
   void release_backend(bool reusable);
+  void count_bytes();
   void arm(Timer t);
   static void on_timeout(io::Timeouts::Entry* e);
   void timed_out();
@@ -178,6 +179,9 @@ class Session {
   int status_ = 0;
   uint64_t bytes_in_ = 0;
   uint64_t bytes_out_ = 0;
+  uint64_t counted_in_ = 0;   // of bytes_in_/bytes_out_, already in the metrics
+  uint64_t counted_out_ = 0;
+  int active_backend_ = -1;   // counted in its pool's active requests
   io::Clock::time_point started_{};
   io::Clock::time_point upstream_started_{};
   double upstream_ms_ = -1;

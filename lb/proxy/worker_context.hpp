@@ -6,6 +6,7 @@
 #include "lb/io/buffer_pool.hpp"
 #include "lb/io/timeouts.hpp"
 #include "lb/proxy/access_log.hpp"
+#include "lb/proxy/metrics.hpp"
 #include "lb/proxy/runtime.hpp"
 #include "lb/upstream/connection.hpp"
 
@@ -31,6 +32,7 @@ struct WorkerContext {
   io::Timeouts timeouts;
   upstream::ConnectionPool connections;
   AccessLog access_log;
+  std::unique_ptr<WorkerMetrics> metrics;  // written by this worker only
 
   bool draining = false;
   std::function<void()> on_drained;  // called once draining and no session is left

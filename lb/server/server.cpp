@@ -74,6 +74,12 @@ bool Server::bind() {
   return true;
 }
 
+std::vector<const proxy::WorkerMetrics*> Server::metrics() const {
+  std::vector<const proxy::WorkerMetrics*> all;
+  for (const auto& w : workers_) all.push_back(&w->metrics());
+  return all;
+}
+
 void Server::start() {
   for (auto& w : workers_) {
     Worker* worker = w.get();

@@ -4,6 +4,7 @@
 // connections and a connection lives and dies on one thread.
 
 #include "config/config_types.hpp"
+#include "lb/proxy/metrics.hpp"
 #include "lb/proxy/runtime.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -37,6 +38,8 @@ class Server {
 
   unsigned workers() const { return static_cast<unsigned>(workers_.size()); }
   std::shared_ptr<const proxy::Runtime> runtime() const { return runtime_; }
+  // Every worker's counters, to be summed at scrape time (any thread).
+  std::vector<const proxy::WorkerMetrics*> metrics() const;
 
  private:
   std::shared_ptr<const config::Config> config_;

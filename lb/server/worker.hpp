@@ -27,6 +27,7 @@ class Worker {
   // Thread-safe: stop accepting, finish in-flight requests, call `done` when idle.
   void drain(std::function<void()> done);
   void stop() { io_->stop(); }
+  const proxy::WorkerMetrics& metrics() const { return *context_.metrics; }
   void set_connection_limit(size_t index, size_t limit) { acceptors_[index]->limit = limit; }
 
  private:

@@ -1,0 +1,116 @@
+#pragma once
+// Per-worker metric counters. Each worker owns one WorkerMetrics and is the only
+// writer (a relaxed load and store: a plain increment, no lock prefix, no shared
+// cache line); the admin thread sums all workers' copies at scrape time.
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace lb::proxy {
+
+class Counter {
+ public:
+  void add(uint64_t n = 1) { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  uint64_t get() const { return v_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint64_t> v_{0};
+};
+
+// A gauge owned by one worker (goes up and down); the sum over workers is the value.
+class Gauge {
+ public:
+  void add(int64_t n) { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  int64_t get() const { return v_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<int64_t> v_{0};
+};
+
+// Counts by HTTP status code in a few slots, claimed on first use by the owner.
+class CodeCounts {
+ public:
+  static constexpr size_t slots = 24;
+  void add(int code) {
+    for (auto& s : slots_) {
+      int c = s.code.load(std::memory_order_relaxed);
+      if (c == code) return s.count.add();
+      if (c == 0) {
+        s.code.store(code, std::memory_order_release);
+        return s.count.add();
+      }
+    }
+    slots_[slots - 1].count.add();  // out of slots: counted under the last code seen
+  }
+  template <class F>
+  void for_each(F&& f) const {
+    for (const auto& s : slots_) {
+      int c = s.code.load(std::memory_order_acquire);
+      if (c == 0) break;
+      f(c, s.count.get());
+    }
+  }
+
+ private:
+  struct Slot {
+    std::atomic<int> code{0};
+    Counter count;
+  };
+  std::array<Slot, slots> slots_;
+};
+
+class Histogram {
+ public:
+  static constexpr std::array<double, 14> bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                 0.1,    0.25,  0.5,    1,     2.5,   5,     10};
+  void observe(double seconds) {
+    size_t i = 0;
+    while (i < bounds.size() && seconds > bounds[i]) ++i;
+    buckets_[i].add();  // per bucket, not cumulative; the exporter accumulates
+    sum_micros_.add(static_cast<uint64_t>(seconds * 1e6));
+  }
+  uint64_t bucket(size_t i) const { return buckets_[i].get(); }  // i <= bounds.size() (+Inf)
+  double sum_seconds() const { return static_cast<double>(sum_micros_.get()) / 1e6; }
+
+ private:
+  std::array<Counter, bounds.size() + 1> buckets_;
+  Counter sum_micros_;
+};
+
+struct BackendMetrics {
+  CodeCounts responses;     // lb_upstream_requests_total{pool,backend,code}
+  Counter connect_errors;   // lb_upstream_connect_errors_total
+  Gauge active;             // lb_backend_active_requests
+};
+
+struct PoolMetrics {
+  explicit PoolMetrics(size_t backends) : backends(backends) {}
+  Histogram duration;  // lb_request_duration_seconds{pool}
+  Counter retries;     // lb_retries_total{pool}
+  Counter fail_open;   // requests served while no backend was in rotation
+  std::vector<BackendMetrics> backends;
+};
+
+struct ListenerMetrics {
+  explicit ListenerMetrics(size_t pools) : requests(pools + 1) {}
+  // lb_requests_total{listener,pool,code}: [0] = no pool (404, 400, ...), [p + 1] = pool p.
+  std::vector<CodeCounts> requests;
+  Counter bytes_in;     // lb_bytes_total{listener,direction="in"}: from clients
+  Counter bytes_out;    // ... "out": to clients
+  Gauge connections;    // lb_downstream_connections{listener}
+};
+
+struct WorkerMetrics {
+  WorkerMetrics(size_t listeners, const std::vector<size_t>& backends_per_pool) {
+    for (size_t i = 0; i < listeners; ++i)
+      this->listeners.push_back(std::make_unique<ListenerMetrics>(backends_per_pool.size()));
+    for (size_t b : backends_per_pool) pools.push_back(std::make_unique<PoolMetrics>(b));
+  }
+  std::vector<std::unique_ptr<ListenerMetrics>> listeners;
+  std::vector<std::unique_ptr<PoolMetrics>> pools;
+};
+
+}  // namespace lb::proxy
