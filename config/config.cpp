@@ -123,6 +123,71 @@ std::string format_size(uint64_t bytes) {
   return std::to_string(bytes);
 }
 
+std::string format_duration(Duration d) {
+  auto ms = d.count();
+  if (ms != 0 && ms % 3'600'000 == 0)
+    return std::to_string(ms / 3'600'000) + "h";
+  if (ms != 0 && ms % 60'000 == 0)
+    return std::to_string(ms / 60'000) + "m";
+  if (ms != 0 && ms % 1000 == 0)
+    return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms) + "ms";
+}
+
+// What may follow GET in a request line: no spaces or control bytes.
+bool is_request_path(std::string_view text) {
+  return text.starts_with('/') && std::all_of(text.begin(), text.end(), [](unsigned char c) {
+           return c > ' ' && c < 0x7f;
+         });
+}
+
+// A Host header value: a name or address, optionally with a port ("app.internal:8080").
+bool is_host_header(std::string_view text) {
+  return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_' ||
+           c == ':' || c == '[' || c == ']';
+  });
+}
+
+// "200", "200-399" or "200,204,300-399" (spaces allowed around ',' and '-'), appended to
+// `ranges`. Returns "" when well formed, else what is wrong with it.
+std::string parse_status_ranges(std::string_view text, std::vector<std::pair<int, int>>& ranges) {
+  auto trim = [](std::string_view s) {
+    while (!s.empty() && s.front() == ' ')
+      s.remove_prefix(1);
+    while (!s.empty() && s.back() == ' ')
+      s.remove_suffix(1);
+    return s;
+  };
+  auto code = [](std::string_view s, int& value) {
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
+    return !s.empty() && ec == std::errc() && end == s.data() + s.size();
+  };
+  static constexpr std::string_view malformed =
+      "expected status codes like 200, 200-399 or 200,204,300-399";
+  while (true) {
+    size_t comma = text.find(',');
+    std::string_view part = trim(text.substr(0, comma));
+    size_t dash = part.find('-');
+    int lo = 0;
+    int hi = 0;
+    if (!code(trim(part.substr(0, dash)), lo))
+      return std::string(malformed);
+    if (dash == std::string_view::npos)
+      hi = lo;
+    else if (!code(trim(part.substr(dash + 1)), hi))
+      return std::string(malformed);
+    if (lo < 100 || lo > 599 || hi < 100 || hi > 599)
+      return "status codes are 100..599";
+    if (lo > hi)
+      return "range " + std::to_string(lo) + "-" + std::to_string(hi) + " ends before it starts";
+    ranges.emplace_back(lo, hi);
+    if (comma == std::string_view::npos)
+      return "";
+    text.remove_prefix(comma + 1);
+  }
+}
+
 class Loader {
 public:
   explicit Loader(std::string file) : file_(std::move(file)) {}
@@ -157,6 +222,7 @@ private:
   std::optional<uint64_t> size(const Item& item, uint64_t min, uint64_t max);
   std::optional<Address> address(const Item& item, bool port_zero_ok);
   std::optional<bool> on_off(const Item& item);
+  std::optional<bool> boolean(const Item& item);
   std::optional<std::string> name(const Item& item);
 
   void top(const YAML::Node& root, Config& config);
@@ -170,6 +236,9 @@ private:
   void route_match(const Item& item, RouteMatch& match);
   void pool(const Item& item, Pool& pool);
   void pool_timeouts(const Item& item, PoolTimeouts& timeouts);
+  void health_check(const Item& item, HealthCheck& check);
+  bool expect_status(const Item& item, std::vector<std::pair<int, int>>& ranges);
+  void outlier_detection(const Item& item, OutlierDetection& detection);
   void region(const Item& item, Region& region, const Pool& pool, std::set<std::string>& addresses);
   void backends(const Item& item, Region& region, const Pool& pool,
                 std::set<std::string>& addresses, const std::string& if_empty);
@@ -381,6 +450,18 @@ std::optional<bool> Loader::on_off(const Item& item) {
   if (*text == "off" || *text == "false")
     return false;
   error(item, item.name + ": expected on or off, got '" + *text + "'");
+  return std::nullopt;
+}
+
+std::optional<bool> Loader::boolean(const Item& item) {
+  auto text = scalar(item, "true or false");
+  if (!text)
+    return std::nullopt;
+  if (*text == "true" || *text == "on")
+    return true;
+  if (*text == "false" || *text == "off")
+    return false;
+  error(item, item.name + ": expected true or false, got '" + *text + "'");
   return std::nullopt;
 }
 
@@ -696,10 +777,11 @@ void Loader::pool(const Item& item, Pool& pool) {
   if (!is_name(item.name))
     error(item.key,
           "pool name '" + item.name + "' is not valid (use letters, digits, '-', '_' and '.')");
-  auto items = fields(item, {"balance", "timeouts", "retries", "backends", "regions"},
-                      {"hash_key", "sticky_cookie", "slow_start", "fail_open",
-                       "max_connections_per_backend", "queue_timeout", "maintenance",
-                       "health_check", "outlier_detection", "overprovisioning"});
+  auto items = fields(item,
+                      {"balance", "timeouts", "retries", "fail_open", "health_check",
+                       "outlier_detection", "backends", "regions"},
+                      {"hash_key", "sticky_cookie", "slow_start", "max_connections_per_backend",
+                       "queue_timeout", "maintenance", "overprovisioning"});
   if (!items)
     return;
   const Item* backend_list = nullptr;
@@ -718,6 +800,13 @@ void Loader::pool(const Item& item, Pool& pool) {
     } else if (f.name == "retries") {
       if (auto n = integer(f, 0, 10))
         pool.retries = uint32_t(*n);
+    } else if (f.name == "fail_open") {
+      if (auto on = boolean(f))
+        pool.fail_open = *on;
+    } else if (f.name == "health_check") {
+      health_check(f, pool.health_check);
+    } else if (f.name == "outlier_detection") {
+      outlier_detection(f, pool.outlier_detection);
     } else if (f.name == "backends") {
       backend_list = &f;
     } else if (f.name == "regions") {
@@ -729,7 +818,9 @@ void Loader::pool(const Item& item, Pool& pool) {
   if (backend_list && region_list) {
     error(region_list->key, "a pool has either 'backends' or 'regions', not both");
   } else if (backend_list) {
-    pool.regions.push_back({"default", 0, {}});
+    Region shorthand;
+    shorthand.name = "default";
+    pool.regions.push_back(shorthand);
     backends(*backend_list, pool.regions.back(), pool, addresses,
              "pool '" + pool.name + "' has no backends");
   } else if (region_list) {
@@ -759,6 +850,125 @@ void Loader::pool_timeouts(const Item& item, PoolTimeouts& timeouts) {
       timeouts.response = *d;
     else
       timeouts.idle = *d;
+  }
+}
+
+// The presence of the map turns the check on: `health_check: { type: tcp }` is a whole check.
+void Loader::health_check(const Item& item, HealthCheck& check) {
+  check.enabled = true;
+  auto items = fields(item, {"type", "path", "host", "interval", "timeout", "healthy_threshold",
+                             "unhealthy_threshold", "expect_status"});
+  if (!items)
+    return;
+  const Item* timeout_item = nullptr;
+  std::vector<const Item*> http_only;
+  for (const auto& f : *items) {
+    if (f.name == "type") {
+      auto text = scalar(f, "http or tcp");
+      if (!text)
+        continue;
+      if (*text == "http")
+        check.type = HealthCheck::Type::http;
+      else if (*text == "tcp")
+        check.type = HealthCheck::Type::tcp;
+      else
+        error(f, "type: expected http or tcp, got '" + *text + "'");
+    } else if (f.name == "path") {
+      http_only.push_back(&f);
+      auto text = scalar(f, "a path starting with '/'");
+      if (!text)
+        continue;
+      if (is_request_path(*text))
+        check.path = *text;
+      else
+        error(f, "path: expected a path starting with '/', got '" + *text + "'");
+    } else if (f.name == "host") {
+      http_only.push_back(&f);
+      auto text = scalar(f, "a host name like app.internal");
+      if (!text)
+        continue;
+      if (is_host_header(*text))
+        check.host = *text;
+      else
+        error(f, "host: expected a host name like app.internal, got '" + *text + "'");
+    } else if (f.name == "interval") {
+      if (auto d = duration(f, true))
+        check.interval = *d;
+    } else if (f.name == "timeout") {
+      if (auto d = duration(f, true)) {
+        check.timeout = *d;
+        timeout_item = &f;
+      }
+    } else if (f.name == "healthy_threshold") {
+      if (auto n = integer(f, 1, 100))
+        check.healthy_threshold = uint32_t(*n);
+    } else if (f.name == "unhealthy_threshold") {
+      if (auto n = integer(f, 1, 100))
+        check.unhealthy_threshold = uint32_t(*n);
+    } else if (f.name == "expect_status") {
+      http_only.push_back(&f);
+      std::vector<std::pair<int, int>> ranges;
+      if (expect_status(f, ranges))
+        check.expect_status = std::move(ranges);
+    }
+  }
+  if (check.type == HealthCheck::Type::tcp)
+    for (const Item* f : http_only)
+      error(f->key, f->name + ": applies to type http only (a tcp check only connects)");
+  // A check must end before the next one is due. Without an explicit timeout, a short
+  // interval shortens the default timeout rather than making the config invalid.
+  if (!timeout_item)
+    check.timeout = std::min(check.timeout, check.interval);
+  else if (check.timeout > check.interval)
+    error(*timeout_item, "timeout: must not be more than interval (" +
+                             format_duration(check.interval) + "), got '" +
+                             timeout_item->value.Scalar() + "'");
+}
+
+// A scalar ("200-399", or a YAML integer) or a list of them. Returns false after an error.
+bool Loader::expect_status(const Item& item, std::vector<std::pair<int, int>>& ranges) {
+  std::vector<Item> parts;
+  if (item.value.IsSequence()) {
+    auto list = list_items(item, "expect_status");
+    if (!list)
+      return false;
+    if (list->empty()) {
+      error(item, "expect_status: at least one status code is required");
+      return false;
+    }
+    parts = std::move(*list);
+  } else {
+    parts.push_back(item);
+  }
+  bool ok = true;
+  for (const auto& part : parts) {
+    auto text = scalar(part, "status codes like 200, 200-399 or 200,204,300-399");
+    if (!text) {
+      ok = false;
+      continue;
+    }
+    std::string problem = parse_status_ranges(*text, ranges);
+    if (!problem.empty()) {
+      error(part, "expect_status: " + problem + ", got '" + *text + "'");
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+void Loader::outlier_detection(const Item& item, OutlierDetection& detection) {
+  detection.enabled = true;
+  auto items = fields(item, {"consecutive_failures", "ejection_time"});
+  if (!items)
+    return;
+  for (const auto& f : *items) {
+    if (f.name == "consecutive_failures") {
+      if (auto n = integer(f, 1, 1000))
+        detection.consecutive_failures = uint32_t(*n);
+    } else if (f.name == "ejection_time") {
+      if (auto d = duration(f, true))
+        detection.ejection_time = *d;
+    }
   }
 }
 

@@ -3,6 +3,7 @@
 //   lb check -c FILE   validate only
 //   lb version
 #include "config/config.hpp"
+#include "healthcheck/checker.hpp"
 #include "lb/admin/admin.hpp"
 #include "lb/io/log.hpp"
 #include "lb/server/server.hpp"
@@ -34,7 +35,7 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
   asio::io_context main_io;
   lb::server::Server server(config);
   if (!server.bind()) return 1;
-  lb::admin::AdminServer admin(main_io, config->admin);
+  lb::admin::AdminServer admin(main_io, config->admin, server);
   std::string error;
   if (!admin.bind(error)) {
     lb::io::log("admin: cannot listen on %s: %s", config->admin.listen.text().c_str(),
@@ -42,6 +43,29 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
     return 1;
   }
   admin.start();
+
+  // Active health checks: their own thread; transitions update the pools.
+  std::vector<lb::healthcheck::Target> targets;
+  for (const auto& pool : server.runtime()->pools) {
+    if (!pool->config().health_check.enabled) continue;
+    for (size_t b = 0; b < pool->backends().size(); ++b) {
+      const auto& backend = pool->backends()[b];
+      targets.push_back({pool->index(), b, backend.endpoint, backend.label,
+                         pool->config().health_check});
+    }
+  }
+  std::unique_ptr<lb::healthcheck::Checker> checker;
+  if (!targets.empty()) {
+    checker = std::make_unique<lb::healthcheck::Checker>(
+        std::move(targets), [runtime = server.runtime()](const lb::healthcheck::Transition& t) {
+          auto& pool = *runtime->pools[t.pool];
+          lb::io::log("pool %s: backend %s is now %s: %s", pool.name().c_str(),
+                      pool.backends()[t.backend].label.c_str(),
+                      t.healthy ? "healthy" : "unhealthy", t.reason.c_str());
+          pool.set_healthy(t.backend, t.healthy);
+        });
+    checker->start();
+  }
 
   asio::signal_set signals(main_io, SIGTERM, SIGINT, SIGHUP);
   asio::steady_timer deadline(main_io);
@@ -94,6 +118,7 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
   lb::io::log("ready (%u workers)", server.workers());
   main_io.run();
   admin.close();
+  if (checker) checker->stop();
   server.stop();
   return 0;
 }

@@ -54,7 +54,6 @@ Parser::Parser(Kind kind) : kind_(kind) {
 
 Parser::Result Parser::feed(const char* p, const char* end) {
   for (;;) {
-    first_byte_ = p;
     llhttp_errno_t err = llhttp_execute(&parser_, p, static_cast<size_t>(end - p));
     switch (err) {
       case HPE_OK:
@@ -232,8 +231,14 @@ int Parser::headers_complete() {
   return HPE_PAUSED;
 }
 
-int Parser::on_body(llhttp_t* p, const char*, size_t len) {
-  self(p).body_bytes_ += len;
+int Parser::on_body(llhttp_t* p, const char* at, size_t len) {
+  Parser& s = self(p);
+  s.body_bytes_ += len;
+  if (s.dechunk_out_) {
+    // The decoded bytes only ever move down, over framing already parsed.
+    std::memmove(s.dechunk_out_, at, len);
+    s.dechunk_out_ += len;
+  }
   return 0;
 }
 

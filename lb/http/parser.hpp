@@ -50,6 +50,11 @@ class Parser {
   bool body_until_eof() const { return body_until_eof_; }
   bool upgrade() const { return upgrade_; }
   uint64_t body_bytes() const { return body_bytes_; }
+  // Responses to HTTP/1.0 clients: body bytes of the next feed() are moved down
+  // to `out` as they are decoded, without the chunk framing (the caller sends
+  // [out, dechunked_end()) instead of the raw bytes). nullptr: off.
+  void dechunk_into(char* out) { dechunk_out_ = out; }
+  char* dechunked_end() const { return dechunk_out_; }
   // Requests: the whole request target has been seen.
   bool target_complete() const { return target_complete_; }
   const char* error_reason() const { return error_reason_; }
@@ -77,8 +82,6 @@ class Parser {
   Head head_;
   std::string_view request_id_name_;
   Header* current_ = nullptr;
-  const char* message_start_ = nullptr;
-  const char* first_byte_ = nullptr;  // first byte given to the current feed()
   bool head_request_ = false;
   bool in_message_ = false;
   bool in_head_ = false;
@@ -86,6 +89,7 @@ class Parser {
   bool upgrade_ = false;
   bool too_many_headers_ = false;
   bool target_complete_ = false;
+  char* dechunk_out_ = nullptr;
   uint64_t body_bytes_ = 0;
   const char* error_reason_ = nullptr;
 };

@@ -4,6 +4,7 @@
 
 #include <boost/asio/bind_allocator.hpp>
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -51,6 +52,7 @@ const char* reason_phrase(int status) {
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     default: return "Error";
   }
 }
@@ -125,25 +127,29 @@ static int write_some(int fd, Session* /*unused*/, iovec* v, unsigned& first, un
 // ---- Start and end ----------------------------------------------------------
 
 void Session::start(WorkerContext& worker, const ListenerRuntime& listener,
-                    asio::ip::tcp::socket socket) {
-  Ref self(new Session(worker, listener, std::move(socket)));
+                    asio::ip::tcp::socket socket, const sockaddr* peer) {
+  Ref self(new Session(worker, listener, std::move(socket), peer));
   self->arm(Timer::idle);
   self->do_read_request();
 }
 
 Session::Session(WorkerContext& worker, const ListenerRuntime& listener,
-                 asio::ip::tcp::socket socket)
+                 asio::ip::tcp::socket socket, const sockaddr* peer)
     : worker_(worker), listener_(listener), runtime_(worker.runtime.get()),
       client_(std::move(socket)) {
-  error_code ec;
-  client_.non_blocking(true, ec);
-  client_.set_option(asio::ip::tcp::no_delay(true), ec);
-  auto peer = client_.remote_endpoint(ec);
-  if (!ec) {
-    std::string ip = peer.address().to_string();
-    client_ip_len_ = static_cast<uint8_t>(std::min(ip.size(), sizeof client_ip_ - 1));
-    std::memcpy(client_ip_, ip.data(), client_ip_len_);
+  // The socket is non-blocking and TCP_NODELAY already (accept4, the listener).
+  const char* ip = nullptr;
+  if (peer && peer->sa_family == AF_INET) {
+    ip = ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(peer)->sin_addr, client_ip_,
+                     sizeof client_ip_);
+  } else if (peer && peer->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(peer);
+    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
+      ip = ::inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], client_ip_, sizeof client_ip_);
+    else
+      ip = ::inet_ntop(AF_INET6, &in6->sin6_addr, client_ip_, sizeof client_ip_);
   }
+  client_ip_len_ = ip ? static_cast<uint8_t>(std::strlen(client_ip_)) : 0;
   req_.set_request_id_header(listener_.config.headers.request_id);
   timer_.fire = &Session::on_timeout;
   timer_.owner = this;
@@ -194,9 +200,14 @@ void Session::close() {
 // request bytes would make the kernel send a reset that can destroy the
 // response in the client's receive buffer. So: send FIN, discard what the
 // client still sends (bounded in bytes and time), then close.
-void Session::close_gracefully() {
+void Session::close_gracefully(bool request_read) {
   if (closed_) return;
   release_backend(false);
+  // Nothing unread from a client whose request was read whole: a plain close
+  // sends FIN, not a reset. (As nginx's lingering_close heuristics.)
+  char probe;
+  ssize_t pending = ::recv(fd_of(client_), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (pending < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && request_read) return close();
   error_code ec;
   client_.shutdown(asio::socket_base::shutdown_send, ec);
   if (ec) return close();
@@ -302,6 +313,14 @@ void Session::on_request_head() {
   }
 
   keep_client_ = head.keep_alive && !worker_.draining;
+  if (head_end_ > listener_.config.limits.max_header_bytes) {
+    keep_client_ = false;
+    return respond_error(431, "request head larger than max_header_bytes", true);
+  }
+  if (head.major != 1) {
+    keep_client_ = false;
+    return respond_error(505, "only HTTP/1.0 and HTTP/1.1 are spoken here", true);
+  }
   if (head.target.n > max_target_bytes) {
     keep_client_ = false;
     return respond_error(414, "request target longer than 8 KiB", true);
@@ -361,6 +380,10 @@ void Session::on_request_head() {
   c_parsed_ = static_cast<uint32_t>(r.stop - cbuf_->data());
   msg_end_ = c_parsed_;
   req_done_ = r.event == http::Parser::Event::message_complete;
+  if (max_body && req_.body_bytes() > max_body) {
+    keep_client_ = false;
+    return respond_error(413, "request body larger than max_body_bytes", true);
+  }
 
   if (pool < 0) {
     if (has_body && !req_done_) keep_client_ = false;
@@ -686,6 +709,7 @@ void Session::read_response() {
 void Session::parse_response() {
   char* data = ubuf_->data();
   for (;;) {
+    resp_.dechunk_into(dechunk_ && !in_response_head_ && resp_.in_message() ? data + u_sent_ : nullptr);
     auto r = resp_.feed(data + u_parsed_, data + u_len_);
     u_parsed_ = static_cast<uint32_t>(r.stop - data);
     switch (r.event) {
@@ -718,7 +742,9 @@ void Session::parse_response() {
   }
   // Body bytes: send what was parsed.
   to_client_.clear();
-  to_client_.add(data + u_sent_, u_parsed_ - u_sent_);
+  const char* body_end = resp_.dechunked_end() ? resp_.dechunked_end() : data + u_parsed_;
+  to_client_.add(data + u_sent_, static_cast<size_t>(body_end - (data + u_sent_)));
+  resp_.dechunk_into(nullptr);
   u_sent_ = u_parsed_;
   do_write_client();
 }
@@ -734,6 +760,11 @@ void Session::on_response_head() {
     for (unsigned i = 0; i < head.count; ++i)
       if (head.headers[i].field == http::Field::upgrade) head.headers[i].hop_by_hop = false;
   }
+  // An HTTP/1.0 client cannot read chunked: it gets the decoded body, ended by close.
+  dechunk_ = !interim && !switching && head.chunked && req_.head().minor == 0;
+  if (dechunk_)
+    for (unsigned i = 0; i < head.count; ++i)
+      if (head.headers[i].field == http::Field::transfer_encoding) head.headers[i].hop_by_hop = true;
   Outbox& out = to_client_;
   out.clear();
   const char* seg = head.start;
@@ -764,6 +795,7 @@ void Session::on_response_head() {
     backend_keep_alive_ = head.keep_alive && !resp_.body_until_eof();
     if (const http::Header* ka = head.find(http::Field::keep_alive)) learn_keep_alive(ka->value.view());
     if (resp_.body_until_eof() || !req_done_ || worker_.draining) keep_client_ = false;
+    if (dechunk_) keep_client_ = false;
     if (listener_.config.headers.via)
       ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
                                     : std::string_view("Via: 1.1 lb\r\n"));
@@ -778,6 +810,8 @@ void Session::on_response_head() {
   if (!interim && !switching) {
     // Body bytes that came with the head, up to the end of the response.
     char* data = ubuf_->data();
+    char* body_start = data + (head.end - data);
+    resp_.dechunk_into(dechunk_ ? body_start : nullptr);
     auto r = resp_.feed(data + u_parsed_, data + u_len_);
     if (r.event == http::Parser::Event::error) {
       keep_client_ = false;
@@ -790,7 +824,9 @@ void Session::on_response_head() {
       resp_done_ = true;
       if (u_parsed_ != u_len_) backend_keep_alive_ = false;
     }
-    out.add(data + (head.end - data), u_parsed_ - static_cast<uint32_t>(head.end - data));
+    const char* body_end = dechunk_ ? resp_.dechunked_end() : data + u_parsed_;
+    resp_.dechunk_into(nullptr);
+    out.add(body_start, static_cast<size_t>(body_end - body_start));
   }
   u_sent_ = u_parsed_;
   do_write_client();
@@ -1087,18 +1123,19 @@ void Session::finish_request_log() {
 
 void Session::finish_request_state() {
   bool keep = keep_client_ && !closed_ && req_done_ && !worker_.draining;
+  bool request_read = req_done_;
   // Per-request state back to its start.
   pool_ = nullptr;
   backend_ = -1;
   tried_ = 0;
   attempts_ = replays_ = 0;
   req_done_ = req_sent_ = body_discarded_ = false;
-  resp_started_ = resp_done_ = answered_locally_ = in_response_head_ = false;
+  resp_started_ = resp_done_ = answered_locally_ = in_response_head_ = dechunk_ = false;
   status_ = 0;
   bytes_in_ = bytes_out_ = counted_in_ = counted_out_ = 0;
   upstream_ms_ = -1;
   started_ = {};
-  if (!keep) return close_gracefully();
+  if (!keep) return close_gracefully(request_read);
 
   // A pipelined request may already be in the buffer: move it to the front.
   uint32_t left = c_len_ - msg_end_;

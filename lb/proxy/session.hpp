@@ -14,6 +14,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/system/error_code.hpp>
 
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <cstdint>
@@ -23,8 +24,9 @@ namespace lb::proxy {
 class Session {
  public:
   // Takes over an accepted connection and starts serving it.
+  // `peer` is the client's address as accept() gave it.
   static void start(WorkerContext& worker, const ListenerRuntime& listener,
-                    boost::asio::ip::tcp::socket socket);
+                    boost::asio::ip::tcp::socket socket, const sockaddr* peer);
 
   // Draining: closes the connection now if it is between requests; otherwise it
   // closes after the response in flight.
@@ -60,7 +62,7 @@ class Session {
   };
 
   Session(WorkerContext& worker, const ListenerRuntime& listener,
-          boost::asio::ip::tcp::socket socket);
+          boost::asio::ip::tcp::socket socket, const sockaddr* peer);
   ~Session();
 
   // Request head.
@@ -102,7 +104,7 @@ class Session {
   void finish_request_log();
   void finish_request_state();
   void close();
-  void close_gracefully();
+  void close_gracefully(bool request_read);
   void linger_read();
   void release_backend(bool reusable);
   void count_bytes();
@@ -157,6 +159,7 @@ class Session {
   bool upgrade_requested_ = false;  // the request asks to switch protocols
   bool tunnel_pending_ = false;     // a 101 is being passed on; the tunnel follows
   bool tunnel_ = false;
+  bool dechunk_ = false;            // a chunked response to an HTTP/1.0 client
   bool up_done_ = false;            // the client ended its side of the tunnel
   bool down_done_ = false;          // the backend ended its side
 

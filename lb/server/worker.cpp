@@ -8,6 +8,10 @@
 #include <boost/asio/post.hpp>
 
 #include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 namespace lb::server {
 
@@ -62,6 +66,8 @@ bool Worker::bind(size_t index, const asio::ip::tcp::endpoint& endpoint, std::st
   }
   if (!ec && endpoint.address().is_v6()) a->socket.set_option(asio::ip::v6_only(true), ec);
   if (!ec) a->socket.bind(endpoint, ec);
+  // Accepted connections inherit TCP_NODELAY: no setsockopt per connection.
+  if (!ec) a->socket.set_option(asio::ip::tcp::no_delay(true), ec);
   if (!ec) a->socket.listen(4096, ec);
   if (!ec) a->socket.non_blocking(true, ec);
   if (!ec) bound = a->socket.local_endpoint(ec);
@@ -69,6 +75,7 @@ bool Worker::bind(size_t index, const asio::ip::tcp::endpoint& endpoint, std::st
     error = ec.message();
     return false;
   }
+  a->protocol = endpoint.protocol();
   acceptors_[index] = std::move(a);
   return true;
 }
@@ -84,30 +91,48 @@ void Worker::run() {
   context_.access_log.flush();
 }
 
+// Accepting is reactor style: wait until the listening socket is readable, then
+// accept what is queued (several connections per wake-up under load) with
+// accept4, which also makes them non-blocking without further syscalls.
 void Worker::do_accept(Acceptor& a) {
-  a.socket.async_accept(asio::bind_allocator(
-      io::SlotAllocator<void>(a.slot),
-      [this, &a](const error_code& ec, asio::ip::tcp::socket socket) {
-        on_accept(a, ec, std::move(socket));
-      }));
+  a.socket.async_wait(asio::socket_base::wait_read,
+                      asio::bind_allocator(io::SlotAllocator<void>(a.slot),
+                                           [this, &a](const error_code& ec) { on_acceptable(a, ec); }));
 }
 
-void Worker::on_accept(Acceptor& a, const error_code& ec, asio::ip::tcp::socket socket) {
+void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
   if (ec == asio::error::operation_aborted || !a.socket.is_open()) return;
-  if (!ec) {
-    proxy::Session::start(context_, a.listener, std::move(socket));
-  } else if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space) {
-    // Out of file descriptors: try again on the next tick rather than spin.
-    io::log("listener %s: accept failed: %s", a.listener.config.name.c_str(),
-            ec.message().c_str());
-    a.paused = true;
-    return;
+  for (int i = 0; i < 64; ++i) {
+    if (a.limit && context_.connections_per_listener[a.listener.index] >= a.limit) {
+      a.paused = true;  // resumed when a connection of this listener ends
+      return;
+    }
+    sockaddr_storage peer;
+    socklen_t peer_len = sizeof peer;
+    int fd = ::accept4(a.socket.native_handle(), reinterpret_cast<sockaddr*>(&peer), &peer_len,
+                       SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return do_accept(a);
+      // Out of descriptors or memory: try again on a later tick rather than spin.
+      io::log("listener %s: accept failed: %s", a.listener.config.name.c_str(),
+              std::strerror(errno));
+      a.paused = true;
+      return;
+    }
+    asio::ip::tcp::socket socket(*io_);
+    error_code assign_error;
+    socket.assign(a.protocol, fd, assign_error);
+    if (assign_error) {
+      ::close(fd);
+      continue;
+    }
+    proxy::Session::start(context_, a.listener, std::move(socket),
+                          reinterpret_cast<const sockaddr*>(&peer));
   }
-  if (a.limit && context_.connections_per_listener[a.listener.index] >= a.limit) {
-    a.paused = true;
-    return;
-  }
-  do_accept(a);
+  // More may be queued: let the connections already here run first.
+  asio::post(*io_, asio::bind_allocator(io::SlotAllocator<void>(a.slot),
+                                        [this, &a] { on_acceptable(a, {}); }));
 }
 
 void Worker::do_tick() {

@@ -37,13 +37,13 @@ class Worker {
     boost::asio::ip::tcp::acceptor socket;
     const proxy::ListenerRuntime& listener;
     io::HandlerSlot slot;
+    boost::asio::ip::tcp protocol = boost::asio::ip::tcp::v4();
     size_t limit = 0;     // this worker's share of limits.max_connections
     bool paused = false;  // at the limit: accepting again when a connection ends
   };
 
   void do_accept(Acceptor& a);
-  void on_accept(Acceptor& a, const boost::system::error_code& ec,
-                 boost::asio::ip::tcp::socket socket);
+  void on_acceptable(Acceptor& a, const boost::system::error_code& ec);
   void do_tick();
   void on_tick(const boost::system::error_code& ec);
   void on_session_closed();

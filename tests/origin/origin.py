@@ -22,6 +22,11 @@ unless it is chunked or has no body by definition):
                          "body_len"} of the request as received
   ANY  /drop             close the connection without answering (RST)
   ANY  /truncate/N       promise Content-Length N, send N//2 bytes, close
+  GET  /ws               with "Upgrade: websocket" and "Connection: Upgrade":
+                         101 Switching Protocols (Sec-WebSocket-Accept computed
+                         from Sec-WebSocket-Key), then echoes every byte received
+                         until the peer closes (a raw byte echo, no framing);
+                         without them: the default 200 answer
   GET  /__origin/stats   JSON {"requests","connections","active_connections",
                          "paths"}; not counted, and a connection whose first
                          request is this one is not counted either
@@ -32,6 +37,7 @@ Query parameters on any path:
 """
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -46,6 +52,8 @@ RECV_SIZE = 1 << 20
 MAX_HEAD = 64 * 1024
 CHUNK_OUT = 64 * 1024
 REQUEST_READ_TIMEOUT = 120.0  # once a request has started, per recv
+TUNNEL_TIMEOUT = 600.0        # an upgraded (/ws) connection, per recv
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
 
 _PATTERN = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_"  # 64 bytes
 _BLOCK = _PATTERN * 1024  # 64 KiB
@@ -378,7 +386,33 @@ class Origin:
                 pass
         if qget("close") == "1":
             keep = False
+        upgrade = set()
+        for v in get_all("Upgrade"):
+            upgrade.update(t.strip().lower() for t in v.split(",") if t.strip())
+        if path == "/ws" and "websocket" in upgrade and "upgrade" in conn_tokens:
+            self.websocket_echo(sock, reader, get_all("Sec-WebSocket-Key"))
+            return False
         return self.respond(sock, method, path, target, version, headers, body, qget, keep)
+
+    def websocket_echo(self, sock, reader, keys):
+        key = keys[0].strip() if keys else ""
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        sock.sendall(self.response_head(101, [("Upgrade", "websocket"),
+                                              ("Connection", "Upgrade"),
+                                              ("Sec-WebSocket-Accept", accept)], False))
+        sock.settimeout(TUNNEL_TIMEOUT)
+        if reader.buf:
+            sock.sendall(bytes(reader.buf))
+            reader.buf.clear()
+        while True:
+            data = sock.recv(RECV_SIZE)
+            if not data:
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                return
+            sock.sendall(data)
 
     def read_chunked(self, reader, body):
         while True:

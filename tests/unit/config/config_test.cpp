@@ -278,13 +278,177 @@ TEST(Config, KeysNotSupportedYetAreRefused) {
   EXPECT_EQ(only_error(std::string("sticky_secret: x\n") + minimal),
             "t.yaml:1:1: sticky_secret: not supported yet");
   EXPECT_EQ(only_error(with_listener_lines("    tls: {}")), "t.yaml:7:5: tls: not supported yet");
-  EXPECT_EQ(only_error(std::string(minimal) + "    health_check: { path: / }\n"),
-            "t.yaml:10:5: health_check: not supported yet");
+  EXPECT_EQ(only_error(std::string(minimal) + "    maintenance: false\n"),
+            "t.yaml:10:5: maintenance: not supported yet");
   for (const char* balance : {"least_conn", "random_two", "ring_hash", "maglev"})
     EXPECT_EQ(only_error(std::string(minimal) + "    balance: " + balance + "\n"),
               std::string("t.yaml:10:14: balance: ") + balance + " not supported yet");
   EXPECT_EQ(only_error(std::string(minimal) + "    balance: fastest\n"),
             "t.yaml:10:14: balance: expected round_robin, got 'fastest'");
+}
+
+TEST(Config, HealthCheck) {
+  auto config = valid(std::string(minimal) + R"(    health_check:
+      type: http
+      path: /ready?full=1
+      host: app.internal:8080
+      interval: 5s
+      timeout: 250ms
+      healthy_threshold: 1
+      unhealthy_threshold: 100
+      expect_status: 200,204,300-399
+)");
+  ASSERT_TRUE(config);
+  const HealthCheck& check = config->pools[0].health_check;
+  EXPECT_TRUE(check.enabled);
+  EXPECT_EQ(check.type, HealthCheck::Type::http);
+  EXPECT_EQ(check.path, "/ready?full=1");
+  EXPECT_EQ(check.host, "app.internal:8080");
+  EXPECT_EQ(check.interval, 5s);
+  EXPECT_EQ(check.timeout, 250ms);
+  EXPECT_EQ(check.healthy_threshold, 1u);
+  EXPECT_EQ(check.unhealthy_threshold, 100u);
+  using Range = std::pair<int, int>;
+  EXPECT_EQ(check.expect_status, (std::vector<Range>{{200, 200}, {204, 204}, {300, 399}}));
+}
+
+TEST(Config, HealthCheckIsOnWhenPresent) {
+  const HealthCheck defaults;
+  auto off = valid(minimal);
+  ASSERT_TRUE(off);
+  EXPECT_FALSE(off->pools[0].health_check.enabled);
+  EXPECT_FALSE(off->pools[0].outlier_detection.enabled);
+  EXPECT_TRUE(off->pools[0].fail_open);
+
+  auto tcp = valid(std::string(minimal) + "    health_check: { type: tcp }\n");
+  ASSERT_TRUE(tcp);
+  const HealthCheck& check = tcp->pools[0].health_check;
+  EXPECT_TRUE(check.enabled);
+  EXPECT_EQ(check.type, HealthCheck::Type::tcp);
+  EXPECT_EQ(check.interval, defaults.interval);
+  EXPECT_EQ(check.timeout, defaults.timeout);
+  EXPECT_EQ(check.healthy_threshold, defaults.healthy_threshold);
+  EXPECT_EQ(check.unhealthy_threshold, defaults.unhealthy_threshold);
+
+  for (const char* empty : {"{}", ""}) {
+    auto http = valid(std::string(minimal) + "    health_check: " + empty + "\n");
+    ASSERT_TRUE(http) << empty;
+    EXPECT_TRUE(http->pools[0].health_check.enabled) << empty;
+    EXPECT_EQ(http->pools[0].health_check.type, HealthCheck::Type::http);
+    EXPECT_EQ(http->pools[0].health_check.path, "/healthz");
+    EXPECT_EQ(http->pools[0].health_check.host, "");
+    EXPECT_EQ(http->pools[0].health_check.expect_status, defaults.expect_status);
+  }
+}
+
+TEST(Config, HealthCheckExpectStatusForms) {
+  using Ranges = std::vector<std::pair<int, int>>;
+  auto parse = [](const std::string& value) {
+    auto config =
+        valid(std::string(minimal) + "    health_check: { expect_status: " + value + " }\n");
+    return config ? config->pools[0].health_check.expect_status : Ranges{};
+  };
+  EXPECT_EQ(parse("200"), (Ranges{{200, 200}}));  // a YAML integer
+  EXPECT_EQ(parse("\"204\""), (Ranges{{204, 204}}));
+  EXPECT_EQ(parse("200-399"), (Ranges{{200, 399}}));
+  EXPECT_EQ(parse("\"200, 204 ,300 - 399\""), (Ranges{{200, 200}, {204, 204}, {300, 399}}));
+  EXPECT_EQ(parse("[200, 300-399]"), (Ranges{{200, 200}, {300, 399}}));
+  EXPECT_EQ(parse("100-599"), (Ranges{{100, 599}}));
+
+  auto error_of = [](const std::string& value) {
+    return only_error(std::string(minimal) + "    health_check: { expect_status: " + value +
+                      " }\n");
+  };
+  EXPECT_EQ(error_of("abc"), "t.yaml:10:36: expect_status: expected status codes like 200, "
+                             "200-399 or 200,204,300-399, got 'abc'");
+  EXPECT_EQ(error_of("\"200,\""), "t.yaml:10:36: expect_status: expected status codes like 200, "
+                                  "200-399 or 200,204,300-399, got '200,'");
+  EXPECT_EQ(error_of("99"), "t.yaml:10:36: expect_status: status codes are 100..599, got '99'");
+  EXPECT_EQ(error_of("200-600"),
+            "t.yaml:10:36: expect_status: status codes are 100..599, got '200-600'");
+  EXPECT_EQ(error_of("399-200"),
+            "t.yaml:10:36: expect_status: range 399-200 ends before it starts, got '399-200'");
+  EXPECT_EQ(error_of("[200, x]"), "t.yaml:10:42: expect_status: expected status codes like 200, "
+                                  "200-399 or 200,204,300-399, got 'x'");
+  EXPECT_EQ(error_of("[]"), "t.yaml:10:36: expect_status: at least one status code is required");
+  EXPECT_EQ(error_of("{ a: 1 }"), "t.yaml:10:36: expect_status: expected status codes like "
+                                  "200, 200-399 or 200,204,300-399, got a map");
+}
+
+TEST(Config, HealthCheckErrors) {
+  auto error_of = [](const std::string& check) {
+    return only_error(std::string(minimal) + "    health_check: { " + check + " }\n");
+  };
+  EXPECT_EQ(error_of("type: udp"), "t.yaml:10:27: type: expected http or tcp, got 'udp'");
+  EXPECT_EQ(error_of("path: healthz"),
+            "t.yaml:10:27: path: expected a path starting with '/', got 'healthz'");
+  EXPECT_EQ(error_of("path: \"/a b\""),
+            "t.yaml:10:27: path: expected a path starting with '/', got '/a b'");
+  EXPECT_EQ(error_of("host: \"a\\r\\nX: y\""),
+            "t.yaml:10:27: host: expected a host name like app.internal, got 'a\r\nX: y'");
+  EXPECT_EQ(error_of("interval: 0s"), "t.yaml:10:31: interval: must be more than 0s");
+  EXPECT_EQ(error_of("timeout: 0s"), "t.yaml:10:30: timeout: must be more than 0s");
+  EXPECT_EQ(error_of("timeout: 1"), "t.yaml:10:30: timeout: expected a duration like 2s or "
+                                    "250ms, got '1' (add a unit: ms, s, m or h)");
+  EXPECT_EQ(error_of("interval: 1s, timeout: 1500ms"),
+            "t.yaml:10:44: timeout: must not be more than interval (1s), got '1500ms'");
+  EXPECT_EQ(error_of("timeout: 3s"),
+            "t.yaml:10:30: timeout: must not be more than interval (2s), got '3s'");
+  EXPECT_EQ(error_of("healthy_threshold: 0"),
+            "t.yaml:10:40: healthy_threshold: must be 1..100, got '0'");
+  EXPECT_EQ(error_of("unhealthy_threshold: 101"),
+            "t.yaml:10:42: unhealthy_threshold: must be 1..100, got '101'");
+  EXPECT_EQ(error_of("intreval: 1s"),
+            "t.yaml:10:21: unknown key 'intreval' (did you mean 'interval'?)");
+  EXPECT_EQ(error_of("type: tcp, host: a.b"),
+            "t.yaml:10:32: host: applies to type http only (a tcp check only connects)");
+  EXPECT_EQ(only_error(std::string(minimal) + "    health_check: on\n"),
+            "t.yaml:10:19: health_check: expected a map, got 'on'");
+
+  // Without an explicit timeout, a short interval shortens the default one.
+  auto config = valid(std::string(minimal) + "    health_check: { interval: 300ms }\n");
+  ASSERT_TRUE(config);
+  EXPECT_EQ(config->pools[0].health_check.timeout, 300ms);
+  config = valid(std::string(minimal) + "    health_check: { interval: 1s, timeout: 1s }\n");
+  ASSERT_TRUE(config);
+  EXPECT_EQ(config->pools[0].health_check.timeout, 1s);
+}
+
+TEST(Config, OutlierDetection) {
+  auto config = valid(std::string(minimal) +
+                      "    outlier_detection: { consecutive_failures: 3, ejection_time: 10s }\n");
+  ASSERT_TRUE(config);
+  const OutlierDetection& detection = config->pools[0].outlier_detection;
+  EXPECT_TRUE(detection.enabled);
+  EXPECT_EQ(detection.consecutive_failures, 3u);
+  EXPECT_EQ(detection.ejection_time, 10s);
+
+  config = valid(std::string(minimal) + "    outlier_detection: {}\n");
+  ASSERT_TRUE(config);
+  EXPECT_TRUE(config->pools[0].outlier_detection.enabled);
+  EXPECT_EQ(config->pools[0].outlier_detection.consecutive_failures, 5u);
+  EXPECT_EQ(config->pools[0].outlier_detection.ejection_time, 30s);
+
+  EXPECT_EQ(only_error(std::string(minimal) +
+                       "    outlier_detection: { consecutive_failures: 0 }\n"),
+            "t.yaml:10:48: consecutive_failures: must be 1..1000, got '0'");
+  EXPECT_EQ(only_error(std::string(minimal) + "    outlier_detection: { ejection_time: 0s }\n"),
+            "t.yaml:10:41: ejection_time: must be more than 0s");
+  EXPECT_EQ(only_error(std::string(minimal) + "    outlier_detection: { interval: 1s }\n"),
+            "t.yaml:10:26: unknown key 'interval'");
+}
+
+TEST(Config, FailOpen) {
+  for (const char* off : {"false", "off"}) {
+    auto config = valid(std::string(minimal) + "    fail_open: " + off + "\n");
+    ASSERT_TRUE(config) << off;
+    EXPECT_FALSE(config->pools[0].fail_open) << off;
+  }
+  auto config = valid(std::string(minimal) + "    fail_open: true\n");
+  ASSERT_TRUE(config);
+  EXPECT_TRUE(config->pools[0].fail_open);
+  EXPECT_EQ(only_error(std::string(minimal) + "    fail_open: maybe\n"),
+            "t.yaml:10:16: fail_open: expected true or false, got 'maybe'");
 }
 
 TEST(Config, RouteToAnUnknownPool) {

@@ -1,0 +1,523 @@
+#!/usr/bin/env bash
+# Benchmarks lb against HAProxy and nginx, in one run, on the same origins.
+#
+#   bash bench/run.sh BUILD_DIR [--quick] [--duration SECONDS]
+#                     [--repeat N] [--proxies "lb haproxy nginx"]
+#                     [--scenarios "a b c d scale"]
+#
+# Topology (everything on 127.0.0.1):
+#   wrk (CPU 1) -> proxy (CPU 0) -> 2 x fast_origin (CPU 1), round robin
+# Each proxy runs with one worker/thread, no logging, upstream keep-alive, and
+# is started afresh for every scenario. See bench/README.md for the columns.
+# The table goes to stdout and to bench/results/latest.txt, wrk's raw output
+# of every run to bench/results/latest-wrk/.
+#
+# Environment overrides: LB_BIN, HAPROXY, NGINX, WRK, PROXY_CPU, LOAD_CPU.
+
+# shellcheck disable=SC2059 # HEAD_FMT: one printf format shared by header and rows
+set -u -o pipefail
+
+usage() {
+    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+[[ $# -ge 1 && $1 != -* ]] || usage
+BUILD_ARG=$1
+BUILD_DIR=$1
+shift
+DURATION=10
+WARMUP=1
+QUICK=0
+REPEAT=1
+PROXIES="lb haproxy nginx"
+SCENARIOS="a b c d scale"
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --quick) QUICK=1 DURATION=3 ;;
+    --duration) DURATION=${2:?}; shift ;;
+    --repeat) REPEAT=${2:?}; shift ;;
+    --proxies) PROXIES=${2:?}; shift ;;
+    --scenarios) SCENARIOS=${2:?}; shift ;;
+    -h | --help) usage ;;
+    *) echo "run.sh: unknown argument: $1" >&2; usage ;;
+    esac
+    shift
+done
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CONF_DIR=$BENCH_DIR/conf
+RESULTS_DIR=$BENCH_DIR/results
+BUILD_DIR=$(cd "$BUILD_DIR" 2>/dev/null && pwd) || { echo "run.sh: no build dir: ${BUILD_ARG}" >&2; exit 2; }
+[[ $DURATION =~ ^[1-9][0-9]*$ && $REPEAT =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --duration and --repeat want positive integers" >&2; exit 2; }
+LB_BIN=${LB_BIN:-$BUILD_DIR/lb/lb}
+ORIGIN_BIN=$BUILD_DIR/bench/fast_origin
+HAPROXY=${HAPROXY:-/usr/sbin/haproxy}
+NGINX=${NGINX:-/usr/sbin/nginx}
+WRK=${WRK:-$(command -v wrk || echo /usr/bin/wrk)}
+CLK_TCK=$(getconf CLK_TCK)
+
+if [[ $(nproc) -ge 2 ]]; then
+    PROXY_CPU=${PROXY_CPU:-0}
+    LOAD_CPU=${LOAD_CPU:-1}
+else
+    PROXY_CPU=${PROXY_CPU:-0}
+    LOAD_CPU=${LOAD_CPU:-0}
+    echo "run.sh: warning: only one CPU; proxy, wrk and origins share it" >&2
+fi
+BOTH_CPUS="$PROXY_CPU,$LOAD_CPU"
+
+for bin in "$ORIGIN_BIN" "$WRK"; do
+    [[ -x $bin ]] || { echo "run.sh: missing $bin (build the fast_origin target; apt-get install wrk)" >&2; exit 2; }
+done
+
+TMP=$(mktemp -d /tmp/lb-bench.XXXXXX)
+mkdir -p "$RESULTS_DIR"
+REPORT=$RESULTS_DIR/latest.txt
+: >"$REPORT"
+
+# ---------------------------------------------------------------- processes
+
+STARTED=()  # every process we started; cleanup stops them (and their children)
+PROXY_PID=""
+FINISHED=0
+NOISY=0
+
+descendants() { # PID -> the PID and all its descendants
+    local p c
+    for p in "$@"; do
+        echo "$p"
+        for c in $(pgrep -P "$p" 2>/dev/null); do descendants "$c"; done
+    done
+}
+
+stop_pid() { # PID: TERM the process and its children, KILL after 3 s
+    local pid=$1 all i
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
+    mapfile -t all < <(descendants "$pid")
+    kill -TERM "${all[@]}" 2>/dev/null
+    for ((i = 0; i < 30; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "${all[@]}" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    # nginx workers outlive a KILLed master: make sure none is left.
+    for i in "${all[@]}"; do kill -KILL "$i" 2>/dev/null; done
+    return 0
+}
+
+cleanup() {
+    local pid
+    trap - EXIT INT TERM
+    for pid in "${STARTED[@]}"; do stop_pid "$pid"; done
+    [[ $FINISHED == 1 ]] || echo "(run interrupted: results incomplete)" >>"$REPORT"
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'echo "run.sh: interrupted" >&2; exit 130' INT
+trap 'exit 143' TERM
+
+say() { printf '%s\n' "$*" | tee -a "$REPORT"; }
+log() { printf '%s\n' "$*" >&2; }
+
+USED_PORTS=" "
+free_port() { # a loopback TCP port that nothing uses (below the ephemeral range)
+    local p i
+    for ((i = 0; i < 200; i++)); do
+        p=$((20000 + RANDOM % 12000))
+        [[ $USED_PORTS == *" $p "* ]] && continue
+        if [[ -z $(ss -Htan "( sport = :$p or dport = :$p )" 2>/dev/null) ]]; then
+            USED_PORTS+="$p "
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Waits until PID listens on PORT (and is alive). Seconds as $3.
+wait_listening() {
+    local pid=$1 port=$2 secs=${3:-10} i
+    for ((i = 0; i < secs * 20; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        port_open "$port" && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+fill() { # TEMPLATE OUT key=value...
+    local tmpl=$1 out=$2 expr=() kv
+    shift 2
+    for kv in "$@"; do expr+=(-e "s|@${kv%%=*}@|${kv#*=}|g"); done
+    sed "${expr[@]}" "$tmpl" >"$out"
+}
+
+start_origins() {
+    local i pid port
+    ORIGINS=()
+    ORIGIN_PIDS=()
+    for i in 1 2; do
+        : >"$TMP/origin$i.out"
+        taskset -c "$LOAD_CPU" "$ORIGIN_BIN" --listen 127.0.0.1:0 >"$TMP/origin$i.out" 2>&1 &
+        pid=$!
+        STARTED+=("$pid")
+        ORIGIN_PIDS+=("$pid")
+        port=""
+        for ((n = 0; n < 100; n++)); do
+            port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/origin$i.out")
+            [[ -n $port ]] && break
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        if [[ -z $port ]]; then
+            log "run.sh: fast_origin did not start: $(cat "$TMP/origin$i.out")"
+            exit 1
+        fi
+        ORIGINS+=("127.0.0.1:$port")
+    done
+}
+
+# start_proxy NAME WORKERS CPUS: sets PROXY_PID and PROXY_PORT, or returns 1
+# with START_ERR set.
+start_proxy() {
+    local name=$1 workers=$2 cpus=$3 dir=$TMP/$1 user_line=""
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    PROXY_PORT=$(free_port) || { START_ERR="no free port"; return 1; }
+    PROXY_PID=""
+    START_ERR=""
+    local vars=(PORT="$PROXY_PORT" ORIGIN1="${ORIGINS[0]}" ORIGIN2="${ORIGINS[1]}" WORKERS="$workers" DIR="$dir")
+    case $name in
+    lb)
+        [[ -x $LB_BIN ]] || { START_ERR="no binary $LB_BIN"; return 1; }
+        fill "$CONF_DIR/lb.yaml.in" "$dir/lb.yaml" "${vars[@]}"
+        taskset -c "$cpus" "$LB_BIN" run -c "$dir/lb.yaml" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+        PROXY_PID=$!
+        STARTED+=("$PROXY_PID")
+        local i ok=0
+        for ((i = 0; i < 200; i++)); do
+            if grep -q 'lb: ready' "$dir/stderr.log" 2>/dev/null; then ok=1; break; fi
+            kill -0 "$PROXY_PID" 2>/dev/null || break
+            sleep 0.05
+        done
+        if [[ $ok == 1 ]] && ! wait_listening "$PROXY_PID" "$PROXY_PORT" 5; then ok=0; fi
+        ;;
+    haproxy)
+        [[ -x $HAPROXY ]] || { START_ERR="no binary $HAPROXY"; return 1; }
+        fill "$CONF_DIR/haproxy.cfg.in" "$dir/haproxy.cfg" "${vars[@]}"
+        taskset -c "$cpus" "$HAPROXY" -db -f "$dir/haproxy.cfg" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+        PROXY_PID=$!
+        STARTED+=("$PROXY_PID")
+        local ok=0
+        wait_listening "$PROXY_PID" "$PROXY_PORT" 10 && ok=1
+        ;;
+    nginx)
+        [[ -x $NGINX ]] || { START_ERR="no binary $NGINX"; return 1; }
+        # As root, workers would run as "nobody" and could not use the temp
+        # paths inside our private (0700) directory.
+        [[ $EUID == 0 ]] && user_line="user root;"
+        fill "$CONF_DIR/nginx.conf.in" "$dir/nginx.conf" "${vars[@]}" USER_LINE="$user_line"
+        taskset -c "$cpus" "$NGINX" -p "$dir/" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+        PROXY_PID=$!
+        STARTED+=("$PROXY_PID")
+        local ok=0 i
+        if wait_listening "$PROXY_PID" "$PROXY_PORT" 10; then
+            for ((i = 0; i < 100; i++)); do # the master forks the workers after binding
+                [[ $(pgrep -c -P "$PROXY_PID") -ge $workers ]] && { ok=1; break; }
+                sleep 0.05
+            done
+        fi
+        ;;
+    *)
+        START_ERR="unknown proxy"
+        return 1
+        ;;
+    esac
+    if [[ $ok != 1 ]]; then
+        START_ERR=$(cat "$dir/stderr.log" "$dir/error.log" 2>/dev/null | grep -v '^\s*$' | tail -1 | cut -c1-100)
+        stop_proxy
+        return 1
+    fi
+    return 0
+}
+
+stop_proxy() {
+    [[ -n $PROXY_PID ]] && stop_pid "$PROXY_PID"
+    PROXY_PID=""
+}
+
+cpu_ticks() { # PIDs -> utime+stime summed, in clock ticks
+    local pid stat rest f total=0
+    for pid in "$@"; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        rest=${stat##*) } # fields from 3 on; comm may hold spaces
+        read -r -a f <<<"$rest"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+snapshot_all() { # FILE: "pid ticks" for every process, ticks = utime+stime
+    # Not cutime/cstime: a reaped child would bring in CPU it used before the
+    # run. So processes that end during the run are missed: a lower bound.
+    cat /proc/[0-9]*/stat 2>/dev/null | awk '{
+        pid = $1; sub(/^.*\) /, ""); print pid, $12 + $13 }' >"$1"
+}
+
+other_ticks() { # BEFORE AFTER EXCLUDED_PIDS...: CPU of all other processes in between
+    local before=$1 after=$2
+    shift 2
+    awk -v skip=" $* " '
+        FNR == NR { t0[$1] = $2; next }
+        index(skip, " " $1 " ") { next }
+        { d += ($1 in t0) ? $2 - t0[$1] : $2 }
+        END { print d + 0 }' "$before" "$after"
+}
+
+peak_rss_kib() { # PIDs -> VmHWM summed, in KiB
+    local pid total=0 v
+    for pid in "$@"; do
+        v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+# wrk output -> "requests rps p99_ms errors"
+parse_wrk() {
+    awk '
+    function ms(v) {
+        if (v ~ /us$/) return v * 0.001
+        if (v ~ /ms$/) return v + 0
+        if (v ~ /m$/) return v * 60000
+        if (v ~ /s$/) return v * 1000
+        return v + 0
+    }
+    /requests in/ { req = $1 }
+    /^Requests\/sec:/ { rps = $2 }
+    $1 == "99%" { p99 = ms($2) }
+    /Socket errors:/ {
+        gsub(",", "")
+        if ($4) err = err " connect=" $4
+        if ($6) err = err " read=" $6
+        if ($8) err = err " write=" $8
+        if ($10) err = err " timeout=" $10
+    }
+    /Non-2xx or 3xx responses:/ { err = err " non2xx=" $NF }
+    END {
+        sub(/^ /, "", err)
+        if (err == "") err = "-"
+        printf "%s %s %s %s\n", (req == "" ? 0 : req), (rps == "" ? 0 : rps), (p99 == "" ? "nan" : p99), err
+    }'
+}
+
+# ---------------------------------------------------------------- scenarios
+
+declare -A S_TITLE S_CONNS S_PATH S_HEADER
+S_TITLE[a]="(a) keep-alive GET /, 64 connections"
+S_CONNS[a]=64 S_PATH[a]=/ S_HEADER[a]=""
+S_TITLE[b]="(b) keep-alive GET /, 256 connections"
+S_CONNS[b]=256 S_PATH[b]=/ S_HEADER[b]=""
+S_TITLE[c]="(c) new connection per request (Connection: close), 64 connections"
+S_CONNS[c]=64 S_PATH[c]=/ S_HEADER[c]="Connection: close"
+S_TITLE[d]="(d) 64 KiB responses (GET /64k), keep-alive, 64 connections"
+S_CONNS[d]=64 S_PATH[d]=/64k S_HEADER[d]=""
+
+declare -A R_STATUS R_REQ R_RPS R_P99 R_CPUREQ R_CPUPCT R_RSS R_ERR R_OTHER R_ALL
+
+# measure KEY PROXY WORKERS PROXY_CPUS WRK_CPUS WRK_THREADS CONNS PATH HEADER
+measure() {
+    local key=$1 proxy=$2 workers=$3 pcpus=$4 wcpus=$5 wthreads=$6 conns=$7 path=$8 header=$9
+    local hdr=() pids=() t0 t1 out req rps p99 err
+    [[ -n $header ]] && hdr=(-H "$header")
+    log "  $key: $proxy (workers $workers) ..."
+    if ! start_proxy "$proxy" "$workers" "$pcpus"; then
+        R_STATUS[$key]="$proxy failed to start${START_ERR:+: $START_ERR}"
+        log "    ${R_STATUS[$key]}"
+        return
+    fi
+    local url="http://127.0.0.1:$PROXY_PORT$path"
+    taskset -c "$wcpus" "$WRK" -t"$wthreads" -c"$conns" -d"${WARMUP}s" "${hdr[@]}" "$url" >"$TMP/warmup.txt" 2>&1
+    mapfile -t pids < <(descendants "$PROXY_PID")
+    snapshot_all "$TMP/procs.before"
+    t0=$(cpu_ticks "${pids[@]}")
+    out=$TMP/wrk-${key//[^a-z0-9]/_}.txt
+    taskset -c "$wcpus" "$WRK" -t"$wthreads" -c"$conns" -d"${DURATION}s" --latency "${hdr[@]}" "$url" >"$out" 2>&1
+    local wrk_rc=$?
+    t1=$(cpu_ticks "${pids[@]}")
+    snapshot_all "$TMP/procs.after"
+    # CPU used meanwhile by processes outside the benchmark (other users of the
+    # machine), in % of one CPU: when it is high, the figures are noisy.
+    R_OTHER[$key]=$(awk -v d="$(other_ticks "$TMP/procs.before" "$TMP/procs.after" $$ "${pids[@]}" "${ORIGIN_PIDS[@]}")" \
+        -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN { v = d * 100 / hz / s; printf "%.0f", v < 0 ? 0 : v }')
+    R_RSS[$key]=$(peak_rss_kib "${pids[@]}")
+    local alive=1
+    kill -0 "$PROXY_PID" 2>/dev/null || alive=0
+    stop_proxy
+    read -r req rps p99 err < <(parse_wrk <"$out")
+    if [[ $alive == 0 ]]; then
+        [[ $err == - ]] && err="PROXY DIED" || err+=" PROXY DIED"
+    fi
+    if [[ $wrk_rc != 0 || $req == 0 ]]; then
+        R_STATUS[$key]="$proxy: wrk failed (rc $wrk_rc): $(grep -v '^\s*$' "$out" | tail -1 | cut -c1-80)"
+        log "    ${R_STATUS[$key]}"
+        return
+    fi
+    R_STATUS[$key]=ok
+    ((R_OTHER[$key] > 10)) && NOISY=1
+    R_REQ[$key]=$req R_RPS[$key]=$rps R_P99[$key]=$p99 R_ERR[$key]=$err
+    R_CPUREQ[$key]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+    R_CPUPCT[$key]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN { printf "%.0f", d * 100 / hz / s }')
+    log "    $rps req/s, p99 ${p99} ms, ${R_CPUREQ[$key]} us/req (proxy ${R_CPUPCT[$key]}% CPU, other processes ${R_OTHER[$key]}%), errors: $err"
+}
+
+HEAD_FMT="%-10s %9s %8s %11s %6s %8s %8s  %s"
+table_header() { say "$(printf "$HEAD_FMT" "$1" "req/s" "p99 ms" "CPU us/req" "CPU %" "RSS MiB" "other %" "errors")"; }
+table_row() { # LABEL KEY
+    local label=$1 key=$2
+    if [[ ${R_STATUS[$key]:-} != ok ]]; then
+        say "$(printf "%-10s %s" "$label" "${R_STATUS[$key]:-not run}")"
+        return
+    fi
+    say "$(printf "$HEAD_FMT" "$label" "$(printf %.0f "${R_RPS[$key]}")" "$(printf %.2f "${R_P99[$key]}")" \
+        "${R_CPUREQ[$key]}" "${R_CPUPCT[$key]}" "$(awk -v k="${R_RSS[$key]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
+        "${R_OTHER[$key]}" "${R_ERR[$key]}")"
+    [[ -n ${R_ALL[$key]:-} ]] && say "$(printf "%-10s %s" "" "(median of req/s ${R_ALL[$key]})")"
+    return 0
+}
+
+# pick_median KEY: KEY#1..KEY#REPEAT -> KEY, the run with the median req/s
+# (the upper one for an even count); R_ALL[KEY] lists all req/s when REPEAT > 1.
+pick_median() {
+    local key=$1 i k ok=() sorted n
+    for ((i = 1; i <= REPEAT; i++)); do
+        k="$key#$i"
+        [[ ${R_STATUS[$k]:-} == ok ]] && ok+=("$(printf '%.0f' "${R_RPS[$k]}") $k")
+    done
+    if [[ ${#ok[@]} == 0 ]]; then
+        R_STATUS[$key]=${R_STATUS[$key#$REPEAT]:-not run}
+        return
+    fi
+    mapfile -t sorted < <(printf '%s\n' "${ok[@]}" | sort -n)
+    n=${#sorted[@]}
+    k=${sorted[n / 2]#* }
+    R_STATUS[$key]=ok R_REQ[$key]=${R_REQ[$k]} R_RPS[$key]=${R_RPS[$k]} R_P99[$key]=${R_P99[$k]}
+    R_CPUREQ[$key]=${R_CPUREQ[$k]} R_CPUPCT[$key]=${R_CPUPCT[$k]} R_RSS[$key]=${R_RSS[$k]}
+    R_ERR[$key]=${R_ERR[$k]} R_OTHER[$key]=${R_OTHER[$k]}
+    if ((REPEAT > 1)); then
+        R_ALL[$key]="$(printf '%s\n' "${sorted[@]}" | cut -d' ' -f1 | paste -sd' ')"
+        ((${#ok[@]} < REPEAT)) && R_ALL[$key]+=", $((REPEAT - ${#ok[@]})) failed"
+    fi
+}
+
+ratio() { # A B -> "x1.23" or "n/a"
+    awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b + 0 == 0 || a == "nan" || b == "nan") print "n/a"; else printf "x%.2f", a / b }'
+}
+
+ratio_cells() { # SCN OTHER -> "req/s CPU/req p99" ratios of lb to OTHER
+    local a=$1:lb b=$1:$2
+    if [[ ${R_STATUS[$a]:-} != ok || ${R_STATUS[$b]:-} != ok ]]; then
+        echo "n/a n/a n/a"
+        return
+    fi
+    echo "$(ratio "${R_RPS[$a]}" "${R_RPS[$b]}") $(ratio "${R_CPUREQ[$a]}" "${R_CPUREQ[$b]}") $(ratio "${R_P99[$a]}" "${R_P99[$b]}")"
+}
+
+# ---------------------------------------------------------------- run
+
+version_of() {
+    case $1 in
+    lb)
+        local v
+        if [[ ! -x $LB_BIN ]]; then
+            echo "not built ($LB_BIN)"
+        elif v=$(timeout 2 "$LB_BIN" version 2>/dev/null </dev/null) && [[ -n $v ]]; then
+            echo "${v%%$'\n'*}"
+        else
+            echo "$LB_BIN (version unknown)"
+        fi
+        ;;
+    haproxy) "$HAPROXY" -v 2>/dev/null | head -1 | cut -d' ' -f1-3 ;;
+    nginx) "$NGINX" -v 2>&1 | head -1 | sed 's/^nginx version: //' ;;
+    esac
+}
+
+start_origins
+
+say "lb benchmark  $(date -u '+%Y-%m-%d %H:%M:%S UTC')  ($( ((QUICK)) && echo quick, )${DURATION} s per run after ${WARMUP} s warm-up$( ((REPEAT > 1)) && echo ", median of $REPEAT runs"))"
+say "host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), kernel $(uname -r), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
+say "git: $(git -C "$BENCH_DIR" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$BENCH_DIR" status --porcelain 2>/dev/null | grep -q . && echo ' (dirty)')"
+for p in $PROXIES; do say "$(printf '%-8s %s' "$p:" "$(version_of "$p")")"; done
+say "topology: wrk -t1 + 2 fast_origin on CPU $LOAD_CPU -> proxy (1 worker, no log, upstream keep-alive, round robin) on CPU $PROXY_CPU"
+say "origins: ${ORIGINS[*]}"
+
+SUMMARY=()
+for scn in $SCENARIOS; do
+    [[ $scn == scale ]] && continue
+    [[ -n ${S_TITLE[$scn]:-} ]] || { log "run.sh: unknown scenario $scn"; continue; }
+    log "${S_TITLE[$scn]}"
+    for ((i = 1; i <= REPEAT; i++)); do
+        for p in $PROXIES; do
+            measure "$scn:$p#$i" "$p" 1 "$PROXY_CPU" "$LOAD_CPU" 1 "${S_CONNS[$scn]}" "${S_PATH[$scn]}" "${S_HEADER[$scn]}"
+        done
+    done
+    for p in $PROXIES; do pick_median "$scn:$p"; done
+    say ""
+    say "== ${S_TITLE[$scn]} =="
+    table_header proxy
+    for p in $PROXIES; do table_row "$p" "$scn:$p"; done
+    if [[ " $PROXIES " == *" lb "* ]]; then
+        for other in haproxy nginx; do
+            [[ " $PROXIES " == *" $other "* ]] || continue
+            read -r r c l <<<"$(ratio_cells "$scn" "$other")"
+            say "$(printf '  lb/%-8s req/s %-6s CPU/req %-6s p99 %-6s' "$other:" "$r" "$c" "$l")"
+            SUMMARY+=("$scn $other $r $c $l")
+        done
+    fi
+done
+
+if [[ " $SCENARIOS " == *" scale "* && " $PROXIES " == *" lb "* ]]; then
+    log "scaling: lb workers 1 vs 2"
+    for ((i = 1; i <= REPEAT; i++)); do
+        for w in 1 2; do
+            measure "scale:w$w#$i" lb "$w" "$BOTH_CPUS" "$BOTH_CPUS" 2 64 / ""
+        done
+    done
+    pick_median scale:w1
+    pick_median scale:w2
+    say ""
+    say "== scaling: lb workers 1 vs 2 (keep-alive GET /, 64 connections; lb and wrk -t2 on CPUs $BOTH_CPUS, origins on CPU $LOAD_CPU) =="
+    table_header workers
+    table_row "1" "scale:w1"
+    table_row "2" "scale:w2"
+    if [[ ${R_STATUS[scale:w1]:-} == ok && ${R_STATUS[scale:w2]:-} == ok ]]; then
+        say "  workers 2 / workers 1: req/s $(ratio "${R_RPS[scale:w2]}" "${R_RPS[scale:w1]}")  CPU/req $(ratio "${R_CPUREQ[scale:w2]}" "${R_CPUREQ[scale:w1]}")  p99 $(ratio "${R_P99[scale:w2]}" "${R_P99[scale:w1]}")"
+    else
+        say "  workers 2 / workers 1: n/a"
+    fi
+fi
+
+if [[ ${#SUMMARY[@]} -gt 0 ]]; then
+    say ""
+    say "== summary: lb relative to the others (req/s: above 1 is better; CPU/req and p99: below 1 is better) =="
+    say "$(printf '%-9s %-8s %8s %8s %8s' scenario vs req/s CPU/req p99)"
+    for row in "${SUMMARY[@]}"; do
+        read -r s o r c l <<<"$row"
+        say "$(printf '%-9s %-8s %8s %8s %8s' "($s)" "$o" "$r" "$c" "$l")"
+    done
+fi
+
+if ((NOISY)); then
+    say ""
+    say "note: other processes used more than 10 % of a CPU during some runs (\"other %\"): those figures are noisy."
+fi
+FINISHED=1
+rm -rf "$RESULTS_DIR/latest-wrk"
+mkdir -p "$RESULTS_DIR/latest-wrk"
+cp "$TMP"/wrk-*.txt "$RESULTS_DIR/latest-wrk/" 2>/dev/null
+log ""
+log "saved to $REPORT (wrk's own output of every run: $RESULTS_DIR/latest-wrk/)"

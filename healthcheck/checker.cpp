@@ -1,0 +1,320 @@
+// A check is a small state machine per target, written as do_x / on_x pairs in file order:
+// schedule -> do_connect -> on_connect -> on_write -> do_read -> on_read -> finish -> schedule.
+// The target's one timer waits for the next check, then serves as the deadline of the check
+// in flight. Every completion handler carries the generation it was started for: whatever
+// finishes a check (the answer, an error, the deadline) bumps it, so the losers of a race find
+// themselves stale and do nothing.
+#include "healthcheck/checker.hpp"
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+
+#include <pthread.h>
+#include <time.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <string_view>
+
+namespace lb::healthcheck {
+
+namespace {
+
+using boost::asio::ip::tcp;
+using boost::system::error_code;
+
+std::string describe(const error_code& ec) {
+  if (ec == boost::asio::error::eof)
+    return "connection closed";
+  std::string text = ec.message();
+  if (!text.empty())
+    text[0] = char(std::tolower(static_cast<unsigned char>(text[0])));
+  return text;
+}
+
+// The status code of a response beginning with `head`: > 0 the code, -1 when it cannot be an
+// HTTP/1.x status line, 0 when it may be one but is too short. `complete`: no more bytes come.
+int status_code(std::string_view head, bool complete) {
+  static constexpr std::string_view prefix = "HTTP/1.";
+  size_t n = std::min(head.size(), prefix.size());
+  if (head.substr(0, n) != prefix.substr(0, n))
+    return -1;
+  // "HTTP/1.1 200" and then SP (the reason phrase), or the end of the line.
+  if (head.size() < 13 && !(complete && head.size() == 12))
+    return 0;
+  auto digit = [&](size_t i) { return std::isdigit(static_cast<unsigned char>(head[i])) != 0; };
+  bool ends = head.size() == 12 || head[12] == ' ' || head[12] == '\r' || head[12] == '\n';
+  if (!digit(7) || head[8] != ' ' || !digit(9) || !digit(10) || !digit(11) || !ends)
+    return -1;
+  int code = (head[9] - '0') * 100 + (head[10] - '0') * 10 + (head[11] - '0');
+  return code >= 100 ? code : -1;
+}
+
+bool expected(const config::HealthCheck& check, int code) {
+  return std::any_of(
+      check.expect_status.begin(), check.expect_status.end(),
+      [code](const auto& range) { return range.first <= code && code <= range.second; });
+}
+
+std::string in_a_row(uint32_t n, const char* one, const char* many) {
+  return n == 1 ? std::string("1 ") + one : std::to_string(n) + " consecutive " + many;
+}
+
+} // namespace
+
+struct Checker::State {
+  State(boost::asio::io_context& io, const Target& t) : target(t), socket(io), timer(io) {
+    if (target.check.type == config::HealthCheck::Type::http) {
+      what = "GET " + target.check.path;
+      request = what + " HTTP/1.1\r\nHost: " +
+                (target.check.host.empty() ? target.label : target.check.host) +
+                "\r\nUser-Agent: lb-health-check\r\nConnection: close\r\n\r\n";
+    } else {
+      what = "connect";
+    }
+  }
+
+  const Target& target;
+  std::string what;    // names the step after connecting in results: "GET /healthz"
+  std::string request; // HTTP only: built once
+  tcp::socket socket;
+  boost::asio::steady_timer timer; // the next check, then the deadline of the one in flight
+  std::array<char, 16> head{};     // the start of the response: enough for its status code
+  size_t head_size = 0;
+  uint64_t generation = 0;
+  bool running = false;
+  bool connected = false;
+  Clock::time_point started{};
+  uint32_t passes_in_row = 0;
+  uint32_t failures_in_row = 0;
+  bool ever_passed = false;
+  std::atomic<bool> healthy{false};        // written by the checker thread only
+  std::atomic<bool> hasten_pending{false}; // a hastened check is posted or scheduled
+  TargetStats stats;                       // under stats_mutex_
+};
+
+Checker::Checker(std::vector<Target> targets, Report report)
+    : targets_(std::move(targets)), report_(std::move(report)), work_(io_.get_executor()),
+      random_(std::random_device{}()) {
+  states_.reserve(targets_.size());
+  index_.reserve(targets_.size());
+  for (size_t i = 0; i < targets_.size(); ++i) {
+    states_.push_back(std::make_unique<State>(io_, targets_[i]));
+    index_.push_back({{targets_[i].pool, targets_[i].backend}, i});
+  }
+  std::sort(index_.begin(), index_.end());
+}
+
+Checker::~Checker() { stop(); }
+
+void Checker::start() {
+  std::lock_guard lock(thread_mutex_);
+  if (started_ || stopped_)
+    return;
+  started_ = true;
+  // The thread does not run yet: touching the timers here is safe.
+  const auto now = Clock::now();
+  for (auto& s : states_) {
+    auto spread = std::chrono::duration<double>(s->target.check.interval) / 10 *
+                  std::uniform_real_distribution<double>(0, 1)(random_);
+    schedule(*s, now + std::chrono::duration_cast<Clock::duration>(spread));
+  }
+  thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "lb-health");
+    io_.run();
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    final_cpu_ns_.store(int64_t(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec);
+  });
+  native_ = thread_.native_handle();
+}
+
+void Checker::stop() {
+  std::lock_guard lock(thread_mutex_);
+  if (stopped_)
+    return;
+  stopped_ = true;
+  io_.stop();
+  if (thread_.joinable())
+    thread_.join();
+}
+
+void Checker::hasten(size_t pool, size_t backend) {
+  auto it = std::lower_bound(index_.begin(), index_.end(),
+                             std::pair{std::pair{pool, backend}, size_t(0)});
+  if (it == index_.end() || it->first != std::pair{pool, backend})
+    return;
+  State& s = *states_[it->second];
+  // Plain loads first: during an outage many workers call this, and the answer is "no".
+  if (!s.healthy.load(std::memory_order_relaxed) ||
+      s.hasten_pending.load(std::memory_order_relaxed) || s.hasten_pending.exchange(true))
+    return;
+  boost::asio::post(io_, [this, &s] { on_hasten(s); });
+}
+
+std::vector<TargetStats> Checker::stats() const {
+  std::lock_guard lock(stats_mutex_);
+  std::vector<TargetStats> all;
+  all.reserve(states_.size());
+  for (const auto& s : states_)
+    all.push_back(s->stats);
+  return all;
+}
+
+std::chrono::nanoseconds Checker::cpu_time() const {
+  std::lock_guard lock(thread_mutex_);
+  clockid_t clock{};
+  timespec ts{};
+  if (started_ && !stopped_ && pthread_getcpuclockid(native_, &clock) == 0 &&
+      clock_gettime(clock, &ts) == 0)
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+  return std::chrono::nanoseconds(final_cpu_ns_.load());
+}
+
+// ---- one check, on the checker thread ---------------------------------------------------------
+
+void Checker::schedule(State& s, Clock::time_point when) {
+  const uint64_t g = ++s.generation;
+  s.timer.expires_at(when);
+  s.timer.async_wait([this, &s, g](const error_code& ec) {
+    if (!ec && g == s.generation)
+      do_connect(s);
+  });
+}
+
+void Checker::do_connect(State& s) {
+  const uint64_t g = ++s.generation;
+  s.running = true;
+  s.connected = false;
+  s.head_size = 0;
+  s.started = Clock::now();
+  s.hasten_pending.store(false, std::memory_order_relaxed); // this check answers it
+  error_code ec;
+  s.socket.open(s.target.endpoint.protocol(), ec);
+  if (ec)
+    return finish(s, false, "socket: " + describe(ec));
+  s.timer.expires_after(s.target.check.timeout);
+  s.timer.async_wait([this, &s, g](const error_code& ec) {
+    if (!ec && g == s.generation)
+      on_timeout(s);
+  });
+  s.socket.async_connect(s.target.endpoint, [this, &s, g](const error_code& ec) {
+    if (g == s.generation)
+      on_connect(s, ec);
+  });
+}
+
+void Checker::on_connect(State& s, const error_code& ec) {
+  if (ec)
+    return finish(s, false, "connect: " + describe(ec));
+  s.connected = true;
+  // Close with a reset, as HAProxy's checks do: no TIME_WAIT left behind per check.
+  error_code ignored;
+  s.socket.set_option(tcp::socket::linger(true, 0), ignored);
+  if (s.target.check.type == config::HealthCheck::Type::tcp)
+    return finish(s, true, "connect: ok");
+  const uint64_t g = s.generation;
+  boost::asio::async_write(s.socket, boost::asio::buffer(s.request),
+                           [this, &s, g](const error_code& ec, size_t) {
+                             if (g == s.generation)
+                               on_write(s, ec);
+                           });
+}
+
+void Checker::on_write(State& s, const error_code& ec) {
+  if (ec)
+    return finish(s, false, s.what + ": " + describe(ec));
+  do_read(s);
+}
+
+void Checker::do_read(State& s) {
+  const uint64_t g = s.generation;
+  s.socket.async_read_some(
+      boost::asio::buffer(s.head.data() + s.head_size, s.head.size() - s.head_size),
+      [this, &s, g](const error_code& ec, size_t n) {
+        if (g == s.generation)
+          on_read(s, ec, n);
+      });
+}
+
+void Checker::on_read(State& s, const error_code& ec, size_t n) {
+  s.head_size += n;
+  int code = status_code({s.head.data(), s.head_size}, bool(ec));
+  if (code == 0 && s.head_size == s.head.size()) // cannot happen: 13 bytes decide
+    code = -1;
+  if (code > 0)
+    return finish(s, expected(s.target.check, code), s.what + ": status " + std::to_string(code));
+  if (code < 0)
+    return finish(s, false, s.what + ": not an HTTP/1.x response");
+  if (ec == boost::asio::error::eof)
+    return finish(s, false,
+                  s.what + (s.head_size == 0 ? ": connection closed without a response"
+                                             : ": connection closed in the status line"));
+  if (ec)
+    return finish(s, false, s.what + ": " + describe(ec));
+  do_read(s);
+}
+
+void Checker::on_timeout(State& s) {
+  finish(s, false,
+         std::string(s.connected ? s.what : "connect") + ": timeout after " +
+             std::to_string(s.target.check.timeout.count()) + "ms");
+}
+
+void Checker::on_hasten(State& s) {
+  const auto interval = s.target.check.interval;
+  if (s.running || !s.healthy.load(std::memory_order_relaxed)) {
+    s.hasten_pending.store(false, std::memory_order_relaxed);
+    return;
+  }
+  auto when = std::max(Clock::now(), s.started + interval / 10);
+  if (when < s.timer.expiry())
+    schedule(s, when);
+}
+
+void Checker::finish(State& s, bool passed, std::string result) {
+  error_code ignored;
+  s.socket.close(ignored); // its pending operations end stale: schedule() bumps the generation
+  s.running = false;
+  schedule(s, Clock::now() + jittered(s.target.check.interval));
+
+  const auto& check = s.target.check;
+  const bool was_healthy = s.healthy.load(std::memory_order_relaxed);
+  std::string why;
+  if (passed) {
+    s.failures_in_row = 0;
+    ++s.passes_in_row;
+    if (!was_healthy && !s.ever_passed)
+      why = " (first check passed)";
+    else if (!was_healthy && s.passes_in_row >= check.healthy_threshold)
+      why = " (" + in_a_row(s.passes_in_row, "pass", "passes") + ")";
+    s.ever_passed = true;
+  } else {
+    s.passes_in_row = 0;
+    ++s.failures_in_row;
+    if (was_healthy && s.failures_in_row >= check.unhealthy_threshold)
+      why = " (" + in_a_row(s.failures_in_row, "failure", "failures") + ")";
+  }
+  const bool flips = !why.empty();
+  if (flips)
+    s.healthy.store(!was_healthy, std::memory_order_relaxed);
+
+  Transition transition{s.target.pool, s.target.backend, !was_healthy, flips ? result + why : ""};
+  {
+    std::lock_guard lock(stats_mutex_);
+    ++(passed ? s.stats.passes : s.stats.failures);
+    s.stats.healthy = s.healthy.load(std::memory_order_relaxed);
+    s.stats.last_result = std::move(result);
+  }
+  if (flips && report_)
+    report_(transition);
+}
+
+Checker::Clock::duration Checker::jittered(Clock::duration interval) {
+  double factor = std::uniform_real_distribution<double>(0.9, 1.1)(random_);
+  return std::chrono::duration_cast<Clock::duration>(interval * factor);
+}
+
+} // namespace lb::healthcheck

@@ -1,0 +1,121 @@
+#pragma once
+// Active health checks. One thread runs one io_context; every target has its own timer and
+// at most one check in flight (HTTP: connect, GET the path, read the status line; TCP:
+// connect). Rise/fall counters turn results into healthy/unhealthy transitions, which are
+// reported through a callback: the proxy maps (pool, backend) to its own state.
+//
+// Depends on config only, never on the proxy's modules.
+
+#include "config/config_types.hpp"
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace lb::healthcheck {
+
+// One backend to check, named the way the proxy names it.
+struct Target {
+  size_t pool = 0;
+  size_t backend = 0;
+  boost::asio::ip::tcp::endpoint endpoint;
+  std::string label; // "host:port": the Host header when check.host is empty
+  config::HealthCheck check;
+};
+
+struct Transition {
+  size_t pool = 0;
+  size_t backend = 0;
+  bool healthy = false;
+  // The last result and why it flips, e.g. "GET /healthz: status 503 (3 consecutive failures)",
+  // "connect: connection refused (3 consecutive failures)", "GET /healthz: status 200 (first
+  // check passed)", "connect: ok (2 consecutive passes)".
+  std::string reason;
+};
+
+// What status pages and metrics show for one target.
+struct TargetStats {
+  uint64_t passes = 0;
+  uint64_t failures = 0;
+  bool healthy = false;
+  std::string last_result; // e.g. "GET /healthz: status 200", "" before the first check
+};
+
+class Checker {
+public:
+  // Called on the checker thread, once per transition. It must not call stop() or destroy the
+  // Checker; it may call stats() and hasten().
+  using Report = std::function<void(const Transition&)>;
+
+  // Every target starts unhealthy. Its first passing check makes it healthy; after that it
+  // becomes unhealthy after unhealthy_threshold failures in a row, and healthy again after
+  // healthy_threshold passes in a row. `targets` are checked whatever check.enabled says.
+  Checker(std::vector<Target> targets, Report report);
+  ~Checker(); // stop()
+  Checker(const Checker&) = delete;
+  Checker& operator=(const Checker&) = delete;
+
+  // Starts the checker thread. The first check of each target happens within interval/10
+  // (spread so that a thousand targets do not all connect at once); then one check every
+  // interval +-10% after the previous one ended. Call once.
+  void start();
+  // Stops the thread and abandons checks in flight. Idempotent; not from Report.
+  void stop();
+
+  // A passive signal from the data path (any thread, cheap, never blocks): an exchange with
+  // this backend failed, so check it soon rather than at its next interval. Only a healthy
+  // target is hastened (an unhealthy one gets no traffic to learn from), and never to less
+  // than interval/10 after the start of its previous check, so a burst of errors cannot turn
+  // into a burst of checks. Unknown (pool, backend) pairs are ignored.
+  void hasten(size_t pool, size_t backend);
+
+  const std::vector<Target>& targets() const { return targets_; }
+  // A consistent snapshot per target, in the order of targets(). Any thread.
+  std::vector<TargetStats> stats() const;
+  // CPU time the checker thread has used (the final figure once stopped). Any thread.
+  std::chrono::nanoseconds cpu_time() const;
+
+private:
+  struct State;
+  using Clock = std::chrono::steady_clock;
+
+  void schedule(State& s, Clock::time_point when);
+  void do_connect(State& s);
+  void on_connect(State& s, const boost::system::error_code& ec);
+  void on_write(State& s, const boost::system::error_code& ec);
+  void do_read(State& s);
+  void on_read(State& s, const boost::system::error_code& ec, size_t n);
+  void on_timeout(State& s);
+  void on_hasten(State& s);
+  void finish(State& s, bool passed, std::string result);
+  Clock::duration jittered(Clock::duration interval);
+
+  std::vector<Target> targets_;
+  Report report_;
+  std::vector<std::pair<std::pair<size_t, size_t>, size_t>> index_; // sorted (pool, backend) -> i
+  boost::asio::io_context io_{1};
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
+  std::vector<std::unique_ptr<State>> states_; // after io_: destroyed before it
+  std::minstd_rand random_;                    // checker thread only (and start())
+  mutable std::mutex stats_mutex_;             // guards every State::stats
+  mutable std::mutex thread_mutex_;            // guards thread_, started_, stopped_
+  std::thread thread_;
+  std::thread::native_handle_type native_{}; // thread_'s, for its CPU clock
+  bool started_ = false;
+  bool stopped_ = false;
+  std::atomic<int64_t> final_cpu_ns_{0}; // written by the thread as it ends
+};
+
+} // namespace lb::healthcheck

@@ -1,0 +1,189 @@
+#include "lb/admin/metrics.hpp"
+
+#include "lb/admin/totals.hpp"
+#include "lb/version.hpp"
+
+#include <prometheus/text_serializer.h>
+
+#include <limits>
+#include <sstream>
+
+namespace lb::admin {
+
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+using Labels = std::vector<ClientMetric::Label>;
+
+MetricFamily family(const char* name, const char* help, MetricType type) {
+  MetricFamily f;
+  f.name = name;
+  f.help = help;
+  f.type = type;
+  return f;
+}
+
+void counter(MetricFamily& f, Labels labels, double value) {
+  ClientMetric& m = f.metric.emplace_back();
+  m.label = std::move(labels);
+  m.counter.value = value;
+}
+
+void gauge(MetricFamily& f, Labels labels, double value) {
+  ClientMetric& m = f.metric.emplace_back();
+  m.label = std::move(labels);
+  m.gauge.value = value;
+}
+
+}  // namespace
+
+std::vector<MetricFamily> MetricsCollector::Collect() const {
+  std::shared_ptr<const proxy::Runtime> runtime = server_.runtime();
+  const Totals t = gather(*runtime, server_.metrics());
+  const int64_t now = upstream::steady_ms();
+
+  auto requests = family("lb_requests_total",
+                         "Requests answered to clients, by listener, pool (\"none\": no pool, "
+                         "e.g. 404 no route) and status code.",
+                         MetricType::Counter);
+  auto bytes = family("lb_bytes_total",
+                      "Bytes received from (in) and sent to (out) clients, by listener.",
+                      MetricType::Counter);
+  auto connections = family("lb_downstream_connections", "Open client connections, by listener.",
+                            MetricType::Gauge);
+  for (size_t l = 0; l < runtime->listeners.size(); ++l) {
+    const std::string& listener = runtime->listeners[l]->config.name;
+    const ListenerTotals& lt = t.listeners[l];
+    for (size_t slot = 0; slot < lt.requests.size(); ++slot) {
+      std::string pool = slot == 0 ? "none" : runtime->pools[slot - 1]->name();
+      for (const auto& [code, n] : lt.requests[slot])
+        counter(requests,
+                {{"listener", listener}, {"pool", pool}, {"code", std::to_string(code)}},
+                static_cast<double>(n));
+    }
+    counter(bytes, {{"listener", listener}, {"direction", "in"}},
+            static_cast<double>(lt.bytes_in));
+    counter(bytes, {{"listener", listener}, {"direction", "out"}},
+            static_cast<double>(lt.bytes_out));
+    gauge(connections, {{"listener", listener}}, static_cast<double>(lt.connections));
+  }
+
+  auto duration = family("lb_request_duration_seconds",
+                         "Time from a request's first byte to the end of its response, by pool.",
+                         MetricType::Histogram);
+  auto upstream_requests = family("lb_upstream_requests_total",
+                                  "Responses received from backends, by pool, backend and status "
+                                  "code.",
+                                  MetricType::Counter);
+  auto connect_errors = family("lb_upstream_connect_errors_total",
+                               "Failed connection attempts to backends (refused, timed out, "
+                               "unreachable).",
+                               MetricType::Counter);
+  auto healthy = family("lb_backend_healthy",
+                        "1 when the backend is in rotation: healthy, not drained, not ejected.",
+                        MetricType::Gauge);
+  auto active = family("lb_backend_active_requests", "Requests in flight to the backend.",
+                       MetricType::Gauge);
+  auto weight = family("lb_backend_weight",
+                       "The backend's current weight (from the config or the admin API).",
+                       MetricType::Gauge);
+  auto share = family("lb_region_traffic_share",
+                      "Share (0..1) of the pool's traffic the region takes now (priority load "
+                      "and region weight x health).",
+                      MetricType::Gauge);
+  auto retries = family("lb_retries_total", "Requests retried on another backend, by pool.",
+                        MetricType::Counter);
+  auto fail_open = family("lb_fail_open_requests_total",
+                          "Requests served while no backend was in rotation (fail_open).",
+                          MetricType::Counter);
+  auto ejections = family("lb_outlier_ejections_total",
+                          "Times the backend was ejected by passive outlier detection.",
+                          MetricType::Counter);
+  for (size_t p = 0; p < runtime->pools.size(); ++p) {
+    const upstream::Pool& pool = *runtime->pools[p];
+    const PoolTotals& pt = t.pools[p];
+
+    ClientMetric& h = duration.metric.emplace_back();
+    h.label = {{"pool", pool.name()}};
+    uint64_t cumulative = 0;
+    for (size_t i = 0; i < pt.duration_buckets.size(); ++i) {
+      cumulative += pt.duration_buckets[i];
+      double bound = i < proxy::Histogram::bounds.size() ? proxy::Histogram::bounds[i]
+                                                         : std::numeric_limits<double>::infinity();
+      h.histogram.bucket.push_back({cumulative, bound});
+    }
+    h.histogram.sample_count = cumulative;
+    h.histogram.sample_sum = pt.duration_sum_seconds;
+
+    counter(retries, {{"pool", pool.name()}}, static_cast<double>(pt.retries));
+    counter(fail_open, {{"pool", pool.name()}}, static_cast<double>(pt.fail_open));
+
+    const upstream::Selection& selection = pool.selection();
+    const auto& regions = pool.config().regions;
+    for (size_t r = 0; r < regions.size(); ++r)
+      gauge(share, {{"pool", pool.name()}, {"region", regions[r].name}},
+            r < selection.region_share.size() ? selection.region_share[r] : 0.0);
+
+    for (size_t b = 0; b < pool.backends().size(); ++b) {
+      const upstream::Backend& backend = pool.backends()[b];
+      const upstream::BackendState& st = pool.state(b);
+      const BackendTotals& bt = pt.backends[b];
+      for (const auto& [code, n] : bt.responses)
+        counter(upstream_requests,
+                {{"pool", pool.name()}, {"backend", backend.label}, {"code", std::to_string(code)}},
+                static_cast<double>(n));
+      counter(connect_errors, {{"pool", pool.name()}, {"backend", backend.label}},
+              static_cast<double>(bt.connect_errors));
+      bool in_rotation = st.healthy.load(std::memory_order_relaxed) &&
+                         !st.drained.load(std::memory_order_relaxed) &&
+                         st.ejected_until_ms.load(std::memory_order_relaxed) <= now;
+      gauge(healthy, {{"pool", pool.name()}, {"region", backend.region}, {"backend", backend.label}},
+            in_rotation ? 1 : 0);
+      gauge(active, {{"pool", pool.name()}, {"backend", backend.label}},
+            static_cast<double>(bt.active));
+      gauge(weight, {{"pool", pool.name()}, {"backend", backend.label}},
+            st.weight.load(std::memory_order_relaxed));
+      counter(ejections, {{"pool", pool.name()}, {"backend", backend.label}},
+              st.ejections.load(std::memory_order_relaxed));
+    }
+  }
+
+  auto health_checks = family("lb_health_checks_total",
+                              "Active health checks, by pool, backend and result (pass, fail).",
+                              MetricType::Counter);
+  if (health_checks_) {
+    for (const HealthCheckCount& c : health_checks_()) {
+      counter(health_checks, {{"pool", c.pool}, {"backend", c.backend}, {"result", "pass"}},
+              static_cast<double>(c.passed));
+      counter(health_checks, {{"pool", c.pool}, {"backend", c.backend}, {"result", "fail"}},
+              static_cast<double>(c.failed));
+    }
+  }
+
+  auto reloads = family("lb_config_reloads_total",
+                        "Configuration reloads, by result (success, failure).",
+                        MetricType::Counter);
+  counter(reloads, {{"result", "success"}}, static_cast<double>(reloads_ok_.load()));
+  counter(reloads, {{"result", "failure"}}, static_cast<double>(reloads_failed_.load()));
+
+  auto build = family("lb_build_info", "Always 1; the version label says which lb is running.",
+                      MetricType::Gauge);
+  gauge(build, {{"version", lb::version}}, 1);
+
+  std::vector<MetricFamily> out;
+  for (MetricFamily* f : {&requests, &duration, &upstream_requests, &connect_errors, &healthy,
+                          &active, &weight, &share, &connections, &bytes, &retries, &fail_open,
+                          &health_checks, &ejections, &reloads, &build})
+    out.push_back(std::move(*f));
+  return out;
+}
+
+std::string MetricsCollector::text() const {
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, Collect());
+  return out.str();
+}
+
+}  // namespace lb::admin

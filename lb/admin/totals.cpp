@@ -1,0 +1,59 @@
+#include "lb/admin/totals.hpp"
+
+#include <algorithm>
+
+namespace lb::admin {
+
+uint64_t BackendTotals::requests() const {
+  uint64_t n = 0;
+  for (const auto& [code, count] : responses) n += count;
+  return n;
+}
+
+uint64_t BackendTotals::errors_5xx() const {
+  uint64_t n = 0;
+  for (const auto& [code, count] : responses)
+    if (code >= 500 && code <= 599) n += count;
+  return n;
+}
+
+Totals gather(const proxy::Runtime& runtime,
+              const std::vector<const proxy::WorkerMetrics*>& workers) {
+  Totals t;
+  t.listeners.resize(runtime.listeners.size());
+  for (auto& l : t.listeners) l.requests.resize(runtime.pools.size() + 1);
+  t.pools.resize(runtime.pools.size());
+  for (size_t p = 0; p < runtime.pools.size(); ++p)
+    t.pools[p].backends.resize(runtime.pools[p]->backends().size());
+
+  for (const proxy::WorkerMetrics* w : workers) {
+    for (size_t l = 0; l < std::min(w->listeners.size(), t.listeners.size()); ++l) {
+      const proxy::ListenerMetrics& from = *w->listeners[l];
+      ListenerTotals& to = t.listeners[l];
+      for (size_t slot = 0; slot < std::min(from.requests.size(), to.requests.size()); ++slot)
+        from.requests[slot].for_each([&](int code, uint64_t n) { to.requests[slot][code] += n; });
+      to.bytes_in += from.bytes_in.get();
+      to.bytes_out += from.bytes_out.get();
+      to.connections += from.connections.get();
+    }
+    for (size_t p = 0; p < std::min(w->pools.size(), t.pools.size()); ++p) {
+      const proxy::PoolMetrics& from = *w->pools[p];
+      PoolTotals& to = t.pools[p];
+      for (size_t i = 0; i < to.duration_buckets.size(); ++i)
+        to.duration_buckets[i] += from.duration.bucket(i);
+      to.duration_sum_seconds += from.duration.sum_seconds();
+      to.retries += from.retries.get();
+      to.fail_open += from.fail_open.get();
+      for (size_t b = 0; b < std::min(from.backends.size(), to.backends.size()); ++b) {
+        const proxy::BackendMetrics& fb = from.backends[b];
+        BackendTotals& tb = to.backends[b];
+        fb.responses.for_each([&](int code, uint64_t n) { tb.responses[code] += n; });
+        tb.connect_errors += fb.connect_errors.get();
+        tb.active += fb.active.get();
+      }
+    }
+  }
+  return t;
+}
+
+}  // namespace lb::admin
