@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <charconv>
 #include <cstring>
 #include <initializer_list>
@@ -123,6 +124,14 @@ std::string format_size(uint64_t bytes) {
   return std::to_string(bytes);
 }
 
+// 1 -> "1.0", 1.5 -> "1.5": a range of numbers that may have fractions.
+std::string format_number(double value) {
+  char buffer[32];
+  auto [end, ec] = std::to_chars(buffer, buffer + sizeof buffer, value);
+  std::string text(buffer, ec == std::errc() ? end : buffer);
+  return text.find_first_of(".e") == std::string::npos ? text + ".0" : text;
+}
+
 std::string format_duration(Duration d) {
   auto ms = d.count();
   if (ms != 0 && ms % 3'600'000 == 0)
@@ -218,6 +227,7 @@ private:
 
   std::optional<std::string> scalar(const Item& item, std::string_view expected);
   std::optional<uint64_t> integer(const Item& item, uint64_t min, uint64_t max);
+  std::optional<double> number(const Item& item, double min, double max);
   std::optional<Duration> duration(const Item& item, bool positive);
   std::optional<uint64_t> size(const Item& item, uint64_t min, uint64_t max);
   std::optional<Address> address(const Item& item, bool port_zero_ok);
@@ -235,6 +245,9 @@ private:
   void route(const Item& item, Route& route);
   void route_match(const Item& item, RouteMatch& match);
   void pool(const Item& item, Pool& pool);
+  void balance(const Item& item, Pool& pool);
+  void hash_key(const Item& item, HashKey& key);
+  void sticky_cookie(const Item& item, std::string& cookie);
   void pool_timeouts(const Item& item, PoolTimeouts& timeouts);
   void health_check(const Item& item, HealthCheck& check);
   bool expect_status(const Item& item, std::vector<std::pair<int, int>>& ranges);
@@ -376,6 +389,27 @@ std::optional<uint64_t> Loader::integer(const Item& item, uint64_t min, uint64_t
   return value;
 }
 
+// A decimal number like 1.4 (or a YAML integer); the range is printed with one decimal so
+// that the message says fractions are fine.
+std::optional<double> Loader::number(const Item& item, double min, double max) {
+  std::string range = format_number(min) + ".." + format_number(max);
+  auto text = scalar(item, "a number " + range);
+  if (!text)
+    return std::nullopt;
+  double value = 0;
+  auto [end, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
+  if (text->empty() || ec != std::errc() || end != text->data() + text->size() ||
+      !std::isfinite(value)) {
+    error(item, item.name + ": expected a number " + range + ", got '" + *text + "'");
+    return std::nullopt;
+  }
+  if (!(value >= min && value <= max)) {
+    error(item, item.name + ": must be " + range + ", got '" + *text + "'");
+    return std::nullopt;
+  }
+  return value;
+}
+
 std::optional<Duration> Loader::duration(const Item& item, bool positive) {
   static constexpr std::string_view expected = "a duration like 2s or 250ms";
   auto text = scalar(item, expected);
@@ -485,8 +519,9 @@ void Loader::top(const YAML::Node& root, Config& config) {
     return;
   }
   auto items = fields({"config", root, root},
-                      {"workers", "shutdown_timeout", "admin", "access_log", "listeners", "pools"},
-                      {"dns", "sticky_secret"});
+                      {"workers", "shutdown_timeout", "sticky_secret", "admin", "access_log",
+                       "listeners", "pools"},
+                      {"dns"});
   if (!items)
     return;
   const Item* listeners = nullptr;
@@ -505,6 +540,14 @@ void Loader::top(const YAML::Node& root, Config& config) {
     } else if (item.name == "shutdown_timeout") {
       if (auto d = duration(item, false))
         config.shutdown_timeout = *d;
+    } else if (item.name == "sticky_secret") {
+      auto text = scalar(item, "a non-empty string");
+      if (!text)
+        continue;
+      if (text->empty())
+        error(item, "sticky_secret: must not be empty (leave the key out for no secret)");
+      else
+        config.sticky_secret = *text;
     } else if (item.name == "admin") {
       admin(item, config.admin);
     } else if (item.name == "access_log") {
@@ -528,7 +571,7 @@ void Loader::top(const YAML::Node& root, Config& config) {
     for (const auto& item : *list)
       pool_names_.push_back(item.name);
     for (const auto& item : *list) {
-      config.pools.push_back({});
+      config.pools.emplace_back();
       pool(item, config.pools.back());
     }
   }
@@ -777,29 +820,50 @@ void Loader::pool(const Item& item, Pool& pool) {
   if (!is_name(item.name))
     error(item.key,
           "pool name '" + item.name + "' is not valid (use letters, digits, '-', '_' and '.')");
-  auto items = fields(item,
-                      {"balance", "timeouts", "retries", "fail_open", "health_check",
-                       "outlier_detection", "backends", "regions"},
-                      {"hash_key", "sticky_cookie", "slow_start", "max_connections_per_backend",
-                       "queue_timeout", "maintenance", "overprovisioning"});
+  auto items = fields(item, {"balance", "hash_key", "sticky_cookie", "slow_start", "timeouts",
+                             "retries", "max_connections_per_backend", "queue_timeout",
+                             "maintenance", "fail_open", "health_check", "outlier_detection",
+                             "overprovisioning", "backends", "regions"});
   if (!items)
     return;
   const Item* backend_list = nullptr;
   const Item* region_list = nullptr;
+  bool balance_refused = false;
+  const Item* hash_key_item = nullptr;
+  const Item* queue_timeout_item = nullptr;
+  bool has_max_connections = false;
   for (const auto& f : *items) {
     if (f.name == "balance") {
-      auto text = scalar(f, "round_robin");
-      if (!text || *text == "round_robin")
-        continue;
-      if (contains({"least_conn", "random_two", "ring_hash", "maglev"}, *text))
-        error(f, "balance: " + *text + " not supported yet");
-      else
-        error(f, "balance: expected round_robin, got '" + *text + "'");
+      size_t before = errors_.size();
+      balance(f, pool);
+      balance_refused = errors_.size() != before;
+    } else if (f.name == "hash_key") {
+      hash_key_item = &f;
+      hash_key(f, pool.hash_key);
+    } else if (f.name == "sticky_cookie") {
+      sticky_cookie(f, pool.sticky_cookie);
+    } else if (f.name == "slow_start") {
+      if (auto d = duration(f, false))
+        pool.slow_start = *d;
     } else if (f.name == "timeouts") {
       pool_timeouts(f, pool.timeouts);
     } else if (f.name == "retries") {
       if (auto n = integer(f, 0, 10))
         pool.retries = uint32_t(*n);
+    } else if (f.name == "max_connections_per_backend") {
+      has_max_connections = true;
+      if (auto n = integer(f, 1, 10'000'000))
+        pool.max_connections_per_backend = uint32_t(*n);
+    } else if (f.name == "queue_timeout") {
+      queue_timeout_item = &f;
+      if (auto d = duration(f, false))
+        pool.queue_timeout = *d;
+    } else if (f.name == "maintenance") {
+      if (auto on = boolean(f))
+        pool.maintenance = *on;
+    } else if (f.name == "overprovisioning") {
+      if (auto x = number(f, 1.0, 10.0))
+        pool.overprovisioning = *x;
     } else if (f.name == "fail_open") {
       if (auto on = boolean(f))
         pool.fail_open = *on;
@@ -813,6 +877,12 @@ void Loader::pool(const Item& item, Pool& pool) {
       region_list = &f;
     }
   }
+  // A balance that was refused has been reported already: no second error about it.
+  bool hashing = pool.balance == Balance::ring_hash || pool.balance == Balance::maglev;
+  if (hash_key_item && !balance_refused && !hashing)
+    error(hash_key_item->key, "hash_key applies to balance ring_hash or maglev only");
+  if (queue_timeout_item && !has_max_connections)
+    error(queue_timeout_item->key, "queue_timeout needs max_connections_per_backend");
 
   std::set<std::string> addresses; // to find a backend listed twice
   if (backend_list && region_list) {
@@ -834,6 +904,70 @@ void Loader::pool(const Item& item, Pool& pool) {
   } else {
     error(item.key, "pool '" + pool.name + "' has no backends");
   }
+}
+
+void Loader::balance(const Item& item, Pool& pool) {
+  static constexpr std::string_view expected =
+      "round_robin, least_conn, random_two, ring_hash or maglev";
+  auto text = scalar(item, expected);
+  if (!text)
+    return;
+  if (*text == "round_robin")
+    pool.balance = Balance::round_robin;
+  else if (*text == "least_conn")
+    pool.balance = Balance::least_conn;
+  else if (*text == "random_two")
+    pool.balance = Balance::random_two;
+  else if (*text == "ring_hash")
+    pool.balance = Balance::ring_hash;
+  else if (*text == "maglev")
+    pool.balance = Balance::maglev;
+  else
+    error(item, "balance: expected " + std::string(expected) + ", got '" + *text + "'" +
+                    suggestion(*text, Names{"round_robin", "least_conn", "random_two",
+                                            "ring_hash", "maglev"}));
+}
+
+// source_ip, header:NAME or cookie:NAME.
+void Loader::hash_key(const Item& item, HashKey& key) {
+  static constexpr std::string_view expected = "source_ip, header:NAME or cookie:NAME";
+  auto text = scalar(item, expected);
+  if (!text)
+    return;
+  std::string_view value = *text;
+  if (value == "source_ip") {
+    key = {HashKey::Kind::source_ip, ""};
+  } else if (value.starts_with("header:")) {
+    std::string_view header = value.substr(7);
+    if (is_token(header))
+      key = {HashKey::Kind::header, std::string(header)};
+    else
+      error(item, "hash_key: '" + std::string(header) + "' is not a valid header name");
+  } else if (value.starts_with("cookie:")) {
+    std::string_view cookie = value.substr(7);
+    if (is_token(cookie))
+      key = {HashKey::Kind::cookie, std::string(cookie)};
+    else
+      error(item, "hash_key: '" + std::string(cookie) + "' is not a valid cookie name");
+  } else {
+    error(item, "hash_key: expected " + std::string(expected) + ", got '" + *text + "'");
+  }
+}
+
+// off (or false) or a cookie name: an RFC 6265 cookie-name, which is an RFC 9110 token.
+void Loader::sticky_cookie(const Item& item, std::string& cookie) {
+  static constexpr std::string_view expected = "off or a cookie name like lb_sticky";
+  auto text = scalar(item, expected);
+  if (!text)
+    return;
+  if (*text == "off" || *text == "false")
+    cookie.clear();
+  else if (*text == "on" || *text == "true") // a valid token, but surely not meant as a name
+    error(item, "sticky_cookie: expected " + std::string(expected) + ", got '" + *text + "'");
+  else if (is_token(*text))
+    cookie = *text;
+  else
+    error(item, "sticky_cookie: '" + *text + "' is not a valid cookie name");
 }
 
 void Loader::pool_timeouts(const Item& item, PoolTimeouts& timeouts) {
@@ -974,7 +1108,7 @@ void Loader::outlier_detection(const Item& item, OutlierDetection& detection) {
 
 void Loader::region(const Item& item, Region& region, const Pool& pool,
                     std::set<std::string>& addresses) {
-  auto items = fields(item, {"name", "priority", "backends"}, {"weight"});
+  auto items = fields(item, {"name", "priority", "weight", "backends"});
   if (!items)
     return;
   bool has_name = false;
@@ -997,6 +1131,9 @@ void Loader::region(const Item& item, Region& region, const Pool& pool,
     } else if (f.name == "priority") {
       if (auto n = integer(f, 0, 1000))
         region.priority = uint32_t(*n);
+    } else if (f.name == "weight") {
+      if (auto n = integer(f, 1, 10000))
+        region.weight = uint32_t(*n);
     } else if (f.name == "backends") {
       has_backends = true;
       backends(f, region, pool, addresses, no_backends());

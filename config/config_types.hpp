@@ -101,13 +101,25 @@ struct OutlierDetection {
   Duration ejection_time{std::chrono::seconds(30)};
 };
 
-enum class Balance { round_robin };
+enum class Balance { round_robin, least_conn, random_two, ring_hash, maglev };
+
+// What ring_hash and maglev hash to pick a backend.
+struct HashKey {
+  enum class Kind { source_ip, header, cookie } kind = Kind::source_ip;
+  std::string name;  // the header or cookie name, as written; empty for source_ip
+};
 
 struct Pool {
   std::string name;
   Balance balance = Balance::round_robin;
+  HashKey hash_key;                 // used by ring_hash and maglev only
+  std::string sticky_cookie;        // cookie that pins a client to a backend; empty = off
+  Duration slow_start{0};           // a (re)joining backend ramps its weight up over this; 0 = off
   PoolTimeouts timeouts;
   uint32_t retries = 2;
+  uint32_t max_connections_per_backend = 0;  // circuit breaker; 0 = unlimited
+  Duration queue_timeout{std::chrono::seconds(1)};  // wait for a free slot, then 503; 0 = no queue
+  bool maintenance = false;         // answer 503 with the maintenance page, touch no backend
   double overprovisioning = 1.4;  // priority load: level gets min(100%, this x its health)
   HealthCheck health_check;
   OutlierDetection outlier_detection;
@@ -123,6 +135,7 @@ struct Config {
   std::string file;             // where it was loaded from
   unsigned workers = 0;         // 0 = auto: one per core
   Duration shutdown_timeout{std::chrono::seconds(30)};
+  std::string sticky_secret;    // keys the sticky cookie's backend hash; empty = unkeyed
   Admin admin;
   AccessLog access_log;
   std::vector<Listener> listeners;

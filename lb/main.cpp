@@ -65,6 +65,17 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
           pool.set_healthy(t.backend, t.healthy);
         });
     checker->start();
+    admin.set_health_check_counts([&checker, runtime = server.runtime()] {
+      std::vector<lb::admin::HealthCheckCount> counts;
+      auto stats = checker->stats();
+      const auto& targets = checker->targets();
+      for (size_t i = 0; i < stats.size() && i < targets.size(); ++i) {
+        const auto& pool = *runtime->pools[targets[i].pool];
+        counts.push_back({pool.name(), pool.backends()[targets[i].backend].label, stats[i].passes,
+                          stats[i].failures});
+      }
+      return counts;
+    });
   }
 
   asio::signal_set signals(main_io, SIGTERM, SIGINT, SIGHUP);
@@ -102,12 +113,12 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
       };
   signals.async_wait(on_signal);
 
-  // The control tick: ends outlier ejections whose time is up.
+  // The control tick: ends outlier ejections whose time is up, ramps slow_start.
   asio::steady_timer control(main_io);
   std::function<void(const boost::system::error_code&)> on_control =
       [&](const boost::system::error_code& ec) {
         if (ec) return;
-        for (const auto& pool : server.runtime()->pools) pool->expire_ejections();
+        for (const auto& pool : server.runtime()->pools) pool->tick();
         control.expires_after(std::chrono::milliseconds(100));
         control.async_wait(on_control);
       };

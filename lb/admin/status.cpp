@@ -12,6 +12,10 @@ namespace {
 const char* balance_name(config::Balance balance) {
   switch (balance) {
     case config::Balance::round_robin: return "round_robin";
+    case config::Balance::least_conn: return "least_conn";
+    case config::Balance::random_two: return "random_two";
+    case config::Balance::ring_hash: return "ring_hash";
+    case config::Balance::maglev: return "maglev";
   }
   return "unknown";
 }

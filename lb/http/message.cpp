@@ -32,6 +32,33 @@ const Header* Head::find(Field f) const {
 
 namespace lb::http {
 
+std::string_view find_header(const Head& head, std::string_view name) {
+  for (unsigned i = 0; i < head.count; ++i)
+    if (iequals(head.headers[i].name.view(), name)) return head.headers[i].value.view();
+  return {};
+}
+
+std::string_view find_cookie(const Head& head, std::string_view name) {
+  for (unsigned i = 0; i < head.count; ++i) {
+    if (!iequals(head.headers[i].name.view(), "cookie")) continue;
+    std::string_view v = head.headers[i].value.view();
+    while (!v.empty()) {
+      size_t semi = v.find(';');
+      std::string_view pair = v.substr(0, semi);
+      v = semi == std::string_view::npos ? std::string_view() : v.substr(semi + 1);
+      while (!pair.empty() && pair.front() == ' ') pair.remove_prefix(1);
+      if (pair.size() > name.size() && pair.substr(0, name.size()) == name && pair[name.size()] == '=') {
+        std::string_view value = pair.substr(name.size() + 1);
+        while (!value.empty() && value.back() == ' ') value.remove_suffix(1);
+        if (value.size() >= 2 && value.front() == '"' && value.back() == '"')
+          value = value.substr(1, value.size() - 2);
+        return value;
+      }
+    }
+  }
+  return {};
+}
+
 bool has_token(std::string_view v, std::string_view token) {
   while (!v.empty()) {
     size_t comma = v.find(',');

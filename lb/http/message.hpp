@@ -77,6 +77,12 @@ namespace lb::http {
 // Marks as hop-by-hop every field named by the Connection header(s) (RFC 9110 §7.6.1).
 void mark_connection_options(Head& head);
 
+// The value of cookie `name` in the Cookie header(s), or empty.
+std::string_view find_cookie(const Head& head, std::string_view name);
+
+// The value of the first header named `name` (case-insensitive), or empty.
+std::string_view find_header(const Head& head, std::string_view name);
+
 // Whether a comma-separated list value holds `token` (case-insensitive).
 bool has_token(std::string_view list, std::string_view token);
 

@@ -99,7 +99,7 @@ int Router::match(const http::Head& head, std::string_view authority) const {
 
 Runtime::Runtime(std::shared_ptr<const config::Config> c) : config(std::move(c)) {
   for (const auto& p : config->pools)
-    pools.push_back(std::make_unique<upstream::Pool>(p, pools.size()));
+    pools.push_back(std::make_unique<upstream::Pool>(p, pools.size(), config->sticky_secret));
   for (const auto& l : config->listeners)
     listeners.push_back(std::make_unique<ListenerRuntime>(l, listeners.size(), pools));
 }

@@ -1,6 +1,7 @@
 #include "lb/proxy/session.hpp"
 
 #include "lb/io/log.hpp"
+#include "lb/upstream/hashing.hpp"
 
 #include <boost/asio/bind_allocator.hpp>
 
@@ -186,6 +187,10 @@ void Session::close() {
   if (closed_) return;
   closed_ = true;
   count_bytes();
+  if (queued_) {
+    Ref keep(this);  // leave_queue drops the queue's reference
+    leave_queue();
+  }
   io::Timeouts::disarm(timer_);
   timer_kind_ = Timer::none;
   error_code ec;
@@ -390,6 +395,27 @@ void Session::on_request_head() {
     return respond_error(404, "no route matches the request", !keep_client_);
   }
   pool_ = runtime_->pools[static_cast<size_t>(pool)].get();
+  const config::Pool& pc = pool_->config();
+  if (pc.maintenance) return respond_maintenance();
+  // What the balancer may use: the hash key, the sticky cookie.
+  has_hash_ = false;
+  if (pc.balance == config::Balance::ring_hash || pc.balance == config::Balance::maglev) {
+    std::string_view key;
+    switch (pc.hash_key.kind) {
+      case config::HashKey::Kind::source_ip: key = {client_ip_, client_ip_len_}; break;
+      case config::HashKey::Kind::header: key = http::find_header(head, pc.hash_key.name); break;
+      case config::HashKey::Kind::cookie: key = http::find_cookie(head, pc.hash_key.name); break;
+    }
+    if (!key.empty()) {
+      hash_ = upstream::hash64(key);
+      has_hash_ = true;
+    }
+  }
+  sticky_backend_ = -1;
+  if (!pc.sticky_cookie.empty()) {
+    std::string_view value = http::find_cookie(head, pc.sticky_cookie);
+    if (!value.empty()) sticky_backend_ = pool_->sticky_backend(value);
+  }
   resp_.set_head_request(head.method.view() == "HEAD");
   arm(Timer::exchange);
   do_attempt();
@@ -398,7 +424,34 @@ void Session::on_request_head() {
 // ---- Choosing a backend and connecting ------------------------------------
 
 void Session::do_attempt() {
-  int b = pool_->pick(tried_);
+  upstream::PickRequest pick{tried_, hash_, has_hash_, sticky_backend_};
+  int b = pool_->pick(pick);
+  if (pool_->tracks_active()) {
+    // Circuit breaker: a backend at max_connections_per_backend is skipped; when
+    // all are, the request waits in the queue (up to queue_timeout), then 503.
+    uint64_t busy = 0;
+    for (size_t guard = 0; b >= 0 && !pool_->try_acquire(static_cast<size_t>(b)); ++guard) {
+      if (b < 64) busy |= uint64_t{1} << b;
+      pick.tried |= busy;
+      b = guard < pool_->backends().size() ? pool_->pick(pick) : -1;
+    }
+    if (b < 0 && busy) {
+      if (!queued_ && pool_->config().queue_timeout.count() > 0) {
+        queued_ = true;
+        add_ref();  // held by the queue
+        worker_.queue.push_back(this);
+        if (worker_.poll_queue) worker_.poll_queue();
+        arm(Timer::queue);
+        return;
+      }
+      if (queued_) return;  // still waiting: the queue polls again
+      std::snprintf(error_page_, sizeof error_page_,
+                    "circuit open: every backend of pool %s is at max_connections_per_backend",
+                    pool_->name().c_str());
+      return respond_error(503, error_page_, !req_done_);
+    }
+    acquired_ = b >= 0;
+  }
   if (b < 0) {
     if (attempts_ > 0)  // the last failure's reason is kept in error_page_
       return respond_error(502, error_page_, !req_done_);
@@ -406,10 +459,14 @@ void Session::do_attempt() {
                   pool_->name().c_str());
     return respond_error(503, error_page_, !req_done_);
   }
+  if (queued_) leave_queue();
   if (b < 64) tried_ |= uint64_t{1} << b;
   PoolMetrics& pm = *worker_.metrics->pools[pool_->index()];
   if (attempts_ > 0 || replays_ > 0) pm.retries.add();
-  if (attempts_ == 0 && replays_ == 0 && pool_->selection().fail_open) pm.fail_open.add();
+  if (attempts_ == 0 && replays_ == 0 && pool_->selection().fail_open) {
+    pm.fail_open.add();
+    pool_->note_fail_open();
+  }
   ++attempts_;
   ++attempt_;
   backend_ = b;
@@ -799,6 +856,13 @@ void Session::on_response_head() {
     if (listener_.config.headers.via)
       ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
                                     : std::string_view("Via: 1.1 lb\r\n"));
+    const config::Pool& pc = pool_->config();
+    if (!pc.sticky_cookie.empty() && sticky_backend_ != backend_) {
+      // Pin the client to this backend from now on (also when its old one left).
+      int n = std::snprintf(resp_extra_, sizeof resp_extra_, "Set-Cookie: %s=%s; Path=/; HttpOnly\r\n",
+                            pc.sticky_cookie.c_str(), pool_->sticky_value(static_cast<size_t>(backend_)).c_str());
+      if (n > 0 && static_cast<size_t>(n) < sizeof resp_extra_) ok &= out.add(resp_extra_, static_cast<size_t>(n));
+    }
     const http::Head& req = req_.head();
     if (!keep_client_) ok &= out.add(std::string_view("Connection: close\r\n"));
     else if (req.minor == 0) ok &= out.add(std::string_view("Connection: keep-alive\r\n"));
@@ -888,6 +952,50 @@ void Session::on_response_complete() {
   }
   release_backend(backend_keep_alive_ && req_sent_);
   finish_request();
+}
+
+// ---- The queue (circuit breaker) ------------------------------------------------
+
+void Session::retry_queued() {
+  if (closed_ || !queued_) return;
+  do_attempt();
+}
+
+void Session::leave_queue() {
+  if (!queued_) return;
+  queued_ = false;
+  auto& q = worker_.queue;
+  for (size_t i = 0; i < q.size(); ++i)
+    if (q[i] == this) {
+      q.erase(q.begin() + static_cast<std::ptrdiff_t>(i));
+      release();  // the queue's reference; a handler or the caller holds another
+      break;
+    }
+}
+
+void Session::respond_maintenance() {
+  keep_client_ = keep_client_ && req_done_;
+  status_ = 503;
+  static constexpr char page[] =
+      "<!doctype html><html><head><meta charset=\"utf-8\"><title>Down for maintenance</title>"
+      "<style>body{font-family:system-ui,sans-serif;margin:15vh auto;max-width:34em;padding:0 1em;"
+      "color:#222}h1{font-size:1.6em}p{color:#555}</style></head><body>"
+      "<h1>Down for maintenance</h1><p>This service is being worked on and will be back "
+      "shortly. Please try again in a few minutes.</p></body></html>\n";
+  std::string_view id = request_id();
+  int n = std::snprintf(error_page_, sizeof error_page_,
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html; charset=utf-8\r\n"
+                        "Content-Length: %zu\r\nRetry-After: 120\r\nX-Lb-Maintenance: %s\r\n"
+                        "X-Request-Id: %.*s\r\nConnection: %s\r\n\r\n",
+                        sizeof page - 1, pool_->name().c_str(), int(id.size()), id.data(),
+                        keep_client_ ? "keep-alive" : "close");
+  n = std::min<int>(n, sizeof error_page_ - 1);
+  to_client_.clear();
+  to_client_.add(error_page_, static_cast<size_t>(n));
+  to_client_.add(page, sizeof page - 1);
+  resp_started_ = true;
+  answered_locally_ = true;
+  do_write_client();
 }
 
 // ---- Tunnels -------------------------------------------------------------------
@@ -1063,8 +1171,10 @@ void Session::release_backend(bool reusable) {
   ++attempt_;  // handlers of this attempt must ignore what they see
   if (active_backend_ >= 0 && pool_) {
     worker_.metrics->pools[pool_->index()]->backends[static_cast<size_t>(active_backend_)].active.add(-1);
+    if (acquired_) pool_->release(static_cast<size_t>(active_backend_));
     active_backend_ = -1;
   }
+  acquired_ = false;
   if (conn_) {
     if (reusable && !closed_) {
       ++conn_->requests;
@@ -1129,6 +1239,8 @@ void Session::finish_request_state() {
   backend_ = -1;
   tried_ = 0;
   attempts_ = replays_ = 0;
+  has_hash_ = false;
+  sticky_backend_ = -1;
   req_done_ = req_sent_ = body_discarded_ = false;
   resp_started_ = resp_done_ = answered_locally_ = in_response_head_ = dechunk_ = false;
   status_ = 0;
@@ -1169,6 +1281,7 @@ void Session::arm(Timer t) {
     case Timer::exchange: d = pool_->config().timeouts.response; break;
     case Timer::linger: d = std::chrono::seconds(2); break;
     case Timer::tunnel: d = listener_.config.timeouts.tunnel; break;
+    case Timer::queue: d = pool_->config().queue_timeout; break;
   }
   worker_.timeouts.arm(timer_, d);
 }
@@ -1199,6 +1312,12 @@ void Session::timed_out() {
       worker_.metrics->pools[pool_->index()]->backends[static_cast<size_t>(backend_)].connect_errors.add();
       pool_->report(static_cast<size_t>(backend_), upstream::Outcome::connect_failure);
       return backend_failed(Failure::connect, error_page_);
+    case Timer::queue:
+      leave_queue();
+      std::snprintf(error_page_, sizeof error_page_,
+                    "circuit open: pool %s stayed at max_connections_per_backend for queue_timeout",
+                    pool_->name().c_str());
+      return respond_error(503, error_page_, !req_done_);
     case Timer::exchange:
       keep_client_ = false;
       if (!req_done_) return respond_error(408, "request body not received in time", true);

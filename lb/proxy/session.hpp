@@ -31,6 +31,8 @@ class Session {
   // Draining: closes the connection now if it is between requests; otherwise it
   // closes after the response in flight.
   void close_if_idle();
+  // A queued request tries again to get a backend below its connection limit.
+  void retry_queued();
 
   void add_ref() { ++refs_; }
   void release() {
@@ -53,7 +55,7 @@ class Session {
     void clear() { count = first = 0; }
     void advance(size_t n);
   };
-  enum class Timer : uint8_t { none, idle, header, connect, exchange, linger, tunnel };
+  enum class Timer : uint8_t { none, idle, header, connect, exchange, linger, tunnel, queue };
   enum class Failure : uint8_t {
     connect,          // nothing was sent: any request may go to another backend
     reused_early,     // a pooled connection failed before any response byte: replay
@@ -100,6 +102,8 @@ class Session {
   // Ends.
   void backend_failed(Failure failure, const char* reason);
   void respond_error(int status, const char* reason, bool close);
+  void respond_maintenance();
+  void leave_queue();
   void finish_request();
   void finish_request_log();
   void finish_request_state();
@@ -160,6 +164,11 @@ class Session {
   bool tunnel_pending_ = false;     // a 101 is being passed on; the tunnel follows
   bool tunnel_ = false;
   bool dechunk_ = false;            // a chunked response to an HTTP/1.0 client
+  bool queued_ = false;             // waiting in the worker's queue (circuit breaker)
+  bool acquired_ = false;           // holds a slot in the backend's active count
+  bool has_hash_ = false;           // hash_ is the request's ring_hash/maglev key
+  uint64_t hash_ = 0;
+  int sticky_backend_ = -1;         // the backend the client's sticky cookie names
   bool up_done_ = false;            // the client ended its side of the tunnel
   bool down_done_ = false;          // the backend ended its side
 
@@ -172,7 +181,7 @@ class Session {
   Outbox to_backend_;
   Outbox to_client_;
   char req_extra_[256];    // headers lb adds to the request
-  char resp_extra_[64];    // ... to the response
+  char resp_extra_[192];   // ... to the response
   char error_page_[512];   // a response lb answers itself
   char request_id_[20];
   uint8_t request_id_len_ = 0;

@@ -43,6 +43,11 @@ struct WorkerContext {
   std::vector<size_t> connections_per_listener;       // by ListenerRuntime::index
   std::function<void(size_t listener)> on_session_closed;
 
+  // Requests waiting for a backend below max_connections_per_backend, oldest
+  // first; `poll_queue` makes the worker retry them soon.
+  std::vector<Session*> queue;
+  std::function<void()> poll_queue;
+
   // Request ids: a per-process random prefix, the worker id and a counter.
   uint64_t next_request = 0;
   uint32_t id_prefix = 0;

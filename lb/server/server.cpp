@@ -66,10 +66,10 @@ bool Server::bind() {
       size_t share = (l.limits.max_connections + workers_.size() - 1) / workers_.size();
       w->set_connection_limit(i, share);
     }
-    std::string shown = endpoint.address().is_v6()
-                            ? "[" + endpoint.address().to_string() + "]:" + std::to_string(endpoint.port())
-                            : endpoint.address().to_string() + ":" + std::to_string(endpoint.port());
-    io::log("listener %s listening on %s", l.name.c_str(), shown.c_str());
+    std::string host = endpoint.address().to_string();
+    bool v6 = endpoint.address().is_v6();
+    io::log("listener %s listening on %s%s%s:%u", l.name.c_str(), v6 ? "[" : "", host.c_str(),
+            v6 ? "]" : "", static_cast<unsigned>(endpoint.port()));
   }
   return true;
 }

@@ -27,6 +27,8 @@ Worker::Worker(unsigned id, std::shared_ptr<const proxy::Runtime> runtime, uint3
     : io_(std::make_unique<asio::io_context>(1)),
       context_(*io_, id, std::move(runtime), buffer_size, access_log_fd) {
   tick_.emplace(*io_);
+  queue_timer_.emplace(*io_);
+  context_.poll_queue = [this] { do_poll_queue(); };
   context_.connections_per_listener.assign(context_.runtime->listeners.size(), 0);
   context_.on_session_closed = [this](size_t listener) {
     if (listener < acceptors_.size() && acceptors_[listener]) {
@@ -48,7 +50,10 @@ Worker::~Worker() {
   context_.on_session_closed = nullptr;
   context_.on_drained = nullptr;
   context_.connections.close_all();
+  for (proxy::Session* s : context_.queue) s->release();
+  context_.queue.clear();
   tick_.reset();
+  queue_timer_.reset();
   io_.reset();
 }
 
@@ -160,6 +165,25 @@ void Worker::on_tick(const error_code& ec) {
   context_.access_log.flush();
   if (context_.draining && context_.session_count == 0) return;
   do_tick();
+}
+
+// Requests queued behind max_connections_per_backend try again every few
+// milliseconds, oldest first, while any is waiting.
+void Worker::do_poll_queue() {
+  if (queue_polling_) return;
+  queue_polling_ = true;
+  queue_timer_->expires_after(std::chrono::milliseconds(5));
+  queue_timer_->async_wait([this](const error_code& ec) {
+    queue_polling_ = false;
+    if (ec) return;
+    std::vector<proxy::Session*> waiting = context_.queue;
+    for (proxy::Session* s : waiting) s->add_ref();
+    for (proxy::Session* s : waiting) {
+      s->retry_queued();
+      s->release();
+    }
+    if (!context_.queue.empty()) do_poll_queue();
+  });
 }
 
 void Worker::drain(std::function<void()> done) {

@@ -47,11 +47,14 @@ class Worker {
   void do_tick();
   void on_tick(const boost::system::error_code& ec);
   void on_session_closed();
+  void do_poll_queue();
 
   std::unique_ptr<boost::asio::io_context> io_;  // first: destroyed last by hand
   proxy::WorkerContext context_;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   std::optional<boost::asio::steady_timer> tick_;
+  std::optional<boost::asio::steady_timer> queue_timer_;  // retries of queued requests
+  bool queue_polling_ = false;
   io::HandlerSlot tick_slot_;
   unsigned ticks_ = 0;
   std::function<void()> drained_;

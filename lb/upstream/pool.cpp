@@ -1,6 +1,8 @@
 #include "lb/upstream/pool.hpp"
 
 #include "lb/io/log.hpp"
+#include "lb/upstream/hashing.hpp"
+#include "lb/upstream/maglev.hpp"
 
 #include <algorithm>
 
@@ -17,7 +19,7 @@ int64_t steady_ms() {
       .count();
 }
 
-Pool::Pool(const config::Pool& config, size_t index)
+Pool::Pool(const config::Pool& config, size_t index, const std::string& sticky_secret)
     : config_(config), name_(config.name), index_(index) {
   for (uint32_t r = 0; r < config.regions.size(); ++r) {
     const auto& region = config.regions[r];
@@ -33,6 +35,10 @@ Pool::Pool(const config::Pool& config, size_t index)
     }
   }
   states_ = std::make_unique<BackendState[]>(backends_.size());
+  tracks_active_ = config.balance == config::Balance::least_conn ||
+                   config.balance == config::Balance::random_two ||
+                   config.max_connections_per_backend > 0;
+  for (const auto& b : backends_) sticky_values_.push_back(upstream::sticky_value(sticky_secret, b.label));
   for (size_t i = 0; i < backends_.size(); ++i) {
     states_[i].weight = backends_[i].weight;
     // With active checks a backend serves only once its first check passed.
@@ -46,15 +52,104 @@ Pool::~Pool() {
   for (auto& [when, s] : retired_) delete s;
 }
 
-int Pool::pick(uint64_t tried) const {
+namespace {
+
+bool was_tried(uint64_t tried, size_t b) { return b < 64 && (tried & (uint64_t{1} << b)); }
+
+// A small per-thread random source for random_two (xorshift64*).
+uint64_t next_random() {
+  thread_local uint64_t state =
+      0x9e3779b97f4a7c15ull ^ reinterpret_cast<uintptr_t>(&state) ^
+      static_cast<uint64_t>(io::Clock::now().time_since_epoch().count());
+  state ^= state >> 12;
+  state ^= state << 25;
+  state ^= state >> 27;
+  return state * 0x2545f4914f6cdd1dull;
+}
+
+}  // namespace
+
+int Pool::pick(const PickRequest& r) const {
   const Selection& s = selection();
   size_t n = s.sequence.size();
   if (n == 0) return -1;
+  if (r.sticky >= 0 && static_cast<size_t>(r.sticky) < s.effective_weight.size() &&
+      s.effective_weight[static_cast<size_t>(r.sticky)] > 0 && !was_tried(r.tried, static_cast<size_t>(r.sticky)))
+    return r.sticky;
+  if (r.has_hash && r.tried == 0) {
+    int b = -1;
+    if (config_.balance == config::Balance::maglev) b = maglev_pick(s.maglev, r.hash);
+    else if (config_.balance == config::Balance::ring_hash) b = s.ring.pick(r.hash);
+    if (b >= 0) return b;
+  }
+  if (config_.balance == config::Balance::least_conn) {
+    int b = pick_least_conn(s, r.tried);
+    if (b >= 0) return b;
+  } else if (config_.balance == config::Balance::random_two) {
+    int b = pick_random_two(s, r.tried);
+    if (b >= 0) return b;
+  }
+  // Smooth weighted round robin (also the fallback of the others).
   uint64_t start = cursor_.fetch_add(1, std::memory_order_relaxed);
   for (size_t i = 0; i < n; ++i) {
     uint32_t b = s.sequence[(start + i) % n];
-    if (b >= 64 || !(tried & (uint64_t{1} << b))) return static_cast<int>(b);
+    if (!was_tried(r.tried, b)) return static_cast<int>(b);
   }
+  return -1;
+}
+
+// Fewest active requests per unit of weight; ties are broken from a rotating
+// start so the first backend is not always favoured. O(backends).
+int Pool::pick_least_conn(const Selection& s, uint64_t tried) const {
+  size_t n = s.effective_weight.size();
+  size_t start = static_cast<size_t>(cursor_.fetch_add(1, std::memory_order_relaxed) % n);
+  int best = -1;
+  uint64_t best_active = 0, best_weight = 1;
+  for (size_t k = 0; k < n; ++k) {
+    size_t i = (start + k) % n;
+    uint64_t w = s.effective_weight[i];
+    if (!w || was_tried(tried, i)) continue;
+    uint64_t a = states_[i].active.load(std::memory_order_relaxed);
+    if (best < 0 || a * best_weight < best_active * w) {
+      best = static_cast<int>(i);
+      best_active = a;
+      best_weight = w;
+    }
+  }
+  return best;
+}
+
+// Power of two choices: two candidates drawn by weight (a random position in the
+// weighted sequence), the one with fewer active requests per weight wins. O(1).
+int Pool::pick_random_two(const Selection& s, uint64_t tried) const {
+  size_t n = s.sequence.size();
+  uint64_t r = next_random();
+  uint32_t a = s.sequence[r % n];
+  uint32_t b = s.sequence[(r >> 32) % n];
+  bool a_ok = !was_tried(tried, a), b_ok = !was_tried(tried, b);
+  if (!a_ok && !b_ok) return -1;
+  if (!b_ok || a == b) return a_ok ? static_cast<int>(a) : static_cast<int>(b);
+  if (!a_ok) return static_cast<int>(b);
+  uint64_t la = states_[a].active.load(std::memory_order_relaxed) * s.effective_weight[b];
+  uint64_t lb = states_[b].active.load(std::memory_order_relaxed) * s.effective_weight[a];
+  return static_cast<int>(la <= lb ? a : b);
+}
+
+bool Pool::try_acquire(size_t b) {
+  uint32_t before = states_[b].active.fetch_add(1, std::memory_order_relaxed);
+  uint32_t limit = config_.max_connections_per_backend;
+  if (limit && before >= limit) {
+    states_[b].active.fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  return true;
+}
+
+void Pool::release(size_t b) { states_[b].active.fetch_sub(1, std::memory_order_relaxed); }
+
+int Pool::sticky_backend(std::string_view value) const {
+  for (size_t i = 0; i < sticky_values_.size(); ++i)
+    if (sticky_values_[i] == value) return static_cast<int>(i);
   return -1;
 }
 
@@ -62,9 +157,18 @@ void Pool::rebuild(const char* why) {
   std::lock_guard lock(rebuild_mutex_);
   int64_t now = steady_ms();
   std::vector<BackendView> views(backends_.size());
+  int64_t ramp = config_.slow_start.count();
   for (size_t i = 0; i < backends_.size(); ++i) {
     const BackendState& st = states_[i];
     views[i].weight = st.weight.load(std::memory_order_relaxed);
+    if (ramp > 0) {
+      // slow_start: a backend that (re)joined ramps its weight up linearly.
+      int64_t since = now - st.joined_ms.load(std::memory_order_relaxed);
+      double factor = since >= ramp ? 1.0 : std::max(0.05, static_cast<double>(since) / ramp);
+      views[i].weight = views[i].weight
+                            ? std::max<uint32_t>(1, static_cast<uint32_t>(views[i].weight * 100 * factor))
+                            : 0;
+    }
     views[i].region = backends_[i].region_index;
     views[i].drained = st.drained.load(std::memory_order_relaxed);
     views[i].in_rotation = st.healthy.load(std::memory_order_relaxed) && !views[i].drained &&
@@ -74,6 +178,14 @@ void Pool::rebuild(const char* why) {
   for (const auto& r : config_.regions) regions.push_back({r.priority, r.weight});
   auto* next = new Selection(
       build_selection(views, regions, config_.overprovisioning, config_.fail_open));
+  if (config_.balance == config::Balance::maglev || config_.balance == config::Balance::ring_hash) {
+    std::vector<std::string_view> names;
+    for (const auto& b : backends_) names.push_back(b.label);
+    if (config_.balance == config::Balance::maglev)
+      next->maglev = maglev_table(names, next->effective_weight, maglev_size_for(names.size()));
+    else
+      next->ring = RingHash(names, next->effective_weight);
+  }
 
   const Selection* old = current_.exchange(next, std::memory_order_acq_rel);
   auto wall = io::Clock::now();
@@ -84,8 +196,9 @@ void Pool::rebuild(const char* why) {
     return true;
   });
 
+  if (!next->fail_open) fail_open_logged_.store(false, std::memory_order_relaxed);
   if (!why) return;
-  if (next->fail_open && !was_fail_open_)
+  if (next->fail_open && !was_fail_open_ && !fail_open_logged_.exchange(true))
     io::log("pool %s: no backend in rotation: fail_open, spreading over all non-drained backends",
             name_.c_str());
   else if (next->empty())
@@ -106,6 +219,7 @@ void Pool::rebuild(const char* why) {
 bool Pool::set_healthy(size_t b, bool healthy) {
   if (b >= backends_.size()) return false;
   if (states_[b].healthy.exchange(healthy) == healthy) return false;
+  if (healthy) joined(b);
   rebuild(healthy ? "a backend became healthy" : "a backend became unhealthy");
   return true;
 }
@@ -160,6 +274,7 @@ void Pool::expire_ejections() {
     int64_t until = states_[i].ejected_until_ms.load(std::memory_order_relaxed);
     if (until != 0 && until <= now) {
       states_[i].ejected_until_ms.store(0, std::memory_order_relaxed);
+      joined(i);
       io::log("pool %s: backend %s back in rotation after ejection", name_.c_str(),
               backends_[i].label.c_str());
       any = true;
@@ -170,9 +285,41 @@ void Pool::expire_ejections() {
 
 bool Pool::set_drained(size_t b, bool drained) {
   if (b >= backends_.size()) return false;
-  if (states_[b].drained.exchange(drained) != drained)
+  if (states_[b].drained.exchange(drained) != drained) {
+    if (!drained) joined(b);
     rebuild(drained ? "a backend was drained" : "a backend was enabled");
+  }
   return true;
+}
+
+void Pool::note_fail_open() {
+  if (fail_open_logged_.load(std::memory_order_relaxed) || fail_open_logged_.exchange(true)) return;
+  io::log("pool %s: no backend in rotation: fail_open, spreading requests over all non-drained "
+          "backends",
+          name_.c_str());
+}
+
+void Pool::joined(size_t b) {
+  if (config_.slow_start.count() > 0) states_[b].joined_ms.store(steady_ms(), std::memory_order_relaxed);
+}
+
+void Pool::tick() {
+  expire_ejections();
+  int64_t ramp = config_.slow_start.count();
+  if (ramp <= 0) return;
+  int64_t now = steady_ms();
+  bool ramping = false;
+  for (size_t i = 0; i < backends_.size(); ++i) {
+    int64_t joined_at = states_[i].joined_ms.load(std::memory_order_relaxed);
+    // Include one rebuild just past the end of the window, at full weight.
+    if (joined_at && now - joined_at < ramp + 1000) ramping = true;
+  }
+  // Ramps move in steps of a twentieth of the window (at most 4 per second).
+  int64_t step = std::max<int64_t>(250, ramp / 20);
+  if (ramping && now - last_ramp_ms_.load(std::memory_order_relaxed) >= step) {
+    last_ramp_ms_.store(now, std::memory_order_relaxed);
+    rebuild(nullptr);
+  }
 }
 
 bool Pool::set_weight(size_t b, uint32_t weight) {

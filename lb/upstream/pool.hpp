@@ -41,6 +41,18 @@ struct alignas(64) BackendState {
   std::atomic<uint32_t> ejections{0};        // how often ejected (the ejection time doubles)
   std::atomic<uint32_t> consecutive_failures{0};
   std::atomic<uint32_t> weight{1};           // current weight (config or admin)
+  std::atomic<int64_t> joined_ms{0};         // when it (re)entered rotation, for slow_start
+  // Requests in flight on it, all workers together; kept only when the pool's
+  // balancer or connection limit needs it (least_conn, random_two, circuit breaker).
+  std::atomic<uint32_t> active{0};
+};
+
+// What a pick may take into account for one request.
+struct PickRequest {
+  uint64_t tried = 0;     // backends already tried (bit per index, low 64)
+  uint64_t hash = 0;      // ring_hash / maglev key
+  bool has_hash = false;  // false: the key is missing, balance by round robin
+  int sticky = -1;        // the backend the client's sticky cookie names
 };
 
 // What the data path tells the pool about one exchange with a backend.
@@ -48,7 +60,8 @@ enum class Outcome { success, server_error, connect_failure, refused };
 
 class Pool {
  public:
-  Pool(const config::Pool& config, size_t index);
+  // `sticky_secret` keys the sticky cookie values (the top-level sticky_secret).
+  Pool(const config::Pool& config, size_t index, const std::string& sticky_secret = {});
   ~Pool();
 
   const std::string& name() const { return name_; }
@@ -59,7 +72,18 @@ class Pool {
 
   // Picks a backend not in `tried` (a bit per backend index; the low 64 only).
   // Returns -1 when none is left. Any thread; lock-free.
-  int pick(uint64_t tried) const;
+  int pick(uint64_t tried) const { return pick(PickRequest{tried}); }
+  int pick(const PickRequest& request) const;
+
+  // Shared in-flight counts (see BackendState::active).
+  bool tracks_active() const { return tracks_active_; }
+  // Takes a slot on backend `b`; false when it is at max_connections_per_backend.
+  bool try_acquire(size_t b);
+  void release(size_t b);
+
+  // Sticky sessions: the cookie value naming each backend, and back.
+  const std::string& sticky_value(size_t b) const { return sticky_values_[b]; }
+  int sticky_backend(std::string_view value) const;
 
   // The selection in force (any thread; valid for a few seconds at least).
   const Selection& selection() const { return *current_.load(std::memory_order_acquire); }
@@ -73,11 +97,20 @@ class Pool {
   bool set_drained(size_t b, bool drained);
   bool set_weight(size_t b, uint32_t weight);
   int find(const std::string& label) const;
+  // Called by a worker whose request was served while no backend was in
+  // rotation: logs the event once per fail_open episode.
+  void note_fail_open();
+
   // Ends ejections whose time is up (control tick, any thread).
   void expire_ejections();
+  // The control tick: ejections, and slow_start ramps in progress.
+  void tick();
 
  private:
   void rebuild(const char* why);
+  void joined(size_t b);
+  int pick_least_conn(const Selection& s, uint64_t tried) const;
+  int pick_random_two(const Selection& s, uint64_t tried) const;
 
   config::Pool config_;
   std::string name_;
@@ -91,6 +124,10 @@ class Pool {
   alignas(64) std::mutex rebuild_mutex_;
   std::vector<std::pair<io::Clock::time_point, const Selection*>> retired_;
   bool was_fail_open_ = false;
+  bool tracks_active_ = false;
+  std::vector<std::string> sticky_values_;
+  std::atomic<int64_t> last_ramp_ms_{0};
+  std::atomic<bool> fail_open_logged_{false};
 };
 
 int64_t steady_ms();

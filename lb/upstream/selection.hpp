@@ -3,6 +3,8 @@
 // weights (SPEC "Balancing and failover semantics"). Pure functions: the pool
 // calls them off the hot path whenever something changes and publishes the result.
 
+#include "lb/upstream/ring_hash.hpp"
+
 #include <cstdint>
 #include <vector>
 
@@ -32,6 +34,9 @@ struct Selection {
   std::vector<uint32_t> sequence;          // smooth weighted round robin order
   std::vector<double> region_share;        // per region, 0..1 (for status and metrics)
   bool fail_open = false;  // no backend in rotation: spreading over all non-drained ones
+  // Built for the hashing balancers only, from the effective weights.
+  std::vector<uint32_t> maglev;
+  RingHash ring;
   bool empty() const { return sequence.empty(); }
 };
 

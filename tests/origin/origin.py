@@ -7,7 +7,7 @@ Connection: close, HTTP/1.0) is exactly what the tests expect.
 
 Usage:
   origin.py --name NAME [--listen 127.0.0.1:0] [--log FILE]
-            [--fail-health FILE] [--idle-close SECONDS]
+            [--fail-health FILE] [--idle-close SECONDS] [--status-all N]
 
 On start it prints one line "listening on HOST:PORT" to stdout.
 
@@ -31,6 +31,8 @@ unless it is chunked or has no body by definition):
                          "paths"}; not counted, and a connection whose first
                          request is this one is not counted either
   anything else          200 "Hello from NAME\\n"
+With --status-all N every request (/healthz included; /__origin/stats excepted)
+is answered with status N and the body "status N\\n": a broken application.
 Query parameters on any path:
   delay=MS     sleep MS milliseconds (after reading the request) before answering
   close=1      answer with "Connection: close" and close afterwards
@@ -229,6 +231,7 @@ class Origin:
         self.name = args.name
         self.fail_health = args.fail_health
         self.idle_close = args.idle_close
+        self.status_all = args.status_all
         self.lock = threading.Lock()
         self.requests = 0
         self.connections = 0
@@ -440,7 +443,13 @@ class Origin:
         chunked = False
         no_body = False
 
-        if path == "/healthz":
+        if self.status_all is not None and path != "/__origin/stats":
+            status = self.status_all
+            if status < 200 or status in (204, 304):
+                no_body = True
+            else:
+                payload = ("status %d\n" % status).encode()
+        elif path == "/healthz":
             if self.fail_health and os.path.exists(self.fail_health):
                 status, payload = 503, b"unhealthy\n"
             else:
@@ -546,6 +555,8 @@ def main():
     ap.add_argument("--log")
     ap.add_argument("--fail-health")
     ap.add_argument("--idle-close", type=float)
+    ap.add_argument("--status-all", type=int,
+                    help="answer every request (except /__origin/stats) with this status")
     args = ap.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

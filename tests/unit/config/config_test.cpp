@@ -191,6 +191,17 @@ TEST(Config, DefaultsComeFromTheTypes) {
   EXPECT_EQ(web.retries, 2u);
   EXPECT_EQ(web.timeouts.response, PoolTimeouts{}.response);
   EXPECT_EQ(web.regions.at(0).backends.at(0).weight, 1u);
+  EXPECT_EQ(web.regions.at(0).weight, 100u);
+  EXPECT_EQ(web.balance, Balance::round_robin);
+  EXPECT_EQ(web.hash_key.kind, HashKey::Kind::source_ip);
+  EXPECT_EQ(web.hash_key.name, "");
+  EXPECT_EQ(web.sticky_cookie, "");
+  EXPECT_EQ(web.slow_start, 0ms);
+  EXPECT_EQ(web.max_connections_per_backend, 0u);
+  EXPECT_EQ(web.queue_timeout, 1s);
+  EXPECT_FALSE(web.maintenance);
+  EXPECT_DOUBLE_EQ(web.overprovisioning, 1.4);
+  EXPECT_EQ(config->sticky_secret, "");
 }
 
 TEST(Config, WorkersAuto) {
@@ -275,16 +286,200 @@ TEST(Config, DuplicateKeyIsReportedAtTheSecond) {
 }
 
 TEST(Config, KeysNotSupportedYetAreRefused) {
-  EXPECT_EQ(only_error(std::string("sticky_secret: x\n") + minimal),
-            "t.yaml:1:1: sticky_secret: not supported yet");
+  EXPECT_EQ(only_error(std::string("dns: { servers: [127.0.0.1:53] }\n") + minimal),
+            "t.yaml:1:1: dns: not supported yet");
   EXPECT_EQ(only_error(with_listener_lines("    tls: {}")), "t.yaml:7:5: tls: not supported yet");
-  EXPECT_EQ(only_error(std::string(minimal) + "    maintenance: false\n"),
-            "t.yaml:10:5: maintenance: not supported yet");
-  for (const char* balance : {"least_conn", "random_two", "ring_hash", "maglev"})
-    EXPECT_EQ(only_error(std::string(minimal) + "    balance: " + balance + "\n"),
-              std::string("t.yaml:10:14: balance: ") + balance + " not supported yet");
+  EXPECT_EQ(only_error(with_listener_lines("    proxy_protocol: false")),
+            "t.yaml:7:5: proxy_protocol: not supported yet");
+  auto base = std::string(with_listener_lines("")) + "  api:\n";
+  EXPECT_EQ(only_error(base + "    backends: [{ srv: _http._tcp.app.service.consul }]\n"),
+            "t.yaml:12:18: srv: not supported yet");
+}
+
+TEST(Config, PoolOptions) {
+  auto config = valid(R"(
+sticky_secret: "k3y with spaces"
+listeners:
+  - { name: public, listen: 127.0.0.1:0, routes: [{ pool: web }] }
+pools:
+  web:
+    balance: maglev
+    hash_key: cookie:session_id
+    sticky_cookie: lb_sticky
+    slow_start: 30s
+    max_connections_per_backend: 10000
+    queue_timeout: 250ms
+    maintenance: true
+    overprovisioning: 2.5
+    regions:
+      - { name: east, weight: 3, backends: [127.0.0.1:9001] }
+      - { name: west, weight: 10000, backends: [127.0.0.1:9002] }
+      - { name: tier2, priority: 1, backends: [127.0.0.1:9003] }
+)");
+  ASSERT_TRUE(config);
+  EXPECT_EQ(config->sticky_secret, "k3y with spaces");
+  const Pool& web = config->pools.at(0);
+  EXPECT_EQ(web.balance, Balance::maglev);
+  EXPECT_EQ(web.hash_key.kind, HashKey::Kind::cookie);
+  EXPECT_EQ(web.hash_key.name, "session_id");
+  EXPECT_EQ(web.sticky_cookie, "lb_sticky");
+  EXPECT_EQ(web.slow_start, 30s);
+  EXPECT_EQ(web.max_connections_per_backend, 10000u);
+  EXPECT_EQ(web.queue_timeout, 250ms);
+  EXPECT_TRUE(web.maintenance);
+  EXPECT_DOUBLE_EQ(web.overprovisioning, 2.5);
+  ASSERT_EQ(web.regions.size(), 3u);
+  EXPECT_EQ(web.regions[0].weight, 3u);
+  EXPECT_EQ(web.regions[1].weight, 10000u);
+  EXPECT_EQ(web.regions[2].weight, 100u);
+}
+
+TEST(Config, BalanceValues) {
+  auto balance_of = [](const std::string& value) {
+    auto config = valid(std::string(minimal) + "    balance: " + value + "\n");
+    return config ? config->pools[0].balance : Balance::round_robin;
+  };
+  EXPECT_EQ(balance_of("round_robin"), Balance::round_robin);
+  EXPECT_EQ(balance_of("least_conn"), Balance::least_conn);
+  EXPECT_EQ(balance_of("random_two"), Balance::random_two);
+  EXPECT_EQ(balance_of("ring_hash"), Balance::ring_hash);
+  EXPECT_EQ(balance_of("maglev"), Balance::maglev);
   EXPECT_EQ(only_error(std::string(minimal) + "    balance: fastest\n"),
-            "t.yaml:10:14: balance: expected round_robin, got 'fastest'");
+            "t.yaml:10:14: balance: expected round_robin, least_conn, random_two, ring_hash or "
+            "maglev, got 'fastest'");
+  EXPECT_EQ(only_error(std::string(minimal) + "    balance: round-robin\n"),
+            "t.yaml:10:14: balance: expected round_robin, least_conn, random_two, ring_hash or "
+            "maglev, got 'round-robin' (did you mean 'round_robin'?)");
+}
+
+TEST(Config, HashKeyForms) {
+  auto key_of = [](const std::string& value) {
+    auto config =
+        valid(std::string(minimal) + "    balance: ring_hash\n    hash_key: " + value + "\n");
+    return config ? config->pools[0].hash_key : HashKey{};
+  };
+  HashKey key = key_of("source_ip");
+  EXPECT_EQ(key.kind, HashKey::Kind::source_ip);
+  EXPECT_EQ(key.name, "");
+  key = key_of("header:X-User-Id");
+  EXPECT_EQ(key.kind, HashKey::Kind::header);
+  EXPECT_EQ(key.name, "X-User-Id");
+  key = key_of("\"cookie:session\"");
+  EXPECT_EQ(key.kind, HashKey::Kind::cookie);
+  EXPECT_EQ(key.name, "session");
+  // ring_hash and maglev without a hash_key hash the source address.
+  auto config = valid(std::string(minimal) + "    balance: maglev\n");
+  ASSERT_TRUE(config);
+  EXPECT_EQ(config->pools[0].hash_key.kind, HashKey::Kind::source_ip);
+
+  auto error_of = [](const std::string& value) {
+    return only_error(std::string(minimal) + "    balance: ring_hash\n    hash_key: " + value +
+                      "\n");
+  };
+  EXPECT_EQ(error_of("client_ip"), "t.yaml:11:15: hash_key: expected source_ip, header:NAME or "
+                                   "cookie:NAME, got 'client_ip'");
+  EXPECT_EQ(error_of("\"header:\""), "t.yaml:11:15: hash_key: '' is not a valid header name");
+  EXPECT_EQ(error_of("\"header:X User\""),
+            "t.yaml:11:15: hash_key: 'X User' is not a valid header name");
+  EXPECT_EQ(error_of("\"cookie:a;b\""),
+            "t.yaml:11:15: hash_key: 'a;b' is not a valid cookie name");
+  EXPECT_EQ(error_of("[source_ip]"), "t.yaml:11:15: hash_key: expected source_ip, header:NAME "
+                                     "or cookie:NAME, got a list");
+}
+
+TEST(Config, HashKeyNeedsAHashingBalance) {
+  EXPECT_EQ(only_error(std::string(minimal) + "    hash_key: source_ip\n"),
+            "t.yaml:10:5: hash_key applies to balance ring_hash or maglev only");
+  for (const char* balance : {"round_robin", "least_conn", "random_two"})
+    EXPECT_EQ(only_error(std::string(minimal) + "    hash_key: header:X-A\n    balance: " +
+                         balance + "\n"),
+              "t.yaml:10:5: hash_key applies to balance ring_hash or maglev only")
+        << balance;
+  // A refused balance is one error, not two.
+  EXPECT_EQ(only_error(std::string(minimal) + "    balance: ringhash\n    hash_key: source_ip\n"),
+            "t.yaml:10:14: balance: expected round_robin, least_conn, random_two, ring_hash or "
+            "maglev, got 'ringhash' (did you mean 'ring_hash'?)");
+}
+
+TEST(Config, StickyCookie) {
+  auto cookie_of = [](const std::string& value) {
+    auto config = valid(std::string(minimal) + "    sticky_cookie: " + value + "\n");
+    return config ? config->pools[0].sticky_cookie : "<invalid>";
+  };
+  EXPECT_EQ(cookie_of("off"), "");
+  EXPECT_EQ(cookie_of("false"), "");
+  EXPECT_EQ(cookie_of("lb"), "lb");
+  EXPECT_EQ(cookie_of("__Host-lb.route"), "__Host-lb.route");
+  auto error_of = [](const std::string& value) {
+    return only_error(std::string(minimal) + "    sticky_cookie: " + value + "\n");
+  };
+  EXPECT_EQ(error_of("\"a=b\""), "t.yaml:10:20: sticky_cookie: 'a=b' is not a valid cookie name");
+  EXPECT_EQ(error_of("\"\""), "t.yaml:10:20: sticky_cookie: '' is not a valid cookie name");
+  EXPECT_EQ(error_of("true"),
+            "t.yaml:10:20: sticky_cookie: expected off or a cookie name like lb_sticky, got 'true'");
+}
+
+TEST(Config, StickySecret) {
+  EXPECT_EQ(valid(std::string("sticky_secret: 12345\n") + minimal)->sticky_secret, "12345");
+  EXPECT_EQ(only_error(std::string("sticky_secret: \"\"\n") + minimal),
+            "t.yaml:1:16: sticky_secret: must not be empty (leave the key out for no secret)");
+  EXPECT_EQ(only_error(std::string("sticky_secret:\n") + minimal),
+            "t.yaml:1:1: sticky_secret: expected a non-empty string, got nothing");
+  EXPECT_EQ(only_error(std::string("sticky_secret: [a]\n") + minimal),
+            "t.yaml:1:16: sticky_secret: expected a non-empty string, got a list");
+}
+
+TEST(Config, Overprovisioning) {
+  auto of = [](const std::string& value) {
+    auto config = valid(std::string(minimal) + "    overprovisioning: " + value + "\n");
+    return config ? config->pools[0].overprovisioning : -1.0;
+  };
+  EXPECT_DOUBLE_EQ(of("1"), 1.0);
+  EXPECT_DOUBLE_EQ(of("1.0"), 1.0);
+  EXPECT_DOUBLE_EQ(of("1.25"), 1.25);
+  EXPECT_DOUBLE_EQ(of("10"), 10.0);
+  auto error_of = [](const std::string& value) {
+    return only_error(std::string(minimal) + "    overprovisioning: " + value + "\n");
+  };
+  EXPECT_EQ(error_of("0.5"), "t.yaml:10:23: overprovisioning: must be 1.0..10.0, got '0.5'");
+  EXPECT_EQ(error_of("10.5"), "t.yaml:10:23: overprovisioning: must be 1.0..10.0, got '10.5'");
+  EXPECT_EQ(error_of("lots"),
+            "t.yaml:10:23: overprovisioning: expected a number 1.0..10.0, got 'lots'");
+  EXPECT_EQ(error_of("nan"),
+            "t.yaml:10:23: overprovisioning: expected a number 1.0..10.0, got 'nan'");
+  EXPECT_EQ(error_of("140%"),
+            "t.yaml:10:23: overprovisioning: expected a number 1.0..10.0, got '140%'");
+}
+
+TEST(Config, CircuitBreakerAndSlowStart) {
+  auto config = valid(std::string(minimal) +
+                      "    max_connections_per_backend: 1\n    queue_timeout: 0s\n"
+                      "    slow_start: 0s\n    maintenance: off\n");
+  ASSERT_TRUE(config);
+  EXPECT_EQ(config->pools[0].max_connections_per_backend, 1u);
+  EXPECT_EQ(config->pools[0].queue_timeout, 0ms); // no queueing: 503 at once
+  EXPECT_EQ(config->pools[0].slow_start, 0ms);
+  EXPECT_FALSE(config->pools[0].maintenance);
+  // Without queue_timeout, the default 1s applies.
+  config = valid(std::string(minimal) + "    max_connections_per_backend: 10000000\n");
+  ASSERT_TRUE(config);
+  EXPECT_EQ(config->pools[0].max_connections_per_backend, 10'000'000u);
+  EXPECT_EQ(config->pools[0].queue_timeout, 1s);
+
+  EXPECT_EQ(only_error(std::string(minimal) + "    queue_timeout: 2s\n"),
+            "t.yaml:10:5: queue_timeout needs max_connections_per_backend");
+  EXPECT_EQ(only_error(std::string(minimal) + "    max_connections_per_backend: 0\n"),
+            "t.yaml:10:34: max_connections_per_backend: must be 1..10000000, got '0'");
+  // An invalid limit is one error; queue_timeout is not blamed for it.
+  EXPECT_EQ(only_error(std::string(minimal) +
+                       "    max_connections_per_backend: lots\n    queue_timeout: 1s\n"),
+            "t.yaml:10:34: max_connections_per_backend: expected an integer 1..10000000, got "
+            "'lots'");
+  EXPECT_EQ(only_error(std::string(minimal) + "    slow_start: 30\n"),
+            "t.yaml:10:17: slow_start: expected a duration like 2s or 250ms, got '30' (add a "
+            "unit: ms, s, m or h)");
+  EXPECT_EQ(only_error(std::string(minimal) + "    maintenance: yes\n"),
+            "t.yaml:10:18: maintenance: expected true or false, got 'yes'");
 }
 
 TEST(Config, HealthCheck) {
@@ -507,8 +702,8 @@ TEST(Config, PoolShape) {
   EXPECT_EQ(only_error(base + "    backends: [127.0.0.1:1]\n    regions: []\n"),
             "t.yaml:13:5: a pool has either 'backends' or 'regions', not both");
   EXPECT_EQ(
-      only_error(base + "    regions:\n      - { name: r, weight: 5, backends: [127.0.0.1:1] }\n"),
-      "t.yaml:13:20: weight: not supported yet");
+      only_error(base + "    regions:\n      - { name: r, weight: 0, backends: [127.0.0.1:1] }\n"),
+      "t.yaml:13:28: weight: must be 1..10000, got '0'");
   EXPECT_EQ(only_error(base + "    backends: [{ address: 127.0.0.1:1, weight: 1001 }]\n"),
             "t.yaml:12:48: weight: must be 1..1000, got '1001'");
   EXPECT_EQ(only_error(base + "    backends: [{ dns: app.internal:80 }]\n"),
