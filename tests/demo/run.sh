@@ -49,7 +49,7 @@ for i in 1 2 3; do
   fi
 done
 
-echo "demo: app servers on 9001-9003; try: curl -s localhost:8080/  (Ctrl-C stops)"
+echo "demo: app servers on 9001-9003; try: curl -s localhost:8080/ ; status page: http://127.0.0.1:9901/  (Ctrl-C stops)"
 # lb runs in the foreground (not exec'd, so the trap can stop the app servers
 # when it exits). Ctrl-C reaches lb directly: it drains and exits 0.
 trap ':' INT
