@@ -634,8 +634,9 @@ void Loader::access_log(const Item& item, AccessLog& log) {
 // ---- listeners -------------------------------------------------------------------------------
 
 void Loader::listener(const Item& item, Listener& listener) {
-  auto items = fields(item, {"name", "listen", "limits", "timeouts", "headers", "routes"},
-                      {"proxy_protocol", "tls"});
+  auto items = fields(item,
+                      {"name", "listen", "limits", "timeouts", "headers", "routes", "proxy_protocol"},
+                      {"tls"});
   if (!items)
     return;
   std::set<std::string> present;
@@ -653,6 +654,9 @@ void Loader::listener(const Item& item, Listener& listener) {
         listener.listen = *a;
         listen_item = &f;
       }
+    } else if (f.name == "proxy_protocol") {
+      if (auto on = boolean(f))
+        listener.proxy_protocol = *on;
     } else if (f.name == "limits") {
       limits(f, listener.limits);
     } else if (f.name == "timeouts") {

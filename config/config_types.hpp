@@ -59,6 +59,7 @@ struct Route {
 struct Listener {
   std::string name;
   Address listen;
+  bool proxy_protocol = false;  // connections start with a PROXY v1/v2 header (from an L4 LB)
   Limits limits;
   ListenerTimeouts timeouts;
   Headers headers;

@@ -1,5 +1,6 @@
 #include "lb/proxy/session.hpp"
 
+#include "lb/http/proxy_protocol.hpp"
 #include "lb/io/log.hpp"
 #include "lb/upstream/hashing.hpp"
 
@@ -139,6 +140,20 @@ Session::Session(WorkerContext& worker, const ListenerRuntime& listener,
     : worker_(worker), listener_(listener), runtime_(worker.runtime.get()),
       client_(std::move(socket)) {
   // The socket is non-blocking and TCP_NODELAY already (accept4, the listener).
+  set_client_address(peer);
+  proxy_pending_ = listener_.config.proxy_protocol;
+  req_.set_request_id_header(listener_.config.headers.request_id);
+  timer_.fire = &Session::on_timeout;
+  timer_.owner = this;
+  next_in_worker = worker_.sessions;
+  if (next_in_worker) next_in_worker->prev_in_worker = this;
+  worker_.sessions = this;
+  ++worker_.session_count;
+  ++worker_.connections_per_listener[listener_.index];
+  worker_.metrics->listeners[listener_.index]->connections.add(1);
+}
+
+void Session::set_client_address(const sockaddr* peer) {
   const char* ip = nullptr;
   if (peer && peer->sa_family == AF_INET) {
     ip = ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(peer)->sin_addr, client_ip_,
@@ -151,15 +166,29 @@ Session::Session(WorkerContext& worker, const ListenerRuntime& listener,
       ip = ::inet_ntop(AF_INET6, &in6->sin6_addr, client_ip_, sizeof client_ip_);
   }
   client_ip_len_ = ip ? static_cast<uint8_t>(std::strlen(client_ip_)) : 0;
-  req_.set_request_id_header(listener_.config.headers.request_id);
-  timer_.fire = &Session::on_timeout;
-  timer_.owner = this;
-  next_in_worker = worker_.sessions;
-  if (next_in_worker) next_in_worker->prev_in_worker = this;
-  worker_.sessions = this;
-  ++worker_.session_count;
-  ++worker_.connections_per_listener[listener_.index];
-  worker_.metrics->listeners[listener_.index]->connections.add(1);
+}
+
+// A listener with proxy_protocol: the connection starts with a PROXY v1/v2
+// header from an outer load balancer, naming the real client. Returns false
+// when the connection must be closed (a bad or missing header).
+bool Session::take_proxy_header() {
+  http::ProxyHeader header;
+  switch (http::parse_proxy_header(cbuf_->data(), c_len_, header)) {
+    case http::ProxyParse::need_more:
+      return c_len_ < cbuf_->capacity;
+    case http::ProxyParse::invalid:
+      return false;
+    case http::ProxyParse::complete:
+      break;
+  }
+  if (!header.local) set_client_address(reinterpret_cast<const sockaddr*>(&header.source));
+  // The HTTP bytes that followed the header move to the front (once per connection).
+  uint32_t rest = c_len_ - static_cast<uint32_t>(header.length);
+  std::memmove(cbuf_->data(), cbuf_->data() + header.length, rest);
+  c_len_ = rest;
+  c_parsed_ = 0;
+  proxy_pending_ = false;
+  return true;
 }
 
 Session::~Session() {
@@ -259,7 +288,8 @@ void Session::on_client_readable(const error_code& ec) {
 void Session::read_request_head() {
   const auto& limits = listener_.config.limits;
   for (;;) {
-    if (c_parsed_ < c_len_) {
+    if (proxy_pending_ && c_len_ > 0 && !take_proxy_header()) return close();
+    if (!proxy_pending_ && c_parsed_ < c_len_) {
       char* data = cbuf_->data();
       auto r = req_.feed(data + c_parsed_, data + c_len_);
       c_parsed_ = static_cast<uint32_t>(r.stop - data);
@@ -505,10 +535,10 @@ void Session::on_connect(const error_code& ec, uint32_t attempt) {
                   ec.message().c_str());
     io::log("pool %s: %s", pool_->name().c_str(), error_page_);
     worker_.metrics->pools[pool_->index()]->backends[static_cast<size_t>(backend_)].connect_errors.add();
-    pool_->report(static_cast<size_t>(backend_), ec == asio::error::connection_refused
-                                           ? upstream::Outcome::refused
-                                           : upstream::Outcome::connect_failure);
-    return backend_failed(Failure::connect, error_page_);
+    bool refused = ec == asio::error::connection_refused;
+    pool_->report(static_cast<size_t>(backend_),
+                  refused ? upstream::Outcome::refused : upstream::Outcome::connect_failure);
+    return backend_failed(refused ? Failure::refused : Failure::connect, error_page_);
   }
   error_code ignored;
   conn_->socket.set_option(asio::ip::tcp::no_delay(true), ignored);
@@ -1117,8 +1147,13 @@ void Session::tunnel_half_closed() {
 void Session::backend_failed(Failure failure, const char* reason) {
   release_backend(false);
   if (closed_) return;
-  bool may_retry = attempts_ <= pool_->config().retries;
-  if (failure == Failure::connect && may_retry) return do_attempt();
+  // A refused connection cost nothing and sent nothing: the next backend is
+  // tried without using up a retry (each backend at most once), so a region
+  // that dies at once does not turn into errors while it leaves the rotation.
+  if (failure == Failure::refused) ++refusals_;
+  bool may_retry = attempts_ - refusals_ <= pool_->config().retries &&
+                   refusals_ <= pool_->backends().size();
+  if ((failure == Failure::connect || failure == Failure::refused) && may_retry) return do_attempt();
   if (failure == Failure::reused_early && idempotent() && !body_discarded_ && replays_ < 3) {
     // The backend closed a pooled connection as we reused it: replay on another one.
     ++replays_;
@@ -1238,7 +1273,7 @@ void Session::finish_request_state() {
   pool_ = nullptr;
   backend_ = -1;
   tried_ = 0;
-  attempts_ = replays_ = 0;
+  attempts_ = replays_ = refusals_ = 0;
   has_hash_ = false;
   sticky_backend_ = -1;
   req_done_ = req_sent_ = body_discarded_ = false;

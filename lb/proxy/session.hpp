@@ -58,6 +58,7 @@ class Session {
   enum class Timer : uint8_t { none, idle, header, connect, exchange, linger, tunnel, queue };
   enum class Failure : uint8_t {
     connect,          // nothing was sent: any request may go to another backend
+    refused,          // ... and the backend refused at once: does not use up a retry
     reused_early,     // a pooled connection failed before any response byte: replay
     before_response,  // a fresh connection failed before any response byte
     backend,          // anything else: not retried
@@ -67,6 +68,8 @@ class Session {
           boost::asio::ip::tcp::socket socket, const sockaddr* peer);
   ~Session();
 
+  void set_client_address(const sockaddr* peer);
+  bool take_proxy_header();
   // Request head.
   void do_read_request();
   void on_client_readable(const boost::system::error_code& ec);
@@ -144,6 +147,7 @@ class Session {
   uint64_t tried_ = 0;
   unsigned attempts_ = 0;       // backends tried for this request
   unsigned replays_ = 0;        // replays after a pooled connection failed early
+  unsigned refusals_ = 0;       // attempts refused at once (not counted against retries)
   uint32_t attempt_ = 0;        // generation: handlers of an abandoned attempt ignore
   bool req_done_ = false;       // the whole request was read from the client
   bool req_sent_ = false;       // ... and written to the backend
@@ -164,6 +168,7 @@ class Session {
   bool tunnel_pending_ = false;     // a 101 is being passed on; the tunnel follows
   bool tunnel_ = false;
   bool dechunk_ = false;            // a chunked response to an HTTP/1.0 client
+  bool proxy_pending_ = false;      // the PROXY header has not been read yet
   bool queued_ = false;             // waiting in the worker's queue (circuit breaker)
   bool acquired_ = false;           // holds a slot in the backend's active count
   bool has_hash_ = false;           // hash_ is the request's ring_hash/maglev key

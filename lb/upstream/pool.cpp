@@ -43,6 +43,7 @@ Pool::Pool(const config::Pool& config, size_t index, const std::string& sticky_s
     states_[i].weight = backends_[i].weight;
     // With active checks a backend serves only once its first check passed.
     states_[i].healthy = !config.health_check.enabled;
+    states_[i].ever_healthy = !config.health_check.enabled;
   }
   rebuild(nullptr);
 }
@@ -102,7 +103,9 @@ int Pool::pick(const PickRequest& r) const {
 // start so the first backend is not always favoured. O(backends).
 int Pool::pick_least_conn(const Selection& s, uint64_t tried) const {
   size_t n = s.effective_weight.size();
-  size_t start = static_cast<size_t>(cursor_.fetch_add(1, std::memory_order_relaxed) % n);
+  // Ties go to the backend the weighted rotation names next, so idle backends
+  // share requests by weight (as nginx's least_conn does).
+  size_t start = s.sequence[cursor_.fetch_add(1, std::memory_order_relaxed) % s.sequence.size()];
   int best = -1;
   uint64_t best_active = 0, best_weight = 1;
   for (size_t k = 0; k < n; ++k) {
@@ -181,9 +184,21 @@ void Pool::rebuild(const char* why) {
   if (config_.balance == config::Balance::maglev || config_.balance == config::Balance::ring_hash) {
     std::vector<std::string_view> names;
     for (const auto& b : backends_) names.push_back(b.label);
-    if (config_.balance == config::Balance::maglev)
-      next->maglev = maglev_table(names, next->effective_weight, maglev_size_for(names.size()));
-    else
+    if (config_.balance == config::Balance::maglev) {
+      // Fill the table in name order, so that every instance builds the same
+      // table whatever order its config lists the backends in.
+      std::vector<size_t> order(names.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+      std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return names[a] < names[b]; });
+      std::vector<std::string_view> sorted_names;
+      std::vector<uint32_t> sorted_weights;
+      for (size_t i : order) {
+        sorted_names.push_back(names[i]);
+        sorted_weights.push_back(next->effective_weight[i]);
+      }
+      next->maglev = maglev_table(sorted_names, sorted_weights, maglev_size_for(names.size()));
+      for (auto& entry : next->maglev) entry = static_cast<uint32_t>(order[entry]);
+    } else
       next->ring = RingHash(names, next->effective_weight);
   }
 
@@ -219,7 +234,8 @@ void Pool::rebuild(const char* why) {
 bool Pool::set_healthy(size_t b, bool healthy) {
   if (b >= backends_.size()) return false;
   if (states_[b].healthy.exchange(healthy) == healthy) return false;
-  if (healthy) joined(b);
+  // slow_start ramps a backend that comes back, not one passing its first check.
+  if (healthy && states_[b].ever_healthy.exchange(true)) joined(b);
   rebuild(healthy ? "a backend became healthy" : "a backend became unhealthy");
   return true;
 }

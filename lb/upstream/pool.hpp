@@ -42,6 +42,7 @@ struct alignas(64) BackendState {
   std::atomic<uint32_t> consecutive_failures{0};
   std::atomic<uint32_t> weight{1};           // current weight (config or admin)
   std::atomic<int64_t> joined_ms{0};         // when it (re)entered rotation, for slow_start
+  std::atomic<bool> ever_healthy{false};     // has passed a health check before
   // Requests in flight on it, all workers together; kept only when the pool's
   // balancer or connection limit needs it (least_conn, random_two, circuit breaker).
   std::atomic<uint32_t> active{0};

@@ -129,7 +129,7 @@ class Failures(harness.TestCase):
             self.assertEqual(bytes(got), harness.pattern_bytes(n)[:len(got)],
                              "the bytes received are not the origin's")
 
-    def test_no_retries_refused_first_gets_502(self):
+    def test_refused_backend_is_skipped_even_with_retries_0(self):
         app = self.origin("app-1", log=False)
         dead = "127.0.0.1:%d" % unused_port()
         lb = self.lb(config([dead, app.addr], retries=0, workers=1))
@@ -137,11 +137,22 @@ class Failures(harness.TestCase):
         for i in range(4):
             status, h, body = http(lb.port(), "GET", "/n/%d" % i)
             results.append((status, h["X-Origin"]))
-        # The refused backend answers the first request with 502 (no retries), and
-        # leaves the rotation at once: the next requests all go to app-1.
-        self.assertEqual(results, [(502, None), (200, "app-1"), (200, "app-1"), (200, "app-1")])
-        self.assertEqual(app.stats()["requests"], 3)
+        # A refused connection sent nothing and cost nothing: lb moves on to the
+        # next backend without using up a retry, and the refusing backend leaves
+        # the rotation at once. `retries` bounds the costly failures (timeouts,
+        # resets), not this one.
+        self.assertEqual(results, [(200, "app-1")] * 4)
+        self.assertEqual(app.stats()["requests"], 4)
         self.assertIn("ejected", lb.stderr_text())
+
+    def test_retries_0_does_not_retry_a_timeout(self):
+        # A backend that accepts but never answers the connect in time is not
+        # retried with retries: 0: the client gets the 502/504 at once.
+        app = self.origin("app-1", log=False)
+        lb = self.lb(config([app.addr], retries=0, response_timeout="1s"))
+        status, h, body = http(lb.port(), "GET", "/slow?delay=3000")
+        self.assertEqual(status, 504, body)
+        self.assertEqual(app.stats()["requests"], 1)
 
 
 if __name__ == "__main__":

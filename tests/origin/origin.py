@@ -8,6 +8,7 @@ Connection: close, HTTP/1.0) is exactly what the tests expect.
 Usage:
   origin.py --name NAME [--listen 127.0.0.1:0] [--log FILE]
             [--fail-health FILE] [--idle-close SECONDS] [--status-all N]
+            [--delay-all MS]
 
 On start it prints one line "listening on HOST:PORT" to stdout.
 
@@ -33,6 +34,8 @@ unless it is chunked or has no body by definition):
   anything else          200 "Hello from NAME\\n"
 With --status-all N every request (/healthz included; /__origin/stats excepted)
 is answered with status N and the body "status N\\n": a broken application.
+With --delay-all MS every request (/__origin/stats excepted) sleeps MS
+milliseconds before its answer (on top of ?delay=): a slow application.
 Query parameters on any path:
   delay=MS     sleep MS milliseconds (after reading the request) before answering
   close=1      answer with "Connection: close" and close afterwards
@@ -232,6 +235,7 @@ class Origin:
         self.fail_health = args.fail_health
         self.idle_close = args.idle_close
         self.status_all = args.status_all
+        self.delay_all = max(0.0, args.delay_all or 0.0) / 1000.0
         self.lock = threading.Lock()
         self.requests = 0
         self.connections = 0
@@ -381,6 +385,8 @@ class Origin:
         if not is_stats:
             self.log_request(conn_id, method, target, version, headers, body)
 
+        if self.delay_all and not is_stats:
+            time.sleep(self.delay_all)
         delay = qget("delay")
         if delay:
             try:
@@ -557,6 +563,9 @@ def main():
     ap.add_argument("--idle-close", type=float)
     ap.add_argument("--status-all", type=int,
                     help="answer every request (except /__origin/stats) with this status")
+    ap.add_argument("--delay-all", type=float, metavar="MS",
+                    help="sleep MS milliseconds before answering every request "
+                         "(except /__origin/stats)")
     args = ap.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))

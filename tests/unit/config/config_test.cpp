@@ -289,8 +289,7 @@ TEST(Config, KeysNotSupportedYetAreRefused) {
   EXPECT_EQ(only_error(std::string("dns: { servers: [127.0.0.1:53] }\n") + minimal),
             "t.yaml:1:1: dns: not supported yet");
   EXPECT_EQ(only_error(with_listener_lines("    tls: {}")), "t.yaml:7:5: tls: not supported yet");
-  EXPECT_EQ(only_error(with_listener_lines("    proxy_protocol: false")),
-            "t.yaml:7:5: proxy_protocol: not supported yet");
+  EXPECT_TRUE(valid(with_listener_lines("    proxy_protocol: true"))->listeners[0].proxy_protocol);
   auto base = std::string(with_listener_lines("")) + "  api:\n";
   EXPECT_EQ(only_error(base + "    backends: [{ srv: _http._tcp.app.service.consul }]\n"),
             "t.yaml:12:18: srv: not supported yet");
