@@ -2,6 +2,11 @@
 // every problem with the position of the node it is about; nothing is thrown out of it.
 #include "config/config.hpp"
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <unistd.h>
+
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <fcntl.h>
@@ -16,6 +21,7 @@
 #include <initializer_list>
 #include <map>
 #include <set>
+#include <sstream>
 #include <string_view>
 
 namespace lb::config {
@@ -197,6 +203,39 @@ std::string parse_status_ranges(std::string_view text, std::vector<std::pair<int
   }
 }
 
+std::string openssl_error() {
+  unsigned long e = ERR_get_error();
+  const char* reason = e ? ERR_reason_error_string(e) : nullptr;
+  ERR_clear_error();
+  return reason ? reason : "unknown error";
+}
+
+// Loads a certificate chain and its key the way the listener will. Returns ""
+// when usable, else what is wrong, starting with "cert:" or "key:".
+std::string check_certificate(const std::string& cert, const std::string& key) {
+  if (::access(cert.c_str(), R_OK) != 0)
+    return "cert: cannot read " + cert + ": " + std::strerror(errno);
+  if (::access(key.c_str(), R_OK) != 0)
+    return "key: cannot read " + key + ": " + std::strerror(errno);
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (!ctx)
+    return "cert: cannot create a TLS context: " + openssl_error();
+  std::string why;
+  if (SSL_CTX_use_certificate_chain_file(ctx, cert.c_str()) != 1)
+    why = "cert: " + cert + " is not a PEM certificate chain (" + openssl_error() + ")";
+  else if (SSL_CTX_use_PrivateKey_file(ctx, key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    std::string reason = openssl_error();
+    why = reason.find("mismatch") != std::string::npos
+              ? "key: " + key + " does not match the certificate in " + cert
+              : "key: " + key + " is not a PEM private key (" + reason + ")";
+  }
+  else if (SSL_CTX_check_private_key(ctx) != 1)
+    why = "key: " + key + " does not match the certificate in " + cert;
+  ERR_clear_error();
+  SSL_CTX_free(ctx);
+  return why;
+}
+
 class Loader {
 public:
   explicit Loader(std::string file) : file_(std::move(file)) {}
@@ -239,6 +278,8 @@ private:
   void admin(const Item& item, Admin& admin);
   void access_log(const Item& item, AccessLog& log);
   void listener(const Item& item, Listener& listener);
+  void tls(const Item& item, ListenerTls& tls);
+  std::string resolve(const std::string& path) const;
   void limits(const Item& item, Limits& limits);
   void listener_timeouts(const Item& item, ListenerTimeouts& timeouts);
   void headers(const Item& item, Headers& headers);
@@ -284,14 +325,54 @@ LoadResult Loader::result(std::shared_ptr<Config> config) {
   return result;
 }
 
+// Finds the first alias (*name) of a YAML text. lb configs have no use for
+// anchors and aliases, and nested aliases can make a small file expand into an
+// exponentially large one (a "billion laughs"), so they are refused up front.
+class AliasFinder : public YAML::EventHandler {
+ public:
+  std::optional<YAML::Mark> alias;
+  std::optional<YAML::Mark> second_document;
+  int documents = 0;
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (++documents == 2) second_document = mark;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override {
+    if (!alias) alias = mark;
+  }
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
 LoadResult Loader::load(const std::string& text) {
   auto config = std::make_shared<Config>();
   config->file = file_;
   try {
-    std::vector<YAML::Node> documents = YAML::LoadAll(text);
-    if (documents.size() > 1)
-      error(documents[1], "only one YAML document is allowed");
-    top(documents.empty() ? YAML::Node() : documents[0], *config);
+    {
+      // At most two passes: the first document, and whether another follows.
+      // (yaml-cpp can report empty documents without end on some garbage, so
+      // this never loops until the input is exhausted.)
+      std::istringstream stream(text);
+      YAML::Parser parser(stream);
+      AliasFinder finder;
+      for (int i = 0; i < 2 && !finder.alias && parser.HandleNextDocument(finder); ++i) {
+      }
+      if (finder.alias) {
+        error(*finder.alias, "YAML aliases (*name) are not supported in lb configs");
+        return result(std::move(config));
+      }
+      if (finder.second_document) {
+        error(*finder.second_document, "only one YAML document is allowed");
+        return result(std::move(config));
+      }
+    }
+    top(YAML::Load(text), *config);
   } catch (const YAML::Exception& e) {
     error(e.mark, (dynamic_cast<const YAML::ParserException*>(&e) ? "invalid YAML: " : "") + e.msg);
   } catch (const std::exception& e) {
@@ -634,9 +715,8 @@ void Loader::access_log(const Item& item, AccessLog& log) {
 // ---- listeners -------------------------------------------------------------------------------
 
 void Loader::listener(const Item& item, Listener& listener) {
-  auto items = fields(item,
-                      {"name", "listen", "limits", "timeouts", "headers", "routes", "proxy_protocol"},
-                      {"tls"});
+  auto items = fields(item, {"name", "listen", "limits", "timeouts", "headers", "routes",
+                             "proxy_protocol", "tls"});
   if (!items)
     return;
   std::set<std::string> present;
@@ -657,6 +737,8 @@ void Loader::listener(const Item& item, Listener& listener) {
     } else if (f.name == "proxy_protocol") {
       if (auto on = boolean(f))
         listener.proxy_protocol = *on;
+    } else if (f.name == "tls") {
+      tls(f, listener.tls);
     } else if (f.name == "limits") {
       limits(f, listener.limits);
     } else if (f.name == "timeouts") {
@@ -689,6 +771,70 @@ void Loader::listener(const Item& item, Listener& listener) {
       error(*listen_item,
             "listen: " + it->first + " is already used by listener '" + it->second + "'");
   }
+}
+
+// Relative certificate paths are relative to the config file, so a config and its
+// certificates can move together.
+std::string Loader::resolve(const std::string& path) const {
+  if (path.empty() || path.front() == '/')
+    return path;
+  size_t slash = file_.rfind('/');
+  return slash == std::string::npos ? path : file_.substr(0, slash + 1) + path;
+}
+
+// tls: { certificates: [ { cert: FILE, key: FILE }, ... ], min_version: "1.2" }
+// Each certificate and key is loaded here, so `lb check` reports a missing file,
+// a bad PEM or a key that does not match its certificate at the YAML node.
+void Loader::tls(const Item& item, ListenerTls& tls) {
+  auto items = fields(item, {"certificates", "min_version"});
+  if (!items)
+    return;
+  size_t errors_before = errors_.size();
+  tls.enabled = true;
+  bool any = false;
+  for (const auto& f : *items) {
+    if (f.name == "min_version") {
+      auto v = scalar(f, "\"1.2\" or \"1.3\"");
+      if (!v)
+        continue;
+      if (*v == "1.2")
+        tls.min_version = ListenerTls::Version::tls1_2;
+      else if (*v == "1.3")
+        tls.min_version = ListenerTls::Version::tls1_3;
+      else
+        error(f, "min_version: expected \"1.2\" or \"1.3\", got '" + *v + "'");
+      continue;
+    }
+    auto list = list_items(f, "certificate");
+    for (const auto& c : list.value_or(std::vector<Item>{})) {
+      auto parts = fields(c, {"cert", "key"});
+      if (!parts)
+        continue;
+      TlsCertificate cert;
+      const Item* cert_item = nullptr;
+      const Item* key_item = nullptr;
+      for (const auto& p : *parts) {
+        auto text = scalar(p, "a file path");
+        if (!text)
+          continue;
+        (p.name == "cert" ? cert.cert : cert.key) = resolve(*text);
+        (p.name == "cert" ? cert_item : key_item) = &p;
+      }
+      if (!cert_item || !key_item) {
+        error(c.key, "a certificate needs both 'cert' and 'key'");
+        continue;
+      }
+      std::string why = check_certificate(cert.cert, cert.key);
+      if (!why.empty()) {
+        error(why.rfind("key", 0) == 0 ? *key_item : *cert_item, why);
+        continue;
+      }
+      tls.certificates.push_back(cert);
+      any = true;
+    }
+  }
+  if (!any && errors_.size() == errors_before)
+    error(item, "tls: needs at least one certificate (certificates: [{cert: FILE, key: FILE}])");
 }
 
 void Loader::limits(const Item& item, Limits& limits) {

@@ -56,9 +56,21 @@ struct Route {
   std::string pool;
 };
 
+struct TlsCertificate {
+  std::string cert;  // PEM chain file (resolved against the config file's directory)
+  std::string key;   // PEM private key file
+};
+
+struct ListenerTls {
+  bool enabled = false;
+  std::vector<TlsCertificate> certificates;  // picked by SNI; the first is the default
+  enum class Version { tls1_2, tls1_3 } min_version = Version::tls1_2;
+};
+
 struct Listener {
   std::string name;
   Address listen;
+  ListenerTls tls;
   bool proxy_protocol = false;  // connections start with a PROXY v1/v2 header (from an L4 LB)
   Limits limits;
   ListenerTimeouts timeouts;

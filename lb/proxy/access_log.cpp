@@ -10,13 +10,80 @@
 namespace lb::proxy {
 
 namespace {
-constexpr size_t capacity = 64 * 1024;
+constexpr size_t capacity = LogWriter::batch_capacity;
+constexpr size_t max_queued = 64;       // batches (4 MiB) waiting for a slow destination
 constexpr size_t flush_at = 48 * 1024;  // leaves room for one long line
 constexpr size_t max_field = 2048;      // longer targets and agents are cut
 }  // namespace
 
-AccessLog::AccessLog(int fd, config::AccessLog::Format format)
-    : fd_(fd), format_(format), buffer_(static_cast<char*>(std::malloc(capacity))) {}
+LogWriter::LogWriter(int fd) : fd_(fd), thread_([this] { run(); }) {}
+
+LogWriter::~LogWriter() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_one();
+  thread_.join();
+  for (char* b : free_) std::free(b);
+}
+
+char* LogWriter::submit(char* batch, size_t used, size_t lines) {
+  char* fresh = nullptr;
+  {
+    std::lock_guard lock(mutex_);
+    if (queue_.size() >= max_queued) {
+      dropped_ += lines;  // the destination is too slow: drop, never block
+      return batch;
+    }
+    queue_.emplace_back(batch, used);
+    if (!free_.empty()) {
+      fresh = free_.back();
+      free_.pop_back();
+    }
+  }
+  wake_.notify_one();
+  return fresh ? fresh : static_cast<char*>(std::malloc(capacity));
+}
+
+uint64_t LogWriter::dropped_lines() const {
+  std::lock_guard lock(mutex_);
+  return dropped_;
+}
+
+void LogWriter::run() {
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    wake_.wait_for(lock, std::chrono::seconds(1),
+                   [this] { return stopping_ || !queue_.empty(); });
+    if (dropped_ != reported_) {
+      std::fprintf(stderr, "lb: access_log: dropped %llu lines: the destination is too slow\n",
+                   static_cast<unsigned long long>(dropped_ - reported_));
+      reported_ = dropped_;
+    }
+    if (queue_.empty()) {
+      if (stopping_) return;
+      continue;
+    }
+    auto [batch, used] = queue_.front();
+    queue_.pop_front();
+    lock.unlock();
+    size_t off = 0;
+    while (off < used) {
+      ssize_t n = ::write(fd_, batch + off, used - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // a broken log destination must not stop the proxy
+      off += static_cast<size_t>(n);
+    }
+    lock.lock();
+    if (free_.size() < max_queued) free_.push_back(batch);
+    else std::free(batch);
+  }
+}
+
+AccessLog::AccessLog(LogWriter* writer, config::AccessLog::Format format)
+    : writer_(writer), format_(format),
+      buffer_(writer ? static_cast<char*>(std::malloc(capacity)) : nullptr) {}
 
 AccessLog::~AccessLog() {
   flush();
@@ -24,14 +91,10 @@ AccessLog::~AccessLog() {
 }
 
 void AccessLog::flush() {
-  size_t off = 0;
-  while (off < used_ && fd_ >= 0) {
-    ssize_t n = ::write(fd_, buffer_ + off, used_ - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;  // a broken log destination must not stop the proxy
-    off += static_cast<size_t>(n);
-  }
+  if (!writer_ || used_ == 0) return;
+  buffer_ = writer_->submit(buffer_, used_, lines_);
   used_ = 0;
+  lines_ = 0;
 }
 
 void AccessLog::append(std::string_view s) {
@@ -69,7 +132,8 @@ void AccessLog::refresh_time() {
 }
 
 void AccessLog::write(const AccessRecord& r) {
-  if (fd_ < 0) return;
+  if (!writer_) return;
+  ++lines_;
   refresh_time();
   char num[160];
   if (format_ == config::AccessLog::Format::json) {

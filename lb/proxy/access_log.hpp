@@ -1,13 +1,20 @@
 #pragma once
 // Access log, one line per request, json or combined. Each worker formats into
-// its own buffer and writes it out in batches (when it fills or on the worker's
-// tick), so logging costs no syscall per request and no lock.
+// its own buffer and hands it over in batches (when it fills or on the worker's
+// tick) to the log writer thread, which does the write(2): logging costs a
+// worker no syscall and no blocking, and one short lock per batch.
 
 #include "config/config_types.hpp"
 
+#include <condition_variable>
+#include <cstdint>
 #include <ctime>
+#include <deque>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <vector>
 
 namespace lb::proxy {
 
@@ -29,15 +36,43 @@ struct AccessRecord {
   double total_ms = 0;
 };
 
+// The thread that writes the workers' batches to the log destination. When the
+// destination cannot keep up, batches beyond a bound are dropped (and counted,
+// and reported once a second on stderr) rather than slow the proxy down.
+class LogWriter {
+ public:
+  static constexpr size_t batch_capacity = 64 * 1024;
+  explicit LogWriter(int fd);  // fd not owned
+  ~LogWriter();                // writes what is queued, then stops
+  LogWriter(const LogWriter&) = delete;
+  LogWriter& operator=(const LogWriter&) = delete;
+
+  // Takes a filled batch and returns an empty one (any thread).
+  char* submit(char* batch, size_t used, size_t lines);
+  uint64_t dropped_lines() const;
+
+ private:
+  void run();
+  int fd_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::pair<char*, size_t>> queue_;
+  std::vector<char*> free_;
+  uint64_t dropped_ = 0;
+  uint64_t reported_ = 0;
+  bool stopping_ = false;
+  std::thread thread_;
+};
+
 class AccessLog {
  public:
-  // `fd` < 0 disables logging. The fd is shared by all workers and not owned.
-  AccessLog(int fd, config::AccessLog::Format format);
+  // `writer` == nullptr disables logging.
+  AccessLog(LogWriter* writer, config::AccessLog::Format format);
   AccessLog(const AccessLog&) = delete;
   AccessLog& operator=(const AccessLog&) = delete;
   ~AccessLog();
 
-  bool enabled() const { return fd_ >= 0; }
+  bool enabled() const { return writer_ != nullptr; }
   void write(const AccessRecord& r);
   void flush();
 
@@ -46,10 +81,11 @@ class AccessLog {
   void append(std::string_view s);
   void refresh_time();
 
-  int fd_;
+  LogWriter* writer_;
   config::AccessLog::Format format_;
   char* buffer_;
   size_t used_ = 0;
+  size_t lines_ = 0;
   time_t formatted_second_ = 0;
   char iso_time_[32] = {};   // 2026-11-25T07:00:00Z
   char clf_time_[40] = {};   // 25/Nov/2026:07:00:00 +0000

@@ -5,6 +5,7 @@
 
 #include "config/config_types.hpp"
 #include "lb/http/message.hpp"
+#include "lb/io/tls.hpp"
 #include "lb/upstream/pool.hpp"
 
 #include <memory>
@@ -36,9 +37,13 @@ class Router {
 struct ListenerRuntime {
   ListenerRuntime(const config::Listener& c, size_t i,
                   const std::vector<std::unique_ptr<upstream::Pool>>& pools)
-      : config(c), index(i), router(c.routes, pools) {}
+      : config(c), index(i), router(c.routes, pools) {
+    if (c.tls.enabled) tls = io::TlsServer::create(c.tls, tls_error);
+  }
   config::Listener config;
   size_t index;
+  std::unique_ptr<io::TlsServer> tls;  // set when the listener terminates HTTPS
+  std::string tls_error;               // why `tls` could not be built
   Router router;
 };
 

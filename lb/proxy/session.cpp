@@ -6,6 +6,8 @@
 
 #include <boost/asio/bind_allocator.hpp>
 
+#include <openssl/err.h>
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -131,7 +133,9 @@ static int write_some(int fd, Session* /*unused*/, iovec* v, unsigned& first, un
 void Session::start(WorkerContext& worker, const ListenerRuntime& listener,
                     asio::ip::tcp::socket socket, const sockaddr* peer) {
   Ref self(new Session(worker, listener, std::move(socket), peer));
-  self->arm(Timer::idle);
+  // A PROXY header or a TLS handshake must come as promptly as a request head.
+  self->arm(listener.tls || listener.config.proxy_protocol ? Timer::header : Timer::idle);
+  if (listener.tls && !self->ssl_) return self->close();
   self->do_read_request();
 }
 
@@ -142,6 +146,7 @@ Session::Session(WorkerContext& worker, const ListenerRuntime& listener,
   // The socket is non-blocking and TCP_NODELAY already (accept4, the listener).
   set_client_address(peer);
   proxy_pending_ = listener_.config.proxy_protocol;
+  if (listener_.tls) ssl_ = listener_.tls->accept(client_.native_handle());
   req_.set_request_id_header(listener_.config.headers.request_id);
   timer_.fire = &Session::on_timeout;
   timer_.owner = this;
@@ -171,28 +176,102 @@ void Session::set_client_address(const sockaddr* peer) {
 // A listener with proxy_protocol: the connection starts with a PROXY v1/v2
 // header from an outer load balancer, naming the real client. Returns false
 // when the connection must be closed (a bad or missing header).
-bool Session::take_proxy_header() {
+int Session::take_proxy_header() {
+  // Peeked, then only the header consumed: what follows (HTTP, or a TLS
+  // ClientHello) stays in the socket for whoever reads next.
+  if (!cbuf_) cbuf_ = worker_.buffers.acquire();
+  ssize_t n = ::recv(fd_of(client_), cbuf_->data(), cbuf_->capacity, MSG_PEEK);
+  if (n == 0) return -1;
+  if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
   http::ProxyHeader header;
-  switch (http::parse_proxy_header(cbuf_->data(), c_len_, header)) {
+  switch (http::parse_proxy_header(cbuf_->data(), static_cast<size_t>(n), header)) {
     case http::ProxyParse::need_more:
-      return c_len_ < cbuf_->capacity;
+      return static_cast<size_t>(n) < cbuf_->capacity ? 0 : -1;
     case http::ProxyParse::invalid:
-      return false;
+      return -1;
     case http::ProxyParse::complete:
       break;
   }
+  if (::recv(fd_of(client_), cbuf_->data(), header.length, 0) != static_cast<ssize_t>(header.length))
+    return -1;
   if (!header.local) set_client_address(reinterpret_cast<const sockaddr*>(&header.source));
-  // The HTTP bytes that followed the header move to the front (once per connection).
-  uint32_t rest = c_len_ - static_cast<uint32_t>(header.length);
-  std::memmove(cbuf_->data(), cbuf_->data() + header.length, rest);
-  c_len_ = rest;
-  c_parsed_ = 0;
   proxy_pending_ = false;
-  return true;
+  return 1;
 }
+
+int Session::tls_handshake() {
+  ERR_clear_error();
+  int r = SSL_do_handshake(ssl_);
+  if (r == 1) {
+    handshake_done_ = true;
+    return 1;
+  }
+  int e = SSL_get_error(ssl_, r);
+  if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) return -1;
+  client_.async_wait(e == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read
+                                              : asio::socket_base::wait_write,
+                     in_slot(client_read_slot_, [self = Ref(this)](const error_code& ec) {
+                       self->on_client_readable(ec);
+                     }));
+  return 0;
+}
+
+ssize_t Session::client_recv(char* p, size_t n) {
+  if (!ssl_) return ::recv(fd_of(client_), p, n, 0);
+  ERR_clear_error();
+  int r = SSL_read(ssl_, p, static_cast<int>(std::min<size_t>(n, INT32_MAX)));
+  if (r > 0) return r;
+  switch (SSL_get_error(ssl_, r)) {
+    case SSL_ERROR_ZERO_RETURN:
+      return 0;
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+      errno = EAGAIN;
+      return -1;
+    case SSL_ERROR_SYSCALL:
+      if (errno == 0) return 0;  // closed without close_notify
+      return -1;
+    default:
+      errno = ECONNRESET;
+      return -1;
+  }
+}
+
+int Session::client_write(Outbox& out, uint64_t& written) {
+  if (!ssl_) return write_some(fd_of(client_), this, out.v, out.first, out.count, written);
+  // SSL_write takes one buffer: gather into a staging buffer (TLS copies the
+  // bytes to encrypt them anyway). After WANT_WRITE the same bytes are staged
+  // again, as OpenSSL requires for the retry.
+  if (!tls_stage_) tls_stage_ = worker_.buffers.acquire();
+  while (!out.empty()) {
+    size_t staged = 0;
+    for (unsigned i = out.first; i < out.count && staged < tls_stage_->capacity; ++i) {
+      size_t take = std::min<size_t>(out.v[i].iov_len, tls_stage_->capacity - staged);
+      std::memcpy(tls_stage_->data() + staged, out.v[i].iov_base, take);
+      staged += take;
+    }
+    ERR_clear_error();
+    int r = SSL_write(ssl_, tls_stage_->data(), static_cast<int>(staged));
+    if (r > 0) {
+      out.advance(static_cast<size_t>(r));
+      written += static_cast<uint64_t>(r);
+      continue;
+    }
+    int e = SSL_get_error(ssl_, r);
+    if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) return 0;
+    errno = EPIPE;
+    return -1;
+  }
+  worker_.buffers.release(tls_stage_);
+  tls_stage_ = nullptr;
+  return 1;
+}
+
 
 Session::~Session() {
   io::Timeouts::disarm(timer_);
+  if (ssl_) SSL_free(ssl_);
+  worker_.buffers.release(tls_stage_);
   delete conn_;
   worker_.buffers.release(cbuf_);
   worker_.buffers.release(ubuf_);
@@ -237,11 +316,15 @@ void Session::close() {
 void Session::close_gracefully(bool request_read) {
   if (closed_) return;
   release_backend(false);
-  // Nothing unread from a client whose request was read whole: a plain close
-  // sends FIN, not a reset. (As nginx's lingering_close heuristics.)
-  char probe;
-  ssize_t pending = ::recv(fd_of(client_), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (pending < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && request_read) return close();
+  if (ssl_) {
+    SSL_shutdown(ssl_);  // close_notify, best effort
+  } else {
+    // Nothing unread from a client whose request was read whole: a plain close
+    // sends FIN, not a reset. (As nginx's lingering_close heuristics.)
+    char probe;
+    ssize_t pending = ::recv(fd_of(client_), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (pending < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && request_read) return close();
+  }
   error_code ec;
   client_.shutdown(asio::socket_base::shutdown_send, ec);
   if (ec) return close();
@@ -252,7 +335,7 @@ void Session::close_gracefully(bool request_read) {
 void Session::linger_read() {
   char sink[4096];
   for (;;) {
-    ssize_t n = ::recv(fd_of(client_), sink, sizeof sink, 0);
+    ssize_t n = client_recv(sink, sizeof sink);
     if (n > 0) {
       lingered_ += static_cast<uint32_t>(n);
       if (lingered_ > (1u << 20)) return close();
@@ -287,9 +370,26 @@ void Session::on_client_readable(const error_code& ec) {
 
 void Session::read_request_head() {
   const auto& limits = listener_.config.limits;
+  if (proxy_pending_) {
+    int r = take_proxy_header();
+    if (r < 0) return close();
+    if (r == 0) {
+      worker_.buffers.release(cbuf_);
+      cbuf_ = nullptr;
+      client_.async_wait(asio::socket_base::wait_read,
+                         in_slot(client_read_slot_, [self = Ref(this)](const error_code& ec) {
+                           self->on_client_readable(ec);
+                         }));
+      return;
+    }
+  }
+  if (ssl_ && !handshake_done_) {
+    int r = tls_handshake();
+    if (r < 0) return close();
+    if (r == 0) return;
+  }
   for (;;) {
-    if (proxy_pending_ && c_len_ > 0 && !take_proxy_header()) return close();
-    if (!proxy_pending_ && c_parsed_ < c_len_) {
+    if (c_parsed_ < c_len_) {
       char* data = cbuf_->data();
       auto r = req_.feed(data + c_parsed_, data + c_len_);
       c_parsed_ = static_cast<uint32_t>(r.stop - data);
@@ -311,7 +411,7 @@ void Session::read_request_head() {
       return respond_error(431, "request head larger than max_header_bytes", true);
     }
     if (!cbuf_) cbuf_ = worker_.buffers.acquire();
-    ssize_t n = ::recv(fd_of(client_), cbuf_->data() + c_len_, cbuf_->capacity - c_len_, 0);
+    ssize_t n = client_recv(cbuf_->data() + c_len_, cbuf_->capacity - c_len_);
     if (n > 0) {
       if (c_len_ == 0) arm(Timer::header);
       c_len_ += static_cast<uint32_t>(n);
@@ -592,7 +692,8 @@ void Session::do_send_request_head() {
 
   if (headers_cfg.forwarded_for != FF::off && last_xff < 0)
     ok &= add_extra("X-Forwarded-For: %.*s\r\n", int(client_ip_len_), client_ip_);
-  ok &= out.add(std::string_view("X-Forwarded-Proto: http\r\n"));
+  ok &= out.add(ssl_ ? std::string_view("X-Forwarded-Proto: https\r\n")
+                    : std::string_view("X-Forwarded-Proto: http\r\n"));
   http::Span host = authority_;
   if (!authority_.empty()) {
     ok &= out.add(std::string_view("Host: "));
@@ -695,7 +796,7 @@ void Session::on_client_body_readable(const error_code& ec) {
 
 void Session::read_request_body() {
   for (;;) {
-    ssize_t n = ::recv(fd_of(client_), cbuf_->data() + c_len_, cbuf_->capacity - c_len_, 0);
+    ssize_t n = client_recv(cbuf_->data() + c_len_, cbuf_->capacity - c_len_);
     if (n > 0) {
       c_len_ += static_cast<uint32_t>(n);
       bytes_in_ += static_cast<uint64_t>(n);
@@ -927,8 +1028,7 @@ void Session::on_response_head() {
 }
 
 void Session::do_write_client() {
-  int r = write_some(fd_of(client_), this, to_client_.v, to_client_.first, to_client_.count,
-                     bytes_out_);
+  int r = client_write(to_client_, bytes_out_);
   if (r > 0) return on_response_bytes_sent();
   if (r == 0) {
     client_writing_ = true;
@@ -1067,7 +1167,7 @@ void Session::pump_up() {
       return;
     }
     if (!cbuf_) cbuf_ = worker_.buffers.acquire();
-    ssize_t n = ::recv(fd_of(client_), cbuf_->data(), cbuf_->capacity, 0);
+    ssize_t n = client_recv(cbuf_->data(), cbuf_->capacity);
     if (n > 0) {
       bytes_in_ += static_cast<uint64_t>(n);
       to_backend_.clear();
@@ -1096,8 +1196,7 @@ void Session::pump_up() {
 void Session::pump_down() {
   for (int budget = 0; !closed_; ++budget) {
     if (!to_client_.empty()) {
-      int r = write_some(fd_of(client_), this, to_client_.v, to_client_.first, to_client_.count,
-                         bytes_out_);
+      int r = client_write(to_client_, bytes_out_);
       if (r < 0) return close();
       if (r == 0) {
         client_.async_wait(asio::socket_base::wait_write,

@@ -14,6 +14,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/system/error_code.hpp>
 
+#include <openssl/ssl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -69,7 +70,13 @@ class Session {
   ~Session();
 
   void set_client_address(const sockaddr* peer);
-  bool take_proxy_header();
+  // Client I/O, plain or TLS. recv: >0 bytes, 0 end of stream, -1 with errno
+  // (EAGAIN: wait for readability). write: 1 all written, 0 would block, -1 error.
+  ssize_t client_recv(char* p, size_t n);
+  int client_write(Outbox& out, uint64_t& written);
+  // TLS: finishes the handshake. 1 done, 0 waiting (reading resumes), -1 close.
+  int tls_handshake();
+  int take_proxy_header();  // 1 read, 0 wait for more, -1 close
   // Request head.
   void do_read_request();
   void on_client_readable(const boost::system::error_code& ec);
@@ -169,6 +176,9 @@ class Session {
   bool tunnel_ = false;
   bool dechunk_ = false;            // a chunked response to an HTTP/1.0 client
   bool proxy_pending_ = false;      // the PROXY header has not been read yet
+  SSL* ssl_ = nullptr;              // HTTPS listener: the client's TLS connection
+  bool handshake_done_ = false;
+  io::Buffer* tls_stage_ = nullptr; // gathers a write for SSL_write
   bool queued_ = false;             // waiting in the worker's queue (circuit breaker)
   bool acquired_ = false;           // holds a slot in the backend's active count
   bool has_hash_ = false;           // hash_ is the request's ring_hash/maglev key

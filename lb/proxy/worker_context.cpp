@@ -6,12 +6,12 @@ namespace lb::proxy {
 
 WorkerContext::WorkerContext(boost::asio::io_context& io_context, unsigned worker_id,
                              std::shared_ptr<const Runtime> rt, uint32_t buffer_size,
-                             int access_log_fd)
+                             LogWriter* log_writer)
     : io(io_context),
       id(worker_id),
       runtime(std::move(rt)),
       buffers(buffer_size, 4096),
-      access_log(access_log_fd, runtime->config->access_log.format) {
+      access_log(log_writer, runtime->config->access_log.format) {
   std::vector<size_t> backends_per_pool;
   for (const auto& p : runtime->pools) backends_per_pool.push_back(p->backends().size());
   metrics = std::make_unique<WorkerMetrics>(runtime->listeners.size(), backends_per_pool);

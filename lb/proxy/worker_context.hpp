@@ -23,7 +23,7 @@ class Session;
 
 struct WorkerContext {
   WorkerContext(boost::asio::io_context& io_context, unsigned worker_id,
-                std::shared_ptr<const Runtime> rt, uint32_t buffer_size, int access_log_fd);
+                std::shared_ptr<const Runtime> rt, uint32_t buffer_size, LogWriter* log_writer);
 
   boost::asio::io_context& io;
   unsigned id;

@@ -32,6 +32,7 @@ Server::Server(std::shared_ptr<const config::Config> config)
       own_access_log_fd_ = true;
   }
 
+  if (access_log_fd_ >= 0) log_writer_ = std::make_unique<proxy::LogWriter>(access_log_fd_);
   unsigned n = config_->workers;
   if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
   // A read buffer holds a whole request head plus room to stream the body.
@@ -40,18 +41,24 @@ Server::Server(std::shared_ptr<const config::Config> config)
     largest_head = std::max(largest_head, l.limits.max_header_bytes);
   uint32_t buffer_size = static_cast<uint32_t>(std::max<uint64_t>(largest_head, 16 * 1024) + 16 * 1024);
   for (unsigned i = 0; i < n; ++i)
-    workers_.push_back(std::make_unique<Worker>(i, runtime_, buffer_size, access_log_fd_));
+    workers_.push_back(std::make_unique<Worker>(i, runtime_, buffer_size, log_writer_.get()));
 }
 
 Server::~Server() {
   stop();
-  workers_.clear();
+  workers_.clear();      // their last batches go to the writer
+  log_writer_.reset();   // which writes them out
   if (own_access_log_fd_) ::close(access_log_fd_);
 }
 
 bool Server::bind() {
   for (size_t i = 0; i < config_->listeners.size(); ++i) {
     const auto& l = config_->listeners[i];
+    const auto& lr = *runtime_->listeners[i];
+    if (l.tls.enabled && !lr.tls) {
+      io::log("listener %s: TLS: %s", l.name.c_str(), lr.tls_error.c_str());
+      return false;
+    }
     asio::ip::tcp::endpoint endpoint(asio::ip::make_address(l.listen.host), l.listen.port);
     for (auto& w : workers_) {
       std::string error;

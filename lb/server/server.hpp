@@ -4,6 +4,7 @@
 // connections and a connection lives and dies on one thread.
 
 #include "config/config_types.hpp"
+#include "lb/proxy/access_log.hpp"
 #include "lb/proxy/metrics.hpp"
 #include "lb/proxy/runtime.hpp"
 
@@ -47,6 +48,7 @@ class Server {
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::thread> threads_;
   int access_log_fd_ = -1;
+  std::unique_ptr<proxy::LogWriter> log_writer_;  // reset after the workers in ~Server
   bool own_access_log_fd_ = false;
 };
 

@@ -23,9 +23,9 @@ constexpr std::chrono::milliseconds tick_interval{100};
 }
 
 Worker::Worker(unsigned id, std::shared_ptr<const proxy::Runtime> runtime, uint32_t buffer_size,
-               int access_log_fd)
+               proxy::LogWriter* log_writer)
     : io_(std::make_unique<asio::io_context>(1)),
-      context_(*io_, id, std::move(runtime), buffer_size, access_log_fd) {
+      context_(*io_, id, std::move(runtime), buffer_size, log_writer) {
   tick_.emplace(*io_);
   queue_timer_.emplace(*io_);
   context_.poll_queue = [this] { do_poll_queue(); };

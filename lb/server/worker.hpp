@@ -17,7 +17,7 @@ namespace lb::server {
 class Worker {
  public:
   Worker(unsigned id, std::shared_ptr<const proxy::Runtime> runtime, uint32_t buffer_size,
-         int access_log_fd);
+         proxy::LogWriter* log_writer);
   ~Worker();
 
   // Binds this worker's socket for listener `index` (SO_REUSEPORT). Before run().

@@ -288,7 +288,8 @@ TEST(Config, DuplicateKeyIsReportedAtTheSecond) {
 TEST(Config, KeysNotSupportedYetAreRefused) {
   EXPECT_EQ(only_error(std::string("dns: { servers: [127.0.0.1:53] }\n") + minimal),
             "t.yaml:1:1: dns: not supported yet");
-  EXPECT_EQ(only_error(with_listener_lines("    tls: {}")), "t.yaml:7:5: tls: not supported yet");
+  EXPECT_EQ(only_error(with_listener_lines("    tls: {}")),
+            "t.yaml:7:10: tls: needs at least one certificate (certificates: [{cert: FILE, key: FILE}])");
   EXPECT_TRUE(valid(with_listener_lines("    proxy_protocol: true"))->listeners[0].proxy_protocol);
   auto base = std::string(with_listener_lines("")) + "  api:\n";
   EXPECT_EQ(only_error(base + "    backends: [{ srv: _http._tcp.app.service.consul }]\n"),
