@@ -9,11 +9,21 @@
 #include <memory>
 #include <vector>
 
+// LB_NO_METRICS compiles the hot-path counting out: only for measuring what
+// counting costs (bench/README.md); never for a real build.
+#ifdef LB_NO_METRICS
+#define LB_METRIC_ADD(statement)
+#else
+#define LB_METRIC_ADD(statement) statement
+#endif
+
 namespace lb::proxy {
 
 class Counter {
  public:
-  void add(uint64_t n = 1) { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  void add([[maybe_unused]] uint64_t n = 1) {
+    LB_METRIC_ADD(v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed));
+  }
   uint64_t get() const { return v_.load(std::memory_order_relaxed); }
 
  private:
@@ -23,7 +33,9 @@ class Counter {
 // A gauge owned by one worker (goes up and down); the sum over workers is the value.
 class Gauge {
  public:
-  void add(int64_t n) { v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  void add([[maybe_unused]] int64_t n) {
+    LB_METRIC_ADD(v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed));
+  }
   int64_t get() const { return v_.load(std::memory_order_relaxed); }
 
  private:
@@ -34,7 +46,8 @@ class Gauge {
 class CodeCounts {
  public:
   static constexpr size_t slots = 24;
-  void add(int code) {
+  void add([[maybe_unused]] int code) {
+#ifndef LB_NO_METRICS
     for (auto& s : slots_) {
       int c = s.code.load(std::memory_order_relaxed);
       if (c == code) return s.count.add();
@@ -44,6 +57,7 @@ class CodeCounts {
       }
     }
     slots_[slots - 1].count.add();  // out of slots: counted under the last code seen
+#endif
   }
   template <class F>
   void for_each(F&& f) const {
@@ -66,11 +80,13 @@ class Histogram {
  public:
   static constexpr std::array<double, 14> bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                  0.1,    0.25,  0.5,    1,     2.5,   5,     10};
-  void observe(double seconds) {
+  void observe([[maybe_unused]] double seconds) {
+#ifndef LB_NO_METRICS
     size_t i = 0;
     while (i < bounds.size() && seconds > bounds[i]) ++i;
     buckets_[i].add();  // per bucket, not cumulative; the exporter accumulates
     sum_micros_.add(static_cast<uint64_t>(seconds * 1e6));
+#endif
   }
   uint64_t bucket(size_t i) const { return buckets_[i].get(); }  // i <= bounds.size() (+Inf)
   double sum_seconds() const { return static_cast<double>(sum_micros_.get()) / 1e6; }
