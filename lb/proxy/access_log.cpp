@@ -145,6 +145,18 @@ void AccessLog::write(const AccessRecord& r) {
     append_json_string(r.client);
     append(",\"listener\":");
     append_json_string(r.listener);
+    if (r.route >= 0) {
+      int n = std::snprintf(num, sizeof num, ",\"route\":%d", r.route);
+      append({num, static_cast<size_t>(n)});
+    } else {
+      append(",\"route\":null");
+    }
+    if (r.route >= 0) {
+      int n = std::snprintf(num, sizeof num, ",\"route\":%d", r.route);
+      append({num, static_cast<size_t>(n)});
+    } else {
+      append(",\"route\":null");
+    }
     append(",\"pool\":");
     append_json_string(r.pool);
     append(",\"backend\":");

@@ -23,6 +23,7 @@ struct AccessRecord {
   std::string_view client;
   std::string_view listener;
   std::string_view pool;
+  int route = -1;  // index of the listener's route that matched; -1: none
   std::string_view backend;
   std::string_view method;
   std::string_view target;

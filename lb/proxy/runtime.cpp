@@ -63,7 +63,8 @@ Router::Router(const std::vector<config::Route>& routes,
   }
 }
 
-int Router::match(const http::Head& head, std::string_view authority) const {
+int Router::match(const http::Head& head, std::string_view authority, int* route) const {
+  if (route) *route = -1;
   const http::Header* host_header = head.find(http::Field::host);
   std::string_view host = !authority.empty() ? host_without_port(authority)
                           : host_header      ? host_without_port(host_header->value.view())
@@ -92,7 +93,10 @@ int Router::match(const http::Head& head, std::string_view authority) const {
         break;
       }
     }
-    if (headers_match) return r.pool;
+    if (headers_match) {
+      if (route) *route = static_cast<int>(&r - routes_.data());
+      return r.pool;
+    }
   }
   return -1;
 }

@@ -21,7 +21,8 @@ class Router {
          const std::vector<std::unique_ptr<upstream::Pool>>& pools);
   // Index of the pool for this request head, or -1 when no route matches.
   // `authority` (from an absolute-form target), when not empty, stands for Host.
-  int match(const http::Head& head, std::string_view authority = {}) const;
+  // `route`, when given, receives the index of the matching route (or -1).
+  int match(const http::Head& head, std::string_view authority = {}, int* route = nullptr) const;
 
  private:
   struct CompiledRoute {

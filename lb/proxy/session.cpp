@@ -503,7 +503,7 @@ void Session::on_request_head() {
       if (head.headers[i].field == http::Field::upgrade) head.headers[i].hop_by_hop = false;
   }
 
-  int pool = listener_.router.match(head, authority_.view());
+  int pool = listener_.router.match(head, authority_.view(), &route_);
   bool has_body = head.chunked || head.content_length > 0;
 
   // Body bytes that arrived with the head, up to the end of this message.
@@ -1345,6 +1345,7 @@ void Session::finish_request_log() {
     rec.request_id = request_id();
     rec.client = {client_ip_, client_ip_len_};
     rec.listener = listener_.config.name;
+    rec.route = route_;
     if (pool_) rec.pool = pool_->name();
     if (pool_ && backend_ >= 0) rec.backend = pool_->backends()[static_cast<size_t>(backend_)].label;
     if (h.start) {
@@ -1373,6 +1374,7 @@ void Session::finish_request_state() {
   backend_ = -1;
   tried_ = 0;
   attempts_ = replays_ = refusals_ = 0;
+  route_ = -1;
   has_hash_ = false;
   sticky_backend_ = -1;
   req_done_ = req_sent_ = body_discarded_ = false;

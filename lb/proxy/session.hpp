@@ -148,6 +148,7 @@ class Session {
 
   // The exchange with a backend.
   upstream::Pool* pool_ = nullptr;
+  int route_ = -1;              // the listener's route that matched (access log)
   int backend_ = -1;
   upstream::Connection* conn_ = nullptr;
   bool conn_reused_ = false;

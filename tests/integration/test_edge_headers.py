@@ -229,9 +229,11 @@ class EdgeHeaders(harness.TestCase):
             "access log lines not written: %r" % read_text(self.access_log)[-2000:])
         entries = {e["request_id"]: e for e in lines()}  # every line parses as JSON
         e = entries[rid]
-        for key in ("request_id", "client", "pool", "backend", "status", "bytes_out",
+        for key in ("request_id", "client", "route", "pool", "backend", "status", "bytes_out",
                     "upstream_ms", "total_ms", "method", "target"):
             self.assertIn(key, e, "access log line lacks %s: %r" % (key, e))
+        self.assertIsInstance(e["route"], int, e)
+        self.assertIsNone(entries[rid + "-404"]["route"], "a 404 matched no route")
         self.assertTrue(e["client"].startswith("127.0.0.1"), e)
         self.assertEqual((e["pool"], e["status"], e["method"], e["target"]),
                          ("web", 200, "GET", "/bytes/123?x=1"), e)
