@@ -128,6 +128,19 @@ static int write_some(int fd, Session* /*unused*/, iovec* v, unsigned& first, un
   return 1;
 }
 
+// Waits until `socket` is ready for `what`, then runs `Step`, unless the session
+// closed meanwhile; a failed wait closes it. The handler lives in `slot`.
+template <void (Session::*Step)()>
+void Session::wait_then(asio::ip::tcp::socket& socket, asio::socket_base::wait_type what,
+                        io::HandlerSlot& slot) {
+  socket.async_wait(what, in_slot(slot, [self = Ref(this)](const error_code& ec) {
+                      Session* s = self.operator->();
+                      if (s->closed_) return;
+                      if (ec) return s->close();
+                      (s->*Step)();
+                    }));
+}
+
 // ---- Start and end ----------------------------------------------------------
 
 void Session::start(WorkerContext& worker, const ListenerRuntime& listener,
@@ -208,11 +221,9 @@ int Session::tls_handshake() {
   }
   int e = SSL_get_error(ssl_, r);
   if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) return -1;
-  client_.async_wait(e == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read
-                                              : asio::socket_base::wait_write,
-                     in_slot(client_read_slot_, [self = Ref(this)](const error_code& ec) {
-                       self->on_client_readable(ec);
-                     }));
+  wait_then<&Session::read_request_head>(
+      client_, e == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
+      client_read_slot_);
   return 0;
 }
 
@@ -343,12 +354,7 @@ void Session::linger_read() {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      client_.async_wait(asio::socket_base::wait_read,
-                         in_slot(client_read_slot_, [self = Ref(this)](const error_code& e) {
-                           if (self->closed_) return;
-                           if (e) return self->close();
-                           self->linger_read();
-                         }));
+      wait_then<&Session::linger_read>(client_, asio::socket_base::wait_read, client_read_slot_);
       return;
     }
     return close();
@@ -362,12 +368,6 @@ void Session::do_read_request() {
   read_request_head();
 }
 
-void Session::on_client_readable(const error_code& ec) {
-  if (closed_) return;
-  if (ec) return close();
-  read_request_head();
-}
-
 void Session::read_request_head() {
   const auto& limits = listener_.config.limits;
   if (proxy_pending_) {
@@ -376,10 +376,8 @@ void Session::read_request_head() {
     if (r == 0) {
       worker_.buffers.release(cbuf_);
       cbuf_ = nullptr;
-      client_.async_wait(asio::socket_base::wait_read,
-                         in_slot(client_read_slot_, [self = Ref(this)](const error_code& ec) {
-                           self->on_client_readable(ec);
-                         }));
+      wait_then<&Session::read_request_head>(client_, asio::socket_base::wait_read,
+                                             client_read_slot_);
       return;
     }
   }
@@ -425,10 +423,8 @@ void Session::read_request_head() {
       worker_.buffers.release(cbuf_);
       cbuf_ = nullptr;
     }
-    client_.async_wait(asio::socket_base::wait_read,
-                       in_slot(client_read_slot_, [self = Ref(this)](const error_code& ec) {
-                         self->on_client_readable(ec);
-                       }));
+    wait_then<&Session::read_request_head>(client_, asio::socket_base::wait_read,
+                                           client_read_slot_);
     return;
   }
 }
@@ -788,12 +784,6 @@ void Session::do_read_request_body() {
   read_request_body();
 }
 
-void Session::on_client_body_readable(const error_code& ec) {
-  if (closed_) return;
-  if (ec) return close();
-  read_request_body();
-}
-
 void Session::read_request_body() {
   for (;;) {
     ssize_t n = client_recv(cbuf_->data() + c_len_, cbuf_->capacity - c_len_);
@@ -805,10 +795,8 @@ void Session::read_request_body() {
     if (n == 0) return close();  // the client left before its request was complete
     if (errno == EINTR) continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK) return close();
-    client_.async_wait(asio::socket_base::wait_read,
-                       in_slot(client_read_slot_, [self = Ref(this)](const error_code& ec) {
-                         self->on_client_body_readable(ec);
-                       }));
+    wait_then<&Session::read_request_body>(client_, asio::socket_base::wait_read,
+                                           client_read_slot_);
     return;
   }
   arm(Timer::exchange);
@@ -1152,12 +1140,8 @@ void Session::pump_up() {
                          to_backend_.count, written);
       if (r < 0) return close();
       if (r == 0) {
-        conn_->socket.async_wait(asio::socket_base::wait_write,
-                                 in_slot(backend_write_slot_, [self = Ref(this)](const error_code& ec) {
-                                   if (self->closed_) return;
-                                   if (ec) return self->close();
-                                   self->pump_up();
-                                 }));
+        wait_then<&Session::pump_up>(conn_->socket, asio::socket_base::wait_write,
+                                     backend_write_slot_);
         return;
       }
       arm(Timer::tunnel);
@@ -1176,12 +1160,7 @@ void Session::pump_up() {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      client_.async_wait(asio::socket_base::wait_read,
-                         in_slot(client_read_slot_, [self = Ref(this)](const error_code& ec) {
-                           if (self->closed_) return;
-                           if (ec) return self->close();
-                           self->pump_up();
-                         }));
+      wait_then<&Session::pump_up>(client_, asio::socket_base::wait_read, client_read_slot_);
       return;
     }
     if (n < 0) return close();
@@ -1199,12 +1178,7 @@ void Session::pump_down() {
       int r = client_write(to_client_, bytes_out_);
       if (r < 0) return close();
       if (r == 0) {
-        client_.async_wait(asio::socket_base::wait_write,
-                           in_slot(client_write_slot_, [self = Ref(this)](const error_code& ec) {
-                             if (self->closed_) return;
-                             if (ec) return self->close();
-                             self->pump_down();
-                           }));
+        wait_then<&Session::pump_down>(client_, asio::socket_base::wait_write, client_write_slot_);
         return;
       }
       arm(Timer::tunnel);
@@ -1221,12 +1195,8 @@ void Session::pump_down() {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      conn_->socket.async_wait(asio::socket_base::wait_read,
-                               in_slot(backend_read_slot_, [self = Ref(this)](const error_code& ec) {
-                                 if (self->closed_) return;
-                                 if (ec) return self->close();
-                                 self->pump_down();
-                               }));
+      wait_then<&Session::pump_down>(conn_->socket, asio::socket_base::wait_read,
+                                     backend_read_slot_);
       return;
     }
     if (n < 0) return close();

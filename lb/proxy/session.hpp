@@ -77,9 +77,11 @@ class Session {
   // TLS: finishes the handshake. 1 done, 0 waiting (reading resumes), -1 close.
   int tls_handshake();
   int take_proxy_header();  // 1 read, 0 wait for more, -1 close
+  template <void (Session::*Step)()>
+  void wait_then(boost::asio::ip::tcp::socket& socket, boost::asio::socket_base::wait_type what,
+                 io::HandlerSlot& slot);
   // Request head.
   void do_read_request();
-  void on_client_readable(const boost::system::error_code& ec);
   void read_request_head();
   void on_request_head();
   // Choosing a backend and connecting.
@@ -92,7 +94,6 @@ class Session {
   void on_backend_writable(const boost::system::error_code& ec, uint32_t attempt);
   void on_request_bytes_sent();
   void do_read_request_body();
-  void on_client_body_readable(const boost::system::error_code& ec);
   void read_request_body();
   // Receiving the response.
   void do_read_response();
