@@ -31,6 +31,15 @@ std::string Address::text() const {
   return ipv6 ? "[" + host + "]:" + port_text : host + ":" + port_text;
 }
 
+std::string Backend::discovery_key() const {
+  switch (kind) {
+    case Kind::address: return address.text();
+    case Kind::dns: return "dns:" + name + ":" + std::to_string(address.port);
+    case Kind::srv: return "srv:" + name;
+  }
+  return {};
+}
+
 const Pool* Config::find_pool(const std::string& name) const {
   for (const auto& pool : pools)
     if (pool.name == name)
@@ -277,6 +286,8 @@ private:
   void top(const YAML::Node& root, Config& config);
   void admin(const Item& item, Admin& admin);
   void access_log(const Item& item, AccessLog& log);
+  void dns(const Item& item, Dns& dns);
+  std::optional<std::string> dns_name(const Item& item, std::string_view text);
   void listener(const Item& item, Listener& listener);
   void tls(const Item& item, ListenerTls& tls);
   std::string resolve(const std::string& path) const;
@@ -601,8 +612,7 @@ void Loader::top(const YAML::Node& root, Config& config) {
   }
   auto items = fields({"config", root, root},
                       {"workers", "shutdown_timeout", "sticky_secret", "admin", "access_log",
-                       "listeners", "pools"},
-                      {"dns"});
+                       "listeners", "pools", "dns"});
   if (!items)
     return;
   const Item* listeners = nullptr;
@@ -633,6 +643,8 @@ void Loader::top(const YAML::Node& root, Config& config) {
       admin(item, config.admin);
     } else if (item.name == "access_log") {
       access_log(item, config.access_log);
+    } else if (item.name == "dns") {
+      dns(item, config.dns);
     } else if (item.name == "listeners") {
       listeners = &item;
     } else if (item.name == "pools") {
@@ -685,6 +697,58 @@ void Loader::admin(const Item& item, Admin& admin) {
         admin_listen_ = f;
     }
   }
+}
+
+void Loader::dns(const Item& item, Dns& dns) {
+  auto items = fields(item, {"servers", "min_ttl", "max_ttl"});
+  if (!items)
+    return;
+  const Item* min_item = nullptr;
+  for (const auto& f : *items) {
+    if (f.name == "servers") {
+      auto list = list_items(f, "server");
+      if (!list)
+        continue;
+      for (const auto& server : *list) {
+        // A bare address means the DNS port, 53.
+        std::string text = server.value.IsScalar() ? server.value.Scalar() : std::string();
+        std::optional<Address> bare;
+        if (!text.empty() && !parse_address(text))
+          bare = parse_address(text.find(':') != std::string::npos ? "[" + text + "]:53" : text + ":53");
+        if (bare)
+          dns.servers.push_back(*bare);
+        else if (auto a = address(server, false))
+          dns.servers.push_back(*a);
+      }
+    } else if (auto d = duration(f, true)) {
+      if (f.name == "min_ttl") {
+        dns.min_ttl = *d;
+        min_item = &f;
+      } else {
+        dns.max_ttl = *d;
+      }
+    }
+  }
+  if (min_item && dns.min_ttl > dns.max_ttl)
+    error(*min_item, "min_ttl: " + format_duration(dns.min_ttl) + " is more than max_ttl " +
+                         format_duration(dns.max_ttl));
+}
+
+// A DNS name as a dns: or srv: backend names it.
+std::optional<std::string> Loader::dns_name(const Item& item, std::string_view text) {
+  bool ok = !text.empty() && text.size() <= 253 && text.front() != '.' && text.front() != '-';
+  for (char c : text)
+    ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_');
+  if (ok && text.find("..") != std::string_view::npos)
+    ok = false;
+  if (!ok) {
+    error(item, item.name + ": '" + std::string(text) + "' is not a valid DNS name");
+    return std::nullopt;
+  }
+  std::string name(text);
+  if (name.ends_with('.'))
+    name.pop_back();
+  return name;
 }
 
 void Loader::access_log(const Item& item, AccessLog& log) {
@@ -1310,31 +1374,84 @@ void Loader::backend(const Item& item, Region& region, const Pool& pool,
                      std::set<std::string>& addresses) {
   Backend backend;
   std::optional<Item> address_item;
+  const Item* kind_item = nullptr;
   if (item.value.IsScalar()) { // shorthand: "10.0.0.1:8080"
     address_item = item;
   } else {
     if (!item.value.IsMap()) {
-      error(item, "backend: expected an address like 10.0.0.1:8080 or a map with 'address', got " +
-                      describe(item.value));
+      error(item, "backend: expected an address like 10.0.0.1:8080 or a map with 'address', "
+                  "'dns' or 'srv', got " + describe(item.value));
       return;
     }
-    auto items = fields(item, {"address", "weight"}, {"dns", "srv"});
+    auto items = fields(item, {"address", "dns", "srv", "weight"});
     if (!items)
       return;
-    bool has_address = false;
+    const Item* weight_item = nullptr;
+    int kinds = 0;
     for (const auto& f : *items) {
-      if (f.name == "address") {
-        has_address = true;
-        address_item = f;
+      if (f.name == "address" || f.name == "dns" || f.name == "srv") {
+        if (++kinds > 1) {
+          error(f.key, f.name + ": a backend is one of 'address', 'dns' or 'srv'");
+          continue;
+        }
+        kind_item = &f;
       } else if (f.name == "weight") {
+        weight_item = &f;
         if (auto n = integer(f, 1, 1000))
           backend.weight = uint32_t(*n);
       }
     }
-    // A dns: or srv: backend has been reported already.
-    bool other_kind = item.value["dns"].IsDefined() || item.value["srv"].IsDefined();
-    if (!has_address && !other_kind)
-      error(item.key, "missing required key 'address'");
+    if (kinds == 0) {
+      error(item.key, "missing required key 'address' (or 'dns' or 'srv')");
+      return;
+    }
+    if (kinds > 1 || !kind_item)
+      return;
+    if (kind_item->name == "address") {
+      address_item = *kind_item;
+    } else if (kind_item->name == "dns") {
+      backend.kind = Backend::Kind::dns;
+      auto text = scalar(*kind_item, "a host name and port like app.internal:8080");
+      if (!text)
+        return;
+      size_t colon = text->rfind(':');
+      uint64_t port = 0;
+      std::string_view port_text =
+          colon == std::string::npos ? std::string_view() : std::string_view(*text).substr(colon + 1);
+      bool port_ok = !port_text.empty() && port_text.size() <= 5 &&
+                     port_text.find_first_not_of("0123456789") == std::string_view::npos;
+      if (port_ok)
+        port = std::stoull(std::string(port_text));
+      if (!port_ok || port == 0 || port > 65535) {
+        error(*kind_item, "dns: expected a host name and port like app.internal:8080, got '" +
+                              *text + "'");
+        return;
+      }
+      auto name = dns_name(*kind_item, std::string_view(*text).substr(0, colon));
+      if (!name)
+        return;
+      backend.name = *name;
+      backend.address.host = *name;
+      backend.address.port = static_cast<uint16_t>(port);
+    } else {
+      backend.kind = Backend::Kind::srv;
+      if (weight_item)
+        error(weight_item->key, "weight: an srv backend takes its weights from the SRV records");
+      auto text = scalar(*kind_item, "an SRV name like _http._tcp.app.internal");
+      if (!text)
+        return;
+      auto name = dns_name(*kind_item, *text);
+      if (!name)
+        return;
+      backend.name = *name;
+    }
+    if (backend.kind != Backend::Kind::address) {
+      if (!addresses.insert(backend.discovery_key()).second)
+        error(*kind_item, "duplicate backend " + backend.discovery_key() + " in pool '" +
+                              pool.name + "'");
+      region.backends.push_back(backend);
+      return;
+    }
   }
   if (!address_item)
     return;

@@ -79,8 +79,15 @@ struct Listener {
 };
 
 struct Backend {
+  // address: one backend. dns: every A/AAAA address of `name`, on `address.port`.
+  // srv: the targets of the SRV name `name`, with their ports and weights.
+  enum class Kind { address, dns, srv };
+  Kind kind = Kind::address;
   Address address;
+  std::string name;
   uint32_t weight = 1;
+  // What discovery results are keyed by: "dns:NAME:PORT" or "srv:NAME".
+  std::string discovery_key() const;
 };
 
 struct Region {
@@ -106,6 +113,7 @@ struct HealthCheck {
   uint32_t healthy_threshold = 2;
   uint32_t unhealthy_threshold = 3;
   std::vector<std::pair<int, int>> expect_status{{200, 399}};
+  bool operator==(const HealthCheck&) const = default;
 };
 
 struct OutlierDetection {
@@ -140,6 +148,12 @@ struct Pool {
   std::vector<Region> regions;
 };
 
+struct Dns {
+  std::vector<Address> servers;  // empty: the system resolver (/etc/resolv.conf)
+  Duration min_ttl{std::chrono::seconds(1)};
+  Duration max_ttl{std::chrono::seconds(300)};
+};
+
 struct Admin {
   Address listen{"127.0.0.1", 9901, false};
 };
@@ -151,6 +165,7 @@ struct Config {
   std::string sticky_secret;    // keys the sticky cookie's backend hash; empty = unkeyed
   Admin admin;
   AccessLog access_log;
+  Dns dns;
   std::vector<Listener> listeners;
   std::vector<Pool> pools;      // in file order
 

@@ -65,7 +65,9 @@ std::string in_a_row(uint32_t n, const char* one, const char* many) {
 } // namespace
 
 struct Checker::State {
-  State(boost::asio::io_context& io, const Target& t) : target(t), socket(io), timer(io) {
+  State(boost::asio::io_context& io, const Target& t)
+      : target(t), socket(io), timer(io), ever_passed(t.start_healthy), healthy(t.start_healthy) {
+    stats.healthy = t.start_healthy;
     if (target.check.type == config::HealthCheck::Type::http) {
       what = "GET " + target.check.path;
       request = what + " HTTP/1.1\r\nHost: " +
@@ -76,7 +78,7 @@ struct Checker::State {
     }
   }
 
-  const Target& target;
+  Target target;
   std::string what;    // names the step after connecting in results: "GET /healthz"
   std::string request; // HTTP only: built once
   tcp::socket socket;
@@ -96,15 +98,61 @@ struct Checker::State {
 };
 
 Checker::Checker(std::vector<Target> targets, Report report)
-    : targets_(std::move(targets)), report_(std::move(report)), work_(io_.get_executor()),
-      random_(std::random_device{}()) {
-  states_.reserve(targets_.size());
-  index_.reserve(targets_.size());
-  for (size_t i = 0; i < targets_.size(); ++i) {
-    states_.push_back(std::make_unique<State>(io_, targets_[i]));
-    index_.push_back({{targets_[i].pool, targets_[i].backend}, i});
-  }
+    : report_(std::move(report)), work_(io_.get_executor()), random_(std::random_device{}()) {
+  states_.reserve(targets.size());
+  for (const auto& t : targets)
+    states_.push_back(std::make_unique<State>(io_, t));
+  rebuild_index();
+}
+
+void Checker::rebuild_index() {
+  index_.clear();
+  for (size_t i = 0; i < states_.size(); ++i)
+    index_.push_back({{states_[i]->target.pool, states_[i]->target.backend}, i});
   std::sort(index_.begin(), index_.end());
+}
+
+void Checker::update(std::vector<Target> targets) {
+  boost::asio::post(io_, [this, targets = std::move(targets)]() mutable { apply(std::move(targets)); });
+}
+
+void Checker::apply(std::vector<Target> targets) {
+  const auto now = Clock::now();
+  std::lock_guard lock(stats_mutex_);
+  std::vector<std::unique_ptr<State>> next;
+  next.reserve(targets.size());
+  for (auto& t : targets) {
+    auto same = std::find_if(states_.begin(), states_.end(), [&](const auto& s) {
+      return s && s->target.pool == t.pool && s->target.backend == t.backend &&
+             s->target.endpoint == t.endpoint && s->target.check == t.check &&
+             s->target.label == t.label;
+    });
+    if (same != states_.end()) {
+      next.push_back(std::move(*same));
+      continue;
+    }
+    next.push_back(std::make_unique<State>(io_, t));
+    schedule_first(*next.back(), now);
+  }
+  for (auto& s : states_) {
+    if (!s)
+      continue;
+    ++s->generation; // whatever is in flight ends stale
+    error_code ignored;
+    s->socket.close(ignored);
+    s->timer.cancel();
+    retired_.emplace_back(now, std::move(s));
+  }
+  std::erase_if(retired_, [now](const auto& r) { return now - r.first > std::chrono::seconds(10); });
+  states_ = std::move(next);
+  rebuild_index();
+}
+
+void Checker::schedule_first(State& s, Clock::time_point now) {
+  // Spread over interval/10, so that a thousand targets do not all connect at once.
+  auto spread = std::chrono::duration<double>(s.target.check.interval) / 10 *
+                std::uniform_real_distribution<double>(0, 1)(random_);
+  schedule(s, now + std::chrono::duration_cast<Clock::duration>(spread));
 }
 
 Checker::~Checker() { stop(); }
@@ -116,11 +164,8 @@ void Checker::start() {
   started_ = true;
   // The thread does not run yet: touching the timers here is safe.
   const auto now = Clock::now();
-  for (auto& s : states_) {
-    auto spread = std::chrono::duration<double>(s->target.check.interval) / 10 *
-                  std::uniform_real_distribution<double>(0, 1)(random_);
-    schedule(*s, now + std::chrono::duration_cast<Clock::duration>(spread));
-  }
+  for (auto& s : states_)
+    schedule_first(*s, now);
   thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "lb-health");
     io_.run();
@@ -142,6 +187,7 @@ void Checker::stop() {
 }
 
 void Checker::hasten(size_t pool, size_t backend) {
+  std::lock_guard lock(stats_mutex_); // uncontended but for scrapes and updates
   auto it = std::lower_bound(index_.begin(), index_.end(),
                              std::pair{std::pair{pool, backend}, size_t(0)});
   if (it == index_.end() || it->first != std::pair{pool, backend})
@@ -158,8 +204,11 @@ std::vector<TargetStats> Checker::stats() const {
   std::lock_guard lock(stats_mutex_);
   std::vector<TargetStats> all;
   all.reserve(states_.size());
-  for (const auto& s : states_)
+  for (const auto& s : states_) {
     all.push_back(s->stats);
+    all.back().pool = s->target.pool;
+    all.back().backend = s->target.backend;
+  }
   return all;
 }
 

@@ -2,7 +2,8 @@
 // Active health checks. One thread runs one io_context; every target has its own timer and
 // at most one check in flight (HTTP: connect, GET the path, read the status line; TCP:
 // connect). Rise/fall counters turn results into healthy/unhealthy transitions, which are
-// reported through a callback: the proxy maps (pool, backend) to its own state.
+// reported through a callback: the proxy maps (pool, backend) to its own state. The
+// targets can be replaced while it runs (update): those that stay keep their state.
 //
 // Depends on config only, never on the proxy's modules.
 
@@ -33,6 +34,9 @@ struct Target {
   boost::asio::ip::tcp::endpoint endpoint;
   std::string label; // "host:port": the Host header when check.host is empty
   config::HealthCheck check;
+  // Known healthy already (a reload changed its check): it stays healthy until
+  // unhealthy_threshold failures, rather than starting over as unhealthy.
+  bool start_healthy = false;
 };
 
 struct Transition {
@@ -47,6 +51,8 @@ struct Transition {
 
 // What status pages and metrics show for one target.
 struct TargetStats {
+  size_t pool = 0;  // as in its Target
+  size_t backend = 0;
   uint64_t passes = 0;
   uint64_t failures = 0;
   bool healthy = false;
@@ -59,7 +65,7 @@ public:
   // Checker; it may call stats() and hasten().
   using Report = std::function<void(const Transition&)>;
 
-  // Every target starts unhealthy. Its first passing check makes it healthy; after that it
+  // Every target starts unhealthy (unless start_healthy). Its first passing check makes it healthy; after that it
   // becomes unhealthy after unhealthy_threshold failures in a row, and healthy again after
   // healthy_threshold passes in a row. `targets` are checked whatever check.enabled says.
   Checker(std::vector<Target> targets, Report report);
@@ -81,8 +87,14 @@ public:
   // into a burst of checks. Unknown (pool, backend) pairs are ignored.
   void hasten(size_t pool, size_t backend);
 
-  const std::vector<Target>& targets() const { return targets_; }
-  // A consistent snapshot per target, in the order of targets(). Any thread.
+  // Replaces the targets (any thread; applied on the checker thread soon after).
+  // A target with the same (pool, backend), endpoint and check as one checked
+  // now keeps its state, counters and schedule: no reset, no extra check. New
+  // ones start unhealthy and are first checked within interval/10; the others
+  // stop being checked.
+  void update(std::vector<Target> targets);
+
+  // A consistent snapshot per target, in target order. Any thread.
   std::vector<TargetStats> stats() const;
   // CPU time the checker thread has used (the final figure once stopped). Any thread.
   std::chrono::nanoseconds cpu_time() const;
@@ -101,15 +113,21 @@ private:
   void on_hasten(State& s);
   void finish(State& s, bool passed, std::string result);
   Clock::duration jittered(Clock::duration interval);
+  void apply(std::vector<Target> targets);
+  void schedule_first(State& s, Clock::time_point now);
+  void rebuild_index();
 
-  std::vector<Target> targets_;
   Report report_;
   std::vector<std::pair<std::pair<size_t, size_t>, size_t>> index_; // sorted (pool, backend) -> i
   boost::asio::io_context io_{1};
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
-  std::vector<std::unique_ptr<State>> states_; // after io_: destroyed before it
+  // After io_: destroyed before it. Changed by update() under stats_mutex_.
+  std::vector<std::unique_ptr<State>> states_;
+  // Removed by update(): their aborted handlers may still be queued, so they
+  // are freed a while later.
+  std::vector<std::pair<Clock::time_point, std::unique_ptr<State>>> retired_;
   std::minstd_rand random_;                    // checker thread only (and start())
-  mutable std::mutex stats_mutex_;             // guards every State::stats
+  mutable std::mutex stats_mutex_;             // guards every State::stats, states_ and index_
   mutable std::mutex thread_mutex_;            // guards thread_, started_, stopped_
   std::thread thread_;
   std::thread::native_handle_type native_{}; // thread_'s, for its CPU clock

@@ -15,16 +15,48 @@
 #include <sys/resource.h>
 
 #include <csignal>
+#include <mutex>
 #include <cstdio>
 #include <cstring>
 #include <string>
 
 namespace {
 
+namespace asio = boost::asio;
+using lb::proxy::Runtime;
+
+// Active health check targets of a snapshot, named by stable ids so that the
+// checker keeps the state of backends a reload or DNS change keeps.
+std::vector<lb::healthcheck::Target> health_targets(const Runtime& runtime) {
+  std::vector<lb::healthcheck::Target> targets;
+  for (const auto& pool : runtime.pools) {
+    if (!pool->config().health_check.enabled) continue;
+    for (size_t b = 0; b < pool->backends().size(); ++b) {
+      const auto& backend = pool->backends()[b];
+      lb::healthcheck::Target t{pool->id(), backend.id, backend.endpoint, backend.label,
+                                pool->config().health_check};
+      t.start_healthy = pool->state(b).healthy.load();
+      targets.push_back(std::move(t));
+    }
+  }
+  return targets;
+}
+
+// What a reload cannot change without a restart.
+void warn_unchanged(const lb::config::Config& before, const lb::config::Config& after) {
+  if (before.workers != after.workers)
+    lb::io::log("reload: 'workers' changed: takes effect at the next restart");
+  if (before.admin.listen.text() != after.admin.listen.text())
+    lb::io::log("reload: 'admin.listen' changed: takes effect at the next restart");
+  if (before.access_log.path != after.access_log.path ||
+      before.access_log.format != after.access_log.format)
+    lb::io::log("reload: 'access_log' changed: takes effect at the next restart");
+}
+
 // Serves until SIGTERM/SIGINT, then drains: stop accepting, let in-flight
-// requests finish (up to shutdown_timeout), exit 0.
+// requests finish (up to shutdown_timeout), exit 0. SIGHUP and POST /reload
+// load the config file again and switch to it without dropping anything.
 int serve(std::shared_ptr<const lb::config::Config> config) {
-  namespace asio = boost::asio;
   std::signal(SIGPIPE, SIG_IGN);
   // Every connection is a descriptor (two when proxied): use all the system allows.
   struct rlimit files;
@@ -33,7 +65,16 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
     setrlimit(RLIMIT_NOFILE, &files);
   }
   asio::io_context main_io;
-  lb::server::Server server(config);
+  const std::shared_ptr<const lb::config::Config> first_config = config;
+
+  // Whatever builds and publishes a snapshot (a reload, a DNS change) and
+  // whatever changes backend state from outside the data path (health check
+  // transitions) holds this, so no change lands in a snapshot being replaced.
+  std::mutex control;
+  lb::upstream::Registry registry;
+  lb::upstream::Discovered discovered;
+
+  lb::server::Server server(std::make_shared<Runtime>(config, registry, discovered));
   if (!server.bind()) return 1;
   lb::admin::AdminServer admin(main_io, config->admin, server);
   std::string error;
@@ -45,38 +86,67 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
   admin.start();
 
   // Active health checks: their own thread; transitions update the pools.
-  std::vector<lb::healthcheck::Target> targets;
-  for (const auto& pool : server.runtime()->pools) {
-    if (!pool->config().health_check.enabled) continue;
-    for (size_t b = 0; b < pool->backends().size(); ++b) {
-      const auto& backend = pool->backends()[b];
-      targets.push_back({pool->index(), b, backend.endpoint, backend.label,
-                         pool->config().health_check});
-    }
-  }
-  std::unique_ptr<lb::healthcheck::Checker> checker;
-  if (!targets.empty()) {
-    checker = std::make_unique<lb::healthcheck::Checker>(
-        std::move(targets), [runtime = server.runtime()](const lb::healthcheck::Transition& t) {
-          auto& pool = *runtime->pools[t.pool];
-          lb::io::log("pool %s: backend %s is now %s: %s", pool.name().c_str(),
-                      pool.backends()[t.backend].label.c_str(),
+  lb::healthcheck::Checker checker(
+      health_targets(*server.runtime()), [&](const lb::healthcheck::Transition& t) {
+        std::lock_guard lock(control);
+        for (const auto& pool : server.runtime()->pools) {
+          if (pool->id() != t.pool) continue;
+          int b = pool->find_id(static_cast<uint32_t>(t.backend));
+          if (b < 0) continue;
+          lb::io::log("pool %s: backend %s is now %s: %s", pool->name().c_str(),
+                      pool->backends()[static_cast<size_t>(b)].label.c_str(),
                       t.healthy ? "healthy" : "unhealthy", t.reason.c_str());
-          pool.set_healthy(t.backend, t.healthy);
-        });
-    checker->start();
-    admin.set_health_check_counts([&checker, runtime = server.runtime()] {
-      std::vector<lb::admin::HealthCheckCount> counts;
-      auto stats = checker->stats();
-      const auto& targets = checker->targets();
-      for (size_t i = 0; i < stats.size() && i < targets.size(); ++i) {
-        const auto& pool = *runtime->pools[targets[i].pool];
-        counts.push_back({pool.name(), pool.backends()[targets[i].backend].label, stats[i].passes,
-                          stats[i].failures});
+          pool->set_healthy(static_cast<size_t>(b), t.healthy);
+        }
+      });
+  checker.start();
+  admin.set_health_check_counts([&checker, &server] {
+    std::vector<lb::admin::HealthCheckCount> counts;
+    auto runtime = server.runtime();
+    for (const auto& st : checker.stats())
+      for (const auto& pool : runtime->pools) {
+        if (pool->id() != st.pool) continue;
+        int b = pool->find_id(static_cast<uint32_t>(st.backend));
+        if (b >= 0)
+          counts.push_back({pool->name(), pool->backends()[static_cast<size_t>(b)].label,
+                            st.passes, st.failures});
       }
-      return counts;
-    });
-  }
+    return counts;
+  });
+
+  // Reload: the file is validated as `lb check` does; an invalid one changes nothing.
+  auto reload = [&](const char* why) -> lb::admin::ReloadResult {
+    auto loaded = lb::config::load_file(config->file);
+    if (!loaded.config) {
+      std::string message;
+      for (const auto& e : loaded.errors) message += (message.empty() ? "" : "\n") + e;
+      lb::io::log("%s: reload refused, still serving the previous config: %zu error%s in %s",
+                  why, loaded.errors.size(), loaded.errors.size() == 1 ? "" : "s",
+                  config->file.c_str());
+      for (const auto& e : loaded.errors) lb::io::log("  %s", e.c_str());
+      admin.count_reload(false);
+      return {false, message};
+    }
+    warn_unchanged(*first_config, *loaded.config);
+    std::lock_guard lock(control);
+    auto next = std::make_shared<Runtime>(loaded.config, registry, discovered);
+    std::string publish_error;
+    if (!server.publish(next, publish_error)) {
+      lb::io::log("%s: reload refused, still serving the previous config: %s", why,
+                  publish_error.c_str());
+      admin.count_reload(false);
+      return {false, publish_error};
+    }
+    config = loaded.config;
+    checker.update(health_targets(*next));
+    size_t backends = 0;
+    for (const auto& p : next->pools) backends += p->backends().size();
+    lb::io::log("%s: configuration reloaded from %s (%zu listeners, %zu pools, %zu backends)", why,
+                config->file.c_str(), next->listeners.size(), next->pools.size(), backends);
+    admin.count_reload(true);
+    return {true, "ok: configuration reloaded"};
+  };
+  admin.set_reload_handler([&] { return reload("POST /reload"); });
 
   asio::signal_set signals(main_io, SIGTERM, SIGINT, SIGHUP);
   asio::steady_timer deadline(main_io);
@@ -85,8 +155,7 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
       [&](const boost::system::error_code& ec, int sig) {
         if (ec) return;
         if (sig == SIGHUP) {
-          lb::io::log("SIGHUP: configuration reload is not supported yet; still serving %s",
-                      config->file.c_str());
+          if (!stopping) reload("SIGHUP");
           signals.async_wait(on_signal);
           return;
         }
@@ -114,22 +183,25 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
   signals.async_wait(on_signal);
 
   // The control tick: ends outlier ejections whose time is up, ramps slow_start.
-  asio::steady_timer control(main_io);
+  asio::steady_timer control_timer(main_io);
   std::function<void(const boost::system::error_code&)> on_control =
       [&](const boost::system::error_code& ec) {
         if (ec) return;
-        for (const auto& pool : server.runtime()->pools) pool->tick();
-        control.expires_after(std::chrono::milliseconds(100));
-        control.async_wait(on_control);
+        {
+          std::lock_guard lock(control);
+          for (const auto& pool : server.runtime()->pools) pool->tick();
+        }
+        control_timer.expires_after(std::chrono::milliseconds(100));
+        control_timer.async_wait(on_control);
       };
-  control.expires_after(std::chrono::milliseconds(100));
-  control.async_wait(on_control);
+  control_timer.expires_after(std::chrono::milliseconds(100));
+  control_timer.async_wait(on_control);
 
   server.start();
   lb::io::log("ready (%u workers)", server.workers());
   main_io.run();
   admin.close();
-  if (checker) checker->stop();
+  checker.stop();
   server.stop();
   return 0;
 }

@@ -27,29 +27,37 @@ Totals gather(const proxy::Runtime& runtime,
     t.pools[p].backends.resize(runtime.pools[p]->backends().size());
 
   for (const proxy::WorkerMetrics* w : workers) {
-    for (size_t l = 0; l < std::min(w->listeners.size(), t.listeners.size()); ++l) {
-      const proxy::ListenerMetrics& from = *w->listeners[l];
+    for (size_t l = 0; l < t.listeners.size(); ++l) {
+      const proxy::ListenerMetrics* from = w->listeners.find(runtime.listeners[l]->id);
+      if (!from) continue;
       ListenerTotals& to = t.listeners[l];
-      for (size_t slot = 0; slot < std::min(from.requests.size(), to.requests.size()); ++slot)
-        from.requests[slot].for_each([&](int code, uint64_t n) { to.requests[slot][code] += n; });
-      to.bytes_in += from.bytes_in.get();
-      to.bytes_out += from.bytes_out.get();
-      to.connections += from.connections.get();
+      auto add_requests = [&](size_t slot, uint32_t id) {
+        if (const proxy::CodeCounts* counts = from->requests.find(id))
+          counts->for_each([&](int code, uint64_t n) { to.requests[slot][code] += n; });
+      };
+      add_requests(0, 0);
+      for (size_t p = 0; p < runtime.pools.size(); ++p) add_requests(p + 1, runtime.pools[p]->id() + 1);
+      to.bytes_in += from->bytes_in.get();
+      to.bytes_out += from->bytes_out.get();
+      to.connections += from->connections.get();
     }
-    for (size_t p = 0; p < std::min(w->pools.size(), t.pools.size()); ++p) {
-      const proxy::PoolMetrics& from = *w->pools[p];
+    for (size_t p = 0; p < t.pools.size(); ++p) {
+      const upstream::Pool& pool = *runtime.pools[p];
       PoolTotals& to = t.pools[p];
-      for (size_t i = 0; i < to.duration_buckets.size(); ++i)
-        to.duration_buckets[i] += from.duration.bucket(i);
-      to.duration_sum_seconds += from.duration.sum_seconds();
-      to.retries += from.retries.get();
-      to.fail_open += from.fail_open.get();
-      for (size_t b = 0; b < std::min(from.backends.size(), to.backends.size()); ++b) {
-        const proxy::BackendMetrics& fb = from.backends[b];
+      if (const proxy::PoolMetrics* from = w->pools.find(pool.id())) {
+        for (size_t i = 0; i < to.duration_buckets.size(); ++i)
+          to.duration_buckets[i] += from->duration.bucket(i);
+        to.duration_sum_seconds += from->duration.sum_seconds();
+        to.retries += from->retries.get();
+        to.fail_open += from->fail_open.get();
+      }
+      for (size_t b = 0; b < to.backends.size(); ++b) {
+        const proxy::BackendMetrics* fb = w->backends.find(pool.backends()[b].id);
+        if (!fb) continue;
         BackendTotals& tb = to.backends[b];
-        fb.responses.for_each([&](int code, uint64_t n) { tb.responses[code] += n; });
-        tb.connect_errors += fb.connect_errors.get();
-        tb.active += fb.active.get();
+        fb->responses.for_each([&](int code, uint64_t n) { tb.responses[code] += n; });
+        tb.connect_errors += fb->connect_errors.get();
+        tb.active += fb->active.get();
       }
     }
   }

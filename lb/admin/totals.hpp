@@ -43,8 +43,8 @@ struct Totals {
   std::vector<PoolTotals> pools;          // as runtime.pools
 };
 
-// Sums `workers` (each sized for `runtime`; anything beyond the runtime's
-// listeners, pools or backends is ignored). Any thread.
+// Sums `workers` for what `runtime` has, by stable id (counts of listeners,
+// pools and backends it no longer has are left out). Any thread.
 Totals gather(const proxy::Runtime& runtime,
               const std::vector<const proxy::WorkerMetrics*>& workers);
 

@@ -96,6 +96,44 @@ class Histogram {
   Counter sum_micros_;
 };
 
+// Per-worker storage indexed by a stable id (a listener's, pool's or backend's,
+// kept across reloads and DNS changes; see upstream::Registry). The owning worker
+// creates entries on first use, a chunk at a time, so the steady state allocates
+// nothing; the admin thread reads with find() meanwhile. Ids past the capacity
+// share one overflow entry rather than fail.
+template <class T, size_t Chunk, size_t Chunks>
+class IdTable {
+ public:
+  static constexpr size_t capacity = Chunk * Chunks;
+  IdTable() = default;
+  IdTable(const IdTable&) = delete;
+  IdTable& operator=(const IdTable&) = delete;
+  ~IdTable() {
+    for (auto& c : chunks_) delete[] c.load(std::memory_order_relaxed);
+  }
+  // Owner thread only.
+  T& at(size_t id) {
+    if (id >= capacity) return overflow_;
+    auto& slot = chunks_[id / Chunk];
+    T* chunk = slot.load(std::memory_order_relaxed);
+    if (!chunk) {
+      chunk = new T[Chunk];
+      slot.store(chunk, std::memory_order_release);
+    }
+    return chunk[id % Chunk];
+  }
+  // Any thread: nullptr when this worker never counted anything under `id`.
+  const T* find(size_t id) const {
+    if (id >= capacity) return &overflow_;
+    const T* chunk = chunks_[id / Chunk].load(std::memory_order_acquire);
+    return chunk ? &chunk[id % Chunk] : nullptr;
+  }
+
+ private:
+  std::array<std::atomic<T*>, Chunks> chunks_{};
+  T overflow_;
+};
+
 struct BackendMetrics {
   CodeCounts responses;     // lb_upstream_requests_total{pool,backend,code}
   Counter connect_errors;   // lb_upstream_connect_errors_total
@@ -103,30 +141,23 @@ struct BackendMetrics {
 };
 
 struct PoolMetrics {
-  explicit PoolMetrics(size_t backends) : backends(backends) {}
   Histogram duration;  // lb_request_duration_seconds{pool}
   Counter retries;     // lb_retries_total{pool}
   Counter fail_open;   // requests served while no backend was in rotation
-  std::vector<BackendMetrics> backends;
 };
 
 struct ListenerMetrics {
-  explicit ListenerMetrics(size_t pools) : requests(pools + 1) {}
-  // lb_requests_total{listener,pool,code}: [0] = no pool (404, 400, ...), [p + 1] = pool p.
-  std::vector<CodeCounts> requests;
+  // lb_requests_total{listener,pool,code}: [0] = no pool (404, 400, ...), [id + 1] = pool id.
+  IdTable<CodeCounts, 8, 128> requests;
   Counter bytes_in;     // lb_bytes_total{listener,direction="in"}: from clients
   Counter bytes_out;    // ... "out": to clients
   Gauge connections;    // lb_downstream_connections{listener}
 };
 
 struct WorkerMetrics {
-  WorkerMetrics(size_t listeners, const std::vector<size_t>& backends_per_pool) {
-    for (size_t i = 0; i < listeners; ++i)
-      this->listeners.push_back(std::make_unique<ListenerMetrics>(backends_per_pool.size()));
-    for (size_t b : backends_per_pool) pools.push_back(std::make_unique<PoolMetrics>(b));
-  }
-  std::vector<std::unique_ptr<ListenerMetrics>> listeners;
-  std::vector<std::unique_ptr<PoolMetrics>> pools;
+  IdTable<ListenerMetrics, 4, 256> listeners;    // by listener id
+  IdTable<PoolMetrics, 16, 64> pools;            // by pool id
+  IdTable<BackendMetrics, 64, 1024> backends;    // by backend id
 };
 
 }  // namespace lb::proxy

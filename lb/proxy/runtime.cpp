@@ -43,7 +43,7 @@ std::string_view path_of(std::string_view target) {
 }  // namespace
 
 Router::Router(const std::vector<config::Route>& routes,
-               const std::vector<std::unique_ptr<upstream::Pool>>& pools) {
+               const std::vector<std::shared_ptr<upstream::Pool>>& pools) {
   for (const auto& r : routes) {
     CompiledRoute c;
     if (r.match.host.empty()) {
@@ -101,11 +101,31 @@ int Router::match(const http::Head& head, std::string_view authority, int* route
   return -1;
 }
 
-Runtime::Runtime(std::shared_ptr<const config::Config> c) : config(std::move(c)) {
+Runtime::Runtime(std::shared_ptr<const config::Config> c, upstream::Registry& registry,
+                 const upstream::Discovered& discovered)
+    : config(std::move(c)) {
   for (const auto& p : config->pools)
-    pools.push_back(std::make_unique<upstream::Pool>(p, pools.size(), config->sticky_secret));
+    pools.push_back(
+        std::make_shared<upstream::Pool>(p, pools.size(), registry, discovered, config->sticky_secret));
   for (const auto& l : config->listeners)
-    listeners.push_back(std::make_unique<ListenerRuntime>(l, listeners.size(), pools));
+    listeners.push_back(std::make_shared<ListenerRuntime>(l, listeners.size(),
+                                                          registry.listener_id(l.name), pools));
+}
+
+Runtime::Runtime(const Runtime& previous, upstream::Registry& registry,
+                 const upstream::Discovered& discovered)
+    : config(previous.config), pools(previous.pools), listeners(previous.listeners) {
+  for (size_t i = 0; i < pools.size(); ++i)
+    if (uses_discovery(config->pools[i]))
+      pools[i] = std::make_shared<upstream::Pool>(config->pools[i], i, registry, discovered,
+                                                  config->sticky_secret);
+}
+
+bool uses_discovery(const config::Pool& pool) {
+  for (const auto& r : pool.regions)
+    for (const auto& b : r.backends)
+      if (b.kind != config::Backend::Kind::address) return true;
+  return false;
 }
 
 }  // namespace lb::proxy

@@ -18,7 +18,7 @@ namespace lb::proxy {
 class Router {
  public:
   Router(const std::vector<config::Route>& routes,
-         const std::vector<std::unique_ptr<upstream::Pool>>& pools);
+         const std::vector<std::shared_ptr<upstream::Pool>>& pools);
   // Index of the pool for this request head, or -1 when no route matches.
   // `authority` (from an absolute-form target), when not empty, stands for Host.
   // `route`, when given, receives the index of the matching route (or -1).
@@ -36,23 +36,40 @@ class Router {
 };
 
 struct ListenerRuntime {
-  ListenerRuntime(const config::Listener& c, size_t i,
-                  const std::vector<std::unique_ptr<upstream::Pool>>& pools)
-      : config(c), index(i), router(c.routes, pools) {
+  ListenerRuntime(const config::Listener& c, size_t i, uint32_t listener_id,
+                  const std::vector<std::shared_ptr<upstream::Pool>>& pools)
+      : config(c), index(i), id(listener_id), router(c.routes, pools) {
     if (c.tls.enabled) tls = io::TlsServer::create(c.tls, tls_error);
   }
   config::Listener config;
-  size_t index;
+  size_t index;  // in its Runtime
+  uint32_t id;   // stable across snapshots (by name)
   std::unique_ptr<io::TlsServer> tls;  // set when the listener terminates HTTPS
   std::string tls_error;               // why `tls` could not be built
   Router router;
 };
 
 struct Runtime {
-  explicit Runtime(std::shared_ptr<const config::Config> c);
+  // Everything built from `c`; backends the registry knows keep their state.
+  Runtime(std::shared_ptr<const config::Config> c, upstream::Registry& registry,
+          const upstream::Discovered& discovered = {});
+  // `previous` with new DNS results: the pools that have dns: or srv: backends
+  // are rebuilt, everything else is shared with it.
+  Runtime(const Runtime& previous, upstream::Registry& registry,
+          const upstream::Discovered& discovered);
+
+  const ListenerRuntime* listener_by_id(uint32_t id) const {
+    for (const auto& l : listeners)
+      if (l->id == id) return l.get();
+    return nullptr;
+  }
+
   std::shared_ptr<const config::Config> config;
-  std::vector<std::unique_ptr<upstream::Pool>> pools;
-  std::vector<std::unique_ptr<ListenerRuntime>> listeners;
+  std::vector<std::shared_ptr<upstream::Pool>> pools;
+  std::vector<std::shared_ptr<const ListenerRuntime>> listeners;
 };
+
+// Whether a pool has backends found by DNS.
+bool uses_discovery(const config::Pool& pool);
 
 }  // namespace lb::proxy

@@ -154,21 +154,23 @@ void Session::start(WorkerContext& worker, const ListenerRuntime& listener,
 
 Session::Session(WorkerContext& worker, const ListenerRuntime& listener,
                  asio::ip::tcp::socket socket, const sockaddr* peer)
-    : worker_(worker), listener_(listener), runtime_(worker.runtime.get()),
+    : worker_(worker), listener_(&listener), runtime_(worker.runtime),
       client_(std::move(socket)) {
   // The socket is non-blocking and TCP_NODELAY already (accept4, the listener).
   set_client_address(peer);
-  proxy_pending_ = listener_.config.proxy_protocol;
-  if (listener_.tls) ssl_ = listener_.tls->accept(client_.native_handle());
-  req_.set_request_id_header(listener_.config.headers.request_id);
+  proxy_pending_ = listener_->config.proxy_protocol;
+  if (listener_->tls) ssl_ = listener_->tls->accept(client_.native_handle());
+  req_.set_request_id_header(listener_->config.headers.request_id);
   timer_.fire = &Session::on_timeout;
   timer_.owner = this;
   next_in_worker = worker_.sessions;
   if (next_in_worker) next_in_worker->prev_in_worker = this;
   worker_.sessions = this;
   ++worker_.session_count;
-  ++worker_.connections_per_listener[listener_.index];
-  worker_.metrics->listeners[listener_.index]->connections.add(1);
+  if (worker_.connections_per_listener.size() <= listener_->id)
+    worker_.connections_per_listener.resize(listener_->id + 1);
+  ++worker_.connections_per_listener[listener_->id];
+  worker_.metrics->listeners.at(listener_->id).connections.add(1);
 }
 
 void Session::set_client_address(const sockaddr* peer) {
@@ -289,10 +291,10 @@ Session::~Session() {
   if (prev_in_worker) prev_in_worker->next_in_worker = next_in_worker;
   else worker_.sessions = next_in_worker;
   if (next_in_worker) next_in_worker->prev_in_worker = prev_in_worker;
-  --worker_.connections_per_listener[listener_.index];
+  --worker_.connections_per_listener[listener_->id];
   count_bytes();
-  worker_.metrics->listeners[listener_.index]->connections.add(-1);
-  if (worker_.on_session_closed) worker_.on_session_closed(listener_.index);
+  worker_.metrics->listeners.at(listener_->id).connections.add(-1);
+  if (worker_.on_session_closed) worker_.on_session_closed(listener_->id);
   if (--worker_.session_count == 0 && worker_.draining && worker_.on_drained)
     asio::post(worker_.io, worker_.on_drained);
 }
@@ -369,7 +371,7 @@ void Session::do_read_request() {
 }
 
 void Session::read_request_head() {
-  const auto& limits = listener_.config.limits;
+  const auto& limits = listener_->config.limits;
   if (proxy_pending_) {
     int r = take_proxy_header();
     if (r < 0) return close();
@@ -436,7 +438,7 @@ void Session::on_request_head() {
 
   // Request id: the client's if it sent one, else a new one.
   request_id_len_ = 0;
-  if (!listener_.config.headers.request_id.empty() && !head.find(http::Field::request_id)) {
+  if (!listener_->config.headers.request_id.empty() && !head.find(http::Field::request_id)) {
     uint64_t n = ++worker_.next_request;
     request_id_len_ = static_cast<uint8_t>(std::snprintf(
         request_id_, sizeof request_id_, "%08x%02x%06llx", worker_.id_prefix, worker_.id & 0xff,
@@ -444,7 +446,7 @@ void Session::on_request_head() {
   }
 
   keep_client_ = head.keep_alive && !worker_.draining;
-  if (head_end_ > listener_.config.limits.max_header_bytes) {
+  if (head_end_ > listener_->config.limits.max_header_bytes) {
     keep_client_ = false;
     return respond_error(431, "request head larger than max_header_bytes", true);
   }
@@ -483,7 +485,7 @@ void Session::on_request_head() {
     for (unsigned i = 0; i < head.count; ++i)
       if (head.headers[i].field == http::Field::host) head.headers[i].hop_by_hop = true;
   }
-  uint64_t max_body = listener_.config.limits.max_body_bytes;
+  uint64_t max_body = listener_->config.limits.max_body_bytes;
   if (max_body && head.has_content_length && head.content_length > max_body) {
     keep_client_ = false;
     return respond_error(413, "request body larger than max_body_bytes", true);
@@ -499,7 +501,8 @@ void Session::on_request_head() {
       if (head.headers[i].field == http::Field::upgrade) head.headers[i].hop_by_hop = false;
   }
 
-  int pool = listener_.router.match(head, authority_.view(), &route_);
+  adopt_runtime();  // a keep-alive connection follows reloads request by request
+  int pool = listener_->router.match(head, authority_.view(), &route_);
   bool has_body = head.chunked || head.content_length > 0;
 
   // Body bytes that arrived with the head, up to the end of this message.
@@ -587,7 +590,7 @@ void Session::do_attempt() {
   }
   if (queued_) leave_queue();
   if (b < 64) tried_ |= uint64_t{1} << b;
-  PoolMetrics& pm = *worker_.metrics->pools[pool_->index()];
+  PoolMetrics& pm = worker_.metrics->pools.at(pool_->id());
   if (attempts_ > 0 || replays_ > 0) pm.retries.add();
   if (attempts_ == 0 && replays_ == 0 && pool_->selection().fail_open) {
     pm.fail_open.add();
@@ -597,11 +600,12 @@ void Session::do_attempt() {
   ++attempt_;
   backend_ = b;
   active_backend_ = b;
-  pm.backends[static_cast<size_t>(b)].active.add(1);
+  const upstream::Backend& backend = pool_->backends()[static_cast<size_t>(b)];
+  worker_.metrics->backends.at(backend.id).active.add(1);
   resp_.reset();
   u_len_ = u_parsed_ = u_sent_ = 0;
   if (attempts_ == 1) upstream_started_ = io::Clock::now();
-  conn_ = worker_.connections.take(static_cast<uint32_t>(pool_->index()), static_cast<uint32_t>(b));
+  conn_ = worker_.connections.take(backend.id);
   conn_reused_ = conn_ != nullptr;
   if (conn_reused_) return do_send_request_head();
   do_connect();
@@ -609,9 +613,10 @@ void Session::do_attempt() {
 
 void Session::do_connect() {
   conn_ = new upstream::Connection(worker_.io);
-  conn_->pool = static_cast<uint32_t>(pool_->index());
-  conn_->backend = static_cast<uint32_t>(backend_);
-  const auto& endpoint = pool_->backends()[static_cast<size_t>(backend_)].endpoint;
+  const upstream::Backend& backend = pool_->backends()[static_cast<size_t>(backend_)];
+  conn_->backend = backend.id;
+  conn_->idle_timeout = pool_->config().timeouts.idle;
+  const auto& endpoint = backend.endpoint;
   error_code ec;
   conn_->socket.open(endpoint.protocol(), ec);
   if (!ec) conn_->socket.non_blocking(true, ec);
@@ -630,7 +635,7 @@ void Session::on_connect(const error_code& ec, uint32_t attempt) {
                   pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
                   ec.message().c_str());
     io::log("pool %s: %s", pool_->name().c_str(), error_page_);
-    worker_.metrics->pools[pool_->index()]->backends[static_cast<size_t>(backend_)].connect_errors.add();
+    backend_metrics().connect_errors.add();
     bool refused = ec == asio::error::connection_refused;
     pool_->report(static_cast<size_t>(backend_),
                   refused ? upstream::Outcome::refused : upstream::Outcome::connect_failure);
@@ -646,7 +651,7 @@ void Session::on_connect(const error_code& ec, uint32_t attempt) {
 
 void Session::do_send_request_head() {
   const http::Head& head = req_.head();
-  const auto& headers_cfg = listener_.config.headers;
+  const auto& headers_cfg = listener_->config.headers;
   using FF = config::Headers::ForwardedFor;
   Outbox& out = to_backend_;
   out.clear();
@@ -807,7 +812,7 @@ void Session::read_request_body() {
     if (resp_started_) return close();
     return respond_error(400, req_.error_reason(), true);
   }
-  uint64_t max_body = listener_.config.limits.max_body_bytes;
+  uint64_t max_body = listener_->config.limits.max_body_bytes;
   if (max_body && req_.body_bytes() > max_body) {
     keep_client_ = false;
     if (resp_started_) return close();
@@ -956,7 +961,7 @@ void Session::on_response_head() {
     status_ = 101;
     upstream_ms_ = ms_between(upstream_started_, io::Clock::now());
     tunnel_pending_ = true;
-    if (listener_.config.headers.via) ok &= out.add(std::string_view("Via: 1.1 lb\r\n"));
+    if (listener_->config.headers.via) ok &= out.add(std::string_view("Via: 1.1 lb\r\n"));
     ok &= out.add(std::string_view("Connection: upgrade\r\n"));
   } else if (interim) {
     in_response_head_ = true;
@@ -964,7 +969,7 @@ void Session::on_response_head() {
     in_response_head_ = false;
     status_ = head.status;
     upstream_ms_ = ms_between(upstream_started_, io::Clock::now());
-    worker_.metrics->pools[pool_->index()]->backends[static_cast<size_t>(backend_)].responses.add(head.status);
+    backend_metrics().responses.add(head.status);
     pool_->report(static_cast<size_t>(backend_), head.status >= 500
                                                      ? upstream::Outcome::server_error
                                                      : upstream::Outcome::success);
@@ -972,7 +977,7 @@ void Session::on_response_head() {
     if (const http::Header* ka = head.find(http::Field::keep_alive)) learn_keep_alive(ka->value.view());
     if (resp_.body_until_eof() || !req_done_ || worker_.draining) keep_client_ = false;
     if (dechunk_) keep_client_ = false;
-    if (listener_.config.headers.via)
+    if (listener_->config.headers.via)
       ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
                                     : std::string_view("Via: 1.1 lb\r\n"));
     const config::Pool& pc = pool_->config();
@@ -1264,7 +1269,7 @@ void Session::respond_error(int status, const char* reason, bool close_after) {
 }
 
 void Session::count_bytes() {
-  ListenerMetrics& lm = *worker_.metrics->listeners[listener_.index];
+  ListenerMetrics& lm = worker_.metrics->listeners.at(listener_->id);
   if (bytes_in_ > counted_in_) lm.bytes_in.add(bytes_in_ - counted_in_);
   if (bytes_out_ > counted_out_) lm.bytes_out.add(bytes_out_ - counted_out_);
   counted_in_ = bytes_in_;
@@ -1274,7 +1279,7 @@ void Session::count_bytes() {
 void Session::release_backend(bool reusable) {
   ++attempt_;  // handlers of this attempt must ignore what they see
   if (active_backend_ >= 0 && pool_) {
-    worker_.metrics->pools[pool_->index()]->backends[static_cast<size_t>(active_backend_)].active.add(-1);
+    worker_.metrics->backends.at(pool_->backends()[static_cast<size_t>(active_backend_)].id).active.add(-1);
     if (acquired_) pool_->release(static_cast<size_t>(active_backend_));
     active_backend_ = -1;
   }
@@ -1303,9 +1308,9 @@ void Session::finish_request() {
 void Session::finish_request_log() {
   if (status_) {
     WorkerMetrics& m = *worker_.metrics;
-    m.listeners[listener_.index]->requests[pool_ ? pool_->index() + 1 : 0].add(status_);
+    m.listeners.at(listener_->id).requests.at(pool_ ? pool_->id() + 1 : 0).add(status_);
     if (pool_ && started_ != io::Clock::time_point{})
-      m.pools[pool_->index()]->duration.observe(
+      m.pools.at(pool_->id()).duration.observe(
           std::chrono::duration<double>(io::Clock::now() - started_).count());
   }
   count_bytes();
@@ -1314,7 +1319,7 @@ void Session::finish_request_log() {
     AccessRecord rec;
     rec.request_id = request_id();
     rec.client = {client_ip_, client_ip_len_};
-    rec.listener = listener_.config.name;
+    rec.listener = listener_->config.name;
     rec.route = route_;
     if (pool_) rec.pool = pool_->name();
     if (pool_ && backend_ >= 0) rec.backend = pool_->backends()[static_cast<size_t>(backend_)].label;
@@ -1336,6 +1341,18 @@ void Session::finish_request_log() {
   }
 }
 
+// A reload or DNS change published a new snapshot: the next request uses it
+// (this one keeps what it started with). False when the new snapshot lacks
+// this connection's listener: it keeps the old one until it closes.
+bool Session::adopt_runtime() {
+  if (runtime_ == worker_.runtime) return true;
+  const ListenerRuntime* now = worker_.runtime->listener_by_id(listener_->id);
+  if (!now) return false;
+  runtime_ = worker_.runtime;
+  listener_ = now;
+  return true;
+}
+
 void Session::finish_request_state() {
   bool keep = keep_client_ && !closed_ && req_done_ && !worker_.draining;
   bool request_read = req_done_;
@@ -1353,6 +1370,8 @@ void Session::finish_request_state() {
   bytes_in_ = bytes_out_ = counted_in_ = counted_out_ = 0;
   upstream_ms_ = -1;
   started_ = {};
+  // A listener the newest config no longer has closes its connections.
+  if (!adopt_runtime()) keep = false;
   if (!keep) return close_gracefully(request_read);
 
   // A pipelined request may already be in the buffer: move it to the front.
@@ -1381,12 +1400,12 @@ void Session::arm(Timer t) {
     case Timer::none:
       io::Timeouts::disarm(timer_);
       return;
-    case Timer::idle: d = listener_.config.timeouts.idle; break;
-    case Timer::header: d = listener_.config.timeouts.header; break;
+    case Timer::idle: d = listener_->config.timeouts.idle; break;
+    case Timer::header: d = listener_->config.timeouts.header; break;
     case Timer::connect: d = pool_->config().timeouts.connect; break;
     case Timer::exchange: d = pool_->config().timeouts.response; break;
     case Timer::linger: d = std::chrono::seconds(2); break;
-    case Timer::tunnel: d = listener_.config.timeouts.tunnel; break;
+    case Timer::tunnel: d = listener_->config.timeouts.tunnel; break;
     case Timer::queue: d = pool_->config().queue_timeout; break;
   }
   worker_.timeouts.arm(timer_, d);
@@ -1415,7 +1434,7 @@ void Session::timed_out() {
       std::snprintf(error_page_, sizeof error_page_, "connect to %s timed out",
                     pool_->backends()[static_cast<size_t>(backend_)].label.c_str());
       io::log("pool %s: %s", pool_->name().c_str(), error_page_);
-      worker_.metrics->pools[pool_->index()]->backends[static_cast<size_t>(backend_)].connect_errors.add();
+      backend_metrics().connect_errors.add();
       pool_->report(static_cast<size_t>(backend_), upstream::Outcome::connect_failure);
       return backend_failed(Failure::connect, error_page_);
     case Timer::queue:

@@ -44,6 +44,10 @@ class Session {
   Session* next_in_worker = nullptr;
 
  private:
+  bool adopt_runtime();
+  BackendMetrics& backend_metrics() {
+    return worker_.metrics->backends.at(pool_->backends()[static_cast<size_t>(backend_)].id);
+  }
   class Ref;
   struct Outbox {
     static constexpr unsigned capacity = 96;
@@ -131,8 +135,8 @@ class Session {
   std::string_view request_id() const;
 
   WorkerContext& worker_;
-  const ListenerRuntime& listener_;
-  const Runtime* runtime_;
+  const ListenerRuntime* listener_;  // in runtime_
+  std::shared_ptr<const Runtime> runtime_;  // the snapshot this request started with
   boost::asio::ip::tcp::socket client_;
   int refs_ = 0;
   bool closed_ = false;

@@ -12,9 +12,7 @@ WorkerContext::WorkerContext(boost::asio::io_context& io_context, unsigned worke
       runtime(std::move(rt)),
       buffers(buffer_size, 4096),
       access_log(log_writer, runtime->config->access_log.format) {
-  std::vector<size_t> backends_per_pool;
-  for (const auto& p : runtime->pools) backends_per_pool.push_back(p->backends().size());
-  metrics = std::make_unique<WorkerMetrics>(runtime->listeners.size(), backends_per_pool);
+  metrics = std::make_unique<WorkerMetrics>();
   std::random_device rd;
   id_prefix = rd();
 }

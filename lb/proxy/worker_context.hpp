@@ -27,7 +27,7 @@ struct WorkerContext {
 
   boost::asio::io_context& io;
   unsigned id;
-  std::shared_ptr<const Runtime> runtime;
+  std::shared_ptr<const Runtime> runtime;  // the newest snapshot; replaced by Worker::adopt
   io::BufferPool buffers;
   io::Timeouts timeouts;
   upstream::ConnectionPool connections;
@@ -40,8 +40,8 @@ struct WorkerContext {
   // Sessions of this worker (intrusive list), for draining.
   Session* sessions = nullptr;
   size_t session_count = 0;
-  std::vector<size_t> connections_per_listener;       // by ListenerRuntime::index
-  std::function<void(size_t listener)> on_session_closed;
+  std::vector<size_t> connections_per_listener;       // by ListenerRuntime::id
+  std::function<void(uint32_t listener_id)> on_session_closed;
 
   // Requests waiting for a backend below max_connections_per_backend, oldest
   // first; `poll_queue` makes the worker retry them soon.

@@ -10,14 +10,15 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 
 namespace lb::server {
 
 namespace asio = boost::asio;
 
-Server::Server(std::shared_ptr<const config::Config> config)
-    : config_(std::move(config)), runtime_(std::make_shared<proxy::Runtime>(config_)) {
+Server::Server(std::shared_ptr<const proxy::Runtime> runtime)
+    : config_(runtime->config), runtime_(std::move(runtime)) {
   const std::string& path = config_->access_log.path;
   if (path == "stdout") {
     access_log_fd_ = STDOUT_FILENO;
@@ -51,33 +52,77 @@ Server::~Server() {
   if (own_access_log_fd_) ::close(access_log_fd_);
 }
 
-bool Server::bind() {
-  for (size_t i = 0; i < config_->listeners.size(); ++i) {
-    const auto& l = config_->listeners[i];
-    const auto& lr = *runtime_->listeners[i];
-    if (l.tls.enabled && !lr.tls) {
-      io::log("listener %s: TLS: %s", l.name.c_str(), lr.tls_error.c_str());
+bool Server::bind_new(const proxy::Runtime* previous, const proxy::Runtime& next,
+                      std::vector<std::vector<std::unique_ptr<Worker::Acceptor>>>& fresh,
+                      std::string& error) {
+  fresh.clear();
+  fresh.resize(workers_.size());
+  for (const auto& lr : next.listeners) {
+    const config::Listener& l = lr->config;
+    if (l.tls.enabled && !lr->tls) {
+      error = "listener " + l.name + ": TLS: " + lr->tls_error;
       return false;
     }
+    const proxy::ListenerRuntime* before = previous ? previous->listener_by_id(lr->id) : nullptr;
+    if (before && before->config.listen.text() == l.listen.text()) continue;  // keeps its sockets
     asio::ip::tcp::endpoint endpoint(asio::ip::make_address(l.listen.host), l.listen.port);
-    for (auto& w : workers_) {
-      std::string error;
+    size_t share = (l.limits.max_connections + workers_.size() - 1) / workers_.size();
+    for (size_t w = 0; w < workers_.size(); ++w) {
+      std::string why;
       asio::ip::tcp::endpoint bound;
-      if (!w->bind(i, endpoint, error, bound)) {
-        io::log("listener %s: cannot listen on %s: %s", l.name.c_str(), l.listen.text().c_str(),
-                error.c_str());
+      auto a = workers_[w]->bind(*lr, endpoint, share, why, bound);
+      if (!a) {
+        error = "listener " + l.name + ": cannot listen on " + l.listen.text() + ": " + why;
         return false;
       }
+      fresh[w].push_back(std::move(a));
       // Port 0: the first worker's socket picks a port; the others share it.
       endpoint = bound;
-      size_t share = (l.limits.max_connections + workers_.size() - 1) / workers_.size();
-      w->set_connection_limit(i, share);
     }
     std::string host = endpoint.address().to_string();
     bool v6 = endpoint.address().is_v6();
     io::log("listener %s listening on %s%s%s:%u", l.name.c_str(), v6 ? "[" : "", host.c_str(),
             v6 ? "]" : "", static_cast<unsigned>(endpoint.port()));
   }
+  return true;
+}
+
+bool Server::bind() {
+  std::vector<std::vector<std::unique_ptr<Worker::Acceptor>>> fresh;
+  std::string error;
+  if (!bind_new(nullptr, *runtime_, fresh, error)) {
+    io::log("%s", error.c_str());
+    return false;
+  }
+  for (size_t w = 0; w < workers_.size(); ++w)
+    for (auto& a : fresh[w]) workers_[w]->install(std::move(a));
+  return true;
+}
+
+bool Server::publish(std::shared_ptr<const proxy::Runtime> next, std::string& error) {
+  std::vector<std::vector<std::unique_ptr<Worker::Acceptor>>> fresh;
+  if (!bind_new(runtime().get(), *next, fresh, error)) return false;  // `fresh` closes what it bound
+  {
+    std::lock_guard lock(runtime_mutex_);
+    runtime_ = next;
+  }
+  // Wait (briefly) until every worker has switched, so that a request sent
+  // after a reload answered is served by the new config.
+  struct Pending {
+    std::mutex mutex;
+    std::condition_variable cv;
+    size_t left;
+  };
+  auto pending = std::make_shared<Pending>();
+  pending->left = workers_.size();
+  for (size_t w = 0; w < workers_.size(); ++w)
+    workers_[w]->adopt(next, std::move(fresh[w]), [pending] {
+      std::lock_guard lock(pending->mutex);
+      if (--pending->left == 0) pending->cv.notify_all();
+    });
+  std::unique_lock lock(pending->mutex);
+  if (!pending->cv.wait_for(lock, std::chrono::seconds(2), [&] { return pending->left == 0; }))
+    io::log("reload: %zu worker(s) switch late (busy)", pending->left);
   return true;
 }
 

@@ -7,22 +7,24 @@
 #include "lb/proxy/access_log.hpp"
 #include "lb/proxy/metrics.hpp"
 #include "lb/proxy/runtime.hpp"
+#include "lb/server/worker.hpp"
 
 #include <boost/asio/io_context.hpp>
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
 namespace lb::server {
 
-class Worker;
-
 class Server {
  public:
-  explicit Server(std::shared_ptr<const config::Config> config);
+  // Serves `runtime`; its config fixes what a reload cannot change (workers,
+  // the access log).
+  explicit Server(std::shared_ptr<const proxy::Runtime> runtime);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -37,13 +39,28 @@ class Server {
   // Ends whatever is still running and joins the threads.
   void stop();
 
+  // Switches every worker to `next`: listeners it adds or moves are bound
+  // first, and when one cannot be, nothing changes and `error` says why.
+  // Listeners it keeps keep their sockets. Thread: the caller's (one at a time).
+  bool publish(std::shared_ptr<const proxy::Runtime> next, std::string& error);
+
   unsigned workers() const { return static_cast<unsigned>(workers_.size()); }
-  std::shared_ptr<const proxy::Runtime> runtime() const { return runtime_; }
+  // The newest snapshot. Any thread.
+  std::shared_ptr<const proxy::Runtime> runtime() const {
+    std::lock_guard lock(runtime_mutex_);
+    return runtime_;
+  }
   // Every worker's counters, to be summed at scrape time (any thread).
   std::vector<const proxy::WorkerMetrics*> metrics() const;
 
  private:
-  std::shared_ptr<const config::Config> config_;
+  // Binds the listeners of `next` that `previous` does not have at the same
+  // address: per worker, the new sockets.
+  bool bind_new(const proxy::Runtime* previous, const proxy::Runtime& next,
+                std::vector<std::vector<std::unique_ptr<Worker::Acceptor>>>& fresh, std::string& error);
+
+  std::shared_ptr<const config::Config> config_;  // the first one
+  mutable std::mutex runtime_mutex_;
   std::shared_ptr<const proxy::Runtime> runtime_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::thread> threads_;

@@ -29,16 +29,8 @@ Worker::Worker(unsigned id, std::shared_ptr<const proxy::Runtime> runtime, uint3
   tick_.emplace(*io_);
   queue_timer_.emplace(*io_);
   context_.poll_queue = [this] { do_poll_queue(); };
-  context_.connections_per_listener.assign(context_.runtime->listeners.size(), 0);
-  context_.on_session_closed = [this](size_t listener) {
-    if (listener < acceptors_.size() && acceptors_[listener]) {
-      Acceptor& a = *acceptors_[listener];
-      if (a.paused && a.socket.is_open() &&
-          context_.connections_per_listener[listener] < a.limit) {
-        a.paused = false;
-        do_accept(a);
-      }
-    }
+  context_.on_session_closed = [this](uint32_t listener) {
+    if (listener < acceptors_.size() && acceptors_[listener]) resume_if_below_limit(*acceptors_[listener]);
   };
 }
 
@@ -47,6 +39,7 @@ Worker::~Worker() {
   // hold them, inside the io_context's destruction: they must still find their
   // worker's state, and must not schedule anything.
   acceptors_.clear();
+  retired_acceptors_.clear();
   context_.on_session_closed = nullptr;
   context_.on_drained = nullptr;
   context_.connections.close_all();
@@ -57,10 +50,10 @@ Worker::~Worker() {
   io_.reset();
 }
 
-bool Worker::bind(size_t index, const asio::ip::tcp::endpoint& endpoint, std::string& error,
-                  asio::ip::tcp::endpoint& bound) {
-  if (acceptors_.size() <= index) acceptors_.resize(index + 1);
-  auto a = std::make_unique<Acceptor>(*io_, *context_.runtime->listeners[index]);
+std::unique_ptr<Worker::Acceptor> Worker::bind(const proxy::ListenerRuntime& listener,
+                                               const asio::ip::tcp::endpoint& endpoint, size_t limit,
+                                               std::string& error, asio::ip::tcp::endpoint& bound) {
+  auto a = std::make_unique<Acceptor>(*io_, listener);
   error_code ec;
   a->socket.open(endpoint.protocol(), ec);
   if (!ec) a->socket.set_option(asio::socket_base::reuse_address(true), ec);
@@ -78,14 +71,67 @@ bool Worker::bind(size_t index, const asio::ip::tcp::endpoint& endpoint, std::st
   if (!ec) bound = a->socket.local_endpoint(ec);
   if (ec) {
     error = ec.message();
-    return false;
+    return nullptr;
   }
   a->protocol = endpoint.protocol();
-  acceptors_[index] = std::move(a);
-  return true;
+  a->limit = limit;
+  return a;
+}
+
+void Worker::install(std::unique_ptr<Acceptor> a) {
+  uint32_t id = a->listener->id;
+  if (acceptors_.size() <= id) acceptors_.resize(id + 1);
+  if (context_.connections_per_listener.size() <= id)
+    context_.connections_per_listener.resize(id + 1);
+  acceptors_[id] = std::move(a);
+  if (running_) do_accept(*acceptors_[id]);
+}
+
+void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
+                   std::vector<std::unique_ptr<Acceptor>> fresh, std::function<void()> done) {
+  auto shared_fresh = std::make_shared<std::vector<std::unique_ptr<Acceptor>>>(std::move(fresh));
+  asio::post(*io_, [this, next = std::move(next), shared_fresh, done = std::move(done)] {
+    struct Done {
+      const std::function<void()>& f;
+      ~Done() { f(); }
+    } signal_done{done};
+    if (context_.draining) return;  // not accepting anymore; sessions finish as they are
+    context_.runtime = next;
+    for (size_t id = 0; id < acceptors_.size(); ++id) {
+      if (!acceptors_[id]) continue;
+      const proxy::ListenerRuntime* l = next->listener_by_id(static_cast<uint32_t>(id));
+      bool replaced = false;
+      for (const auto& a : *shared_fresh) replaced |= a->listener->id == id;
+      if (l && !replaced) {
+        acceptors_[id]->listener = l;
+        continue;
+      }
+      error_code ec;
+      acceptors_[id]->socket.close(ec);  // its handler, if pending, runs aborted
+      retired_acceptors_.emplace_back(io::Clock::now(), std::move(acceptors_[id]));
+    }
+    for (auto& a : *shared_fresh) install(std::move(a));
+    // Idle connections to backends that left every pool go now.
+    std::vector<bool> live;
+    for (const auto& p : next->pools)
+      for (const auto& b : p->backends()) {
+        if (live.size() <= b.id) live.resize(b.id + 1);
+        live[b.id] = true;
+      }
+    context_.connections.retain(live);
+  });
+}
+
+void Worker::resume_if_below_limit(Acceptor& a) {
+  if (a.paused && a.socket.is_open() &&
+      (!a.limit || context_.connections_per_listener[a.listener->id] < a.limit)) {
+    a.paused = false;
+    do_accept(a);
+  }
 }
 
 void Worker::run() {
+  running_ = true;
   for (auto& a : acceptors_) {
     if (!a) continue;
     do_accept(*a);
@@ -108,7 +154,7 @@ void Worker::do_accept(Acceptor& a) {
 void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
   if (ec == asio::error::operation_aborted || !a.socket.is_open()) return;
   for (int i = 0; i < 64; ++i) {
-    if (a.limit && context_.connections_per_listener[a.listener.index] >= a.limit) {
+    if (a.limit && context_.connections_per_listener[a.listener->id] >= a.limit) {
       a.paused = true;  // resumed when a connection of this listener ends
       return;
     }
@@ -120,7 +166,7 @@ void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return do_accept(a);
       // Out of descriptors or memory: try again on a later tick rather than spin.
-      io::log("listener %s: accept failed: %s", a.listener.config.name.c_str(),
+      io::log("listener %s: accept failed: %s", a.listener->config.name.c_str(),
               std::strerror(errno));
       a.paused = true;
       return;
@@ -132,7 +178,7 @@ void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
       ::close(fd);
       continue;
     }
-    proxy::Session::start(context_, a.listener, std::move(socket),
+    proxy::Session::start(context_, *a.listener, std::move(socket),
                           reinterpret_cast<const sockaddr*>(&peer));
   }
   // More may be queued: let the connections already here run first.
@@ -151,16 +197,12 @@ void Worker::on_tick(const error_code& ec) {
   auto now = io::Clock::now();
   context_.timeouts.expire(now);
   if (++ticks_ % 10 == 0) {
-    std::vector<std::chrono::milliseconds> idle;
-    for (const auto& p : context_.runtime->pools) idle.push_back(p->config().timeouts.idle);
-    context_.connections.sweep(now, idle);
+    context_.connections.sweep(now);
     // Acceptors paused for lack of descriptors get another chance.
     for (auto& a : acceptors_)
-      if (a && a->paused && a->socket.is_open() &&
-          (!a->limit || context_.connections_per_listener[a->listener.index] < a->limit)) {
-        a->paused = false;
-        do_accept(*a);
-      }
+      if (a) resume_if_below_limit(*a);
+    // Closed acceptors whose aborted handlers have long run.
+    std::erase_if(retired_acceptors_, [now](const auto& r) { return now - r.first > std::chrono::seconds(2); });
   }
   context_.access_log.flush();
   if (context_.draining && context_.session_count == 0) return;

@@ -20,27 +20,41 @@ class Worker {
          proxy::LogWriter* log_writer);
   ~Worker();
 
-  // Binds this worker's socket for listener `index` (SO_REUSEPORT). Before run().
-  bool bind(size_t index, const boost::asio::ip::tcp::endpoint& endpoint, std::string& error,
-            boost::asio::ip::tcp::endpoint& bound);
+  // A listening socket of this worker (SO_REUSEPORT), not accepting yet.
+  struct Acceptor;
+  // Binds a socket for `listener`. Any thread; the result goes to install() or
+  // is dropped.
+  std::unique_ptr<Acceptor> bind(const proxy::ListenerRuntime& listener,
+                                 const boost::asio::ip::tcp::endpoint& endpoint, size_t limit,
+                                 std::string& error, boost::asio::ip::tcp::endpoint& bound);
+  // Before run(): accept on `a`.
+  void install(std::unique_ptr<Acceptor> a);
+  // Thread-safe: switch to a new snapshot. Listeners of `next` with a socket
+  // in `fresh` (by listener id) accept there; the others keep theirs (their
+  // listener is looked up in `next` by id); sockets of listeners `next` lacks
+  // are closed. Sessions move to `next` at their next request. `done` runs on
+  // the worker's thread once it has switched.
+  void adopt(std::shared_ptr<const proxy::Runtime> next, std::vector<std::unique_ptr<Acceptor>> fresh,
+             std::function<void()> done);
   void run();  // the thread body
   // Thread-safe: stop accepting, finish in-flight requests, call `done` when idle.
   void drain(std::function<void()> done);
   void stop() { io_->stop(); }
   const proxy::WorkerMetrics& metrics() const { return *context_.metrics; }
-  void set_connection_limit(size_t index, size_t limit) { acceptors_[index]->limit = limit; }
 
- private:
   struct Acceptor {
     Acceptor(boost::asio::io_context& io, const proxy::ListenerRuntime& l)
-        : socket(io), listener(l) {}
+        : socket(io), listener(&l) {}
     boost::asio::ip::tcp::acceptor socket;
-    const proxy::ListenerRuntime& listener;
+    const proxy::ListenerRuntime* listener;  // in the worker's current snapshot
     io::HandlerSlot slot;
     boost::asio::ip::tcp protocol = boost::asio::ip::tcp::v4();
     size_t limit = 0;     // this worker's share of limits.max_connections
     bool paused = false;  // at the limit: accepting again when a connection ends
   };
+
+ private:
+  void resume_if_below_limit(Acceptor& a);
 
   void do_accept(Acceptor& a);
   void on_acceptable(Acceptor& a, const boost::system::error_code& ec);
@@ -51,7 +65,10 @@ class Worker {
 
   std::unique_ptr<boost::asio::io_context> io_;  // first: destroyed last by hand
   proxy::WorkerContext context_;
-  std::vector<std::unique_ptr<Acceptor>> acceptors_;
+  std::vector<std::unique_ptr<Acceptor>> acceptors_;  // by listener id
+  // Closed by adopt(); freed a little later, after their aborted handlers ran.
+  std::vector<std::pair<io::Clock::time_point, std::unique_ptr<Acceptor>>> retired_acceptors_;
+  bool running_ = false;
   std::optional<boost::asio::steady_timer> tick_;
   std::optional<boost::asio::steady_timer> queue_timer_;  // retries of queued requests
   bool queue_polling_ = false;

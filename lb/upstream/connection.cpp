@@ -20,9 +20,9 @@ bool still_open(Connection& c) {
 
 ConnectionPool::~ConnectionPool() { close_all(); }
 
-Connection* ConnectionPool::take(uint32_t pool, uint32_t backend) {
-  if (pool >= idle_.size() || backend >= idle_[pool].size()) return nullptr;
-  auto& list = idle_[pool][backend];
+Connection* ConnectionPool::take(uint32_t backend) {
+  if (backend >= idle_.size()) return nullptr;
+  auto& list = idle_[backend];
   auto now = io::Clock::now();
   while (!list.empty()) {
     Connection* c = list.back();
@@ -34,45 +34,40 @@ Connection* ConnectionPool::take(uint32_t pool, uint32_t backend) {
 }
 
 void ConnectionPool::put(Connection* c) {
-  if (c->pool >= idle_.size()) idle_.resize(c->pool + 1);
-  auto& per_backend = idle_[c->pool];
-  if (c->backend >= per_backend.size()) per_backend.resize(c->backend + 1);
+  if (c->backend >= idle_.size()) idle_.resize(c->backend + 1);
   c->idle_since = io::Clock::now();
-  per_backend[c->backend].push_back(c);
+  idle_[c->backend].push_back(c);
 }
 
-void ConnectionPool::sweep(io::Clock::time_point now,
-                           const std::vector<std::chrono::milliseconds>& idle) {
-  for (size_t p = 0; p < idle_.size(); ++p) {
-    auto limit = p < idle.size() ? idle[p] : std::chrono::milliseconds(90000);
-    for (auto& list : idle_[p]) {
-      // Oldest first: the list is LIFO, so expired ones sit at the front.
-      size_t expired = 0;
-      while (expired < list.size() && now - list[expired]->idle_since >= limit) ++expired;
-      for (size_t i = 0; i < expired; ++i) delete list[i];
-      list.erase(list.begin(), list.begin() + static_cast<std::ptrdiff_t>(expired));
-      // Those past the backend's own keep-alive timeout go too.
-      std::erase_if(list, [now](Connection* c) {
-        if (now < c->retire_at) return false;
-        delete c;
-        return true;
-      });
-    }
+void ConnectionPool::sweep(io::Clock::time_point now) {
+  for (auto& list : idle_) {
+    // Those idle too long, or past the backend's own keep-alive timeout.
+    std::erase_if(list, [now](Connection* c) {
+      if (now - c->idle_since < c->idle_timeout && now < c->retire_at) return false;
+      delete c;
+      return true;
+    });
+  }
+}
+
+void ConnectionPool::retain(const std::vector<bool>& live) {
+  for (size_t id = 0; id < idle_.size(); ++id) {
+    if (id < live.size() && live[id]) continue;
+    for (Connection* c : idle_[id]) delete c;
+    idle_[id].clear();
   }
 }
 
 void ConnectionPool::close_all() {
-  for (auto& per_backend : idle_)
-    for (auto& list : per_backend) {
-      for (Connection* c : list) delete c;
-      list.clear();
-    }
+  for (auto& list : idle_) {
+    for (Connection* c : list) delete c;
+    list.clear();
+  }
 }
 
 size_t ConnectionPool::idle_count() const {
   size_t n = 0;
-  for (const auto& per_backend : idle_)
-    for (const auto& list : per_backend) n += list.size();
+  for (const auto& list : idle_) n += list.size();
   return n;
 }
 

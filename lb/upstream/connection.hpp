@@ -14,8 +14,8 @@ namespace lb::upstream {
 struct Connection {
   explicit Connection(boost::asio::io_context& io) : socket(io) {}
   boost::asio::ip::tcp::socket socket;
-  uint32_t pool = 0;
-  uint32_t backend = 0;
+  uint32_t backend = 0;  // the backend's stable id (Backend::id)
+  std::chrono::milliseconds idle_timeout{90000};  // the pool's timeouts.idle
   uint32_t requests = 0;  // requests served on this connection so far
   io::Clock::time_point idle_since{};
   // The backend announced it closes idle connections after a while
@@ -23,7 +23,8 @@ struct Connection {
   io::Clock::time_point retire_at = io::Clock::time_point::max();
 };
 
-// Idle keep-alive connections of one worker, per pool and backend. Not
+// Idle keep-alive connections of one worker, per backend id (so they survive a
+// reload or DNS change that keeps the backend). Not
 // thread-safe: each worker has its own, so taking and returning is lock-free.
 class ConnectionPool {
  public:
@@ -34,15 +35,17 @@ class ConnectionPool {
 
   // The most recently used idle connection to that backend that is still open,
   // or nullptr. Connections the backend has closed meanwhile are discarded.
-  Connection* take(uint32_t pool, uint32_t backend);
+  Connection* take(uint32_t backend);
   void put(Connection* c);
-  // Closes connections idle since before `now - idle` (per pool).
-  void sweep(io::Clock::time_point now, const std::vector<std::chrono::milliseconds>& idle);
+  // Closes connections idle for longer than their pool's idle timeout.
+  void sweep(io::Clock::time_point now);
+  // Closes the connections of backends no longer in any pool (`live[id]` false).
+  void retain(const std::vector<bool>& live);
   void close_all();
   size_t idle_count() const;
 
  private:
-  std::vector<std::vector<std::vector<Connection*>>> idle_;  // [pool][backend] -> LIFO
+  std::vector<std::vector<Connection*>> idle_;  // [backend id] -> LIFO
 };
 
 }  // namespace lb::upstream

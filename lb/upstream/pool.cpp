@@ -19,31 +19,77 @@ int64_t steady_ms() {
       .count();
 }
 
-Pool::Pool(const config::Pool& config, size_t index, const std::string& sticky_secret)
-    : config_(config), name_(config.name), index_(index) {
+namespace {
+
+std::string label_of(const boost::asio::ip::address& a, uint16_t port) {
+  return a.is_v6() ? "[" + a.to_string() + "]:" + std::to_string(port)
+                   : a.to_string() + ":" + std::to_string(port);
+}
+
+}  // namespace
+
+Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
+           const Discovered& discovered, const std::string& sticky_secret)
+    : config_(config), name_(config.name), index_(index), id_(registry.pool_id(config.name)) {
+  auto add = [&](Backend backend) {
+    for (const auto& b : backends_)
+      if (b.label == backend.label) return;  // listed twice (say by address and by DNS): once
+    backends_.push_back(std::move(backend));
+  };
   for (uint32_t r = 0; r < config.regions.size(); ++r) {
     const auto& region = config.regions[r];
-    for (const auto& b : region.backends) {
+    for (size_t e = 0; e < region.backends.size(); ++e) {
+      const auto& b = region.backends[e];
       Backend backend;
-      backend.label = b.address.text();
       backend.region = region.name;
       backend.region_index = r;
-      backend.endpoint = {boost::asio::ip::make_address(b.address.host), b.address.port};
       backend.weight = b.weight;
       backend.priority = region.priority;
-      backends_.push_back(std::move(backend));
+      if (b.kind == config::Backend::Kind::address) {
+        backend.label = b.address.text();
+        backend.endpoint = {boost::asio::ip::make_address(b.address.host), b.address.port};
+        add(std::move(backend));
+        continue;
+      }
+      auto found = discovered.find(b.discovery_key());
+      if (found == discovered.end()) continue;
+      for (const auto& d : found->second) {
+        Backend from_dns = backend;
+        from_dns.label = label_of(d.address, d.port);
+        from_dns.endpoint = {d.address, d.port};
+        if (b.kind == config::Backend::Kind::srv) {
+          // RFC 2782: weight 0 is for a target that should get very little
+          // traffic while others have weight; it gets the least lb can give.
+          from_dns.weight = std::max<uint32_t>(1, d.weight);
+          from_dns.srv_group = static_cast<int>(r << 16 | e);
+          from_dns.srv_priority = d.priority;
+        }
+        add(std::move(from_dns));
+      }
     }
   }
-  states_ = std::make_unique<BackendState[]>(backends_.size());
   tracks_active_ = config.balance == config::Balance::least_conn ||
                    config.balance == config::Balance::random_two ||
                    config.max_connections_per_backend > 0;
-  for (const auto& b : backends_) sticky_values_.push_back(upstream::sticky_value(sticky_secret, b.label));
-  for (size_t i = 0; i < backends_.size(); ++i) {
-    states_[i].weight = backends_[i].weight;
-    // With active checks a backend serves only once its first check passed.
-    states_[i].healthy = !config.health_check.enabled;
-    states_[i].ever_healthy = !config.health_check.enabled;
+  for (auto& b : backends_) {
+    sticky_values_.push_back(upstream::sticky_value(sticky_secret, b.label));
+    Registry::Entry e = registry.backend(name_, b.label);
+    b.id = e.id;
+    BackendState& st = *e.state;
+    if (e.created || st.config_weight.load() != b.weight) {
+      st.weight = b.weight;
+      st.config_weight = b.weight;
+    }
+    // With active checks a backend serves only once its first check passed;
+    // one that was checked before keeps what its checks found.
+    bool checks = config.health_check.enabled;
+    if (e.created || st.checked.load() != checks) {
+      st.healthy = !checks;
+      st.ever_healthy = !checks;
+      st.checked = checks;
+    }
+    states_.push_back(e.state.get());
+    owned_states_.push_back(std::move(e.state));
   }
   rebuild(nullptr);
 }
@@ -112,7 +158,7 @@ int Pool::pick_least_conn(const Selection& s, uint64_t tried) const {
     size_t i = (start + k) % n;
     uint64_t w = s.effective_weight[i];
     if (!w || was_tried(tried, i)) continue;
-    uint64_t a = states_[i].active.load(std::memory_order_relaxed);
+    uint64_t a = states_[i]->active.load(std::memory_order_relaxed);
     if (best < 0 || a * best_weight < best_active * w) {
       best = static_cast<int>(i);
       best_active = a;
@@ -133,22 +179,22 @@ int Pool::pick_random_two(const Selection& s, uint64_t tried) const {
   if (!a_ok && !b_ok) return -1;
   if (!b_ok || a == b) return a_ok ? static_cast<int>(a) : static_cast<int>(b);
   if (!a_ok) return static_cast<int>(b);
-  uint64_t la = states_[a].active.load(std::memory_order_relaxed) * s.effective_weight[b];
-  uint64_t lb = states_[b].active.load(std::memory_order_relaxed) * s.effective_weight[a];
+  uint64_t la = states_[a]->active.load(std::memory_order_relaxed) * s.effective_weight[b];
+  uint64_t lb = states_[b]->active.load(std::memory_order_relaxed) * s.effective_weight[a];
   return static_cast<int>(la <= lb ? a : b);
 }
 
 bool Pool::try_acquire(size_t b) {
-  uint32_t before = states_[b].active.fetch_add(1, std::memory_order_relaxed);
+  uint32_t before = states_[b]->active.fetch_add(1, std::memory_order_relaxed);
   uint32_t limit = config_.max_connections_per_backend;
   if (limit && before >= limit) {
-    states_[b].active.fetch_sub(1, std::memory_order_relaxed);
+    states_[b]->active.fetch_sub(1, std::memory_order_relaxed);
     return false;
   }
   return true;
 }
 
-void Pool::release(size_t b) { states_[b].active.fetch_sub(1, std::memory_order_relaxed); }
+void Pool::release(size_t b) { states_[b]->active.fetch_sub(1, std::memory_order_relaxed); }
 
 int Pool::sticky_backend(std::string_view value) const {
   for (size_t i = 0; i < sticky_values_.size(); ++i)
@@ -162,7 +208,7 @@ void Pool::rebuild(const char* why) {
   std::vector<BackendView> views(backends_.size());
   int64_t ramp = config_.slow_start.count();
   for (size_t i = 0; i < backends_.size(); ++i) {
-    const BackendState& st = states_[i];
+    const BackendState& st = *states_[i];
     views[i].weight = st.weight.load(std::memory_order_relaxed);
     if (ramp > 0) {
       // slow_start: a backend that (re)joined ramps its weight up linearly.
@@ -176,6 +222,17 @@ void Pool::rebuild(const char* why) {
     views[i].drained = st.drained.load(std::memory_order_relaxed);
     views[i].in_rotation = st.healthy.load(std::memory_order_relaxed) && !views[i].drained &&
                            st.ejected_until_ms.load(std::memory_order_relaxed) <= now;
+  }
+  // RFC 2782: of one SRV name's targets, only those of the lowest priority
+  // that has a member in rotation serve.
+  for (size_t i = 0; i < backends_.size(); ++i) {
+    if (backends_[i].srv_group < 0 || !views[i].in_rotation) continue;
+    for (size_t j = 0; j < backends_.size(); ++j)
+      if (backends_[j].srv_group == backends_[i].srv_group &&
+          backends_[j].srv_priority > backends_[i].srv_priority) {
+        views[j].in_rotation = false;
+        views[j].standby = true;
+      }
   }
   std::vector<RegionView> regions;
   for (const auto& r : config_.regions) regions.push_back({r.priority, r.weight});
@@ -233,16 +290,16 @@ void Pool::rebuild(const char* why) {
 
 bool Pool::set_healthy(size_t b, bool healthy) {
   if (b >= backends_.size()) return false;
-  if (states_[b].healthy.exchange(healthy) == healthy) return false;
+  if (states_[b]->healthy.exchange(healthy) == healthy) return false;
   // slow_start ramps a backend that comes back, not one passing its first check.
-  if (healthy && states_[b].ever_healthy.exchange(true)) joined(b);
+  if (healthy && states_[b]->ever_healthy.exchange(true)) joined(b);
   rebuild(healthy ? "a backend became healthy" : "a backend became unhealthy");
   return true;
 }
 
 void Pool::report(size_t b, Outcome outcome) {
   if (b >= backends_.size()) return;
-  BackendState& st = states_[b];
+  BackendState& st = *states_[b];
   if (outcome == Outcome::success) {
     if (st.consecutive_failures.load(std::memory_order_relaxed) != 0)
       st.consecutive_failures.store(0, std::memory_order_relaxed);
@@ -264,7 +321,7 @@ void Pool::report(size_t b, Outcome outcome) {
   size_t others = 0;
   for (size_t i = 0; i < backends_.size(); ++i) {
     if (i == b) continue;
-    const BackendState& o = states_[i];
+    const BackendState& o = *states_[i];
     if (o.healthy && !o.drained && o.ejected_until_ms.load(std::memory_order_relaxed) <= now) ++others;
   }
   if (others == 0) return;
@@ -287,9 +344,9 @@ void Pool::expire_ejections() {
   int64_t now = steady_ms();
   bool any = false;
   for (size_t i = 0; i < backends_.size(); ++i) {
-    int64_t until = states_[i].ejected_until_ms.load(std::memory_order_relaxed);
+    int64_t until = states_[i]->ejected_until_ms.load(std::memory_order_relaxed);
     if (until != 0 && until <= now) {
-      states_[i].ejected_until_ms.store(0, std::memory_order_relaxed);
+      states_[i]->ejected_until_ms.store(0, std::memory_order_relaxed);
       joined(i);
       io::log("pool %s: backend %s back in rotation after ejection", name_.c_str(),
               backends_[i].label.c_str());
@@ -301,7 +358,7 @@ void Pool::expire_ejections() {
 
 bool Pool::set_drained(size_t b, bool drained) {
   if (b >= backends_.size()) return false;
-  if (states_[b].drained.exchange(drained) != drained) {
+  if (states_[b]->drained.exchange(drained) != drained) {
     if (!drained) joined(b);
     rebuild(drained ? "a backend was drained" : "a backend was enabled");
   }
@@ -316,7 +373,7 @@ void Pool::note_fail_open() {
 }
 
 void Pool::joined(size_t b) {
-  if (config_.slow_start.count() > 0) states_[b].joined_ms.store(steady_ms(), std::memory_order_relaxed);
+  if (config_.slow_start.count() > 0) states_[b]->joined_ms.store(steady_ms(), std::memory_order_relaxed);
 }
 
 void Pool::tick() {
@@ -326,7 +383,7 @@ void Pool::tick() {
   int64_t now = steady_ms();
   bool ramping = false;
   for (size_t i = 0; i < backends_.size(); ++i) {
-    int64_t joined_at = states_[i].joined_ms.load(std::memory_order_relaxed);
+    int64_t joined_at = states_[i]->joined_ms.load(std::memory_order_relaxed);
     // Include one rebuild just past the end of the window, at full weight.
     if (joined_at && now - joined_at < ramp + 1000) ramping = true;
   }
@@ -340,8 +397,14 @@ void Pool::tick() {
 
 bool Pool::set_weight(size_t b, uint32_t weight) {
   if (b >= backends_.size()) return false;
-  if (states_[b].weight.exchange(weight) != weight) rebuild("a weight changed");
+  if (states_[b]->weight.exchange(weight) != weight) rebuild("a weight changed");
   return true;
+}
+
+int Pool::find_id(uint32_t id) const {
+  for (size_t i = 0; i < backends_.size(); ++i)
+    if (backends_[i].id == id) return static_cast<int>(i);
+  return -1;
 }
 
 int Pool::find(const std::string& label) const {

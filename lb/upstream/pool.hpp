@@ -11,11 +11,13 @@
 
 #include "config/config_types.hpp"
 #include "lb/io/timeouts.hpp"
+#include "lb/upstream/registry.hpp"
 #include "lb/upstream/selection.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
 
 #include <atomic>
+#include <map>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -31,22 +33,20 @@ struct Backend {
   boost::asio::ip::tcp::endpoint endpoint;
   uint32_t weight = 1;
   uint32_t priority = 0;
+  uint32_t id = 0;        // stable across snapshots (Registry)
+  int srv_group = -1;     // from an `srv:` entry: its index in the pool (RFC 2782 priority applies)
+  uint32_t srv_priority = 0;
 };
 
-// Mutable state of one backend, shared by all threads; alone on its cache line.
-struct alignas(64) BackendState {
-  std::atomic<bool> healthy{true};           // active checks (true when none)
-  std::atomic<bool> drained{false};          // admin drain
-  std::atomic<int64_t> ejected_until_ms{0};  // passive outlier ejection (steady clock ms)
-  std::atomic<uint32_t> ejections{0};        // how often ejected (the ejection time doubles)
-  std::atomic<uint32_t> consecutive_failures{0};
-  std::atomic<uint32_t> weight{1};           // current weight (config or admin)
-  std::atomic<int64_t> joined_ms{0};         // when it (re)entered rotation, for slow_start
-  std::atomic<bool> ever_healthy{false};     // has passed a health check before
-  // Requests in flight on it, all workers together; kept only when the pool's
-  // balancer or connection limit needs it (least_conn, random_two, circuit breaker).
-  std::atomic<uint32_t> active{0};
+// Addresses found by DNS for the pool's `dns:` and `srv:` entries, by
+// config::Backend::discovery_key(). An entry not resolved yet has no backends.
+struct DiscoveredAddress {
+  boost::asio::ip::address address;
+  uint16_t port = 0;
+  uint32_t priority = 0;  // SRV priority
+  uint32_t weight = 1;    // SRV weight (dns: the entry's weight)
 };
+using Discovered = std::map<std::string, std::vector<DiscoveredAddress>>;
 
 // What a pick may take into account for one request.
 struct PickRequest {
@@ -62,14 +62,18 @@ enum class Outcome { success, server_error, connect_failure, refused };
 class Pool {
  public:
   // `sticky_secret` keys the sticky cookie values (the top-level sticky_secret).
-  Pool(const config::Pool& config, size_t index, const std::string& sticky_secret = {});
+  // Backends that `registry` already knows (the same pool name and address in
+  // the snapshot this one replaces) keep their state: health, ejection, drain.
+  Pool(const config::Pool& config, size_t index, Registry& registry,
+       const Discovered& discovered = {}, const std::string& sticky_secret = {});
   ~Pool();
 
   const std::string& name() const { return name_; }
-  size_t index() const { return index_; }
+  size_t index() const { return index_; }  // in its Runtime
+  uint32_t id() const { return id_; }        // stable across snapshots
   const config::Pool& config() const { return config_; }
   const std::vector<Backend>& backends() const { return backends_; }
-  const BackendState& state(size_t b) const { return states_[b]; }
+  const BackendState& state(size_t b) const { return *states_[b]; }
 
   // Picks a backend not in `tried` (a bit per backend index; the low 64 only).
   // Returns -1 when none is left. Any thread; lock-free.
@@ -98,6 +102,7 @@ class Pool {
   bool set_drained(size_t b, bool drained);
   bool set_weight(size_t b, uint32_t weight);
   int find(const std::string& label) const;
+  int find_id(uint32_t id) const;
   // Called by a worker whose request was served while no backend was in
   // rotation: logs the event once per fail_open episode.
   void note_fail_open();
@@ -116,8 +121,10 @@ class Pool {
   config::Pool config_;
   std::string name_;
   size_t index_;
+  uint32_t id_ = 0;
   std::vector<Backend> backends_;
-  std::unique_ptr<BackendState[]> states_;
+  std::vector<std::shared_ptr<BackendState>> owned_states_;  // shared with other snapshots
+  std::vector<BackendState*> states_;
   std::atomic<const Selection*> current_{nullptr};
   // One cursor for all workers, so clients see the configured rotation whatever
   // thread serves them; alone on its cache line.

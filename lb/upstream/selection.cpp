@@ -75,7 +75,7 @@ Selection build_selection(const std::vector<BackendView>& backends,
   // Region health: the healthy share of its backends' weight.
   std::vector<double> total(regions.size(), 0), healthy(regions.size(), 0);
   for (const auto& b : backends) {
-    if (b.region >= regions.size() || b.drained) continue;
+    if (b.region >= regions.size() || b.drained || b.standby) continue;
     total[b.region] += b.weight;
     if (b.in_rotation) healthy[b.region] += b.weight;
   }
@@ -111,7 +111,7 @@ Selection build_selection(const std::vector<BackendView>& backends,
   }
   for (size_t i = 0; i < backends.size(); ++i) {
     const auto& b = backends[i];
-    if (b.region >= regions.size() || !b.in_rotation || b.drained || !b.weight) continue;
+    if (b.region >= regions.size() || !b.in_rotation || b.drained || b.standby || !b.weight) continue;
     if (healthy[b.region] > 0) share[i] = s.region_share[b.region] * b.weight / healthy[b.region];
   }
 

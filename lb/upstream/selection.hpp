@@ -15,6 +15,9 @@ struct BackendView {
   uint32_t region = 0;   // index into the regions
   bool in_rotation = true;  // healthy, not ejected, not drained
   bool drained = false;
+  // An SRV target of a higher priority than one in rotation (RFC 2782): not a
+  // candidate, and not counted in its region's health either.
+  bool standby = false;
 };
 
 struct RegionView {

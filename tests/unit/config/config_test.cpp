@@ -285,15 +285,37 @@ TEST(Config, DuplicateKeyIsReportedAtTheSecond) {
   EXPECT_EQ(only_error(with_listener_lines("    name: again")), "t.yaml:7:5: duplicate key 'name'");
 }
 
-TEST(Config, KeysNotSupportedYetAreRefused) {
-  EXPECT_EQ(only_error(std::string("dns: { servers: [127.0.0.1:53] }\n") + minimal),
-            "t.yaml:1:1: dns: not supported yet");
+TEST(Config, TlsNeedsACertificateAndProxyProtocolIsAccepted) {
   EXPECT_EQ(only_error(with_listener_lines("    tls: {}")),
             "t.yaml:7:10: tls: needs at least one certificate (certificates: [{cert: FILE, key: FILE}])");
   EXPECT_TRUE(valid(with_listener_lines("    proxy_protocol: true"))->listeners[0].proxy_protocol);
-  auto base = std::string(with_listener_lines("")) + "  api:\n";
-  EXPECT_EQ(only_error(base + "    backends: [{ srv: _http._tcp.app.service.consul }]\n"),
-            "t.yaml:12:18: srv: not supported yet");
+}
+
+TEST(Config, DnsSettingsAndDiscoveredBackends) {
+  auto base = std::string("dns: { servers: [127.0.0.1:5353, 10.0.0.2, \"::1\"], min_ttl: 2s, max_ttl: 1m }\n") +
+              with_listener_lines("") + "  api:\n";
+  auto config = valid(base + "    backends:\n"
+                             "      - dns: App.Internal.:8000\n"
+                             "        weight: 2\n"
+                             "      - srv: _http._tcp.app.service.consul\n"
+                             "      - 127.0.0.1:9001\n");
+  ASSERT_TRUE(config);
+  ASSERT_EQ(config->dns.servers.size(), 3u);
+  EXPECT_EQ(config->dns.servers[0].text(), "127.0.0.1:5353");
+  EXPECT_EQ(config->dns.servers[1].text(), "10.0.0.2:53");
+  EXPECT_EQ(config->dns.servers[2].text(), "[::1]:53");
+  EXPECT_EQ(config->dns.min_ttl, std::chrono::seconds(2));
+  EXPECT_EQ(config->dns.max_ttl, std::chrono::minutes(1));
+  const auto& backends = config->pools.back().regions[0].backends;
+  ASSERT_EQ(backends.size(), 3u);
+  EXPECT_EQ(backends[0].kind, lb::config::Backend::Kind::dns);
+  EXPECT_EQ(backends[0].discovery_key(), "dns:App.Internal:8000");
+  EXPECT_EQ(backends[0].weight, 2u);
+  EXPECT_EQ(backends[1].kind, lb::config::Backend::Kind::srv);
+  EXPECT_EQ(backends[1].discovery_key(), "srv:_http._tcp.app.service.consul");
+  EXPECT_EQ(backends[2].kind, lb::config::Backend::Kind::address);
+  EXPECT_EQ(only_error(base + "    backends: [{ dns: app }]\n"),
+            "t.yaml:13:23: dns: expected a host name and port like app.internal:8080, got 'app'");
 }
 
 TEST(Config, PoolOptions) {
@@ -706,8 +728,8 @@ TEST(Config, PoolShape) {
       "t.yaml:13:28: weight: must be 1..10000, got '0'");
   EXPECT_EQ(only_error(base + "    backends: [{ address: 127.0.0.1:1, weight: 1001 }]\n"),
             "t.yaml:12:48: weight: must be 1..1000, got '1001'");
-  EXPECT_EQ(only_error(base + "    backends: [{ dns: app.internal:80 }]\n"),
-            "t.yaml:12:18: dns: not supported yet");
+  EXPECT_EQ(only_error(base + "    backends: [{ address: 127.0.0.1:1, dns: app.internal:80 }]\n"),
+            "t.yaml:12:40: dns: a backend is one of 'address', 'dns' or 'srv'");
 }
 
 TEST(Config, BackendAddressesAreUniqueInAPool) {

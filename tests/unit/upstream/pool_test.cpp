@@ -61,7 +61,8 @@ TEST(PoolTest, ZeroWeightNeverPicked) {
 }
 
 TEST(PoolTest, PickRotatesAndSkipsTriedBackends) {
-  Pool pool(make_pool({1, 1, 1}), 0);
+  Registry registry;
+  Pool pool(make_pool({1, 1, 1}), 0, registry);
   EXPECT_EQ(pool.pick(0), 0);
   EXPECT_EQ(pool.pick(0), 1);
   EXPECT_EQ(pool.pick(0), 2);
@@ -72,14 +73,16 @@ TEST(PoolTest, PickRotatesAndSkipsTriedBackends) {
 }
 
 TEST(PoolTest, WeightsThreeToOneOverManyPicks) {
-  Pool pool(make_pool({3, 1}), 0);
+  Registry registry;
+  Pool pool(make_pool({3, 1}), 0, registry);
   int first = 0;
   for (int i = 0; i < 4000; ++i) first += pool.pick(0) == 0;
   EXPECT_EQ(first, 3000);
 }
 
 TEST(PoolTest, OnlyTheLowestPriorityServesWhileAllAreInRotation) {
-  Pool pool(make_pool({1, 1, 1}, {0, 0, 1}), 0);
+  Registry registry;
+  Pool pool(make_pool({1, 1, 1}, {0, 0, 1}), 0, registry);
   for (int i = 0; i < 100; ++i) EXPECT_NE(pool.pick(0), 2);
   EXPECT_EQ(pool.backends()[2].priority, 1u);
 }

@@ -1,0 +1,28 @@
+#include "lb/upstream/registry.hpp"
+
+namespace lb::upstream {
+
+uint32_t Registry::id_of(std::unordered_map<std::string, uint32_t>& ids, const std::string& name) {
+  std::lock_guard lock(mutex_);
+  auto [it, added] = ids.try_emplace(name, static_cast<uint32_t>(ids.size()));
+  return it->second;
+}
+
+Registry::Entry Registry::backend(const std::string& pool, const std::string& label) {
+  std::lock_guard lock(mutex_);
+  std::string key = pool;
+  key += '\0';
+  key += label;
+  auto [it, added] = backends_.try_emplace(key, Known{static_cast<uint32_t>(backends_.size()), {}});
+  Entry e;
+  e.id = it->second.id;
+  e.state = it->second.state.lock();
+  if (!e.state) {
+    e.state = std::make_shared<BackendState>();
+    it->second.state = e.state;
+    e.created = true;
+  }
+  return e;
+}
+
+}  // namespace lb::upstream
