@@ -4,6 +4,7 @@
 //   lb version
 #include "config/config.hpp"
 #include "healthcheck/checker.hpp"
+#include "healthcheck/dns.hpp"
 #include "lb/admin/admin.hpp"
 #include "lb/io/log.hpp"
 #include "lb/server/server.hpp"
@@ -14,6 +15,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <csignal>
 #include <mutex>
 #include <cstdio>
@@ -40,6 +42,58 @@ std::vector<lb::healthcheck::Target> health_targets(const Runtime& runtime) {
     }
   }
   return targets;
+}
+
+// The DNS names a config's pools discover backends by, one query per distinct
+// dns:/srv: entry, with the key each is known by (config::Backend::discovery_key).
+struct DnsQueries {
+  std::vector<lb::healthcheck::DnsQuery> queries;
+  std::vector<std::string> keys;
+};
+
+DnsQueries dns_queries(const lb::config::Config& config) {
+  DnsQueries q;
+  for (const auto& pool : config.pools)
+    for (const auto& region : pool.regions)
+      for (const auto& b : region.backends) {
+        if (b.kind == lb::config::Backend::Kind::address) continue;
+        std::string key = b.discovery_key();
+        if (std::find(q.keys.begin(), q.keys.end(), key) != q.keys.end()) continue;
+        lb::healthcheck::DnsQuery query;
+        query.kind = b.kind == lb::config::Backend::Kind::srv ? lb::healthcheck::DnsQuery::Kind::srv
+                                                              : lb::healthcheck::DnsQuery::Kind::host;
+        query.name = b.name;
+        query.port = b.address.port;
+        q.queries.push_back(std::move(query));
+        q.keys.push_back(std::move(key));
+      }
+  return q;
+}
+
+lb::healthcheck::DnsSettings dns_settings(const lb::config::Config& config) {
+  lb::healthcheck::DnsSettings settings;
+  for (const auto& a : config.dns.servers)
+    settings.servers.emplace_back(boost::asio::ip::make_address(a.host), a.port);
+  settings.min_ttl = config.dns.min_ttl;
+  settings.max_ttl = config.dns.max_ttl;
+  return settings;
+}
+
+std::vector<lb::upstream::DiscoveredAddress> addresses_of(
+    const std::vector<lb::healthcheck::DnsRecord>& records) {
+  std::vector<lb::upstream::DiscoveredAddress> out;
+  for (const auto& r : records) out.push_back({r.address, r.port, r.priority, r.weight});
+  return out;
+}
+
+std::string describe(const std::vector<lb::healthcheck::DnsRecord>& records) {
+  std::string text;
+  for (const auto& r : records) {
+    if (!text.empty()) text += ", ";
+    text += r.address.is_v6() ? "[" + r.address.to_string() + "]" : r.address.to_string();
+    text += ":" + std::to_string(r.port);
+  }
+  return text.empty() ? "no addresses" : text;
 }
 
 // What a reload cannot change without a restart.
@@ -73,6 +127,43 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
   std::mutex control;
   lb::upstream::Registry registry;
   lb::upstream::Discovered discovered;
+
+  // DNS discovery: resolved once before serving, then re-resolved at each TTL
+  // on its own thread; a changed answer rebuilds the pools that use it.
+  std::unique_ptr<lb::healthcheck::Discovery> discovery;
+  std::vector<std::string> dns_keys;
+  std::function<void(size_t, const std::vector<lb::healthcheck::DnsRecord>&)> on_dns;
+  auto start_discovery = [&](const lb::config::Config& c) {
+    DnsQueries q = dns_queries(c);
+    if (discovery) discovery->stop();
+    discovery.reset();
+    dns_keys = q.keys;
+    std::erase_if(discovered, [&](const auto& d) {
+      return std::find(q.keys.begin(), q.keys.end(), d.first) == q.keys.end();
+    });
+    if (q.queries.empty()) return;
+    try {
+      discovery = std::make_unique<lb::healthcheck::Discovery>(
+          q.queries, dns_settings(c),
+          [&](size_t i, const std::vector<lb::healthcheck::DnsRecord>& records) { on_dns(i, records); },
+          [](const std::string& line) { lb::io::log("%s", line.c_str()); });
+    } catch (const std::exception& e) {
+      lb::io::log("dns: cannot start the resolver: %s", e.what());
+      return;
+    }
+    auto answers = discovery->resolve_all();
+    for (size_t i = 0; i < answers.size(); ++i) {
+      if (answers[i].ok) {
+        discovered[q.keys[i]] = addresses_of(answers[i].records);
+        lb::io::log("dns: %s: %s", q.keys[i].c_str(), describe(answers[i].records).c_str());
+      } else {
+        // Kept from before (a reload), or none yet: retried soon.
+        lb::io::log("dns: %s: %s; %s", q.keys[i].c_str(), answers[i].error.c_str(),
+                    discovered.count(q.keys[i]) ? "keeping the last addresses" : "no backends from it yet");
+      }
+    }
+  };
+  start_discovery(*config);
 
   lb::server::Server server(std::make_shared<Runtime>(config, registry, discovered));
   if (!server.bind()) return 1;
@@ -114,6 +205,24 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
     return counts;
   });
 
+  // A DNS answer changed (discovery thread): on the main thread, rebuild the
+  // pools that discover backends; kept addresses keep their state.
+  on_dns = [&](size_t i, const std::vector<lb::healthcheck::DnsRecord>& records) {
+    asio::post(main_io, [&, key = dns_keys.at(i), records] {
+      lb::io::log("dns: %s: now %s", key.c_str(), describe(records).c_str());
+      std::lock_guard lock(control);
+      discovered[key] = addresses_of(records);
+      auto next = std::make_shared<Runtime>(*server.runtime(), registry, discovered);
+      std::string error;
+      if (!server.publish(next, error)) {
+        lb::io::log("dns: cannot apply the new addresses: %s", error.c_str());
+        return;
+      }
+      checker.update(health_targets(*next));
+    });
+  };
+  if (discovery) discovery->start();
+
   // Reload: the file is validated as `lb check` does; an invalid one changes nothing.
   auto reload = [&](const char* why) -> lb::admin::ReloadResult {
     auto loaded = lb::config::load_file(config->file);
@@ -128,6 +237,15 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
       return {false, message};
     }
     warn_unchanged(*first_config, *loaded.config);
+    DnsQueries before = dns_queries(*config), after = dns_queries(*loaded.config);
+    bool dns_changed = before.keys != after.keys ||
+                       dns_settings(*config).servers != dns_settings(*loaded.config).servers ||
+                       config->dns.min_ttl != loaded.config->dns.min_ttl ||
+                       config->dns.max_ttl != loaded.config->dns.max_ttl;
+    if (dns_changed) {
+      start_discovery(*loaded.config);  // resolves the new names before they are used
+      if (discovery) discovery->start();
+    }
     std::lock_guard lock(control);
     auto next = std::make_shared<Runtime>(loaded.config, registry, discovered);
     std::string publish_error;
@@ -201,6 +319,7 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
   lb::io::log("ready (%u workers)", server.workers());
   main_io.run();
   admin.close();
+  if (discovery) discovery->stop();
   checker.stop();
   server.stop();
   return 0;

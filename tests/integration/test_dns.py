@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Backends found by DNS (SPEC: `dns`, `dns:` and `srv:` backends, "Balancing
+and failover semantics" 3), with dnsmasq on a loopback port as the real DNS
+server and origins on 127.0.0.2-4 (all of 127/8 is loopback on Linux).
+
+- `dns: app.test:PORT`: every A record is a backend. When dnsmasq is
+  restarted with another set (TTL 1 s), the new address takes traffic and the
+  vanished one stops getting any within TTL + 2 s, while a paced load of GETs
+  runs without a single failure; the new address is health-checked first.
+  When dnsmasq stops answering (SIGSTOP), the last set keeps serving.
+- `srv: _http._tcp.app.test`: targets of weights 1 and 3 (priority 10) split
+  25/75 +-5%; the priority-20 target serves nothing while one of them is up,
+  everything once both are down (kill -9), and traffic returns when they are
+  back.
+- the addresses found are in /status and logged.
+"""
+
+import os
+import socket
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+from dns_server import Dnsmasq  # noqa: E402
+from harness import http, wait_until  # noqa: E402
+
+CHECK = "{ path: /healthz, interval: 300ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 1 }"
+
+
+def config(dns_port, backend):
+    return f"""
+workers: 2
+access_log: {{ path: "off" }}
+admin: {{ listen: 127.0.0.1:0 }}
+dns:
+  servers: ["127.0.0.1:{dns_port}"]
+  min_ttl: 1s
+  max_ttl: 5s
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    routes: [ {{ pool: web }} ]
+pools:
+  web:
+    retries: 3
+    health_check: {CHECK}
+    backends:
+      - {backend}
+"""
+
+
+def port_free_on(hosts):
+    """A TCP port free on every host in `hosts`."""
+    for _ in range(50):
+        s = socket.socket()
+        s.bind((hosts[0], 0))
+        port = s.getsockname()[1]
+        s.close()
+        ok = True
+        for h in hosts[1:]:
+            t = socket.socket()
+            try:
+                t.bind((h, port))
+            except OSError:
+                ok = False
+            finally:
+                t.close()
+        if ok:
+            return port
+    raise RuntimeError("no port free on all of %s" % hosts)
+
+
+def who(port):
+    status, _, body = http(port, "GET", "/")
+    return status, body.decode().strip().replace("Hello from ", "")
+
+
+class PacedLoad:
+    """GETs every 10 ms on a new connection from a thread, until stopped (at most 60 s)."""
+
+    def __init__(self, port):
+        self.port, self.answers, self.failures = port, [], []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        deadline = time.time() + 60
+        while not self.stopping.is_set() and time.time() < deadline:
+            try:
+                status, name = who(self.port)
+                (self.answers if status == 200 else self.failures).append((time.time(), status, name))
+            except Exception as e:  # noqa: BLE001 - any error is a failed request
+                self.failures.append((time.time(), repr(e)))
+            time.sleep(0.01)
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(timeout=10)
+
+
+class Dns(harness.TestCase):
+    def test_dns_backend_follows_its_records(self):
+        hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        port = port_free_on(hosts)
+        o2, o3, o4 = (self.origin("o%s" % h[-1], listen="%s:%d" % (h, port)) for h in hosts)
+        dns = Dnsmasq({"app.test": ["127.0.0.2", "127.0.0.3"]}, ttl=1)
+        dns.start()
+        self.addCleanup(dns.cleanup)
+        lb = self.lb(config(dns.port, "dns: app.test:%d" % port))
+        lport = lb.port()
+        seen = set()
+        self.assertTrue(wait_until(lambda: seen.add(who(lport)) or {(200, "o2"), (200, "o3")} <= seen,
+                                   timeout=10), seen)
+        self.assertIn("dns: dns:app.test:%d: 127.0.0.2:%d, 127.0.0.3:%d" % (port, port, port),
+                      lb.stderr_text())
+        backends = {b["address"] for p in lb.status_json()["pools"] if p["name"] == "web"
+                    for b in p["backends"]}
+        self.assertEqual(backends, {"127.0.0.2:%d" % port, "127.0.0.3:%d" % port})
+
+        load = PacedLoad(lport)
+        self.addCleanup(load.stop)
+        time.sleep(1)
+        changed = time.time()
+        dns.restart(a_records={"app.test": ["127.0.0.3", "127.0.0.4"]})
+
+        def moved():
+            recent = [a for a in load.answers if a[0] > time.time() - 0.5]
+            names = {a[2] for a in recent}
+            return len(recent) > 10 and names == {"o3", "o4"}
+        self.assertTrue(wait_until(moved, timeout=10), "traffic did not move to the new set")
+        took = time.time() - changed
+        self.assertLess(took, 1 + 2, "took %.1f s (TTL 1 s)" % took)
+        gone = max(a[0] for a in load.answers if a[2] == "o2")
+        self.assertLess(gone - changed, 3.0)
+        # New addresses are checked before they take traffic.
+        first_o4 = min(a[0] for a in load.answers if a[2] == "o4")
+        checks = [e for e in o4.log_entries() if e["target"] == "/healthz"]
+        self.assertTrue(checks, "o4 got traffic without a health check")
+
+        # The DNS server stops answering: the last set keeps serving.
+        dns.stop(freeze=True)
+        time.sleep(3)
+        recent = [a for a in load.answers if a[0] > time.time() - 1]
+        self.assertEqual({a[2] for a in recent}, {"o3", "o4"})
+        self.assertIn("keeping the last", lb.stderr_text())
+        dns.resume()
+        load.stop()
+        self.assertEqual(load.failures, [], "failed while the records changed")
+        self.assertGreater(len(load.answers), 300)
+        self.assertGreater(first_o4, changed)
+
+    def test_srv_weights_and_priorities(self):
+        o1, o2, o3 = (self.origin(n) for n in ("o1", "o2", "o3"))
+        srv = "_http._tcp.app.test"
+        dns = Dnsmasq({"a.test": ["127.0.0.1"], "b.test": ["127.0.0.1"], "c.test": ["127.0.0.1"]},
+                      [(srv, "a.test", o1.port, 10, 1), (srv, "b.test", o2.port, 10, 3),
+                       (srv, "c.test", o3.port, 20, 1)], ttl=5)
+        dns.start()
+        self.addCleanup(dns.cleanup)
+        lb = self.lb(config(dns.port, "srv: %s" % srv))
+        lport = lb.port()
+        self.assertTrue(wait_until(lambda: who(lport) == (200, "o2"), timeout=10))
+        time.sleep(0.5)  # every target has passed its first check
+        counts = {}
+        for _ in range(400):
+            status, name = who(lport)
+            self.assertEqual(status, 200)
+            counts[name] = counts.get(name, 0) + 1
+        self.assertNotIn("o3", counts, counts)
+        self.assertAlmostEqual(counts.get("o1", 0) / 400, 0.25, delta=0.05, msg=counts)
+        self.assertAlmostEqual(counts.get("o2", 0) / 400, 0.75, delta=0.05, msg=counts)
+
+        # Both priority-10 targets die: the priority-20 one takes everything.
+        o1.kill()
+        o2.kill()
+        answers = [who(lport) for _ in range(50)]
+        self.assertEqual(answers, [(200, "o3")] * 50)
+        # They come back: traffic returns to them.
+        o1.restart()
+        o2.restart()
+        self.assertTrue(wait_until(lambda: who(lport)[1] in ("o1", "o2"), timeout=40))
+
+
+if __name__ == "__main__":
+    harness.main()
