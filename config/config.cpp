@@ -245,6 +245,20 @@ std::string check_certificate(const std::string& cert, const std::string& key) {
   return why;
 }
 
+std::string check_ca(const std::string& path) {
+  if (::access(path.c_str(), R_OK) != 0)
+    return "cannot read " + path + ": " + std::strerror(errno);
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  if (!ctx)
+    return "cannot create a TLS context: " + openssl_error();
+  std::string why;
+  if (SSL_CTX_load_verify_locations(ctx, path.c_str(), nullptr) != 1)
+    why = path + " holds no PEM certificate (" + openssl_error() + ")";
+  ERR_clear_error();
+  SSL_CTX_free(ctx);
+  return why;
+}
+
 class Loader {
 public:
   explicit Loader(std::string file) : file_(std::move(file)) {}
@@ -301,6 +315,7 @@ private:
   void hash_key(const Item& item, HashKey& key);
   void sticky_cookie(const Item& item, std::string& cookie);
   void pool_timeouts(const Item& item, PoolTimeouts& timeouts);
+  void pool_tls(const Item& item, PoolTls& tls);
   void health_check(const Item& item, HealthCheck& check);
   bool expect_status(const Item& item, std::vector<std::pair<int, int>>& ranges);
   void outlier_detection(const Item& item, OutlierDetection& detection);
@@ -901,6 +916,45 @@ void Loader::tls(const Item& item, ListenerTls& tls) {
     error(item, "tls: needs at least one certificate (certificates: [{cert: FILE, key: FILE}])");
 }
 
+// The CA bundle is loaded here, so `lb check` reports a missing or bad file at its node.
+void Loader::pool_tls(const Item& item, PoolTls& tls) {
+  tls.enabled = true;
+  if (is_empty(item.value))
+    return;  // `tls: {}` or `tls:`: HTTPS, verified against the system's trust store
+  auto items = fields(item, {"verify", "ca", "sni", "min_version"});
+  if (!items)
+    return;
+  for (const auto& f : *items) {
+    if (f.name == "verify") {
+      if (auto b = boolean(f))
+        tls.verify = *b;
+    } else if (f.name == "ca") {
+      auto text = scalar(f, "a file path");
+      if (!text)
+        continue;
+      tls.ca = resolve(*text);
+      std::string why = check_ca(tls.ca);
+      if (!why.empty())
+        error(f, "ca: " + why);
+    } else if (f.name == "sni") {
+      auto text = scalar(f, "a host name");
+      if (text)
+        if (auto name = dns_name(f, *text))
+          tls.sni = *name;
+    } else if (f.name == "min_version") {
+      auto v = scalar(f, "\"1.2\" or \"1.3\"");
+      if (!v)
+        continue;
+      if (*v == "1.2")
+        tls.min_version = ListenerTls::Version::tls1_2;
+      else if (*v == "1.3")
+        tls.min_version = ListenerTls::Version::tls1_3;
+      else
+        error(f, "min_version: expected \"1.2\" or \"1.3\", got '" + *v + "'");
+    }
+  }
+}
+
 void Loader::limits(const Item& item, Limits& limits) {
   auto items = fields(item, {"max_header_bytes", "max_body_bytes", "max_connections"});
   if (!items)
@@ -1037,7 +1091,7 @@ void Loader::pool(const Item& item, Pool& pool) {
   auto items = fields(item, {"balance", "hash_key", "sticky_cookie", "slow_start", "timeouts",
                              "retries", "max_connections_per_backend", "queue_timeout",
                              "maintenance", "fail_open", "health_check", "outlier_detection",
-                             "overprovisioning", "backends", "regions"});
+                             "overprovisioning", "backends", "regions", "tls"});
   if (!items)
     return;
   const Item* backend_list = nullptr;
@@ -1061,6 +1115,8 @@ void Loader::pool(const Item& item, Pool& pool) {
         pool.slow_start = *d;
     } else if (f.name == "timeouts") {
       pool_timeouts(f, pool.timeouts);
+    } else if (f.name == "tls") {
+      pool_tls(f, pool.tls);
     } else if (f.name == "retries") {
       if (auto n = integer(f, 0, 10))
         pool.retries = uint32_t(*n);

@@ -78,6 +78,17 @@ struct Listener {
   std::vector<Route> routes;
 };
 
+// HTTPS toward a pool's backends.
+struct PoolTls {
+  bool enabled = false;
+  bool verify = true;        // check the backend's certificate chain and name
+  std::string ca;            // PEM bundle to verify against; empty: the system's trust store
+  std::string sni;           // the name sent and verified; empty: a dns:/srv: backend's host
+                             // name, else none sent and the backend's IP address verified
+  ListenerTls::Version min_version = ListenerTls::Version::tls1_2;
+  bool operator==(const PoolTls&) const = default;
+};
+
 struct Backend {
   // address: one backend. dns: every A/AAAA address of `name`, on `address.port`.
   // srv: the targets of the SRV name `name`, with their ports and weights.
@@ -144,6 +155,7 @@ struct Pool {
   double overprovisioning = 1.4;  // priority load: level gets min(100%, this x its health)
   HealthCheck health_check;
   OutlierDetection outlier_detection;
+  PoolTls tls;
   bool fail_open = true;
   std::vector<Region> regions;
 };

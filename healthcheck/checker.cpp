@@ -10,6 +10,8 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <pthread.h>
 #include <time.h>
 
@@ -78,6 +80,13 @@ struct Checker::State {
     }
   }
 
+  ~State() {
+    if (ssl)
+      SSL_free(ssl);
+  }
+  State(const State&) = delete;
+  State& operator=(const State&) = delete;
+
   Target target;
   std::string what;    // names the step after connecting in results: "GET /healthz"
   std::string request; // HTTP only: built once
@@ -88,6 +97,8 @@ struct Checker::State {
   uint64_t generation = 0;
   bool running = false;
   bool connected = false;
+  SSL* ssl = nullptr;  // HTTPS checks: this check's TLS connection
+  size_t sent = 0;     // of `request`, over TLS
   Clock::time_point started{};
   uint32_t passes_in_row = 0;
   uint32_t failures_in_row = 0;
@@ -125,7 +136,8 @@ void Checker::apply(std::vector<Target> targets) {
     auto same = std::find_if(states_.begin(), states_.end(), [&](const auto& s) {
       return s && s->target.pool == t.pool && s->target.backend == t.backend &&
              s->target.endpoint == t.endpoint && s->target.check == t.check &&
-             s->target.label == t.label;
+             s->target.label == t.label && s->target.tls_config == t.tls_config &&
+             bool(s->target.tls) == bool(t.tls) && s->target.host_name == t.host_name;
     });
     if (same != states_.end()) {
       next.push_back(std::move(*same));
@@ -262,6 +274,15 @@ void Checker::on_connect(State& s, const error_code& ec) {
   // Close with a reset, as HAProxy's checks do: no TIME_WAIT left behind per check.
   error_code ignored;
   s.socket.set_option(tcp::socket::linger(true, 0), ignored);
+  if (s.target.tls) {
+    s.socket.non_blocking(true, ignored);
+    s.ssl = s.target.tls->connect(s.socket.native_handle(), s.target.host_name,
+                                  s.target.endpoint.address().to_string());
+    if (!s.ssl)
+      return finish(s, false, "TLS: cannot set up a connection");
+    s.sent = 0;
+    return tls_handshake(s);
+  }
   if (s.target.check.type == config::HealthCheck::Type::tcp)
     return finish(s, true, "connect: ok");
   const uint64_t g = s.generation;
@@ -278,7 +299,66 @@ void Checker::on_write(State& s, const error_code& ec) {
   do_read(s);
 }
 
+// HTTPS checks: the same steps over OpenSSL on the non-blocking socket, each
+// waiting for the socket when OpenSSL asks to.
+void Checker::tls_wait(State& s, int ssl_error, void (Checker::*next)(State&)) {
+  const uint64_t g = s.generation;
+  s.socket.async_wait(ssl_error == SSL_ERROR_WANT_WRITE ? tcp::socket::wait_write
+                                                        : tcp::socket::wait_read,
+                      [this, &s, g, next](const error_code& ec) {
+                        if (g != s.generation)
+                          return;
+                        if (ec)
+                          return finish(s, false, s.what + ": " + describe(ec));
+                        (this->*next)(s);
+                      });
+}
+
+void Checker::tls_handshake(State& s) {
+  ERR_clear_error();
+  int r = SSL_do_handshake(s.ssl);
+  if (r == 1) {
+    if (s.target.check.type == config::HealthCheck::Type::tcp)
+      return finish(s, true, "TLS handshake: ok");
+    return tls_write(s);
+  }
+  int e = SSL_get_error(s.ssl, r);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+    return tls_wait(s, e, &Checker::tls_handshake);
+  finish(s, false, "TLS handshake: " + io::TlsClient::failure(s.ssl));
+}
+
+void Checker::tls_write(State& s) {
+  while (s.sent < s.request.size()) {
+    ERR_clear_error();
+    int r = SSL_write(s.ssl, s.request.data() + s.sent, int(s.request.size() - s.sent));
+    if (r > 0) {
+      s.sent += size_t(r);
+      continue;
+    }
+    int e = SSL_get_error(s.ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+      return tls_wait(s, e, &Checker::tls_write);
+    return finish(s, false, s.what + ": TLS write failed");
+  }
+  tls_read(s);
+}
+
+void Checker::tls_read(State& s) {
+  ERR_clear_error();
+  int r = SSL_read(s.ssl, s.head.data() + s.head_size, int(s.head.size() - s.head_size));
+  if (r > 0)
+    return on_read(s, {}, size_t(r));
+  int e = SSL_get_error(s.ssl, r);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+    return tls_wait(s, e, &Checker::tls_read);
+  bool eof = e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0);
+  on_read(s, eof ? error_code(boost::asio::error::eof) : error_code(boost::asio::error::connection_reset), 0);
+}
+
 void Checker::do_read(State& s) {
+  if (s.ssl)
+    return tls_read(s);
   const uint64_t g = s.generation;
   s.socket.async_read_some(
       boost::asio::buffer(s.head.data() + s.head_size, s.head.size() - s.head_size),
@@ -324,6 +404,10 @@ void Checker::on_hasten(State& s) {
 }
 
 void Checker::finish(State& s, bool passed, std::string result) {
+  if (s.ssl) {
+    SSL_free(s.ssl);
+    s.ssl = nullptr;
+  }
   error_code ignored;
   s.socket.close(ignored); // its pending operations end stale: schedule() bumps the generation
   s.running = false;

@@ -5,9 +5,10 @@
 // reported through a callback: the proxy maps (pool, backend) to its own state. The
 // targets can be replaced while it runs (update): those that stay keep their state.
 //
-// Depends on config only, never on the proxy's modules.
+// Depends on config and io (TLS) only, never on the proxy's modules.
 
 #include "config/config_types.hpp"
+#include "lb/io/tls.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -37,6 +38,11 @@ struct Target {
   // Known healthy already (a reload changed its check): it stays healthy until
   // unhealthy_threshold failures, rather than starting over as unhealthy.
   bool start_healthy = false;
+  // The pool speaks HTTPS to its backends: so do its checks (an HTTP check
+  // over TLS; a TCP check passes once the TLS handshake does).
+  std::shared_ptr<const io::TlsClient> tls;
+  config::PoolTls tls_config;  // what `tls` was built from (to compare targets)
+  std::string host_name;       // the backend's DNS name, if any (SNI)
 };
 
 struct Transition {
@@ -111,6 +117,10 @@ private:
   void on_read(State& s, const boost::system::error_code& ec, size_t n);
   void on_timeout(State& s);
   void on_hasten(State& s);
+  void tls_handshake(State& s);
+  void tls_write(State& s);
+  void tls_read(State& s);
+  void tls_wait(State& s, int ssl_error, void (Checker::*next)(State&));
   void finish(State& s, bool passed, std::string result);
   Clock::duration jittered(Clock::duration interval);
   void apply(std::vector<Target> targets);

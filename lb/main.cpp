@@ -35,9 +35,18 @@ std::vector<lb::healthcheck::Target> health_targets(const Runtime& runtime) {
     if (!pool->config().health_check.enabled) continue;
     for (size_t b = 0; b < pool->backends().size(); ++b) {
       const auto& backend = pool->backends()[b];
-      lb::healthcheck::Target t{pool->id(), backend.id, backend.endpoint, backend.label,
-                                pool->config().health_check};
+      lb::healthcheck::Target t;
+      t.pool = pool->id();
+      t.backend = backend.id;
+      t.endpoint = backend.endpoint;
+      t.label = backend.label;
+      t.check = pool->config().health_check;
       t.start_healthy = pool->state(b).healthy.load();
+      if (pool->config().tls.enabled) {
+        t.tls = pool->shared_tls();
+        t.tls_config = pool->config().tls;
+        t.host_name = backend.host_name;
+      }
       targets.push_back(std::move(t));
     }
   }
@@ -82,7 +91,7 @@ lb::healthcheck::DnsSettings dns_settings(const lb::config::Config& config) {
 std::vector<lb::upstream::DiscoveredAddress> addresses_of(
     const std::vector<lb::healthcheck::DnsRecord>& records) {
   std::vector<lb::upstream::DiscoveredAddress> out;
-  for (const auto& r : records) out.push_back({r.address, r.port, r.priority, r.weight});
+  for (const auto& r : records) out.push_back({r.address, r.port, r.priority, r.weight, r.target});
   return out;
 }
 

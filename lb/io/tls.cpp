@@ -139,4 +139,68 @@ SSL* TlsServer::accept(int fd) const {
   return ssl;
 }
 
+std::unique_ptr<TlsClient> TlsClient::create(const config::PoolTls& config, std::string& error) {
+  std::unique_ptr<TlsClient> client(new TlsClient);
+  client->verify_ = config.verify;
+  client->sni_ = config.sni;
+  SSL_CTX* ctx = client->ctx_ = SSL_CTX_new(TLS_client_method());
+  if (!ctx) {
+    error = "cannot create a TLS context: " + openssl_error();
+    return nullptr;
+  }
+  SSL_CTX_set_min_proto_version(ctx, config.min_version == config::ListenerTls::Version::tls1_3
+                                         ? TLS1_3_VERSION
+                                         : TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                            SSL_MODE_RELEASE_BUFFERS);
+  static const unsigned char http11[] = "\x08http/1.1";
+  SSL_CTX_set_alpn_protos(ctx, http11, sizeof http11 - 1);
+  if (config.verify) {
+    int ok = config.ca.empty() ? SSL_CTX_set_default_verify_paths(ctx)
+                               : SSL_CTX_load_verify_locations(ctx, config.ca.c_str(), nullptr);
+    if (ok != 1) {
+      error = "cannot load " + (config.ca.empty() ? std::string("the system's trust store") : config.ca) +
+              ": " + openssl_error();
+      return nullptr;
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+  } else {
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
+  }
+  return client;
+}
+
+TlsClient::~TlsClient() { SSL_CTX_free(ctx_); }
+
+SSL* TlsClient::connect(int fd, const std::string& host, const std::string& ip) const {
+  SSL* ssl = SSL_new(ctx_);
+  if (!ssl) return nullptr;
+  const std::string& name = !sni_.empty() ? sni_ : host;
+  bool ok = SSL_set_fd(ssl, fd) == 1;
+  if (ok && !name.empty()) ok = SSL_set_tlsext_host_name(ssl, name.c_str()) == 1;
+  if (ok && verify_) {
+    X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    ok = !name.empty() ? X509_VERIFY_PARAM_set1_host(param, name.c_str(), name.size()) == 1
+                       : X509_VERIFY_PARAM_set1_ip_asc(param, ip.c_str()) == 1;
+  }
+  if (!ok) {
+    ERR_clear_error();
+    SSL_free(ssl);
+    return nullptr;
+  }
+  SSL_set_connect_state(ssl);
+  return ssl;
+}
+
+std::string TlsClient::failure(SSL* ssl) {
+  long verify = SSL_get_verify_result(ssl);
+  if (verify != X509_V_OK) {
+    ERR_clear_error();
+    return std::string("certificate verify failed: ") + X509_verify_cert_error_string(verify);
+  }
+  return openssl_error();
+}
+
 }  // namespace lb::io

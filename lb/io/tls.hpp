@@ -37,4 +37,29 @@ class TlsServer {
   std::vector<Entry> entries_;
 };
 
+// Client-side TLS toward one pool's backends (pool `tls:`): the trust store
+// (the pool's `ca` or the system's), verification of the chain and of the
+// backend's name or address, the minimum version, ALPN "http/1.1".
+class TlsClient {
+ public:
+  // nullptr (with `error`) when the CA bundle cannot be used.
+  static std::unique_ptr<TlsClient> create(const config::PoolTls& config, std::string& error);
+  ~TlsClient();
+  TlsClient(const TlsClient&) = delete;
+  TlsClient& operator=(const TlsClient&) = delete;
+
+  // A new client-side connection on `fd` to a backend called `host` (a DNS
+  // name, or empty) at `ip`: SNI is the pool's `sni`, else `host`; what is
+  // verified is that name, else the IP address. nullptr on failure.
+  SSL* connect(int fd, const std::string& host, const std::string& ip) const;
+  // Why a handshake failed, after SSL_do_handshake said so.
+  static std::string failure(SSL* ssl);
+
+ private:
+  TlsClient() = default;
+  SSL_CTX* ctx_ = nullptr;
+  bool verify_ = true;
+  std::string sni_;
+};
+
 }  // namespace lb::io

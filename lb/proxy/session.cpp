@@ -229,12 +229,14 @@ int Session::tls_handshake() {
   return 0;
 }
 
-ssize_t Session::client_recv(char* p, size_t n) {
-  if (!ssl_) return ::recv(fd_of(client_), p, n, 0);
+namespace {
+
+// recv() for a TLS connection: the same results and errno conventions.
+ssize_t tls_recv(SSL* ssl, char* p, size_t n) {
   ERR_clear_error();
-  int r = SSL_read(ssl_, p, static_cast<int>(std::min<size_t>(n, INT32_MAX)));
+  int r = SSL_read(ssl, p, static_cast<int>(std::min<size_t>(n, INT32_MAX)));
   if (r > 0) return r;
-  switch (SSL_get_error(ssl_, r)) {
+  switch (SSL_get_error(ssl, r)) {
     case SSL_ERROR_ZERO_RETURN:
       return 0;
     case SSL_ERROR_WANT_READ:
@@ -250,41 +252,62 @@ ssize_t Session::client_recv(char* p, size_t n) {
   }
 }
 
+}  // namespace
+
+ssize_t Session::client_recv(char* p, size_t n) {
+  if (!ssl_) return ::recv(fd_of(client_), p, n, 0);
+  return tls_recv(ssl_, p, n);
+}
+
+ssize_t Session::backend_recv(char* p, size_t n) {
+  if (!conn_->ssl) return ::recv(fd_of(conn_->socket), p, n, 0);
+  return tls_recv(conn_->ssl, p, n);
+}
+
 int Session::client_write(Outbox& out, uint64_t& written) {
   if (!ssl_) return write_some(fd_of(client_), this, out.v, out.first, out.count, written);
-  // SSL_write takes one buffer: gather into a staging buffer (TLS copies the
-  // bytes to encrypt them anyway). After WANT_WRITE the same bytes are staged
-  // again, as OpenSSL requires for the retry.
-  if (!tls_stage_) tls_stage_ = worker_.buffers.acquire();
+  return tls_write(ssl_, out, tls_stage_, written);
+}
+
+int Session::backend_write(Outbox& out, uint64_t& written) {
+  if (!conn_->ssl) return write_some(fd_of(conn_->socket), this, out.v, out.first, out.count, written);
+  return tls_write(conn_->ssl, out, backend_tls_stage_, written);
+}
+
+// SSL_write takes one buffer: gather into a staging buffer (TLS copies the
+// bytes to encrypt them anyway). After WANT_WRITE the same bytes are staged
+// again, as OpenSSL requires for the retry.
+int Session::tls_write(SSL* ssl, Outbox& out, io::Buffer*& stage, uint64_t& written) {
+  if (!stage) stage = worker_.buffers.acquire();
   while (!out.empty()) {
     size_t staged = 0;
-    for (unsigned i = out.first; i < out.count && staged < tls_stage_->capacity; ++i) {
-      size_t take = std::min<size_t>(out.v[i].iov_len, tls_stage_->capacity - staged);
-      std::memcpy(tls_stage_->data() + staged, out.v[i].iov_base, take);
+    for (unsigned i = out.first; i < out.count && staged < stage->capacity; ++i) {
+      size_t take = std::min<size_t>(out.v[i].iov_len, stage->capacity - staged);
+      std::memcpy(stage->data() + staged, out.v[i].iov_base, take);
       staged += take;
     }
     ERR_clear_error();
-    int r = SSL_write(ssl_, tls_stage_->data(), static_cast<int>(staged));
+    int r = SSL_write(ssl, stage->data(), static_cast<int>(staged));
     if (r > 0) {
       out.advance(static_cast<size_t>(r));
       written += static_cast<uint64_t>(r);
       continue;
     }
-    int e = SSL_get_error(ssl_, r);
+    int e = SSL_get_error(ssl, r);
     if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) return 0;
     errno = EPIPE;
     return -1;
   }
-  worker_.buffers.release(tls_stage_);
-  tls_stage_ = nullptr;
+  worker_.buffers.release(stage);
+  stage = nullptr;
   return 1;
 }
-
 
 Session::~Session() {
   io::Timeouts::disarm(timer_);
   if (ssl_) SSL_free(ssl_);
   worker_.buffers.release(tls_stage_);
+  worker_.buffers.release(backend_tls_stage_);
   delete conn_;
   worker_.buffers.release(cbuf_);
   worker_.buffers.release(ubuf_);
@@ -606,6 +629,11 @@ void Session::do_attempt() {
   u_len_ = u_parsed_ = u_sent_ = 0;
   if (attempts_ == 1) upstream_started_ = io::Clock::now();
   conn_ = worker_.connections.take(backend.id);
+  // A reload may have turned the pool's TLS on or off: those are no use now.
+  while (conn_ && (conn_->ssl != nullptr) != pool_->config().tls.enabled) {
+    delete conn_;
+    conn_ = worker_.connections.take(backend.id);
+  }
   conn_reused_ = conn_ != nullptr;
   if (conn_reused_) return do_send_request_head();
   do_connect();
@@ -643,8 +671,52 @@ void Session::on_connect(const error_code& ec, uint32_t attempt) {
   }
   error_code ignored;
   conn_->socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+  if (pool_->config().tls.enabled) return start_backend_tls();
   arm(Timer::exchange);
   do_send_request_head();
+}
+
+// HTTPS toward the backend: the handshake runs under the connect timeout, and
+// its failure counts as a failed connect (retried on another backend).
+void Session::start_backend_tls() {
+  const upstream::Backend& backend = pool_->backends()[static_cast<size_t>(backend_)];
+  if (pool_->tls())
+    conn_->ssl = pool_->tls()->connect(fd_of(conn_->socket), backend.host_name,
+                                       backend.endpoint.address().to_string());
+  if (!conn_->ssl) {
+    std::snprintf(error_page_, sizeof error_page_, "TLS to %s cannot be set up: %s",
+                  backend.label.c_str(), pool_->tls() ? "out of memory" : pool_->tls_error().c_str());
+    io::log("pool %s: %s", pool_->name().c_str(), error_page_);
+    return backend_failed(Failure::connect, error_page_);
+  }
+  backend_handshake();
+}
+
+void Session::backend_handshake() {
+  ERR_clear_error();
+  int r = SSL_do_handshake(conn_->ssl);
+  if (r == 1) {
+    arm(Timer::exchange);
+    return do_send_request_head();
+  }
+  int e = SSL_get_error(conn_->ssl, r);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+    conn_->socket.async_wait(
+        e == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
+        in_slot(backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
+          if (self->closed_ || a != self->attempt_) return;
+          if (ec) return self->backend_failed(Failure::connect, "backend connection failed");
+          self->backend_handshake();
+        }));
+    return;
+  }
+  std::string why = io::TlsClient::failure(conn_->ssl);
+  std::snprintf(error_page_, sizeof error_page_, "TLS handshake with %s failed: %s",
+                pool_->backends()[static_cast<size_t>(backend_)].label.c_str(), why.c_str());
+  io::log("pool %s: %s", pool_->name().c_str(), error_page_);
+  backend_metrics().connect_errors.add();
+  pool_->report(static_cast<size_t>(backend_), upstream::Outcome::connect_failure);
+  backend_failed(Failure::connect, error_page_);
 }
 
 // ---- Sending the request ----------------------------------------------------
@@ -730,8 +802,7 @@ void Session::do_send_request_head() {
 
 void Session::do_write_backend() {
   uint64_t written = 0;
-  int r = write_some(fd_of(conn_->socket), this, to_backend_.v, to_backend_.first,
-                     to_backend_.count, written);
+  int r = backend_write(to_backend_, written);
   if (r > 0) return on_request_bytes_sent();
   if (r == 0) {
     backend_writing_ = true;
@@ -844,7 +915,7 @@ void Session::read_response() {
       // Only a head can fill the buffer (a body is sent on as it comes).
       return backend_failed(Failure::backend, "response head too large");
     }
-    ssize_t n = ::recv(fd_of(conn_->socket), ubuf_->data() + u_len_, ubuf_->capacity - u_len_, 0);
+    ssize_t n = backend_recv(ubuf_->data() + u_len_, ubuf_->capacity - u_len_);
     if (n > 0) {
       u_len_ += static_cast<uint32_t>(n);
       arm(Timer::exchange);
@@ -1141,8 +1212,7 @@ void Session::pump_up() {
   for (int budget = 0; !closed_; ++budget) {
     if (!to_backend_.empty()) {
       uint64_t written = 0;
-      int r = write_some(fd_of(conn_->socket), this, to_backend_.v, to_backend_.first,
-                         to_backend_.count, written);
+      int r = backend_write(to_backend_, written);
       if (r < 0) return close();
       if (r == 0) {
         wait_then<&Session::pump_up>(conn_->socket, asio::socket_base::wait_write,
@@ -1171,6 +1241,7 @@ void Session::pump_up() {
     if (n < 0) return close();
     // The client is done sending: pass the end on.
     up_done_ = true;
+    if (conn_->ssl) SSL_shutdown(conn_->ssl);  // close_notify, best effort
     error_code ignored;
     conn_->socket.shutdown(asio::socket_base::shutdown_send, ignored);
     return tunnel_half_closed();
@@ -1192,7 +1263,7 @@ void Session::pump_down() {
       asio::post(worker_.io, in_slot(backend_read_slot_, [self = Ref(this)] { self->pump_down(); }));
       return;
     }
-    ssize_t n = ::recv(fd_of(conn_->socket), ubuf_->data(), ubuf_->capacity, 0);
+    ssize_t n = backend_recv(ubuf_->data(), ubuf_->capacity);
     if (n > 0) {
       to_client_.clear();
       to_client_.add(ubuf_->data(), static_cast<size_t>(n));
@@ -1431,7 +1502,8 @@ void Session::timed_out() {
       keep_client_ = false;
       return respond_error(408, "request head not received within timeouts.header", true);
     case Timer::connect:
-      std::snprintf(error_page_, sizeof error_page_, "connect to %s timed out",
+      std::snprintf(error_page_, sizeof error_page_,
+                    conn_ && conn_->ssl ? "TLS handshake with %s timed out" : "connect to %s timed out",
                     pool_->backends()[static_cast<size_t>(backend_)].label.c_str());
       io::log("pool %s: %s", pool_->name().c_str(), error_page_);
       backend_metrics().connect_errors.add();

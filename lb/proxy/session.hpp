@@ -45,6 +45,9 @@ class Session {
 
  private:
   bool adopt_runtime();
+  void start_backend_tls();
+  void backend_handshake();
+
   BackendMetrics& backend_metrics() {
     return worker_.metrics->backends.at(pool_->backends()[static_cast<size_t>(backend_)].id);
   }
@@ -78,6 +81,9 @@ class Session {
   // (EAGAIN: wait for readability). write: 1 all written, 0 would block, -1 error.
   ssize_t client_recv(char* p, size_t n);
   int client_write(Outbox& out, uint64_t& written);
+  ssize_t backend_recv(char* p, size_t n);
+  int backend_write(Outbox& out, uint64_t& written);
+  int tls_write(SSL* ssl, Outbox& out, io::Buffer*& stage, uint64_t& written);
   // TLS: finishes the handshake. 1 done, 0 waiting (reading resumes), -1 close.
   int tls_handshake();
   int take_proxy_header();  // 1 read, 0 wait for more, -1 close
@@ -185,6 +191,7 @@ class Session {
   SSL* ssl_ = nullptr;              // HTTPS listener: the client's TLS connection
   bool handshake_done_ = false;
   io::Buffer* tls_stage_ = nullptr; // gathers a write for SSL_write
+  io::Buffer* backend_tls_stage_ = nullptr;  // the same toward an HTTPS backend
   bool queued_ = false;             // waiting in the worker's queue (circuit breaker)
   bool acquired_ = false;           // holds a slot in the backend's active count
   bool has_hash_ = false;           // hash_ is the request's ring_hash/maglev key

@@ -5,6 +5,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <openssl/ssl.h>
 
 #include <cstdint>
 #include <vector>
@@ -13,7 +14,13 @@ namespace lb::upstream {
 
 struct Connection {
   explicit Connection(boost::asio::io_context& io) : socket(io) {}
+  ~Connection() {
+    if (ssl) SSL_free(ssl);
+  }
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
   boost::asio::ip::tcp::socket socket;
+  SSL* ssl = nullptr;  // set when the pool speaks HTTPS to its backends
   uint32_t backend = 0;  // the backend's stable id (Backend::id)
   std::chrono::milliseconds idle_timeout{90000};  // the pool's timeouts.idle
   uint32_t requests = 0;  // requests served on this connection so far

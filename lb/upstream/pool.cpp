@@ -56,6 +56,7 @@ Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
       for (const auto& d : found->second) {
         Backend from_dns = backend;
         from_dns.label = label_of(d.address, d.port);
+        from_dns.host_name = d.target.empty() ? b.name : d.target;
         from_dns.endpoint = {d.address, d.port};
         if (b.kind == config::Backend::Kind::srv) {
           // RFC 2782: weight 0 is for a target that should get very little
@@ -67,6 +68,10 @@ Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
         add(std::move(from_dns));
       }
     }
+  }
+  if (config.tls.enabled) {
+    tls_ = io::TlsClient::create(config.tls, tls_error_);
+    if (!tls_) io::log("pool %s: TLS: %s", name_.c_str(), tls_error_.c_str());
   }
   tracks_active_ = config.balance == config::Balance::least_conn ||
                    config.balance == config::Balance::random_two ||
@@ -378,6 +383,22 @@ void Pool::joined(size_t b) {
 
 void Pool::tick() {
   expire_ejections();
+  // A backend's state is shared with the snapshots this pool replaced, whose
+  // in-flight requests may still eject it: catch up with such changes here.
+  {
+    const Selection& s = selection();
+    int64_t now = steady_ms();
+    for (size_t i = 0; i < backends_.size() && !s.fail_open; ++i) {
+      const BackendState& st = *states_[i];
+      bool out = !st.healthy.load(std::memory_order_relaxed) ||
+                 st.drained.load(std::memory_order_relaxed) ||
+                 st.ejected_until_ms.load(std::memory_order_relaxed) > now;
+      if (out && i < s.effective_weight.size() && s.effective_weight[i] > 0) {
+        rebuild("a backend left the rotation");
+        break;
+      }
+    }
+  }
   int64_t ramp = config_.slow_start.count();
   if (ramp <= 0) return;
   int64_t now = steady_ms();

@@ -11,6 +11,7 @@
 
 #include "config/config_types.hpp"
 #include "lb/io/timeouts.hpp"
+#include "lb/io/tls.hpp"
 #include "lb/upstream/registry.hpp"
 #include "lb/upstream/selection.hpp"
 
@@ -34,6 +35,7 @@ struct Backend {
   uint32_t weight = 1;
   uint32_t priority = 0;
   uint32_t id = 0;        // stable across snapshots (Registry)
+  std::string host_name;  // from a dns:/srv: entry: the name it was found by (TLS SNI)
   int srv_group = -1;     // from an `srv:` entry: its index in the pool (RFC 2782 priority applies)
   uint32_t srv_priority = 0;
 };
@@ -45,6 +47,7 @@ struct DiscoveredAddress {
   uint16_t port = 0;
   uint32_t priority = 0;  // SRV priority
   uint32_t weight = 1;    // SRV weight (dns: the entry's weight)
+  std::string target;     // the host name the address belongs to
 };
 using Discovered = std::map<std::string, std::vector<DiscoveredAddress>>;
 
@@ -79,6 +82,12 @@ class Pool {
   // Returns -1 when none is left. Any thread; lock-free.
   int pick(uint64_t tried) const { return pick(PickRequest{tried}); }
   int pick(const PickRequest& request) const;
+
+  // HTTPS toward the backends (pool `tls:`): nullptr for plain HTTP, or when
+  // the client context could not be built (tls_error() says why).
+  const io::TlsClient* tls() const { return tls_.get(); }
+  std::shared_ptr<const io::TlsClient> shared_tls() const { return tls_; }  // for health checks
+  const std::string& tls_error() const { return tls_error_; }
 
   // Shared in-flight counts (see BackendState::active).
   bool tracks_active() const { return tracks_active_; }
@@ -133,6 +142,8 @@ class Pool {
   std::vector<std::pair<io::Clock::time_point, const Selection*>> retired_;
   bool was_fail_open_ = false;
   bool tracks_active_ = false;
+  std::shared_ptr<const io::TlsClient> tls_;
+  std::string tls_error_;
   std::vector<std::string> sticky_values_;
   std::atomic<int64_t> last_ramp_ms_{0};
   std::atomic<bool> fail_open_logged_{false};

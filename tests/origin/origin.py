@@ -29,13 +29,15 @@ unless it is chunked or has no body by definition):
                          until the peer closes (a raw byte echo, no framing);
                          without them: the default 200 answer
   GET  /__origin/stats   JSON {"requests","connections","active_connections",
-                         "paths"}; not counted, and a connection whose first
+                         "paths","tls_server_names"}; not counted, and a connection whose first
                          request is this one is not counted either
   anything else          200 "Hello from NAME\\n"
 With --status-all N every request (/healthz included; /__origin/stats excepted)
 is answered with status N and the body "status N\\n": a broken application.
 With --delay-all MS every request (/__origin/stats excepted) sleeps MS
 milliseconds before its answer (on top of ?delay=): a slow application.
+With --tls-cert FILE --tls-key FILE it speaks HTTPS (the SNI names clients
+sent are in the stats).
 Query parameters on any path:
   delay=MS     sleep MS milliseconds (after reading the request) before answering
   close=1      answer with "Connection: close" and close afterwards
@@ -48,6 +50,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -243,6 +246,16 @@ class Origin:
         self.paths = {}
         self.next_conn_id = 0
         self.log = open(args.log, "a", buffering=1) if args.log else None
+        self.tls_server_names = []
+        self.tls = None
+        if args.tls_cert:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(args.tls_cert, args.tls_key)
+            self.tls.sni_callback = self.on_sni
+
+    def on_sni(self, sock, name, ctx):
+        with self.lock:
+            self.tls_server_names.append(name)
 
     # -- accounting -------------------------------------------------------
     def log_request(self, conn_id, method, target, version, headers, body):
@@ -264,6 +277,15 @@ class Origin:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+        if self.tls:
+            try:
+                sock.settimeout(REQUEST_READ_TIMEOUT)
+                sock = self.tls.wrap_socket(sock, server_side=True)
+            except (OSError, ssl.SSLError):
+                sock.close()
+                with self.lock:
+                    self.active -= 1
+                return
         reader = Reader(sock)
         first = True
         try:
@@ -495,6 +517,7 @@ class Origin:
                 payload = json.dumps({"requests": self.requests,
                                       "connections": self.connections,
                                       "active_connections": self.active - 1,
+                                      "tls_server_names": list(self.tls_server_names),
                                       "paths": dict(self.paths)}).encode()
             extra.append(("Content-Type", "application/json"))
         elif path == "/drop":
@@ -566,6 +589,8 @@ def main():
     ap.add_argument("--delay-all", type=float, metavar="MS",
                     help="sleep MS milliseconds before answering every request "
                          "(except /__origin/stats)")
+    ap.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM)")
+    ap.add_argument("--tls-key", help="and this key (PEM)")
     args = ap.parse_args()
 
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
