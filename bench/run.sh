@@ -3,7 +3,7 @@
 #
 #   bash bench/run.sh BUILD_DIR [--quick] [--duration SECONDS]
 #                     [--repeat N] [--proxies "lb haproxy nginx"]
-#                     [--scenarios "a b c d scale"]
+#                     [--scenarios "a b c d e scale"]   (e: HTTPS)
 #
 # Topology (everything on 127.0.0.1):
 #   wrk (CPU 1) -> proxy (CPU 0) -> 2 x fast_origin (CPU 1), round robin
@@ -31,7 +31,7 @@ WARMUP=1
 QUICK=0
 REPEAT=1
 PROXIES="lb haproxy nginx"
-SCENARIOS="a b c d scale"
+SCENARIOS="a b c d e scale"
 while [[ $# -gt 0 ]]; do
     case $1 in
     --quick) QUICK=1 DURATION=3 ;;
@@ -191,6 +191,13 @@ start_proxy() {
     PROXY_PID=""
     START_ERR=""
     local vars=(PORT="$PROXY_PORT" ORIGIN1="${ORIGINS[0]}" ORIGIN2="${ORIGINS[1]}" WORKERS="$workers" DIR="$dir")
+    if ((TLS)); then
+        vars+=(LB_TLS="tls: { certificates: [ { cert: $TMP/cert.pem, key: $TMP/key.pem } ] }"
+            HAPROXY_SSL="ssl crt $TMP/combined.pem alpn http/1.1"
+            NGINX_SSL="ssl" NGINX_CERT="ssl_certificate $TMP/cert.pem; ssl_certificate_key $TMP/key.pem;")
+    else
+        vars+=(LB_TLS="" HAPROXY_SSL="" NGINX_SSL="" NGINX_CERT="")
+    fi
     case $name in
     lb)
         [[ -x $LB_BIN ]] || { START_ERR="no binary $LB_BIN"; return 1; }
@@ -326,6 +333,20 @@ S_TITLE[c]="(c) new connection per request (Connection: close), 64 connections"
 S_CONNS[c]=64 S_PATH[c]=/ S_HEADER[c]="Connection: close"
 S_TITLE[d]="(d) 64 KiB responses (GET /64k), keep-alive, 64 connections"
 S_CONNS[d]=64 S_PATH[d]=/64k S_HEADER[d]=""
+S_TITLE[e]="(e) HTTPS keep-alive GET /, 64 connections (TLS 1.3, the same ECDSA P-256 certificate for all)"
+S_CONNS[e]=64 S_PATH[e]=/ S_HEADER[e]=""
+declare -A S_TLS=([e]=1)
+TLS=0  # the scenario being measured terminates HTTPS
+
+# One certificate and key for every proxy's HTTPS listener (HAProxy wants
+# both in one file).
+make_cert() {
+    [[ -f $TMP/cert.pem ]] && return 0
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -keyout "$TMP/key.pem" -out "$TMP/cert.pem" >/dev/null 2>&1 ||
+        { log "run.sh: openssl cannot make a certificate"; return 1; }
+    cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/combined.pem"
+}
 
 declare -A R_STATUS R_REQ R_RPS R_P99 R_CPUREQ R_CPUPCT R_RSS R_ERR R_OTHER R_ALL
 
@@ -340,7 +361,7 @@ measure() {
         log "    ${R_STATUS[$key]}"
         return
     fi
-    local url="http://127.0.0.1:$PROXY_PORT$path"
+    local url="http$( ((TLS)) && echo s)://127.0.0.1:$PROXY_PORT$path"
     taskset -c "$wcpus" "$WRK" -t"$wthreads" -c"$conns" -d"${WARMUP}s" "${hdr[@]}" "$url" >"$TMP/warmup.txt" 2>&1
     mapfile -t pids < <(descendants "$PROXY_PID")
     snapshot_all "$TMP/procs.before"
@@ -460,6 +481,8 @@ for scn in $SCENARIOS; do
     [[ $scn == scale ]] && continue
     [[ -n ${S_TITLE[$scn]:-} ]] || { log "run.sh: unknown scenario $scn"; continue; }
     log "${S_TITLE[$scn]}"
+    TLS=${S_TLS[$scn]:-0}
+    ((TLS)) && { make_cert || continue; }
     for ((i = 1; i <= REPEAT; i++)); do
         for p in $PROXIES; do
             measure "$scn:$p#$i" "$p" 1 "$PROXY_CPU" "$LOAD_CPU" 1 "${S_CONNS[$scn]}" "${S_PATH[$scn]}" "${S_HEADER[$scn]}"
@@ -478,6 +501,7 @@ for scn in $SCENARIOS; do
             SUMMARY+=("$scn $other $r $c $l")
         done
     fi
+    TLS=0
 done
 
 if [[ " $SCENARIOS " == *" scale "* && " $PROXIES " == *" lb "* ]]; then

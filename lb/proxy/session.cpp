@@ -322,6 +322,10 @@ Session::~Session() {
     asio::post(worker_.io, worker_.on_drained);
 }
 
+void Session::trim_if_idle() {
+  if (ssl_ && timer_kind_ == Timer::idle && !cbuf_) SSL_free_buffers(ssl_);
+}
+
 void Session::close_if_idle() {
   keep_client_ = false;
   if (timer_kind_ == Timer::idle && c_len_ == 0) close();

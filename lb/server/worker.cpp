@@ -198,6 +198,7 @@ void Worker::on_tick(const error_code& ec) {
   context_.timeouts.expire(now);
   if (++ticks_ % 10 == 0) {
     context_.connections.sweep(now);
+    for (proxy::Session* s = context_.sessions; s; s = s->next_in_worker) s->trim_if_idle();
     // Acceptors paused for lack of descriptors get another chance.
     for (auto& a : acceptors_)
       if (a) resume_if_below_limit(*a);

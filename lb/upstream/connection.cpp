@@ -41,9 +41,13 @@ void ConnectionPool::put(Connection* c) {
 
 void ConnectionPool::sweep(io::Clock::time_point now) {
   for (auto& list : idle_) {
-    // Those idle too long, or past the backend's own keep-alive timeout.
+    // Those idle too long, or past the backend's own keep-alive timeout. The
+    // others give OpenSSL's record buffers back while they wait.
     std::erase_if(list, [now](Connection* c) {
-      if (now - c->idle_since < c->idle_timeout && now < c->retire_at) return false;
+      if (now - c->idle_since < c->idle_timeout && now < c->retire_at) {
+        if (c->ssl) SSL_free_buffers(c->ssl);
+        return false;
+      }
       delete c;
       return true;
     });
