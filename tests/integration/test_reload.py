@@ -8,6 +8,8 @@
   traffic, and lb_config_reloads_total{result="success"} counts 20;
 - a backend its checks found unhealthy before a reload gets no request right
   after it (its health state survives: no reset to a fresh start);
+- a keep-alive client's requests after a reload reuse the upstream
+  connections lb pooled before it;
 - an invalid config is refused with its FILE:LINE:COL errors (POST /reload
   answers 400 with them; SIGHUP logs them), counted as failures, and the old
   config keeps serving;
@@ -191,6 +193,24 @@ class Reload(harness.TestCase):
         o2.set_healthy(True)
         self.assertTrue(wait_until(
             lambda: lb.metric("lb_backend_healthy", pool="web", backend=o2.addr) == 1, timeout=5))
+
+    def test_pooled_connections_survive_reload(self):
+        o1 = self.origin("o1")
+        lb = self.lb(config([o1.addr]))
+        port = lb.port()
+        self.wait_serving(port, ["o1"])
+        with KeepAliveClient(port) as client:
+            for _ in range(10):
+                self.assertEqual(answered_by(port, client=client), (200, "o1"))
+            before = {e["conn_id"] for e in o1.log_entries() if e["target"] == "/"}
+            lb.write_config(config([o1.addr], retries=3))
+            status, _, body = lb.admin("POST", "/reload")
+            self.assertEqual(status, 200, body)
+            for _ in range(10):
+                self.assertEqual(answered_by(port, client=client), (200, "o1"))
+        after = [e["conn_id"] for e in o1.log_entries() if e["target"] == "/"][-10:]
+        self.assertLessEqual(set(after), before,
+                             "requests after the reload went over new upstream connections")
 
     def test_invalid_config_is_refused_and_the_old_one_serves(self):
         o1 = self.origin("o1")
