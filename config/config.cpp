@@ -316,6 +316,7 @@ private:
   void sticky_cookie(const Item& item, std::string& cookie);
   void pool_timeouts(const Item& item, PoolTimeouts& timeouts);
   void pool_tls(const Item& item, PoolTls& tls);
+  void tls_version(const Item& item, ListenerTls::Version& version);
   void health_check(const Item& item, HealthCheck& check);
   bool expect_status(const Item& item, std::vector<std::pair<int, int>>& ranges);
   void outlier_detection(const Item& item, OutlierDetection& detection);
@@ -862,6 +863,18 @@ std::string Loader::resolve(const std::string& path) const {
 }
 
 // tls: { certificates: [ { cert: FILE, key: FILE }, ... ], min_version: "1.2" }
+void Loader::tls_version(const Item& item, ListenerTls::Version& version) {
+  auto v = scalar(item, "\"1.2\" or \"1.3\"");
+  if (!v)
+    return;
+  if (*v == "1.2")
+    version = ListenerTls::Version::tls1_2;
+  else if (*v == "1.3")
+    version = ListenerTls::Version::tls1_3;
+  else
+    error(item, "min_version: expected \"1.2\" or \"1.3\", got '" + *v + "'");
+}
+
 // Each certificate and key is loaded here, so `lb check` reports a missing file,
 // a bad PEM or a key that does not match its certificate at the YAML node.
 void Loader::tls(const Item& item, ListenerTls& tls) {
@@ -873,15 +886,7 @@ void Loader::tls(const Item& item, ListenerTls& tls) {
   bool any = false;
   for (const auto& f : *items) {
     if (f.name == "min_version") {
-      auto v = scalar(f, "\"1.2\" or \"1.3\"");
-      if (!v)
-        continue;
-      if (*v == "1.2")
-        tls.min_version = ListenerTls::Version::tls1_2;
-      else if (*v == "1.3")
-        tls.min_version = ListenerTls::Version::tls1_3;
-      else
-        error(f, "min_version: expected \"1.2\" or \"1.3\", got '" + *v + "'");
+      tls_version(f, tls.min_version);
       continue;
     }
     auto list = list_items(f, "certificate");
@@ -942,15 +947,7 @@ void Loader::pool_tls(const Item& item, PoolTls& tls) {
         if (auto name = dns_name(f, *text))
           tls.sni = *name;
     } else if (f.name == "min_version") {
-      auto v = scalar(f, "\"1.2\" or \"1.3\"");
-      if (!v)
-        continue;
-      if (*v == "1.2")
-        tls.min_version = ListenerTls::Version::tls1_2;
-      else if (*v == "1.3")
-        tls.min_version = ListenerTls::Version::tls1_3;
-      else
-        error(f, "min_version: expected \"1.2\" or \"1.3\", got '" + *v + "'");
+      tls_version(f, tls.min_version);
     }
   }
 }

@@ -25,7 +25,6 @@ started from the main thread.
 """
 
 import atexit
-import ctypes
 import ipaddress
 import os
 import random
@@ -38,6 +37,8 @@ import subprocess
 import tempfile
 import threading
 import time
+
+from harness import _preexec  # dies with the test process, as harness's processes do
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 
@@ -59,18 +60,6 @@ def _cleanup_all():
 
 
 atexit.register(_cleanup_all)
-
-try:
-    _libc = ctypes.CDLL(None, use_errno=True)
-except OSError:
-    _libc = None
-
-
-def _preexec():
-    # Dies with the test process (only set from the main thread: the signal fires when the
-    # spawning *thread* exits).
-    if _libc is not None:
-        _libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def _free_port():
