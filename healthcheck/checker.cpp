@@ -19,6 +19,7 @@
 #include <array>
 #include <cctype>
 #include <string_view>
+#include <tuple>
 
 namespace lb::healthcheck {
 
@@ -68,7 +69,8 @@ std::string in_a_row(uint32_t n, const char* one, const char* many) {
 
 struct Checker::State {
   State(boost::asio::io_context& io, const Target& t)
-      : target(t), socket(io), timer(io), ever_passed(t.start_healthy), healthy(t.start_healthy) {
+      : target(t), socket(io), timer(io), ever_passed(t.start_healthy || t.start_ever_passed),
+        healthy(t.start_healthy) {
     stats.healthy = t.start_healthy;
     if (target.check.type == config::HealthCheck::Type::http) {
       what = "GET " + target.check.path;
@@ -143,6 +145,10 @@ void Checker::apply(std::vector<Target> targets) {
       next.push_back(std::move(*same));
       continue;
     }
+    // Transitions of the targets replaced here have all been reported by now
+    // (on this thread): the proxy's view of the backend is current.
+    if (t.current)
+      std::tie(t.start_healthy, t.start_ever_passed) = t.current();
     next.push_back(std::make_unique<State>(io_, t));
     schedule_first(*next.back(), now);
   }

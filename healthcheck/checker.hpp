@@ -38,6 +38,10 @@ struct Target {
   // Known healthy already (a reload changed its check): it stays healthy until
   // unhealthy_threshold failures, rather than starting over as unhealthy.
   bool start_healthy = false;
+  bool start_ever_passed = false;  // it passed before: healthy_threshold applies to come back
+  // When set, update() reads {healthy, ever passed} from here for a target it
+  // starts over, rather than the values above taken when the list was made.
+  std::function<std::pair<bool, bool>()> current;
   // The pool speaks HTTPS to its backends: so do its checks (an HTTP check
   // over TLS; a TCP check passes once the TLS handshake does).
   std::shared_ptr<const io::TlsClient> tls;

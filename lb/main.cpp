@@ -41,7 +41,13 @@ std::vector<lb::healthcheck::Target> health_targets(const Runtime& runtime) {
       t.endpoint = backend.endpoint;
       t.label = backend.label;
       t.check = pool->config().health_check;
+      // Health as the pool has it now, for a check that starts over (its
+      // settings changed): read when the checker takes the new targets.
       t.start_healthy = pool->state(b).healthy.load();
+      t.start_ever_passed = pool->state(b).ever_healthy.load();
+      t.current = [state = pool->shared_state(b)] {
+        return std::pair<bool, bool>(state->healthy.load(), state->ever_healthy.load());
+      };
       if (pool->config().tls.enabled) {
         t.tls = pool->shared_tls();
         t.tls_config = pool->config().tls;
@@ -114,6 +120,29 @@ void warn_unchanged(const lb::config::Config& before, const lb::config::Config& 
   if (before.access_log.path != after.access_log.path ||
       before.access_log.format != after.access_log.format)
     lb::io::log("reload: 'access_log' changed: takes effect at the next restart");
+  // Read buffers are sized at startup for the largest request head allowed then.
+  auto largest = [](const lb::config::Config& c) {
+    uint64_t n = 16 * 1024;
+    for (const auto& l : c.listeners) n = std::max<uint64_t>(n, l.limits.max_header_bytes);
+    return n;
+  };
+  if (largest(after) > largest(before))
+    lb::io::log("reload: 'max_header_bytes' above %llu takes effect at the next restart",
+                static_cast<unsigned long long>(largest(before)));
+}
+
+// A pool that should speak HTTPS to its backends but has no TLS context (its
+// CA bundle could not be loaded): such a config is not served.
+std::string tls_problem(const Runtime& runtime) {
+  for (const auto& p : runtime.pools)
+    if (p->config().tls.enabled && !p->tls())
+      return "pool " + p->name() + ": TLS: " + p->tls_error();
+  return {};
+}
+
+bool same_dns(const lb::healthcheck::DnsSettings& a, const lb::healthcheck::DnsSettings& b) {
+  return a.servers == b.servers && a.min_ttl == b.min_ttl && a.max_ttl == b.max_ttl &&
+         a.timeout == b.timeout;
 }
 
 // Serves until SIGTERM/SIGINT, then drains: stop accepting, let in-flight
@@ -139,42 +168,58 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
 
   // DNS discovery: resolved once before serving, then re-resolved at each TTL
   // on its own thread; a changed answer rebuilds the pools that use it.
-  std::unique_ptr<lb::healthcheck::Discovery> discovery;
-  std::vector<std::string> dns_keys;
-  std::function<void(size_t, const std::vector<lb::healthcheck::DnsRecord>&)> on_dns;
-  auto start_discovery = [&](const lb::config::Config& c) {
+  struct Resolving {
+    std::unique_ptr<lb::healthcheck::Discovery> discovery;
+    std::vector<std::string> keys;  // the discovery keys of its queries, in order
+    lb::healthcheck::DnsSettings settings;
+    uint64_t generation = 0;        // answers posted by an older resolver are dropped
+  } dns;
+  uint64_t dns_generation = 0;
+  std::function<void(uint64_t, const std::string&, const std::vector<lb::healthcheck::DnsRecord>&)> on_dns;
+  // A resolver for `c`'s names (not started), after resolving them once:
+  // answers go into `into`, failures keep what `into` had.
+  auto prepare_dns = [&](const lb::config::Config& c, lb::upstream::Discovered& into) {
+    Resolving r;
     DnsQueries q = dns_queries(c);
-    if (discovery) discovery->stop();
-    discovery.reset();
-    dns_keys = q.keys;
-    std::erase_if(discovered, [&](const auto& d) {
+    r.keys = q.keys;
+    r.settings = dns_settings(c);
+    r.generation = ++dns_generation;
+    std::erase_if(into, [&](const auto& d) {
       return std::find(q.keys.begin(), q.keys.end(), d.first) == q.keys.end();
     });
-    if (q.queries.empty()) return;
+    if (q.queries.empty()) return r;
     try {
-      discovery = std::make_unique<lb::healthcheck::Discovery>(
-          q.queries, dns_settings(c),
-          [&](size_t i, const std::vector<lb::healthcheck::DnsRecord>& records) { on_dns(i, records); },
+      r.discovery = std::make_unique<lb::healthcheck::Discovery>(
+          q.queries, r.settings,
+          [&on_dns, generation = r.generation, keys = q.keys](
+              size_t i, const std::vector<lb::healthcheck::DnsRecord>& records) {
+            on_dns(generation, keys.at(i), records);
+          },
           [](const std::string& line) { lb::io::log("%s", line.c_str()); });
     } catch (const std::exception& e) {
       lb::io::log("dns: cannot start the resolver: %s", e.what());
-      return;
+      return r;
     }
-    auto answers = discovery->resolve_all();
+    auto answers = r.discovery->resolve_all();
     for (size_t i = 0; i < answers.size(); ++i) {
       if (answers[i].ok) {
-        discovered[q.keys[i]] = addresses_of(answers[i].records);
+        into[q.keys[i]] = addresses_of(answers[i].records);
         lb::io::log("dns: %s: %s", q.keys[i].c_str(), describe(answers[i].records).c_str());
       } else {
         // Kept from before (a reload), or none yet: retried soon.
         lb::io::log("dns: %s: %s; %s", q.keys[i].c_str(), answers[i].error.c_str(),
-                    discovered.count(q.keys[i]) ? "keeping the last addresses" : "no backends from it yet");
+                    into.count(q.keys[i]) ? "keeping the last addresses" : "no backends from it yet");
       }
     }
+    return r;
   };
-  start_discovery(*config);
+  dns = prepare_dns(*config, discovered);
 
   lb::server::Server server(std::make_shared<Runtime>(config, registry, discovered));
+  if (std::string problem = tls_problem(*server.runtime()); !problem.empty()) {
+    lb::io::log("%s", problem.c_str());
+    return 1;
+  }
   if (!server.bind()) return 1;
   lb::admin::AdminServer admin(main_io, config->admin, server);
   std::string error;
@@ -190,7 +235,8 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
       health_targets(*server.runtime()), [&](const lb::healthcheck::Transition& t) {
         std::lock_guard lock(control);
         for (const auto& pool : server.runtime()->pools) {
-          if (pool->id() != t.pool) continue;
+          // A reload may have turned this pool's checks off meanwhile.
+          if (pool->id() != t.pool || !pool->config().health_check.enabled) continue;
           int b = pool->find_id(static_cast<uint32_t>(t.backend));
           if (b < 0) continue;
           lb::io::log("pool %s: backend %s is now %s: %s", pool->name().c_str(),
@@ -216,8 +262,10 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
 
   // A DNS answer changed (discovery thread): on the main thread, rebuild the
   // pools that discover backends; kept addresses keep their state.
-  on_dns = [&](size_t i, const std::vector<lb::healthcheck::DnsRecord>& records) {
-    asio::post(main_io, [&, key = dns_keys.at(i), records] {
+  on_dns = [&](uint64_t generation, const std::string& key,
+               const std::vector<lb::healthcheck::DnsRecord>& records) {
+    asio::post(main_io, [&, generation, key, records] {
+      if (generation != dns.generation) return;  // from a resolver a reload replaced
       lb::io::log("dns: %s: now %s", key.c_str(), describe(records).c_str());
       std::lock_guard lock(control);
       discovered[key] = addresses_of(records);
@@ -230,7 +278,7 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
       checker.update(health_targets(*next));
     });
   };
-  if (discovery) discovery->start();
+  if (dns.discovery) dns.discovery->start();
 
   // Reload: the file is validated as `lb check` does; an invalid one changes nothing.
   auto reload = [&](const char* why) -> lb::admin::ReloadResult {
@@ -246,23 +294,28 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
       return {false, message};
     }
     warn_unchanged(*first_config, *loaded.config);
-    DnsQueries before = dns_queries(*config), after = dns_queries(*loaded.config);
-    bool dns_changed = before.keys != after.keys ||
-                       dns_settings(*config).servers != dns_settings(*loaded.config).servers ||
-                       config->dns.min_ttl != loaded.config->dns.min_ttl ||
-                       config->dns.max_ttl != loaded.config->dns.max_ttl;
-    if (dns_changed) {
-      start_discovery(*loaded.config);  // resolves the new names before they are used
-      if (discovery) discovery->start();
-    }
+    // New DNS names are resolved before the config that uses them is served;
+    // the resolver in force changes only if the reload goes through.
+    lb::upstream::Discovered next_discovered = discovered;
+    Resolving next_dns;
+    bool dns_changed = dns_queries(*loaded.config).keys != dns.keys ||
+                       !same_dns(dns_settings(*loaded.config), dns.settings);
+    if (dns_changed) next_dns = prepare_dns(*loaded.config, next_discovered);
     std::lock_guard lock(control);
-    auto next = std::make_shared<Runtime>(loaded.config, registry, discovered);
-    std::string publish_error;
-    if (!server.publish(next, publish_error)) {
+    auto next = std::make_shared<Runtime>(loaded.config, registry, next_discovered,
+                                          server.runtime().get());
+    std::string publish_error = tls_problem(*next);
+    if (!publish_error.empty() || !server.publish(next, publish_error)) {
       lb::io::log("%s: reload refused, still serving the previous config: %s", why,
                   publish_error.c_str());
       admin.count_reload(false);
       return {false, publish_error};
+    }
+    if (dns_changed) {
+      if (dns.discovery) dns.discovery->stop();
+      dns = std::move(next_dns);
+      discovered = std::move(next_discovered);
+      if (dns.discovery) dns.discovery->start();
     }
     config = loaded.config;
     checker.update(health_targets(*next));
@@ -328,7 +381,7 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
   lb::io::log("ready (%u workers)", server.workers());
   main_io.run();
   admin.close();
-  if (discovery) discovery->stop();
+  if (dns.discovery) dns.discovery->stop();
   checker.stop();
   server.stop();
   return 0;

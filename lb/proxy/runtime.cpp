@@ -102,11 +102,16 @@ int Router::match(const http::Head& head, std::string_view authority, int* route
 }
 
 Runtime::Runtime(std::shared_ptr<const config::Config> c, upstream::Registry& registry,
-                 const upstream::Discovered& discovered)
+                 const upstream::Discovered& discovered, const Runtime* previous)
     : config(std::move(c)) {
-  for (const auto& p : config->pools)
-    pools.push_back(
-        std::make_shared<upstream::Pool>(p, pools.size(), registry, discovered, config->sticky_secret));
+  for (const auto& p : config->pools) {
+    std::shared_ptr<const io::TlsClient> tls;
+    for (size_t i = 0; previous && p.tls.enabled && i < previous->pools.size(); ++i)
+      if (previous->pools[i]->name() == p.name && previous->pools[i]->config().tls == p.tls)
+        tls = previous->pools[i]->shared_tls();
+    pools.push_back(std::make_shared<upstream::Pool>(p, pools.size(), registry, discovered,
+                                                     config->sticky_secret, std::move(tls)));
+  }
   for (const auto& l : config->listeners)
     listeners.push_back(std::make_shared<ListenerRuntime>(l, listeners.size(),
                                                           registry.listener_id(l.name), pools));
@@ -118,7 +123,7 @@ Runtime::Runtime(const Runtime& previous, upstream::Registry& registry,
   for (size_t i = 0; i < pools.size(); ++i)
     if (uses_discovery(config->pools[i]))
       pools[i] = std::make_shared<upstream::Pool>(config->pools[i], i, registry, discovered,
-                                                  config->sticky_secret);
+                                                  config->sticky_secret, pools[i]->shared_tls());
 }
 
 bool uses_discovery(const config::Pool& pool) {

@@ -50,9 +50,10 @@ struct ListenerRuntime {
 };
 
 struct Runtime {
-  // Everything built from `c`; backends the registry knows keep their state.
+  // Everything built from `c`; backends the registry knows keep their state,
+  // and pools of `previous` with the same tls settings lend their context.
   Runtime(std::shared_ptr<const config::Config> c, upstream::Registry& registry,
-          const upstream::Discovered& discovered = {});
+          const upstream::Discovered& discovered = {}, const Runtime* previous = nullptr);
   // `previous` with new DNS results: the pools that have dns: or srv: backends
   // are rebuilt, everything else is shared with it.
   Runtime(const Runtime& previous, upstream::Registry& registry,

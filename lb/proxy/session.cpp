@@ -633,8 +633,8 @@ void Session::do_attempt() {
   u_len_ = u_parsed_ = u_sent_ = 0;
   if (attempts_ == 1) upstream_started_ = io::Clock::now();
   conn_ = worker_.connections.take(backend.id);
-  // A reload may have turned the pool's TLS on or off: those are no use now.
-  while (conn_ && (conn_->ssl != nullptr) != pool_->config().tls.enabled) {
+  // A reload may have changed the pool's tls settings: those are no use now.
+  while (conn_ && conn_->tls.get() != pool_->tls()) {
     delete conn_;
     conn_ = worker_.connections.take(backend.id);
   }
@@ -684,9 +684,11 @@ void Session::on_connect(const error_code& ec, uint32_t attempt) {
 // its failure counts as a failed connect (retried on another backend).
 void Session::start_backend_tls() {
   const upstream::Backend& backend = pool_->backends()[static_cast<size_t>(backend_)];
-  if (pool_->tls())
+  if (pool_->tls()) {
+    conn_->tls = pool_->shared_tls();
     conn_->ssl = pool_->tls()->connect(fd_of(conn_->socket), backend.host_name,
                                        backend.endpoint.address().to_string());
+  }
   if (!conn_->ssl) {
     std::snprintf(error_page_, sizeof error_page_, "TLS to %s cannot be set up: %s",
                   backend.label.c_str(), pool_->tls() ? "out of memory" : pool_->tls_error().c_str());

@@ -116,7 +116,7 @@ bool Server::publish(std::shared_ptr<const proxy::Runtime> next, std::string& er
   auto pending = std::make_shared<Pending>();
   pending->left = workers_.size();
   for (size_t w = 0; w < workers_.size(); ++w)
-    workers_[w]->adopt(next, std::move(fresh[w]), [pending] {
+    workers_[w]->adopt(next, std::move(fresh[w]), workers_.size(), [pending] {
       std::lock_guard lock(pending->mutex);
       if (--pending->left == 0) pending->cv.notify_all();
     });

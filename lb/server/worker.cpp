@@ -88,9 +88,10 @@ void Worker::install(std::unique_ptr<Acceptor> a) {
 }
 
 void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
-                   std::vector<std::unique_ptr<Acceptor>> fresh, std::function<void()> done) {
+                   std::vector<std::unique_ptr<Acceptor>> fresh, size_t workers,
+                   std::function<void()> done) {
   auto shared_fresh = std::make_shared<std::vector<std::unique_ptr<Acceptor>>>(std::move(fresh));
-  asio::post(*io_, [this, next = std::move(next), shared_fresh, done = std::move(done)] {
+  asio::post(*io_, [this, next = std::move(next), shared_fresh, workers, done = std::move(done)] {
     struct Done {
       const std::function<void()>& f;
       ~Done() { f(); }
@@ -103,7 +104,10 @@ void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
       bool replaced = false;
       for (const auto& a : *shared_fresh) replaced |= a->listener->id == id;
       if (l && !replaced) {
-        acceptors_[id]->listener = l;
+        Acceptor& a = *acceptors_[id];
+        a.listener = l;
+        a.limit = (l->config.limits.max_connections + workers - 1) / workers;
+        resume_if_below_limit(a);
         continue;
       }
       error_code ec;

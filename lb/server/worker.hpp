@@ -34,8 +34,9 @@ class Worker {
   // listener is looked up in `next` by id); sockets of listeners `next` lacks
   // are closed. Sessions move to `next` at their next request. `done` runs on
   // the worker's thread once it has switched.
+  // `workers`: how many share each listener's max_connections.
   void adopt(std::shared_ptr<const proxy::Runtime> next, std::vector<std::unique_ptr<Acceptor>> fresh,
-             std::function<void()> done);
+             size_t workers, std::function<void()> done);
   void run();  // the thread body
   // Thread-safe: stop accepting, finish in-flight requests, call `done` when idle.
   void drain(std::function<void()> done);

@@ -11,6 +11,7 @@ namespace {
 // An idle connection is usable when reading from it would block: no EOF, no
 // reset and no stray bytes from the backend.
 bool still_open(Connection& c) {
+  if (c.ssl && SSL_pending(c.ssl) > 0) return false;  // decrypted bytes nobody asked for
   char byte;
   ssize_t n = ::recv(c.socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);

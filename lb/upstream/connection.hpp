@@ -2,12 +2,14 @@
 // Upstream connections and the per-worker keep-alive pool that holds them idle.
 
 #include "lb/io/timeouts.hpp"
+#include "lb/io/tls.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <openssl/ssl.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace lb::upstream {
@@ -21,6 +23,9 @@ struct Connection {
   Connection& operator=(const Connection&) = delete;
   boost::asio::ip::tcp::socket socket;
   SSL* ssl = nullptr;  // set when the pool speaks HTTPS to its backends
+  // The context `ssl` was made with: a reload that changes the pool's tls
+  // settings makes pooled connections of the old ones unusable.
+  std::shared_ptr<const io::TlsClient> tls;
   uint32_t backend = 0;  // the backend's stable id (Backend::id)
   std::chrono::milliseconds idle_timeout{90000};  // the pool's timeouts.idle
   uint32_t requests = 0;  // requests served on this connection so far

@@ -29,8 +29,10 @@ std::string label_of(const boost::asio::ip::address& a, uint16_t port) {
 }  // namespace
 
 Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
-           const Discovered& discovered, const std::string& sticky_secret)
-    : config_(config), name_(config.name), index_(index), id_(registry.pool_id(config.name)) {
+           const Discovered& discovered, const std::string& sticky_secret,
+           std::shared_ptr<const io::TlsClient> tls)
+    : config_(config), name_(config.name), index_(index), id_(registry.pool_id(config.name)),
+      tls_(std::move(tls)) {
   auto add = [&](Backend backend) {
     for (const auto& b : backends_)
       if (b.label == backend.label) return;  // listed twice (say by address and by DNS): once
@@ -69,7 +71,7 @@ Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
       }
     }
   }
-  if (config.tls.enabled) {
+  if (config.tls.enabled && !tls_) {
     tls_ = io::TlsClient::create(config.tls, tls_error_);
     if (!tls_) io::log("pool %s: TLS: %s", name_.c_str(), tls_error_.c_str());
   }

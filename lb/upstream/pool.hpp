@@ -67,8 +67,11 @@ class Pool {
   // `sticky_secret` keys the sticky cookie values (the top-level sticky_secret).
   // Backends that `registry` already knows (the same pool name and address in
   // the snapshot this one replaces) keep their state: health, ejection, drain.
+  // `tls`, when given, is the client context of the pool this one replaces
+  // (same tls settings): reused rather than built (and the CA read) again.
   Pool(const config::Pool& config, size_t index, Registry& registry,
-       const Discovered& discovered = {}, const std::string& sticky_secret = {});
+       const Discovered& discovered = {}, const std::string& sticky_secret = {},
+       std::shared_ptr<const io::TlsClient> tls = nullptr);
   ~Pool();
 
   const std::string& name() const { return name_; }
@@ -77,6 +80,7 @@ class Pool {
   const config::Pool& config() const { return config_; }
   const std::vector<Backend>& backends() const { return backends_; }
   const BackendState& state(size_t b) const { return *states_[b]; }
+  std::shared_ptr<const BackendState> shared_state(size_t b) const { return owned_states_[b]; }
 
   // Picks a backend not in `tried` (a bit per backend index; the low 64 only).
   // Returns -1 when none is left. Any thread; lock-free.

@@ -165,6 +165,35 @@ class Dns(harness.TestCase):
         self.assertGreater(len(load.answers), 300)
         self.assertGreater(first_o4, changed)
 
+    def test_refused_reload_leaves_discovery_as_it_was(self):
+        hosts = ["127.0.0.2", "127.0.0.3"]
+        port = port_free_on(hosts)
+        o2, o3 = (self.origin("o%s" % h[-1], listen="%s:%d" % (h, port)) for h in hosts)
+        dns = Dnsmasq({"app.test": ["127.0.0.2"], "other.test": ["127.0.0.3"]}, ttl=1)
+        dns.start()
+        self.addCleanup(dns.cleanup)
+        lb = self.lb(config(dns.port, "dns: app.test:%d" % port))
+        lport = lb.port()
+        self.assertTrue(wait_until(lambda: who(lport) == (200, "o2"), timeout=10))
+        # A reload that changes the DNS name but cannot be applied (its new
+        # listener's port is taken) changes nothing, the resolver included.
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        self.addCleanup(busy.close)
+        bad = config(dns.port, "dns: other.test:%d" % port).replace(
+            "pools:", "  - name: extra\n    listen: 127.0.0.1:%d\n    routes: [ { pool: web } ]\npools:"
+            % busy.getsockname()[1])
+        lb.write_config(bad)
+        status, _, body = lb.admin("POST", "/reload")
+        self.assertEqual(status, 400, body)
+        self.assertIn(b"cannot listen on", body)
+        self.assertEqual([who(lport) for _ in range(10)], [(200, "o2")] * 10)
+        # app.test still follows its records.
+        dns.restart(a_records={"app.test": ["127.0.0.3"], "other.test": ["127.0.0.3"]})
+        self.assertTrue(wait_until(lambda: who(lport) == (200, "o3"), timeout=5),
+                        lb.stderr_text())
+
     def test_srv_weights_and_priorities(self):
         o1, o2, o3 = (self.origin(n) for n in ("o1", "o2", "o3"))
         srv = "_http._tcp.app.test"

@@ -37,7 +37,7 @@ HANDSHAKE = ("GET /ws HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\n"
              "Sec-WebSocket-Version: 13\r\n\r\n" % KEY).encode()
 
 
-def config(addresses, retries=2, extra_listener=None, api=None, routes=None):
+def config(addresses, retries=2, extra_listener=None, api=None, routes=None, check=CHECK):
     backends = "\n".join('      - address: "%s"' % a for a in addresses)
     listeners = """
   - name: public
@@ -53,7 +53,7 @@ def config(addresses, retries=2, extra_listener=None, api=None, routes=None):
     pools = f"""
   web:
     retries: {retries}
-    health_check: {CHECK}
+    health_check: {check}
     backends:
 {backends}
 """
@@ -181,7 +181,10 @@ class Reload(harness.TestCase):
         self.assertTrue(wait_until(
             lambda: lb.metric("lb_backend_healthy", pool="web", backend=o2.addr) == 0, timeout=5))
         before = len([e for e in o2.log_entries() if e["target"] == "/"])
-        lb.write_config(config([o1.addr, o2.addr], retries=3))
+        # The check itself changes (its interval): checking starts over from
+        # the health lb has now, not from "healthy" and not from scratch.
+        lb.write_config(config([o1.addr, o2.addr], retries=3,
+                               check=CHECK.replace("interval: 300ms", "interval: 400ms")))
         status, _, body = lb.admin("POST", "/reload")
         self.assertEqual(status, 200, body)
         answers = [answered_by(port) for _ in range(50)]

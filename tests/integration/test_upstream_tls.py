@@ -138,6 +138,21 @@ pools:
         self.assertEqual(status, 502, body)
         self.assertIn(b"certificate verify failed", body)
 
+    def test_tls_settings_changed_by_a_reload_apply_to_pooled_connections(self):
+        o = self.tls_origin("tls4")
+        lb = self.lb(self.config(o, "{ verify: false, sni: other.test }"))
+        with KeepAliveClient(lb.port()) as c:
+            for _ in range(5):
+                self.assertEqual(c.request("GET", "/")[0::2], (200, b"Hello from tls4\n"))
+            # Verification turned on: the name does not match, and the pooled
+            # unverified connections must not be used any more.
+            lb.write_config(self.config(o, "{ ca: %s, sni: other.test }" % self.ca))
+            status, _, body = lb.admin("POST", "/reload")
+            self.assertEqual(status, 200, body)
+            status, _, body = c.request("GET", "/")
+            self.assertEqual(status, 502, body)
+            self.assertIn(b"certificate verify failed", body)
+
     def test_plain_backend_behind_a_tls_pool(self):
         o = self.origin("plain")
         lb = self.lb(self.config(o, "{ verify: false }").replace("retries: 0", "retries: 0\n    timeouts: { connect: 500ms }"))
