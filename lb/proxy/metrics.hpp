@@ -3,6 +3,8 @@
 // writer (a relaxed load and store: a plain increment, no lock prefix, no shared
 // cache line); the admin thread sums all workers' copies at scrape time.
 
+#include "lb/upstream/registry.hpp"
+
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -159,5 +161,6 @@ struct WorkerMetrics {
   IdTable<PoolMetrics, 16, 64> pools;            // by pool id
   IdTable<BackendMetrics, 64, 1024> backends;    // by backend id
 };
+static_assert(decltype(WorkerMetrics::backends)::capacity == upstream::Registry::max_backend_ids);
 
 }  // namespace lb::proxy

@@ -1,5 +1,7 @@
 #include "lb/upstream/registry.hpp"
 
+#include "lb/io/log.hpp"
+
 namespace lb::upstream {
 
 uint32_t Registry::id_of(std::unordered_map<std::string, uint32_t>& ids, const std::string& name) {
@@ -14,6 +16,12 @@ Registry::Entry Registry::backend(const std::string& pool, const std::string& la
   key += '\0';
   key += label;
   auto [it, added] = backends_.try_emplace(key, Known{static_cast<uint32_t>(backends_.size()), {}});
+  if (added && it->second.id >= max_backend_ids && !overflow_logged_) {
+    overflow_logged_ = true;
+    io::log("more than %u distinct backends since start (DNS churn?): the per-backend metrics of "
+            "new ones are counted together until a restart",
+            static_cast<unsigned>(max_backend_ids));
+  }
   Entry e;
   e.id = it->second.id;
   e.state = it->second.state.lock();

@@ -38,6 +38,10 @@ struct alignas(64) BackendState {
 
 class Registry {
  public:
+  // Per-worker metrics keep this many backend ids apart; later ones share a
+  // single overflow entry (logged once). Ids are not reused.
+  static constexpr uint32_t max_backend_ids = 65536;
+
   uint32_t listener_id(const std::string& name) { return id_of(listeners_, name); }
   uint32_t pool_id(const std::string& name) { return id_of(pools_, name); }
 
@@ -60,6 +64,7 @@ class Registry {
     std::weak_ptr<BackendState> state;
   };
   std::unordered_map<std::string, Known> backends_;
+  bool overflow_logged_ = false;
 };
 
 }  // namespace lb::upstream
