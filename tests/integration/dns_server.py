@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 
-from harness import _preexec  # dies with the test process, as harness's processes do
+from harness import _preexec, kill_and_wait  # dies with the test process, as harness's processes do
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 
@@ -225,12 +225,7 @@ class Dnsmasq:
 
     def _kill(self):
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+            kill_and_wait(self.proc)
             self.proc = None
         if self._output is not None:
             self._output.close()

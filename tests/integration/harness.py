@@ -114,6 +114,16 @@ def _unregister(proc):
         _live.discard(proc)
 
 
+def kill_and_wait(proc, timeout=5):
+    """SIGKILL `proc` if it still runs, then reap it (waiting up to `timeout`)."""
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def _kill_all():
     with _live_lock:
         procs = list(_live)
@@ -295,12 +305,7 @@ class Origin:
     def kill(self):
         """SIGKILL, then wait."""
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+            kill_and_wait(self.proc)
             self._close_pipes()
             _unregister(self.proc)
 
