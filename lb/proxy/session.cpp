@@ -1465,6 +1465,13 @@ void Session::finish_request_state() {
   c_len_ = left;
   c_parsed_ = head_end_ = msg_end_ = 0;
   keep_client_ = true;
+  if (!left && !ssl_) {
+    // The response has just gone out, so a read now would almost always find
+    // nothing: wait for the next request instead of trying first. (A TLS
+    // connection may hold decrypted bytes the socket no longer signals.)
+    return wait_then<&Session::read_request_head>(client_, asio::socket_base::wait_read,
+                                                  client_read_slot_);
+  }
   do_read_request();
 }
 
