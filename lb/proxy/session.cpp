@@ -1427,6 +1427,8 @@ bool Session::adopt_runtime() {
   if (!now) return false;
   runtime_ = worker_.runtime;
   listener_ = now;
+  // The parser looks for the request id header by the listener's name for it.
+  req_.set_request_id_header(listener_->config.headers.request_id);
   return true;
 }
 

@@ -15,9 +15,13 @@
   config keeps serving;
 - a listener added by a reload accepts, one removed stops, the kept one keeps
   its port, and a keep-alive connection opened before a route change is
-  routed by the new routes on its next request.
+  routed by the new routes on its next request;
+- a new request id header name applies to a keep-alive connection's next
+  request: the client's id under the new name is kept, none is added under
+  the old one.
 """
 
+import json
 import os
 import signal
 import socket
@@ -37,13 +41,14 @@ HANDSHAKE = ("GET /ws HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\n"
              "Sec-WebSocket-Version: 13\r\n\r\n" % KEY).encode()
 
 
-def config(addresses, retries=2, extra_listener=None, api=None, routes=None, check=CHECK):
+def config(addresses, retries=2, extra_listener=None, api=None, routes=None, check=CHECK,
+           listener_headers=""):
     backends = "\n".join('      - address: "%s"' % a for a in addresses)
     listeners = """
   - name: public
     listen: 127.0.0.1:0
     routes: %s
-""" % (routes or "[ { match: { path_prefix: / }, pool: web } ]")
+%s""" % (routes or "[ { match: { path_prefix: / }, pool: web } ]", listener_headers)
     if extra_listener:
         listeners += """
   - name: extra
@@ -264,6 +269,33 @@ class Reload(harness.TestCase):
                 return True
         self.assertTrue(wait_until(refused, timeout=5), "the removed listener still accepts")
         self.assertEqual(answered_by(port, "/v2/x", client), (200, "o1"))
+
+    def test_request_id_name_change_applies_to_open_connections(self):
+        o1 = self.origin("o1")
+        lb = self.lb(config([o1.addr]))
+        port = lb.port()
+        self.wait_serving(port, ["o1"])
+
+        def ids(client, headers):
+            status, _, body = client.request("GET", "/headers", headers=headers)
+            self.assertEqual(status, 200, body)
+            seen = json.loads(body)["headers"]
+            return ([v for k, v in seen if k.lower() == "x-request-id"],
+                    [v for k, v in seen if k.lower() == "x-trace-id"])
+
+        with KeepAliveClient(port) as client:
+            old, trace = ids(client, {"X-Trace-Id": "t-1"})
+            self.assertEqual((len(old), trace), (1, ["t-1"]))  # generated under the default name
+            lb.write_config(config([o1.addr],
+                                   listener_headers="    headers: { request_id: X-Trace-Id }\n"))
+            status, _, body = lb.admin("POST", "/reload")
+            self.assertEqual(status, 200, body)
+            for _ in range(3):  # the first may still be routed by the old snapshot's parser
+                old, trace = ids(client, {"X-Trace-Id": "t-2"})
+            self.assertEqual((old, trace), ([], ["t-2"]))
+            old, trace = ids(client, {})
+            self.assertEqual(old, [])
+            self.assertEqual(len(trace), 1, "no request id generated under the new name")
 
 
 if __name__ == "__main__":
