@@ -46,7 +46,8 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
 
   auto requests = family("lb_requests_total",
                          "Requests answered to clients, by listener, pool (\"none\": no pool, "
-                         "e.g. 404 no route) and status code.",
+                         "e.g. 404 no route) and status code (499: the client left before "
+                         "any response).",
                          MetricType::Counter);
   auto bytes = family("lb_bytes_total",
                       "Bytes received from (in) and sent to (out) clients, by listener.",

@@ -82,8 +82,15 @@ void mark_connection_options(Head& head) {
       while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
       while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
       if (token.empty()) continue;
-      for (unsigned j = 0; j < head.count; ++j)
-        if (iequals(head.headers[j].name.view(), token)) head.headers[j].hop_by_hop = true;
+      for (unsigned j = 0; j < head.count; ++j) {
+        Header& h = head.headers[j];
+        // The framing and Host stay whatever Connection says: dropping them
+        // would forward a body the next hop cannot delimit (request smuggling).
+        if (h.field == Field::content_length || h.field == Field::transfer_encoding ||
+            h.field == Field::host || h.field == Field::request_id)
+          continue;
+        if (iequals(h.name.view(), token)) h.hop_by_hop = true;
+      }
     }
   }
 }

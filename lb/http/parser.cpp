@@ -52,6 +52,26 @@ Parser::Parser(Kind kind) : kind_(kind) {
   parser_.data = this;
 }
 
+// RFC 9110 §5.6.2: tchar.
+static bool is_tchar(unsigned char c) {
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+         (c != 0 && std::strchr("!#$%&'*+-.^_`|~", c) != nullptr);
+}
+
+// Whether [p, end) continues a request line with a well-formed method token
+// (from p on), target and HTTP/1.x version: then an unknown method is a 501,
+// not a malformed request (RFC 9110 §15.6.2).
+static bool well_formed_request_line(const char* p, const char* end) {
+  while (p < end && is_tchar(static_cast<unsigned char>(*p))) ++p;
+  if (p == end || *p++ != ' ') return false;
+  const char* target = p;
+  while (p < end && static_cast<unsigned char>(*p) > ' ' && *p != 0x7f) ++p;
+  if (p == target || p == end || *p++ != ' ') return false;
+  std::string_view rest(p, static_cast<size_t>(end - p));
+  return rest.size() >= 10 && rest.substr(0, 5) == "HTTP/" && rest[5] == '1' && rest[6] == '.' &&
+         (rest[7] == '0' || rest[7] == '1') && rest.substr(8, 2) == "\r\n";
+}
+
 Parser::Result Parser::feed(const char* p, const char* end) {
   for (;;) {
     llhttp_errno_t err = llhttp_execute(&parser_, p, static_cast<size_t>(end - p));
@@ -84,6 +104,12 @@ Parser::Result Parser::feed(const char* p, const char* end) {
       default:
         if (!error_reason_) error_reason_ = llhttp_get_error_reason(&parser_);
         if (too_many_headers_) error_reason_ = "too many header fields";
+        error_status_ = too_many_headers_ ? 431 : 400;
+        if (err == HPE_INVALID_METHOD &&
+            well_formed_request_line(llhttp_get_error_pos(&parser_), end)) {
+          error_status_ = 501;
+          error_reason_ = "unknown method (methods are case-sensitive)";
+        }
         return {Event::error, llhttp_get_error_pos(&parser_)};
     }
   }
@@ -143,6 +169,7 @@ int Parser::on_url(llhttp_t* p, const char* at, size_t len) {
 
 int Parser::on_header_field(llhttp_t* p, const char* at, size_t len) {
   Parser& s = self(p);
+  if (!s.in_head_) return 0;  // a trailer field: forwarded as body bytes, not kept
   if (!s.current_) {
     if (s.head_.count == max_headers) {
       s.too_many_headers_ = true;
@@ -168,6 +195,7 @@ static bool is_token(std::string_view s) {
 
 int Parser::on_header_field_complete(llhttp_t* p) {
   Parser& s = self(p);
+  if (!s.in_head_) return 0;  // a trailer field: forwarded as body bytes, not kept
   if (!is_token(s.current_->name.view())) {
     s.error_reason_ = "invalid header field name";
     return -1;
@@ -178,12 +206,14 @@ int Parser::on_header_field_complete(llhttp_t* p) {
 
 int Parser::on_header_value(llhttp_t* p, const char* at, size_t len) {
   Parser& s = self(p);
+  if (!s.in_head_) return 0;  // a trailer field: forwarded as body bytes, not kept
   extend(s.current_->value, at, len);
   return 0;
 }
 
 int Parser::on_header_value_complete(llhttp_t* p) {
   Parser& s = self(p);
+  if (!s.in_head_) return 0;  // a trailer field: forwarded as body bytes, not kept
   Header& h = *s.current_;
   if (!h.value.p) h.value.p = h.name.end() + 1;  // empty value: anchor it after the colon
   // A folded line (obs-fold) or a stray CR/LF inside a value: RFC 9112 §5.2 lets a
@@ -201,7 +231,6 @@ int Parser::on_header_value_complete(llhttp_t* p) {
     case Field::keep_alive:
     case Field::proxy_connection:
     case Field::te:
-    case Field::trailer:
     case Field::upgrade:
       h.hop_by_hop = true;
       break;
@@ -225,7 +254,20 @@ int Parser::headers_complete() {
     error_reason_ = why;
     return -1;
   }
-  if (kind_ == Kind::response && head_request_) parser_.flags |= F_SKIPBODY;
+  if (kind_ == Kind::response) {
+    if (head_.major != 1) {
+      error_reason_ = "response is not HTTP/1.x";
+      return -1;
+    }
+    if (head_.status < 100 || head_.status > 599) {
+      error_reason_ = "invalid status code";
+      return -1;
+    }
+    // RFC 9112 §6.3: a response to HEAD, a 1xx, 204 or 304 ends at its head,
+    // whatever Content-Length or Transfer-Encoding it carries.
+    if (head_request_ || head_.status < 200 || head_.status == 204 || head_.status == 304)
+      parser_.flags |= F_SKIPBODY;
+  }
   head_.keep_alive = llhttp_should_keep_alive(&parser_) != 0;
   body_until_eof_ = llhttp_message_needs_eof(&parser_) != 0;
   return HPE_PAUSED;

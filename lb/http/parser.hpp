@@ -58,6 +58,9 @@ class Parser {
   // Requests: the whole request target has been seen.
   bool target_complete() const { return target_complete_; }
   const char* error_reason() const { return error_reason_; }
+  // Requests: the status that answers the last error (400; 431 for too many
+  // header fields; 501 for a method llhttp does not know).
+  int error_status() const { return error_status_; }
 
  private:
   static int on_message_begin(llhttp_t*);
@@ -92,6 +95,7 @@ class Parser {
   char* dechunk_out_ = nullptr;
   uint64_t body_bytes_ = 0;
   const char* error_reason_ = nullptr;
+  int error_status_ = 400;
 };
 
 }  // namespace lb::http

@@ -151,12 +151,6 @@ void AccessLog::write(const AccessRecord& r) {
     } else {
       append(",\"route\":null");
     }
-    if (r.route >= 0) {
-      int n = std::snprintf(num, sizeof num, ",\"route\":%d", r.route);
-      append({num, static_cast<size_t>(n)});
-    } else {
-      append(",\"route\":null");
-    }
     append(",\"pool\":");
     append_json_string(r.pool);
     append(",\"backend\":");

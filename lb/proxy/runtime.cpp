@@ -33,8 +33,11 @@ std::string_view path_of(std::string_view target) {
   if (!target.empty() && target.front() != '/') {
     size_t scheme = target.find("://");
     if (scheme != std::string_view::npos) {
-      size_t slash = target.find('/', scheme + 3);
-      return slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
+      // The path starts at the first "/" after the authority, unless a query
+      // comes first ("http://host?q": the path is empty, i.e. "/").
+      size_t end = target.find_first_of("/?", scheme + 3);
+      return end == std::string_view::npos || target[end] != '/' ? std::string_view("/")
+                                                                 : target.substr(end);
     }
   }
   return target;

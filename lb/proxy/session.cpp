@@ -53,6 +53,7 @@ const char* reason_phrase(int status) {
     case 414: return "URI Too Long";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
@@ -334,6 +335,14 @@ void Session::close_if_idle() {
 void Session::close() {
   if (closed_) return;
   closed_ = true;
+  if (started_ != io::Clock::time_point{}) {
+    // A request cut short (the client left, the backend failed mid-response,
+    // a forced shutdown) is logged and counted too: under the status sent, or
+    // 499 when none was (nginx's "client closed request").
+    if (!status_) status_ = 499;
+    finish_request_log();
+    started_ = {};
+  }
   count_bytes();
   if (queued_) {
     Ref keep(this);  // leave_queue drops the queue's reference
@@ -426,7 +435,7 @@ void Session::read_request_head() {
       }
       if (r.event == http::Parser::Event::error) {
         keep_client_ = false;
-        return respond_error(400, req_.error_reason(), true);
+        return respond_error(req_.error_status(), req_.error_reason(), true);
       }
     }
     if (!req_.target_complete() && c_parsed_ > max_target_bytes + 16) {
@@ -493,6 +502,14 @@ void Session::on_request_head() {
   // it replaces the Host header, for routing and for the backend (RFC 9112 §3.2.2).
   authority_ = {};
   std::string_view target = head.target.view();
+  if (target.find('#') != std::string_view::npos) {
+    keep_client_ = false;
+    return respond_error(400, "a fragment (#) in the request target", true);
+  }
+  if (target == "*" && head.method.view() != "OPTIONS") {
+    keep_client_ = false;
+    return respond_error(400, "request target * is for OPTIONS only", true);
+  }
   if (!target.empty() && target.front() != '/' && target != "*") {
     size_t scheme_end = target.find("://");
     if (scheme_end == std::string_view::npos ||
@@ -521,7 +538,10 @@ void Session::on_request_head() {
   upgrade_requested_ = false;
   if (const http::Header* conn = head.find(http::Field::connection);
       conn && head.find(http::Field::upgrade) && head.minor == 1 &&
-      http::has_token(conn->value.view(), "upgrade")) {
+      http::has_token(conn->value.view(), "upgrade") &&
+      !http::has_token(head.find(http::Field::upgrade)->value.view(), "h2c")) {
+    // (An upgrade to h2c is dropped: lb speaks HTTP/1.1 to backends, and a
+    // tunnel would bypass routing for every request after it.)
     // Upgrade is hop-by-hop, but asking the backend to switch is the point.
     upgrade_requested_ = true;
     for (unsigned i = 0; i < head.count; ++i)
@@ -615,7 +635,10 @@ void Session::do_attempt() {
                   pool_->name().c_str());
     return respond_error(503, error_page_, !req_done_);
   }
-  if (queued_) leave_queue();
+  if (queued_) {
+    leave_queue();
+    arm(Timer::exchange);  // the queue's deadline no longer applies
+  }
   if (b < 64) tried_ |= uint64_t{1} << b;
   PoolMetrics& pm = worker_.metrics->pools.at(pool_->id());
   if (attempts_ > 0 || replays_ > 0) pm.retries.add();
@@ -752,6 +775,16 @@ void Session::do_send_request_head() {
 
   bool ok = true;
   const char* seg = head.start;
+  if (!authority_.empty()) {
+    // Toward an origin the target is origin-form (RFC 9112 §3.2.1); the
+    // authority goes to Host below.
+    const char* path = authority_.p + authority_.n;
+    const char* target_end = head.target.p + head.target.n;
+    ok &= out.add(seg, static_cast<size_t>(head.target.p - seg));
+    if (path == target_end || *path != '/') ok &= out.add(std::string_view("/"));
+    if (path != target_end) ok &= out.add(path, static_cast<size_t>(target_end - path));
+    seg = target_end;
+  }
   for (unsigned i = 0; i < head.count; ++i) {
     const http::Header& h = head.headers[i];
     bool cut = h.hop_by_hop || h.field == http::Field::x_forwarded_proto ||
@@ -786,16 +819,24 @@ void Session::do_send_request_head() {
     ok &= out.add(host.p, host.n);
     ok &= out.add(std::string_view("\r\n"));
   }
-  if (const http::Header* te = head.find(http::Field::te); te && http::has_token(te->value.view(), "trailers"))
-    ok &= out.add(std::string_view("TE: trailers\r\n"));
+  const http::Header* te = head.find(http::Field::te);
+  bool te_trailers = te && http::has_token(te->value.view(), "trailers");
+  if (te_trailers) ok &= out.add(std::string_view("TE: trailers\r\n"));
   if (headers_cfg.via)
     ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
                                   : std::string_view("Via: 1.1 lb\r\n"));
   if (request_id_len_)
     ok &= add_extra("%s: %.*s\r\n", headers_cfg.request_id.c_str(), int(request_id_len_),
                     request_id_);
-  if (upgrade_requested_) ok &= out.add(std::string_view("Connection: upgrade\r\n"));
-  else if (head.minor == 0) ok &= out.add(std::string_view("Connection: keep-alive\r\n"));
+  // TE is a connection option: whoever sends it names it in Connection (RFC 9110 §10.1.4).
+  if (upgrade_requested_)
+    ok &= out.add(te_trailers ? std::string_view("Connection: upgrade, TE\r\n")
+                              : std::string_view("Connection: upgrade\r\n"));
+  else if (head.minor == 0)
+    ok &= out.add(te_trailers ? std::string_view("Connection: keep-alive, TE\r\n")
+                              : std::string_view("Connection: keep-alive\r\n"));
+  else if (te_trailers)
+    ok &= out.add(std::string_view("Connection: TE\r\n"));
   ok &= out.add(std::string_view("\r\n"));
   ok &= out.add(cbuf_->data() + head_end_, msg_end_ - head_end_);
   if (!ok) {
@@ -858,8 +899,8 @@ void Session::do_read_request_body() {
   if (++request_chain_ % 16 == 0) {
     // Bytes keep coming without blocking: continue from the event loop so the
     // stack does not grow with the body.
-    asio::post(worker_.io, in_slot(client_read_slot_, [self = Ref(this)] {
-                 if (!self->closed_) self->read_request_body();
+    asio::post(worker_.io, in_slot(client_read_slot_, [self = Ref(this), g = request_gen_] {
+                 if (!self->closed_ && g == self->request_gen_) self->read_request_body();
                }));
     return;
   }
@@ -877,8 +918,14 @@ void Session::read_request_body() {
     if (n == 0) return close();  // the client left before its request was complete
     if (errno == EINTR) continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK) return close();
-    wait_then<&Session::read_request_body>(client_, asio::socket_base::wait_read,
-                                           client_read_slot_);
+    // The request may end before more of its body comes (an early response,
+    // a failed backend, a timeout): this wait is then stale and does nothing.
+    client_.async_wait(asio::socket_base::wait_read,
+                       in_slot(client_read_slot_, [self = Ref(this), g = request_gen_](const error_code& ec) {
+                         if (self->closed_ || g != self->request_gen_) return;
+                         if (ec) return self->close();
+                         self->read_request_body();
+                       }));
     return;
   }
   arm(Timer::exchange);
@@ -993,7 +1040,9 @@ void Session::parse_response() {
         if (u_parsed_ != u_len_) backend_keep_alive_ = false;  // bytes past the response
         break;
       case http::Parser::Event::need_more:
-        if (in_response_head_) return read_response();
+        // A head (final or interim) not complete yet: its bytes stay where they
+        // are, the rest is read after them.
+        if (in_response_head_ || !resp_started_) return read_response();
         break;
     }
     break;
@@ -1012,14 +1061,31 @@ void Session::on_response_head() {
   http::mark_connection_options(head);
   bool switching = head.status == 101;
   bool interim = head.status >= 100 && head.status < 200 && !switching;
+  if (interim && req_.head().minor == 0) {
+    // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2): skip it, the final response follows.
+    in_response_head_ = true;
+    u_sent_ = u_parsed_;
+    return parse_response();
+  }
   if (switching) {
     if (!upgrade_requested_ || !req_sent_)
       return backend_failed(Failure::backend, "backend switched protocols without an upgrade");
     for (unsigned i = 0; i < head.count; ++i)
       if (head.headers[i].field == http::Field::upgrade) head.headers[i].hop_by_hop = false;
   }
+  if (interim || head.status == 204 || head.status == 304) {
+    // No body follows (RFC 9112 §6.3), and 1xx and 204 must not claim one
+    // (RFC 9110 §8.6, §6.1): framing fields a client might still obey go.
+    for (unsigned i = 0; i < head.count; ++i) {
+      http::Header& h = head.headers[i];
+      if (h.field == http::Field::transfer_encoding ||
+          (h.field == http::Field::content_length && head.status != 304))
+        h.hop_by_hop = true;
+    }
+  }
   // An HTTP/1.0 client cannot read chunked: it gets the decoded body, ended by close.
-  dechunk_ = !interim && !switching && head.chunked && req_.head().minor == 0;
+  dechunk_ = !interim && !switching && head.status != 204 && head.status != 304 && head.chunked &&
+             req_.head().minor == 0;
   if (dechunk_)
     for (unsigned i = 0; i < head.count; ++i)
       if (head.headers[i].field == http::Field::transfer_encoding) head.headers[i].hop_by_hop = true;
@@ -1204,6 +1270,7 @@ void Session::start_tunnel() {
   tunnel_pending_ = false;
   tunnel_ = true;
   finish_request_log();
+  started_ = {};  // logged: the tunnel's end is not another request
   arm(Timer::tunnel);
   // What either side sent after the switch is already in the buffers.
   to_backend_.clear();
@@ -1332,11 +1399,14 @@ void Session::respond_error(int status, const char* reason, bool close_after) {
   int body_len = std::snprintf(body, sizeof body, "%d %s: %s (request id %.*s)\n", status,
                                reason_phrase(status), why, int(id.size()), id.data());
   body_len = std::min<int>(body_len, sizeof body - 1);
+  // The answer to HEAD has the same head and no body (RFC 9110 §9.3.2).
+  const http::Head& req = req_.head();
+  bool head_request = req.start && req.method.view() == "HEAD";
   int n = std::snprintf(error_page_, sizeof error_page_,
                         "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
                         "Content-Length: %d\r\nConnection: %s\r\n\r\n%.*s",
                         status, reason_phrase(status), body_len,
-                        keep_client_ ? "keep-alive" : "close", body_len, body);
+                        keep_client_ ? "keep-alive" : "close", head_request ? 0 : body_len, body);
   n = std::min<int>(n, sizeof error_page_ - 1);
   to_client_.clear();
   to_client_.add(error_page_, static_cast<size_t>(n));
@@ -1433,6 +1503,7 @@ bool Session::adopt_runtime() {
 }
 
 void Session::finish_request_state() {
+  ++request_gen_;  // handlers still waiting for this request's body ignore what they see
   bool keep = keep_client_ && !closed_ && req_done_ && !worker_.draining;
   bool request_read = req_done_;
   // Per-request state back to its start.

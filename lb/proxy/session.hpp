@@ -185,6 +185,7 @@ class Session {
   bool answered_locally_ = false;   // lb answers this request itself (an error)
   uint32_t request_chain_ = 0;      // body chunks forwarded without waiting
   uint32_t response_chain_ = 0;
+  uint32_t request_gen_ = 0;  // one per request on this connection
   uint32_t lingered_ = 0;           // bytes discarded while closing
   bool upgrade_requested_ = false;  // the request asks to switch protocols
   bool tunnel_pending_ = false;     // a 101 is being passed on; the tunnel follows

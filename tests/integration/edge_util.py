@@ -56,7 +56,8 @@ class RawOrigin:
 
     RawOrigin(respond, idle_close=None, keep_alive=True)
       respond(head: bytes, body: bytes) -> bytes   the whole answer to one request
-                 (may be b"" to answer nothing; None to reset the connection)
+                 (may be b"" to answer nothing; None to reset the connection;
+                 a list of bytes: sent piece by piece, `pause` seconds apart)
       idle_close  close a connection after this many idle seconds between
                   requests (None: keep it until the peer closes or stop())
       keep_alive  after answering, read the next request on the connection;
@@ -66,8 +67,9 @@ class RawOrigin:
     Only request bodies framed by Content-Length are read (no chunked).
     """
 
-    def __init__(self, respond, idle_close=None, keep_alive=True, wait_for_peer=30.0):
+    def __init__(self, respond, idle_close=None, keep_alive=True, wait_for_peer=30.0, pause=0.3):
         self.respond = respond
+        self.pause = pause
         self.idle_close = idle_close
         self.keep_alive = keep_alive
         self.wait_for_peer = wait_for_peer
@@ -150,7 +152,12 @@ class RawOrigin:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                  b"\x01\x00\x00\x00\x00\x00\x00\x00")
                     return
-                if answer:
+                if isinstance(answer, list):
+                    for i, piece in enumerate(answer):
+                        if i:
+                            time.sleep(self.pause)
+                        s.sendall(piece)
+                elif answer:
                     s.sendall(answer)
                 if not self.keep_alive:
                     # Only wait for the peer to close (or the timeout).

@@ -116,11 +116,14 @@ class EdgeHeaders(harness.TestCase):
         self.assertEqual(status, 200, status_line)
         seen = json.loads(body)["headers"]
         names = {k.lower() for k, _ in seen}
-        for hop in ("connection", "keep-alive", "x-secret-hop", "x-other-hop", "proxy-connection",
-                    "trailer", "upgrade"):
+        for hop in ("keep-alive", "x-secret-hop", "x-other-hop", "proxy-connection", "upgrade"):
             self.assertNotIn(hop, names, "%s forwarded to the origin: %r" % (hop, seen))
         for v in values(seen, "TE"):
             self.assertEqual(tokens(v), {"trailers"}, "TE forwarded beyond trailers: %r" % seen)
+        # The client's Connection lines go; lb names its own TE (RFC 9110 §10.1.4).
+        self.assertEqual(values(seen, "Connection"), ["TE"])
+        # Trailer is end-to-end (RFC 9110 §6.6.2), as is any unnamed field.
+        self.assertEqual(values(seen, "Trailer"), ["X-Checksum"])
         self.assertEqual(values(seen, "X-End-To-End"), ["kept"])
 
     def test_hop_by_hop_removed_from_responses(self):
