@@ -150,7 +150,9 @@ void Checker::apply(std::vector<Target> targets) {
     if (t.current)
       std::tie(t.start_healthy, t.start_ever_passed) = t.current();
     next.push_back(std::make_unique<State>(io_, t));
-    schedule_first(*next.back(), now);
+    // A backend a reload or DNS change adds takes no traffic before its first
+    // check passes: check it at once (spread over a few ms only).
+    schedule_first(*next.back(), now, std::chrono::milliseconds(20));
   }
   for (auto& s : states_) {
     if (!s)
@@ -166,10 +168,12 @@ void Checker::apply(std::vector<Target> targets) {
   rebuild_index();
 }
 
-void Checker::schedule_first(State& s, Clock::time_point now) {
-  // Spread over interval/10, so that a thousand targets do not all connect at once.
-  auto spread = std::chrono::duration<double>(s.target.check.interval) / 10 *
-                std::uniform_real_distribution<double>(0, 1)(random_);
+void Checker::schedule_first(State& s, Clock::time_point now, std::chrono::milliseconds cap) {
+  // Spread over interval/10 (at most `cap`), so that a thousand targets do not
+  // all connect at once.
+  auto window = std::min(std::chrono::duration<double>(s.target.check.interval) / 10,
+                         std::chrono::duration<double>(cap));
+  auto spread = window * std::uniform_real_distribution<double>(0, 1)(random_);
   schedule(s, now + std::chrono::duration_cast<Clock::duration>(spread));
 }
 
@@ -182,8 +186,10 @@ void Checker::start() {
   started_ = true;
   // The thread does not run yet: touching the timers here is safe.
   const auto now = Clock::now();
+  // Backends take no traffic before their first check passes (unless
+  // fail_open): even with a long interval, every first check comes within 1 s.
   for (auto& s : states_)
-    schedule_first(*s, now);
+    schedule_first(*s, now, std::chrono::seconds(1));
   thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "lb-health");
     io_.run();

@@ -128,7 +128,7 @@ private:
   void finish(State& s, bool passed, std::string result);
   Clock::duration jittered(Clock::duration interval);
   void apply(std::vector<Target> targets);
-  void schedule_first(State& s, Clock::time_point now);
+  void schedule_first(State& s, Clock::time_point now, std::chrono::milliseconds cap);
   void rebuild_index();
 
   Report report_;

@@ -6,6 +6,8 @@
   and removing a backend, by SIGHUP and by POST /reload: no request fails, a
   WebSocket opened before stays open and echoes after, the added backend gets
   traffic, and lb_config_reloads_total{result="success"} counts 20;
+- a backend a reload adds is health-checked at once (not at a point spread
+  over a tenth of a long interval) and serves right after its check passes;
 - a backend its checks found unhealthy before a reload gets no request right
   after it (its health state survives: no reset to a fresh start);
 - a keep-alive client's requests after a reload reuse the upstream
@@ -201,6 +203,27 @@ class Reload(harness.TestCase):
         o2.set_healthy(True)
         self.assertTrue(wait_until(
             lambda: lb.metric("lb_backend_healthy", pool="web", backend=o2.addr) == 1, timeout=5))
+
+    def test_added_backend_is_checked_at_once(self):
+        # With a 60 s interval, a first check spread over interval/10 could
+        # come 6 s after the reload; a backend the reload adds is checked at
+        # once, so it serves within a round trip or two.
+        slow_check = CHECK.replace("interval: 300ms", "interval: 60s")
+        o1, o2 = self.origin("o1"), self.origin("o2")
+        lb = self.lb(config([o1.addr], check=slow_check))
+        port = lb.port()
+        self.assertTrue(wait_until(
+            lambda: lb.metric("lb_backend_healthy", pool="web", backend=o1.addr) == 1, timeout=3))
+        lb.write_config(config([o1.addr, o2.addr], check=slow_check))
+        status, _, body = lb.admin("POST", "/reload")
+        self.assertEqual(status, 200, body)
+        reloaded = time.monotonic()
+        self.assertTrue(wait_until(
+            lambda: lb.metric("lb_backend_healthy", pool="web", backend=o2.addr) == 1,
+            timeout=5, interval=0.02))
+        self.assertLess(time.monotonic() - reloaded, 1.0,
+                        "the added backend waited for a scheduled check")
+        self.wait_serving(port, ["o1", "o2"], timeout=2)
 
     def test_pooled_connections_survive_reload(self):
         o1 = self.origin("o1")
