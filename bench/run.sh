@@ -3,14 +3,15 @@
 #
 #   bash bench/run.sh BUILD_DIR [--quick] [--duration SECONDS]
 #                     [--repeat N] [--proxies "lb haproxy nginx"]
-#                     [--scenarios "a b c d e scale"]   (e: HTTPS)
+#                     [--scenarios "a b c d e f scale"] [--rate R]
+#   (e: HTTPS; f: latency at a fixed rate of R req/s, default 20000)
 #
 # Topology (everything on 127.0.0.1):
 #   wrk (CPU 1) -> proxy (CPU 0) -> 2 x fast_origin (CPU 1), round robin
 # Each proxy runs with one worker/thread, no logging, upstream keep-alive, and
 # is started afresh for every scenario. See bench/README.md for the columns.
 # The table goes to stdout and to bench/results/latest.txt, wrk's raw output
-# of every run to bench/results/latest-wrk/.
+# of every run to bench/results/latest-wrk/ (rate_client's for scenario f).
 #
 # Environment overrides: LB_BIN, HAPROXY, NGINX, WRK, PROXY_CPU, LOAD_CPU.
 
@@ -18,7 +19,7 @@
 set -u -o pipefail
 
 usage() {
-    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -31,7 +32,8 @@ WARMUP=1
 QUICK=0
 REPEAT=1
 PROXIES="lb haproxy nginx"
-SCENARIOS="a b c d e scale"
+SCENARIOS="a b c d e f scale"
+RATE=20000
 while [[ $# -gt 0 ]]; do
     case $1 in
     --quick) QUICK=1 DURATION=3 ;;
@@ -39,6 +41,7 @@ while [[ $# -gt 0 ]]; do
     --repeat) REPEAT=${2:?}; shift ;;
     --proxies) PROXIES=${2:?}; shift ;;
     --scenarios) SCENARIOS=${2:?}; shift ;;
+    --rate) RATE=${2:?}; shift ;;
     -h | --help) usage ;;
     *) echo "run.sh: unknown argument: $1" >&2; usage ;;
     esac
@@ -49,9 +52,11 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CONF_DIR=$BENCH_DIR/conf
 RESULTS_DIR=$BENCH_DIR/results
 BUILD_DIR=$(cd "$BUILD_DIR" 2>/dev/null && pwd) || { echo "run.sh: no build dir: ${BUILD_ARG}" >&2; exit 2; }
-[[ $DURATION =~ ^[1-9][0-9]*$ && $REPEAT =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --duration and --repeat want positive integers" >&2; exit 2; }
+[[ $DURATION =~ ^[1-9][0-9]*$ && $REPEAT =~ ^[1-9][0-9]*$ && $RATE =~ ^[1-9][0-9]*$ ]] ||
+    { echo "run.sh: --duration, --repeat and --rate want positive integers" >&2; exit 2; }
 LB_BIN=${LB_BIN:-$BUILD_DIR/lb/lb}
 ORIGIN_BIN=$BUILD_DIR/bench/fast_origin
+RATE_CLIENT=$BUILD_DIR/bench/rate_client
 HAPROXY=${HAPROXY:-/usr/sbin/haproxy}
 NGINX=${NGINX:-/usr/sbin/nginx}
 WRK=${WRK:-$(command -v wrk || echo /usr/bin/wrk)}
@@ -67,8 +72,8 @@ else
 fi
 BOTH_CPUS="$PROXY_CPU,$LOAD_CPU"
 
-for bin in "$ORIGIN_BIN" "$WRK"; do
-    [[ -x $bin ]] || { echo "run.sh: missing $bin (build the fast_origin target; apt-get install wrk)" >&2; exit 2; }
+for bin in "$ORIGIN_BIN" "$RATE_CLIENT" "$WRK"; do
+    [[ -x $bin ]] || { echo "run.sh: missing $bin (build the fast_origin and rate_client targets; apt-get install wrk)" >&2; exit 2; }
 done
 
 TMP=$(mktemp -d /tmp/lb-bench.XXXXXX)
@@ -82,6 +87,7 @@ STARTED=()  # every process we started; cleanup stops them (and their children)
 PROXY_PID=""
 FINISHED=0
 NOISY=0
+STOLEN=0
 
 descendants() { # PID -> the PID and all its descendants
     local p c
@@ -285,6 +291,10 @@ other_ticks() { # BEFORE AFTER EXCLUDED_PIDS...: CPU of all other processes in b
         END { print d + 0 }' "$before" "$after"
 }
 
+steal_ticks() { # CPUs...: time the hypervisor ran something else on them, in clock ticks
+    awk -v cpus=" $* " 'index(cpus, " " substr($1, 4) " ") && $1 ~ /^cpu[0-9]/ { s += $9 } END { print s + 0 }' /proc/stat
+}
+
 peak_rss_kib() { # PIDs -> VmHWM summed, in KiB
     local pid total=0 v
     for pid in "$@"; do
@@ -322,6 +332,19 @@ parse_wrk() {
     }'
 }
 
+# rate_client output -> "requests rps p99_ms errors all_requests seconds p50_ms p90_ms p99.9_ms max_ms"
+parse_rate() {
+    awk '
+    /^RESULT / {
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+        err = v["errors"] > 0 ? "errors=" v["errors"] : "-"
+        printf "%s %s %.3f %s %s %s %.3f %.3f %.3f %.3f\n", v["done"], v["rate"], v["p99_us"] / 1000, err,
+            v["all_done"], v["elapsed_s"], v["p50_us"] / 1000, v["p90_us"] / 1000, v["p999_us"] / 1000, v["max_us"] / 1000
+        found = 1
+    }
+    END { if (!found) print "0 0 nan - 0 1 nan nan nan nan" }'
+}
+
 # ---------------------------------------------------------------- scenarios
 
 declare -A S_TITLE S_CONNS S_PATH S_HEADER
@@ -335,7 +358,11 @@ S_TITLE[d]="(d) 64 KiB responses (GET /64k), keep-alive, 64 connections"
 S_CONNS[d]=64 S_PATH[d]=/64k S_HEADER[d]=""
 S_TITLE[e]="(e) HTTPS keep-alive GET /, 64 connections (TLS 1.3, the same ECDSA P-256 certificate for all)"
 S_CONNS[e]=64 S_PATH[e]=/ S_HEADER[e]=""
+S_TITLE[f]="(f) latency at a fixed rate: keep-alive GET /, 64 connections, RATE req/s (open loop)"
+S_CONNS[f]=64 S_PATH[f]=/ S_HEADER[f]=""
 declare -A S_TLS=([e]=1)
+declare -A S_RATE=([f]=1)
+FIXED_RATE=0  # the scenario being measured paces requests (rate_client, not wrk)
 TLS=0  # the scenario being measured terminates HTTPS
 
 # One certificate and key for every proxy's HTTPS listener (HAProxy wants
@@ -348,7 +375,8 @@ make_cert() {
     cat "$TMP/cert.pem" "$TMP/key.pem" >"$TMP/combined.pem"
 }
 
-declare -A R_STATUS R_REQ R_RPS R_P99 R_CPUREQ R_CPUPCT R_RSS R_ERR R_OTHER R_ALL
+declare -A R_STATUS R_REQ R_RPS R_P99 R_CPUREQ R_CPUPCT R_RSS R_ERR R_OTHER R_ALL R_STEAL
+declare -A R_P50 R_P90 R_P999 R_MAX
 
 # measure KEY PROXY WORKERS PROXY_CPUS WRK_CPUS WRK_THREADS CONNS PATH HEADER
 measure() {
@@ -364,13 +392,31 @@ measure() {
     local url="http$( ((TLS)) && echo s)://127.0.0.1:$PROXY_PORT$path"
     taskset -c "$wcpus" "$WRK" -t"$wthreads" -c"$conns" -d"${WARMUP}s" "${hdr[@]}" "$url" >"$TMP/warmup.txt" 2>&1
     mapfile -t pids < <(descendants "$PROXY_PID")
+    local steal0 steal1 cpu_list=${wcpus//,/ }
+    [[ " $cpu_list " == *" $pcpus "* ]] || cpu_list+=" ${pcpus//,/ }"
+    if ((FIXED_RATE)); then
+        # rate_client's own 1 s warm-up (paced, not timed) comes after wrk's.
+        out=$TMP/rate-${key//[^a-z0-9]/_}.txt
+        local rate_cmd=(taskset -c "$wcpus" "$RATE_CLIENT" --target "127.0.0.1:$PROXY_PORT" --path "$path"
+            --connections "$conns" --rate "$RATE" --warmup 1 --duration "$DURATION")
+    else
+        out=$TMP/wrk-${key//[^a-z0-9]/_}.txt
+    fi
     snapshot_all "$TMP/procs.before"
+    steal0=$(steal_ticks $cpu_list)
     t0=$(cpu_ticks "${pids[@]}")
-    out=$TMP/wrk-${key//[^a-z0-9]/_}.txt
-    taskset -c "$wcpus" "$WRK" -t"$wthreads" -c"$conns" -d"${DURATION}s" --latency "${hdr[@]}" "$url" >"$out" 2>&1
+    if ((FIXED_RATE)); then
+        "${rate_cmd[@]}" >"$out" 2>&1
+    else
+        taskset -c "$wcpus" "$WRK" -t"$wthreads" -c"$conns" -d"${DURATION}s" --latency "${hdr[@]}" "$url" >"$out" 2>&1
+    fi
     local wrk_rc=$?
     t1=$(cpu_ticks "${pids[@]}")
+    steal1=$(steal_ticks $cpu_list)
     snapshot_all "$TMP/procs.after"
+    # Time the hypervisor gave the benchmark's CPUs to other guests: every
+    # latency figure of a run with much of it is noisy.
+    R_STEAL[$key]=$(awk -v d=$((steal1 - steal0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", d * 1000 / hz }')
     # CPU used meanwhile by processes outside the benchmark (other users of the
     # machine), in % of one CPU: when it is high, the figures are noisy.
     R_OTHER[$key]=$(awk -v d="$(other_ticks "$TMP/procs.before" "$TMP/procs.after" $$ "${pids[@]}" "${ORIGIN_PIDS[@]}")" \
@@ -379,7 +425,13 @@ measure() {
     local alive=1
     kill -0 "$PROXY_PID" 2>/dev/null || alive=0
     stop_proxy
-    read -r req rps p99 err < <(parse_wrk <"$out")
+    local seconds=$DURATION
+    if ((FIXED_RATE)); then
+        local all
+        read -r req rps p99 err all seconds R_P50[$key] R_P90[$key] R_P999[$key] R_MAX[$key] < <(parse_rate <"$out")
+    else
+        read -r req rps p99 err < <(parse_wrk <"$out")
+    fi
     if [[ $alive == 0 ]]; then
         [[ $err == - ]] && err="PROXY DIED" || err+=" PROXY DIED"
     fi
@@ -390,31 +442,63 @@ measure() {
     fi
     R_STATUS[$key]=ok
     ((R_OTHER[$key] > 10)) && NOISY=1
+    # More than 1 % of the run's time on the CPUs used was stolen.
+    ((R_STEAL[$key] * 100 > DURATION * 1000 * $(wc -w <<<"$cpu_list"))) && STOLEN=1
     R_REQ[$key]=$req R_RPS[$key]=$rps R_P99[$key]=$p99 R_ERR[$key]=$err
-    R_CPUREQ[$key]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$req" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
-    R_CPUPCT[$key]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$DURATION" 'BEGIN { printf "%.0f", d * 100 / hz / s }')
+    # At a fixed rate the proxy's CPU time covers rate_client's warm-up too:
+    # divided by every request of the run, over the whole run.
+    local counted=$req
+    ((FIXED_RATE)) && counted=$all
+    R_CPUREQ[$key]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$counted" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+    R_CPUPCT[$key]=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v s="$seconds" 'BEGIN { printf "%.0f", d * 100 / hz / s }')
     log "    $rps req/s, p99 ${p99} ms, ${R_CPUREQ[$key]} us/req (proxy ${R_CPUPCT[$key]}% CPU, other processes ${R_OTHER[$key]}%), errors: $err"
 }
 
-HEAD_FMT="%-10s %9s %8s %11s %6s %8s %8s  %s"
-table_header() { say "$(printf "$HEAD_FMT" "$1" "req/s" "p99 ms" "CPU us/req" "CPU %" "RSS MiB" "other %" "errors")"; }
+HEAD_FMT="%-10s %9s %8s %11s %6s %8s %8s %6s  %s"
+RATE_FMT="%-10s %9s %7s %7s %7s %8s %7s %11s %6s %6s  %s"
+table_header() {
+    if ((FIXED_RATE)); then
+        say "$(printf "$RATE_FMT" "$1" "req/s" "p50 ms" "p90 ms" "p99 ms" "p99.9 ms" "max ms" "CPU us/req" "CPU %" "steal" "errors")"
+    else
+        say "$(printf "$HEAD_FMT" "$1" "req/s" "p99 ms" "CPU us/req" "CPU %" "RSS MiB" "other %" "steal" "errors")"
+    fi
+}
 table_row() { # LABEL KEY
     local label=$1 key=$2
     if [[ ${R_STATUS[$key]:-} != ok ]]; then
         say "$(printf "%-10s %s" "$label" "${R_STATUS[$key]:-not run}")"
         return
     fi
-    say "$(printf "$HEAD_FMT" "$label" "$(printf %.0f "${R_RPS[$key]}")" "$(printf %.2f "${R_P99[$key]}")" \
-        "${R_CPUREQ[$key]}" "${R_CPUPCT[$key]}" "$(awk -v k="${R_RSS[$key]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
-        "${R_OTHER[$key]}" "${R_ERR[$key]}")"
-    [[ -n ${R_ALL[$key]:-} ]] && say "$(printf "%-10s %s" "" "(median of req/s ${R_ALL[$key]})")"
+    if ((FIXED_RATE)); then
+        say "$(printf "$RATE_FMT" "$label" "$(printf %.0f "${R_RPS[$key]}")" "$(printf %.2f "${R_P50[$key]}")" \
+            "$(printf %.2f "${R_P90[$key]}")" "$(printf %.2f "${R_P99[$key]}")" "$(printf %.2f "${R_P999[$key]}")" \
+            "$(printf %.1f "${R_MAX[$key]}")" "${R_CPUREQ[$key]}" "${R_CPUPCT[$key]}" "${R_STEAL[$key]}" "${R_ERR[$key]}")"
+    else
+        say "$(printf "$HEAD_FMT" "$label" "$(printf %.0f "${R_RPS[$key]}")" "$(printf %.2f "${R_P99[$key]}")" \
+            "${R_CPUREQ[$key]}" "${R_CPUPCT[$key]}" "$(awk -v k="${R_RSS[$key]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
+            "${R_OTHER[$key]}" "${R_STEAL[$key]}" "${R_ERR[$key]}")"
+    fi
+    [[ -n ${R_ALL[$key]:-} ]] && say "$(printf "%-10s %s" "" "(each figure the median of ${R_ALL[$key]})")"
     return 0
 }
 
-# pick_median KEY: KEY#1..KEY#REPEAT -> KEY, the run with the median req/s
-# (the upper one for an even count); R_ALL[KEY] lists all req/s when REPEAT > 1.
+# median_of KEY ARRAY: the median of ARRAY[KEY#1..KEY#REPEAT] over the runs
+# that succeeded (the upper middle one for an even count).
+median_of() {
+    local key=$1 i k
+    local -n values=$2
+    for ((i = 1; i <= REPEAT; i++)); do
+        k="$key#$i"
+        [[ ${R_STATUS[$k]:-} == ok ]] && echo "${values[$k]}"
+    done | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int(NR / 2) + 1] }'
+}
+
+# pick_median KEY: KEY#1..KEY#REPEAT -> KEY. req/s, CPU/req and the latency
+# figures are each the median of their runs (a run with a stall of the VM
+# moves one p99, not the reported one); the other columns come from the run
+# with the median req/s. R_ALL[KEY] says how many runs when REPEAT > 1.
 pick_median() {
-    local key=$1 i k ok=() sorted n
+    local key=$1 i k ok=() sorted n a
     for ((i = 1; i <= REPEAT; i++)); do
         k="$key#$i"
         [[ ${R_STATUS[$k]:-} == ok ]] && ok+=("$(printf '%.0f' "${R_RPS[$k]}") $k")
@@ -426,11 +510,20 @@ pick_median() {
     mapfile -t sorted < <(printf '%s\n' "${ok[@]}" | sort -n)
     n=${#sorted[@]}
     k=${sorted[n / 2]#* }
-    R_STATUS[$key]=ok R_REQ[$key]=${R_REQ[$k]} R_RPS[$key]=${R_RPS[$k]} R_P99[$key]=${R_P99[$k]}
-    R_CPUREQ[$key]=${R_CPUREQ[$k]} R_CPUPCT[$key]=${R_CPUPCT[$k]} R_RSS[$key]=${R_RSS[$k]}
-    R_ERR[$key]=${R_ERR[$k]} R_OTHER[$key]=${R_OTHER[$k]}
+    R_STATUS[$key]=ok R_REQ[$key]=${R_REQ[$k]} R_CPUPCT[$key]=${R_CPUPCT[$k]} R_RSS[$key]=${R_RSS[$k]}
+    R_ERR[$key]=${R_ERR[$k]} R_OTHER[$key]=${R_OTHER[$k]} R_STEAL[$key]=${R_STEAL[$k]}
+    for a in R_RPS R_P99 R_CPUREQ; do
+        local -n arr=$a
+        arr[$key]=$(median_of "$key" "$a")
+    done
+    if ((FIXED_RATE)); then
+        for a in R_P50 R_P90 R_P999 R_MAX; do
+            local -n arr2=$a
+            arr2[$key]=$(median_of "$key" "$a")
+        done
+    fi
     if ((REPEAT > 1)); then
-        R_ALL[$key]="$(printf '%s\n' "${sorted[@]}" | cut -d' ' -f1 | paste -sd' ')"
+        R_ALL[$key]="${#ok[@]} runs (req/s $(printf '%s\n' "${sorted[@]}" | cut -d' ' -f1 | paste -sd' '))"
         ((${#ok[@]} < REPEAT)) && R_ALL[$key]+=", $((REPEAT - ${#ok[@]})) failed"
     fi
 }
@@ -480,8 +573,10 @@ SUMMARY=()
 for scn in $SCENARIOS; do
     [[ $scn == scale ]] && continue
     [[ -n ${S_TITLE[$scn]:-} ]] || { log "run.sh: unknown scenario $scn"; continue; }
+    S_TITLE[$scn]=${S_TITLE[$scn]//RATE/$RATE}
     log "${S_TITLE[$scn]}"
     TLS=${S_TLS[$scn]:-0}
+    FIXED_RATE=${S_RATE[$scn]:-0}
     ((TLS)) && { make_cert || continue; }
     for ((i = 1; i <= REPEAT; i++)); do
         for p in $PROXIES; do
@@ -497,11 +592,19 @@ for scn in $SCENARIOS; do
         for other in haproxy nginx; do
             [[ " $PROXIES " == *" $other "* ]] || continue
             read -r r c l <<<"$(ratio_cells "$scn" "$other")"
-            say "$(printf '  lb/%-8s req/s %-6s CPU/req %-6s p99 %-6s' "$other:" "$r" "$c" "$l")"
+            if ((FIXED_RATE)); then
+                local_extra=""
+                if [[ ${R_STATUS[$scn:lb]:-} == ok && ${R_STATUS[$scn:$other]:-} == ok ]]; then
+                    local_extra="  p50 $(ratio "${R_P50[$scn:lb]}" "${R_P50[$scn:$other]}")  p99.9 $(ratio "${R_P999[$scn:lb]}" "${R_P999[$scn:$other]}")"
+                fi
+                say "$(printf '  lb/%-8s CPU/req %-6s p99 %-6s' "$other:" "$c" "$l")$local_extra"
+            else
+                say "$(printf '  lb/%-8s req/s %-6s CPU/req %-6s p99 %-6s' "$other:" "$r" "$c" "$l")"
+            fi
             SUMMARY+=("$scn $other $r $c $l")
         done
     fi
-    TLS=0
+    TLS=0 FIXED_RATE=0
 done
 
 if [[ " $SCENARIOS " == *" scale "* && " $PROXIES " == *" lb "* ]]; then
@@ -535,6 +638,10 @@ if [[ ${#SUMMARY[@]} -gt 0 ]]; then
     done
 fi
 
+if ((STOLEN)); then
+    say ""
+    say "note: the hypervisor ran other guests on the benchmark's CPUs for more than 1 % of some runs (\"steal\", in ms): their latency figures are noisy."
+fi
 if ((NOISY)); then
     say ""
     say "note: other processes used more than 10 % of a CPU during some runs (\"other %\"): those figures are noisy."
@@ -542,6 +649,6 @@ fi
 FINISHED=1
 rm -rf "$RESULTS_DIR/latest-wrk"
 mkdir -p "$RESULTS_DIR/latest-wrk"
-cp "$TMP"/wrk-*.txt "$RESULTS_DIR/latest-wrk/" 2>/dev/null
+cp "$TMP"/wrk-*.txt "$TMP"/rate-*.txt "$RESULTS_DIR/latest-wrk/" 2>/dev/null
 log ""
 log "saved to $REPORT (wrk's own output of every run: $RESULTS_DIR/latest-wrk/)"
