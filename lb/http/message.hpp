@@ -60,6 +60,18 @@ struct Head {
   unsigned count = 0;
   Header headers[max_headers];
 
+  // Back to an empty head. Only the fields before `count` are ever read, so
+  // the header array is left as it is (clearing it would write 6 KiB).
+  void clear() {
+    start = end = nullptr;
+    method = target = Span{};
+    status = 0;
+    major = minor = 1;
+    keep_alive = true;
+    chunked = has_content_length = false;
+    content_length = 0;
+    count = 0;
+  }
   // Ends of the start line: one past its line terminator.
   const char* start_line_end() const { return count ? headers[0].line_start : end_of_fields(); }
   // Where the empty line that ends the head begins.

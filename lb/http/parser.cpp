@@ -142,8 +142,7 @@ void Parser::end_head(const char* stop) {
 
 int Parser::on_message_begin(llhttp_t* p) {
   Parser& s = self(p);
-  s.head_ = Head{};
-  s.head_.count = 0;
+  s.head_.clear();
   s.current_ = nullptr;
   s.in_message_ = true;
   s.in_head_ = true;

@@ -36,7 +36,10 @@ void Timeouts::disarm(Entry& e) {
 }
 
 void Timeouts::expire(Clock::time_point now) {
-  for (Queue* q : queues_) {
+  // A fired entry may arm one with a duration not seen before, which adds a
+  // queue: iterate by index (the queues themselves never move).
+  for (size_t i = 0; i < queues_.size(); ++i) {
+    Queue* q = queues_[i];
     while (q->head.next != &q->head && q->head.next->when <= now) {
       Entry* e = q->head.next;
       disarm(*e);

@@ -190,28 +190,38 @@ void Session::set_client_address(const sockaddr* peer) {
 }
 
 // A listener with proxy_protocol: the connection starts with a PROXY v1/v2
-// header from an outer load balancer, naming the real client. Returns false
-// when the connection must be closed (a bad or missing header).
+// header from an outer load balancer, naming the real client. Returns 1 when
+// the header has been read, 0 to wait for more of it, -1 to close (a bad or
+// missing header).
 int Session::take_proxy_header() {
-  // Peeked, then only the header consumed: what follows (HTTP, or a TLS
-  // ClientHello) stays in the socket for whoever reads next.
+  // What follows the header (HTTP, or a TLS ClientHello) must stay in the
+  // socket for whoever reads next: the bytes are peeked, and only header
+  // bytes are consumed. While the header is incomplete, every byte received
+  // is part of it: those are consumed (kept in cbuf_ from offset 0) so that
+  // the next wait is for new bytes, not for the ones already there.
   if (!cbuf_) cbuf_ = worker_.buffers.acquire();
-  ssize_t n = ::recv(fd_of(client_), cbuf_->data(), cbuf_->capacity, MSG_PEEK);
+  uint32_t have = c_len_;
+  ssize_t n = ::recv(fd_of(client_), cbuf_->data() + have, cbuf_->capacity - have, MSG_PEEK);
   if (n == 0) return -1;
   if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
   http::ProxyHeader header;
-  switch (http::parse_proxy_header(cbuf_->data(), static_cast<size_t>(n), header)) {
-    case http::ProxyParse::need_more:
-      return static_cast<size_t>(n) < cbuf_->capacity ? 0 : -1;
+  size_t seen = have + static_cast<size_t>(n);
+  switch (http::parse_proxy_header(cbuf_->data(), seen, header)) {
     case http::ProxyParse::invalid:
       return -1;
+    case http::ProxyParse::need_more:
+      if (seen >= cbuf_->capacity) return -1;
+      if (::recv(fd_of(client_), cbuf_->data() + have, static_cast<size_t>(n), 0) != n) return -1;
+      c_len_ = static_cast<uint32_t>(seen);
+      return 0;
     case http::ProxyParse::complete:
       break;
   }
-  if (::recv(fd_of(client_), cbuf_->data(), header.length, 0) != static_cast<ssize_t>(header.length))
-    return -1;
+  size_t rest = header.length - have;
+  if (::recv(fd_of(client_), cbuf_->data() + have, rest, 0) != static_cast<ssize_t>(rest)) return -1;
   if (!header.local) set_client_address(reinterpret_cast<const sockaddr*>(&header.source));
   proxy_pending_ = false;
+  c_len_ = 0;
   return 1;
 }
 
@@ -266,11 +276,13 @@ ssize_t Session::backend_recv(char* p, size_t n) {
 }
 
 int Session::client_write(Outbox& out, uint64_t& written) {
+  write_wants_read_ = false;
   if (!ssl_) return write_some(fd_of(client_), this, out.v, out.first, out.count, written);
   return tls_write(ssl_, out, tls_stage_, written);
 }
 
 int Session::backend_write(Outbox& out, uint64_t& written) {
+  write_wants_read_ = false;
   if (!conn_->ssl) return write_some(fd_of(conn_->socket), this, out.v, out.first, out.count, written);
   return tls_write(conn_->ssl, out, backend_tls_stage_, written);
 }
@@ -295,7 +307,12 @@ int Session::tls_write(SSL* ssl, Outbox& out, io::Buffer*& stage, uint64_t& writ
       continue;
     }
     int e = SSL_get_error(ssl, r);
-    if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) return 0;
+    if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+      // TLS may need the peer's bytes first: waiting for writability then
+      // would wake up at once, again and again.
+      write_wants_read_ = e == SSL_ERROR_WANT_READ;
+      return 0;
+    }
     errno = EPIPE;
     return -1;
   }
@@ -412,8 +429,10 @@ void Session::read_request_head() {
     int r = take_proxy_header();
     if (r < 0) return close();
     if (r == 0) {
-      worker_.buffers.release(cbuf_);
-      cbuf_ = nullptr;
+      if (c_len_ == 0) {  // nothing of the header yet: hold no buffer
+        worker_.buffers.release(cbuf_);
+        cbuf_ = nullptr;
+      }
       wait_then<&Session::read_request_head>(client_, asio::socket_base::wait_read,
                                              client_read_slot_);
       return;
@@ -449,9 +468,11 @@ void Session::read_request_head() {
     if (!cbuf_) cbuf_ = worker_.buffers.acquire();
     ssize_t n = client_recv(cbuf_->data() + c_len_, cbuf_->capacity - c_len_);
     if (n > 0) {
-      if (c_len_ == 0) arm(Timer::header);
+      bool was_empty = c_len_ == 0;
       c_len_ += static_cast<uint32_t>(n);
       bytes_in_ += static_cast<uint64_t>(n);
+      if (c_parsed_ == 0) skip_empty_lines();
+      if (was_empty && c_len_ > 0) arm(Timer::header);
       continue;
     }
     if (n == 0) return close();  // the client is done (or gave up mid-head)
@@ -465,6 +486,18 @@ void Session::read_request_head() {
                                            client_read_slot_);
     return;
   }
+}
+
+// Empty lines before a request line are ignored (RFC 9112 §2.2: some clients
+// send CRLF after a body). They do not start a request: no header timer, and
+// the idle timer is not renewed by them.
+void Session::skip_empty_lines() {
+  const char* data = cbuf_->data();
+  uint32_t k = 0;
+  while (k < c_len_ && (data[k] == '\r' || data[k] == '\n')) ++k;
+  if (k == 0) return;
+  std::memmove(cbuf_->data(), data + k, c_len_ - k);
+  c_len_ -= k;
 }
 
 void Session::on_request_head() {
@@ -629,6 +662,7 @@ void Session::do_attempt() {
     acquired_ = b >= 0;
   }
   if (b < 0) {
+    leave_queue();  // answered now: the queue must not try it again
     if (attempts_ > 0)  // the last failure's reason is kept in error_page_
       return respond_error(502, error_page_, !req_done_);
     std::snprintf(error_page_, sizeof error_page_, "no healthy backend in pool %s",
@@ -662,7 +696,12 @@ void Session::do_attempt() {
     conn_ = worker_.connections.take(backend.id);
   }
   conn_reused_ = conn_ != nullptr;
-  if (conn_reused_) return do_send_request_head();
+  if (conn_reused_) {
+    // A retry may come here with the failed attempt's connect timer still
+    // armed (or none, after a connect timeout): time this exchange.
+    arm(Timer::exchange);
+    return do_send_request_head();
+  }
   do_connect();
 }
 
@@ -760,7 +799,8 @@ void Session::do_send_request_head() {
   int last_xff = -1;
   if (headers_cfg.forwarded_for == FF::append)
     for (unsigned i = 0; i < head.count; ++i)
-      if (head.headers[i].field == http::Field::x_forwarded_for) last_xff = static_cast<int>(i);
+      if (head.headers[i].field == http::Field::x_forwarded_for && !head.headers[i].hop_by_hop)
+        last_xff = static_cast<int>(i);  // (one the client named in Connection is cut)
 
   char* extra = req_extra_;
   size_t extra_left = sizeof req_extra_;
@@ -854,12 +894,13 @@ void Session::do_write_backend() {
   if (r == 0) {
     backend_writing_ = true;
     conn_->socket.async_wait(
-        asio::socket_base::wait_write,
+        write_wants_read_ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
         in_slot(backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
           self->on_backend_writable(ec, a);
         }));
     return;
   }
+  if (reading_response_) return stop_request_body();
   std::snprintf(error_page_, sizeof error_page_, "sending to %s failed: %s",
                 pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
                 std::strerror(errno));
@@ -872,9 +913,21 @@ void Session::do_write_backend() {
 void Session::on_backend_writable(const error_code& ec, uint32_t attempt) {
   if (closed_ || attempt != attempt_) return;
   backend_writing_ = false;
+  if (ec && reading_response_) return stop_request_body();
   if (ec) return backend_failed(Failure::backend, "backend connection failed");
   arm(Timer::exchange);
   do_write_backend();
+}
+
+// The backend stopped taking the request body (it answered early and closed,
+// or it failed) while its response is being read. The body is not sent on;
+// the response decides: an answer still goes to the client whole (and the
+// connection closes after it, the rest of the body unread), a failure is
+// handled where the read fails.
+void Session::stop_request_body() {
+  backend_writing_ = false;
+  keep_client_ = false;
+  backend_keep_alive_ = false;
 }
 
 void Session::on_request_bytes_sent() {
@@ -899,8 +952,10 @@ void Session::do_read_request_body() {
   if (++request_chain_ % 16 == 0) {
     // Bytes keep coming without blocking: continue from the event loop so the
     // stack does not grow with the body.
-    asio::post(worker_.io, in_slot(client_read_slot_, [self = Ref(this), g = request_gen_] {
-                 if (!self->closed_ && g == self->request_gen_) self->read_request_body();
+    asio::post(worker_.io, in_slot(client_read_slot_, [self = Ref(this), g = request_gen_,
+                                                       a = attempt_] {
+                 if (!self->closed_ && g == self->request_gen_ && a == self->attempt_)
+                   self->read_request_body();
                }));
     return;
   }
@@ -919,10 +974,14 @@ void Session::read_request_body() {
     if (errno == EINTR) continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK) return close();
     // The request may end before more of its body comes (an early response,
-    // a failed backend, a timeout): this wait is then stale and does nothing.
+    // a failed backend, a timeout), or go to another backend (a retry or a
+    // replay, which starts its own body pump): this wait is then stale and
+    // does nothing.
     client_.async_wait(asio::socket_base::wait_read,
-                       in_slot(client_read_slot_, [self = Ref(this), g = request_gen_](const error_code& ec) {
-                         if (self->closed_ || g != self->request_gen_) return;
+                       in_slot(client_read_slot_, [self = Ref(this), g = request_gen_,
+                                                   a = attempt_](const error_code& ec) {
+                         if (self->closed_ || g != self->request_gen_ || a != self->attempt_)
+                           return;
                          if (ec) return self->close();
                          self->read_request_body();
                        }));
@@ -1168,7 +1227,7 @@ void Session::do_write_client() {
   if (r > 0) return on_response_bytes_sent();
   if (r == 0) {
     client_writing_ = true;
-    client_.async_wait(asio::socket_base::wait_write,
+    client_.async_wait(write_wants_read_ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
                        in_slot(client_write_slot_, [self = Ref(this)](const error_code& ec) {
                          self->on_client_writable(ec);
                        }));
@@ -1258,9 +1317,11 @@ void Session::respond_maintenance() {
   n = std::min<int>(n, sizeof error_page_ - 1);
   to_client_.clear();
   to_client_.add(error_page_, static_cast<size_t>(n));
-  to_client_.add(page, sizeof page - 1);
+  // The answer to HEAD has the same head and no body (RFC 9110 §9.3.2).
+  if (req_.head().method.view() != "HEAD") to_client_.add(page, sizeof page - 1);
   resp_started_ = true;
   answered_locally_ = true;
+  arm(Timer::answer);
   do_write_client();
 }
 
@@ -1412,6 +1473,9 @@ void Session::respond_error(int status, const char* reason, bool close_after) {
   to_client_.add(error_page_, static_cast<size_t>(n));
   resp_started_ = true;
   answered_locally_ = true;
+  // Whatever timer ran (a connect or queue timer of the request) has no say
+  // over this answer any more.
+  arm(Timer::answer);
   do_write_client();
 }
 
@@ -1504,6 +1568,10 @@ bool Session::adopt_runtime() {
 
 void Session::finish_request_state() {
   ++request_gen_;  // handlers still waiting for this request's body ignore what they see
+  // Nothing may read this request's head from now on: its spans point into a
+  // buffer that goes back to the worker's free list.
+  req_.head().clear();
+  request_id_len_ = 0;
   bool keep = keep_client_ && !closed_ && req_done_ && !worker_.draining;
   bool request_read = req_done_;
   // Per-request state back to its start.
@@ -1545,6 +1613,13 @@ void Session::finish_request_state() {
     return wait_then<&Session::read_request_head>(client_, asio::socket_base::wait_read,
                                                   client_read_slot_);
   }
+  if (++serve_chain_ % 8 == 0) {
+    // The next request is here already (pipelined, or TLS bytes): requests lb
+    // answers itself would otherwise run one inside the other, with no bound
+    // on the stack. Every few, continue from the event loop.
+    asio::post(worker_.io, in_slot(client_read_slot_, [self = Ref(this)] { self->do_read_request(); }));
+    return;
+  }
   do_read_request();
 }
 
@@ -1557,7 +1632,8 @@ void Session::arm(Timer t) {
     case Timer::none:
       io::Timeouts::disarm(timer_);
       return;
-    case Timer::idle: d = listener_->config.timeouts.idle; break;
+    case Timer::idle:
+    case Timer::answer: d = listener_->config.timeouts.idle; break;
     case Timer::header: d = listener_->config.timeouts.header; break;
     case Timer::connect: d = pool_->config().timeouts.connect; break;
     case Timer::exchange: d = pool_->config().timeouts.response; break;
@@ -1583,8 +1659,12 @@ void Session::timed_out() {
     case Timer::idle:
     case Timer::linger:
     case Timer::tunnel:
+    case Timer::answer:
       return close();
     case Timer::header:
+      // Before the PROXY header or the TLS handshake is complete there is no
+      // way to answer: close.
+      if (proxy_pending_ || (ssl_ && !handshake_done_)) return close();
       keep_client_ = false;
       return respond_error(408, "request head not received within timeouts.header", true);
     case Timer::connect:

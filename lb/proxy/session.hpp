@@ -66,7 +66,9 @@ class Session {
     void clear() { count = first = 0; }
     void advance(size_t n);
   };
-  enum class Timer : uint8_t { none, idle, header, connect, exchange, linger, tunnel, queue };
+  // `answer`: lb writes its own answer (an error page); the client has
+  // timeouts.idle to take it.
+  enum class Timer : uint8_t { none, idle, header, connect, exchange, linger, tunnel, queue, answer };
   enum class Failure : uint8_t {
     connect,          // nothing was sent: any request may go to another backend
     refused,          // ... and the backend refused at once: does not use up a retry
@@ -96,6 +98,7 @@ class Session {
   // Request head.
   void do_read_request();
   void read_request_head();
+  void skip_empty_lines();
   void on_request_head();
   // Choosing a backend and connecting.
   void do_attempt();
@@ -106,6 +109,7 @@ class Session {
   void do_write_backend();
   void on_backend_writable(const boost::system::error_code& ec, uint32_t attempt);
   void on_request_bytes_sent();
+  void stop_request_body();
   void do_read_request_body();
   void read_request_body();
   // Receiving the response.
@@ -185,6 +189,7 @@ class Session {
   bool answered_locally_ = false;   // lb answers this request itself (an error)
   uint32_t request_chain_ = 0;      // body chunks forwarded without waiting
   uint32_t response_chain_ = 0;
+  uint32_t serve_chain_ = 0;        // requests served without returning to the event loop
   uint32_t request_gen_ = 0;  // one per request on this connection
   uint32_t lingered_ = 0;           // bytes discarded while closing
   bool upgrade_requested_ = false;  // the request asks to switch protocols
@@ -194,6 +199,7 @@ class Session {
   bool proxy_pending_ = false;      // the PROXY header has not been read yet
   SSL* ssl_ = nullptr;              // HTTPS listener: the client's TLS connection
   bool handshake_done_ = false;
+  bool write_wants_read_ = false;   // the last TLS write waits for the peer's bytes
   io::Buffer* tls_stage_ = nullptr; // gathers a write for SSL_write
   io::Buffer* backend_tls_stage_ = nullptr;  // the same toward an HTTPS backend
   bool queued_ = false;             // waiting in the worker's queue (circuit breaker)

@@ -61,6 +61,39 @@ TEST(TimeoutsTest, RearmMovesTheDeadlineAndDisarmCancels) {
   EXPECT_EQ(fired, (std::vector<int>{1}));
 }
 
+// A fired entry that arms another with a duration never used before adds a
+// queue while expire() walks them (a 408 whose lingering close is the first
+// 2 s timer of the worker): the walk must survive the queues growing.
+struct Chain : Timeouts::Entry {
+  Timeouts* timeouts = nullptr;
+  Timeouts::Entry* next = nullptr;
+  int* fired = nullptr;
+};
+
+void arm_next(Timeouts::Entry* e) {
+  auto* c = static_cast<Chain*>(e);
+  ++*c->fired;
+  // Durations no queue has yet: each arm adds one.
+  for (int i = 0; i < 64; ++i) c->timeouts->arm(c->next[i], std::chrono::milliseconds(1000 + i));
+}
+
+TEST(TimeoutsTest, AnEntryFiredMayArmNewDurations) {
+  Timeouts t;
+  int fired = 0;
+  std::vector<Timeouts::Entry> later(64);
+  for (auto& e : later) e.fire = [](Timeouts::Entry*) {};
+  Chain first;
+  first.fire = arm_next;
+  first.timeouts = &t;
+  first.next = later.data();
+  first.fired = &fired;
+  t.arm(first, std::chrono::milliseconds(1));
+  t.expire(Clock::now() + std::chrono::milliseconds(10));
+  EXPECT_EQ(fired, 1);
+  for (auto& e : later) EXPECT_TRUE(e.armed());
+  for (auto& e : later) Timeouts::disarm(e);
+}
+
 TEST(BufferPoolTest, ReusesReleasedBuffers) {
   BufferPool pool(1024, 2);
   Buffer* a = pool.acquire();
