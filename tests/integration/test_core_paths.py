@@ -10,6 +10,9 @@
   queue's next poll used to crash it).
 - A request replayed while its body is still arriving (its pooled
   connection was reset) reaches the backend whole: one body pump, not two.
+- A backend that answers early and closes while the client is still
+  uploading and reading slowly: the client gets the whole answer although
+  sending the rest of the body failed (lb used to close mid-answer).
 - Thousands of pipelined requests that lb answers itself (404) are answered
   in order without exhausting the stack.
 - An HTTPS client that never starts its handshake, and a PROXY-protocol
@@ -23,15 +26,18 @@
   appended to.
 """
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 
@@ -204,6 +210,53 @@ class CorePaths(harness.TestCase):
         self.assertEqual((status, body.decode()),
                          (200, "%d %s" % (len(data), hashlib.sha256(data).hexdigest())))
         self.assertEqual(origin.errors, [])
+        self.assertTrue(lb.running())
+
+    def test_early_answer_survives_a_failed_body_write(self):
+        # The backend answers at once and closes while the client is still
+        # uploading and reading slowly: lb holds the rest of the answer (in
+        # its buffers and sockets) when sending more body to the backend
+        # fails with a reset. 3 MB is more than lb passes on to a client that
+        # does not read, and less than lb's socket takes from the backend.
+        page = b"denied " * 450000
+        answer = (b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                  % (len(page), page))
+        delivered = threading.Event()
+
+        def serve(sock, index):
+            read_head(sock, bytearray())
+            sock.sendall(answer)
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # until lb's kernel has acknowledged every byte
+                if struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0] == 0:
+                    delivered.set()
+                    break
+                time.sleep(0.01)
+            reset(sock)  # with body bytes unread: the rest of the upload meets a reset
+        origin = ScriptedOrigin(serve)
+        self.addCleanup(origin.stop)
+        lb = self.lb(lb_config([origin.addr]))
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", lb.port()))
+        c = RawConnection.__new__(RawConnection)
+        c.sock, c.buf, c.timeout = s, bytearray(), 10
+        with c:
+            c.send(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 10000000\r\n\r\n")
+            if not delivered.wait(6):
+                self.skipTest("this kernel's socket buffers do not hold the answer: no set-up")
+            time.sleep(0.1)
+            try:
+                for _ in range(30):  # more body (under lb's 1 MiB lingering bound)
+                    c.send(b"x" * 16384)
+                    time.sleep(0.01)
+            except OSError:
+                pass
+            time.sleep(0.3)
+            _, status, _, body = read_response(c, timeout=10)
+        self.assertEqual((status, len(body)), (403, len(page)))
         self.assertTrue(lb.running())
 
     def test_thousands_of_pipelined_local_answers(self):
