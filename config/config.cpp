@@ -534,6 +534,12 @@ std::optional<Duration> Loader::duration(const Item& item, bool positive) {
     error(item, item.name + ": must be more than 0s");
     return std::nullopt;
   }
+  // Deadlines are computed as now + duration (times a backoff factor): keep
+  // every duration far from overflowing.
+  if (*value > std::chrono::hours(720)) {
+    error(item, item.name + ": must be at most 720h (30 days), got '" + *text + "'");
+    return std::nullopt;
+  }
   return value;
 }
 

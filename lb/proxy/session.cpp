@@ -508,10 +508,13 @@ void Session::on_request_head() {
   // Request id: the client's if it sent one, else a new one.
   request_id_len_ = 0;
   if (!listener_->config.headers.request_id.empty() && !head.find(http::Field::request_id)) {
+    // 16 hex digits: the process's prefix, the worker, a counter.
     uint64_t n = ++worker_.next_request;
-    request_id_len_ = static_cast<uint8_t>(std::snprintf(
-        request_id_, sizeof request_id_, "%08x%02x%06llx", worker_.id_prefix, worker_.id & 0xff,
-        static_cast<unsigned long long>(n & 0xffffff)));
+    uint64_t id = (uint64_t{worker_.id_prefix} << 32) | (uint64_t{worker_.id & 0xffu} << 24) |
+                  (n & 0xffffff);
+    static constexpr char hex[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; --i, id >>= 4) request_id_[i] = hex[id & 0xf];
+    request_id_len_ = 16;
   }
 
   keep_client_ = head.keep_alive && !worker_.draining;
@@ -802,16 +805,9 @@ void Session::do_send_request_head() {
       if (head.headers[i].field == http::Field::x_forwarded_for && !head.headers[i].hop_by_hop)
         last_xff = static_cast<int>(i);  // (one the client named in Connection is cut)
 
-  char* extra = req_extra_;
-  size_t extra_left = sizeof req_extra_;
-  auto add_extra = [&](const char* fmt, auto... args) {
-    int n = std::snprintf(extra, extra_left, fmt, args...);
-    if (n < 0 || static_cast<size_t>(n) >= extra_left) return false;
-    bool ok = out.add(extra, static_cast<size_t>(n));
-    extra += n;
-    extra_left -= static_cast<size_t>(n);
-    return ok;
-  };
+  // Added fields are gathered from bytes that outlive the write (literals,
+  // the session's own members, the snapshot's config): nothing is formatted.
+  const std::string_view client_ip{client_ip_, client_ip_len_};
 
   bool ok = true;
   const char* seg = head.start;
@@ -833,7 +829,9 @@ void Session::do_send_request_head() {
     if (static_cast<int>(i) == last_xff) {
       // Append the client to the last X-Forwarded-For line in place.
       ok &= out.add(seg, static_cast<size_t>(h.value.end() - seg));
-      ok &= add_extra(", %.*s\r\n", int(client_ip_len_), client_ip_);
+      ok &= out.add(std::string_view(", "));
+      ok &= out.add(client_ip);
+      ok &= out.add(std::string_view("\r\n"));
       seg = h.line_end;
     } else if (cut) {
       ok &= out.add(seg, static_cast<size_t>(h.line_start - seg));
@@ -843,7 +841,11 @@ void Session::do_send_request_head() {
   ok &= out.add(seg, static_cast<size_t>(head.end_of_fields() - seg));
 
   if (headers_cfg.forwarded_for != FF::off && last_xff < 0)
-    ok &= add_extra("X-Forwarded-For: %.*s\r\n", int(client_ip_len_), client_ip_);
+  {
+    ok &= out.add(std::string_view("X-Forwarded-For: "));
+    ok &= out.add(client_ip);
+    ok &= out.add(std::string_view("\r\n"));
+  }
   ok &= out.add(ssl_ ? std::string_view("X-Forwarded-Proto: https\r\n")
                     : std::string_view("X-Forwarded-Proto: http\r\n"));
   http::Span host = authority_;
@@ -866,8 +868,12 @@ void Session::do_send_request_head() {
     ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
                                   : std::string_view("Via: 1.1 lb\r\n"));
   if (request_id_len_)
-    ok &= add_extra("%s: %.*s\r\n", headers_cfg.request_id.c_str(), int(request_id_len_),
-                    request_id_);
+  {
+    ok &= out.add(headers_cfg.request_id);
+    ok &= out.add(std::string_view(": "));
+    ok &= out.add(request_id_, request_id_len_);
+    ok &= out.add(std::string_view("\r\n"));
+  }
   // TE is a connection option: whoever sends it names it in Connection (RFC 9110 §10.1.4).
   if (upgrade_requested_)
     ok &= out.add(te_trailers ? std::string_view("Connection: upgrade, TE\r\n")

@@ -56,7 +56,7 @@ class Session {
   }
   class Ref;
   struct Outbox {
-    static constexpr unsigned capacity = 96;
+    static constexpr unsigned capacity = 128;
     iovec v[capacity];
     unsigned count = 0;
     unsigned first = 0;
@@ -218,7 +218,6 @@ class Session {
 
   Outbox to_backend_;
   Outbox to_client_;
-  char req_extra_[256];    // headers lb adds to the request
   char resp_extra_[192];   // ... to the response
   char error_page_[512];   // a response lb answers itself
   char request_id_[20];

@@ -22,8 +22,11 @@ int64_t steady_ms() {
 namespace {
 
 std::string label_of(const boost::asio::ip::address& a, uint16_t port) {
-  return a.is_v6() ? "[" + a.to_string() + "]:" + std::to_string(port)
-                   : a.to_string() + ":" + std::to_string(port);
+  std::string label = a.is_v6() ? "[" : "";
+  label += a.to_string();
+  label += a.is_v6() ? "]:" : ":";
+  label += std::to_string(port);
+  return label;
 }
 
 }  // namespace
@@ -323,6 +326,8 @@ void Pool::report(size_t b, Outcome outcome) {
   if (st.ejected_until_ms.load(std::memory_order_relaxed) > now) return;  // already out
 
   std::lock_guard lock(rebuild_mutex_);
+  // Workers that saw the same failure at once wait here: only the first ejects.
+  if (st.ejected_until_ms.load(std::memory_order_relaxed) > now) return;
   // Never eject the last backend in rotation (others are not counted when only
   // fail_open keeps traffic flowing).
   size_t others = 0;
@@ -332,9 +337,13 @@ void Pool::report(size_t b, Outcome outcome) {
     if (o.healthy && !o.drained && o.ejected_until_ms.load(std::memory_order_relaxed) <= now) ++others;
   }
   if (others == 0) return;
-  uint32_t n = st.ejections.fetch_add(1, std::memory_order_relaxed);
   int64_t base = od.enabled ? od.ejection_time.count() : 30000;
   if (outcome == Outcome::refused && !od.enabled) base = 5000;
+  // The ejection time doubles with each ejection, up to 8x; a backend that
+  // stayed in rotation for as long as the longest ejection starts over.
+  int64_t ended = st.ejection_ended_ms.load(std::memory_order_relaxed);
+  if (ended && now - ended >= base * max_ejection_factor) st.ejections.store(0, std::memory_order_relaxed);
+  uint32_t n = st.ejections.fetch_add(1, std::memory_order_relaxed);
   int64_t factor = std::min<int64_t>(int64_t{1} << std::min<uint32_t>(n, 3), max_ejection_factor);
   st.ejected_until_ms.store(now + base * factor, std::memory_order_relaxed);
   st.consecutive_failures.store(0, std::memory_order_relaxed);
@@ -352,8 +361,10 @@ void Pool::expire_ejections() {
   bool any = false;
   for (size_t i = 0; i < backends_.size(); ++i) {
     int64_t until = states_[i]->ejected_until_ms.load(std::memory_order_relaxed);
-    if (until != 0 && until <= now) {
-      states_[i]->ejected_until_ms.store(0, std::memory_order_relaxed);
+    // (A worker may eject it again meanwhile: that ejection stands.)
+    if (until != 0 && until <= now &&
+        states_[i]->ejected_until_ms.compare_exchange_strong(until, 0, std::memory_order_relaxed)) {
+      states_[i]->ejection_ended_ms.store(now, std::memory_order_relaxed);
       joined(i);
       io::log("pool %s: backend %s back in rotation after ejection", name_.c_str(),
               backends_[i].label.c_str());

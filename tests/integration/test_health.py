@@ -154,7 +154,7 @@ class Health(harness.TestCase):
     def test_failing_healthz_leaves_rotation_and_comes_back(self):
         a, b = self.origin("app-a"), self.origin("app-b")
         lb = self.lb(config([a.addr, b.addr], health_check=FAST_CHECK))
-        self.assertTrue(wait_until(lambda: all(backend_status(lb, o.addr)["in_rotation"]
+        self.assertTrue(wait_until(lambda: all(backend_status(lb, o.addr)["healthy"]
                                                for o in (a, b)), 5),
                         "the backends never became healthy: %s" % lb.status_json())
         load = SteadyLoad(lb.port())
@@ -302,7 +302,7 @@ class Health(harness.TestCase):
         victim = origins[2]
         lb = self.lb(config([o.addr for o in origins],
                             health_check="{ path: /healthz, interval: 500ms, timeout: 300ms }"))
-        self.assertTrue(wait_until(lambda: all(backend_status(lb, o.addr)["in_rotation"]
+        self.assertTrue(wait_until(lambda: all(backend_status(lb, o.addr)["healthy"]
                                                for o in origins), 5))
         total, concurrency = 3000, 16
         lock = threading.Lock()

@@ -476,7 +476,9 @@ slow_start: 2s
 health_check: { path: /healthz, interval: 200ms, timeout: 150ms, healthy_threshold: 2, unhealthy_threshold: 2 }
 """))
         port = lb.port()
-        self.assertTrue(wait_until(lambda: all(backend_status(lb, o.addr)["in_rotation"]
+        # Healthy by their checks, not only in rotation: before the first
+        # checks pass, fail_open puts every backend in rotation.
+        self.assertTrue(wait_until(lambda: all(backend_status(lb, o.addr)["healthy"]
                                                for o in (a, b)), 10), "never healthy")
         started = time.monotonic()
 

@@ -2,7 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <latch>
 #include <map>
+#include <thread>
+#include <vector>
 
 namespace lb::upstream {
 namespace {
@@ -17,7 +21,7 @@ config::Pool make_pool(std::vector<uint32_t> weights, std::vector<uint32_t> prio
       if (existing.priority == prio) region = &existing;
     if (!region) {
       config::Region fresh;
-      fresh.name = "r" + std::to_string(prio);
+      fresh.name = std::string("r").append(std::to_string(prio));
       fresh.priority = prio;
       p.regions.push_back(fresh);
       region = &p.regions.back();
@@ -85,6 +89,58 @@ TEST(PoolTest, OnlyTheLowestPriorityServesWhileAllAreInRotation) {
   Pool pool(make_pool({1, 1, 1}, {0, 0, 1}), 0, registry);
   for (int i = 0; i < 100; ++i) EXPECT_NE(pool.pick(0), 2);
   EXPECT_EQ(pool.backends()[2].priority, 1u);
+}
+
+int64_t ms_now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Every worker sees a dead backend's refused connect at about the same time:
+// the backend is ejected once, for the base time, not once per worker with
+// the time doubling each time.
+TEST(PoolTest, SimultaneousFailuresEjectOnce) {
+  for (int round = 0; round < 50; ++round) {
+    Registry registry;
+    Pool pool(make_pool({1, 1, 1}), 0, registry);
+    std::latch start(4);
+    std::vector<std::thread> workers;
+    for (int i = 0; i < 4; ++i)
+      workers.emplace_back([&] {
+        start.arrive_and_wait();
+        pool.report(0, Outcome::refused);
+      });
+    for (auto& t : workers) t.join();
+    int64_t left = pool.state(0).ejected_until_ms.load() - ms_now();
+    ASSERT_GT(left, 4000) << "round " << round;
+    ASSERT_LE(left, 5000) << "round " << round;
+    ASSERT_EQ(pool.state(0).ejections.load(), 1u) << "round " << round;
+  }
+}
+
+// The ejection time doubles for a backend that keeps failing, and starts over
+// once it has stayed in rotation for as long as the longest ejection.
+TEST(PoolTest, EjectionBackoffDoublesThenStartsOver) {
+  Registry registry;
+  config::Pool cfg = make_pool({1, 1, 1});
+  cfg.outlier_detection.enabled = true;
+  cfg.outlier_detection.consecutive_failures = 1;
+  cfg.outlier_detection.ejection_time = std::chrono::milliseconds(40);
+  Pool pool(cfg, 0, registry);
+  auto eject_and_measure = [&] {
+    pool.report(0, Outcome::server_error);
+    int64_t left = pool.state(0).ejected_until_ms.load() - ms_now();
+    while (pool.state(0).ejected_until_ms.load() != 0) {  // the control tick ends it
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      pool.tick();
+    }
+    return left;
+  };
+  EXPECT_LE(eject_and_measure(), 40);
+  EXPECT_GT(eject_and_measure(), 40);  // 80 ms: it failed again right away
+  std::this_thread::sleep_for(std::chrono::milliseconds(8 * 40 + 20));
+  EXPECT_LE(eject_and_measure(), 40);
 }
 
 }  // namespace
