@@ -216,6 +216,7 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
   dns = prepare_dns(*config, discovered);
 
   lb::server::Server server(std::make_shared<Runtime>(config, registry, discovered));
+  registry.serving();
   if (std::string problem = tls_problem(*server.runtime()); !problem.empty()) {
     lb::io::log("%s", problem.c_str());
     return 1;

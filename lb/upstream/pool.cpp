@@ -98,6 +98,10 @@ Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
       st.ever_healthy = !checks;
       st.checked = checks;
     }
+    if (e.created && registry.is_serving()) st.ramp_first_join = true;
+    // Without checks a new backend enters rotation now: its ramp starts now.
+    if (e.created && registry.is_serving() && !checks && config.slow_start.count() > 0)
+      st.joined_ms.store(steady_ms(), std::memory_order_relaxed);
     states_.push_back(e.state.get());
     owned_states_.push_back(std::move(e.state));
   }
@@ -223,10 +227,7 @@ void Pool::rebuild(const char* why) {
     if (ramp > 0) {
       // slow_start: a backend that (re)joined ramps its weight up linearly.
       int64_t since = now - st.joined_ms.load(std::memory_order_relaxed);
-      double factor = since >= ramp ? 1.0 : std::max(0.05, static_cast<double>(since) / ramp);
-      views[i].weight = views[i].weight
-                            ? std::max<uint32_t>(1, static_cast<uint32_t>(views[i].weight * 100 * factor))
-                            : 0;
+      views[i].ramp = since >= ramp ? 1.0 : std::max(0.05, static_cast<double>(since) / ramp);
     }
     views[i].region = backends_[i].region_index;
     views[i].drained = st.drained.load(std::memory_order_relaxed);
@@ -301,8 +302,13 @@ void Pool::rebuild(const char* why) {
 bool Pool::set_healthy(size_t b, bool healthy) {
   if (b >= backends_.size()) return false;
   if (states_[b]->healthy.exchange(healthy) == healthy) return false;
-  // slow_start ramps a backend that comes back, not one passing its first check.
-  if (healthy && states_[b]->ever_healthy.exchange(true)) joined(b);
+  // slow_start ramps a backend that comes back, or one a reload or DNS change
+  // added; not those that pass their first check when lb starts.
+  if (healthy) {
+    bool came_back = states_[b]->ever_healthy.exchange(true);
+    bool added_later = states_[b]->ramp_first_join.exchange(false);
+    if (came_back || added_later) joined(b);
+  }
   rebuild(healthy ? "a backend became healthy" : "a backend became unhealthy");
   return true;
 }

@@ -26,6 +26,9 @@ struct alignas(64) BackendState {
   std::atomic<uint32_t> weight{1};           // current weight (config or admin)
   std::atomic<int64_t> joined_ms{0};         // when it (re)entered rotation, for slow_start
   std::atomic<bool> ever_healthy{false};     // has passed a health check before
+  // Added by a reload or a DNS change (not there at start): slow_start ramps
+  // it when it first enters rotation too.
+  std::atomic<bool> ramp_first_join{false};
   // Requests in flight on it, all workers together; kept only when the pool's
   // balancer or connection limit needs it (least_conn, random_two, circuit breaker).
   std::atomic<uint32_t> active{0};
@@ -54,6 +57,10 @@ class Registry {
   // The backend `label` of pool `pool`: its id (the same for as long as the
   // process runs) and its state, shared while any snapshot holds it.
   Entry backend(const std::string& pool, const std::string& label);
+  // The first snapshot is built: backends created from now on joined a
+  // running lb (slow_start ramps them when they first enter rotation).
+  void serving() { serving_ = true; }
+  bool is_serving() const { return serving_; }
 
  private:
   uint32_t id_of(std::unordered_map<std::string, uint32_t>& ids, const std::string& name);
@@ -66,6 +73,7 @@ class Registry {
   };
   std::unordered_map<std::string, Known> backends_;
   bool overflow_logged_ = false;
+  std::atomic<bool> serving_{false};
 };
 
 }  // namespace lb::upstream

@@ -97,6 +97,12 @@ Selection build_selection(const std::vector<BackendView>& backends,
   }
   std::vector<double> load = priority_load(level_health, overprovisioning);
 
+  // What each region's share is divided by: the in-rotation weight, ramped.
+  std::vector<double> ramped(regions.size(), 0);
+  for (const auto& b : backends)
+    if (b.region < regions.size() && b.in_rotation && !b.drained && !b.standby)
+      ramped[b.region] += b.weight * b.ramp;
+
   std::vector<double> share(backends.size(), 0.0);
   for (size_t l = 0; l < load.size(); ++l) {
     if (load[l] <= 0) continue;
@@ -112,7 +118,7 @@ Selection build_selection(const std::vector<BackendView>& backends,
   for (size_t i = 0; i < backends.size(); ++i) {
     const auto& b = backends[i];
     if (b.region >= regions.size() || !b.in_rotation || b.drained || b.standby || !b.weight) continue;
-    if (healthy[b.region] > 0) share[i] = s.region_share[b.region] * b.weight / healthy[b.region];
+    if (ramped[b.region] > 0) share[i] = s.region_share[b.region] * b.weight * b.ramp / ramped[b.region];
   }
 
   bool any = std::any_of(share.begin(), share.end(), [](double x) { return x > 0; });

@@ -18,6 +18,10 @@ struct BackendView {
   // An SRV target of a higher priority than one in rotation (RFC 2782): not a
   // candidate, and not counted in its region's health either.
   bool standby = false;
+  // slow_start: the part of its weight a backend that just (re)joined takes
+  // within its region. Its region's health counts the whole weight, so a
+  // ramp moves traffic between the region's backends, not to other regions.
+  double ramp = 1.0;
 };
 
 struct RegionView {

@@ -143,5 +143,26 @@ TEST(PoolTest, EjectionBackoffDoublesThenStartsOver) {
   EXPECT_LE(eject_and_measure(), 40);
 }
 
+// slow_start: backends there when lb starts take full weight at once; one a
+// reload or DNS change adds later ramps up like one that comes back.
+TEST(PoolTest, SlowStartRampsBackendsAddedLater) {
+  Registry registry;
+  config::Pool cfg = make_pool({1, 1});
+  cfg.slow_start = std::chrono::seconds(10);
+  Pool at_start(cfg, 0, registry);
+  int first = 0;
+  for (int i = 0; i < 100; ++i) first += at_start.pick(0) == 0;
+  EXPECT_EQ(first, 50);
+
+  registry.serving();
+  config::Pool grown = make_pool({1, 1, 1});
+  grown.slow_start = std::chrono::seconds(10);
+  Pool after_reload(grown, 0, registry);
+  int added = 0;
+  for (int i = 0; i < 1000; ++i) added += after_reload.pick(0) == 2;
+  EXPECT_LT(added, 60);  // about 2.5% (5% of its weight's part) early in its ramp
+  EXPECT_GT(added, 0);
+}
+
 }  // namespace
 }  // namespace lb::upstream

@@ -95,6 +95,25 @@ TEST(SelectionTest, RegionsOfOneLevelShareByWeightTimesHealth) {
   EXPECT_NEAR(s.region_share[1], 0.4, eps);
 }
 
+// slow_start ramps a backend within its region: the region's health (and so
+// the traffic its failover level takes) counts the backend's whole weight.
+TEST(SelectionTest, ARampingBackendDoesNotLowerItsRegionsHealth) {
+  std::vector<RegionView> regions{{0, 100}, {1, 100}};
+  std::vector<BackendView> backends(4);
+  backends[2].region = backends[3].region = 1;
+  backends[0].ramp = 0.05;          // just came back
+  backends[1].in_rotation = false;  // down: level 0 is at 50% health
+  auto s = build_selection(backends, regions, 1.4, true);
+  EXPECT_NEAR(s.region_share[0], 0.70, 1e-9);
+  auto share = shares_of(s);
+  EXPECT_NEAR(share[0], 0.70, 1e-3);
+  // Next to a backend in full rotation, it takes 5% of its weight's part.
+  backends[1].in_rotation = true;
+  share = shares_of(build_selection(backends, regions, 1.4, true));
+  EXPECT_NEAR(share[0], 0.05 / 1.05, 1e-3);
+  EXPECT_NEAR(share[1], 1.0 / 1.05, 1e-3);
+}
+
 TEST(SelectionTest, BackendWeightsInsideARegion) {
   std::vector<RegionView> regions{{0, 100}};
   std::vector<BackendView> backends(2);
