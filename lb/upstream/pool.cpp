@@ -5,6 +5,7 @@
 #include "lb/upstream/maglev.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 namespace lb::upstream {
 
@@ -266,8 +267,17 @@ void Pool::rebuild(const char* why) {
       }
       next->maglev = maglev_table(sorted_names, sorted_weights, maglev_size_for(names.size()));
       for (auto& entry : next->maglev) entry = static_cast<uint32_t>(order[entry]);
-    } else
-      next->ring = RingHash(names, next->effective_weight);
+    } else {
+      // Points from the nominal shares on a scale set by the pool's size: a
+      // backend's points do not depend on which others are in rotation.
+      const double scale = std::clamp<double>(160.0 * static_cast<double>(names.size()), 1024.0,
+                                              static_cast<double>(RingHash::kDefaultMaxRingSize));
+      std::vector<uint32_t> points(names.size(), 0);
+      for (size_t i = 0; i < names.size(); ++i)
+        if (next->nominal_share[i] > 0)
+          points[i] = std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(next->nominal_share[i] * scale)));
+      next->ring = RingHash(names, points, 1);
+    }
   }
 
   const Selection* old = current_.exchange(next, std::memory_order_acq_rel);

@@ -71,6 +71,7 @@ Selection build_selection(const std::vector<BackendView>& backends,
   Selection s;
   s.region_share.assign(regions.size(), 0.0);
   s.effective_weight.assign(backends.size(), 0);
+  s.nominal_share.assign(backends.size(), 0.0);
 
   // Region health: the healthy share of its backends' weight.
   std::vector<double> total(regions.size(), 0), healthy(regions.size(), 0);
@@ -97,6 +98,21 @@ Selection build_selection(const std::vector<BackendView>& backends,
   }
   std::vector<double> load = priority_load(level_health, overprovisioning);
 
+  // For the nominal shares: each region's weight of all its backends, whatever
+  // their state, and each level's regions' total weight.
+  std::vector<double> listed(regions.size(), 0);
+  for (const auto& b : backends)
+    if (b.region < regions.size()) listed[b.region] += b.weight;
+  std::vector<double> level_region_weight(regions.size(), 0);
+  for (size_t l = 0; l < level_regions.size(); ++l) {
+    double sum = 0;
+    for (size_t r : *level_regions[l]) sum += regions[r].weight;
+    for (size_t r : *level_regions[l]) level_region_weight[r] = sum;
+  }
+  std::vector<double> region_load(regions.size(), 0);
+  for (size_t l = 0; l < load.size(); ++l)
+    for (size_t r : *level_regions[l]) region_load[r] = load[l];
+
   // What each region's share is divided by: the in-rotation weight, ramped.
   std::vector<double> ramped(regions.size(), 0);
   for (const auto& b : backends)
@@ -119,6 +135,9 @@ Selection build_selection(const std::vector<BackendView>& backends,
     const auto& b = backends[i];
     if (b.region >= regions.size() || !b.in_rotation || b.drained || b.standby || !b.weight) continue;
     if (ramped[b.region] > 0) share[i] = s.region_share[b.region] * b.weight * b.ramp / ramped[b.region];
+    if (share[i] > 0 && listed[b.region] > 0 && level_region_weight[b.region] > 0)
+      s.nominal_share[i] = region_load[b.region] * regions[b.region].weight /
+                           level_region_weight[b.region] * b.weight * b.ramp / listed[b.region];
   }
 
   bool any = std::any_of(share.begin(), share.end(), [](double x) { return x > 0; });
@@ -133,6 +152,7 @@ Selection build_selection(const std::vector<BackendView>& backends,
       for (size_t i = 0; i < backends.size(); ++i) {
         if (backends[i].drained) continue;
         share[i] = backends[i].weight / sum;
+        s.nominal_share[i] = share[i];
         if (backends[i].region < regions.size()) s.region_share[backends[i].region] += share[i];
       }
     }

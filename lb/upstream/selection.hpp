@@ -41,6 +41,12 @@ struct Selection {
   std::vector<uint32_t> sequence;          // smooth weighted round robin order
   std::vector<double> region_share;        // per region, 0..1 (for status and metrics)
   bool fail_open = false;  // no backend in rotation: spreading over all non-drained ones
+  // Per backend in rotation, its share as if every backend of its level were
+  // healthy (its level's load x its region's part of the level x its weight's
+  // part of the region): unlike the share, it does not change when another
+  // backend leaves or joins, so ring_hash's points (drawn from it) move only
+  // the keys of the backend that changed.
+  std::vector<double> nominal_share;
   // Built for the hashing balancers only, from the effective weights.
   std::vector<uint32_t> maglev;
   RingHash ring;

@@ -1,5 +1,7 @@
 #include "lb/upstream/pool.hpp"
 
+#include "lb/upstream/hashing.hpp"
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -162,6 +164,29 @@ TEST(PoolTest, SlowStartRampsBackendsAddedLater) {
   for (int i = 0; i < 1000; ++i) added += after_reload.pick(0) == 2;
   EXPECT_LT(added, 60);  // about 2.5% (5% of its weight's part) early in its ramp
   EXPECT_GT(added, 0);
+}
+
+// ring_hash with unequal weights: when a backend leaves, only its keys move
+// (the ring used to be drawn from the remaining backends' renormalised shares,
+// which moved keys between the backends that stayed).
+TEST(PoolTest, RingHashMovesOnlyTheKeysOfABackendThatLeaves) {
+  Registry registry;
+  config::Pool cfg = make_pool({2, 1, 1});
+  cfg.balance = config::Balance::ring_hash;
+  Pool pool(cfg, 0, registry);
+  std::vector<int> before;
+  for (uint64_t k = 0; k < 20000; ++k)
+    before.push_back(pool.pick(PickRequest{0, hash64(std::to_string(k)), true, -1}));
+  pool.report(2, Outcome::refused);  // ejected
+  int moved = 0, stayed = 0;
+  for (uint64_t k = 0; k < 20000; ++k) {
+    int now = pool.pick(PickRequest{0, hash64(std::to_string(k)), true, -1});
+    EXPECT_NE(now, 2);
+    if (before[k] == 2) continue;
+    (now == before[k] ? stayed : moved)++;
+  }
+  EXPECT_EQ(moved, 0);
+  EXPECT_GT(stayed, 14000);  // about 3/4 of the keys were on the two that stayed
 }
 
 }  // namespace
