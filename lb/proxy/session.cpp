@@ -641,10 +641,10 @@ void Session::do_attempt() {
   if (pool_->tracks_active()) {
     // Circuit breaker: a backend at max_connections_per_backend is skipped; when
     // all are, the request waits in the queue (up to queue_timeout), then 503.
-    uint64_t busy = 0;
+    bool busy = false;
     for (size_t guard = 0; b >= 0 && !pool_->try_acquire(static_cast<size_t>(b)); ++guard) {
-      if (b < 64) busy |= uint64_t{1} << b;
-      pick.tried |= busy;
+      busy = true;
+      pick.tried.add(static_cast<size_t>(b));
       b = guard < pool_->backends().size() ? pool_->pick(pick) : -1;
     }
     if (b < 0 && busy) {
@@ -676,7 +676,7 @@ void Session::do_attempt() {
     leave_queue();
     arm(Timer::exchange);  // the queue's deadline no longer applies
   }
-  if (b < 64) tried_ |= uint64_t{1} << b;
+  tried_.add(static_cast<size_t>(b));
   PoolMetrics& pm = worker_.metrics->pools.at(pool_->id());
   if (attempts_ > 0 || replays_ > 0) pm.retries.add();
   if (attempts_ == 0 && replays_ == 0 && pool_->selection().fail_open) {
@@ -1437,13 +1437,13 @@ void Session::backend_failed(Failure failure, const char* reason) {
   // that dies at once does not turn into errors while it leaves the rotation.
   if (failure == Failure::refused) ++refusals_;
   bool may_retry = attempts_ - refusals_ <= pool_->config().retries &&
-                   refusals_ <= pool_->backends().size();
+                   refusals_ <= pool_->backends().size() && !tried_.full();
   if ((failure == Failure::connect || failure == Failure::refused) && may_retry) return do_attempt();
   if (failure == Failure::reused_early && idempotent() && !body_discarded_ && replays_ < 3) {
     // The backend closed a pooled connection as we reused it: replay on another one.
     ++replays_;
     --attempts_;
-    if (backend_ < 64) tried_ &= ~(uint64_t{1} << backend_);
+    tried_.remove(static_cast<size_t>(backend_));
     return do_attempt();
   }
   if (failure == Failure::before_response && idempotent() && !body_discarded_ && may_retry)
@@ -1583,7 +1583,7 @@ void Session::finish_request_state() {
   // Per-request state back to its start.
   pool_ = nullptr;
   backend_ = -1;
-  tried_ = 0;
+  tried_.clear();
   attempts_ = replays_ = refusals_ = 0;
   route_ = -1;
   has_hash_ = false;

@@ -170,7 +170,7 @@ class Session {
   int backend_ = -1;
   upstream::Connection* conn_ = nullptr;
   bool conn_reused_ = false;
-  uint64_t tried_ = 0;
+  upstream::TriedSet tried_;
   unsigned attempts_ = 0;       // backends tried for this request
   unsigned replays_ = 0;        // replays after a pooled connection failed early
   unsigned refusals_ = 0;       // attempts refused at once (not counted against retries)

@@ -116,7 +116,6 @@ Pool::~Pool() {
 
 namespace {
 
-bool was_tried(uint64_t tried, size_t b) { return b < 64 && (tried & (uint64_t{1} << b)); }
 
 // A small per-thread random source for random_two (xorshift64*).
 uint64_t next_random() {
@@ -136,9 +135,9 @@ int Pool::pick(const PickRequest& r) const {
   size_t n = s.sequence.size();
   if (n == 0) return -1;
   if (r.sticky >= 0 && static_cast<size_t>(r.sticky) < s.effective_weight.size() &&
-      s.effective_weight[static_cast<size_t>(r.sticky)] > 0 && !was_tried(r.tried, static_cast<size_t>(r.sticky)))
+      s.effective_weight[static_cast<size_t>(r.sticky)] > 0 && !r.tried.contains(static_cast<size_t>(r.sticky)))
     return r.sticky;
-  if (r.has_hash && r.tried == 0) {
+  if (r.has_hash && r.tried.empty()) {
     int b = -1;
     if (config_.balance == config::Balance::maglev) b = maglev_pick(s.maglev, r.hash);
     else if (config_.balance == config::Balance::ring_hash) b = s.ring.pick(r.hash);
@@ -155,14 +154,14 @@ int Pool::pick(const PickRequest& r) const {
   uint64_t start = cursor_.fetch_add(1, std::memory_order_relaxed);
   for (size_t i = 0; i < n; ++i) {
     uint32_t b = s.sequence[(start + i) % n];
-    if (!was_tried(r.tried, b)) return static_cast<int>(b);
+    if (!r.tried.contains(b)) return static_cast<int>(b);
   }
   return -1;
 }
 
 // Fewest active requests per unit of weight; ties are broken from a rotating
 // start so the first backend is not always favoured. O(backends).
-int Pool::pick_least_conn(const Selection& s, uint64_t tried) const {
+int Pool::pick_least_conn(const Selection& s, const TriedSet& tried) const {
   size_t n = s.effective_weight.size();
   // Ties go to the backend the weighted rotation names next, so idle backends
   // share requests by weight (as nginx's least_conn does).
@@ -172,7 +171,7 @@ int Pool::pick_least_conn(const Selection& s, uint64_t tried) const {
   for (size_t k = 0; k < n; ++k) {
     size_t i = (start + k) % n;
     uint64_t w = s.effective_weight[i];
-    if (!w || was_tried(tried, i)) continue;
+    if (!w || tried.contains(i)) continue;
     uint64_t a = states_[i]->active.load(std::memory_order_relaxed);
     if (best < 0 || a * best_weight < best_active * w) {
       best = static_cast<int>(i);
@@ -185,12 +184,12 @@ int Pool::pick_least_conn(const Selection& s, uint64_t tried) const {
 
 // Power of two choices: two candidates drawn by weight (a random position in the
 // weighted sequence), the one with fewer active requests per weight wins. O(1).
-int Pool::pick_random_two(const Selection& s, uint64_t tried) const {
+int Pool::pick_random_two(const Selection& s, const TriedSet& tried) const {
   size_t n = s.sequence.size();
   uint64_t r = next_random();
   uint32_t a = s.sequence[r % n];
   uint32_t b = s.sequence[(r >> 32) % n];
-  bool a_ok = !was_tried(tried, a), b_ok = !was_tried(tried, b);
+  bool a_ok = !tried.contains(a), b_ok = !tried.contains(b);
   if (!a_ok && !b_ok) return -1;
   if (!b_ok || a == b) return a_ok ? static_cast<int>(a) : static_cast<int>(b);
   if (!a_ok) return static_cast<int>(b);

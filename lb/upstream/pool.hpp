@@ -51,9 +51,51 @@ struct DiscoveredAddress {
 };
 using Discovered = std::map<std::string, std::vector<DiscoveredAddress>>;
 
+// The backends one request has tried (or found at their connection limit),
+// by index: a bit for each of the first 64, a short list for the others. Kept
+// in the session: no allocation. Full, it takes no more (the request stops
+// trying others: see full()).
+struct TriedSet {
+  static constexpr unsigned list_capacity = 16;
+  uint64_t low = 0;
+  uint32_t high[list_capacity];
+  uint8_t high_count = 0;
+
+  TriedSet() = default;
+  explicit TriedSet(uint64_t bits) : low(bits) {}
+  bool contains(size_t b) const {
+    if (b < 64) return low & (uint64_t{1} << b);
+    for (unsigned i = 0; i < high_count; ++i)
+      if (high[i] == b) return true;
+    return false;
+  }
+  void add(size_t b) {
+    if (b < 64) low |= uint64_t{1} << b;
+    else if (!contains(b) && high_count < list_capacity) high[high_count++] = static_cast<uint32_t>(b);
+  }
+  void remove(size_t b) {
+    if (b < 64) {
+      low &= ~(uint64_t{1} << b);
+      return;
+    }
+    for (unsigned i = 0; i < high_count; ++i)
+      if (high[i] == b) {
+        high[i] = high[--high_count];
+        return;
+      }
+  }
+  bool full() const { return high_count == list_capacity; }
+  bool empty() const { return low == 0 && high_count == 0; }
+  void clear() { low = 0, high_count = 0; }
+  void add_all(const TriedSet& o) {
+    low |= o.low;
+    for (unsigned i = 0; i < o.high_count; ++i) add(o.high[i]);
+  }
+};
+
 // What a pick may take into account for one request.
 struct PickRequest {
-  uint64_t tried = 0;     // backends already tried (bit per index, low 64)
+  TriedSet tried;         // backends not to pick
   uint64_t hash = 0;      // ring_hash / maglev key
   bool has_hash = false;  // false: the key is missing, balance by round robin
   int sticky = -1;        // the backend the client's sticky cookie names
@@ -82,9 +124,9 @@ class Pool {
   const BackendState& state(size_t b) const { return *states_[b]; }
   std::shared_ptr<const BackendState> shared_state(size_t b) const { return owned_states_[b]; }
 
-  // Picks a backend not in `tried` (a bit per backend index; the low 64 only).
-  // Returns -1 when none is left. Any thread; lock-free.
-  int pick(uint64_t tried) const { return pick(PickRequest{tried}); }
+  // Picks a backend not in `tried`. Returns -1 when none is left. Any
+  // thread; lock-free. (`tried` as bits: for backends 0..63.)
+  int pick(uint64_t tried) const { return pick(PickRequest{TriedSet(tried)}); }
   int pick(const PickRequest& request) const;
 
   // HTTPS toward the backends (pool `tls:`): nullptr for plain HTTP, or when
@@ -128,8 +170,8 @@ class Pool {
  private:
   void rebuild(const char* why);
   void joined(size_t b);
-  int pick_least_conn(const Selection& s, uint64_t tried) const;
-  int pick_random_two(const Selection& s, uint64_t tried) const;
+  int pick_least_conn(const Selection& s, const TriedSet& tried) const;
+  int pick_random_two(const Selection& s, const TriedSet& tried) const;
 
   config::Pool config_;
   std::string name_;

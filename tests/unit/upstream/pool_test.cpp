@@ -176,17 +176,47 @@ TEST(PoolTest, RingHashMovesOnlyTheKeysOfABackendThatLeaves) {
   Pool pool(cfg, 0, registry);
   std::vector<int> before;
   for (uint64_t k = 0; k < 20000; ++k)
-    before.push_back(pool.pick(PickRequest{0, hash64(std::to_string(k)), true, -1}));
+    before.push_back(pool.pick(PickRequest{{}, hash64(std::to_string(k)), true, -1}));
   pool.report(2, Outcome::refused);  // ejected
   int moved = 0, stayed = 0;
   for (uint64_t k = 0; k < 20000; ++k) {
-    int now = pool.pick(PickRequest{0, hash64(std::to_string(k)), true, -1});
+    int now = pool.pick(PickRequest{{}, hash64(std::to_string(k)), true, -1});
     EXPECT_NE(now, 2);
     if (before[k] == 2) continue;
     (now == before[k] ? stayed : moved)++;
   }
   EXPECT_EQ(moved, 0);
   EXPECT_GT(stayed, 14000);  // about 3/4 of the keys were on the two that stayed
+}
+
+// Backends past the 64th are kept apart too: a retry, a busy backend or a
+// sticky one that failed is not picked again (they used to be invisible).
+TEST(PoolTest, TriedBackendsPastTheFirst64AreSkipped) {
+  Registry registry;
+  config::Pool cfg = make_pool(std::vector<uint32_t>(80, 1));
+  for (auto balance : {config::Balance::round_robin, config::Balance::least_conn,
+                       config::Balance::random_two}) {
+    cfg.balance = balance;
+    Pool pool(cfg, 0, registry);
+    PickRequest r;
+    for (size_t b = 0; b < 80; ++b)
+      if (b != 70 && b != 79) r.tried.add(b);  // 14 of them in the list
+    std::map<int, int> picked;
+    for (int i = 0; i < 200; ++i) ++picked[pool.pick(r)];
+    for (const auto& [b, n] : picked) EXPECT_TRUE(b == 70 || b == 79) << "picked " << b;
+    r.tried.remove(75);
+    r.sticky = 75;
+    EXPECT_EQ(pool.pick(r), 75);
+    r.tried.add(75);
+    EXPECT_NE(pool.pick(r), 75);
+  }
+  TriedSet t;
+  for (size_t b = 64; b < 64 + TriedSet::list_capacity; ++b) t.add(b);
+  EXPECT_TRUE(t.full());
+  t.remove(70);
+  EXPECT_FALSE(t.contains(70));
+  EXPECT_TRUE(t.contains(71));
+  EXPECT_FALSE(t.full());
 }
 
 }  // namespace
