@@ -298,6 +298,8 @@ Response AdminServer::handle(const Request& request) {
   if (path == "/reload") {
     if (request.method != "POST") return method_not_allowed("POST");
     if (!reload_) return text(501, "reload is not supported yet");
+    // Draining workers would not adopt new listeners' sockets: nothing changes now.
+    if (shutting_down_) return text(503, "shutting down: reload refused");
     ReloadResult result = reload_();
     return text(result.ok ? 200 : 400, result.message);
   }

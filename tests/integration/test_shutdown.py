@@ -2,7 +2,8 @@
 """Signals: graceful SIGTERM, and SIGHUP not killing lb.
 
 - SIGTERM with a slow request in flight: the request completes (200), new
-  connections are refused shortly after the signal, lb exits 0 soon after;
+  connections are refused shortly after the signal, POST /reload is refused
+  (503) while draining, lb exits 0 soon after;
 - an idle keep-alive client connection is closed by lb on SIGTERM, and does
   not hold the exit back until shutdown_timeout;
 - SIGHUP: lb keeps running and serving (and says something about reload).
@@ -75,6 +76,10 @@ class Shutdown(harness.TestCase):
         self.assertTrue(wait_until(lambda: connect_refused(port), 1.0, 0.02),
                         "lb still accepts connections 1 s after SIGTERM")
         self.assertLess(time.monotonic() - t_signal, 1.4)
+        # A reload while draining is refused: it would bind listeners no
+        # draining worker takes up.
+        status, _, body = lb.admin("POST", "/reload")
+        self.assertEqual((status, body), (503, b"shutting down: reload refused\n"))
         t.join(10)
         self.assertFalse(t.is_alive(), "the in-flight request did not finish")
         self.assertNotIn("e", result, "in-flight request failed: %r" % result.get("e"))
