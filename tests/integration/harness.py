@@ -692,6 +692,20 @@ class KeepAliveClient:
         return False
 
 
+def tls_exchange(port, data, context, server_hostname, timeout=5.0, host="127.0.0.1"):
+    """Sends `data` over a new TLS connection (ssl.SSLContext `context`) and
+    returns every byte received until the peer closes."""
+    with socket.create_connection((host, port), timeout=timeout) as plain:
+        with context.wrap_socket(plain, server_hostname=server_hostname) as s:
+            s.sendall(data)
+            out = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return out
+                out += chunk
+
+
 def raw(port, data, timeout=5.0, host="127.0.0.1", half_close=False):
     """Connects, sends `data` (bytes), reads everything until the peer closes
     or `timeout` seconds (total) pass; returns the bytes received. With

@@ -342,15 +342,9 @@ pools:
         # And the HTTPS listener still serves.
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        with socket.create_connection(("127.0.0.1", tls_port)) as raw_sock, \
-                ctx.wrap_socket(raw_sock, server_hostname="app.test") as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    break
-                data += b
+        data = harness.tls_exchange(
+            tls_port, b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n", ctx,
+            "app.test")
         self.assertTrue(data.startswith(b"HTTP/1.1 200"), data[:100])
 
     def test_empty_lines_between_requests_are_ignored(self):

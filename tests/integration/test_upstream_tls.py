@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -63,15 +62,9 @@ class UpstreamTls(harness.TestCase):
 
     def origin_stats(self, origin):
         ctx = ssl.create_default_context(cafile=self.ca)
-        with socket.create_connection(("127.0.0.1", origin.port), timeout=5) as raw:
-            with ctx.wrap_socket(raw, server_hostname="app.test") as s:
-                s.sendall(b"GET /__origin/stats HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
-                data = b""
-                while True:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
+        data = harness.tls_exchange(
+            origin.port, b"GET /__origin/stats HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+            ctx, "app.test")
         return json.loads(data.split(b"\r\n\r\n", 1)[1])
 
     def config(self, origin, tls, check=False):
