@@ -840,8 +840,7 @@ void Session::do_send_request_head() {
   }
   ok &= out.add(seg, static_cast<size_t>(head.end_of_fields() - seg));
 
-  if (headers_cfg.forwarded_for != FF::off && last_xff < 0)
-  {
+  if (headers_cfg.forwarded_for != FF::off && last_xff < 0) {
     ok &= out.add(std::string_view("X-Forwarded-For: "));
     ok &= out.add(client_ip);
     ok &= out.add(std::string_view("\r\n"));
@@ -867,8 +866,7 @@ void Session::do_send_request_head() {
   if (headers_cfg.via)
     ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
                                   : std::string_view("Via: 1.1 lb\r\n"));
-  if (request_id_len_)
-  {
+  if (request_id_len_) {
     ok &= out.add(headers_cfg.request_id);
     ok &= out.add(std::string_view(": "));
     ok &= out.add(request_id_, request_id_len_);

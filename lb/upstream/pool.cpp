@@ -99,10 +99,12 @@ Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
       st.ever_healthy = !checks;
       st.checked = checks;
     }
-    if (e.created && registry.is_serving()) st.ramp_first_join = true;
-    // Without checks a new backend enters rotation now: its ramp starts now.
-    if (e.created && registry.is_serving() && !checks && config.slow_start.count() > 0)
-      st.joined_ms.store(steady_ms(), std::memory_order_relaxed);
+    if (e.created && registry.is_serving()) {
+      st.ramp_first_join = true;
+      // Without checks it enters rotation now: its ramp starts now.
+      if (!checks && config.slow_start.count() > 0)
+        st.joined_ms.store(steady_ms(), std::memory_order_relaxed);
+    }
     states_.push_back(e.state.get());
     owned_states_.push_back(std::move(e.state));
   }

@@ -87,10 +87,6 @@ struct TriedSet {
   bool full() const { return high_count == list_capacity; }
   bool empty() const { return low == 0 && high_count == 0; }
   void clear() { low = 0, high_count = 0; }
-  void add_all(const TriedSet& o) {
-    low |= o.low;
-    for (unsigned i = 0; i < o.high_count; ++i) add(o.high[i]);
-  }
 };
 
 // What a pick may take into account for one request.
