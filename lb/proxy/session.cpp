@@ -168,9 +168,6 @@ Session::Session(WorkerContext& worker, const ListenerRuntime& listener,
   if (next_in_worker) next_in_worker->prev_in_worker = this;
   worker_.sessions = this;
   ++worker_.session_count;
-  if (worker_.connections_per_listener.size() <= listener_->id)
-    worker_.connections_per_listener.resize(listener_->id + 1);
-  ++worker_.connections_per_listener[listener_->id];
   worker_.metrics->listeners.at(listener_->id).connections.add(1);
 }
 
@@ -332,7 +329,6 @@ Session::~Session() {
   if (prev_in_worker) prev_in_worker->next_in_worker = next_in_worker;
   else worker_.sessions = next_in_worker;
   if (next_in_worker) next_in_worker->prev_in_worker = prev_in_worker;
-  --worker_.connections_per_listener[listener_->id];
   count_bytes();
   worker_.metrics->listeners.at(listener_->id).connections.add(-1);
   if (worker_.on_session_closed) worker_.on_session_closed(listener_->id);

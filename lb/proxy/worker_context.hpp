@@ -40,7 +40,7 @@ struct WorkerContext {
   // Sessions of this worker (intrusive list), for draining.
   Session* sessions = nullptr;
   size_t session_count = 0;
-  std::vector<size_t> connections_per_listener;       // by ListenerRuntime::id
+  // A session of this listener ended (its connection slot is free again).
   std::function<void(uint32_t listener_id)> on_session_closed;
 
   // Requests waiting for a backend below max_connections_per_backend, oldest

@@ -43,6 +43,9 @@ Server::Server(std::shared_ptr<const proxy::Runtime> runtime)
   uint32_t buffer_size = static_cast<uint32_t>(std::max<uint64_t>(largest_head, 16 * 1024) + 16 * 1024);
   for (unsigned i = 0; i < n; ++i)
     workers_.push_back(std::make_unique<Worker>(i, runtime_, buffer_size, log_writer_.get()));
+  std::vector<Worker*> all;
+  for (auto& w : workers_) all.push_back(w.get());
+  for (auto& w : workers_) w->set_peers(all);
 }
 
 Server::~Server() {
@@ -66,11 +69,12 @@ bool Server::bind_new(const proxy::Runtime* previous, const proxy::Runtime& next
     const proxy::ListenerRuntime* before = previous ? previous->listener_by_id(lr->id) : nullptr;
     if (before && before->config.listen.text() == l.listen.text()) continue;  // keeps its sockets
     asio::ip::tcp::endpoint endpoint(asio::ip::make_address(l.listen.host), l.listen.port);
-    size_t share = (l.limits.max_connections + workers_.size() - 1) / workers_.size();
+    Worker::OpenCount& open = open_by_listener_[lr->id];
+    if (!open) open = std::make_shared<std::atomic<uint32_t>>(0);
     for (size_t w = 0; w < workers_.size(); ++w) {
       std::string why;
       asio::ip::tcp::endpoint bound;
-      auto a = workers_[w]->bind(*lr, endpoint, share, why, bound);
+      auto a = workers_[w]->bind(*lr, endpoint, open, why, bound);
       if (!a) {
         error = "listener " + l.name + ": cannot listen on " + l.listen.text() + ": " + why;
         return false;
@@ -116,7 +120,7 @@ bool Server::publish(std::shared_ptr<const proxy::Runtime> next, std::string& er
   auto pending = std::make_shared<Pending>();
   pending->left = workers_.size();
   for (size_t w = 0; w < workers_.size(); ++w)
-    workers_[w]->adopt(next, std::move(fresh[w]), workers_.size(), [pending] {
+    workers_[w]->adopt(next, std::move(fresh[w]), [pending] {
       std::lock_guard lock(pending->mutex);
       if (--pending->left == 0) pending->cv.notify_all();
     });

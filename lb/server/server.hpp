@@ -16,6 +16,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 namespace lb::server {
@@ -63,6 +64,9 @@ class Server {
   mutable std::mutex runtime_mutex_;
   std::shared_ptr<const proxy::Runtime> runtime_;
   std::vector<std::unique_ptr<Worker>> workers_;
+  // Each listener's open connections (by listener id; never dropped, so a
+  // listener that comes back counts on): shared by its workers' acceptors.
+  std::unordered_map<uint32_t, Worker::OpenCount> open_by_listener_;
   std::vector<std::thread> threads_;
   int access_log_fd_ = -1;
   std::unique_ptr<proxy::LogWriter> log_writer_;  // reset after the workers in ~Server

@@ -29,9 +29,7 @@ Worker::Worker(unsigned id, std::shared_ptr<const proxy::Runtime> runtime, uint3
   tick_.emplace(*io_);
   queue_timer_.emplace(*io_);
   context_.poll_queue = [this] { do_poll_queue(); };
-  context_.on_session_closed = [this](uint32_t listener) {
-    if (listener < acceptors_.size() && acceptors_[listener]) resume_if_below_limit(*acceptors_[listener]);
-  };
+  context_.on_session_closed = [this](uint32_t listener) { on_connection_closed(listener); };
 }
 
 Worker::~Worker() {
@@ -51,7 +49,7 @@ Worker::~Worker() {
 }
 
 std::unique_ptr<Worker::Acceptor> Worker::bind(const proxy::ListenerRuntime& listener,
-                                               const asio::ip::tcp::endpoint& endpoint, size_t limit,
+                                               const asio::ip::tcp::endpoint& endpoint, OpenCount open,
                                                std::string& error, asio::ip::tcp::endpoint& bound) {
   auto a = std::make_unique<Acceptor>(*io_, listener);
   error_code ec;
@@ -74,24 +72,24 @@ std::unique_ptr<Worker::Acceptor> Worker::bind(const proxy::ListenerRuntime& lis
     return nullptr;
   }
   a->protocol = endpoint.protocol();
-  a->limit = limit;
+  a->open = std::move(open);
+  a->limit = listener.config.limits.max_connections;
   return a;
 }
 
 void Worker::install(std::unique_ptr<Acceptor> a) {
   uint32_t id = a->listener->id;
   if (acceptors_.size() <= id) acceptors_.resize(id + 1);
-  if (context_.connections_per_listener.size() <= id)
-    context_.connections_per_listener.resize(id + 1);
+  if (open_.size() <= id) open_.resize(id + 1);
+  open_[id] = a->open;
   acceptors_[id] = std::move(a);
   if (running_) do_accept(*acceptors_[id]);
 }
 
 void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
-                   std::vector<std::unique_ptr<Acceptor>> fresh, size_t workers,
-                   std::function<void()> done) {
+                   std::vector<std::unique_ptr<Acceptor>> fresh, std::function<void()> done) {
   auto shared_fresh = std::make_shared<std::vector<std::unique_ptr<Acceptor>>>(std::move(fresh));
-  asio::post(*io_, [this, next = std::move(next), shared_fresh, workers, done = std::move(done)] {
+  asio::post(*io_, [this, next = std::move(next), shared_fresh, done = std::move(done)] {
     struct Done {
       const std::function<void()>& f;
       ~Done() { f(); }
@@ -106,7 +104,7 @@ void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
       if (l && !replaced) {
         Acceptor& a = *acceptors_[id];
         a.listener = l;
-        a.limit = (l->config.limits.max_connections + workers - 1) / workers;
+        a.limit = l->config.limits.max_connections;
         resume_if_below_limit(a);
         continue;
       }
@@ -126,12 +124,42 @@ void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
   });
 }
 
+bool Worker::reserve(Acceptor& a) {
+  uint32_t n = a.open->load(std::memory_order_relaxed);
+  do {
+    if (a.limit && n >= a.limit) return false;
+  } while (!a.open->compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
+  return true;
+}
+
 void Worker::resume_if_below_limit(Acceptor& a) {
   if (a.paused && a.socket.is_open() &&
-      (!a.limit || context_.connections_per_listener[a.listener->id] < a.limit)) {
+      (!a.limit || a.open->load(std::memory_order_relaxed) < a.limit)) {
     a.paused = false;
     do_accept(a);
   }
+}
+
+void Worker::wake(uint32_t listener) {
+  asio::post(*io_, [this, listener] {
+    if (listener < acceptors_.size() && acceptors_[listener]) resume_if_below_limit(*acceptors_[listener]);
+  });
+}
+
+// max_connections counts every worker's connections: a worker pauses its
+// acceptor when the listener is full, whichever worker holds them, and the
+// worker whose connection ends wakes the others (they may be paused) when
+// that brings the listener below its limit. A paused worker's socket still
+// queues what the kernel hands it; that waits, as on a full single acceptor.
+void Worker::on_connection_closed(uint32_t listener) {
+  if (listener >= open_.size() || !open_[listener]) return;
+  uint32_t before = open_[listener]->fetch_sub(1, std::memory_order_relaxed);
+  if (listener >= acceptors_.size() || !acceptors_[listener]) return;
+  Acceptor& a = *acceptors_[listener];
+  resume_if_below_limit(a);
+  if (a.limit && before == a.limit)
+    for (Worker* peer : peers_)
+      if (peer != this) peer->wake(listener);
 }
 
 void Worker::run() {
@@ -158,7 +186,7 @@ void Worker::do_accept(Acceptor& a) {
 void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
   if (ec == asio::error::operation_aborted || !a.socket.is_open()) return;
   for (int i = 0; i < 64; ++i) {
-    if (a.limit && context_.connections_per_listener[a.listener->id] >= a.limit) {
+    if (!reserve(a)) {
       a.paused = true;  // resumed when a connection of this listener ends
       return;
     }
@@ -167,6 +195,7 @@ void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
     int fd = ::accept4(a.socket.native_handle(), reinterpret_cast<sockaddr*>(&peer), &peer_len,
                        SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
+      a.open->fetch_sub(1, std::memory_order_relaxed);
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return do_accept(a);
       // Out of descriptors or memory: try again on a later tick rather than spin.
@@ -180,6 +209,7 @@ void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
     socket.assign(a.protocol, fd, assign_error);
     if (assign_error) {
       ::close(fd);
+      a.open->fetch_sub(1, std::memory_order_relaxed);
       continue;
     }
     proxy::Session::start(context_, *a.listener, std::move(socket),

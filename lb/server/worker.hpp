@@ -7,6 +7,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -22,11 +23,17 @@ class Worker {
 
   // A listening socket of this worker (SO_REUSEPORT), not accepting yet.
   struct Acceptor;
+  // Counts a listener's open connections over all workers, against its
+  // limits.max_connections; the same object for as long as the listener id lives.
+  using OpenCount = std::shared_ptr<std::atomic<uint32_t>>;
   // Binds a socket for `listener`. Any thread; the result goes to install() or
   // is dropped.
   std::unique_ptr<Acceptor> bind(const proxy::ListenerRuntime& listener,
-                                 const boost::asio::ip::tcp::endpoint& endpoint, size_t limit,
+                                 const boost::asio::ip::tcp::endpoint& endpoint, OpenCount open,
                                  std::string& error, boost::asio::ip::tcp::endpoint& bound);
+  // Before run(): every worker (this one included), to wake when a listener
+  // they paused at max_connections drops below it.
+  void set_peers(std::vector<Worker*> peers) { peers_ = std::move(peers); }
   // Before run(): accept on `a`.
   void install(std::unique_ptr<Acceptor> a);
   // Thread-safe: switch to a new snapshot. Listeners of `next` with a socket
@@ -34,9 +41,8 @@ class Worker {
   // listener is looked up in `next` by id); sockets of listeners `next` lacks
   // are closed. Sessions move to `next` at their next request. `done` runs on
   // the worker's thread once it has switched.
-  // `workers`: how many share each listener's max_connections.
   void adopt(std::shared_ptr<const proxy::Runtime> next, std::vector<std::unique_ptr<Acceptor>> fresh,
-             size_t workers, std::function<void()> done);
+             std::function<void()> done);
   void run();  // the thread body
   // Thread-safe: stop accepting, finish in-flight requests, call `done` when idle.
   void drain(std::function<void()> done);
@@ -50,12 +56,18 @@ class Worker {
     const proxy::ListenerRuntime* listener;  // in the worker's current snapshot
     io::HandlerSlot slot;
     boost::asio::ip::tcp protocol = boost::asio::ip::tcp::v4();
-    size_t limit = 0;     // this worker's share of limits.max_connections
+    OpenCount open;       // the listener's connections, all workers together
+    size_t limit = 0;     // limits.max_connections (0: none)
     bool paused = false;  // at the limit: accepting again when a connection ends
   };
 
  private:
+  // Takes a connection slot of `a`'s listener; false at max_connections.
+  static bool reserve(Acceptor& a);
   void resume_if_below_limit(Acceptor& a);
+  // Thread-safe: resume `listener`'s acceptor if it is paused and below its limit.
+  void wake(uint32_t listener);
+  void on_connection_closed(uint32_t listener);
 
   void do_accept(Acceptor& a);
   void on_acceptable(Acceptor& a, const boost::system::error_code& ec);
@@ -67,6 +79,9 @@ class Worker {
   std::unique_ptr<boost::asio::io_context> io_;  // first: destroyed last by hand
   proxy::WorkerContext context_;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;  // by listener id
+  // By listener id, kept when the listener goes: its sessions still count there.
+  std::vector<OpenCount> open_;
+  std::vector<Worker*> peers_;
   // Closed by adopt(); freed a little later, after their aborted handlers ran.
   std::vector<std::pair<io::Clock::time_point, std::unique_ptr<Acceptor>>> retired_acceptors_;
   bool running_ = false;
