@@ -104,7 +104,13 @@ void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
       if (l && !replaced) {
         Acceptor& a = *acceptors_[id];
         a.listener = l;
-        a.limit = l->config.limits.max_connections;
+        size_t limit = l->config.limits.max_connections;
+        if (limit != a.limit) {
+          a.limit = limit;
+          // The others may have paused under the old limit, or under the
+          // new one before this worker counted by it.
+          wake_peers(static_cast<uint32_t>(id));
+        }
         resume_if_below_limit(a);
         continue;
       }
@@ -146,20 +152,32 @@ void Worker::wake(uint32_t listener) {
   });
 }
 
+void Worker::wake_peers(uint32_t listener) {
+  for (Worker* peer : peers_)
+    if (peer != this) peer->wake(listener);
+}
+
+void Worker::release(Acceptor& a) {
+  uint32_t before = a.open->fetch_sub(1, std::memory_order_relaxed);
+  // From the limit to below it: a worker that saw the listener full meanwhile
+  // (even only this worker's reservation for an accept that found nothing)
+  // has paused.
+  if (a.limit && before == a.limit) wake_peers(a.listener->id);
+}
+
 // max_connections counts every worker's connections: a worker pauses its
 // acceptor when the listener is full, whichever worker holds them, and the
 // worker whose connection ends wakes the others (they may be paused) when
 // that brings the listener below its limit. A paused worker's socket still
 // queues what the kernel hands it; that waits, as on a full single acceptor.
 void Worker::on_connection_closed(uint32_t listener) {
-  if (listener >= open_.size() || !open_[listener]) return;
-  uint32_t before = open_[listener]->fetch_sub(1, std::memory_order_relaxed);
-  if (listener >= acceptors_.size() || !acceptors_[listener]) return;
-  Acceptor& a = *acceptors_[listener];
-  resume_if_below_limit(a);
-  if (a.limit && before == a.limit)
-    for (Worker* peer : peers_)
-      if (peer != this) peer->wake(listener);
+  if (listener < acceptors_.size() && acceptors_[listener]) {
+    Acceptor& a = *acceptors_[listener];
+    release(a);
+    resume_if_below_limit(a);
+  } else if (listener < open_.size() && open_[listener]) {
+    open_[listener]->fetch_sub(1, std::memory_order_relaxed);  // a listener that went
+  }
 }
 
 void Worker::run() {
@@ -195,7 +213,7 @@ void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
     int fd = ::accept4(a.socket.native_handle(), reinterpret_cast<sockaddr*>(&peer), &peer_len,
                        SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-      a.open->fetch_sub(1, std::memory_order_relaxed);
+      release(a);
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return do_accept(a);
       // Out of descriptors or memory: try again on a later tick rather than spin.
@@ -209,7 +227,7 @@ void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
     socket.assign(a.protocol, fd, assign_error);
     if (assign_error) {
       ::close(fd);
-      a.open->fetch_sub(1, std::memory_order_relaxed);
+      release(a);
       continue;
     }
     proxy::Session::start(context_, *a.listener, std::move(socket),

@@ -64,9 +64,12 @@ class Worker {
  private:
   // Takes a connection slot of `a`'s listener; false at max_connections.
   static bool reserve(Acceptor& a);
+  // Gives one back, waking the other workers when the listener was full.
+  void release(Acceptor& a);
   void resume_if_below_limit(Acceptor& a);
   // Thread-safe: resume `listener`'s acceptor if it is paused and below its limit.
   void wake(uint32_t listener);
+  void wake_peers(uint32_t listener);
   void on_connection_closed(uint32_t listener);
 
   void do_accept(Acceptor& a);

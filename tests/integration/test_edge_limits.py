@@ -380,6 +380,56 @@ class EdgeLimits(harness.TestCase):
         # on the other.
         self.check_max_connections(workers=2, limit=16, rounds=3)
 
+    def test_max_connections_changed_by_reload(self):
+        cfg = lambda limit: edge_util.lb_config(  # noqa: E731
+            [self.app.addr], workers=2,
+            listener_extra="    limits: { max_connections: %d }\n"
+                           "    timeouts: { header: 30s, idle: 60s }\n" % limit)
+        lb = self.lb(cfg(4))
+        port = lb.port()
+        conns = []
+        self.addCleanup(lambda: [c.close() for c in conns])
+
+        def open_one(tag):
+            c = RawConnection(port, timeout=10)
+            conns.append(c)
+            c.send(b"GET /%s HTTP/1.1\r\nHost: t\r\n\r\n" % tag.encode())
+            return c
+
+        def served(c, within):
+            try:
+                status_line, status, _, _ = read_response(c, timeout=within)
+                return status == 200
+            except TimeoutError:
+                return False
+
+        for i in range(4):
+            self.assertTrue(served(open_one("held/%d" % i), 5), "connection %d of 4" % (i + 1))
+        waiting = [open_one("waiting/%d" % i) for i in range(2)]
+        self.assertFalse(served(waiting[0], 1.0), "the 5th connection was served over 4")
+        # Raised to 6: both waiting connections are served, a 7th waits.
+        lb.write_config(cfg(6))
+        status, _, body = lb.admin("POST", "/reload")
+        self.assertEqual(status, 200, body)
+        for i, c in enumerate(waiting):
+            self.assertTrue(served(c, 5), "waiting connection %d not served after the limit "
+                            "was raised to 6" % (i + 1))
+        seventh = open_one("seventh")
+        self.assertFalse(served(seventh, 1.0), "the 7th connection was served over 6")
+        # Lowered to 3: the 6 open ones stay; a new one is served only once
+        # fewer than 3 are open.
+        lb.write_config(cfg(3))
+        status, _, body = lb.admin("POST", "/reload")
+        self.assertEqual(status, 200, body)
+        for c in conns[:3]:
+            c.send(b"GET /still HTTP/1.1\r\nHost: t\r\n\r\n")
+            self.assertTrue(served(c, 5), "an open connection was not served after the reload")
+        for c in conns[:3]:
+            c.close()
+        self.assertFalse(served(seventh, 1.0), "served with 3 open and max_connections: 3")
+        conns[3].close()
+        self.assertTrue(served(seventh, 5), "not served with 2 open and max_connections: 3")
+
 
 # Runs in a subprocess: GETs on one keep-alive connection for argv[2] seconds,
 # then prints JSON [[monotonic start, latency seconds or null on error], ...].
