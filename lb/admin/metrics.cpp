@@ -87,6 +87,9 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
                         MetricType::Gauge);
   auto active = family("lb_backend_active_requests", "Requests in flight to the backend.",
                        MetricType::Gauge);
+  auto pooled = family("lb_backend_pooled_connections",
+                       "Idle keep-alive connections to the backend, ready for the next request.",
+                       MetricType::Gauge);
   auto weight = family("lb_backend_weight",
                        "The backend's current weight (from the config or the admin API).",
                        MetricType::Gauge);
@@ -144,10 +147,12 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
             in_rotation ? 1 : 0);
       gauge(active, {{"pool", pool.name()}, {"backend", backend.label}},
             static_cast<double>(bt.active));
+      gauge(pooled, {{"pool", pool.name()}, {"backend", backend.label}},
+            static_cast<double>(bt.pooled));
       gauge(weight, {{"pool", pool.name()}, {"backend", backend.label}},
             st.weight.load(std::memory_order_relaxed));
       counter(ejections, {{"pool", pool.name()}, {"backend", backend.label}},
-              st.ejections.load(std::memory_order_relaxed));
+              st.ejections_total.load(std::memory_order_relaxed));
     }
   }
 
@@ -175,7 +180,7 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
 
   std::vector<MetricFamily> out;
   for (MetricFamily* f : {&requests, &duration, &upstream_requests, &connect_errors, &healthy,
-                          &active, &weight, &share, &connections, &bytes, &retries, &fail_open,
+                          &active, &pooled, &weight, &share, &connections, &bytes, &retries, &fail_open,
                           &health_checks, &ejections, &reloads, &build})
     out.push_back(std::move(*f));
   return out;

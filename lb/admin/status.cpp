@@ -75,10 +75,11 @@ std::string status_json(const server::Server& server, double uptime_seconds, boo
                           {"ejected_for_ms", ejected ? until - now : 0},
                           {"in_rotation", effective > 0},
                           {"active_requests", bt.active},
+                          {"pooled_connections", bt.pooled},
                           {"requests", bt.requests()},
                           {"errors_5xx", bt.errors_5xx()},
                           {"connect_errors", bt.connect_errors},
-                          {"ejections", st.ejections.load(std::memory_order_relaxed)}});
+                          {"ejections", st.ejections_total.load(std::memory_order_relaxed)}});
     }
 
     uint64_t requests = 0;

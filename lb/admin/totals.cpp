@@ -58,6 +58,7 @@ Totals gather(const proxy::Runtime& runtime,
         fb->responses.for_each([&](int code, uint64_t n) { tb.responses[code] += n; });
         tb.connect_errors += fb->connect_errors.get();
         tb.active += fb->active.get();
+        tb.pooled += fb->pooled.get();
       }
     }
   }

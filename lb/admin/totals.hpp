@@ -17,6 +17,7 @@ struct BackendTotals {
   std::map<int, uint64_t> responses;  // by status code
   uint64_t connect_errors = 0;
   int64_t active = 0;
+  int64_t pooled = 0;  // idle keep-alive connections
   uint64_t requests() const;
   uint64_t errors_5xx() const;
 };

@@ -140,6 +140,7 @@ struct BackendMetrics {
   CodeCounts responses;     // lb_upstream_requests_total{pool,backend,code}
   Counter connect_errors;   // lb_upstream_connect_errors_total
   Gauge active;             // lb_backend_active_requests
+  Gauge pooled;             // lb_backend_pooled_connections: idle keep-alive connections
 };
 
 struct PoolMetrics {

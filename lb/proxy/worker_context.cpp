@@ -13,8 +13,16 @@ WorkerContext::WorkerContext(boost::asio::io_context& io_context, unsigned worke
       buffers(buffer_size, 4096),
       access_log(log_writer, runtime->config->access_log.format) {
   metrics = std::make_unique<WorkerMetrics>();
+  connections.count_idle_with(
+      [](void* m, uint32_t backend, int delta) {
+        static_cast<WorkerMetrics*>(m)->backends.at(backend).pooled.add(delta);
+      },
+      metrics.get());
   std::random_device rd;
   id_prefix = rd();
 }
+
+// The metrics go before the idle connections (declared after them).
+WorkerContext::~WorkerContext() { connections.count_idle_with(nullptr, nullptr); }
 
 }  // namespace lb::proxy

@@ -24,6 +24,9 @@ class Session;
 struct WorkerContext {
   WorkerContext(boost::asio::io_context& io_context, unsigned worker_id,
                 std::shared_ptr<const Runtime> rt, uint32_t buffer_size, LogWriter* log_writer);
+  ~WorkerContext();
+  WorkerContext(const WorkerContext&) = delete;
+  WorkerContext& operator=(const WorkerContext&) = delete;
 
   boost::asio::io_context& io;
   unsigned id;

@@ -28,6 +28,7 @@ Connection* ConnectionPool::take(uint32_t backend) {
   while (!list.empty()) {
     Connection* c = list.back();
     list.pop_back();
+    counted(backend, -1);
     if (now < c->retire_at && still_open(*c)) return c;
     delete c;
   }
@@ -38,13 +39,14 @@ void ConnectionPool::put(Connection* c) {
   if (c->backend >= idle_.size()) idle_.resize(c->backend + 1);
   c->idle_since = io::Clock::now();
   idle_[c->backend].push_back(c);
+  counted(c->backend, 1);
 }
 
 void ConnectionPool::sweep(io::Clock::time_point now) {
-  for (auto& list : idle_) {
+  for (size_t id = 0; id < idle_.size(); ++id) {
     // Those idle too long, or past the backend's own keep-alive timeout. The
     // others give OpenSSL's record buffers back while they wait.
-    std::erase_if(list, [now](Connection* c) {
+    auto closed = std::erase_if(idle_[id], [now](Connection* c) {
       if (now - c->idle_since < c->idle_timeout && now < c->retire_at) {
         if (c->ssl) SSL_free_buffers(c->ssl);
         return false;
@@ -52,21 +54,24 @@ void ConnectionPool::sweep(io::Clock::time_point now) {
       delete c;
       return true;
     });
+    counted(static_cast<uint32_t>(id), -static_cast<int>(closed));
   }
 }
 
 void ConnectionPool::retain(const std::vector<bool>& live) {
   for (size_t id = 0; id < idle_.size(); ++id) {
     if (id < live.size() && live[id]) continue;
+    counted(static_cast<uint32_t>(id), -static_cast<int>(idle_[id].size()));
     for (Connection* c : idle_[id]) delete c;
     idle_[id].clear();
   }
 }
 
 void ConnectionPool::close_all() {
-  for (auto& list : idle_) {
-    for (Connection* c : list) delete c;
-    list.clear();
+  for (size_t id = 0; id < idle_.size(); ++id) {
+    counted(static_cast<uint32_t>(id), -static_cast<int>(idle_[id].size()));
+    for (Connection* c : idle_[id]) delete c;
+    idle_[id].clear();
   }
 }
 

@@ -56,8 +56,22 @@ class ConnectionPool {
   void close_all();
   size_t idle_count() const;
 
+  // Told of every change in the number of idle connections to a backend (for
+  // a per-worker gauge); nullptr: nobody.
+  using IdleCounter = void (*)(void* context, uint32_t backend, int delta);
+  void count_idle_with(IdleCounter counter, void* context) {
+    counter_ = counter;
+    counter_context_ = context;
+  }
+
  private:
+  void counted(uint32_t backend, int delta) {
+    if (counter_ && delta) counter_(counter_context_, backend, delta);
+  }
+
   std::vector<std::vector<Connection*>> idle_;  // [backend id] -> LIFO
+  IdleCounter counter_ = nullptr;
+  void* counter_context_ = nullptr;
 };
 
 }  // namespace lb::upstream

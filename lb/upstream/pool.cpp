@@ -361,6 +361,7 @@ void Pool::report(size_t b, Outcome outcome) {
   int64_t ended = st.ejection_ended_ms.load(std::memory_order_relaxed);
   if (ended && now - ended >= base * max_ejection_factor) st.ejections.store(0, std::memory_order_relaxed);
   uint32_t n = st.ejections.fetch_add(1, std::memory_order_relaxed);
+  st.ejections_total.fetch_add(1, std::memory_order_relaxed);
   int64_t factor = std::min<int64_t>(int64_t{1} << std::min<uint32_t>(n, 3), max_ejection_factor);
   st.ejected_until_ms.store(now + base * factor, std::memory_order_relaxed);
   st.consecutive_failures.store(0, std::memory_order_relaxed);

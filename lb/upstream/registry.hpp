@@ -20,7 +20,8 @@ struct alignas(64) BackendState {
   std::atomic<bool> healthy{true};           // active checks (true when none)
   std::atomic<bool> drained{false};          // admin drain
   std::atomic<int64_t> ejected_until_ms{0};  // passive outlier ejection (steady clock ms)
-  std::atomic<uint32_t> ejections{0};        // how often ejected (the ejection time doubles)
+  std::atomic<uint32_t> ejections{0};        // ejections in a row (the ejection time doubles)
+  std::atomic<uint64_t> ejections_total{0};  // every ejection since start (never goes down)
   std::atomic<int64_t> ejection_ended_ms{0}; // when the last ejection ended
   std::atomic<uint32_t> consecutive_failures{0};
   std::atomic<uint32_t> weight{1};           // current weight (config or admin)

@@ -6,11 +6,14 @@
   "Connection: keep-alive": kept open and reusable;
 - "Connection: close" from an HTTP/1.1 client: echoed, then closed;
 - an origin that closes idle connections after 1 s while a client sends a
-  request every 1.5 s: no request fails (lb retries on a fresh connection).
+  request every 1.5 s: no request fails (lb retries on a fresh connection);
+- /status `pooled_connections` and lb_backend_pooled_connections count the
+  idle upstream connections, and fall to 0 after the pool's timeouts.idle.
 """
 
 import os
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +22,7 @@ import harness  # noqa: E402
 from harness import KeepAliveClient, RawConnection, http  # noqa: E402
 
 
-def config(origin, workers=1):
+def config(origin, workers=1, pool_extra=""):
     return f"""
 workers: {workers}
 access_log: {{ path: "off" }}
@@ -30,7 +33,7 @@ listeners:
     routes: [ {{ match: {{ path_prefix: / }}, pool: web }} ]
 pools:
   web:
-    backends: [ {{ address: {origin.addr} }} ]
+{pool_extra}    backends: [ {{ address: {origin.addr} }} ]
 """
 
 
@@ -58,6 +61,43 @@ class KeepAlive(harness.TestCase):
         self.assertLessEqual(stats["connections"], 2,
                              "lb opened %d upstream connections for 200 requests" %
                              stats["connections"])
+
+    def test_pooled_connections_reported(self):
+        app = self.origin("app-1", log=False)
+        lb = self.lb(config(app, workers=2, pool_extra="    timeouts: { idle: 1s }\n"))
+
+        def pooled():
+            for b in lb.status_json()["pools"][0]["backends"]:
+                if b["address"] == app.addr:
+                    return b["pooled_connections"]
+            raise AssertionError("no backend %s in /status" % app.addr)
+
+        self.assertEqual(pooled(), 0)
+        # Three requests at once: three upstream connections, idle afterwards.
+        results = []
+
+        def one(i):
+            status, _, _ = http(lb.port(), "GET", "/pooled/%d?delay=300" % i)
+            results.append(status)
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        self.assertEqual(results, [200, 200, 200])
+        self.assertEqual(app.stats()["connections"], 3)
+        self.assertTrue(harness.wait_until(lambda: pooled() == 3, 3), "pooled: %d" % pooled())
+        self.assertEqual(lb.metric("lb_backend_pooled_connections", pool="web", backend=app.addr), 3)
+        # A request takes one and gives it back (or, on a worker that has
+        # none, opens one more): every connection lb opened is pooled again.
+        status, _, _ = http(lb.port(), "GET", "/pooled/again")
+        self.assertEqual(status, 200)
+        self.assertTrue(harness.wait_until(lambda: pooled() == app.stats()["connections"], 3),
+                        "pooled %d, opened %d" % (pooled(), app.stats()["connections"]))
+        # timeouts.idle: 1s closes them (checked about once a second).
+        self.assertTrue(harness.wait_until(lambda: pooled() == 0, 5),
+                        "still %d pooled after timeouts.idle" % pooled())
+        self.assertEqual(lb.metric("lb_backend_pooled_connections", pool="web", backend=app.addr), 0)
 
     def test_http10_without_keepalive_closes(self):
         app = self.origin("app-1", log=False)

@@ -143,6 +143,8 @@ TEST(PoolTest, EjectionBackoffDoublesThenStartsOver) {
   EXPECT_GT(eject_and_measure(), 40);  // 80 ms: it failed again right away
   std::this_thread::sleep_for(std::chrono::milliseconds(8 * 40 + 20));
   EXPECT_LE(eject_and_measure(), 40);
+  // lb_outlier_ejections_total and /status count on: a counter never goes down.
+  EXPECT_EQ(pool.state(0).ejections_total.load(), 3u);
 }
 
 // slow_start: backends there when lb starts take full weight at once; one a
