@@ -15,6 +15,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cctype>
 #include <cstring>
 
 namespace lb::proxy {
@@ -502,16 +503,7 @@ void Session::on_request_head() {
   http::mark_connection_options(head);
 
   // Request id: the client's if it sent one, else a new one.
-  request_id_len_ = 0;
-  if (!listener_->config.headers.request_id.empty() && !head.find(http::Field::request_id)) {
-    // 16 hex digits: the process's prefix, the worker, a counter.
-    uint64_t n = ++worker_.next_request;
-    uint64_t id = (uint64_t{worker_.id_prefix} << 32) | (uint64_t{worker_.id & 0xffu} << 24) |
-                  (n & 0xffffff);
-    static constexpr char hex[] = "0123456789abcdef";
-    for (int i = 15; i >= 0; --i, id >>= 4) request_id_[i] = hex[id & 0xf];
-    request_id_len_ = 16;
-  }
+  assign_request_id();
 
   keep_client_ = head.keep_alive && !worker_.draining;
   if (head_end_ > listener_->config.limits.max_header_bytes) {
@@ -1301,24 +1293,53 @@ void Session::leave_queue() {
 void Session::respond_maintenance() {
   keep_client_ = keep_client_ && req_done_;
   status_ = 503;
-  static constexpr char page[] =
+  static constexpr std::string_view page =
       "<!doctype html><html><head><meta charset=\"utf-8\"><title>Down for maintenance</title>"
       "<style>body{font-family:system-ui,sans-serif;margin:15vh auto;max-width:34em;padding:0 1em;"
-      "color:#222}h1{font-size:1.6em}p{color:#555}</style></head><body>"
+      "color:#222}h1{font-size:1.6em}p{color:#555}small{color:#888}</style></head><body>"
       "<h1>Down for maintenance</h1><p>This service is being worked on and will be back "
-      "shortly. Please try again in a few minutes.</p></body></html>\n";
-  std::string_view id = request_id();
-  int n = std::snprintf(error_page_, sizeof error_page_,
+      "shortly. Please try again in a few minutes.</p>";
+  static constexpr std::string_view id_before = "<p><small>Request id ";
+  static constexpr std::string_view id_after = "</small></p>";
+  static constexpr std::string_view page_end = "</body></html>\n";
+  // The request id, in the configured header and on the page (none when off).
+  // A client's id goes on the page only if it is plainly an id: the page is
+  // HTML, and markup from a request must not end up in it.
+  const std::string& id_header = listener_->config.headers.request_id;
+  std::string_view id = id_header.empty() ? std::string_view() : request_id();
+  if (id.size() > 128) id = {};
+  for (char ch : id)
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_' && ch != '.' && ch != ':') {
+      id = {};
+      break;
+    }
+  // The id's bytes may live in the read buffer: the page takes a copy, kept
+  // at the end of error_page_, and the head goes before it.
+  size_t head_room = sizeof error_page_ - id.size();
+  char* id_copy = error_page_ + head_room;
+  std::memmove(id_copy, id.data(), id.size());
+  size_t length = page.size() + page_end.size() +
+                  (id.empty() ? 0 : id_before.size() + id.size() + id_after.size());
+  int n = std::snprintf(error_page_, head_room,
                         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html; charset=utf-8\r\n"
                         "Content-Length: %zu\r\nRetry-After: 120\r\nX-Lb-Maintenance: %s\r\n"
-                        "X-Request-Id: %.*s\r\nConnection: %s\r\n\r\n",
-                        sizeof page - 1, pool_->name().c_str(), int(id.size()), id.data(),
+                        "%s%s%.*s%sConnection: %s\r\n\r\n",
+                        length, pool_->name().c_str(), id.empty() ? "" : id_header.c_str(),
+                        id.empty() ? "" : ": ", int(id.size()), id_copy, id.empty() ? "" : "\r\n",
                         keep_client_ ? "keep-alive" : "close");
-  n = std::min<int>(n, sizeof error_page_ - 1);
+  n = std::min<int>(n, static_cast<int>(head_room) - 1);
   to_client_.clear();
   to_client_.add(error_page_, static_cast<size_t>(n));
   // The answer to HEAD has the same head and no body (RFC 9110 §9.3.2).
-  if (req_.head().method.view() != "HEAD") to_client_.add(page, sizeof page - 1);
+  if (req_.head().method.view() != "HEAD") {
+    to_client_.add(page.data(), page.size());
+    if (!id.empty()) {
+      to_client_.add(id_before.data(), id_before.size());
+      to_client_.add(id_copy, id.size());
+      to_client_.add(id_after.data(), id_after.size());
+    }
+    to_client_.add(page_end.data(), page_end.size());
+  }
   resp_started_ = true;
   answered_locally_ = true;
   arm(Timer::answer);
@@ -1455,6 +1476,9 @@ void Session::respond_error(int status, const char* reason, bool close_after) {
   // `reason` may point into error_page_ itself: copy it out first.
   char why[256];
   std::snprintf(why, sizeof why, "%s", reason ? reason : "");
+  // An error in the head itself (400, 431, 408) comes before the request had
+  // an id: it gets one now, for the answer and the access log.
+  if (!request_id_len_) assign_request_id();
   std::string_view id = request_id();
   char body[400];
   int body_len = std::snprintf(body, sizeof body, "%d %s: %s (request id %.*s)\n", status,
@@ -1706,6 +1730,19 @@ bool Session::idempotent() const {
   std::string_view m = req_.head().method.view();
   return m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "PUT" || m == "DELETE" ||
          m == "TRACE";
+}
+
+void Session::assign_request_id() {
+  request_id_len_ = 0;
+  if (listener_->config.headers.request_id.empty() || req_.head().find(http::Field::request_id))
+    return;
+  // 16 hex digits: the process's prefix, the worker, a counter.
+  uint64_t n = ++worker_.next_request;
+  uint64_t id = (uint64_t{worker_.id_prefix} << 32) | (uint64_t{worker_.id & 0xffu} << 24) |
+                (n & 0xffffff);
+  static constexpr char hex[] = "0123456789abcdef";
+  for (int i = 15; i >= 0; --i, id >>= 4) request_id_[i] = hex[id & 0xf];
+  request_id_len_ = 16;
 }
 
 std::string_view Session::request_id() const {

@@ -146,6 +146,8 @@ class Session {
   bool idempotent() const;
   void learn_keep_alive(std::string_view value);
   std::string_view request_id() const;
+  // A new request id, unless the client sent one or request ids are off.
+  void assign_request_id();
 
   WorkerContext& worker_;
   const ListenerRuntime* listener_;  // in runtime_

@@ -608,11 +608,39 @@ class Maintenance(harness.TestCase):
                 self.assertIsNotNone(h.get("Retry-After"))
                 self.assertTrue(h["Retry-After"].isdigit(), h["Retry-After"])
                 self.assertEqual(h.get("X-Lb-Maintenance"), "web")
+                # The request id, as on every answer lb gives itself.
+                rid = h.get("X-Request-Id", "")
+                self.assertRegex(rid, r"^[0-9a-f]{16}$")
+                self.assertIn(b"Request id " + rid.encode(), body)
+            # A client's id is kept; one that is not plainly an id stays off the page.
+            status, h, body = c.request("GET", "/", headers={"X-Request-Id": "trace-42.a"})
+            self.assertEqual((status, h.get("X-Request-Id")), (503, "trace-42.a"))
+            self.assertIn(b"Request id trace-42.a<", body)
+            status, h, body = c.request("GET", "/", headers={"X-Request-Id": "<b>x</b>"})
+            self.assertEqual(status, 503)
+            self.assertNotIn(b"<b>x", body)
+            self.assertEqual(int(h["Content-Length"]), len(body))
         status, h, body = http(lb.port(), "POST", "/form", body=b"a=1")
         self.assertEqual(status, 503)
         time.sleep(0.2)
         self.assertEqual(app.log_entries(), [], "a backend was touched during maintenance")
         self.assertEqual(app.stats()["connections"], 0)
+
+    def test_maintenance_page_request_id_header(self):
+        app = self.origin("app", log=False)
+        for setting, header in (("X-Trace", "X-Trace"), ("off", None)):
+            lb = self.lb(config([app], "maintenance: true").replace(
+                "    routes:", "    headers: { request_id: %s }\n    routes:" % setting))
+            status, h, body = http(lb.port(), "GET", "/")
+            self.assertEqual(status, 503)
+            self.assertIsNone(h.get("X-Request-Id"), "request_id: %s" % setting)
+            if header:
+                self.assertRegex(h.get(header, ""), r"^[0-9a-f]{16}$")
+                self.assertIn(b"Request id " + h[header].encode(), body)
+            else:
+                self.assertNotIn(b"Request id", body)
+            self.assertEqual(int(h["Content-Length"]), len(body))
+            lb.kill()
 
 
 if __name__ == "__main__":
