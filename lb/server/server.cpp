@@ -12,6 +12,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
+#include <unordered_set>
+#include <utility>
 
 namespace lb::server {
 
@@ -106,10 +108,12 @@ bool Server::bind() {
 bool Server::publish(std::shared_ptr<const proxy::Runtime> next, std::string& error) {
   std::vector<std::vector<std::unique_ptr<Worker::Acceptor>>> fresh;
   if (!bind_new(runtime().get(), *next, fresh, error)) return false;  // `fresh` closes what it bound
+  std::shared_ptr<const proxy::Runtime> previous;
   {
     std::lock_guard lock(runtime_mutex_);
-    runtime_ = next;
+    previous = std::exchange(runtime_, next);
   }
+  retire_dropped_backends(*previous, *next);
   // Wait (briefly) until every worker has switched, so that a request sent
   // after a reload answered is served by the new config.
   struct Pending {
@@ -128,6 +132,16 @@ bool Server::publish(std::shared_ptr<const proxy::Runtime> next, std::string& er
   if (!pending->cv.wait_for(lock, std::chrono::seconds(2), [&] { return pending->left == 0; }))
     io::log("reload: %zu worker(s) switch late (busy)", pending->left);
   return true;
+}
+
+void Server::retire_dropped_backends(const proxy::Runtime& previous, const proxy::Runtime& next) {
+  std::unordered_set<const upstream::BackendState*> kept;
+  for (const auto& pool : next.pools)
+    for (size_t b = 0; b < pool->backends().size(); ++b) kept.insert(&pool->state(b));
+  for (const auto& pool : previous.pools)
+    for (size_t b = 0; b < pool->backends().size(); ++b)
+      if (!kept.contains(&pool->state(b)))
+        pool->state(b).retired.store(true, std::memory_order_relaxed);
 }
 
 std::vector<const proxy::WorkerMetrics*> Server::metrics() const {

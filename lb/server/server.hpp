@@ -59,6 +59,9 @@ class Server {
   // address: per worker, the new sockets.
   bool bind_new(const proxy::Runtime* previous, const proxy::Runtime& next,
                 std::vector<std::vector<std::unique_ptr<Worker::Acceptor>>>& fresh, std::string& error);
+  // Marks the backends `previous` has and `next` lacks as retired: should one
+  // come back (the same address in DNS again), it is a new backend.
+  static void retire_dropped_backends(const proxy::Runtime& previous, const proxy::Runtime& next);
 
   std::shared_ptr<const config::Config> config_;  // the first one
   mutable std::mutex runtime_mutex_;

@@ -25,7 +25,7 @@ Registry::Entry Registry::backend(const std::string& pool, const std::string& la
   Entry e;
   e.id = it->second.id;
   e.state = it->second.state.lock();
-  if (!e.state) {
+  if (!e.state || e.state->retired.load(std::memory_order_relaxed)) {
     e.state = std::make_shared<BackendState>();
     it->second.state = e.state;
     e.created = true;

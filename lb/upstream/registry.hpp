@@ -38,6 +38,11 @@ struct alignas(64) BackendState {
   // health above comes from active checks.
   std::atomic<uint32_t> config_weight{0};
   std::atomic<bool> checked{false};
+  // Left out of a published snapshot (a reload or a DNS change dropped it).
+  // Older snapshots may still hold it; if the backend comes back, it is new:
+  // checked before it serves, ramped, not drained.
+  // Set through the snapshots' const view of it, hence mutable.
+  mutable std::atomic<bool> retired{false};
 };
 
 
@@ -56,7 +61,8 @@ class Registry {
     bool created = false;  // a new backend: its state is fresh
   };
   // The backend `label` of pool `pool`: its id (the same for as long as the
-  // process runs) and its state, shared while any snapshot holds it.
+  // process runs) and its state, shared while any snapshot holds it and it is
+  // not retired.
   Entry backend(const std::string& pool, const std::string& label);
   // The first snapshot is built: backends created from now on joined a
   // running lb (slow_start ramps them when they first enter rotation).

@@ -8,7 +8,10 @@ server and origins on 127.0.0.2-4 (all of 127/8 is loopback on Linux).
   vanished one stops getting any within TTL + 2 s, while a paced load of GETs
   runs without a single failure; the new address is health-checked first.
   Requests in flight to the vanished address finish (it is drained). When
-  dnsmasq stops answering (SIGSTOP), the last set keeps serving.
+  dnsmasq stops answering (SIGSTOP), the last set keeps serving. An address
+  that vanishes and comes back is a new backend: checked again before it
+  takes traffic, even while an idle client connection still holds the
+  snapshot that had it.
 - `srv: _http._tcp.app.test`: targets of weights 1 and 3 (priority 10) split
   25/75 +-5%; the priority-20 target serves nothing while one of them is up,
   everything once both are down (kill -9), and traffic returns when they are
@@ -26,12 +29,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
 from dns_server import Dnsmasq  # noqa: E402
-from harness import http, wait_until  # noqa: E402
+from harness import KeepAliveClient, http, wait_until  # noqa: E402
 
 CHECK = "{ path: /healthz, interval: 300ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 1 }"
 
 
-def config(dns_port, backend):
+def config(dns_port, backend, check=CHECK):
     return f"""
 workers: 2
 access_log: {{ path: "off" }}
@@ -47,7 +50,7 @@ listeners:
 pools:
   web:
     retries: 3
-    health_check: {CHECK}
+    health_check: {check}
     backends:
       - {backend}
 """
@@ -164,6 +167,46 @@ class Dns(harness.TestCase):
         self.assertEqual(load.failures, [], "failed while the records changed")
         self.assertGreater(len(load.answers), 300)
         self.assertGreater(first_o4, changed)
+
+    def test_address_that_comes_back_is_checked_again(self):
+        hosts = ["127.0.0.2", "127.0.0.3"]
+        port = port_free_on(hosts)
+        o2, o3 = (self.origin("o%s" % h[-1], listen="%s:%d" % (h, port)) for h in hosts)
+        dns = Dnsmasq({"app.test": hosts}, ttl=1)
+        dns.start()
+        self.addCleanup(dns.cleanup)
+        # Each check takes 400 ms at the origin: a backend that serves only
+        # once checked gets no request in the first 400 ms after it appears.
+        lb = self.lb(config(dns.port, "dns: app.test:%d" % port, check="{ path: \"/healthz?delay=400\", "
+                            "interval: 1s, timeout: 900ms, healthy_threshold: 1, unhealthy_threshold: 1 }"))
+        lport = lb.port()
+        seen = set()
+        self.assertTrue(wait_until(lambda: seen.add(who(lport)) or {(200, "o2"), (200, "o3")} <= seen,
+                                   timeout=10), seen)
+        o2_addr = "127.0.0.2:%d" % port
+
+        def listed():
+            return {b["address"] for p in lb.status_json()["pools"] for b in p["backends"]}
+        # An idle keep-alive client keeps the snapshot it last used, o2 in it.
+        with KeepAliveClient(lport) as idle:
+            self.assertEqual(idle.request("GET", "/idle")[0], 200)
+            dns.restart(a_records={"app.test": ["127.0.0.3"]})
+            self.assertTrue(wait_until(lambda: o2_addr not in listed(), timeout=5), listed())
+            load = PacedLoad(lport)
+            self.addCleanup(load.stop)
+            back = time.time()
+            dns.restart(a_records={"app.test": hosts})
+            self.assertTrue(wait_until(lambda: any(a[2] == "o2" and a[0] > back for a in load.answers),
+                                       timeout=8), "o2 never served again")
+            load.stop()
+        self.assertEqual(load.failures, [])
+        after = [e for e in o2.log_entries() if e["time"] > back]
+        checks = [e["time"] for e in after if e["target"].startswith("/healthz")]
+        served = [e["time"] for e in after if e["target"] == "/"]
+        self.assertTrue(checks and served, after)
+        self.assertGreaterEqual(min(served), min(checks) + 0.35,
+                                "o2 took traffic %.0f ms after its first check began (it takes 400 ms): "
+                                "it came back with its old health" % (1000 * (min(served) - min(checks))))
 
     def test_refused_reload_leaves_discovery_as_it_was(self):
         hosts = ["127.0.0.2", "127.0.0.3"]

@@ -221,5 +221,25 @@ TEST(PoolTest, TriedBackendsPastTheFirst64AreSkipped) {
   EXPECT_FALSE(t.full());
 }
 
+// A backend a published snapshot left out is retired: if the same address
+// comes back, it gets a fresh state (checked, ramped, not drained again),
+// under the same id, even while an older snapshot still holds the old state.
+TEST(RegistryTest, RetiredBackendComesBackNew) {
+  Registry registry;
+  Registry::Entry first = registry.backend("web", "10.0.0.5:80");
+  EXPECT_TRUE(first.created);
+  first.state->drained = true;
+  Registry::Entry again = registry.backend("web", "10.0.0.5:80");
+  EXPECT_FALSE(again.created);
+  EXPECT_EQ(again.state, first.state);
+  first.state->retired = true;
+  Registry::Entry back = registry.backend("web", "10.0.0.5:80");
+  EXPECT_TRUE(back.created);
+  EXPECT_NE(back.state, first.state);
+  EXPECT_EQ(back.id, first.id);
+  EXPECT_FALSE(back.state->drained.load());
+  EXPECT_EQ(registry.backend("web", "10.0.0.5:80").state, back.state);
+}
+
 }  // namespace
 }  // namespace lb::upstream
