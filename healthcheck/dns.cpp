@@ -141,11 +141,16 @@ struct Resolver::Lookup {
   std::vector<DnsRecord> records;
   uint32_t ttl = UINT32_MAX; // seconds: the smallest of the records used
   std::string error;         // the first failure: the answer fails with it
+  // A `dns:` name's A or AAAA question failed: the answer fails with it only
+  // if the other family found no address (a resolver that fails AAAA
+  // questions must not hide the A records).
+  std::string family_error;
 
   void fail(const std::string& name, const std::string& why) {
     if (error.empty())
       error = (name == query->name ? name : query->name + ": " + name) + ": " + why;
   }
+  void fail(const Ask& a, const std::string& why);
   void add(const boost::asio::ip::address& address, uint32_t record_ttl,
            const std::vector<DnsRecord>& uses) {
     for (const DnsRecord& use : uses) {
@@ -166,6 +171,13 @@ struct Resolver::Ask {
   int type;
   std::vector<DnsRecord> uses;
 };
+
+void Resolver::Lookup::fail(const Ask& a, const std::string& why) {
+  if (query->kind == DnsQuery::Kind::srv || a.type == ns_t_srv)
+    return fail(a.name, why);
+  if (family_error.empty())
+    family_error = a.name + ": " + why;
+}
 
 struct Resolver::Batch {
   std::vector<Lookup> lookups; // sized once: Asks point into it
@@ -256,6 +268,8 @@ std::vector<DnsAnswer> Resolver::resolve(const std::vector<DnsQuery>& queries) {
   for (size_t i = 0; i < queries.size(); ++i) {
     Lookup& lookup = batch.lookups[i];
     DnsAnswer& answer = answers[i];
+    if (lookup.error.empty() && lookup.records.empty())
+      lookup.error = std::move(lookup.family_error);
     if (!lookup.error.empty()) {
       answer.error = std::move(lookup.error);
       continue;
@@ -347,19 +361,19 @@ void Resolver::on_answer(void* arg, int status, int, unsigned char* answer, int 
   // Called from C: nothing may escape.
   try {
     if (status == ARES_ECANCELLED)
-      return lookup.fail(a.name, batch.closing ? batch.closing : "cancelled");
+      return lookup.fail(a, batch.closing ? batch.closing : "cancelled");
     if (status == ARES_ENODATA)
       return; // the name exists, without records of this type
     if (status == ARES_ENOTFOUND && a.type != ns_t_srv && lookup.query->kind == DnsQuery::Kind::srv)
       return; // an SRV target that does not exist serves nothing
     if (status != ARES_SUCCESS)
-      return lookup.fail(a.name, describe(status));
+      return lookup.fail(a, describe(status));
     if (a.type == ns_t_srv)
       a.resolver->on_srv(batch, lookup, answer, size);
     else
       a.resolver->on_addresses(lookup, a, answer, size);
   } catch (const std::exception& e) {
-    lookup.fail(a.name, e.what());
+    lookup.fail(a, e.what());
   }
 }
 
@@ -445,7 +459,7 @@ void Resolver::on_addresses(Lookup& lookup, const Ask& a, const unsigned char* a
   }
   // ENODATA: only CNAMEs, or records of other types.
   if (status != ARES_SUCCESS && status != ARES_ENODATA)
-    lookup.fail(a.name, "bad answer: " + describe(status));
+    lookup.fail(a, "bad answer: " + describe(status));
 }
 
 // ---- Discovery ---------------------------------------------------------------------------------

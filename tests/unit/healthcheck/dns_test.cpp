@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -341,6 +342,97 @@ TEST_F(ResolverTest, ANameWithoutAddressesIsAnEmptyAnswer) {
   EXPECT_TRUE(a.ok) << a.error;
   EXPECT_TRUE(a.records.empty());
   EXPECT_EQ(a.ttl, 0ms);
+}
+
+// A DNS server on a loopback UDP port that answers A questions with `a_address`
+// and fails every other question with SERVFAIL (some resolvers and DNS64 set-ups
+// do that to AAAA). Serves until destroyed.
+class AOnlyServer {
+public:
+  explicit AOnlyServer(const char* a_address) {
+    inet_pton(AF_INET, a_address, &address_);
+    fd_ = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t size = sizeof a;
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &size) != 0)
+      throw std::runtime_error("cannot bind the test DNS server");
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~AOnlyServer() {
+    stop_ = true;
+    thread_.join();
+    close(fd_);
+  }
+  DnsSettings settings() const {
+    DnsSettings s;
+    s.servers = {asio::ip::udp::endpoint(asio::ip::make_address("127.0.0.1"), port_)};
+    s.timeout = 1000ms;
+    return s;
+  }
+
+private:
+  void serve() {
+    while (!stop_) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 50) <= 0)
+        continue;
+      unsigned char q[512];
+      sockaddr_in from{};
+      socklen_t from_size = sizeof from;
+      ssize_t n = recvfrom(fd_, q, sizeof q, 0, reinterpret_cast<sockaddr*>(&from), &from_size);
+      if (n < 12)
+        continue;
+      size_t i = 12; // the question's name, then its type and class
+      while (i < size_t(n) && q[i] != 0)
+        i += q[i] + 1u;
+      if (i + 5 > size_t(n))
+        continue;
+      size_t question_end = i + 5;
+      int type = q[i + 1] << 8 | q[i + 2];
+      std::vector<unsigned char> r(q, q + question_end);
+      r[2] = 0x80 | (q[2] & 0x01); // a response; RD copied
+      r[3] = 0x80;                 // RA, NOERROR
+      r[6] = r[7] = r[8] = r[9] = r[10] = r[11] = 0;
+      if (type == 1) {
+        r[7] = 1; // one answer: the name by pointer, A, IN, TTL 5, 4 bytes
+        const unsigned char rr[] = {0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4};
+        r.insert(r.end(), rr, rr + sizeof rr);
+        const auto* bytes = reinterpret_cast<const unsigned char*>(&address_);
+        r.insert(r.end(), bytes, bytes + 4);
+      } else {
+        r[3] = 0x80 | 2; // SERVFAIL
+      }
+      sendto(fd_, r.data(), r.size(), 0, reinterpret_cast<sockaddr*>(&from), from_size);
+    }
+  }
+
+  int fd_ = -1;
+  uint16_t port_ = 0;
+  in_addr address_{};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// A name whose A question is answered and whose AAAA question fails resolves
+// to its A records: the failure of one family must not hide the other.
+TEST(ResolverFamilies, AFailedAaaaQuestionKeepsTheARecords) {
+  AOnlyServer server("127.0.0.7");
+  Resolver resolver(server.settings());
+  DnsAnswer a = resolver.resolve(host("app.internal", 8080));
+  ASSERT_TRUE(a.ok) << a.error;
+  EXPECT_EQ(a.records, (std::vector<DnsRecord>{record("127.0.0.7", 8080, "app.internal")}))
+      << show(a.records);
+  EXPECT_EQ(a.ttl, 5s);
+  // An SRV question that fails is still an error (c-ares may report the
+  // SERVFAIL server as refusing by then).
+  DnsAnswer s = resolver.resolve(srv("_http._tcp.app.internal"));
+  EXPECT_FALSE(s.ok);
+  EXPECT_TRUE(s.records.empty());
+  EXPECT_FALSE(s.error.empty());
 }
 
 TEST_F(ResolverTest, NxdomainIsAnError) {
