@@ -1317,7 +1317,7 @@ void Session::respond_maintenance() {
   // at the end of error_page_, and the head goes before it.
   size_t head_room = sizeof error_page_ - id.size();
   char* id_copy = error_page_ + head_room;
-  std::memmove(id_copy, id.data(), id.size());
+  if (!id.empty()) std::memmove(id_copy, id.data(), id.size());
   size_t length = page.size() + page_end.size() +
                   (id.empty() ? 0 : id_before.size() + id.size() + id_after.size());
   int n = std::snprintf(error_page_, head_room,
