@@ -96,18 +96,19 @@ struct Checker::State {
   boost::asio::steady_timer timer; // the next check, then the deadline of the one in flight
   std::array<char, 16> head{};     // the start of the response: enough for its status code
   size_t head_size = 0;
+  // In an interim (1xx) response, looking for its end: the final response follows.
+  bool in_interim = false;
+  uint16_t line_length = 0;   // of the interim head's line being read (CRs not counted)
+  size_t interim_bytes = 0;   // of interim responses so far, in this check
   uint64_t generation = 0;
-  bool running = false;
   bool connected = false;
   SSL* ssl = nullptr;  // HTTPS checks: this check's TLS connection
   size_t sent = 0;     // of `request`, over TLS
-  Clock::time_point started{};
   uint32_t passes_in_row = 0;
   uint32_t failures_in_row = 0;
   bool ever_passed = false;
-  std::atomic<bool> healthy{false};        // written by the checker thread only
-  std::atomic<bool> hasten_pending{false}; // a hastened check is posted or scheduled
-  TargetStats stats;                       // under stats_mutex_
+  bool healthy = false;
+  TargetStats stats; // under stats_mutex_
 };
 
 Checker::Checker(std::vector<Target> targets, Report report)
@@ -149,7 +150,16 @@ void Checker::apply(std::vector<Target> targets) {
     // (on this thread): the proxy's view of the backend is current.
     if (t.current)
       std::tie(t.start_healthy, t.start_ever_passed) = t.current();
-    next.push_back(std::make_unique<State>(io_, t));
+    auto& fresh = next.emplace_back(std::make_unique<State>(io_, t));
+    // The same backend with another check (a reload changed it): its counts go
+    // on, as counters must.
+    auto before = std::find_if(states_.begin(), states_.end(), [&](const auto& s) {
+      return s && s->target.pool == t.pool && s->target.backend == t.backend;
+    });
+    if (before != states_.end()) {
+      fresh->stats.passes = (*before)->stats.passes;
+      fresh->stats.failures = (*before)->stats.failures;
+    }
     // A backend a reload or DNS change adds takes no traffic before its first
     // check passes: check it at once (spread over a few ms only).
     schedule_first(*next.back(), now, std::chrono::milliseconds(20));
@@ -210,20 +220,6 @@ void Checker::stop() {
     thread_.join();
 }
 
-void Checker::hasten(size_t pool, size_t backend) {
-  std::lock_guard lock(stats_mutex_); // uncontended but for scrapes and updates
-  auto it = std::lower_bound(index_.begin(), index_.end(),
-                             std::pair{std::pair{pool, backend}, size_t(0)});
-  if (it == index_.end() || it->first != std::pair{pool, backend})
-    return;
-  State& s = *states_[it->second];
-  // Plain loads first: during an outage many workers call this, and the answer is "no".
-  if (!s.healthy.load(std::memory_order_relaxed) ||
-      s.hasten_pending.load(std::memory_order_relaxed) || s.hasten_pending.exchange(true))
-    return;
-  boost::asio::post(io_, [this, &s] { on_hasten(s); });
-}
-
 std::vector<TargetStats> Checker::stats() const {
   std::lock_guard lock(stats_mutex_);
   std::vector<TargetStats> all;
@@ -259,11 +255,10 @@ void Checker::schedule(State& s, Clock::time_point when) {
 
 void Checker::do_connect(State& s) {
   const uint64_t g = ++s.generation;
-  s.running = true;
   s.connected = false;
   s.head_size = 0;
-  s.started = Clock::now();
-  s.hasten_pending.store(false, std::memory_order_relaxed); // this check answers it
+  s.in_interim = false;
+  s.interim_bytes = 0;
   error_code ec;
   s.socket.open(s.target.endpoint.protocol(), ec);
   if (ec)
@@ -380,39 +375,77 @@ void Checker::do_read(State& s) {
       });
 }
 
+// Consumes the bytes of `head` that belong to the interim response being
+// skipped. True when it ended: the bytes after it (the start of the next
+// response) are moved to the front.
+bool Checker::skip_interim(State& s) {
+  for (size_t i = 0; i < s.head_size; ++i) {
+    const char c = s.head[i];
+    if (c == '\r')
+      continue;
+    if (c != '\n') {
+      s.line_length = uint16_t(std::min(s.line_length + 1, 1000));
+      continue;
+    }
+    if (s.line_length > 0) {
+      s.line_length = 0;
+      continue;
+    }
+    // The empty line that ends the interim head.
+    s.interim_bytes += i + 1;
+    std::copy(s.head.begin() + i + 1, s.head.begin() + s.head_size, s.head.begin());
+    s.head_size -= i + 1;
+    s.in_interim = false;
+    return true;
+  }
+  s.interim_bytes += s.head_size;
+  s.head_size = 0;
+  return false;
+}
+
 void Checker::on_read(State& s, const error_code& ec, size_t n) {
+  // Interim responses (100 Continue, 103 Early Hints) come before the final one, which decides
+  // (RFC 9110 §15.2): they are skipped, within a bound, as the proxy bounds a response head.
+  static constexpr size_t max_interim_bytes = 64 * 1024;
   s.head_size += n;
-  int code = status_code({s.head.data(), s.head_size}, bool(ec));
-  if (code == 0 && s.head_size == s.head.size()) // cannot happen: 13 bytes decide
-    code = -1;
-  if (code > 0)
-    return finish(s, expected(s.target.check, code), s.what + ": status " + std::to_string(code));
-  if (code < 0)
-    return finish(s, false, s.what + ": not an HTTP/1.x response");
-  if (ec == boost::asio::error::eof)
-    return finish(s, false,
-                  s.what + (s.head_size == 0 ? ": connection closed without a response"
-                                             : ": connection closed in the status line"));
-  if (ec)
-    return finish(s, false, s.what + ": " + describe(ec));
-  do_read(s);
+  for (;;) {
+    const bool whole = !s.in_interim || skip_interim(s);
+    if (s.interim_bytes > max_interim_bytes)
+      return finish(s, false, s.what + ": interim responses longer than 64 KiB");
+    if (!whole) {
+      if (ec == boost::asio::error::eof)
+        return finish(s, false, s.what + ": connection closed after an interim response");
+      if (ec)
+        return finish(s, false, s.what + ": " + describe(ec));
+      return do_read(s);
+    }
+    int code = status_code({s.head.data(), s.head_size}, bool(ec));
+    if (code == 0 && s.head_size == s.head.size()) // cannot happen: 13 bytes decide
+      code = -1;
+    if (code >= 100 && code < 200 && code != 101) {
+      s.in_interim = true;
+      s.line_length = 0;
+      continue;
+    }
+    if (code > 0)
+      return finish(s, expected(s.target.check, code), s.what + ": status " + std::to_string(code));
+    if (code < 0)
+      return finish(s, false, s.what + ": not an HTTP/1.x response");
+    if (ec == boost::asio::error::eof)
+      return finish(s, false,
+                    s.what + (s.head_size > 0         ? ": connection closed in the status line"
+                              : s.interim_bytes > 0 ? ": connection closed after an interim response"
+                                                    : ": connection closed without a response"));
+    if (ec)
+      return finish(s, false, s.what + ": " + describe(ec));
+    return do_read(s);
+  }
 }
 
 void Checker::on_timeout(State& s) {
   finish(s, false,
          std::string(s.connected ? s.what : "connect") + ": timeout after " +
              std::to_string(s.target.check.timeout.count()) + "ms");
-}
-
-void Checker::on_hasten(State& s) {
-  const auto interval = s.target.check.interval;
-  if (s.running || !s.healthy.load(std::memory_order_relaxed)) {
-    s.hasten_pending.store(false, std::memory_order_relaxed);
-    return;
-  }
-  auto when = std::max(Clock::now(), s.started + interval / 10);
-  if (when < s.timer.expiry())
-    schedule(s, when);
 }
 
 void Checker::finish(State& s, bool passed, std::string result) {
@@ -422,11 +455,10 @@ void Checker::finish(State& s, bool passed, std::string result) {
   }
   error_code ignored;
   s.socket.close(ignored); // its pending operations end stale: schedule() bumps the generation
-  s.running = false;
   schedule(s, Clock::now() + jittered(s.target.check.interval));
 
   const auto& check = s.target.check;
-  const bool was_healthy = s.healthy.load(std::memory_order_relaxed);
+  const bool was_healthy = s.healthy;
   std::string why;
   if (passed) {
     s.failures_in_row = 0;
@@ -444,13 +476,13 @@ void Checker::finish(State& s, bool passed, std::string result) {
   }
   const bool flips = !why.empty();
   if (flips)
-    s.healthy.store(!was_healthy, std::memory_order_relaxed);
+    s.healthy = !was_healthy;
 
   Transition transition{s.target.pool, s.target.backend, !was_healthy, flips ? result + why : ""};
   {
     std::lock_guard lock(stats_mutex_);
     ++(passed ? s.stats.passes : s.stats.failures);
-    s.stats.healthy = s.healthy.load(std::memory_order_relaxed);
+    s.stats.healthy = s.healthy;
     s.stats.last_result = std::move(result);
   }
   if (flips && report_)

@@ -72,7 +72,7 @@ struct TargetStats {
 class Checker {
 public:
   // Called on the checker thread, once per transition. It must not call stop() or destroy the
-  // Checker; it may call stats() and hasten().
+  // Checker; it may call stats().
   using Report = std::function<void(const Transition&)>;
 
   // Every target starts unhealthy (unless start_healthy). Its first passing check makes it healthy; after that it
@@ -89,13 +89,6 @@ public:
   void start();
   // Stops the thread and abandons checks in flight. Idempotent; not from Report.
   void stop();
-
-  // A passive signal from the data path (any thread, cheap, never blocks): an exchange with
-  // this backend failed, so check it soon rather than at its next interval. Only a healthy
-  // target is hastened (an unhealthy one gets no traffic to learn from), and never to less
-  // than interval/10 after the start of its previous check, so a burst of errors cannot turn
-  // into a burst of checks. Unknown (pool, backend) pairs are ignored.
-  void hasten(size_t pool, size_t backend);
 
   // Replaces the targets (any thread; applied on the checker thread soon after).
   // A target with the same (pool, backend), endpoint and check as one checked
@@ -120,7 +113,7 @@ private:
   void do_read(State& s);
   void on_read(State& s, const boost::system::error_code& ec, size_t n);
   void on_timeout(State& s);
-  void on_hasten(State& s);
+  bool skip_interim(State& s);
   void tls_handshake(State& s);
   void tls_write(State& s);
   void tls_read(State& s);

@@ -397,56 +397,88 @@ TEST(Checker, NotAnHttpResponseIsAFailure) {
   EXPECT_EQ(checker.stats().at(0).last_result, "GET /healthz: status 200");
 }
 
-TEST(Checker, HastenBringsTheNextCheckForward) {
-  Origin origin(200);
-  Recorder recorder;
-  Checker checker({target(origin.port(), http_check(2s, 1s))}, recorder.report());
+TEST(Checker, InterimResponsesBeforeTheFinalOneAreSkipped) {
+  Origin origin(0);
+  // 103 Early Hints, then the final answer (RFC 9110 §15.2): the 200 decides.
+  origin.set_raw("HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style\r\n"
+                 "Link: </app.js>; rel=preload; as=script\r\n\r\n"
+                 "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+  Checker checker({target(origin.port(), http_check(50ms, 200ms))}, {});
   checker.start();
-  ASSERT_EQ(recorder.wait(1, 3s).size(), 1u);
-  ASSERT_EQ(origin.requests(), 1);
-  checker.hasten(5, 5); // unknown: ignored
-  auto hastened = Clock::now();
-  checker.hasten(0, 0);
-  checker.hasten(0, 0); // twice: still one check
-  ASSERT_TRUE(eventually([&] { return origin.requests() >= 2; }, 1s))
-      << "the next check was not brought forward (interval: 2s)";
-  EXPECT_LT(origin.request_time(1) - hastened, 500ms);
-  std::this_thread::sleep_for(300ms);
-  EXPECT_EQ(origin.requests(), 2);
+  ASSERT_TRUE(eventually([&] { return checker.stats().at(0).healthy; }, 3s))
+      << checker.stats().at(0).last_result;
+  EXPECT_EQ(checker.stats().at(0).last_result, "GET /healthz: status 200");
+  EXPECT_EQ(checker.stats().at(0).failures, 0u);
+
+  // Two of them, bare LFs, and a final 503: the 503 decides.
+  auto passes = checker.stats().at(0).passes;
+  origin.set_raw("HTTP/1.1 100 Continue\n\nHTTP/1.1 103 Early Hints\nLink: </a>\n\n"
+                 "HTTP/1.1 503 Service Unavailable\nContent-Length: 0\n\n");
+  ASSERT_TRUE(eventually([&] { return checker.stats().at(0).failures >= 1; }, 3s));
+  EXPECT_EQ(checker.stats().at(0).last_result, "GET /healthz: status 503");
+  EXPECT_LE(checker.stats().at(0).passes, passes + 1);
+
+  // An interim response and then nothing.
+  origin.set_raw("HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n");
+  ASSERT_TRUE(eventually(
+      [&] {
+        return checker.stats().at(0).last_result ==
+               "GET /healthz: connection closed after an interim response";
+      },
+      3s))
+      << checker.stats().at(0).last_result;
+
+  // 101 is not interim: it is not what a GET without Upgrade can get.
+  origin.set_raw("HTTP/1.1 101 Switching Protocols\r\n\r\nHTTP/1.1 200 OK\r\n\r\n");
+  ASSERT_TRUE(eventually(
+      [&] { return checker.stats().at(0).last_result == "GET /healthz: status 101"; }, 3s))
+      << checker.stats().at(0).last_result;
 }
 
-TEST(Checker, HastenLeavesAnUnhealthyTargetAlone) {
-  Origin origin(503);
-  Checker checker({target(origin.port(), http_check(2s, 1s))}, {});
+TEST(Checker, EndlessInterimResponsesFail) {
+  Origin origin(0);
+  std::string hints = "HTTP/1.1 103 Early Hints\r\n";
+  while (hints.size() < 70 * 1024)
+    hints += "Link: </asset-" + std::to_string(hints.size()) + ".js>; rel=preload\r\n";
+  origin.set_raw(hints + "\r\nHTTP/1.1 200 OK\r\n\r\n");
+  Checker checker({target(origin.port(), http_check(50ms, 1s))}, {});
   checker.start();
-  ASSERT_TRUE(eventually([&] { return checker.stats().at(0).failures == 1; }, 3s));
-  checker.hasten(0, 0);
-  std::this_thread::sleep_for(600ms);
-  EXPECT_EQ(origin.requests(), 1);
+  ASSERT_TRUE(eventually([&] { return checker.stats().at(0).failures >= 1; }, 3s));
+  EXPECT_EQ(checker.stats().at(0).last_result,
+            "GET /healthz: interim responses longer than 64 KiB");
+  EXPECT_FALSE(checker.stats().at(0).healthy);
 }
 
-TEST(Checker, HastenFromManyThreadsWhileChecking) {
+TEST(Checker, UpdateKeepsTheCountsOfABackendWhoseCheckChanged) {
   Origin origin(200);
-  std::vector<Target> targets;
-  for (size_t i = 0; i < 10; ++i)
-    targets.push_back(target(origin.port(), http_check(100ms, 100ms), i));
-  Recorder recorder;
-  Checker checker(std::move(targets), recorder.report());
+  HealthCheck check = http_check(30ms, 200ms);
+  Checker checker({target(origin.port(), check)}, {});
   checker.start();
-  ASSERT_EQ(recorder.wait(10, 3s).size(), 10u);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 3; ++t)
-    threads.emplace_back([&] {
-      for (size_t i = 0; i < 200'000; ++i)
-        checker.hasten(0, i % 12);
-    });
-  for (auto& t : threads)
-    t.join();
-  int checks = origin.requests();
-  EXPECT_TRUE(eventually([&] { return origin.requests() >= checks + 20; }, 3s));
-  EXPECT_EQ(recorder.wait(11, 0s).size(), 10u); // nobody went unhealthy
-  for (const auto& stats : checker.stats())
-    EXPECT_EQ(stats.failures, 0u);
+  ASSERT_TRUE(eventually([&] { return checker.stats().at(0).passes >= 3; }, 3s));
+
+  // The same target: it keeps its state and counts.
+  auto passes = checker.stats().at(0).passes;
+  checker.update({target(origin.port(), check)});
+  ASSERT_TRUE(eventually([&] { return checker.stats().at(0).passes >= passes + 2; }, 3s));
+
+  // Another path for the same backend: a new check, the counts go on from
+  // where they were (lb_health_checks_total is a counter).
+  passes = checker.stats().at(0).passes;
+  check.path = "/ready";
+  checker.update({target(origin.port(), check)});
+  ASSERT_TRUE(eventually(
+      [&] {
+        int n = origin.requests();
+        return n > 0 && origin.request(size_t(n - 1)).starts_with("GET /ready ");
+      },
+      3s));
+  EXPECT_GE(checker.stats().at(0).passes, passes);
+  ASSERT_TRUE(eventually([&] { return checker.stats().at(0).passes >= passes + 2; }, 3s));
+
+  // Another backend id: its own counts.
+  checker.update({target(origin.port(), check, 1)});
+  ASSERT_TRUE(eventually([&] { return checker.stats().at(0).backend == 1; }, 3s));
+  EXPECT_LT(checker.stats().at(0).passes, passes);
 }
 
 TEST(Checker, StopsPromptlyWithChecksInFlight) {
