@@ -135,16 +135,22 @@ template <class F> bool for_each_record(const unsigned char* m, int size, F&& f)
 
 // ---- Resolver ----------------------------------------------------------------------------------
 
+// The A and AAAA questions of one name (a `dns:` name, an SRV target): the failure of one
+// fails the Lookup only if the other found no address. A resolver that fails AAAA questions
+// must not hide the A records.
+struct Resolver::Family {
+  std::string error; // the first failure of the two
+  size_t found = 0;  // addresses found by the two
+  int open = 2;      // questions not answered yet
+};
+
 // One DnsQuery being resolved: what its Asks found so far.
 struct Resolver::Lookup {
   const DnsQuery* query = nullptr;
   std::vector<DnsRecord> records;
   uint32_t ttl = UINT32_MAX; // seconds: the smallest of the records used
   std::string error;         // the first failure: the answer fails with it
-  // A `dns:` name's A or AAAA question failed: the answer fails with it only
-  // if the other family found no address (a resolver that fails AAAA
-  // questions must not hide the A records).
-  std::string family_error;
+  std::deque<Family> families; // Asks point into it
 
   void fail(const std::string& name, const std::string& why) {
     if (error.empty())
@@ -170,13 +176,14 @@ struct Resolver::Ask {
   std::string name;
   int type;
   std::vector<DnsRecord> uses;
+  Family* family; // address questions: the pair this one belongs to
 };
 
 void Resolver::Lookup::fail(const Ask& a, const std::string& why) {
-  if (query->kind == DnsQuery::Kind::srv || a.type == ns_t_srv)
+  if (!a.family)
     return fail(a.name, why);
-  if (family_error.empty())
-    family_error = a.name + ": " + why;
+  if (a.family->error.empty())
+    a.family->error = why;
 }
 
 struct Resolver::Batch {
@@ -254,13 +261,10 @@ std::vector<DnsAnswer> Resolver::resolve(const std::vector<DnsQuery>& queries) {
     const DnsQuery& query = queries[i];
     Lookup& lookup = batch.lookups[i];
     lookup.query = &query;
-    if (query.kind == DnsQuery::Kind::srv) {
+    if (query.kind == DnsQuery::Kind::srv)
       ask(batch, lookup, query.name, ns_t_srv, {});
-    } else {
-      std::vector<DnsRecord> use{DnsRecord{{}, query.port, 0, 1, query.name}};
-      ask(batch, lookup, query.name, ns_t_a, use);
-      ask(batch, lookup, query.name, ns_t_aaaa, std::move(use));
-    }
+    else
+      ask_addresses(batch, lookup, query.name, {DnsRecord{{}, query.port, 0, 1, query.name}});
   }
   drive(batch);
 
@@ -268,8 +272,6 @@ std::vector<DnsAnswer> Resolver::resolve(const std::vector<DnsQuery>& queries) {
   for (size_t i = 0; i < queries.size(); ++i) {
     Lookup& lookup = batch.lookups[i];
     DnsAnswer& answer = answers[i];
-    if (lookup.error.empty() && lookup.records.empty())
-      lookup.error = std::move(lookup.family_error);
     if (!lookup.error.empty()) {
       answer.error = std::move(lookup.error);
       continue;
@@ -286,13 +288,20 @@ std::vector<DnsAnswer> Resolver::resolve(const std::vector<DnsQuery>& queries) {
 }
 
 void Resolver::ask(Batch& batch, Lookup& lookup, std::string name, int type,
-                   std::vector<DnsRecord> uses) {
+                   std::vector<DnsRecord> uses, Family* family) {
   if (batch.closing)
     return lookup.fail(name, batch.closing);
-  Ask& a =
-      batch.asks.emplace_back(Ask{this, &batch, &lookup, std::move(name), type, std::move(uses)});
+  Ask& a = batch.asks.emplace_back(
+      Ask{this, &batch, &lookup, std::move(name), type, std::move(uses), family});
   ++batch.in_flight; // before ares_query: it may answer at once (e.g. a malformed name)
   ares_query(channel_, a.name.c_str(), ns_c_in, type, &Resolver::on_answer, &a);
+}
+
+void Resolver::ask_addresses(Batch& batch, Lookup& lookup, std::string name,
+                             std::vector<DnsRecord> uses) {
+  Family* family = &lookup.families.emplace_back();
+  ask(batch, lookup, name, ns_t_a, uses, family);
+  ask(batch, lookup, std::move(name), ns_t_aaaa, std::move(uses), family);
 }
 
 void Resolver::drive(Batch& batch) {
@@ -355,26 +364,32 @@ void Resolver::on_socket_state(void* self, int fd, int read, int write) {
 
 void Resolver::on_answer(void* arg, int status, int, unsigned char* answer, int size) {
   Ask& a = *static_cast<Ask*>(arg);
-  Batch& batch = *a.batch;
-  Lookup& lookup = *a.lookup;
-  --batch.in_flight;
+  --a.batch->in_flight;
   // Called from C: nothing may escape.
   try {
-    if (status == ARES_ECANCELLED)
-      return lookup.fail(a, batch.closing ? batch.closing : "cancelled");
-    if (status == ARES_ENODATA)
-      return; // the name exists, without records of this type
-    if (status == ARES_ENOTFOUND && a.type != ns_t_srv && lookup.query->kind == DnsQuery::Kind::srv)
-      return; // an SRV target that does not exist serves nothing
-    if (status != ARES_SUCCESS)
-      return lookup.fail(a, describe(status));
-    if (a.type == ns_t_srv)
-      a.resolver->on_srv(batch, lookup, answer, size);
-    else
-      a.resolver->on_addresses(lookup, a, answer, size);
+    a.resolver->answered(a, status, answer, size);
   } catch (const std::exception& e) {
-    lookup.fail(a, e.what());
+    a.lookup->fail(a, e.what());
   }
+  Family* family = a.family;
+  if (family && --family->open == 0 && family->found == 0 && !family->error.empty())
+    a.lookup->fail(a.name, family->error);
+}
+
+void Resolver::answered(Ask& a, int status, const unsigned char* answer, int size) {
+  Lookup& lookup = *a.lookup;
+  if (status == ARES_ECANCELLED)
+    return lookup.fail(a, a.batch->closing ? a.batch->closing : "cancelled");
+  if (status == ARES_ENODATA)
+    return; // the name exists, without records of this type
+  if (status == ARES_ENOTFOUND && a.type != ns_t_srv && lookup.query->kind == DnsQuery::Kind::srv)
+    return; // an SRV target that does not exist serves nothing
+  if (status != ARES_SUCCESS)
+    return lookup.fail(a, describe(status));
+  if (a.type == ns_t_srv)
+    on_srv(*a.batch, lookup, answer, size);
+  else
+    on_addresses(lookup, a, answer, size);
 }
 
 void Resolver::on_srv(Batch& batch, Lookup& lookup, const unsigned char* answer, int size) {
@@ -429,10 +444,8 @@ void Resolver::on_srv(Batch& batch, Lookup& lookup, const unsigned char* answer,
         found = true;
       }
     }
-    if (!found) {
-      ask(batch, lookup, target, ns_t_a, uses);
-      ask(batch, lookup, target, ns_t_aaaa, std::move(uses));
-    }
+    if (!found)
+      ask_addresses(batch, lookup, target, std::move(uses));
   }
 }
 
@@ -442,6 +455,7 @@ void Resolver::on_addresses(Lookup& lookup, const Ask& a, const unsigned char* a
   const size_t room = size_t(size) / 16 + 1;
   int n = int(room);
   int status;
+  const size_t before = lookup.records.size();
   if (a.type == ns_t_a) {
     std::vector<ares_addrttl> found(room);
     status = ares_parse_a_reply(answer, size, nullptr, found.data(), &n);
@@ -457,6 +471,8 @@ void Resolver::on_addresses(Lookup& lookup, const Ask& a, const unsigned char* a
       lookup.add(boost::asio::ip::address_v6(bytes), uint32_t(std::max(found[i].ttl, 0)), a.uses);
     }
   }
+  if (a.family)
+    a.family->found += lookup.records.size() - before;
   // ENODATA: only CNAMEs, or records of other types.
   if (status != ARES_SUCCESS && status != ARES_ENODATA)
     lookup.fail(a, "bad answer: " + describe(status));

@@ -97,6 +97,7 @@ private:
   struct Batch;
   struct Lookup;
   struct Ask;
+  struct Family;
   struct Socket {
     int fd;
     bool read;
@@ -105,7 +106,11 @@ private:
 
   static void on_socket_state(void* self, int fd, int read, int write);
   static void on_answer(void* ask, int status, int timeouts, unsigned char* answer, int size);
-  void ask(Batch& batch, Lookup& lookup, std::string name, int type, std::vector<DnsRecord> uses);
+  void ask(Batch& batch, Lookup& lookup, std::string name, int type, std::vector<DnsRecord> uses,
+           Family* family = nullptr);
+  // The A and AAAA questions of one name, as one Family.
+  void ask_addresses(Batch& batch, Lookup& lookup, std::string name, std::vector<DnsRecord> uses);
+  void answered(Ask& a, int status, const unsigned char* answer, int size);
   void on_srv(Batch& batch, Lookup& lookup, const unsigned char* answer, int size);
   void on_addresses(Lookup& lookup, const Ask& ask, const unsigned char* answer, int size);
   void drive(Batch& batch);

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -344,9 +345,10 @@ TEST_F(ResolverTest, ANameWithoutAddressesIsAnEmptyAnswer) {
   EXPECT_EQ(a.ttl, 0ms);
 }
 
-// A DNS server on a loopback UDP port that answers A questions with `a_address`
-// and fails every other question with SERVFAIL (some resolvers and DNS64 set-ups
-// do that to AAAA). Serves until destroyed.
+// A DNS server on a loopback UDP port that answers A questions with `a_address`,
+// SRV questions for _http.* with one SRV record (target web.internal, nothing in
+// the additional section), and fails every other question with SERVFAIL (some
+// resolvers and DNS64 set-ups do that to AAAA). Serves until destroyed.
 class AOnlyServer {
 public:
   explicit AOnlyServer(const char* a_address) {
@@ -403,6 +405,14 @@ private:
         r.insert(r.end(), rr, rr + sizeof rr);
         const auto* bytes = reinterpret_cast<const unsigned char*>(&address_);
         r.insert(r.end(), bytes, bytes + 4);
+      } else if (type == 33 && q[12] == 5 && std::memcmp(q + 13, "_http", 5) == 0) {
+        // _http.*: one SRV record, priority 10, weight 3, port 8081, target web.internal,
+        // and no additional section: the target's A and AAAA are asked next.
+        r[7] = 1;
+        const unsigned char rr[] = {0xc0, 0x0c, 0, 33, 0, 1, 0, 0, 0, 5, 0, 20, 0, 10, 0, 3,
+                                    0x1f, 0x91, 3, 'w', 'e', 'b', 8, 'i', 'n', 't', 'e', 'r',
+                                    'n', 'a', 'l', 0};
+        r.insert(r.end(), rr, rr + sizeof rr);
       } else {
         r[3] = 0x80 | 2; // SERVFAIL
       }
@@ -427,9 +437,14 @@ TEST(ResolverFamilies, AFailedAaaaQuestionKeepsTheARecords) {
   EXPECT_EQ(a.records, (std::vector<DnsRecord>{record("127.0.0.7", 8080, "app.internal")}))
       << show(a.records);
   EXPECT_EQ(a.ttl, 5s);
+  // So does an SRV target whose AAAA question fails.
+  DnsAnswer t = resolver.resolve(srv("_http._tcp.app.internal"));
+  ASSERT_TRUE(t.ok) << t.error;
+  EXPECT_EQ(t.records, (std::vector<DnsRecord>{record("127.0.0.7", 8081, "web.internal", 10, 3)}))
+      << show(t.records);
   // An SRV question that fails is still an error (c-ares may report the
   // SERVFAIL server as refusing by then).
-  DnsAnswer s = resolver.resolve(srv("_http._tcp.app.internal"));
+  DnsAnswer s = resolver.resolve(srv("_grpc._tcp.app.internal"));
   EXPECT_FALSE(s.ok);
   EXPECT_TRUE(s.records.empty());
   EXPECT_FALSE(s.error.empty());
