@@ -253,6 +253,14 @@ int Parser::headers_complete() {
     error_reason_ = why;
     return -1;
   }
+  // RFC 9112 §3: method SP request-target SP HTTP-version. llhttp lets more
+  // spaces through; the line goes to the backend as received, and a backend
+  // that splits it otherwise must not see a different request.
+  if (kind_ == Kind::request && (head_.method.end() + 1 != head_.target.p ||
+                                 head_.target.end()[0] != ' ' || head_.target.end()[1] != 'H')) {
+    error_reason_ = "request line: its parts must be separated by single spaces";
+    return -1;
+  }
   if (kind_ == Kind::response) {
     if (head_.major != 1) {
       error_reason_ = "response is not HTTP/1.x";

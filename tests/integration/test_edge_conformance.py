@@ -228,6 +228,11 @@ class Conformance(harness.TestCase):
             (b"FOO / HTTP/1.1\r\nHost: t\r\n\r\n", 501),
             (b"get / HTTP/1.1\r\nHost: t\r\n\r\n", 501),
             (b"G@T / HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+            # Passed on as received, a request line with doubled spaces could
+            # be split otherwise by the backend (RFC 9112 §3).
+            (b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+            (b"GET /  HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+            (b"GET /a  /b HTTP/1.1\r\nHost: t\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: t\r\n" + many + b"\r\n", 431),
         ]
         for data, want in cases:

@@ -118,6 +118,31 @@ TEST(ParserTest, SmugglingFormsAreErrors) {
   }
 }
 
+TEST(ParserTest, RequestLinePartsAreSeparatedBySingleSpaces) {
+  const char* bad[] = {
+      "GET  / HTTP/1.1\r\nHost: h\r\n\r\n",
+      "GET /  HTTP/1.1\r\nHost: h\r\n\r\n",
+      "GET   /x   HTTP/1.1\r\nHost: h\r\n\r\n",
+  };
+  for (const char* text : bad) {
+    for (bool byte_by_byte : {false, true}) {
+      Parser p(Parser::Kind::request);
+      std::string s(text);
+      Parser::Result r{Event::need_more, s.data()};
+      if (byte_by_byte) {
+        for (size_t i = 0; i < s.size() && r.event == Event::need_more; ++i)
+          r = p.feed(s.data() + i, s.data() + i + 1);
+      } else {
+        r = p.feed(s.data(), s.data() + s.size());
+      }
+      ASSERT_EQ(r.event, Event::error) << text;
+      EXPECT_STREQ(p.error_reason(), "request line: its parts must be separated by single spaces")
+          << text;
+      EXPECT_EQ(p.error_status(), 400);
+    }
+  }
+}
+
 TEST(ParserTest, TooManyHeadersIsAnError) {
   std::string text = "GET / HTTP/1.1\r\nHost: h\r\n";
   for (unsigned i = 0; i < max_headers + 1; ++i) text += "X-H" + std::to_string(i) + ": v\r\n";
