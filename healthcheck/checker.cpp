@@ -94,16 +94,18 @@ struct Checker::State {
   std::string request; // HTTP only: built once
   tcp::socket socket;
   boost::asio::steady_timer timer; // the next check, then the deadline of the one in flight
-  std::array<char, 16> head{};     // the start of the response: enough for its status code
+  // The start of the response (13 bytes decide its status code), and room to
+  // read past interim responses in few reads.
+  std::array<char, 512> head{};
   size_t head_size = 0;
   // In an interim (1xx) response, looking for its end: the final response follows.
   bool in_interim = false;
-  uint16_t line_length = 0;   // of the interim head's line being read (CRs not counted)
-  size_t interim_bytes = 0;   // of interim responses so far, in this check
+  uint16_t line_length = 0; // of the interim head's line being read (CRs not counted)
+  size_t interim_bytes = 0; // of interim responses so far, in this check
   uint64_t generation = 0;
   bool connected = false;
-  SSL* ssl = nullptr;  // HTTPS checks: this check's TLS connection
-  size_t sent = 0;     // of `request`, over TLS
+  SSL* ssl = nullptr; // HTTPS checks: this check's TLS connection
+  size_t sent = 0;    // of `request`, over TLS
   uint32_t passes_in_row = 0;
   uint32_t failures_in_row = 0;
   bool ever_passed = false;
@@ -127,7 +129,8 @@ void Checker::rebuild_index() {
 }
 
 void Checker::update(std::vector<Target> targets) {
-  boost::asio::post(io_, [this, targets = std::move(targets)]() mutable { apply(std::move(targets)); });
+  boost::asio::post(io_,
+                    [this, targets = std::move(targets)]() mutable { apply(std::move(targets)); });
 }
 
 void Checker::apply(std::vector<Target> targets) {
@@ -136,15 +139,20 @@ void Checker::apply(std::vector<Target> targets) {
   std::vector<std::unique_ptr<State>> next;
   next.reserve(targets.size());
   for (auto& t : targets) {
-    auto same = std::find_if(states_.begin(), states_.end(), [&](const auto& s) {
-      return s && s->target.pool == t.pool && s->target.backend == t.backend &&
-             s->target.endpoint == t.endpoint && s->target.check == t.check &&
-             s->target.label == t.label && s->target.tls_config == t.tls_config &&
-             bool(s->target.tls) == bool(t.tls) && s->target.host_name == t.host_name;
-    });
-    if (same != states_.end()) {
-      next.push_back(std::move(*same));
-      continue;
+    // The state of the same backend now, if any (index_ still maps states_).
+    std::unique_ptr<State>* old = nullptr;
+    auto it = std::lower_bound(index_.begin(), index_.end(),
+                               std::pair{std::pair{t.pool, t.backend}, size_t(0)});
+    if (it != index_.end() && it->first == std::pair{t.pool, t.backend} && states_[it->second])
+      old = &states_[it->second];
+    if (old) {
+      const Target& o = (*old)->target;
+      if (o.endpoint == t.endpoint && o.check == t.check && o.label == t.label &&
+          o.tls_config == t.tls_config && bool(o.tls) == bool(t.tls) &&
+          o.host_name == t.host_name) {
+        next.push_back(std::move(*old));
+        continue;
+      }
     }
     // Transitions of the targets replaced here have all been reported by now
     // (on this thread): the proxy's view of the backend is current.
@@ -153,12 +161,9 @@ void Checker::apply(std::vector<Target> targets) {
     auto& fresh = next.emplace_back(std::make_unique<State>(io_, t));
     // The same backend with another check (a reload changed it): its counts go
     // on, as counters must.
-    auto before = std::find_if(states_.begin(), states_.end(), [&](const auto& s) {
-      return s && s->target.pool == t.pool && s->target.backend == t.backend;
-    });
-    if (before != states_.end()) {
-      fresh->stats.passes = (*before)->stats.passes;
-      fresh->stats.failures = (*before)->stats.failures;
+    if (old) {
+      fresh->stats.passes = (*old)->stats.passes;
+      fresh->stats.failures = (*old)->stats.failures;
     }
     // A backend a reload or DNS change adds takes no traffic before its first
     // check passes: check it at once (spread over a few ms only).
@@ -173,7 +178,8 @@ void Checker::apply(std::vector<Target> targets) {
     s->timer.cancel();
     retired_.emplace_back(now, std::move(s));
   }
-  std::erase_if(retired_, [now](const auto& r) { return now - r.first > std::chrono::seconds(10); });
+  std::erase_if(retired_,
+                [now](const auto& r) { return now - r.first > std::chrono::seconds(10); });
   states_ = std::move(next);
   rebuild_index();
 }
@@ -352,15 +358,25 @@ void Checker::tls_write(State& s) {
 }
 
 void Checker::tls_read(State& s) {
-  ERR_clear_error();
-  int r = SSL_read(s.ssl, s.head.data() + s.head_size, int(s.head.size() - s.head_size));
-  if (r > 0)
-    return on_read(s, {}, size_t(r));
-  int e = SSL_get_error(s.ssl, r);
-  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
-    return tls_wait(s, e, &Checker::tls_read);
-  bool eof = e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0);
-  on_read(s, eof ? error_code(boost::asio::error::eof) : error_code(boost::asio::error::connection_reset), 0);
+  // A loop, not recursion: OpenSSL may hold many records already read.
+  for (;;) {
+    ERR_clear_error();
+    int r = SSL_read(s.ssl, s.head.data() + s.head_size, int(s.head.size() - s.head_size));
+    if (r > 0) {
+      if (on_read(s, {}, size_t(r)))
+        continue;
+      return;
+    }
+    int e = SSL_get_error(s.ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+      return tls_wait(s, e, &Checker::tls_read);
+    bool eof = e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0);
+    on_read(s,
+            eof ? error_code(boost::asio::error::eof)
+                : error_code(boost::asio::error::connection_reset),
+            0);
+    return;
+  }
 }
 
 void Checker::do_read(State& s) {
@@ -370,8 +386,8 @@ void Checker::do_read(State& s) {
   s.socket.async_read_some(
       boost::asio::buffer(s.head.data() + s.head_size, s.head.size() - s.head_size),
       [this, &s, g](const error_code& ec, size_t n) {
-        if (g == s.generation)
-          on_read(s, ec, n);
+        if (g == s.generation && on_read(s, ec, n))
+          do_read(s);
       });
 }
 
@@ -403,21 +419,25 @@ bool Checker::skip_interim(State& s) {
   return false;
 }
 
-void Checker::on_read(State& s, const error_code& ec, size_t n) {
+bool Checker::on_read(State& s, const error_code& ec, size_t n) {
   // Interim responses (100 Continue, 103 Early Hints) come before the final one, which decides
   // (RFC 9110 §15.2): they are skipped, within a bound, as the proxy bounds a response head.
   static constexpr size_t max_interim_bytes = 64 * 1024;
+  auto end = [&](bool passed, std::string result) {
+    finish(s, passed, std::move(result));
+    return false;
+  };
   s.head_size += n;
   for (;;) {
     const bool whole = !s.in_interim || skip_interim(s);
     if (s.interim_bytes > max_interim_bytes)
-      return finish(s, false, s.what + ": interim responses longer than 64 KiB");
+      return end(false, s.what + ": interim responses longer than 64 KiB");
     if (!whole) {
       if (ec == boost::asio::error::eof)
-        return finish(s, false, s.what + ": connection closed after an interim response");
+        return end(false, s.what + ": connection closed after an interim response");
       if (ec)
-        return finish(s, false, s.what + ": " + describe(ec));
-      return do_read(s);
+        return end(false, s.what + ": " + describe(ec));
+      return true;
     }
     int code = status_code({s.head.data(), s.head_size}, bool(ec));
     if (code == 0 && s.head_size == s.head.size()) // cannot happen: 13 bytes decide
@@ -428,17 +448,17 @@ void Checker::on_read(State& s, const error_code& ec, size_t n) {
       continue;
     }
     if (code > 0)
-      return finish(s, expected(s.target.check, code), s.what + ": status " + std::to_string(code));
+      return end(expected(s.target.check, code), s.what + ": status " + std::to_string(code));
     if (code < 0)
-      return finish(s, false, s.what + ": not an HTTP/1.x response");
+      return end(false, s.what + ": not an HTTP/1.x response");
     if (ec == boost::asio::error::eof)
-      return finish(s, false,
-                    s.what + (s.head_size > 0         ? ": connection closed in the status line"
-                              : s.interim_bytes > 0 ? ": connection closed after an interim response"
-                                                    : ": connection closed without a response"));
+      return end(false,
+                 s.what + (s.head_size > 0       ? ": connection closed in the status line"
+                           : s.interim_bytes > 0 ? ": connection closed after an interim response"
+                                                 : ": connection closed without a response"));
     if (ec)
-      return finish(s, false, s.what + ": " + describe(ec));
-    return do_read(s);
+      return end(false, s.what + ": " + describe(ec));
+    return true;
   }
 }
 

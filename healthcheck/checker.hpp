@@ -1,7 +1,7 @@
 #pragma once
 // Active health checks. One thread runs one io_context; every target has its own timer and
-// at most one check in flight (HTTP: connect, GET the path, read the status line; TCP:
-// connect). Rise/fall counters turn results into healthy/unhealthy transitions, which are
+// at most one check in flight (HTTP: connect, GET the path, read the status line of the final
+// response, past any 1xx; TCP: connect). Rise/fall counters turn results into healthy/unhealthy transitions, which are
 // reported through a callback: the proxy maps (pool, backend) to its own state. The
 // targets can be replaced while it runs (update): those that stay keep their state.
 //
@@ -93,8 +93,9 @@ public:
   // Replaces the targets (any thread; applied on the checker thread soon after).
   // A target with the same (pool, backend), endpoint and check as one checked
   // now keeps its state, counters and schedule: no reset, no extra check. New
-  // ones start unhealthy and are first checked within interval/10; the others
-  // stop being checked.
+  // ones start unhealthy and are first checked within interval/10 (one whose
+  // check changed keeps its pass and failure counts); the others stop being
+  // checked.
   void update(std::vector<Target> targets);
 
   // A consistent snapshot per target, in target order. Any thread.
@@ -111,7 +112,8 @@ private:
   void on_connect(State& s, const boost::system::error_code& ec);
   void on_write(State& s, const boost::system::error_code& ec);
   void do_read(State& s);
-  void on_read(State& s, const boost::system::error_code& ec, size_t n);
+  // False once the check is finished; true when it needs more bytes.
+  bool on_read(State& s, const boost::system::error_code& ec, size_t n);
   void on_timeout(State& s);
   bool skip_interim(State& s);
   void tls_handshake(State& s);
@@ -125,7 +127,7 @@ private:
   void rebuild_index();
 
   Report report_;
-  std::vector<std::pair<std::pair<size_t, size_t>, size_t>> index_; // sorted (pool, backend) -> i
+  std::vector<std::pair<std::pair<size_t, size_t>, size_t>> index_; // sorted (pool, backend) -> i in states_
   boost::asio::io_context io_{1};
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
   // After io_: destroyed before it. Changed by update() under stats_mutex_.

@@ -148,8 +148,8 @@ struct Resolver::Family {
 struct Resolver::Lookup {
   const DnsQuery* query = nullptr;
   std::vector<DnsRecord> records;
-  uint32_t ttl = UINT32_MAX; // seconds: the smallest of the records used
-  std::string error;         // the first failure: the answer fails with it
+  uint32_t ttl = UINT32_MAX;   // seconds: the smallest of the records used
+  std::string error;           // the first failure: the answer fails with it
   std::deque<Family> families; // Asks point into it
 
   void fail(const std::string& name, const std::string& why) {

@@ -73,8 +73,10 @@ struct DnsAnswer {
 // empty answer (ok) if it exists, NXDOMAIN (an error) if it does not. SRV queries ask for the
 // SRV records, then take each target's addresses from the additional section when the server put
 // any there, else ask for its A and AAAA. An SRV target that does not exist, or is "." (no
-// service), adds no record; any other failure fails the whole answer, so that a partial answer
-// is never taken for the full set.
+// service), adds no record. A failed A or AAAA question (a host's or a target's) is tolerated
+// when the other family of the same name found addresses: some resolvers fail or drop AAAA
+// questions, and would otherwise keep the name from ever resolving. Any other failure fails the
+// whole answer, so that a partial answer is not taken for the full set.
 class Resolver {
 public:
   // Throws std::runtime_error when c-ares cannot set up a channel.

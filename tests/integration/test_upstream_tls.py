@@ -67,8 +67,8 @@ class UpstreamTls(harness.TestCase):
             ctx, "app.test")
         return json.loads(data.split(b"\r\n\r\n", 1)[1])
 
-    def config(self, origin, tls, check=False):
-        extra = ("    health_check: { path: /healthz, interval: 300ms, timeout: 250ms }\n"
+    def config(self, origin, tls, check=False, check_path="/healthz"):
+        extra = ("    health_check: { path: %s, interval: 300ms, timeout: 250ms }\n" % check_path
                  if check else "")
         return f"""
 workers: 2
@@ -84,6 +84,19 @@ pools:
     tls: {tls}
 {extra}    backends: [ "{origin.addr}" ]
 """
+
+    def test_check_reads_past_interim_responses(self):
+        # 60 interim responses (103 Early Hints, ~4 KiB) before the 200, read
+        # over TLS: the final status decides.
+        o = self.tls_origin("tls-hints")
+        lb = self.lb(self.config(o, "{ ca: %s, sni: app.test }" % self.ca, check=True,
+                                 check_path='"/healthz?hints=60"'))
+        self.assertTrue(wait_until(
+            lambda: lb.metric("lb_backend_healthy", pool="app", backend=o.addr) == 1, timeout=10),
+            "the HTTPS health check never passed:\n" + lb.stderr_text())
+        self.assertIn("GET /healthz?hints=60: status 200", lb.stderr_text())
+        self.assertEqual(lb.metric("lb_health_checks_total", pool="app", backend=o.addr,
+                                   result="fail"), 0)
 
     def test_verified_by_name_keep_alive_bodies_and_checks(self):
         o = self.tls_origin("tls1")

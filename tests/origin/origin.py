@@ -41,6 +41,8 @@ sent are in the stats).
 Query parameters on any path:
   delay=MS     sleep MS milliseconds (after reading the request) before answering
   close=1      answer with "Connection: close" and close afterwards
+  hints=N      send N interim responses (103 Early Hints, each with a Link
+               header) before the answer; HTTP/1.1 requests only
 """
 
 import argparse
@@ -417,6 +419,11 @@ class Origin:
                 pass
         if qget("close") == "1":
             keep = False
+        hints = qget("hints")
+        if hints and hints.isdigit() and version == "HTTP/1.1":
+            sock.sendall(b"".join(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </asset-%d.css>; rel=preload; as=style\r\n\r\n"
+                % i for i in range(int(hints))))
         upgrade = set()
         for v in get_all("Upgrade"):
             upgrade.update(t.strip().lower() for t in v.split(",") if t.strip())
