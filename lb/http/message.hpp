@@ -31,6 +31,7 @@ enum class Field : uint8_t {
   x_forwarded_proto,
   x_forwarded_host,
   via,
+  max_forwards,
   request_id,  // the listener's configured request id header
 };
 

@@ -339,6 +339,9 @@ Field Parser::classify(std::string_view n) const {
       if (iequals(n, "connection")) return Field::connection;
       if (iequals(n, "keep-alive")) return Field::keep_alive;
       break;
+    case 12:
+      if (iequals(n, "max-forwards")) return Field::max_forwards;
+      break;
     case 14:
       if (iequals(n, "content-length")) return Field::content_length;
       break;

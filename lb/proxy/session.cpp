@@ -590,6 +590,26 @@ void Session::on_request_head() {
     return respond_error(413, "request body larger than max_body_bytes", true);
   }
 
+  // Max-Forwards (RFC 9110 §7.6.2): an OPTIONS or TRACE that may go no
+  // further is answered here, whatever the routes say; one that may goes on
+  // with one hop less.
+  max_forwards_len_ = 0;
+  if (std::string_view m = head.method.view(); m == "OPTIONS" || m == "TRACE") {
+    const http::Header* mf = head.find(http::Field::max_forwards);
+    std::string_view v = mf ? mf->value.view() : std::string_view();
+    if (!v.empty() && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      uint64_t hops = 0;
+      for (char c : v.substr(0, 18)) hops = hops * 10 + static_cast<uint64_t>(c - '0');
+      if (hops == 0) {
+        if (has_body && !req_done_) keep_client_ = false;
+        return respond_final_recipient();
+      }
+      max_forwards_len_ = static_cast<uint8_t>(std::snprintf(
+          max_forwards_, sizeof max_forwards_, "Max-Forwards: %llu\r\n",
+          static_cast<unsigned long long>(hops - 1)));
+    }
+  }
+
   if (pool < 0) {
     if (has_body && !req_done_) keep_client_ = false;
     return respond_error(404, "no route matches the request", !keep_client_);
@@ -813,6 +833,7 @@ void Session::do_send_request_head() {
     const http::Header& h = head.headers[i];
     bool cut = h.hop_by_hop || h.field == http::Field::x_forwarded_proto ||
                h.field == http::Field::x_forwarded_host ||
+               (h.field == http::Field::max_forwards && max_forwards_len_) ||
                (h.field == http::Field::x_forwarded_for && headers_cfg.forwarded_for == FF::replace);
     if (static_cast<int>(i) == last_xff) {
       // Append the client to the last X-Forwarded-For line in place.
@@ -848,6 +869,7 @@ void Session::do_send_request_head() {
     ok &= out.add(host.p, host.n);
     ok &= out.add(std::string_view("\r\n"));
   }
+  if (max_forwards_len_) ok &= out.add(max_forwards_, max_forwards_len_);
   const http::Header* te = head.find(http::Field::te);
   bool te_trailers = te && http::has_token(te->value.view(), "trailers");
   if (te_trailers) ok &= out.add(std::string_view("TE: trailers\r\n"));
@@ -1467,6 +1489,49 @@ void Session::backend_failed(Failure failure, const char* reason) {
   respond_error(502, reason, !req_done_ || backend_writing_);
 }
 
+void Session::respond_final_recipient() {
+  const http::Head& head = req_.head();
+  if (!req_done_) keep_client_ = false;  // its body is not read: the connection cannot go on
+  status_ = 200;
+  // TRACE: the request as received, less the fields that carry credentials
+  // (RFC 9110 §9.3.8); its bytes stay in the read buffer until the request is
+  // logged, after this answer. OPTIONS: an empty 200.
+  const bool trace = head.method.view() == "TRACE";
+  auto echo = [&](auto&& part) {
+    const char* seg = head.start;
+    for (unsigned i = 0; i < head.count; ++i) {
+      const http::Header& h = head.headers[i];
+      std::string_view name = h.name.view();
+      if (http::iequals(name, "cookie") || http::iequals(name, "authorization") ||
+          http::iequals(name, "proxy-authorization")) {
+        part(seg, static_cast<size_t>(h.line_start - seg));
+        seg = h.line_end;
+      }
+    }
+    part(seg, static_cast<size_t>(head.end - seg));
+  };
+  size_t length = 0;
+  if (trace) echo([&](const char*, size_t n) { length += n; });
+  int n = std::snprintf(error_page_, sizeof error_page_,
+                        "HTTP/1.1 200 OK\r\n%sContent-Length: %zu\r\nConnection: %s\r\n\r\n",
+                        trace ? "Content-Type: message/http\r\n" : "", length,
+                        keep_client_ ? "keep-alive" : "close");
+  to_client_.clear();
+  bool ok = to_client_.add(error_page_, static_cast<size_t>(n));
+  if (trace) echo([&](const char* p, size_t len) { ok &= to_client_.add(p, len); });
+  if (!ok) return respond_error(400, "request has too many header fields to echo", true);
+  send_local_answer();
+}
+
+void Session::send_local_answer() {
+  resp_started_ = true;
+  answered_locally_ = true;
+  // Whatever timer ran (a connect or queue timer of the request) has no say
+  // over this answer any more.
+  arm(Timer::answer);
+  do_write_client();
+}
+
 void Session::respond_error(int status, const char* reason, bool close_after) {
   if (closed_) return;
   if (resp_started_) return close();
@@ -1495,12 +1560,7 @@ void Session::respond_error(int status, const char* reason, bool close_after) {
   n = std::min<int>(n, sizeof error_page_ - 1);
   to_client_.clear();
   to_client_.add(error_page_, static_cast<size_t>(n));
-  resp_started_ = true;
-  answered_locally_ = true;
-  // Whatever timer ran (a connect or queue timer of the request) has no say
-  // over this answer any more.
-  arm(Timer::answer);
-  do_write_client();
+  send_local_answer();
 }
 
 void Session::count_bytes() {

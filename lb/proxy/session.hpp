@@ -131,6 +131,10 @@ class Session {
   void backend_failed(Failure failure, const char* reason);
   void respond_error(int status, const char* reason, bool close);
   void respond_maintenance();
+  // OPTIONS or TRACE whose Max-Forwards is 0: lb is the final recipient.
+  void respond_final_recipient();
+  // Sends what to_client_ holds as lb's own answer.
+  void send_local_answer();
   void leave_queue();
   void finish_request();
   void finish_request_log();
@@ -222,6 +226,8 @@ class Session {
   Outbox to_client_;
   char resp_extra_[192];   // ... to the response
   char error_page_[512];   // a response lb answers itself
+  char max_forwards_[40];   // "Max-Forwards: N\r\n" toward the backend (OPTIONS, TRACE)
+  uint8_t max_forwards_len_ = 0;
   char request_id_[20];
   uint8_t request_id_len_ = 0;
   char client_ip_[48];

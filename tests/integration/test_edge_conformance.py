@@ -24,6 +24,11 @@ Request side:
 - lb's own error answer to HEAD has no body and keeps the connection;
 - "Upgrade: h2c" is not passed on: the origin answers the request over 1.1;
 - TE: trailers goes out with "Connection: TE".
+- Max-Forwards (RFC 9110 §7.6.2): OPTIONS or TRACE with Max-Forwards: 0 is
+  answered by lb (OPTIONS: an empty 200, also for "*" that no route matches;
+  TRACE: the request echoed as message/http, without Cookie and
+  Authorization); with N > 0 it reaches the origin with N - 1; other methods
+  and values that are not numbers pass through untouched.
 """
 
 import json
@@ -241,6 +246,40 @@ class Conformance(harness.TestCase):
                 status_line, status, _, body = read_response(c)
                 self.assertEqual(status, want, "%r: %s %r" % (data[:40], status_line, body))
         self.assertEqual(origin.log_entries(), [])
+
+    def test_max_forwards(self):
+        origin = harness.Origin("web", log=True)
+        self.addCleanup(origin.cleanup)
+        port = self.lb(lb_config([origin.addr], routes=(
+            "    routes: [ { match: { path_prefix: / }, pool: web } ]\n"))).port()
+        with RawConnection(port) as c:
+            c.send(b"OPTIONS * HTTP/1.1\r\nHost: t\r\nMax-Forwards: 0\r\n\r\n")
+            status_line, status, headers, body = read_response(c)
+            self.assertEqual((status, body), (200, b""), status_line)
+            self.assertEqual(values(headers, "Content-Length"), ["0"])
+            trace = (b"TRACE /echo?x=1 HTTP/1.1\r\nHost: t\r\nCookie: session=secret\r\n"
+                     b"X-Probe: one\r\nAuthorization: Basic c2VjcmV0\r\nMax-Forwards: 0\r\n\r\n")
+            c.send(trace)  # same connection: the answers kept it open
+            status_line, status, headers, body = read_response(c)
+            self.assertEqual(status, 200, status_line)
+            self.assertEqual(values(headers, "Content-Type"), ["message/http"])
+            self.assertEqual(body, b"TRACE /echo?x=1 HTTP/1.1\r\nHost: t\r\nX-Probe: one\r\n"
+                                   b"Max-Forwards: 0\r\n\r\n")
+        self.assertEqual(origin.log_entries(), [])
+
+        def sent(method, max_forwards):
+            with RawConnection(port) as c:
+                extra = b"".join(b"Max-Forwards: %s\r\n" % v for v in max_forwards)
+                c.send(b"%s /headers HTTP/1.1\r\nHost: t\r\n%s\r\n" % (method, extra))
+                status_line, status, _, body = read_response(c)
+                self.assertEqual(status, 200, status_line)
+                return [v for k, v in json.loads(body)["headers"] if k.lower() == "max-forwards"]
+        self.assertEqual(sent(b"OPTIONS", [b"5"]), ["4"])
+        self.assertEqual(sent(b"TRACE", [b"1"]), ["0"])
+        self.assertEqual(sent(b"TRACE", [b"3", b"9"]), ["2"])
+        self.assertEqual(sent(b"GET", [b"0"]), ["0"])
+        self.assertEqual(sent(b"OPTIONS", [b"many"]), ["many"])
+        self.assertEqual(sent(b"OPTIONS", []), [])
 
     def test_error_answer_to_head_has_no_body(self):
         origin = harness.Origin("web")
