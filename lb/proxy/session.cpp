@@ -1545,17 +1545,23 @@ void Session::respond_error(int status, const char* reason, bool close_after) {
   // an id: it gets one now, for the answer and the access log.
   if (!request_id_len_) assign_request_id();
   std::string_view id = request_id();
-  char body[400];
+  // At most 299 bytes of body, so that the longest head (431, with Allow)
+  // and the body fit in error_page_ whole: what Content-Length says is sent.
+  char body[300];
+  static_assert(sizeof body + 200 < sizeof error_page_);
   int body_len = std::snprintf(body, sizeof body, "%d %s: %s (request id %.*s)\n", status,
                                reason_phrase(status), why, int(id.size()), id.data());
   body_len = std::min<int>(body_len, sizeof body - 1);
   // The answer to HEAD has the same head and no body (RFC 9110 §9.3.2).
   const http::Head& req = req_.head();
   bool head_request = req.start && req.method.view() == "HEAD";
+  // A 405 names what is allowed (RFC 9110 §15.5.6): lb passes on any method
+  // but CONNECT, which is what it refuses with 405.
   int n = std::snprintf(error_page_, sizeof error_page_,
                         "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                        "Content-Length: %d\r\nConnection: %s\r\n\r\n%.*s",
+                        "Content-Length: %d\r\n%sConnection: %s\r\n\r\n%.*s",
                         status, reason_phrase(status), body_len,
+                        status == 405 ? "Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH\r\n" : "",
                         keep_client_ ? "keep-alive" : "close", head_request ? 0 : body_len, body);
   n = std::min<int>(n, sizeof error_page_ - 1);
   to_client_.clear();

@@ -20,7 +20,8 @@ Request side:
 - an absolute-form target with a query but no path is routed by "/", sent to
   the origin in origin-form with Host set to its authority;
 - a fragment in the target, "GET *": 400; an unknown but well-formed method
-  ("FOO", "get"): 501; more than 100 header fields: 431;
+  ("FOO", "get"): 501; more than 100 header fields: 431; CONNECT: 405 with
+  an Allow header that leaves it out;
 - lb's own error answer to HEAD has no body and keeps the connection;
 - "Upgrade: h2c" is not passed on: the origin answers the request over 1.1;
 - TE: trailers goes out with "Connection: TE".
@@ -246,6 +247,42 @@ class Conformance(harness.TestCase):
                 status_line, status, _, body = read_response(c)
                 self.assertEqual(status, want, "%r: %s %r" % (data[:40], status_line, body))
         self.assertEqual(origin.log_entries(), [])
+
+    def test_connect_is_refused_with_allow(self):
+        origin = harness.Origin("web", log=True)
+        self.addCleanup(origin.cleanup)
+        port = self.lb(lb_config([origin.addr], routes="    routes: [ { pool: web } ]\n")).port()
+        with RawConnection(port) as c:
+            c.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+            status_line, status, headers, body = read_response(c)
+            self.assertEqual(status, 405, status_line)
+            allow = [m.strip() for v in values(headers, "Allow") for m in v.split(",")]
+            self.assertIn("GET", allow)
+            self.assertNotIn("CONNECT", allow)
+            self.assertIn(b"CONNECT is not supported", body)
+        self.assertEqual(origin.log_entries(), [])
+
+    def test_error_answers_with_a_long_request_id_are_whole(self):
+        # The id goes into the body of lb's own answers: a long one is cut
+        # there, and Content-Length still says what is sent.
+        origin = harness.Origin("web", log=True)
+        self.addCleanup(origin.cleanup)
+        port = self.lb(lb_config([origin.addr], routes=(
+            "    routes: [ { match: { path_prefix: /app }, pool: web } ]\n"))).port()
+        long_id = b"req-" + b"7" * 600
+        for request, want in ((b"GET /nope HTTP/1.1\r\nHost: t\r\n", 404),
+                              (b"CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n", 405),
+                              (b"GET /app HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n", 400)):
+            with RawConnection(port) as c:
+                c.send(request + b"X-Request-Id: " + long_id + b"\r\n\r\n")
+                status_line, status, headers, body = read_response(c, timeout=3)
+                self.assertEqual(status, want, status_line)
+                self.assertEqual(values(headers, "Content-Length"), [str(len(body))])
+                self.assertIn(b"(request id req-777", body)
+                if want == 404:  # kept open: the next answer is whole too
+                    c.send(b"GET /app/x HTTP/1.1\r\nHost: t\r\n\r\n")
+                    status_line, status, _, body = read_response(c, timeout=3)
+                    self.assertEqual((status, body), (200, b"Hello from web\n"), status_line)
 
     def test_max_forwards(self):
         origin = harness.Origin("web", log=True)
