@@ -113,9 +113,11 @@ bool is_token(std::string_view text) {
   });
 }
 
-// Names of listeners, pools and regions appear in metric labels and admin URLs.
+// Names of listeners, pools and regions appear in metric labels, admin URLs
+// and lb's own answers (the maintenance page names its pool).
+constexpr size_t max_name = 128;
 bool is_name(std::string_view text) {
-  return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) {
+  return !text.empty() && text.size() <= max_name && std::all_of(text.begin(), text.end(), [](char c) {
     return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
   });
 }
@@ -619,7 +621,7 @@ std::optional<std::string> Loader::name(const Item& item) {
     return std::nullopt;
   if (!is_name(*text)) {
     error(item, item.name + ": '" + *text +
-                    "' is not a valid name (use letters, digits, '-', '_' and '.')");
+                    "' is not a valid name (use up to 128 letters, digits, '-', '_' and '.')");
     return std::nullopt;
   }
   return text;
@@ -1011,10 +1013,11 @@ void Loader::headers(const Item& item, Headers& headers) {
         continue;
       if (*text == "off" || *text == "false")
         headers.request_id.clear();
-      else if (is_token(*text))
+      else if (is_token(*text) && text->size() <= max_name)
         headers.request_id = *text;
       else
-        error(f, "request_id: expected a header name or off, got '" + *text + "'");
+        error(f, "request_id: expected a header name (up to 128 characters) or off, got '" +
+                     *text + "'");
     } else if (f.name == "via") {
       if (auto on = on_off(f))
         headers.via = *on;
@@ -1090,7 +1093,7 @@ void Loader::pool(const Item& item, Pool& pool) {
   pool.name = item.name;
   if (!is_name(item.name))
     error(item.key,
-          "pool name '" + item.name + "' is not valid (use letters, digits, '-', '_' and '.')");
+          "pool name '" + item.name + "' is not valid (use up to 128 letters, digits, '-', '_' and '.')");
   auto items = fields(item, {"balance", "hash_key", "sticky_cookie", "slow_start", "timeouts",
                              "retries", "max_connections_per_backend", "queue_timeout",
                              "maintenance", "fail_open", "health_check", "outlier_detection",

@@ -1329,7 +1329,10 @@ void Session::respond_maintenance() {
   // HTML, and markup from a request must not end up in it.
   const std::string& id_header = listener_->config.headers.request_id;
   std::string_view id = id_header.empty() ? std::string_view() : request_id();
-  if (id.size() > 128) id = {};
+  // Names are up to 128 characters (config), and so is an id shown: the head
+  // (about 180 bytes besides them, the id twice) must fit in error_page_.
+  if (id.size() > 128 || 180 + pool_->name().size() + id_header.size() + 2 * id.size() >= sizeof error_page_)
+    id = {};
   for (char ch : id)
     if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_' && ch != '.' && ch != ':') {
       id = {};

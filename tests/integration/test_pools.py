@@ -642,6 +642,25 @@ class Maintenance(harness.TestCase):
             self.assertEqual(int(h["Content-Length"]), len(body))
             lb.kill()
 
+    def test_maintenance_page_with_the_longest_names(self):
+        # A 128-character pool name (the most a name may have), a 128-character
+        # request id header and a long id: the head still ends and
+        # Content-Length still matches (the id leaves the page if need be).
+        app = self.origin("app", log=False)
+        pool = "p" * 128
+        header = "X-" + "h" * 126
+        yaml = config([app], "maintenance: true").replace("pool: web", "pool: " + pool)
+        yaml = yaml.replace("  web:\n", "  %s:\n" % pool).replace(
+            "    routes:", "    headers: { request_id: %s }\n    routes:" % header)
+        lb = self.lb(yaml)
+        for rid in ("short-id", "i" * 128):
+            status, h, body = http(lb.port(), "GET", "/", headers={header: rid})
+            self.assertEqual(status, 503)
+            self.assertEqual(h.get("X-Lb-Maintenance"), pool)
+            self.assertEqual(int(h["Content-Length"]), len(body))
+            self.assertTrue(body.endswith(b"</html>\n"), body[-40:])
+        self.assertIn(b"Request id short-id<", http(lb.port(), "GET", "/", headers={header: "short-id"})[2])
+
 
 if __name__ == "__main__":
     harness.main()
