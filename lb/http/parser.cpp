@@ -256,7 +256,9 @@ int Parser::headers_complete() {
   // RFC 9112 §3: method SP request-target SP HTTP-version. llhttp lets more
   // spaces through; the line goes to the backend as received, and a backend
   // that splits it otherwise must not see a different request.
-  if (kind_ == Kind::request && (head_.method.end() + 1 != head_.target.p ||
+  // (Other versions are answered 505 by the session, whatever the spacing.)
+  if (kind_ == Kind::request && head_.major == 1 &&
+      (head_.method.end() + 1 != head_.target.p ||
                                  head_.target.end()[0] != ' ' || head_.target.end()[1] != 'H')) {
     error_reason_ = "request line: its parts must be separated by single spaces";
     return -1;

@@ -598,8 +598,11 @@ void Session::on_request_head() {
     const http::Header* mf = head.find(http::Field::max_forwards);
     std::string_view v = mf ? mf->value.view() : std::string_view();
     if (!v.empty() && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-      uint64_t hops = 0;
-      for (char c : v.substr(0, 18)) hops = hops * 10 + static_cast<uint64_t>(c - '0');
+      // Leading zeros say nothing; more than 18 digits is "many" (not 0).
+      std::string_view digits = v.substr(std::min(v.find_first_not_of('0'), v.size()));
+      uint64_t hops = digits.size() > 18 ? 1'000'000'000'000'000'000ULL : 0;
+      if (digits.size() <= 18)
+        for (char c : digits) hops = hops * 10 + static_cast<uint64_t>(c - '0');
       if (hops == 0) {
         if (has_body && !req_done_) keep_client_ = false;
         return respond_final_recipient();
@@ -1548,8 +1551,9 @@ void Session::respond_error(int status, const char* reason, bool close_after) {
   // an id: it gets one now, for the answer and the access log.
   if (!request_id_len_) assign_request_id();
   std::string_view id = request_id();
-  // At most 299 bytes of body, so that the longest head (431, with Allow)
-  // and the body fit in error_page_ whole: what Content-Length says is sent.
+  // At most 299 bytes of body, so that the longest head (a 405 with Allow,
+  // or a 431) and the body fit in error_page_ whole: what Content-Length
+  // says is sent.
   char body[300];
   static_assert(sizeof body + 200 < sizeof error_page_);
   int body_len = std::snprintf(body, sizeof body, "%d %s: %s (request id %.*s)\n", status,

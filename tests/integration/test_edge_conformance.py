@@ -239,6 +239,8 @@ class Conformance(harness.TestCase):
             (b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n", 400),
             (b"GET /  HTTP/1.1\r\nHost: t\r\n\r\n", 400),
             (b"GET /a  /b HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+            # A request line without a version (HTTP/0.9): not spoken here.
+            (b"GET /\r\n\r\n", 505),
             (b"GET / HTTP/1.1\r\nHost: t\r\n" + many + b"\r\n", 431),
         ]
         for data, want in cases:
@@ -316,6 +318,8 @@ class Conformance(harness.TestCase):
         self.assertEqual(sent(b"TRACE", [b"3", b"9"]), ["2"])
         self.assertEqual(sent(b"GET", [b"0"]), ["0"])
         self.assertEqual(sent(b"OPTIONS", [b"many"]), ["many"])
+        self.assertEqual(sent(b"OPTIONS", [b"0000000000000000001"]), ["0"])
+        self.assertEqual(sent(b"OPTIONS", [b"1" * 25]), ["9" * 18])
         self.assertEqual(sent(b"OPTIONS", []), [])
 
     def test_error_answer_to_head_has_no_body(self):
