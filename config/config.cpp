@@ -117,9 +117,10 @@ bool is_token(std::string_view text) {
 // and lb's own answers (the maintenance page names its pool).
 constexpr size_t max_name = 128;
 bool is_name(std::string_view text) {
-  return !text.empty() && text.size() <= max_name && std::all_of(text.begin(), text.end(), [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
-  });
+  return !text.empty() && text.size() <= max_name &&
+         std::all_of(text.begin(), text.end(), [](char c) {
+           return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+         });
 }
 
 // "api.example.com" or "*.example.com"; letters, digits, '-' and '.'.
@@ -1092,8 +1093,8 @@ void Loader::route_match(const Item& item, RouteMatch& match) {
 void Loader::pool(const Item& item, Pool& pool) {
   pool.name = item.name;
   if (!is_name(item.name))
-    error(item.key,
-          "pool name '" + item.name + "' is not valid (use up to 128 letters, digits, '-', '_' and '.')");
+    error(item.key, "pool name '" + item.name +
+                        "' is not valid (use up to 128 letters, digits, '-', '_' and '.')");
   auto items = fields(item, {"balance", "hash_key", "sticky_cookie", "slow_start", "timeouts",
                              "retries", "max_connections_per_backend", "queue_timeout",
                              "maintenance", "fail_open", "health_check", "outlier_detection",

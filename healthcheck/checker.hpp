@@ -1,9 +1,10 @@
 #pragma once
 // Active health checks. One thread runs one io_context; every target has its own timer and
 // at most one check in flight (HTTP: connect, GET the path, read the status line of the final
-// response, past any 1xx; TCP: connect). Rise/fall counters turn results into healthy/unhealthy transitions, which are
-// reported through a callback: the proxy maps (pool, backend) to its own state. The
-// targets can be replaced while it runs (update): those that stay keep their state.
+// response, past any 1xx; TCP: connect). Rise/fall counters turn results into
+// healthy/unhealthy transitions, which are reported through a callback: the proxy maps
+// (pool, backend) to its own state. The targets can be replaced while it runs (update):
+// those that stay keep their state.
 //
 // Depends on config and io (TLS) only, never on the proxy's modules.
 
@@ -127,7 +128,8 @@ private:
   void rebuild_index();
 
   Report report_;
-  std::vector<std::pair<std::pair<size_t, size_t>, size_t>> index_; // sorted (pool, backend) -> i in states_
+  // Sorted (pool, backend) -> index in states_.
+  std::vector<std::pair<std::pair<size_t, size_t>, size_t>> index_;
   boost::asio::io_context io_{1};
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
   // After io_: destroyed before it. Changed by update() under stats_mutex_.

@@ -258,8 +258,8 @@ int Parser::headers_complete() {
   // that splits it otherwise must not see a different request.
   // (Other versions are answered 505 by the session, whatever the spacing.)
   if (kind_ == Kind::request && head_.major == 1 &&
-      (head_.method.end() + 1 != head_.target.p ||
-                                 head_.target.end()[0] != ' ' || head_.target.end()[1] != 'H')) {
+      (head_.method.end() + 1 != head_.target.p || head_.target.end()[0] != ' ' ||
+       head_.target.end()[1] != 'H')) {
     error_reason_ = "request line: its parts must be separated by single spaces";
     return -1;
   }

@@ -1368,10 +1368,7 @@ void Session::respond_maintenance() {
     }
     to_client_.add(page_end.data(), page_end.size());
   }
-  resp_started_ = true;
-  answered_locally_ = true;
-  arm(Timer::answer);
-  do_write_client();
+  send_local_answer();
 }
 
 // ---- Tunnels -------------------------------------------------------------------
