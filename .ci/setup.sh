@@ -8,7 +8,7 @@ packages=(
   libboost1.81-dev node-llhttp libssl-dev libyaml-cpp-dev prometheus-cpp-dev
   libc-ares-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev
   python3 curl dnsmasq wrk haproxy nginx-light openssl chromium
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-format
 )
 
 missing=()

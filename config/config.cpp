@@ -15,8 +15,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
-#include <cmath>
 #include <charconv>
+#include <cmath>
 #include <cstring>
 #include <initializer_list>
 #include <map>
@@ -33,9 +33,12 @@ std::string Address::text() const {
 
 std::string Backend::discovery_key() const {
   switch (kind) {
-    case Kind::address: return address.text();
-    case Kind::dns: return "dns:" + name + ":" + std::to_string(address.port);
-    case Kind::srv: return "srv:" + name;
+  case Kind::address:
+    return address.text();
+  case Kind::dns:
+    return "dns:" + name + ":" + std::to_string(address.port);
+  case Kind::srv:
+    return "srv:" + name;
   }
   return {};
 }
@@ -163,9 +166,8 @@ std::string format_duration(Duration d) {
 
 // What may follow GET in a request line: no spaces or control bytes.
 bool is_request_path(std::string_view text) {
-  return text.starts_with('/') && std::all_of(text.begin(), text.end(), [](unsigned char c) {
-           return c > ' ' && c < 0x7f;
-         });
+  return text.starts_with('/') &&
+         std::all_of(text.begin(), text.end(), [](unsigned char c) { return c > ' ' && c < 0x7f; });
 }
 
 // A Host header value: a name or address, optionally with a port ("app.internal:8080").
@@ -240,8 +242,7 @@ std::string check_certificate(const std::string& cert, const std::string& key) {
     why = reason.find("mismatch") != std::string::npos
               ? "key: " + key + " does not match the certificate in " + cert
               : "key: " + key + " is not a PEM private key (" + reason + ")";
-  }
-  else if (SSL_CTX_check_private_key(ctx) != 1)
+  } else if (SSL_CTX_check_private_key(ctx) != 1)
     why = "key: " + key + " does not match the certificate in " + cert;
   ERR_clear_error();
   SSL_CTX_free(ctx);
@@ -359,19 +360,22 @@ LoadResult Loader::result(std::shared_ptr<Config> config) {
 // anchors and aliases, and nested aliases can make a small file expand into an
 // exponentially large one (a "billion laughs"), so they are refused up front.
 class AliasFinder : public YAML::EventHandler {
- public:
+public:
   std::optional<YAML::Mark> alias;
   std::optional<YAML::Mark> second_document;
   int documents = 0;
   void OnDocumentStart(const YAML::Mark& mark) override {
-    if (++documents == 2) second_document = mark;
+    if (++documents == 2)
+      second_document = mark;
   }
   void OnDocumentEnd() override {}
   void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
   void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override {
-    if (!alias) alias = mark;
+    if (!alias)
+      alias = mark;
   }
-  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
   void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
                        YAML::EmitterStyle::value) override {}
   void OnSequenceEnd() override {}
@@ -635,9 +639,8 @@ void Loader::top(const YAML::Node& root, Config& config) {
     error(YAML::Mark(), "the config is empty: expected a map with 'listeners' and 'pools'");
     return;
   }
-  auto items = fields({"config", root, root},
-                      {"workers", "shutdown_timeout", "sticky_secret", "admin", "access_log",
-                       "listeners", "pools", "dns"});
+  auto items = fields({"config", root, root}, {"workers", "shutdown_timeout", "sticky_secret",
+                                               "admin", "access_log", "listeners", "pools", "dns"});
   if (!items)
     return;
   const Item* listeners = nullptr;
@@ -739,7 +742,8 @@ void Loader::dns(const Item& item, Dns& dns) {
         std::string text = server.value.IsScalar() ? server.value.Scalar() : std::string();
         std::optional<Address> bare;
         if (!text.empty() && !parse_address(text))
-          bare = parse_address(text.find(':') != std::string::npos ? "[" + text + "]:53" : text + ":53");
+          bare = parse_address(text.find(':') != std::string::npos ? "[" + text + "]:53"
+                                                                   : text + ":53");
         if (bare)
           dns.servers.push_back(*bare);
         else if (auto a = address(server, false))
@@ -804,8 +808,8 @@ void Loader::access_log(const Item& item, AccessLog& log) {
 // ---- listeners -------------------------------------------------------------------------------
 
 void Loader::listener(const Item& item, Listener& listener) {
-  auto items = fields(item, {"name", "listen", "limits", "timeouts", "headers", "routes",
-                             "proxy_protocol", "tls"});
+  auto items = fields(
+      item, {"name", "listen", "limits", "timeouts", "headers", "routes", "proxy_protocol", "tls"});
   if (!items)
     return;
   std::set<std::string> present;
@@ -934,7 +938,7 @@ void Loader::tls(const Item& item, ListenerTls& tls) {
 void Loader::pool_tls(const Item& item, PoolTls& tls) {
   tls.enabled = true;
   if (is_empty(item.value))
-    return;  // `tls: {}` or `tls:`: HTTPS, verified against the system's trust store
+    return; // `tls: {}` or `tls:`: HTTPS, verified against the system's trust store
   auto items = fields(item, {"verify", "ca", "sni", "min_version"});
   if (!items)
     return;
@@ -987,7 +991,9 @@ void Loader::listener_timeouts(const Item& item, ListenerTimeouts& timeouts) {
     auto d = duration(f, true);
     if (!d)
       continue;
-    (f.name == "header" ? timeouts.header : f.name == "idle" ? timeouts.idle : timeouts.tunnel) = *d;
+    (f.name == "header" ? timeouts.header
+     : f.name == "idle" ? timeouts.idle
+                        : timeouts.tunnel) = *d;
   }
 }
 
@@ -1017,8 +1023,8 @@ void Loader::headers(const Item& item, Headers& headers) {
       else if (is_token(*text) && text->size() <= max_name)
         headers.request_id = *text;
       else
-        error(f, "request_id: expected a header name (up to 128 characters) or off, got '" +
-                     *text + "'");
+        error(f, "request_id: expected a header name (up to 128 characters) or off, got '" + *text +
+                     "'");
     } else if (f.name == "via") {
       if (auto on = on_off(f))
         headers.via = *on;
@@ -1201,8 +1207,8 @@ void Loader::balance(const Item& item, Pool& pool) {
     pool.balance = Balance::maglev;
   else
     error(item, "balance: expected " + std::string(expected) + ", got '" + *text + "'" +
-                    suggestion(*text, Names{"round_robin", "least_conn", "random_two",
-                                            "ring_hash", "maglev"}));
+                    suggestion(*text, Names{"round_robin", "least_conn", "random_two", "ring_hash",
+                                            "maglev"}));
 }
 
 // source_ip, header:NAME or cookie:NAME.
@@ -1443,7 +1449,8 @@ void Loader::backend(const Item& item, Region& region, const Pool& pool,
   } else {
     if (!item.value.IsMap()) {
       error(item, "backend: expected an address like 10.0.0.1:8080 or a map with 'address', "
-                  "'dns' or 'srv', got " + describe(item.value));
+                  "'dns' or 'srv', got " +
+                      describe(item.value));
       return;
     }
     auto items = fields(item, {"address", "dns", "srv", "weight"});
@@ -1479,15 +1486,16 @@ void Loader::backend(const Item& item, Region& region, const Pool& pool,
         return;
       size_t colon = text->rfind(':');
       uint64_t port = 0;
-      std::string_view port_text =
-          colon == std::string::npos ? std::string_view() : std::string_view(*text).substr(colon + 1);
+      std::string_view port_text = colon == std::string::npos
+                                       ? std::string_view()
+                                       : std::string_view(*text).substr(colon + 1);
       bool port_ok = !port_text.empty() && port_text.size() <= 5 &&
                      port_text.find_first_not_of("0123456789") == std::string_view::npos;
       if (port_ok)
         port = std::stoull(std::string(port_text));
       if (!port_ok || port == 0 || port > 65535) {
-        error(*kind_item, "dns: expected a host name and port like app.internal:8080, got '" +
-                              *text + "'");
+        error(*kind_item,
+              "dns: expected a host name and port like app.internal:8080, got '" + *text + "'");
         return;
       }
       auto name = dns_name(*kind_item, std::string_view(*text).substr(0, colon));
@@ -1510,8 +1518,8 @@ void Loader::backend(const Item& item, Region& region, const Pool& pool,
     }
     if (backend.kind != Backend::Kind::address) {
       if (!addresses.insert(backend.discovery_key()).second)
-        error(*kind_item, "duplicate backend " + backend.discovery_key() + " in pool '" +
-                              pool.name + "'");
+        error(*kind_item,
+              "duplicate backend " + backend.discovery_key() + " in pool '" + pool.name + "'");
       region.backends.push_back(backend);
       return;
     }

@@ -12,8 +12,8 @@
 namespace lb::config {
 
 struct LoadResult {
-  std::shared_ptr<const Config> config;  // null when errors is not empty
-  std::vector<std::string> errors;       // "FILE:LINE:COL: message"
+  std::shared_ptr<const Config> config; // null when errors is not empty
+  std::vector<std::string> errors;      // "FILE:LINE:COL: message"
 };
 
 // Reads and validates FILE. Never throws.
@@ -31,4 +31,4 @@ std::optional<uint64_t> parse_size(const std::string& text);
 // "1.2.3.4:80", "[::1]:80" -> Address (numeric only). nullopt when malformed.
 std::optional<Address> parse_address(const std::string& text);
 
-}  // namespace lb::config
+} // namespace lb::config

@@ -14,41 +14,41 @@ using Duration = std::chrono::milliseconds;
 
 // A numeric IP address and port, as written by the user ("127.0.0.1:80", "[::1]:80").
 struct Address {
-  std::string host;    // numeric IPv4 or IPv6 address, without brackets
-  uint16_t port = 0;   // 0 = any free port (listeners only; the bound port is logged)
+  std::string host;  // numeric IPv4 or IPv6 address, without brackets
+  uint16_t port = 0; // 0 = any free port (listeners only; the bound port is logged)
   bool ipv6 = false;
-  std::string text() const;  // "host:port" or "[host]:port"
+  std::string text() const; // "host:port" or "[host]:port"
 };
 
 struct AccessLog {
   enum class Format { json, combined };
-  std::string path = "off";  // stdout | stderr | a file path | off
+  std::string path = "off"; // stdout | stderr | a file path | off
   Format format = Format::json;
 };
 
 struct Limits {
   uint64_t max_header_bytes = 32 * 1024;
-  uint64_t max_body_bytes = 10 * 1024 * 1024;  // 0 = unlimited
+  uint64_t max_body_bytes = 10 * 1024 * 1024; // 0 = unlimited
   uint64_t max_connections = 100000;
 };
 
 struct ListenerTimeouts {
   Duration header{std::chrono::seconds(10)};
   Duration idle{std::chrono::seconds(60)};
-  Duration tunnel{std::chrono::hours(1)};  // an upgraded (WebSocket) connection with no traffic
+  Duration tunnel{std::chrono::hours(1)}; // an upgraded (WebSocket) connection with no traffic
 };
 
 struct Headers {
   enum class ForwardedFor { append, replace, off };
   ForwardedFor forwarded_for = ForwardedFor::append;
-  std::string request_id = "X-Request-Id";  // empty = off
+  std::string request_id = "X-Request-Id"; // empty = off
   bool via = true;
 };
 
 struct RouteMatch {
-  std::string host;         // lowercase; empty = any; "*.example.com" = any subdomain
-  std::string path_prefix;  // empty = any
-  std::vector<std::pair<std::string, std::string>> headers;  // name -> exact value
+  std::string host;        // lowercase; empty = any; "*.example.com" = any subdomain
+  std::string path_prefix; // empty = any
+  std::vector<std::pair<std::string, std::string>> headers; // name -> exact value
 };
 
 struct Route {
@@ -57,13 +57,13 @@ struct Route {
 };
 
 struct TlsCertificate {
-  std::string cert;  // PEM chain file (resolved against the config file's directory)
-  std::string key;   // PEM private key file
+  std::string cert; // PEM chain file (resolved against the config file's directory)
+  std::string key;  // PEM private key file
 };
 
 struct ListenerTls {
   bool enabled = false;
-  std::vector<TlsCertificate> certificates;  // picked by SNI; the first is the default
+  std::vector<TlsCertificate> certificates; // picked by SNI; the first is the default
   enum class Version { tls1_2, tls1_3 } min_version = Version::tls1_2;
 };
 
@@ -71,7 +71,7 @@ struct Listener {
   std::string name;
   Address listen;
   ListenerTls tls;
-  bool proxy_protocol = false;  // connections start with a PROXY v1/v2 header (from an L4 LB)
+  bool proxy_protocol = false; // connections start with a PROXY v1/v2 header (from an L4 LB)
   Limits limits;
   ListenerTimeouts timeouts;
   Headers headers;
@@ -81,10 +81,10 @@ struct Listener {
 // HTTPS toward a pool's backends.
 struct PoolTls {
   bool enabled = false;
-  bool verify = true;        // check the backend's certificate chain and name
-  std::string ca;            // PEM bundle to verify against; empty: the system's trust store
-  std::string sni;           // the name sent and verified; empty: a dns:/srv: backend's host
-                             // name, else none sent and the backend's IP address verified
+  bool verify = true; // check the backend's certificate chain and name
+  std::string ca;     // PEM bundle to verify against; empty: the system's trust store
+  std::string sni;    // the name sent and verified; empty: a dns:/srv: backend's host
+                      // name, else none sent and the backend's IP address verified
   ListenerTls::Version min_version = ListenerTls::Version::tls1_2;
   bool operator==(const PoolTls&) const = default;
 };
@@ -104,7 +104,7 @@ struct Backend {
 struct Region {
   std::string name;
   uint32_t priority = 0;
-  uint32_t weight = 100;  // share among the regions of the same priority
+  uint32_t weight = 100; // share among the regions of the same priority
   std::vector<Backend> backends;
 };
 
@@ -118,7 +118,7 @@ struct HealthCheck {
   bool enabled = false;
   enum class Type { http, tcp } type = Type::http;
   std::string path = "/healthz";
-  std::string host;  // Host header of the check; empty: the backend address
+  std::string host; // Host header of the check; empty: the backend address
   Duration interval{std::chrono::seconds(2)};
   Duration timeout{std::chrono::seconds(1)};
   uint32_t healthy_threshold = 2;
@@ -138,21 +138,21 @@ enum class Balance { round_robin, least_conn, random_two, ring_hash, maglev };
 // What ring_hash and maglev hash to pick a backend.
 struct HashKey {
   enum class Kind { source_ip, header, cookie } kind = Kind::source_ip;
-  std::string name;  // the header or cookie name, as written; empty for source_ip
+  std::string name; // the header or cookie name, as written; empty for source_ip
 };
 
 struct Pool {
   std::string name;
   Balance balance = Balance::round_robin;
-  HashKey hash_key;                 // used by ring_hash and maglev only
-  std::string sticky_cookie;        // cookie that pins a client to a backend; empty = off
-  Duration slow_start{0};           // a (re)joining backend ramps its weight up over this; 0 = off
+  HashKey hash_key;          // used by ring_hash and maglev only
+  std::string sticky_cookie; // cookie that pins a client to a backend; empty = off
+  Duration slow_start{0};    // a (re)joining backend ramps its weight up over this; 0 = off
   PoolTimeouts timeouts;
   uint32_t retries = 2;
-  uint32_t max_connections_per_backend = 0;  // circuit breaker; 0 = unlimited
-  Duration queue_timeout{std::chrono::seconds(1)};  // wait for a free slot, then 503; 0 = no queue
-  bool maintenance = false;         // answer 503 with the maintenance page, touch no backend
-  double overprovisioning = 1.4;  // priority load: level gets min(100%, this x its health)
+  uint32_t max_connections_per_backend = 0;        // circuit breaker; 0 = unlimited
+  Duration queue_timeout{std::chrono::seconds(1)}; // wait for a free slot, then 503; 0 = no queue
+  bool maintenance = false;      // answer 503 with the maintenance page, touch no backend
+  double overprovisioning = 1.4; // priority load: level gets min(100%, this x its health)
   HealthCheck health_check;
   OutlierDetection outlier_detection;
   PoolTls tls;
@@ -161,7 +161,7 @@ struct Pool {
 };
 
 struct Dns {
-  std::vector<Address> servers;  // empty: the system resolver (/etc/resolv.conf)
+  std::vector<Address> servers; // empty: the system resolver (/etc/resolv.conf)
   Duration min_ttl{std::chrono::seconds(1)};
   Duration max_ttl{std::chrono::seconds(300)};
 };
@@ -171,17 +171,17 @@ struct Admin {
 };
 
 struct Config {
-  std::string file;             // where it was loaded from
-  unsigned workers = 0;         // 0 = auto: one per core
+  std::string file;     // where it was loaded from
+  unsigned workers = 0; // 0 = auto: one per core
   Duration shutdown_timeout{std::chrono::seconds(30)};
-  std::string sticky_secret;    // keys the sticky cookie's backend hash; empty = unkeyed
+  std::string sticky_secret; // keys the sticky cookie's backend hash; empty = unkeyed
   Admin admin;
   AccessLog access_log;
   Dns dns;
   std::vector<Listener> listeners;
-  std::vector<Pool> pools;      // in file order
+  std::vector<Pool> pools; // in file order
 
   const Pool* find_pool(const std::string& name) const;
 };
 
-}  // namespace lb::config
+} // namespace lb::config

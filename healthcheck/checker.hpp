@@ -39,15 +39,15 @@ struct Target {
   // Known healthy already (a reload changed its check): it stays healthy until
   // unhealthy_threshold failures, rather than starting over as unhealthy.
   bool start_healthy = false;
-  bool start_ever_passed = false;  // it passed before: healthy_threshold applies to come back
+  bool start_ever_passed = false; // it passed before: healthy_threshold applies to come back
   // When set, update() reads {healthy, ever passed} from here for a target it
   // starts over, rather than the values above taken when the list was made.
   std::function<std::pair<bool, bool>()> current;
   // The pool speaks HTTPS to its backends: so do its checks (an HTTP check
   // over TLS; a TCP check passes once the TLS handshake does).
   std::shared_ptr<const io::TlsClient> tls;
-  config::PoolTls tls_config;  // what `tls` was built from (to compare targets)
-  std::string host_name;       // the backend's DNS name, if any (SNI)
+  config::PoolTls tls_config; // what `tls` was built from (to compare targets)
+  std::string host_name;      // the backend's DNS name, if any (SNI)
 };
 
 struct Transition {
@@ -62,7 +62,7 @@ struct Transition {
 
 // What status pages and metrics show for one target.
 struct TargetStats {
-  size_t pool = 0;  // as in its Target
+  size_t pool = 0; // as in its Target
   size_t backend = 0;
   uint64_t passes = 0;
   uint64_t failures = 0;
@@ -76,9 +76,9 @@ public:
   // Checker; it may call stats().
   using Report = std::function<void(const Transition&)>;
 
-  // Every target starts unhealthy (unless start_healthy). Its first passing check makes it healthy; after that it
-  // becomes unhealthy after unhealthy_threshold failures in a row, and healthy again after
-  // healthy_threshold passes in a row. `targets` are checked whatever check.enabled says.
+  // Every target starts unhealthy (unless start_healthy). Its first passing check makes it healthy;
+  // after that it becomes unhealthy after unhealthy_threshold failures in a row, and healthy again
+  // after healthy_threshold passes in a row. `targets` are checked whatever check.enabled says.
   Checker(std::vector<Target> targets, Report report);
   ~Checker(); // stop()
   Checker(const Checker&) = delete;
@@ -137,9 +137,9 @@ private:
   // Removed by update(): their aborted handlers may still be queued, so they
   // are freed a while later.
   std::vector<std::pair<Clock::time_point, std::unique_ptr<State>>> retired_;
-  std::minstd_rand random_;                    // checker thread only (and start())
-  mutable std::mutex stats_mutex_;             // guards every State::stats, states_ and index_
-  mutable std::mutex thread_mutex_;            // guards thread_, started_, stopped_
+  std::minstd_rand random_;         // checker thread only (and start())
+  mutable std::mutex stats_mutex_;  // guards every State::stats, states_ and index_
+  mutable std::mutex thread_mutex_; // guards thread_, started_, stopped_
   std::thread thread_;
   std::thread::native_handle_type native_{}; // thread_'s, for its CPU clock
   bool started_ = false;

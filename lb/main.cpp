@@ -17,9 +17,9 @@
 
 #include <algorithm>
 #include <csignal>
-#include <mutex>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <string>
 
 namespace {
@@ -32,7 +32,8 @@ using lb::proxy::Runtime;
 std::vector<lb::healthcheck::Target> health_targets(const Runtime& runtime) {
   std::vector<lb::healthcheck::Target> targets;
   for (const auto& pool : runtime.pools) {
-    if (!pool->config().health_check.enabled) continue;
+    if (!pool->config().health_check.enabled)
+      continue;
     for (size_t b = 0; b < pool->backends().size(); ++b) {
       const auto& backend = pool->backends()[b];
       lb::healthcheck::Target t;
@@ -71,12 +72,15 @@ DnsQueries dns_queries(const lb::config::Config& config) {
   for (const auto& pool : config.pools)
     for (const auto& region : pool.regions)
       for (const auto& b : region.backends) {
-        if (b.kind == lb::config::Backend::Kind::address) continue;
+        if (b.kind == lb::config::Backend::Kind::address)
+          continue;
         std::string key = b.discovery_key();
-        if (std::find(q.keys.begin(), q.keys.end(), key) != q.keys.end()) continue;
+        if (std::find(q.keys.begin(), q.keys.end(), key) != q.keys.end())
+          continue;
         lb::healthcheck::DnsQuery query;
-        query.kind = b.kind == lb::config::Backend::Kind::srv ? lb::healthcheck::DnsQuery::Kind::srv
-                                                              : lb::healthcheck::DnsQuery::Kind::host;
+        query.kind = b.kind == lb::config::Backend::Kind::srv
+                         ? lb::healthcheck::DnsQuery::Kind::srv
+                         : lb::healthcheck::DnsQuery::Kind::host;
         query.name = b.name;
         query.port = b.address.port;
         q.queries.push_back(std::move(query));
@@ -94,17 +98,19 @@ lb::healthcheck::DnsSettings dns_settings(const lb::config::Config& config) {
   return settings;
 }
 
-std::vector<lb::upstream::DiscoveredAddress> addresses_of(
-    const std::vector<lb::healthcheck::DnsRecord>& records) {
+std::vector<lb::upstream::DiscoveredAddress>
+addresses_of(const std::vector<lb::healthcheck::DnsRecord>& records) {
   std::vector<lb::upstream::DiscoveredAddress> out;
-  for (const auto& r : records) out.push_back({r.address, r.port, r.priority, r.weight, r.target});
+  for (const auto& r : records)
+    out.push_back({r.address, r.port, r.priority, r.weight, r.target});
   return out;
 }
 
 std::string describe(const std::vector<lb::healthcheck::DnsRecord>& records) {
   std::string text;
   for (const auto& r : records) {
-    if (!text.empty()) text += ", ";
+    if (!text.empty())
+      text += ", ";
     text += r.address.is_v6() ? "[" + r.address.to_string() + "]" : r.address.to_string();
     text += ":" + std::to_string(r.port);
   }
@@ -123,7 +129,8 @@ void warn_unchanged(const lb::config::Config& before, const lb::config::Config& 
   // Read buffers are sized at startup for the largest request head allowed then.
   auto largest = [](const lb::config::Config& c) {
     uint64_t n = 16 * 1024;
-    for (const auto& l : c.listeners) n = std::max<uint64_t>(n, l.limits.max_header_bytes);
+    for (const auto& l : c.listeners)
+      n = std::max<uint64_t>(n, l.limits.max_header_bytes);
     return n;
   };
   if (largest(after) > largest(before))
@@ -170,12 +177,13 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
   // on its own thread; a changed answer rebuilds the pools that use it.
   struct Resolving {
     std::unique_ptr<lb::healthcheck::Discovery> discovery;
-    std::vector<std::string> keys;  // the discovery keys of its queries, in order
+    std::vector<std::string> keys; // the discovery keys of its queries, in order
     lb::healthcheck::DnsSettings settings;
-    uint64_t generation = 0;        // answers posted by an older resolver are dropped
+    uint64_t generation = 0; // answers posted by an older resolver are dropped
   } dns;
   uint64_t dns_generation = 0;
-  std::function<void(uint64_t, const std::string&, const std::vector<lb::healthcheck::DnsRecord>&)> on_dns;
+  std::function<void(uint64_t, const std::string&, const std::vector<lb::healthcheck::DnsRecord>&)>
+      on_dns;
   // A resolver for `c`'s names (not started), after resolving them once:
   // answers go into `into`, failures keep what `into` had.
   auto prepare_dns = [&](const lb::config::Config& c, lb::upstream::Discovered& into) {
@@ -187,12 +195,13 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
     std::erase_if(into, [&](const auto& d) {
       return std::find(q.keys.begin(), q.keys.end(), d.first) == q.keys.end();
     });
-    if (q.queries.empty()) return r;
+    if (q.queries.empty())
+      return r;
     try {
       r.discovery = std::make_unique<lb::healthcheck::Discovery>(
           q.queries, r.settings,
-          [&on_dns, generation = r.generation, keys = q.keys](
-              size_t i, const std::vector<lb::healthcheck::DnsRecord>& records) {
+          [&on_dns, generation = r.generation,
+           keys = q.keys](size_t i, const std::vector<lb::healthcheck::DnsRecord>& records) {
             on_dns(generation, keys.at(i), records);
           },
           [](const std::string& line) { lb::io::log("%s", line.c_str()); });
@@ -208,7 +217,8 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
       } else {
         // Kept from before (a reload), or none yet: retried soon.
         lb::io::log("dns: %s: %s; %s", q.keys[i].c_str(), answers[i].error.c_str(),
-                    into.count(q.keys[i]) ? "keeping the last addresses" : "no backends from it yet");
+                    into.count(q.keys[i]) ? "keeping the last addresses"
+                                          : "no backends from it yet");
       }
     }
     return r;
@@ -221,7 +231,8 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
     lb::io::log("%s", problem.c_str());
     return 1;
   }
-  if (!server.bind()) return 1;
+  if (!server.bind())
+    return 1;
   lb::admin::AdminServer admin(main_io, config->admin, server);
   std::string error;
   if (!admin.bind(error)) {
@@ -237,9 +248,11 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
         std::lock_guard lock(control);
         for (const auto& pool : server.runtime()->pools) {
           // A reload may have turned this pool's checks off meanwhile.
-          if (pool->id() != t.pool || !pool->config().health_check.enabled) continue;
+          if (pool->id() != t.pool || !pool->config().health_check.enabled)
+            continue;
           int b = pool->find_id(static_cast<uint32_t>(t.backend));
-          if (b < 0) continue;
+          if (b < 0)
+            continue;
           lb::io::log("pool %s: backend %s is now %s: %s", pool->name().c_str(),
                       pool->backends()[static_cast<size_t>(b)].label.c_str(),
                       t.healthy ? "healthy" : "unhealthy", t.reason.c_str());
@@ -252,11 +265,12 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
     auto runtime = server.runtime();
     for (const auto& st : checker.stats())
       for (const auto& pool : runtime->pools) {
-        if (pool->id() != st.pool) continue;
+        if (pool->id() != st.pool)
+          continue;
         int b = pool->find_id(static_cast<uint32_t>(st.backend));
         if (b >= 0)
-          counts.push_back({pool->name(), pool->backends()[static_cast<size_t>(b)].label,
-                            st.passes, st.failures});
+          counts.push_back({pool->name(), pool->backends()[static_cast<size_t>(b)].label, st.passes,
+                            st.failures});
       }
     return counts;
   });
@@ -266,7 +280,8 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
   on_dns = [&](uint64_t generation, const std::string& key,
                const std::vector<lb::healthcheck::DnsRecord>& records) {
     asio::post(main_io, [&, generation, key, records] {
-      if (generation != dns.generation) return;  // from a resolver a reload replaced
+      if (generation != dns.generation)
+        return; // from a resolver a reload replaced
       lb::io::log("dns: %s: now %s", key.c_str(), describe(records).c_str());
       std::lock_guard lock(control);
       discovered[key] = addresses_of(records);
@@ -279,18 +294,20 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
       checker.update(health_targets(*next));
     });
   };
-  if (dns.discovery) dns.discovery->start();
+  if (dns.discovery)
+    dns.discovery->start();
 
   // Reload: the file is validated as `lb check` does; an invalid one changes nothing.
   auto reload = [&](const char* why) -> lb::admin::ReloadResult {
     auto loaded = lb::config::load_file(config->file);
     if (!loaded.config) {
       std::string message;
-      for (const auto& e : loaded.errors) message += (message.empty() ? "" : "\n") + e;
-      lb::io::log("%s: reload refused, still serving the previous config: %zu error%s in %s",
-                  why, loaded.errors.size(), loaded.errors.size() == 1 ? "" : "s",
-                  config->file.c_str());
-      for (const auto& e : loaded.errors) lb::io::log("  %s", e.c_str());
+      for (const auto& e : loaded.errors)
+        message += (message.empty() ? "" : "\n") + e;
+      lb::io::log("%s: reload refused, still serving the previous config: %zu error%s in %s", why,
+                  loaded.errors.size(), loaded.errors.size() == 1 ? "" : "s", config->file.c_str());
+      for (const auto& e : loaded.errors)
+        lb::io::log("  %s", e.c_str());
       admin.count_reload(false);
       return {false, message};
     }
@@ -301,10 +318,11 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
     Resolving next_dns;
     bool dns_changed = dns_queries(*loaded.config).keys != dns.keys ||
                        !same_dns(dns_settings(*loaded.config), dns.settings);
-    if (dns_changed) next_dns = prepare_dns(*loaded.config, next_discovered);
+    if (dns_changed)
+      next_dns = prepare_dns(*loaded.config, next_discovered);
     std::lock_guard lock(control);
-    auto next = std::make_shared<Runtime>(loaded.config, registry, next_discovered,
-                                          server.runtime().get());
+    auto next =
+        std::make_shared<Runtime>(loaded.config, registry, next_discovered, server.runtime().get());
     std::string publish_error = tls_problem(*next);
     if (!publish_error.empty() || !server.publish(next, publish_error)) {
       lb::io::log("%s: reload refused, still serving the previous config: %s", why,
@@ -313,15 +331,18 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
       return {false, publish_error};
     }
     if (dns_changed) {
-      if (dns.discovery) dns.discovery->stop();
+      if (dns.discovery)
+        dns.discovery->stop();
       dns = std::move(next_dns);
       discovered = std::move(next_discovered);
-      if (dns.discovery) dns.discovery->start();
+      if (dns.discovery)
+        dns.discovery->start();
     }
     config = loaded.config;
     checker.update(health_targets(*next));
     size_t backends = 0;
-    for (const auto& p : next->pools) backends += p->backends().size();
+    for (const auto& p : next->pools)
+      backends += p->backends().size();
     lb::io::log("%s: configuration reloaded from %s (%zu listeners, %zu pools, %zu backends)", why,
                 config->file.c_str(), next->listeners.size(), next->pools.size(), backends);
     admin.count_reload(true);
@@ -334,9 +355,11 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
   bool stopping = false;
   std::function<void(const boost::system::error_code&, int)> on_signal =
       [&](const boost::system::error_code& ec, int sig) {
-        if (ec) return;
+        if (ec)
+          return;
         if (sig == SIGHUP) {
-          if (!stopping) reload("SIGHUP");
+          if (!stopping)
+            reload("SIGHUP");
           signals.async_wait(on_signal);
           return;
         }
@@ -346,7 +369,8 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
           return;
         }
         stopping = true;
-        lb::io::log("%s: draining (up to %lld ms), then exiting", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+        lb::io::log("%s: draining (up to %lld ms), then exiting",
+                    sig == SIGTERM ? "SIGTERM" : "SIGINT",
                     static_cast<long long>(config->shutdown_timeout.count()));
         admin.set_shutting_down();
         server.drain(main_io, [&] {
@@ -355,7 +379,8 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
         });
         deadline.expires_after(config->shutdown_timeout);
         deadline.async_wait([&](const boost::system::error_code& e) {
-          if (e) return;
+          if (e)
+            return;
           lb::io::log("shutdown_timeout reached: closing remaining connections");
           main_io.stop();
         });
@@ -367,10 +392,12 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
   asio::steady_timer control_timer(main_io);
   std::function<void(const boost::system::error_code&)> on_control =
       [&](const boost::system::error_code& ec) {
-        if (ec) return;
+        if (ec)
+          return;
         {
           std::lock_guard lock(control);
-          for (const auto& pool : server.runtime()->pools) pool->tick();
+          for (const auto& pool : server.runtime()->pools)
+            pool->tick();
         }
         control_timer.expires_after(std::chrono::milliseconds(100));
         control_timer.async_wait(on_control);
@@ -382,30 +409,32 @@ int serve(std::shared_ptr<const lb::config::Config> config) {
   lb::io::log("ready (%u workers)", server.workers());
   main_io.run();
   admin.close();
-  if (dns.discovery) dns.discovery->stop();
+  if (dns.discovery)
+    dns.discovery->stop();
   checker.stop();
   server.stop();
   return 0;
 }
 
 int usage() {
-  std::fprintf(stderr,
-               "usage: lb run [-c FILE]     serve (FILE defaults to config/lb.yaml)\n"
-               "       lb check [-c FILE]   validate the config and exit\n"
-               "       lb version\n");
+  std::fprintf(stderr, "usage: lb run [-c FILE]     serve (FILE defaults to config/lb.yaml)\n"
+                       "       lb check [-c FILE]   validate the config and exit\n"
+                       "       lb version\n");
   return 2;
 }
 
-}  // namespace
+} // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) return usage();
+  if (argc < 2)
+    return usage();
   std::string command = argv[1];
   if (command == "version" || command == "--version") {
     std::printf("lb %s\n", lb::version);
     return 0;
   }
-  if (command != "run" && command != "check") return usage();
+  if (command != "run" && command != "check")
+    return usage();
 
   std::string file = "config/lb.yaml";
   for (int i = 2; i < argc; ++i) {
@@ -420,7 +449,8 @@ int main(int argc, char** argv) {
 
   auto loaded = lb::config::load_file(file);
   if (!loaded.config) {
-    for (const auto& e : loaded.errors) std::fprintf(stderr, "%s\n", e.c_str());
+    for (const auto& e : loaded.errors)
+      std::fprintf(stderr, "%s\n", e.c_str());
     std::fprintf(stderr, "lb: %zu error%s in %s\n", loaded.errors.size(),
                  loaded.errors.size() == 1 ? "" : "s", file.c_str());
     return 1;

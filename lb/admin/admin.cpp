@@ -29,18 +29,30 @@ constexpr uint32_t max_weight = 1000;
 
 const char* reason(int status) {
   switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 431: return "Request Header Fields Too Large";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    default: return "Error";
+  case 200:
+    return "OK";
+  case 400:
+    return "Bad Request";
+  case 403:
+    return "Forbidden";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 411:
+    return "Length Required";
+  case 413:
+    return "Content Too Large";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 501:
+    return "Not Implemented";
+  case 503:
+    return "Service Unavailable";
+  default:
+    return "Error";
   }
 }
 
@@ -49,8 +61,10 @@ Response text(int status, std::string body) {
 }
 
 Response json_response(int status, const nlohmann::ordered_json& doc) {
-  return {status, "application/json",
-          doc.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n", {}};
+  return {status,
+          "application/json",
+          doc.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n",
+          {}};
 }
 
 Response method_not_allowed(const char* allow) {
@@ -59,16 +73,20 @@ Response method_not_allowed(const char* allow) {
 }
 
 int hex_digit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
   return -1;
 }
 
 // "/pools/web/backends/%5B%3A%3A1%5D%3A80/drain" -> {"pools", "web", "backends", "[::1]:80",
 // "drain"}: split at '/', then each segment percent-decoded. False on a bad escape.
 bool split_path(std::string_view path, std::vector<std::string>& segments) {
-  if (path.empty() || path.front() != '/') return false;
+  if (path.empty() || path.front() != '/')
+    return false;
   path.remove_prefix(1);
   for (;;) {
     size_t slash = path.find('/');
@@ -81,11 +99,13 @@ bool split_path(std::string_view path, std::vector<std::string>& segments) {
       }
       int hi = i + 2 < raw.size() ? hex_digit(raw[i + 1]) : -1;
       int lo = i + 2 < raw.size() ? hex_digit(raw[i + 2]) : -1;
-      if (hi < 0 || lo < 0) return false;
+      if (hi < 0 || lo < 0)
+        return false;
       out += static_cast<char>(hi * 16 + lo);
       i += 2;
     }
-    if (slash == std::string_view::npos) return true;
+    if (slash == std::string_view::npos)
+      return true;
     path.remove_prefix(slash + 1);
   }
 }
@@ -94,21 +114,27 @@ bool split_path(std::string_view path, std::vector<std::string>& segments) {
 // any spelling of the same address and port ("[0:0::1]:80"). -1 when none.
 int find_backend(const upstream::Pool& pool, const std::string& address) {
   int b = pool.find(address);
-  if (b >= 0) return b;
+  if (b >= 0)
+    return b;
   size_t colon = address.rfind(':');
-  if (colon == std::string::npos) return -1;
+  if (colon == std::string::npos)
+    return -1;
   std::string host = address.substr(0, colon);
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
     host = host.substr(1, host.size() - 2);
   unsigned port = 0;
-  auto [end, ec] = std::from_chars(address.data() + colon + 1, address.data() + address.size(), port);
-  if (ec != std::errc() || end != address.data() + address.size() || port > 65535) return -1;
+  auto [end, ec] =
+      std::from_chars(address.data() + colon + 1, address.data() + address.size(), port);
+  if (ec != std::errc() || end != address.data() + address.size() || port > 65535)
+    return -1;
   error_code bad;
   auto ip = asio::ip::make_address(host, bad);
-  if (bad) return -1;
+  if (bad)
+    return -1;
   asio::ip::tcp::endpoint endpoint(ip, static_cast<uint16_t>(port));
   for (size_t i = 0; i < pool.backends().size(); ++i)
-    if (pool.backends()[i].endpoint == endpoint) return static_cast<int>(i);
+    if (pool.backends()[i].endpoint == endpoint)
+      return static_cast<int>(i);
   return -1;
 }
 
@@ -116,67 +142,74 @@ int find_backend(const upstream::Pool& pool, const std::string& address) {
 // Content-Length), answer, close. Admin traffic is rare and small: this favours
 // clarity over speed. Lives while a handler holds it.
 class AdminConnection : public std::enable_shared_from_this<AdminConnection> {
- public:
+public:
   AdminConnection(asio::ip::tcp::socket socket, AdminServer& server)
-      : socket_(std::move(socket)),
-        timer_(socket_.get_executor()),
-        server_(server),
-        parser_(http::Parser::Kind::request),
-        buffer_(max_head_bytes + max_body_bytes) {}
+      : socket_(std::move(socket)), timer_(socket_.get_executor()), server_(server),
+        parser_(http::Parser::Kind::request), buffer_(max_head_bytes + max_body_bytes) {}
 
   void start() {
     timer_.expires_after(request_timeout);
     timer_.async_wait([self = shared_from_this()](const error_code& ec) {
-      if (ec) return;
-      if (!self->answered_) return self->answer(text(408, "request not received in time"));
+      if (ec)
+        return;
+      if (!self->answered_)
+        return self->answer(text(408, "request not received in time"));
       error_code ignored;
       self->socket_.close(ignored);
     });
     do_read();
   }
 
- private:
+private:
   void do_read() {
-    socket_.async_read_some(asio::buffer(buffer_.data() + used_, buffer_.size() - used_),
-                            [self = shared_from_this()](const error_code& ec, size_t n) {
-                              self->on_read(ec, n);
-                            });
+    socket_.async_read_some(
+        asio::buffer(buffer_.data() + used_, buffer_.size() - used_),
+        [self = shared_from_this()](const error_code& ec, size_t n) { self->on_read(ec, n); });
   }
 
   void on_read(const error_code& ec, size_t n) {
-    if (answered_) return;  // the 408 is on its way; its write closes
-    if (ec) return close();
+    if (answered_)
+      return; // the 408 is on its way; its write closes
+    if (ec)
+      return close();
     const char* p = buffer_.data() + used_;
     used_ += n;
     if (!body_start_) {
       auto result = parser_.feed(p, buffer_.data() + used_);
       if (result.event == http::Parser::Event::error)
-        return answer(text(400, std::string("bad request: ") +
-                                    (parser_.error_reason() ? parser_.error_reason() : "malformed")));
+        return answer(
+            text(400, std::string("bad request: ") +
+                          (parser_.error_reason() ? parser_.error_reason() : "malformed")));
       if (result.event == http::Parser::Event::need_more) {
-        if (used_ > max_head_bytes) return answer(text(431, "request head larger than 16 KiB"));
+        if (used_ > max_head_bytes)
+          return answer(text(431, "request head larger than 16 KiB"));
         return do_read();
       }
       body_start_ = static_cast<size_t>(result.stop - buffer_.data());
       const http::Head& head = parser_.head();
-      if (body_start_ > max_head_bytes) return answer(text(431, "request head larger than 16 KiB"));
-      if (head.chunked) return answer(text(411, "send the body with Content-Length"));
+      if (body_start_ > max_head_bytes)
+        return answer(text(431, "request head larger than 16 KiB"));
+      if (head.chunked)
+        return answer(text(411, "send the body with Content-Length"));
       if (head.content_length > max_body_bytes)
         return answer(text(413, "request body larger than 1 KiB"));
       request_.method = std::string(head.method.view());
       request_.target = std::string(head.target.view());
       for (unsigned i = 0; i < head.count; ++i) {
         std::string_view name = head.headers[i].name.view();
-        if (http::iequals(name, "host")) request_.host = std::string(head.headers[i].value.view());
+        if (http::iequals(name, "host"))
+          request_.host = std::string(head.headers[i].value.view());
         if (http::iequals(name, "origin"))
           request_.origin = std::string(head.headers[i].value.view());
       }
       body_end_ = body_start_ + head.content_length;
     }
-    if (used_ < body_end_) return do_read();
+    if (used_ < body_end_)
+      return do_read();
     request_.body.assign(buffer_.data() + body_start_, body_end_ - body_start_);
     bool head_only = request_.method == "HEAD";
-    if (head_only) request_.method = "GET";
+    if (head_only)
+      request_.method = "GET";
     Response r = server_.handle(request_);
     answer(std::move(r), head_only);
   }
@@ -187,9 +220,9 @@ class AdminConnection : public std::enable_shared_from_this<AdminConnection> {
            "\r\nContent-Type: " + r.content_type +
            "\r\nContent-Length: " + std::to_string(r.body.size()) +
            "\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff" +
-           (r.allow.empty() ? "" : "\r\nAllow: " + r.allow) +
-           "\r\nConnection: close\r\n\r\n";
-    if (!head_only) out_ += r.body;
+           (r.allow.empty() ? "" : "\r\nAllow: " + r.allow) + "\r\nConnection: close\r\n\r\n";
+    if (!head_only)
+      out_ += r.body;
     asio::async_write(socket_, asio::buffer(out_),
                       [self = shared_from_this()](const error_code&, size_t) { self->close(); });
   }
@@ -207,17 +240,16 @@ class AdminConnection : public std::enable_shared_from_this<AdminConnection> {
   http::Parser parser_;
   std::vector<char> buffer_;
   size_t used_ = 0;
-  size_t body_start_ = 0;  // 0 while the head is incomplete
+  size_t body_start_ = 0; // 0 while the head is incomplete
   size_t body_end_ = 0;
   bool answered_ = false;
   Request request_;
   std::string out_;
 };
 
-}  // namespace
+} // namespace
 
-AdminServer::AdminServer(asio::io_context& io, const config::Admin& config,
-                         server::Server& server)
+AdminServer::AdminServer(asio::io_context& io, const config::Admin& config, server::Server& server)
     : io_(io), config_(config), server_(server), metrics_(server), acceptor_(io) {}
 
 bool AdminServer::bind(std::string& error) {
@@ -225,9 +257,12 @@ bool AdminServer::bind(std::string& error) {
                                    config_.listen.port);
   error_code ec;
   acceptor_.open(endpoint.protocol(), ec);
-  if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) acceptor_.bind(endpoint, ec);
-  if (!ec) acceptor_.listen(64, ec);
+  if (!ec)
+    acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec)
+    acceptor_.bind(endpoint, ec);
+  if (!ec)
+    acceptor_.listen(64, ec);
   if (ec) {
     error = ec.message();
     return false;
@@ -248,7 +283,8 @@ void AdminServer::close() {
 
 void AdminServer::do_accept() {
   acceptor_.async_accept([this](const error_code& ec, asio::ip::tcp::socket socket) {
-    if (ec == asio::error::operation_aborted || !acceptor_.is_open()) return;
+    if (ec == asio::error::operation_aborted || !acceptor_.is_open())
+      return;
     if (!ec) {
       std::make_shared<AdminConnection>(std::move(socket), *this)->start();
       return do_accept();
@@ -256,7 +292,8 @@ void AdminServer::do_accept() {
     // Out of descriptors or similar: try again shortly rather than spin.
     auto retry = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(100));
     retry->async_wait([this, retry](const error_code& e) {
-      if (!e && acceptor_.is_open()) do_accept();
+      if (!e && acceptor_.is_open())
+        do_accept();
     });
   });
 }
@@ -277,29 +314,37 @@ Response AdminServer::handle(const Request& request) {
     return text(403, "cross-origin request refused (Origin " + request.origin + ")");
 
   if (path == "/" || path == "/index.html") {
-    if (!get) return method_not_allowed("GET, HEAD");
+    if (!get)
+      return method_not_allowed("GET, HEAD");
     return {200, "text/html; charset=utf-8", status_page_html, {}};
   }
   if (path == "/metrics") {
-    if (!get) return method_not_allowed("GET, HEAD");
+    if (!get)
+      return method_not_allowed("GET, HEAD");
     return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_.text(), {}};
   }
   if (path == "/status") {
-    if (!get) return method_not_allowed("GET, HEAD");
+    if (!get)
+      return method_not_allowed("GET, HEAD");
     double uptime =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
     return {200, "application/json", status_json(server_, uptime, shutting_down_), {}};
   }
   if (path == "/healthz") {
-    if (!get) return method_not_allowed("GET, HEAD");
-    if (shutting_down_) return text(503, "shutting down");
+    if (!get)
+      return method_not_allowed("GET, HEAD");
+    if (shutting_down_)
+      return text(503, "shutting down");
     return text(200, "ok");
   }
   if (path == "/reload") {
-    if (request.method != "POST") return method_not_allowed("POST");
-    if (!reload_) return text(501, "reload is not supported yet");
+    if (request.method != "POST")
+      return method_not_allowed("POST");
+    if (!reload_)
+      return text(501, "reload is not supported yet");
     // Draining workers would not adopt new listeners' sockets: nothing changes now.
-    if (shutting_down_) return text(503, "shutting down: reload refused");
+    if (shutting_down_)
+      return text(503, "shutting down: reload refused");
     ReloadResult result = reload_();
     return text(result.ok ? 200 : 400, result.message);
   }
@@ -321,8 +366,10 @@ Response AdminServer::backend_action(const Request& request, const std::string& 
   std::shared_ptr<const proxy::Runtime> runtime = server_.runtime();
   upstream::Pool* pool = nullptr;
   for (const auto& p : runtime->pools)
-    if (p->name() == pool_name) pool = p.get();
-  if (!pool) return text(404, "no pool named '" + pool_name + "'");
+    if (p->name() == pool_name)
+      pool = p.get();
+  if (!pool)
+    return text(404, "no pool named '" + pool_name + "'");
   int b = find_backend(*pool, address);
   if (b < 0) {
     std::string known;
@@ -334,8 +381,8 @@ Response AdminServer::backend_action(const Request& request, const std::string& 
       }
       known += (known.empty() ? "" : ", ") + backend.label;
     }
-    return text(404, "pool '" + pool_name + "' has no backend '" + address + "' (its backends: " +
-                         known + ")");
+    return text(404, "pool '" + pool_name + "' has no backend '" + address +
+                         "' (its backends: " + known + ")");
   }
   const std::string& label = pool->backends()[static_cast<size_t>(b)].label;
 
@@ -348,8 +395,8 @@ Response AdminServer::backend_action(const Request& request, const std::string& 
     uint32_t value = 0;
     auto [end, ec] = std::from_chars(body.data(), body.data() + body.size(), value);
     if (body.empty() || ec != std::errc() || end != body.data() + body.size() || value > max_weight)
-      return text(400, "weight: the body must be an integer 0..1000, got '" + std::string(body) +
-                           "'");
+      return text(400,
+                  "weight: the body must be an integer 0..1000, got '" + std::string(body) + "'");
     pool->set_weight(static_cast<size_t>(b), value);
     io::log("admin: pool %s backend %s weight set to %u", pool_name.c_str(), label.c_str(), value);
   } else {
@@ -369,4 +416,4 @@ Response AdminServer::backend_action(const Request& request, const std::string& 
                                 selection.effective_weight[static_cast<size_t>(b)] > 0}});
 }
 
-}  // namespace lb::admin
+} // namespace lb::admin

@@ -36,9 +36,9 @@ using ReloadHandler = std::function<ReloadResult()>;
 
 struct Request {
   std::string method;
-  std::string target;  // as sent: path and query
-  std::string host;    // the Host header
-  std::string origin;  // the Origin header (browsers send it on cross-site requests)
+  std::string target; // as sent: path and query
+  std::string host;   // the Host header
+  std::string origin; // the Origin header (browsers send it on cross-site requests)
   std::string body;
 };
 
@@ -46,11 +46,11 @@ struct Response {
   int status = 200;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
-  std::string allow;  // 405: the methods allowed
+  std::string allow; // 405: the methods allowed
 };
 
 class AdminServer {
- public:
+public:
   AdminServer(boost::asio::io_context& io, const config::Admin& config, server::Server& server);
   // Binds; false (with `error`) on failure. Logs the bound address.
   bool bind(std::string& error);
@@ -72,7 +72,7 @@ class AdminServer {
   // Answers one parsed request. Admin thread.
   Response handle(const Request& request);
 
- private:
+private:
   void do_accept();
   Response backend_action(const Request& request, const std::string& pool,
                           const std::string& backend, const std::string& action);
@@ -87,4 +87,4 @@ class AdminServer {
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };
 
-}  // namespace lb::admin
+} // namespace lb::admin

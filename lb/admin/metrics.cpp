@@ -37,7 +37,7 @@ void gauge(MetricFamily& f, Labels labels, double value) {
   m.gauge.value = value;
 }
 
-}  // namespace
+} // namespace
 
 std::vector<MetricFamily> MetricsCollector::Collect() const {
   std::shared_ptr<const proxy::Runtime> runtime = server_.runtime();
@@ -49,9 +49,9 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
                          "e.g. 404 no route) and status code (499: the client left before "
                          "any response).",
                          MetricType::Counter);
-  auto bytes = family("lb_bytes_total",
-                      "Bytes received from (in) and sent to (out) clients, by listener.",
-                      MetricType::Counter);
+  auto bytes =
+      family("lb_bytes_total", "Bytes received from (in) and sent to (out) clients, by listener.",
+             MetricType::Counter);
   auto connections = family("lb_downstream_connections", "Open client connections, by listener.",
                             MetricType::Gauge);
   for (size_t l = 0; l < runtime->listeners.size(); ++l) {
@@ -60,12 +60,10 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
     for (size_t slot = 0; slot < lt.requests.size(); ++slot) {
       std::string pool = slot == 0 ? "none" : runtime->pools[slot - 1]->name();
       for (const auto& [code, n] : lt.requests[slot])
-        counter(requests,
-                {{"listener", listener}, {"pool", pool}, {"code", std::to_string(code)}},
+        counter(requests, {{"listener", listener}, {"pool", pool}, {"code", std::to_string(code)}},
                 static_cast<double>(n));
     }
-    counter(bytes, {{"listener", listener}, {"direction", "in"}},
-            static_cast<double>(lt.bytes_in));
+    counter(bytes, {{"listener", listener}, {"direction", "in"}}, static_cast<double>(lt.bytes_in));
     counter(bytes, {{"listener", listener}, {"direction", "out"}},
             static_cast<double>(lt.bytes_out));
     gauge(connections, {{"listener", listener}}, static_cast<double>(lt.connections));
@@ -85,26 +83,26 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
   auto healthy = family("lb_backend_healthy",
                         "1 when the backend is in rotation: healthy, not drained, not ejected.",
                         MetricType::Gauge);
-  auto active = family("lb_backend_active_requests", "Requests in flight to the backend.",
-                       MetricType::Gauge);
+  auto active =
+      family("lb_backend_active_requests", "Requests in flight to the backend.", MetricType::Gauge);
   auto pooled = family("lb_backend_pooled_connections",
                        "Idle keep-alive connections to the backend, ready for the next request.",
                        MetricType::Gauge);
-  auto weight = family("lb_backend_weight",
-                       "The backend's current weight (from the config or the admin API).",
-                       MetricType::Gauge);
+  auto weight =
+      family("lb_backend_weight",
+             "The backend's current weight (from the config or the admin API).", MetricType::Gauge);
   auto share = family("lb_region_traffic_share",
                       "Share (0..1) of the pool's traffic the region takes now (priority load "
                       "and region weight x health).",
                       MetricType::Gauge);
   auto retries = family("lb_retries_total", "Requests retried on another backend, by pool.",
                         MetricType::Counter);
-  auto fail_open = family("lb_fail_open_requests_total",
-                          "Requests served while no backend was in rotation (fail_open).",
-                          MetricType::Counter);
-  auto ejections = family("lb_outlier_ejections_total",
-                          "Times the backend was ejected by passive outlier detection.",
-                          MetricType::Counter);
+  auto fail_open =
+      family("lb_fail_open_requests_total",
+             "Requests served while no backend was in rotation (fail_open).", MetricType::Counter);
+  auto ejections =
+      family("lb_outlier_ejections_total",
+             "Times the backend was ejected by passive outlier detection.", MetricType::Counter);
   for (size_t p = 0; p < runtime->pools.size(); ++p) {
     const upstream::Pool& pool = *runtime->pools[p];
     const PoolTotals& pt = t.pools[p];
@@ -143,7 +141,8 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
       bool in_rotation = st.healthy.load(std::memory_order_relaxed) &&
                          !st.drained.load(std::memory_order_relaxed) &&
                          st.ejected_until_ms.load(std::memory_order_relaxed) <= now;
-      gauge(healthy, {{"pool", pool.name()}, {"region", backend.region}, {"backend", backend.label}},
+      gauge(healthy,
+            {{"pool", pool.name()}, {"region", backend.region}, {"backend", backend.label}},
             in_rotation ? 1 : 0);
       gauge(active, {{"pool", pool.name()}, {"backend", backend.label}},
             static_cast<double>(bt.active));
@@ -168,9 +167,9 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
     }
   }
 
-  auto reloads = family("lb_config_reloads_total",
-                        "Configuration reloads, by result (success, failure).",
-                        MetricType::Counter);
+  auto reloads =
+      family("lb_config_reloads_total", "Configuration reloads, by result (success, failure).",
+             MetricType::Counter);
   counter(reloads, {{"result", "success"}}, static_cast<double>(reloads_ok_.load()));
   counter(reloads, {{"result", "failure"}}, static_cast<double>(reloads_failed_.load()));
 
@@ -180,8 +179,8 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
 
   std::vector<MetricFamily> out;
   for (MetricFamily* f : {&requests, &duration, &upstream_requests, &connect_errors, &healthy,
-                          &active, &pooled, &weight, &share, &connections, &bytes, &retries, &fail_open,
-                          &health_checks, &ejections, &reloads, &build})
+                          &active, &pooled, &weight, &share, &connections, &bytes, &retries,
+                          &fail_open, &health_checks, &ejections, &reloads, &build})
     out.push_back(std::move(*f));
   return out;
 }
@@ -192,4 +191,4 @@ std::string MetricsCollector::text() const {
   return out.str();
 }
 
-}  // namespace lb::admin
+} // namespace lb::admin

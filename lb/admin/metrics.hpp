@@ -20,14 +20,14 @@ namespace lb::admin {
 // Active health check results of one backend, for lb_health_checks_total.
 struct HealthCheckCount {
   std::string pool;
-  std::string backend;  // the backend's label, "host:port"
+  std::string backend; // the backend's label, "host:port"
   uint64_t passed = 0;
   uint64_t failed = 0;
 };
 using HealthCheckCounts = std::function<std::vector<HealthCheckCount>()>;
 
 class MetricsCollector : public prometheus::Collectable {
- public:
+public:
   explicit MetricsCollector(const server::Server& server) : server_(server) {}
 
   // Where lb_health_checks_total comes from (called at each scrape, on the admin
@@ -40,11 +40,11 @@ class MetricsCollector : public prometheus::Collectable {
   // Collect() in the Prometheus text exposition format (version 0.0.4).
   std::string text() const;
 
- private:
+private:
   const server::Server& server_;
   HealthCheckCounts health_checks_;
   std::atomic<uint64_t> reloads_ok_{0};
   std::atomic<uint64_t> reloads_failed_{0};
 };
 
-}  // namespace lb::admin
+} // namespace lb::admin

@@ -11,16 +11,21 @@ namespace {
 
 const char* balance_name(config::Balance balance) {
   switch (balance) {
-    case config::Balance::round_robin: return "round_robin";
-    case config::Balance::least_conn: return "least_conn";
-    case config::Balance::random_two: return "random_two";
-    case config::Balance::ring_hash: return "ring_hash";
-    case config::Balance::maglev: return "maglev";
+  case config::Balance::round_robin:
+    return "round_robin";
+  case config::Balance::least_conn:
+    return "least_conn";
+  case config::Balance::random_two:
+    return "random_two";
+  case config::Balance::ring_hash:
+    return "ring_hash";
+  case config::Balance::maglev:
+    return "maglev";
   }
   return "unknown";
 }
 
-}  // namespace
+} // namespace
 
 std::string status_json(const server::Server& server, double uptime_seconds, bool draining) {
   using json = nlohmann::ordered_json;
@@ -33,7 +38,8 @@ std::string status_json(const server::Server& server, double uptime_seconds, boo
     const config::Listener& c = runtime->listeners[l]->config;
     uint64_t requests = 0;
     for (const auto& by_code : t.listeners[l].requests)
-      for (const auto& [code, n] : by_code) requests += n;
+      for (const auto& [code, n] : by_code)
+        requests += n;
     listeners.push_back({{"name", c.name},
                          {"listen", c.listen.text()},
                          {"connections", t.listeners[l].connections},
@@ -83,7 +89,8 @@ std::string status_json(const server::Server& server, double uptime_seconds, boo
     }
 
     uint64_t requests = 0;
-    for (uint64_t n : pt.duration_buckets) requests += n;
+    for (uint64_t n : pt.duration_buckets)
+      requests += n;
     pools.push_back({{"name", pool.name()},
                      {"balance", balance_name(pool.config().balance)},
                      {"fail_open", pool.config().fail_open},
@@ -105,4 +112,4 @@ std::string status_json(const server::Server& server, double uptime_seconds, boo
   return doc.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
-}  // namespace lb::admin
+} // namespace lb::admin

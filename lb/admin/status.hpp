@@ -10,4 +10,4 @@ namespace lb::admin {
 // The /status document (see docs/admin.md). Admin thread.
 std::string status_json(const server::Server& server, double uptime_seconds, bool draining);
 
-}  // namespace lb::admin
+} // namespace lb::admin

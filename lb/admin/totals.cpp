@@ -6,14 +6,16 @@ namespace lb::admin {
 
 uint64_t BackendTotals::requests() const {
   uint64_t n = 0;
-  for (const auto& [code, count] : responses) n += count;
+  for (const auto& [code, count] : responses)
+    n += count;
   return n;
 }
 
 uint64_t BackendTotals::errors_5xx() const {
   uint64_t n = 0;
   for (const auto& [code, count] : responses)
-    if (code >= 500 && code <= 599) n += count;
+    if (code >= 500 && code <= 599)
+      n += count;
   return n;
 }
 
@@ -21,7 +23,8 @@ Totals gather(const proxy::Runtime& runtime,
               const std::vector<const proxy::WorkerMetrics*>& workers) {
   Totals t;
   t.listeners.resize(runtime.listeners.size());
-  for (auto& l : t.listeners) l.requests.resize(runtime.pools.size() + 1);
+  for (auto& l : t.listeners)
+    l.requests.resize(runtime.pools.size() + 1);
   t.pools.resize(runtime.pools.size());
   for (size_t p = 0; p < runtime.pools.size(); ++p)
     t.pools[p].backends.resize(runtime.pools[p]->backends().size());
@@ -29,14 +32,16 @@ Totals gather(const proxy::Runtime& runtime,
   for (const proxy::WorkerMetrics* w : workers) {
     for (size_t l = 0; l < t.listeners.size(); ++l) {
       const proxy::ListenerMetrics* from = w->listeners.find(runtime.listeners[l]->id);
-      if (!from) continue;
+      if (!from)
+        continue;
       ListenerTotals& to = t.listeners[l];
       auto add_requests = [&](size_t slot, uint32_t id) {
         if (const proxy::CodeCounts* counts = from->requests.find(id))
           counts->for_each([&](int code, uint64_t n) { to.requests[slot][code] += n; });
       };
       add_requests(0, 0);
-      for (size_t p = 0; p < runtime.pools.size(); ++p) add_requests(p + 1, runtime.pools[p]->id() + 1);
+      for (size_t p = 0; p < runtime.pools.size(); ++p)
+        add_requests(p + 1, runtime.pools[p]->id() + 1);
       to.bytes_in += from->bytes_in.get();
       to.bytes_out += from->bytes_out.get();
       to.connections += from->connections.get();
@@ -53,7 +58,8 @@ Totals gather(const proxy::Runtime& runtime,
       }
       for (size_t b = 0; b < to.backends.size(); ++b) {
         const proxy::BackendMetrics* fb = w->backends.find(pool.backends()[b].id);
-        if (!fb) continue;
+        if (!fb)
+          continue;
         BackendTotals& tb = to.backends[b];
         fb->responses.for_each([&](int code, uint64_t n) { tb.responses[code] += n; });
         tb.connect_errors += fb->connect_errors.get();
@@ -65,4 +71,4 @@ Totals gather(const proxy::Runtime& runtime,
   return t;
 }
 
-}  // namespace lb::admin
+} // namespace lb::admin

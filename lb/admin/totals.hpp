@@ -14,10 +14,10 @@
 namespace lb::admin {
 
 struct BackendTotals {
-  std::map<int, uint64_t> responses;  // by status code
+  std::map<int, uint64_t> responses; // by status code
   uint64_t connect_errors = 0;
   int64_t active = 0;
-  int64_t pooled = 0;  // idle keep-alive connections
+  int64_t pooled = 0; // idle keep-alive connections
   uint64_t requests() const;
   uint64_t errors_5xx() const;
 };
@@ -28,7 +28,7 @@ struct PoolTotals {
   double duration_sum_seconds = 0;
   uint64_t retries = 0;
   uint64_t fail_open = 0;
-  std::vector<BackendTotals> backends;  // as pool->backends()
+  std::vector<BackendTotals> backends; // as pool->backends()
 };
 
 struct ListenerTotals {
@@ -40,8 +40,8 @@ struct ListenerTotals {
 };
 
 struct Totals {
-  std::vector<ListenerTotals> listeners;  // as runtime.listeners
-  std::vector<PoolTotals> pools;          // as runtime.pools
+  std::vector<ListenerTotals> listeners; // as runtime.listeners
+  std::vector<PoolTotals> pools;         // as runtime.pools
 };
 
 // Sums `workers` for what `runtime` has, by stable id (counts of listeners,
@@ -49,4 +49,4 @@ struct Totals {
 Totals gather(const proxy::Runtime& runtime,
               const std::vector<const proxy::WorkerMetrics*>& workers);
 
-}  // namespace lb::admin
+} // namespace lb::admin

@@ -32,29 +32,29 @@ enum class Field : uint8_t {
   x_forwarded_host,
   via,
   max_forwards,
-  request_id,  // the listener's configured request id header
+  request_id, // the listener's configured request id header
 };
 
 struct Header {
   Span name;
-  Span value;              // without surrounding whitespace
-  const char* line_start;  // first byte of the field line
-  const char* line_end;    // one past its line terminator
+  Span value;             // without surrounding whitespace
+  const char* line_start; // first byte of the field line
+  const char* line_end;   // one past its line terminator
   Field field;
-  bool hop_by_hop;         // not forwarded
+  bool hop_by_hop; // not forwarded
 };
 
 inline constexpr unsigned max_headers = 100;
 
 struct Head {
-  const char* start = nullptr;  // first byte of the start line
-  const char* end = nullptr;    // one past the empty line that ends the head
-  Span method;                  // requests
-  Span target;                  // requests
-  int status = 0;               // responses
+  const char* start = nullptr; // first byte of the start line
+  const char* end = nullptr;   // one past the empty line that ends the head
+  Span method;                 // requests
+  Span target;                 // requests
+  int status = 0;              // responses
   uint8_t major = 1;
   uint8_t minor = 1;
-  bool keep_alive = true;       // what the message says about its connection
+  bool keep_alive = true; // what the message says about its connection
   bool chunked = false;
   bool has_content_length = false;
   uint64_t content_length = 0;
@@ -83,7 +83,7 @@ struct Head {
 // ASCII case-insensitive equality.
 bool iequals(std::string_view a, std::string_view b);
 
-}  // namespace lb::http
+} // namespace lb::http
 
 namespace lb::http {
 
@@ -99,4 +99,4 @@ std::string_view find_header(const Head& head, std::string_view name);
 // Whether a comma-separated list value holds `token` (case-insensitive).
 bool has_token(std::string_view list, std::string_view token);
 
-}  // namespace lb::http
+} // namespace lb::http

@@ -11,17 +11,20 @@ Parser& self(llhttp_t* p) { return *static_cast<Parser*>(p->data); }
 // Extends a span with the next piece of the same token: pieces arrive in order
 // from one contiguous buffer, so the span simply grows to the piece's end.
 void extend(Span& s, const char* at, size_t len) {
-  if (!s.p) s.p = at;
+  if (!s.p)
+    s.p = at;
   s.n = static_cast<uint32_t>(at + len - s.p);
 }
 
 Span trim(Span s) {
-  while (s.n && (s.p[0] == ' ' || s.p[0] == '\t')) ++s.p, --s.n;
-  while (s.n && (s.p[s.n - 1] == ' ' || s.p[s.n - 1] == '\t')) --s.n;
+  while (s.n && (s.p[0] == ' ' || s.p[0] == '\t'))
+    ++s.p, --s.n;
+  while (s.n && (s.p[s.n - 1] == ' ' || s.p[s.n - 1] == '\t'))
+    --s.n;
   return s;
 }
 
-}  // namespace
+} // namespace
 
 Parser::Parser(Kind kind) : kind_(kind) {
   llhttp_settings_init(&settings_);
@@ -33,7 +36,8 @@ Parser::Parser(Kind kind) : kind_(kind) {
     settings_.on_version = [](llhttp_t* p, const char* at, size_t) {
       Parser& s = self(p);
       // "HTTP/" precedes the version digits on a status line.
-      if (!s.head_.start) s.head_.start = at - 5;
+      if (!s.head_.start)
+        s.head_.start = at - 5;
       return 0;
     };
   }
@@ -62,11 +66,15 @@ static bool is_tchar(unsigned char c) {
 // (from p on), target and HTTP/1.x version: then an unknown method is a 501,
 // not a malformed request (RFC 9110 §15.6.2).
 static bool well_formed_request_line(const char* p, const char* end) {
-  while (p < end && is_tchar(static_cast<unsigned char>(*p))) ++p;
-  if (p == end || *p++ != ' ') return false;
+  while (p < end && is_tchar(static_cast<unsigned char>(*p)))
+    ++p;
+  if (p == end || *p++ != ' ')
+    return false;
   const char* target = p;
-  while (p < end && static_cast<unsigned char>(*p) > ' ' && *p != 0x7f) ++p;
-  if (p == target || p == end || *p++ != ' ') return false;
+  while (p<end&& static_cast<unsigned char>(*p)> ' ' && *p != 0x7f)
+    ++p;
+  if (p == target || p == end || *p++ != ' ')
+    return false;
   std::string_view rest(p, static_cast<size_t>(end - p));
   return rest.size() >= 10 && rest.substr(0, 5) == "HTTP/" && rest[5] == '1' && rest[6] == '.' &&
          (rest[7] == '0' || rest[7] == '1') && rest.substr(8, 2) == "\r\n";
@@ -76,41 +84,43 @@ Parser::Result Parser::feed(const char* p, const char* end) {
   for (;;) {
     llhttp_errno_t err = llhttp_execute(&parser_, p, static_cast<size_t>(end - p));
     switch (err) {
-      case HPE_OK:
-        return {Event::need_more, end};
-      case HPE_PAUSED: {
-        const char* stop = llhttp_get_error_pos(&parser_);
-        llhttp_resume(&parser_);
-        if (in_head_) {
-          end_head(stop);
-          return {Event::head_complete, stop};
-        }
+    case HPE_OK:
+      return {Event::need_more, end};
+    case HPE_PAUSED: {
+      const char* stop = llhttp_get_error_pos(&parser_);
+      llhttp_resume(&parser_);
+      if (in_head_) {
+        end_head(stop);
+        return {Event::head_complete, stop};
+      }
+      return {Event::message_complete, stop};
+    }
+    case HPE_PAUSED_UPGRADE: {
+      // llhttp stops after a message that asked to switch protocols. Whether it
+      // does is the backend's answer (101 or not), which the caller handles; if
+      // the caller feeds more, it is HTTP again.
+      const char* stop = llhttp_get_error_pos(&parser_);
+      llhttp_resume_after_upgrade(&parser_);
+      upgrade_ = true;
+      if (in_message_) {
+        in_message_ = false;
         return {Event::message_complete, stop};
       }
-      case HPE_PAUSED_UPGRADE: {
-        // llhttp stops after a message that asked to switch protocols. Whether it
-        // does is the backend's answer (101 or not), which the caller handles; if
-        // the caller feeds more, it is HTTP again.
-        const char* stop = llhttp_get_error_pos(&parser_);
-        llhttp_resume_after_upgrade(&parser_);
-        upgrade_ = true;
-        if (in_message_) {
-          in_message_ = false;
-          return {Event::message_complete, stop};
-        }
-        p = stop;
-        continue;
+      p = stop;
+      continue;
+    }
+    default:
+      if (!error_reason_)
+        error_reason_ = llhttp_get_error_reason(&parser_);
+      if (too_many_headers_)
+        error_reason_ = "too many header fields";
+      error_status_ = too_many_headers_ ? 431 : 400;
+      if (err == HPE_INVALID_METHOD &&
+          well_formed_request_line(llhttp_get_error_pos(&parser_), end)) {
+        error_status_ = 501;
+        error_reason_ = "unknown method (methods are case-sensitive)";
       }
-      default:
-        if (!error_reason_) error_reason_ = llhttp_get_error_reason(&parser_);
-        if (too_many_headers_) error_reason_ = "too many header fields";
-        error_status_ = too_many_headers_ ? 431 : 400;
-        if (err == HPE_INVALID_METHOD &&
-            well_formed_request_line(llhttp_get_error_pos(&parser_), end)) {
-          error_status_ = 501;
-          error_reason_ = "unknown method (methods are case-sensitive)";
-        }
-        return {Event::error, llhttp_get_error_pos(&parser_)};
+      return {Event::error, llhttp_get_error_pos(&parser_)};
     }
   }
 }
@@ -126,9 +136,11 @@ void Parser::reset() {
 }
 
 bool Parser::finish_at_eof() {
-  if (!in_message_) return true;
+  if (!in_message_)
+    return true;
   llhttp_errno_t err = llhttp_finish(&parser_);
-  if (err != HPE_OK && err != HPE_PAUSED) return false;  // on_message_complete pauses
+  if (err != HPE_OK && err != HPE_PAUSED)
+    return false; // on_message_complete pauses
   return !in_message_;
 }
 
@@ -136,8 +148,10 @@ void Parser::end_head(const char* stop) {
   in_head_ = false;
   head_.end = stop;
   // Each field line runs to the start of the next one; the last to the empty line.
-  for (unsigned i = 0; i + 1 < head_.count; ++i) head_.headers[i].line_end = head_.headers[i + 1].line_start;
-  if (head_.count) head_.headers[head_.count - 1].line_end = head_.end_of_fields();
+  for (unsigned i = 0; i + 1 < head_.count; ++i)
+    head_.headers[i].line_end = head_.headers[i + 1].line_start;
+  if (head_.count)
+    head_.headers[head_.count - 1].line_end = head_.end_of_fields();
 }
 
 int Parser::on_message_begin(llhttp_t* p) {
@@ -156,7 +170,8 @@ int Parser::on_message_begin(llhttp_t* p) {
 
 int Parser::on_method(llhttp_t* p, const char* at, size_t len) {
   Parser& s = self(p);
-  if (!s.head_.start) s.head_.start = at;
+  if (!s.head_.start)
+    s.head_.start = at;
   extend(s.head_.method, at, len);
   return 0;
 }
@@ -168,7 +183,8 @@ int Parser::on_url(llhttp_t* p, const char* at, size_t len) {
 
 int Parser::on_header_field(llhttp_t* p, const char* at, size_t len) {
   Parser& s = self(p);
-  if (!s.in_head_) return 0;  // a trailer field: forwarded as body bytes, not kept
+  if (!s.in_head_)
+    return 0; // a trailer field: forwarded as body bytes, not kept
   if (!s.current_) {
     if (s.head_.count == max_headers) {
       s.too_many_headers_ = true;
@@ -183,18 +199,21 @@ int Parser::on_header_field(llhttp_t* p, const char* at, size_t len) {
 
 // RFC 9110 §5.6.2: a field name is a token.
 static bool is_token(std::string_view s) {
-  if (s.empty()) return false;
+  if (s.empty())
+    return false;
   for (unsigned char c : s) {
     bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
               std::strchr("!#$%&'*+-.^_`|~", c) != nullptr;
-    if (!ok || c == 0) return false;
+    if (!ok || c == 0)
+      return false;
   }
   return true;
 }
 
 int Parser::on_header_field_complete(llhttp_t* p) {
   Parser& s = self(p);
-  if (!s.in_head_) return 0;  // a trailer field: forwarded as body bytes, not kept
+  if (!s.in_head_)
+    return 0; // a trailer field: forwarded as body bytes, not kept
   if (!is_token(s.current_->name.view())) {
     s.error_reason_ = "invalid header field name";
     return -1;
@@ -205,16 +224,19 @@ int Parser::on_header_field_complete(llhttp_t* p) {
 
 int Parser::on_header_value(llhttp_t* p, const char* at, size_t len) {
   Parser& s = self(p);
-  if (!s.in_head_) return 0;  // a trailer field: forwarded as body bytes, not kept
+  if (!s.in_head_)
+    return 0; // a trailer field: forwarded as body bytes, not kept
   extend(s.current_->value, at, len);
   return 0;
 }
 
 int Parser::on_header_value_complete(llhttp_t* p) {
   Parser& s = self(p);
-  if (!s.in_head_) return 0;  // a trailer field: forwarded as body bytes, not kept
+  if (!s.in_head_)
+    return 0; // a trailer field: forwarded as body bytes, not kept
   Header& h = *s.current_;
-  if (!h.value.p) h.value.p = h.name.end() + 1;  // empty value: anchor it after the colon
+  if (!h.value.p)
+    h.value.p = h.name.end() + 1; // empty value: anchor it after the colon
   // A folded line (obs-fold) or a stray CR/LF inside a value: RFC 9112 §5.2 lets a
   // proxy refuse it, and we do, rather than forward a line others may split.
   for (uint32_t i = 0; i < h.value.n; ++i) {
@@ -226,15 +248,15 @@ int Parser::on_header_value_complete(llhttp_t* p) {
   }
   h.value = trim(h.value);
   switch (h.field) {
-    case Field::connection:
-    case Field::keep_alive:
-    case Field::proxy_connection:
-    case Field::te:
-    case Field::upgrade:
-      h.hop_by_hop = true;
-      break;
-    default:
-      break;
+  case Field::connection:
+  case Field::keep_alive:
+  case Field::proxy_connection:
+  case Field::te:
+  case Field::upgrade:
+    h.hop_by_hop = true;
+    break;
+  default:
+    break;
   }
   s.current_ = nullptr;
   return 0;
@@ -302,64 +324,84 @@ int Parser::on_message_complete(llhttp_t* p) {
 // Framing rules llhttp leaves to us (RFC 9112 §6.1, §3.2). Returns why the head
 // is refused, or nullptr.
 const char* Parser::check_framing() const {
-  if (kind_ != Kind::request) return nullptr;
+  if (kind_ != Kind::request)
+    return nullptr;
   unsigned hosts = 0;
   for (unsigned i = 0; i < head_.count; ++i) {
     const Header& h = head_.headers[i];
     if (h.field == Field::transfer_encoding && head_.major == 1 && head_.minor == 0)
       return "Transfer-Encoding in an HTTP/1.0 request";
-    if (h.field != Field::host) continue;
-    if (++hosts > 1) return "more than one Host header";
+    if (h.field != Field::host)
+      continue;
+    if (++hosts > 1)
+      return "more than one Host header";
     // uri-host [ ":" port ]: reg-name characters, an IP literal, digits.
     for (char c : h.value.view()) {
       bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                 std::strchr("-._~!$&'()*+,;=:[]%", c) != nullptr;
-      if (!ok || c == 0) return "invalid Host header";
+      if (!ok || c == 0)
+        return "invalid Host header";
     }
   }
-  if (head_.major == 1 && head_.minor == 1 && hosts == 0) return "missing Host header";
+  if (head_.major == 1 && head_.minor == 1 && hosts == 0)
+    return "missing Host header";
   return nullptr;
 }
 
 Field Parser::classify(std::string_view n) const {
-  if (!request_id_name_.empty() && iequals(n, request_id_name_)) return Field::request_id;
+  if (!request_id_name_.empty() && iequals(n, request_id_name_))
+    return Field::request_id;
   switch (n.size()) {
-    case 2:
-      if (iequals(n, "te")) return Field::te;
-      break;
-    case 3:
-      if (iequals(n, "via")) return Field::via;
-      break;
-    case 4:
-      if (iequals(n, "host")) return Field::host;
-      break;
-    case 7:
-      if (iequals(n, "trailer")) return Field::trailer;
-      if (iequals(n, "upgrade")) return Field::upgrade;
-      break;
-    case 10:
-      if (iequals(n, "connection")) return Field::connection;
-      if (iequals(n, "keep-alive")) return Field::keep_alive;
-      break;
-    case 12:
-      if (iequals(n, "max-forwards")) return Field::max_forwards;
-      break;
-    case 14:
-      if (iequals(n, "content-length")) return Field::content_length;
-      break;
-    case 15:
-      if (iequals(n, "x-forwarded-for")) return Field::x_forwarded_for;
-      break;
-    case 16:
-      if (iequals(n, "proxy-connection")) return Field::proxy_connection;
-      if (iequals(n, "x-forwarded-host")) return Field::x_forwarded_host;
-      break;
-    case 17:
-      if (iequals(n, "transfer-encoding")) return Field::transfer_encoding;
-      if (iequals(n, "x-forwarded-proto")) return Field::x_forwarded_proto;
-      break;
+  case 2:
+    if (iequals(n, "te"))
+      return Field::te;
+    break;
+  case 3:
+    if (iequals(n, "via"))
+      return Field::via;
+    break;
+  case 4:
+    if (iequals(n, "host"))
+      return Field::host;
+    break;
+  case 7:
+    if (iequals(n, "trailer"))
+      return Field::trailer;
+    if (iequals(n, "upgrade"))
+      return Field::upgrade;
+    break;
+  case 10:
+    if (iequals(n, "connection"))
+      return Field::connection;
+    if (iequals(n, "keep-alive"))
+      return Field::keep_alive;
+    break;
+  case 12:
+    if (iequals(n, "max-forwards"))
+      return Field::max_forwards;
+    break;
+  case 14:
+    if (iequals(n, "content-length"))
+      return Field::content_length;
+    break;
+  case 15:
+    if (iequals(n, "x-forwarded-for"))
+      return Field::x_forwarded_for;
+    break;
+  case 16:
+    if (iequals(n, "proxy-connection"))
+      return Field::proxy_connection;
+    if (iequals(n, "x-forwarded-host"))
+      return Field::x_forwarded_host;
+    break;
+  case 17:
+    if (iequals(n, "transfer-encoding"))
+      return Field::transfer_encoding;
+    if (iequals(n, "x-forwarded-proto"))
+      return Field::x_forwarded_proto;
+    break;
   }
   return Field::other;
 }
 
-}  // namespace lb::http
+} // namespace lb::http

@@ -16,17 +16,17 @@
 namespace lb::http {
 
 class Parser {
- public:
+public:
   enum class Kind { request, response };
   enum class Event {
-    need_more,         // all input consumed, message not finished
-    head_complete,     // head() is valid; input stopped right after the head
-    message_complete,  // input stopped right after the message
-    error,             // error_reason() says why
+    need_more,        // all input consumed, message not finished
+    head_complete,    // head() is valid; input stopped right after the head
+    message_complete, // input stopped right after the message
+    error,            // error_reason() says why
   };
   struct Result {
     Event event;
-    const char* stop;  // one past the last byte consumed
+    const char* stop; // one past the last byte consumed
   };
 
   explicit Parser(Kind kind);
@@ -62,7 +62,7 @@ class Parser {
   // header fields; 501 for a method llhttp does not know).
   int error_status() const { return error_status_; }
 
- private:
+private:
   static int on_message_begin(llhttp_t*);
   static int on_method(llhttp_t*, const char*, size_t);
   static int on_url(llhttp_t*, const char*, size_t);
@@ -98,4 +98,4 @@ class Parser {
   int error_status_ = 400;
 };
 
-}  // namespace lb::http
+} // namespace lb::http

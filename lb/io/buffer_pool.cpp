@@ -25,14 +25,16 @@ Buffer* BufferPool::acquire() {
     return b;
   }
   void* memory = std::malloc(sizeof(Buffer) + capacity_);
-  if (!memory) throw std::bad_alloc();
+  if (!memory)
+    throw std::bad_alloc();
   Buffer* b = new (memory) Buffer;
   b->capacity = capacity_;
   return b;
 }
 
 void BufferPool::release(Buffer* buffer) {
-  if (!buffer) return;
+  if (!buffer)
+    return;
   --in_use_;
   if (free_count_ >= keep_) {
     std::free(buffer);
@@ -43,4 +45,4 @@ void BufferPool::release(Buffer* buffer) {
   ++free_count_;
 }
 
-}  // namespace lb::io
+} // namespace lb::io

@@ -16,7 +16,7 @@ struct Buffer {
 };
 
 class BufferPool {
- public:
+public:
   // `capacity` is the usable size of each buffer; `keep` caps the free-list length.
   BufferPool(uint32_t capacity, size_t keep);
   ~BufferPool();
@@ -24,11 +24,11 @@ class BufferPool {
   BufferPool& operator=(const BufferPool&) = delete;
 
   Buffer* acquire();
-  void release(Buffer* buffer);  // accepts nullptr
+  void release(Buffer* buffer); // accepts nullptr
   uint32_t capacity() const { return capacity_; }
   size_t in_use() const { return in_use_; }
 
- private:
+private:
   uint32_t capacity_;
   size_t keep_;
   Buffer* free_ = nullptr;
@@ -36,4 +36,4 @@ class BufferPool {
   size_t in_use_ = 0;
 };
 
-}  // namespace lb::io
+} // namespace lb::io

@@ -10,7 +10,7 @@
 namespace lb::io {
 
 class HandlerSlot {
- public:
+public:
   HandlerSlot() = default;
   HandlerSlot(const HandlerSlot&) = delete;
   HandlerSlot& operator=(const HandlerSlot&) = delete;
@@ -30,29 +30,26 @@ class HandlerSlot {
     ::operator delete(p);
   }
 
- private:
-  alignas(std::max_align_t) unsigned char storage_[320];  // an asio wait operation on a socket is ~210 bytes
+private:
+  alignas(std::max_align_t) unsigned char storage_[320]; // an asio wait operation on a socket is
+                                                         // ~210 bytes
   bool in_use_ = false;
 };
 
-template <class T>
-class SlotAllocator {
- public:
+template <class T> class SlotAllocator {
+public:
   using value_type = T;
   explicit SlotAllocator(HandlerSlot& slot) noexcept : slot_(&slot) {}
-  template <class U>
-  SlotAllocator(const SlotAllocator<U>& other) noexcept : slot_(other.slot_) {}
+  template <class U> SlotAllocator(const SlotAllocator<U>& other) noexcept : slot_(other.slot_) {}
   T* allocate(std::size_t n) { return static_cast<T*>(slot_->allocate(n * sizeof(T))); }
   void deallocate(T* p, std::size_t) noexcept { slot_->deallocate(p); }
-  template <class U>
-  bool operator==(const SlotAllocator<U>& other) const noexcept {
+  template <class U> bool operator==(const SlotAllocator<U>& other) const noexcept {
     return slot_ == other.slot_;
   }
 
- private:
-  template <class>
-  friend class SlotAllocator;
+private:
+  template <class> friend class SlotAllocator;
   HandlerSlot* slot_;
 };
 
-}  // namespace lb::io
+} // namespace lb::io

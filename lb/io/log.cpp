@@ -18,7 +18,8 @@ void log(const char* fmt, ...) {
   va_start(args, fmt);
   int n = std::vsnprintf(line + prefix, sizeof line - prefix - 1, fmt, args);
   va_end(args);
-  if (n < 0) return;
+  if (n < 0)
+    return;
   size_t len = prefix + std::min(static_cast<size_t>(n), sizeof line - prefix - 2);
   line[len++] = '\n';
   static std::mutex mutex;
@@ -26,10 +27,12 @@ void log(const char* fmt, ...) {
   size_t done = 0;
   while (done < len) {
     ssize_t w = ::write(2, line + done, len - done);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return;
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return;
     done += static_cast<size_t>(w);
   }
 }
 
-}  // namespace lb::io
+} // namespace lb::io

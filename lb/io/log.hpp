@@ -8,4 +8,4 @@ namespace lb::io {
 
 void log(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
-}  // namespace lb::io
+} // namespace lb::io

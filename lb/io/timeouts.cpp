@@ -4,14 +4,16 @@ namespace lb::io {
 
 Timeouts::~Timeouts() {
   for (Queue* q : queues_) {
-    while (q->head.next != &q->head) disarm(*q->head.next);
+    while (q->head.next != &q->head)
+      disarm(*q->head.next);
     delete q;
   }
 }
 
 Timeouts::Queue& Timeouts::queue_for(std::chrono::milliseconds d) {
   for (Queue* q : queues_)
-    if (q->duration == d) return *q;
+    if (q->duration == d)
+      return *q;
   Queue* q = new Queue{d, {}};
   q->head.prev = q->head.next = &q->head;
   queues_.push_back(q);
@@ -29,7 +31,8 @@ void Timeouts::arm(Entry& e, std::chrono::milliseconds d) {
 }
 
 void Timeouts::disarm(Entry& e) {
-  if (!e.prev) return;
+  if (!e.prev)
+    return;
   e.prev->next = e.next;
   e.next->prev = e.prev;
   e.prev = e.next = nullptr;
@@ -48,4 +51,4 @@ void Timeouts::expire(Clock::time_point now) {
   }
 }
 
-}  // namespace lb::io
+} // namespace lb::io

@@ -16,12 +16,12 @@ namespace lb::io {
 using Clock = std::chrono::steady_clock;
 
 class Timeouts {
- public:
+public:
   struct Entry {
     Entry* prev = nullptr;
     Entry* next = nullptr;
     Clock::time_point when{};
-    void (*fire)(Entry*) = nullptr;  // called on the worker thread, entry already disarmed
+    void (*fire)(Entry*) = nullptr; // called on the worker thread, entry already disarmed
     bool armed() const { return prev != nullptr; }
   };
 
@@ -37,13 +37,13 @@ class Timeouts {
   // Fires every entry due at `now`.
   void expire(Clock::time_point now);
 
- private:
+private:
   struct Queue {
     std::chrono::milliseconds duration;
-    Entry head;  // sentinel of a circular list
+    Entry head; // sentinel of a circular list
   };
   Queue& queue_for(std::chrono::milliseconds d);
   std::vector<Queue*> queues_;
 };
 
-}  // namespace lb::io
+} // namespace lb::io

@@ -27,14 +27,17 @@ std::string openssl_error() {
 // DNS names of a certificate: subjectAltName entries, else the common name.
 std::vector<std::string> names_of(X509* cert) {
   std::vector<std::string> names;
-  auto* sans = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  auto* sans =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
   if (sans) {
     for (int i = 0; i < sk_GENERAL_NAME_num(sans); ++i) {
       const GENERAL_NAME* n = sk_GENERAL_NAME_value(sans, i);
-      if (n->type != GEN_DNS) continue;
+      if (n->type != GEN_DNS)
+        continue;
       const unsigned char* data = ASN1_STRING_get0_data(n->d.dNSName);
       int len = ASN1_STRING_length(n->d.dNSName);
-      names.push_back(lower(std::string(reinterpret_cast<const char*>(data), static_cast<size_t>(len))));
+      names.push_back(
+          lower(std::string(reinterpret_cast<const char*>(data), static_cast<size_t>(len))));
     }
     GENERAL_NAMES_free(sans);
   }
@@ -47,7 +50,8 @@ std::vector<std::string> names_of(X509* cert) {
 }
 
 bool matches(const std::string& pattern, const std::string& name) {
-  if (pattern == name) return true;
+  if (pattern == name)
+    return true;
   // "*.example.com" covers exactly one label: "www.example.com", not "example.com".
   if (pattern.size() > 2 && pattern[0] == '*' && pattern[1] == '.') {
     size_t dot = name.find('.');
@@ -69,9 +73,10 @@ int on_alpn(SSL*, const unsigned char** out, unsigned char* out_len, const unsig
   return SSL_TLSEXT_ERR_NOACK;
 }
 
-}  // namespace
+} // namespace
 
-std::unique_ptr<TlsServer> TlsServer::create(const config::ListenerTls& config, std::string& error) {
+std::unique_ptr<TlsServer> TlsServer::create(const config::ListenerTls& config,
+                                             std::string& error) {
   std::unique_ptr<TlsServer> server(new TlsServer);
   for (const auto& c : config.certificates) {
     Entry e;
@@ -80,7 +85,7 @@ std::unique_ptr<TlsServer> TlsServer::create(const config::ListenerTls& config, 
       error = "cannot create a TLS context: " + openssl_error();
       return nullptr;
     }
-    server->entries_.push_back(e);  // freed by the destructor from here on
+    server->entries_.push_back(e); // freed by the destructor from here on
     SSL_CTX* ctx = e.ctx;
     SSL_CTX_set_min_proto_version(ctx, config.min_version == config::ListenerTls::Version::tls1_3
                                            ? TLS1_3_VERSION
@@ -112,29 +117,34 @@ std::unique_ptr<TlsServer> TlsServer::create(const config::ListenerTls& config, 
 }
 
 TlsServer::~TlsServer() {
-  for (auto& e : entries_) SSL_CTX_free(e.ctx);
+  for (auto& e : entries_)
+    SSL_CTX_free(e.ctx);
 }
 
 const TlsServer::Entry* TlsServer::find(const std::string& server_name) const {
   std::string name = lower(server_name);
   for (const auto& e : entries_)
     for (const auto& pattern : e.names)
-      if (matches(pattern, name)) return &e;
+      if (matches(pattern, name))
+        return &e;
   return nullptr;
 }
 
 int TlsServer::on_server_name(SSL* ssl, int*, void* arg) {
   const auto* server = static_cast<const TlsServer*>(arg);
   const char* name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-  if (!name) return SSL_TLSEXT_ERR_OK;  // no SNI: the default certificate
+  if (!name)
+    return SSL_TLSEXT_ERR_OK; // no SNI: the default certificate
   const Entry* e = server->find(name);
-  if (e && e->ctx != SSL_get_SSL_CTX(ssl)) SSL_set_SSL_CTX(ssl, e->ctx);
-  return SSL_TLSEXT_ERR_OK;  // unknown names get the default certificate
+  if (e && e->ctx != SSL_get_SSL_CTX(ssl))
+    SSL_set_SSL_CTX(ssl, e->ctx);
+  return SSL_TLSEXT_ERR_OK; // unknown names get the default certificate
 }
 
 SSL* TlsServer::accept(int fd) const {
   SSL* ssl = SSL_new(entries_[0].ctx);
-  if (!ssl) return nullptr;
+  if (!ssl)
+    return nullptr;
   SSL_set_fd(ssl, fd);
   SSL_set_accept_state(ssl);
   return ssl;
@@ -161,8 +171,9 @@ std::unique_ptr<TlsClient> TlsClient::create(const config::PoolTls& config, std:
     int ok = config.ca.empty() ? SSL_CTX_set_default_verify_paths(ctx)
                                : SSL_CTX_load_verify_locations(ctx, config.ca.c_str(), nullptr);
     if (ok != 1) {
-      error = "cannot load " + (config.ca.empty() ? std::string("the system's trust store") : config.ca) +
-              ": " + openssl_error();
+      error = "cannot load " +
+              (config.ca.empty() ? std::string("the system's trust store") : config.ca) + ": " +
+              openssl_error();
       return nullptr;
     }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
@@ -176,10 +187,12 @@ TlsClient::~TlsClient() { SSL_CTX_free(ctx_); }
 
 SSL* TlsClient::connect(int fd, const std::string& host, const std::string& ip) const {
   SSL* ssl = SSL_new(ctx_);
-  if (!ssl) return nullptr;
+  if (!ssl)
+    return nullptr;
   const std::string& name = !sni_.empty() ? sni_ : host;
   bool ok = SSL_set_fd(ssl, fd) == 1;
-  if (ok && !name.empty()) ok = SSL_set_tlsext_host_name(ssl, name.c_str()) == 1;
+  if (ok && !name.empty())
+    ok = SSL_set_tlsext_host_name(ssl, name.c_str()) == 1;
   if (ok && verify_) {
     X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
     X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
@@ -204,4 +217,4 @@ std::string TlsClient::failure(SSL* ssl) {
   return openssl_error();
 }
 
-}  // namespace lb::io
+} // namespace lb::io

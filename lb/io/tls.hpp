@@ -15,7 +15,7 @@
 namespace lb::io {
 
 class TlsServer {
- public:
+public:
   // nullptr (with `error`) when a certificate or key cannot be used.
   static std::unique_ptr<TlsServer> create(const config::ListenerTls& config, std::string& error);
   ~TlsServer();
@@ -25,11 +25,11 @@ class TlsServer {
   // A new server-side connection on `fd`, or nullptr.
   SSL* accept(int fd) const;
 
- private:
+private:
   TlsServer() = default;
   struct Entry {
     SSL_CTX* ctx = nullptr;
-    std::vector<std::string> names;  // lower case DNS names; "*.example.com" wildcards
+    std::vector<std::string> names; // lower case DNS names; "*.example.com" wildcards
   };
   const Entry* find(const std::string& server_name) const;
   static int on_server_name(SSL* ssl, int* alert, void* arg);
@@ -41,7 +41,7 @@ class TlsServer {
 // (the pool's `ca` or the system's), verification of the chain and of the
 // backend's name or address, the minimum version, ALPN "http/1.1".
 class TlsClient {
- public:
+public:
   // nullptr (with `error`) when the CA bundle cannot be used.
   static std::unique_ptr<TlsClient> create(const config::PoolTls& config, std::string& error);
   ~TlsClient();
@@ -55,11 +55,11 @@ class TlsClient {
   // Why a handshake failed, after SSL_do_handshake said so.
   static std::string failure(SSL* ssl);
 
- private:
+private:
   TlsClient() = default;
   SSL_CTX* ctx_ = nullptr;
   bool verify_ = true;
   std::string sni_;
 };
 
-}  // namespace lb::io
+} // namespace lb::io

@@ -11,10 +11,10 @@ namespace lb::proxy {
 
 namespace {
 constexpr size_t capacity = LogWriter::batch_capacity;
-constexpr size_t max_queued = 64;       // batches (4 MiB) waiting for a slow destination
-constexpr size_t flush_at = 48 * 1024;  // leaves room for one long line
-constexpr size_t max_field = 2048;      // longer targets and agents are cut
-}  // namespace
+constexpr size_t max_queued = 64;      // batches (4 MiB) waiting for a slow destination
+constexpr size_t flush_at = 48 * 1024; // leaves room for one long line
+constexpr size_t max_field = 2048;     // longer targets and agents are cut
+} // namespace
 
 LogWriter::LogWriter(int fd) : fd_(fd), thread_([this] { run(); }) {}
 
@@ -25,7 +25,8 @@ LogWriter::~LogWriter() {
   }
   wake_.notify_one();
   thread_.join();
-  for (char* b : free_) std::free(b);
+  for (char* b : free_)
+    std::free(b);
 }
 
 char* LogWriter::submit(char* batch, size_t used, size_t lines) {
@@ -33,7 +34,7 @@ char* LogWriter::submit(char* batch, size_t used, size_t lines) {
   {
     std::lock_guard lock(mutex_);
     if (queue_.size() >= max_queued) {
-      dropped_ += lines;  // the destination is too slow: drop, never block
+      dropped_ += lines; // the destination is too slow: drop, never block
       return batch;
     }
     queue_.emplace_back(batch, used);
@@ -54,15 +55,15 @@ uint64_t LogWriter::dropped_lines() const {
 void LogWriter::run() {
   std::unique_lock lock(mutex_);
   for (;;) {
-    wake_.wait_for(lock, std::chrono::seconds(1),
-                   [this] { return stopping_ || !queue_.empty(); });
+    wake_.wait_for(lock, std::chrono::seconds(1), [this] { return stopping_ || !queue_.empty(); });
     if (dropped_ != reported_) {
       std::fprintf(stderr, "lb: access_log: dropped %llu lines: the destination is too slow\n",
                    static_cast<unsigned long long>(dropped_ - reported_));
       reported_ = dropped_;
     }
     if (queue_.empty()) {
-      if (stopping_) return;
+      if (stopping_)
+        return;
       continue;
     }
     auto [batch, used] = queue_.front();
@@ -71,13 +72,17 @@ void LogWriter::run() {
     size_t off = 0;
     while (off < used) {
       ssize_t n = ::write(fd_, batch + off, used - off);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;  // a broken log destination must not stop the proxy
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        break; // a broken log destination must not stop the proxy
       off += static_cast<size_t>(n);
     }
     lock.lock();
-    if (free_.size() < max_queued) free_.push_back(batch);
-    else std::free(batch);
+    if (free_.size() < max_queued)
+      free_.push_back(batch);
+    else
+      std::free(batch);
   }
 }
 
@@ -91,7 +96,8 @@ AccessLog::~AccessLog() {
 }
 
 void AccessLog::flush() {
-  if (!writer_ || used_ == 0) return;
+  if (!writer_ || used_ == 0)
+    return;
   buffer_ = writer_->submit(buffer_, used_, lines_);
   used_ = 0;
   lines_ = 0;
@@ -108,7 +114,8 @@ void AccessLog::append_json_string(std::string_view s) {
   s = s.substr(0, std::min(s.size(), max_field));
   for (char ch : s) {
     unsigned char c = static_cast<unsigned char>(ch);
-    if (used_ + 6 >= capacity) break;
+    if (used_ + 6 >= capacity)
+      break;
     if (c == '"' || c == '\\') {
       buffer_[used_++] = '\\';
       buffer_[used_++] = static_cast<char>(c);
@@ -123,7 +130,8 @@ void AccessLog::append_json_string(std::string_view s) {
 
 void AccessLog::refresh_time() {
   time_t now = ::time(nullptr);
-  if (now == formatted_second_) return;
+  if (now == formatted_second_)
+    return;
   formatted_second_ = now;
   struct tm tm;
   gmtime_r(&now, &tm);
@@ -132,7 +140,8 @@ void AccessLog::refresh_time() {
 }
 
 void AccessLog::write(const AccessRecord& r) {
-  if (!writer_) return;
+  if (!writer_)
+    return;
   ++lines_;
   refresh_time();
   char num[160];
@@ -184,7 +193,8 @@ void AccessLog::write(const AccessRecord& r) {
     append(r.user_agent.empty() ? std::string_view("-") : r.user_agent.substr(0, max_field));
     append("\"\n");
   }
-  if (used_ >= flush_at) flush();
+  if (used_ >= flush_at)
+    flush();
 }
 
-}  // namespace lb::proxy
+} // namespace lb::proxy

@@ -23,7 +23,7 @@ struct AccessRecord {
   std::string_view client;
   std::string_view listener;
   std::string_view pool;
-  int route = -1;  // index of the listener's route that matched; -1: none
+  int route = -1; // index of the listener's route that matched; -1: none
   std::string_view backend;
   std::string_view method;
   std::string_view target;
@@ -33,7 +33,7 @@ struct AccessRecord {
   int status = 0;
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
-  double upstream_ms = -1;  // < 0: no upstream involved
+  double upstream_ms = -1; // < 0: no upstream involved
   double total_ms = 0;
 };
 
@@ -41,10 +41,10 @@ struct AccessRecord {
 // destination cannot keep up, batches beyond a bound are dropped (and counted,
 // and reported once a second on stderr) rather than slow the proxy down.
 class LogWriter {
- public:
+public:
   static constexpr size_t batch_capacity = 64 * 1024;
-  explicit LogWriter(int fd);  // fd not owned
-  ~LogWriter();                // writes what is queued, then stops
+  explicit LogWriter(int fd); // fd not owned
+  ~LogWriter();               // writes what is queued, then stops
   LogWriter(const LogWriter&) = delete;
   LogWriter& operator=(const LogWriter&) = delete;
 
@@ -52,7 +52,7 @@ class LogWriter {
   char* submit(char* batch, size_t used, size_t lines);
   uint64_t dropped_lines() const;
 
- private:
+private:
   void run();
   int fd_;
   mutable std::mutex mutex_;
@@ -66,7 +66,7 @@ class LogWriter {
 };
 
 class AccessLog {
- public:
+public:
   // `writer` == nullptr disables logging.
   AccessLog(LogWriter* writer, config::AccessLog::Format format);
   AccessLog(const AccessLog&) = delete;
@@ -77,7 +77,7 @@ class AccessLog {
   void write(const AccessRecord& r);
   void flush();
 
- private:
+private:
   void append_json_string(std::string_view s);
   void append(std::string_view s);
   void refresh_time();
@@ -88,8 +88,8 @@ class AccessLog {
   size_t used_ = 0;
   size_t lines_ = 0;
   time_t formatted_second_ = 0;
-  char iso_time_[32] = {};   // 2026-11-25T07:00:00Z
-  char clf_time_[40] = {};   // 25/Nov/2026:07:00:00 +0000
+  char iso_time_[32] = {}; // 2026-11-25T07:00:00Z
+  char clf_time_[40] = {}; // 25/Nov/2026:07:00:00 +0000
 };
 
-}  // namespace lb::proxy
+} // namespace lb::proxy

@@ -22,55 +22,56 @@
 namespace lb::proxy {
 
 class Counter {
- public:
+public:
   void add([[maybe_unused]] uint64_t n = 1) {
     LB_METRIC_ADD(v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed));
   }
   uint64_t get() const { return v_.load(std::memory_order_relaxed); }
 
- private:
+private:
   std::atomic<uint64_t> v_{0};
 };
 
 // A gauge owned by one worker (goes up and down); the sum over workers is the value.
 class Gauge {
- public:
+public:
   void add([[maybe_unused]] int64_t n) {
     LB_METRIC_ADD(v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed));
   }
   int64_t get() const { return v_.load(std::memory_order_relaxed); }
 
- private:
+private:
   std::atomic<int64_t> v_{0};
 };
 
 // Counts by HTTP status code in a few slots, claimed on first use by the owner.
 class CodeCounts {
- public:
+public:
   static constexpr size_t slots = 24;
   void add([[maybe_unused]] int code) {
 #ifndef LB_NO_METRICS
     for (auto& s : slots_) {
       int c = s.code.load(std::memory_order_relaxed);
-      if (c == code) return s.count.add();
+      if (c == code)
+        return s.count.add();
       if (c == 0) {
         s.code.store(code, std::memory_order_release);
         return s.count.add();
       }
     }
-    slots_[slots - 1].count.add();  // out of slots: counted under the last code seen
+    slots_[slots - 1].count.add(); // out of slots: counted under the last code seen
 #endif
   }
-  template <class F>
-  void for_each(F&& f) const {
+  template <class F> void for_each(F&& f) const {
     for (const auto& s : slots_) {
       int c = s.code.load(std::memory_order_acquire);
-      if (c == 0) break;
+      if (c == 0)
+        break;
       f(c, s.count.get());
     }
   }
 
- private:
+private:
   struct Slot {
     std::atomic<int> code{0};
     Counter count;
@@ -79,21 +80,22 @@ class CodeCounts {
 };
 
 class Histogram {
- public:
+public:
   static constexpr std::array<double, 14> bounds{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                                 0.1,    0.25,  0.5,    1,     2.5,   5,     10};
+                                                 0.1,    0.25,  0.5,    1,     2.5,  5,     10};
   void observe([[maybe_unused]] double seconds) {
 #ifndef LB_NO_METRICS
     size_t i = 0;
-    while (i < bounds.size() && seconds > bounds[i]) ++i;
-    buckets_[i].add();  // per bucket, not cumulative; the exporter accumulates
+    while (i < bounds.size() && seconds > bounds[i])
+      ++i;
+    buckets_[i].add(); // per bucket, not cumulative; the exporter accumulates
     sum_micros_.add(static_cast<uint64_t>(seconds * 1e6));
 #endif
   }
-  uint64_t bucket(size_t i) const { return buckets_[i].get(); }  // i <= bounds.size() (+Inf)
+  uint64_t bucket(size_t i) const { return buckets_[i].get(); } // i <= bounds.size() (+Inf)
   double sum_seconds() const { return static_cast<double>(sum_micros_.get()) / 1e6; }
 
- private:
+private:
   std::array<Counter, bounds.size() + 1> buckets_;
   Counter sum_micros_;
 };
@@ -103,19 +105,20 @@ class Histogram {
 // creates entries on first use, a chunk at a time, so the steady state allocates
 // nothing; the admin thread reads with find() meanwhile. Ids past the capacity
 // share one overflow entry rather than fail.
-template <class T, size_t Chunk, size_t Chunks>
-class IdTable {
- public:
+template <class T, size_t Chunk, size_t Chunks> class IdTable {
+public:
   static constexpr size_t capacity = Chunk * Chunks;
   IdTable() = default;
   IdTable(const IdTable&) = delete;
   IdTable& operator=(const IdTable&) = delete;
   ~IdTable() {
-    for (auto& c : chunks_) delete[] c.load(std::memory_order_relaxed);
+    for (auto& c : chunks_)
+      delete[] c.load(std::memory_order_relaxed);
   }
   // Owner thread only.
   T& at(size_t id) {
-    if (id >= capacity) return overflow_;
+    if (id >= capacity)
+      return overflow_;
     auto& slot = chunks_[id / Chunk];
     T* chunk = slot.load(std::memory_order_relaxed);
     if (!chunk) {
@@ -126,42 +129,43 @@ class IdTable {
   }
   // Any thread: nullptr when this worker never counted anything under `id`.
   const T* find(size_t id) const {
-    if (id >= capacity) return &overflow_;
+    if (id >= capacity)
+      return &overflow_;
     const T* chunk = chunks_[id / Chunk].load(std::memory_order_acquire);
     return chunk ? &chunk[id % Chunk] : nullptr;
   }
 
- private:
+private:
   std::array<std::atomic<T*>, Chunks> chunks_{};
   T overflow_;
 };
 
 struct BackendMetrics {
-  CodeCounts responses;     // lb_upstream_requests_total{pool,backend,code}
-  Counter connect_errors;   // lb_upstream_connect_errors_total
-  Gauge active;             // lb_backend_active_requests
-  Gauge pooled;             // lb_backend_pooled_connections: idle keep-alive connections
+  CodeCounts responses;   // lb_upstream_requests_total{pool,backend,code}
+  Counter connect_errors; // lb_upstream_connect_errors_total
+  Gauge active;           // lb_backend_active_requests
+  Gauge pooled;           // lb_backend_pooled_connections: idle keep-alive connections
 };
 
 struct PoolMetrics {
-  Histogram duration;  // lb_request_duration_seconds{pool}
-  Counter retries;     // lb_retries_total{pool}
-  Counter fail_open;   // requests served while no backend was in rotation
+  Histogram duration; // lb_request_duration_seconds{pool}
+  Counter retries;    // lb_retries_total{pool}
+  Counter fail_open;  // requests served while no backend was in rotation
 };
 
 struct ListenerMetrics {
   // lb_requests_total{listener,pool,code}: [0] = no pool (404, 400, ...), [id + 1] = pool id.
   IdTable<CodeCounts, 8, 128> requests;
-  Counter bytes_in;     // lb_bytes_total{listener,direction="in"}: from clients
-  Counter bytes_out;    // ... "out": to clients
-  Gauge connections;    // lb_downstream_connections{listener}
+  Counter bytes_in;  // lb_bytes_total{listener,direction="in"}: from clients
+  Counter bytes_out; // ... "out": to clients
+  Gauge connections; // lb_downstream_connections{listener}
 };
 
 struct WorkerMetrics {
-  IdTable<ListenerMetrics, 4, 256> listeners;    // by listener id
-  IdTable<PoolMetrics, 16, 64> pools;            // by pool id
-  IdTable<BackendMetrics, 64, 1024> backends;    // by backend id
+  IdTable<ListenerMetrics, 4, 256> listeners; // by listener id
+  IdTable<PoolMetrics, 16, 64> pools;         // by pool id
+  IdTable<BackendMetrics, 64, 1024> backends; // by backend id
 };
 static_assert(decltype(WorkerMetrics::backends)::capacity == upstream::Registry::max_backend_ids);
 
-}  // namespace lb::proxy
+} // namespace lb::proxy

@@ -24,8 +24,7 @@ std::string_view host_without_port(std::string_view v) {
 }
 
 bool iends_with(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() &&
-         http::iequals(s.substr(s.size() - suffix.size()), suffix);
+  return s.size() >= suffix.size() && http::iequals(s.substr(s.size() - suffix.size()), suffix);
 }
 
 // The path of an origin-form or absolute-form request target.
@@ -43,7 +42,7 @@ std::string_view path_of(std::string_view target) {
   return target;
 }
 
-}  // namespace
+} // namespace
 
 Router::Router(const std::vector<config::Route>& routes,
                const std::vector<std::shared_ptr<upstream::Pool>>& pools) {
@@ -61,13 +60,15 @@ Router::Router(const std::vector<config::Route>& routes,
     c.path_prefix = r.match.path_prefix;
     c.headers = r.match.headers;
     for (const auto& p : pools)
-      if (p->name() == r.pool) c.pool = static_cast<int>(p->index());
+      if (p->name() == r.pool)
+        c.pool = static_cast<int>(p->index());
     routes_.push_back(std::move(c));
   }
 }
 
 int Router::match(const http::Head& head, std::string_view authority, int* route) const {
-  if (route) *route = -1;
+  if (route)
+    *route = -1;
   const http::Header* host_header = head.find(http::Field::host);
   std::string_view host = !authority.empty() ? host_without_port(authority)
                           : host_header      ? host_without_port(host_header->value.view())
@@ -75,16 +76,19 @@ int Router::match(const http::Head& head, std::string_view authority, int* route
   std::string_view path = path_of(head.target.view());
   for (const auto& r : routes_) {
     switch (r.host_match) {
-      case CompiledRoute::HostMatch::any:
-        break;
-      case CompiledRoute::HostMatch::exact:
-        if (!http::iequals(host, r.host)) continue;
-        break;
-      case CompiledRoute::HostMatch::suffix:
-        if (host.size() <= r.host.size() || !iends_with(host, r.host)) continue;
-        break;
+    case CompiledRoute::HostMatch::any:
+      break;
+    case CompiledRoute::HostMatch::exact:
+      if (!http::iequals(host, r.host))
+        continue;
+      break;
+    case CompiledRoute::HostMatch::suffix:
+      if (host.size() <= r.host.size() || !iends_with(host, r.host))
+        continue;
+      break;
     }
-    if (!r.path_prefix.empty() && path.substr(0, r.path_prefix.size()) != r.path_prefix) continue;
+    if (!r.path_prefix.empty() && path.substr(0, r.path_prefix.size()) != r.path_prefix)
+      continue;
     bool headers_match = true;
     for (const auto& [name, value] : r.headers) {
       bool found = false;
@@ -97,7 +101,8 @@ int Router::match(const http::Head& head, std::string_view authority, int* route
       }
     }
     if (headers_match) {
-      if (route) *route = static_cast<int>(&r - routes_.data());
+      if (route)
+        *route = static_cast<int>(&r - routes_.data());
       return r.pool;
     }
   }
@@ -132,8 +137,9 @@ Runtime::Runtime(const Runtime& previous, upstream::Registry& registry,
 bool uses_discovery(const config::Pool& pool) {
   for (const auto& r : pool.regions)
     for (const auto& b : r.backends)
-      if (b.kind != config::Backend::Kind::address) return true;
+      if (b.kind != config::Backend::Kind::address)
+        return true;
   return false;
 }
 
-}  // namespace lb::proxy
+} // namespace lb::proxy

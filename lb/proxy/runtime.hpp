@@ -16,7 +16,7 @@ namespace lb::proxy {
 
 // Routes of one listener, compiled: first match wins.
 class Router {
- public:
+public:
   Router(const std::vector<config::Route>& routes,
          const std::vector<std::shared_ptr<upstream::Pool>>& pools);
   // Index of the pool for this request head, or -1 when no route matches.
@@ -24,10 +24,10 @@ class Router {
   // `route`, when given, receives the index of the matching route (or -1).
   int match(const http::Head& head, std::string_view authority = {}, int* route = nullptr) const;
 
- private:
+private:
   struct CompiledRoute {
     enum class HostMatch { any, exact, suffix } host_match = HostMatch::any;
-    std::string host;  // lower case; for suffix: ".example.com"
+    std::string host; // lower case; for suffix: ".example.com"
     std::string path_prefix;
     std::vector<std::pair<std::string, std::string>> headers;
     int pool = -1;
@@ -39,13 +39,14 @@ struct ListenerRuntime {
   ListenerRuntime(const config::Listener& c, size_t i, uint32_t listener_id,
                   const std::vector<std::shared_ptr<upstream::Pool>>& pools)
       : config(c), index(i), id(listener_id), router(c.routes, pools) {
-    if (c.tls.enabled) tls = io::TlsServer::create(c.tls, tls_error);
+    if (c.tls.enabled)
+      tls = io::TlsServer::create(c.tls, tls_error);
   }
   config::Listener config;
-  size_t index;  // in its Runtime
-  uint32_t id;   // stable across snapshots (by name)
-  std::unique_ptr<io::TlsServer> tls;  // set when the listener terminates HTTPS
-  std::string tls_error;               // why `tls` could not be built
+  size_t index;                       // in its Runtime
+  uint32_t id;                        // stable across snapshots (by name)
+  std::unique_ptr<io::TlsServer> tls; // set when the listener terminates HTTPS
+  std::string tls_error;              // why `tls` could not be built
   Router router;
 };
 
@@ -61,7 +62,8 @@ struct Runtime {
 
   const ListenerRuntime* listener_by_id(uint32_t id) const {
     for (const auto& l : listeners)
-      if (l->id == id) return l.get();
+      if (l->id == id)
+        return l.get();
     return nullptr;
   }
 
@@ -73,4 +75,4 @@ struct Runtime {
 // Whether a pool has backends found by DNS.
 bool uses_discovery(const config::Pool& pool);
 
-}  // namespace lb::proxy
+} // namespace lb::proxy

@@ -13,9 +13,9 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
-#include <cctype>
 #include <cstring>
 
 namespace lb::proxy {
@@ -26,17 +26,18 @@ using std::chrono::duration;
 
 // A strong reference held by every pending completion handler.
 class Session::Ref {
- public:
+public:
   explicit Ref(Session* s) : s_(s) { s_->add_ref(); }
   Ref(const Ref& o) : s_(o.s_) { s_->add_ref(); }
   Ref(Ref&& o) noexcept : s_(o.s_) { o.s_ = nullptr; }
   Ref& operator=(const Ref&) = delete;
   ~Ref() {
-    if (s_) s_->release();
+    if (s_)
+      s_->release();
   }
   Session* operator->() const { return s_; }
 
- private:
+private:
   Session* s_;
 };
 
@@ -46,20 +47,34 @@ constexpr uint32_t max_target_bytes = 8 * 1024;
 
 const char* reason_phrase(int status) {
   switch (status) {
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Error";
+  case 400:
+    return "Bad Request";
+  case 404:
+    return "Not Found";
+  case 405:
+    return "Method Not Allowed";
+  case 408:
+    return "Request Timeout";
+  case 413:
+    return "Content Too Large";
+  case 414:
+    return "URI Too Long";
+  case 431:
+    return "Request Header Fields Too Large";
+  case 500:
+    return "Internal Server Error";
+  case 501:
+    return "Not Implemented";
+  case 502:
+    return "Bad Gateway";
+  case 503:
+    return "Service Unavailable";
+  case 504:
+    return "Gateway Timeout";
+  case 505:
+    return "HTTP Version Not Supported";
+  default:
+    return "Error";
   }
 }
 
@@ -67,20 +82,21 @@ double ms_between(io::Clock::time_point a, io::Clock::time_point b) {
   return duration<double, std::milli>(b - a).count();
 }
 
-template <class F>
-auto in_slot(io::HandlerSlot& slot, F&& f) {
+template <class F> auto in_slot(io::HandlerSlot& slot, F&& f) {
   return asio::bind_allocator(io::SlotAllocator<void>(slot), std::forward<F>(f));
 }
 
 int fd_of(asio::ip::tcp::socket& s) { return s.native_handle(); }
 
-}  // namespace
+} // namespace
 
 // ---- Outbox: the gather list of one write ---------------------------------
 
 bool Session::Outbox::add(const void* p, size_t n) {
-  if (n == 0) return true;
-  if (count == capacity) return false;
+  if (n == 0)
+    return true;
+  if (count == capacity)
+    return false;
   v[count].iov_base = const_cast<void*>(p);
   v[count].iov_len = n;
   ++count;
@@ -110,8 +126,10 @@ static int write_some(int fd, Session* /*unused*/, iovec* v, unsigned& first, un
     m.msg_iovlen = std::min<unsigned>(count - first, 1024);
     ssize_t n = ::sendmsg(fd, &m, MSG_NOSIGNAL);
     if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return 0;
       return -1;
     }
     written += static_cast<uint64_t>(n);
@@ -137,8 +155,10 @@ void Session::wait_then(asio::ip::tcp::socket& socket, asio::socket_base::wait_t
                         io::HandlerSlot& slot) {
   socket.async_wait(what, in_slot(slot, [self = Ref(this)](const error_code& ec) {
                       Session* s = self.operator->();
-                      if (s->closed_) return;
-                      if (ec) return s->close();
+                      if (s->closed_)
+                        return;
+                      if (ec)
+                        return s->close();
                       (s->*Step)();
                     }));
 }
@@ -150,23 +170,25 @@ void Session::start(WorkerContext& worker, const ListenerRuntime& listener,
   Ref self(new Session(worker, listener, std::move(socket), peer));
   // A PROXY header or a TLS handshake must come as promptly as a request head.
   self->arm(listener.tls || listener.config.proxy_protocol ? Timer::header : Timer::idle);
-  if (listener.tls && !self->ssl_) return self->close();
+  if (listener.tls && !self->ssl_)
+    return self->close();
   self->do_read_request();
 }
 
 Session::Session(WorkerContext& worker, const ListenerRuntime& listener,
                  asio::ip::tcp::socket socket, const sockaddr* peer)
-    : worker_(worker), listener_(&listener), runtime_(worker.runtime),
-      client_(std::move(socket)) {
+    : worker_(worker), listener_(&listener), runtime_(worker.runtime), client_(std::move(socket)) {
   // The socket is non-blocking and TCP_NODELAY already (accept4, the listener).
   set_client_address(peer);
   proxy_pending_ = listener_->config.proxy_protocol;
-  if (listener_->tls) ssl_ = listener_->tls->accept(client_.native_handle());
+  if (listener_->tls)
+    ssl_ = listener_->tls->accept(client_.native_handle());
   req_.set_request_id_header(listener_->config.headers.request_id);
   timer_.fire = &Session::on_timeout;
   timer_.owner = this;
   next_in_worker = worker_.sessions;
-  if (next_in_worker) next_in_worker->prev_in_worker = this;
+  if (next_in_worker)
+    next_in_worker->prev_in_worker = this;
   worker_.sessions = this;
   ++worker_.session_count;
   worker_.metrics->listeners.at(listener_->id).connections.add(1);
@@ -197,27 +219,34 @@ int Session::take_proxy_header() {
   // bytes are consumed. While the header is incomplete, every byte received
   // is part of it: those are consumed (kept in cbuf_ from offset 0) so that
   // the next wait is for new bytes, not for the ones already there.
-  if (!cbuf_) cbuf_ = worker_.buffers.acquire();
+  if (!cbuf_)
+    cbuf_ = worker_.buffers.acquire();
   uint32_t have = c_len_;
   ssize_t n = ::recv(fd_of(client_), cbuf_->data() + have, cbuf_->capacity - have, MSG_PEEK);
-  if (n == 0) return -1;
-  if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+  if (n == 0)
+    return -1;
+  if (n < 0)
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
   http::ProxyHeader header;
   size_t seen = have + static_cast<size_t>(n);
   switch (http::parse_proxy_header(cbuf_->data(), seen, header)) {
-    case http::ProxyParse::invalid:
+  case http::ProxyParse::invalid:
+    return -1;
+  case http::ProxyParse::need_more:
+    if (seen >= cbuf_->capacity)
       return -1;
-    case http::ProxyParse::need_more:
-      if (seen >= cbuf_->capacity) return -1;
-      if (::recv(fd_of(client_), cbuf_->data() + have, static_cast<size_t>(n), 0) != n) return -1;
-      c_len_ = static_cast<uint32_t>(seen);
-      return 0;
-    case http::ProxyParse::complete:
-      break;
+    if (::recv(fd_of(client_), cbuf_->data() + have, static_cast<size_t>(n), 0) != n)
+      return -1;
+    c_len_ = static_cast<uint32_t>(seen);
+    return 0;
+  case http::ProxyParse::complete:
+    break;
   }
   size_t rest = header.length - have;
-  if (::recv(fd_of(client_), cbuf_->data() + have, rest, 0) != static_cast<ssize_t>(rest)) return -1;
-  if (!header.local) set_client_address(reinterpret_cast<const sockaddr*>(&header.source));
+  if (::recv(fd_of(client_), cbuf_->data() + have, rest, 0) != static_cast<ssize_t>(rest))
+    return -1;
+  if (!header.local)
+    set_client_address(reinterpret_cast<const sockaddr*>(&header.source));
   proxy_pending_ = false;
   c_len_ = 0;
   return 1;
@@ -231,10 +260,12 @@ int Session::tls_handshake() {
     return 1;
   }
   int e = SSL_get_error(ssl_, r);
-  if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) return -1;
-  wait_then<&Session::read_request_head>(
-      client_, e == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
-      client_read_slot_);
+  if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+    return -1;
+  wait_then<&Session::read_request_head>(client_,
+                                         e == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read
+                                                                  : asio::socket_base::wait_write,
+                                         client_read_slot_);
   return 0;
 }
 
@@ -244,44 +275,50 @@ namespace {
 ssize_t tls_recv(SSL* ssl, char* p, size_t n) {
   ERR_clear_error();
   int r = SSL_read(ssl, p, static_cast<int>(std::min<size_t>(n, INT32_MAX)));
-  if (r > 0) return r;
+  if (r > 0)
+    return r;
   switch (SSL_get_error(ssl, r)) {
-    case SSL_ERROR_ZERO_RETURN:
-      return 0;
-    case SSL_ERROR_WANT_READ:
-    case SSL_ERROR_WANT_WRITE:
-      errno = EAGAIN;
-      return -1;
-    case SSL_ERROR_SYSCALL:
-      if (errno == 0) return 0;  // closed without close_notify
-      return -1;
-    default:
-      errno = ECONNRESET;
-      return -1;
+  case SSL_ERROR_ZERO_RETURN:
+    return 0;
+  case SSL_ERROR_WANT_READ:
+  case SSL_ERROR_WANT_WRITE:
+    errno = EAGAIN;
+    return -1;
+  case SSL_ERROR_SYSCALL:
+    if (errno == 0)
+      return 0; // closed without close_notify
+    return -1;
+  default:
+    errno = ECONNRESET;
+    return -1;
   }
 }
 
-}  // namespace
+} // namespace
 
 ssize_t Session::client_recv(char* p, size_t n) {
-  if (!ssl_) return ::recv(fd_of(client_), p, n, 0);
+  if (!ssl_)
+    return ::recv(fd_of(client_), p, n, 0);
   return tls_recv(ssl_, p, n);
 }
 
 ssize_t Session::backend_recv(char* p, size_t n) {
-  if (!conn_->ssl) return ::recv(fd_of(conn_->socket), p, n, 0);
+  if (!conn_->ssl)
+    return ::recv(fd_of(conn_->socket), p, n, 0);
   return tls_recv(conn_->ssl, p, n);
 }
 
 int Session::client_write(Outbox& out, uint64_t& written) {
   write_wants_read_ = false;
-  if (!ssl_) return write_some(fd_of(client_), this, out.v, out.first, out.count, written);
+  if (!ssl_)
+    return write_some(fd_of(client_), this, out.v, out.first, out.count, written);
   return tls_write(ssl_, out, tls_stage_, written);
 }
 
 int Session::backend_write(Outbox& out, uint64_t& written) {
   write_wants_read_ = false;
-  if (!conn_->ssl) return write_some(fd_of(conn_->socket), this, out.v, out.first, out.count, written);
+  if (!conn_->ssl)
+    return write_some(fd_of(conn_->socket), this, out.v, out.first, out.count, written);
   return tls_write(conn_->ssl, out, backend_tls_stage_, written);
 }
 
@@ -289,7 +326,8 @@ int Session::backend_write(Outbox& out, uint64_t& written) {
 // bytes to encrypt them anyway). After WANT_WRITE the same bytes are staged
 // again, as OpenSSL requires for the retry.
 int Session::tls_write(SSL* ssl, Outbox& out, io::Buffer*& stage, uint64_t& written) {
-  if (!stage) stage = worker_.buffers.acquire();
+  if (!stage)
+    stage = worker_.buffers.acquire();
   while (!out.empty()) {
     size_t staged = 0;
     for (unsigned i = out.first; i < out.count && staged < stage->capacity; ++i) {
@@ -321,45 +359,54 @@ int Session::tls_write(SSL* ssl, Outbox& out, io::Buffer*& stage, uint64_t& writ
 
 Session::~Session() {
   io::Timeouts::disarm(timer_);
-  if (ssl_) SSL_free(ssl_);
+  if (ssl_)
+    SSL_free(ssl_);
   worker_.buffers.release(tls_stage_);
   worker_.buffers.release(backend_tls_stage_);
   delete conn_;
   worker_.buffers.release(cbuf_);
   worker_.buffers.release(ubuf_);
-  if (prev_in_worker) prev_in_worker->next_in_worker = next_in_worker;
-  else worker_.sessions = next_in_worker;
-  if (next_in_worker) next_in_worker->prev_in_worker = prev_in_worker;
+  if (prev_in_worker)
+    prev_in_worker->next_in_worker = next_in_worker;
+  else
+    worker_.sessions = next_in_worker;
+  if (next_in_worker)
+    next_in_worker->prev_in_worker = prev_in_worker;
   count_bytes();
   worker_.metrics->listeners.at(listener_->id).connections.add(-1);
-  if (worker_.on_session_closed) worker_.on_session_closed(listener_->id);
+  if (worker_.on_session_closed)
+    worker_.on_session_closed(listener_->id);
   if (--worker_.session_count == 0 && worker_.draining && worker_.on_drained)
     asio::post(worker_.io, worker_.on_drained);
 }
 
 void Session::trim_if_idle() {
-  if (ssl_ && timer_kind_ == Timer::idle && !cbuf_) SSL_free_buffers(ssl_);
+  if (ssl_ && timer_kind_ == Timer::idle && !cbuf_)
+    SSL_free_buffers(ssl_);
 }
 
 void Session::close_if_idle() {
   keep_client_ = false;
-  if (timer_kind_ == Timer::idle && c_len_ == 0) close();
+  if (timer_kind_ == Timer::idle && c_len_ == 0)
+    close();
 }
 
 void Session::close() {
-  if (closed_) return;
+  if (closed_)
+    return;
   closed_ = true;
   if (started_ != io::Clock::time_point{}) {
     // A request cut short (the client left, the backend failed mid-response,
     // a forced shutdown) is logged and counted too: under the status sent, or
     // 499 when none was (nginx's "client closed request").
-    if (!status_) status_ = 499;
+    if (!status_)
+      status_ = 499;
     finish_request_log();
     started_ = {};
   }
   count_bytes();
   if (queued_) {
-    Ref keep(this);  // leave_queue drops the queue's reference
+    Ref keep(this); // leave_queue drops the queue's reference
     leave_queue();
   }
   io::Timeouts::disarm(timer_);
@@ -377,20 +424,23 @@ void Session::close() {
 // response in the client's receive buffer. So: send FIN, discard what the
 // client still sends (bounded in bytes and time), then close.
 void Session::close_gracefully(bool request_read) {
-  if (closed_) return;
+  if (closed_)
+    return;
   release_backend(false);
   if (ssl_) {
-    SSL_shutdown(ssl_);  // close_notify, best effort
+    SSL_shutdown(ssl_); // close_notify, best effort
   } else {
     // Nothing unread from a client whose request was read whole: a plain close
     // sends FIN, not a reset. (As nginx's lingering_close heuristics.)
     char probe;
     ssize_t pending = ::recv(fd_of(client_), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (pending < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && request_read) return close();
+    if (pending < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && request_read)
+      return close();
   }
   error_code ec;
   client_.shutdown(asio::socket_base::shutdown_send, ec);
-  if (ec) return close();
+  if (ec)
+    return close();
   arm(Timer::linger);
   linger_read();
 }
@@ -401,10 +451,12 @@ void Session::linger_read() {
     ssize_t n = client_recv(sink, sizeof sink);
     if (n > 0) {
       lingered_ += static_cast<uint32_t>(n);
-      if (lingered_ > (1u << 20)) return close();
+      if (lingered_ > (1u << 20))
+        return close();
       continue;
     }
-    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINTR)
+      continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       wait_then<&Session::linger_read>(client_, asio::socket_base::wait_read, client_read_slot_);
       return;
@@ -416,7 +468,8 @@ void Session::linger_read() {
 // ---- Reading the request head ----------------------------------------------
 
 void Session::do_read_request() {
-  if (closed_) return;
+  if (closed_)
+    return;
   read_request_head();
 }
 
@@ -424,9 +477,10 @@ void Session::read_request_head() {
   const auto& limits = listener_->config.limits;
   if (proxy_pending_) {
     int r = take_proxy_header();
-    if (r < 0) return close();
+    if (r < 0)
+      return close();
     if (r == 0) {
-      if (c_len_ == 0) {  // nothing of the header yet: hold no buffer
+      if (c_len_ == 0) { // nothing of the header yet: hold no buffer
         worker_.buffers.release(cbuf_);
         cbuf_ = nullptr;
       }
@@ -437,8 +491,10 @@ void Session::read_request_head() {
   }
   if (ssl_ && !handshake_done_) {
     int r = tls_handshake();
-    if (r < 0) return close();
-    if (r == 0) return;
+    if (r < 0)
+      return close();
+    if (r == 0)
+      return;
   }
   for (;;) {
     if (c_parsed_ < c_len_) {
@@ -462,20 +518,26 @@ void Session::read_request_head() {
       keep_client_ = false;
       return respond_error(431, "request head larger than max_header_bytes", true);
     }
-    if (!cbuf_) cbuf_ = worker_.buffers.acquire();
+    if (!cbuf_)
+      cbuf_ = worker_.buffers.acquire();
     ssize_t n = client_recv(cbuf_->data() + c_len_, cbuf_->capacity - c_len_);
     if (n > 0) {
       bool was_empty = c_len_ == 0;
       c_len_ += static_cast<uint32_t>(n);
       bytes_in_ += static_cast<uint64_t>(n);
-      if (c_parsed_ == 0) skip_empty_lines();
-      if (was_empty && c_len_ > 0) arm(Timer::header);
+      if (c_parsed_ == 0)
+        skip_empty_lines();
+      if (was_empty && c_len_ > 0)
+        arm(Timer::header);
       continue;
     }
-    if (n == 0) return close();  // the client is done (or gave up mid-head)
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return close();
-    if (c_len_ == 0) {  // idle between requests: hold no buffer
+    if (n == 0)
+      return close(); // the client is done (or gave up mid-head)
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      return close();
+    if (c_len_ == 0) { // idle between requests: hold no buffer
       worker_.buffers.release(cbuf_);
       cbuf_ = nullptr;
     }
@@ -491,8 +553,10 @@ void Session::read_request_head() {
 void Session::skip_empty_lines() {
   const char* data = cbuf_->data();
   uint32_t k = 0;
-  while (k < c_len_ && (data[k] == '\r' || data[k] == '\n')) ++k;
-  if (k == 0) return;
+  while (k < c_len_ && (data[k] == '\r' || data[k] == '\n'))
+    ++k;
+  if (k == 0)
+    return;
   std::memmove(cbuf_->data(), data + k, c_len_ - k);
   c_len_ -= k;
 }
@@ -544,14 +608,16 @@ void Session::on_request_head() {
     }
     size_t start = scheme_end + 3;
     size_t end = target.find_first_of("/?#", start);
-    if (end == std::string_view::npos) end = target.size();
+    if (end == std::string_view::npos)
+      end = target.size();
     if (end == start || target.substr(start, end - start).find('@') != std::string_view::npos) {
       keep_client_ = false;
       return respond_error(400, "invalid authority in the request target", true);
     }
     authority_ = {head.target.p + start, static_cast<uint32_t>(end - start)};
     for (unsigned i = 0; i < head.count; ++i)
-      if (head.headers[i].field == http::Field::host) head.headers[i].hop_by_hop = true;
+      if (head.headers[i].field == http::Field::host)
+        head.headers[i].hop_by_hop = true;
   }
   uint64_t max_body = listener_->config.limits.max_body_bytes;
   if (max_body && head.has_content_length && head.content_length > max_body) {
@@ -569,10 +635,11 @@ void Session::on_request_head() {
     // Upgrade is hop-by-hop, but asking the backend to switch is the point.
     upgrade_requested_ = true;
     for (unsigned i = 0; i < head.count; ++i)
-      if (head.headers[i].field == http::Field::upgrade) head.headers[i].hop_by_hop = false;
+      if (head.headers[i].field == http::Field::upgrade)
+        head.headers[i].hop_by_hop = false;
   }
 
-  adopt_runtime();  // a keep-alive connection follows reloads request by request
+  adopt_runtime(); // a keep-alive connection follows reloads request by request
   int pool = listener_->router.match(head, authority_.view(), &route_);
   bool has_body = head.chunked || head.content_length > 0;
 
@@ -597,37 +664,48 @@ void Session::on_request_head() {
   if (std::string_view m = head.method.view(); m == "OPTIONS" || m == "TRACE") {
     const http::Header* mf = head.find(http::Field::max_forwards);
     std::string_view v = mf ? mf->value.view() : std::string_view();
-    if (!v.empty() && std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    if (!v.empty() &&
+        std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       // Leading zeros say nothing; more than 18 digits is "many" (not 0).
       std::string_view digits = v.substr(std::min(v.find_first_not_of('0'), v.size()));
       uint64_t hops = digits.size() > 18 ? 1'000'000'000'000'000'000ULL : 0;
       if (digits.size() <= 18)
-        for (char c : digits) hops = hops * 10 + static_cast<uint64_t>(c - '0');
+        for (char c : digits)
+          hops = hops * 10 + static_cast<uint64_t>(c - '0');
       if (hops == 0) {
-        if (has_body && !req_done_) keep_client_ = false;
+        if (has_body && !req_done_)
+          keep_client_ = false;
         return respond_final_recipient();
       }
-      max_forwards_len_ = static_cast<uint8_t>(std::snprintf(
-          max_forwards_, sizeof max_forwards_, "Max-Forwards: %llu\r\n",
-          static_cast<unsigned long long>(hops - 1)));
+      max_forwards_len_ = static_cast<uint8_t>(
+          std::snprintf(max_forwards_, sizeof max_forwards_, "Max-Forwards: %llu\r\n",
+                        static_cast<unsigned long long>(hops - 1)));
     }
   }
 
   if (pool < 0) {
-    if (has_body && !req_done_) keep_client_ = false;
+    if (has_body && !req_done_)
+      keep_client_ = false;
     return respond_error(404, "no route matches the request", !keep_client_);
   }
   pool_ = runtime_->pools[static_cast<size_t>(pool)].get();
   const config::Pool& pc = pool_->config();
-  if (pc.maintenance) return respond_maintenance();
+  if (pc.maintenance)
+    return respond_maintenance();
   // What the balancer may use: the hash key, the sticky cookie.
   has_hash_ = false;
   if (pc.balance == config::Balance::ring_hash || pc.balance == config::Balance::maglev) {
     std::string_view key;
     switch (pc.hash_key.kind) {
-      case config::HashKey::Kind::source_ip: key = {client_ip_, client_ip_len_}; break;
-      case config::HashKey::Kind::header: key = http::find_header(head, pc.hash_key.name); break;
-      case config::HashKey::Kind::cookie: key = http::find_cookie(head, pc.hash_key.name); break;
+    case config::HashKey::Kind::source_ip:
+      key = {client_ip_, client_ip_len_};
+      break;
+    case config::HashKey::Kind::header:
+      key = http::find_header(head, pc.hash_key.name);
+      break;
+    case config::HashKey::Kind::cookie:
+      key = http::find_cookie(head, pc.hash_key.name);
+      break;
     }
     if (!key.empty()) {
       hash_ = upstream::hash64(key);
@@ -637,7 +715,8 @@ void Session::on_request_head() {
   sticky_backend_ = -1;
   if (!pc.sticky_cookie.empty()) {
     std::string_view value = http::find_cookie(head, pc.sticky_cookie);
-    if (!value.empty()) sticky_backend_ = pool_->sticky_backend(value);
+    if (!value.empty())
+      sticky_backend_ = pool_->sticky_backend(value);
   }
   resp_.set_head_request(head.method.view() == "HEAD");
   arm(Timer::exchange);
@@ -661,13 +740,15 @@ void Session::do_attempt() {
     if (b < 0 && busy) {
       if (!queued_ && pool_->config().queue_timeout.count() > 0) {
         queued_ = true;
-        add_ref();  // held by the queue
+        add_ref(); // held by the queue
         worker_.queue.push_back(this);
-        if (worker_.poll_queue) worker_.poll_queue();
+        if (worker_.poll_queue)
+          worker_.poll_queue();
         arm(Timer::queue);
         return;
       }
-      if (queued_) return;  // still waiting: the queue polls again
+      if (queued_)
+        return; // still waiting: the queue polls again
       std::snprintf(error_page_, sizeof error_page_,
                     "circuit open: every backend of pool %s is at max_connections_per_backend",
                     pool_->name().c_str());
@@ -676,8 +757,8 @@ void Session::do_attempt() {
     acquired_ = b >= 0;
   }
   if (b < 0) {
-    leave_queue();  // answered now: the queue must not try it again
-    if (attempts_ > 0)  // the last failure's reason is kept in error_page_
+    leave_queue();     // answered now: the queue must not try it again
+    if (attempts_ > 0) // the last failure's reason is kept in error_page_
       return respond_error(502, error_page_, !req_done_);
     std::snprintf(error_page_, sizeof error_page_, "no healthy backend in pool %s",
                   pool_->name().c_str());
@@ -685,11 +766,12 @@ void Session::do_attempt() {
   }
   if (queued_) {
     leave_queue();
-    arm(Timer::exchange);  // the queue's deadline no longer applies
+    arm(Timer::exchange); // the queue's deadline no longer applies
   }
   tried_.add(static_cast<size_t>(b));
   PoolMetrics& pm = worker_.metrics->pools.at(pool_->id());
-  if (attempts_ > 0 || replays_ > 0) pm.retries.add();
+  if (attempts_ > 0 || replays_ > 0)
+    pm.retries.add();
   if (attempts_ == 0 && replays_ == 0 && pool_->selection().fail_open) {
     pm.fail_open.add();
     pool_->note_fail_open();
@@ -702,7 +784,8 @@ void Session::do_attempt() {
   worker_.metrics->backends.at(backend.id).active.add(1);
   resp_.reset();
   u_len_ = u_parsed_ = u_sent_ = 0;
-  if (attempts_ == 1) upstream_started_ = io::Clock::now();
+  if (attempts_ == 1)
+    upstream_started_ = io::Clock::now();
   conn_ = worker_.connections.take(backend.id);
   // A reload may have changed the pool's tls settings: those are no use now.
   while (conn_ && conn_->tls.get() != pool_->tls()) {
@@ -727,8 +810,10 @@ void Session::do_connect() {
   const auto& endpoint = backend.endpoint;
   error_code ec;
   conn_->socket.open(endpoint.protocol(), ec);
-  if (!ec) conn_->socket.non_blocking(true, ec);
-  if (ec) return backend_failed(Failure::connect, "cannot open a socket");
+  if (!ec)
+    conn_->socket.non_blocking(true, ec);
+  if (ec)
+    return backend_failed(Failure::connect, "cannot open a socket");
   arm(Timer::connect);
   conn_->socket.async_connect(
       endpoint, in_slot(backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& e) {
@@ -737,7 +822,8 @@ void Session::do_connect() {
 }
 
 void Session::on_connect(const error_code& ec, uint32_t attempt) {
-  if (closed_ || attempt != attempt_) return;
+  if (closed_ || attempt != attempt_)
+    return;
   if (ec) {
     std::snprintf(error_page_, sizeof error_page_, "connect to %s failed: %s",
                   pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
@@ -751,7 +837,8 @@ void Session::on_connect(const error_code& ec, uint32_t attempt) {
   }
   error_code ignored;
   conn_->socket.set_option(asio::ip::tcp::no_delay(true), ignored);
-  if (pool_->config().tls.enabled) return start_backend_tls();
+  if (pool_->config().tls.enabled)
+    return start_backend_tls();
   arm(Timer::exchange);
   do_send_request_head();
 }
@@ -767,7 +854,8 @@ void Session::start_backend_tls() {
   }
   if (!conn_->ssl) {
     std::snprintf(error_page_, sizeof error_page_, "TLS to %s cannot be set up: %s",
-                  backend.label.c_str(), pool_->tls() ? "out of memory" : pool_->tls_error().c_str());
+                  backend.label.c_str(),
+                  pool_->tls() ? "out of memory" : pool_->tls_error().c_str());
     io::log("pool %s: %s", pool_->name().c_str(), error_page_);
     return backend_failed(Failure::connect, error_page_);
   }
@@ -786,8 +874,10 @@ void Session::backend_handshake() {
     conn_->socket.async_wait(
         e == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
         in_slot(backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
-          if (self->closed_ || a != self->attempt_) return;
-          if (ec) return self->backend_failed(Failure::connect, "backend connection failed");
+          if (self->closed_ || a != self->attempt_)
+            return;
+          if (ec)
+            return self->backend_failed(Failure::connect, "backend connection failed");
           self->backend_handshake();
         }));
     return;
@@ -814,7 +904,7 @@ void Session::do_send_request_head() {
   if (headers_cfg.forwarded_for == FF::append)
     for (unsigned i = 0; i < head.count; ++i)
       if (head.headers[i].field == http::Field::x_forwarded_for && !head.headers[i].hop_by_hop)
-        last_xff = static_cast<int>(i);  // (one the client named in Connection is cut)
+        last_xff = static_cast<int>(i); // (one the client named in Connection is cut)
 
   // Added fields are gathered from bytes that outlive the write (literals,
   // the session's own members, the snapshot's config): nothing is formatted.
@@ -828,16 +918,19 @@ void Session::do_send_request_head() {
     const char* path = authority_.p + authority_.n;
     const char* target_end = head.target.p + head.target.n;
     ok &= out.add(seg, static_cast<size_t>(head.target.p - seg));
-    if (path == target_end || *path != '/') ok &= out.add(std::string_view("/"));
-    if (path != target_end) ok &= out.add(path, static_cast<size_t>(target_end - path));
+    if (path == target_end || *path != '/')
+      ok &= out.add(std::string_view("/"));
+    if (path != target_end)
+      ok &= out.add(path, static_cast<size_t>(target_end - path));
     seg = target_end;
   }
   for (unsigned i = 0; i < head.count; ++i) {
     const http::Header& h = head.headers[i];
-    bool cut = h.hop_by_hop || h.field == http::Field::x_forwarded_proto ||
-               h.field == http::Field::x_forwarded_host ||
-               (h.field == http::Field::max_forwards && max_forwards_len_) ||
-               (h.field == http::Field::x_forwarded_for && headers_cfg.forwarded_for == FF::replace);
+    bool cut =
+        h.hop_by_hop || h.field == http::Field::x_forwarded_proto ||
+        h.field == http::Field::x_forwarded_host ||
+        (h.field == http::Field::max_forwards && max_forwards_len_) ||
+        (h.field == http::Field::x_forwarded_for && headers_cfg.forwarded_for == FF::replace);
     if (static_cast<int>(i) == last_xff) {
       // Append the client to the last X-Forwarded-For line in place.
       ok &= out.add(seg, static_cast<size_t>(h.value.end() - seg));
@@ -858,7 +951,7 @@ void Session::do_send_request_head() {
     ok &= out.add(std::string_view("\r\n"));
   }
   ok &= out.add(ssl_ ? std::string_view("X-Forwarded-Proto: https\r\n")
-                    : std::string_view("X-Forwarded-Proto: http\r\n"));
+                     : std::string_view("X-Forwarded-Proto: http\r\n"));
   http::Span host = authority_;
   if (!authority_.empty()) {
     ok &= out.add(std::string_view("Host: "));
@@ -872,10 +965,12 @@ void Session::do_send_request_head() {
     ok &= out.add(host.p, host.n);
     ok &= out.add(std::string_view("\r\n"));
   }
-  if (max_forwards_len_) ok &= out.add(max_forwards_, max_forwards_len_);
+  if (max_forwards_len_)
+    ok &= out.add(max_forwards_, max_forwards_len_);
   const http::Header* te = head.find(http::Field::te);
   bool te_trailers = te && http::has_token(te->value.view(), "trailers");
-  if (te_trailers) ok &= out.add(std::string_view("TE: trailers\r\n"));
+  if (te_trailers)
+    ok &= out.add(std::string_view("TE: trailers\r\n"));
   if (headers_cfg.via)
     ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
                                   : std::string_view("Via: 1.1 lb\r\n"));
@@ -907,7 +1002,8 @@ void Session::do_send_request_head() {
 void Session::do_write_backend() {
   uint64_t written = 0;
   int r = backend_write(to_backend_, written);
-  if (r > 0) return on_request_bytes_sent();
+  if (r > 0)
+    return on_request_bytes_sent();
   if (r == 0) {
     backend_writing_ = true;
     conn_->socket.async_wait(
@@ -917,7 +1013,8 @@ void Session::do_write_backend() {
         }));
     return;
   }
-  if (reading_response_) return stop_request_body();
+  if (reading_response_)
+    return stop_request_body();
   std::snprintf(error_page_, sizeof error_page_, "sending to %s failed: %s",
                 pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
                 std::strerror(errno));
@@ -928,10 +1025,13 @@ void Session::do_write_backend() {
 }
 
 void Session::on_backend_writable(const error_code& ec, uint32_t attempt) {
-  if (closed_ || attempt != attempt_) return;
+  if (closed_ || attempt != attempt_)
+    return;
   backend_writing_ = false;
-  if (ec && reading_response_) return stop_request_body();
-  if (ec) return backend_failed(Failure::backend, "backend connection failed");
+  if (ec && reading_response_)
+    return stop_request_body();
+  if (ec)
+    return backend_failed(Failure::backend, "backend connection failed");
   arm(Timer::exchange);
   do_write_backend();
 }
@@ -949,28 +1049,33 @@ void Session::stop_request_body() {
 
 void Session::on_request_bytes_sent() {
   backend_writing_ = false;
-  if (req_done_) req_sent_ = true;
+  if (req_done_)
+    req_sent_ = true;
   if (!reading_response_) {
     // Start reading the response from the event loop, not from inside this
     // write: the steps below must not run re-entrantly into the next request.
     reading_response_ = true;
     asio::post(worker_.io, in_slot(backend_read_slot_, [self = Ref(this), a = attempt_] {
-                 if (!self->closed_ && a == self->attempt_) self->do_read_response();
+                 if (!self->closed_ && a == self->attempt_)
+                   self->do_read_response();
                }));
   }
-  if (!req_done_) return do_read_request_body();
-  if (resp_done_ && !client_writing_ && !answered_locally_) on_response_complete();
+  if (!req_done_)
+    return do_read_request_body();
+  if (resp_done_ && !client_writing_ && !answered_locally_)
+    on_response_complete();
 }
 
 void Session::do_read_request_body() {
   // The body bytes after the head have been sent: reuse that room.
-  if (msg_end_ > head_end_) body_discarded_ = true;
+  if (msg_end_ > head_end_)
+    body_discarded_ = true;
   c_len_ = c_parsed_ = msg_end_ = head_end_;
   if (++request_chain_ % 16 == 0) {
     // Bytes keep coming without blocking: continue from the event loop so the
     // stack does not grow with the body.
-    asio::post(worker_.io, in_slot(client_read_slot_, [self = Ref(this), g = request_gen_,
-                                                       a = attempt_] {
+    asio::post(worker_.io,
+               in_slot(client_read_slot_, [self = Ref(this), g = request_gen_, a = attempt_] {
                  if (!self->closed_ && g == self->request_gen_ && a == self->attempt_)
                    self->read_request_body();
                }));
@@ -987,9 +1092,12 @@ void Session::read_request_body() {
       bytes_in_ += static_cast<uint64_t>(n);
       break;
     }
-    if (n == 0) return close();  // the client left before its request was complete
-    if (errno == EINTR) continue;
-    if (errno != EAGAIN && errno != EWOULDBLOCK) return close();
+    if (n == 0)
+      return close(); // the client left before its request was complete
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      return close();
     // The request may end before more of its body comes (an early response,
     // a failed backend, a timeout), or go to another backend (a retry or a
     // replay, which starts its own body pump): this wait is then stale and
@@ -999,7 +1107,8 @@ void Session::read_request_body() {
                                                    a = attempt_](const error_code& ec) {
                          if (self->closed_ || g != self->request_gen_ || a != self->attempt_)
                            return;
-                         if (ec) return self->close();
+                         if (ec)
+                           return self->close();
                          self->read_request_body();
                        }));
     return;
@@ -1009,13 +1118,15 @@ void Session::read_request_body() {
   auto r = req_.feed(data + c_parsed_, data + c_len_);
   if (r.event == http::Parser::Event::error) {
     keep_client_ = false;
-    if (resp_started_) return close();
+    if (resp_started_)
+      return close();
     return respond_error(400, req_.error_reason(), true);
   }
   uint64_t max_body = listener_->config.limits.max_body_bytes;
   if (max_body && req_.body_bytes() > max_body) {
     keep_client_ = false;
-    if (resp_started_) return close();
+    if (resp_started_)
+      return close();
     return respond_error(413, "request body larger than max_body_bytes", true);
   }
   c_parsed_ = static_cast<uint32_t>(r.stop - data);
@@ -1032,14 +1143,17 @@ void Session::read_request_body() {
 void Session::do_read_response() { read_response(); }
 
 void Session::on_backend_readable(const error_code& ec, uint32_t attempt) {
-  if (closed_ || attempt != attempt_) return;
-  if (ec) return backend_failed(Failure::backend, "backend connection failed");
+  if (closed_ || attempt != attempt_)
+    return;
+  if (ec)
+    return backend_failed(Failure::backend, "backend connection failed");
   read_response();
 }
 
 void Session::read_response() {
   for (;;) {
-    if (!ubuf_) ubuf_ = worker_.buffers.acquire();
+    if (!ubuf_)
+      ubuf_ = worker_.buffers.acquire();
     if (u_len_ == ubuf_->capacity) {
       // Only a head can fill the buffer (a body is sent on as it comes).
       return backend_failed(Failure::backend, "response head too large");
@@ -1050,7 +1164,8 @@ void Session::read_response() {
       arm(Timer::exchange);
       return parse_response();
     }
-    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINTR)
+      continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       if (u_len_ == 0) {
         worker_.buffers.release(ubuf_);
@@ -1068,7 +1183,8 @@ void Session::read_response() {
       resp_.finish_at_eof();
       resp_done_ = true;
       backend_keep_alive_ = false;
-      if (!client_writing_) on_response_bytes_sent();
+      if (!client_writing_)
+        on_response_bytes_sent();
       return;
     }
     bool nothing_received = u_len_ == 0 && !resp_started_ && !resp_.in_message();
@@ -1078,8 +1194,7 @@ void Session::read_response() {
                                              : "closed the connection mid-response")
                          : "reset the connection");
     if (!nothing_received || !conn_reused_)
-      pool_->report(static_cast<size_t>(backend_),
-                                                 upstream::Outcome::server_error);
+      pool_->report(static_cast<size_t>(backend_), upstream::Outcome::server_error);
     return backend_failed(nothing_received
                               ? (conn_reused_ ? Failure::reused_early : Failure::before_response)
                               : Failure::backend,
@@ -1090,36 +1205,40 @@ void Session::read_response() {
 void Session::parse_response() {
   char* data = ubuf_->data();
   for (;;) {
-    resp_.dechunk_into(dechunk_ && !in_response_head_ && resp_.in_message() ? data + u_sent_ : nullptr);
+    resp_.dechunk_into(dechunk_ && !in_response_head_ && resp_.in_message() ? data + u_sent_
+                                                                            : nullptr);
     auto r = resp_.feed(data + u_parsed_, data + u_len_);
     u_parsed_ = static_cast<uint32_t>(r.stop - data);
     switch (r.event) {
-      case http::Parser::Event::error:
-        std::snprintf(error_page_, sizeof error_page_, "invalid response from %s: %s",
-                      pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
-                      resp_.error_reason() ? resp_.error_reason() : "parse error");
-        return backend_failed(Failure::backend, error_page_);
-      case http::Parser::Event::head_complete:
-        return on_response_head();
-      case http::Parser::Event::message_complete:
-        if (in_response_head_) {
-          // An interim (1xx) response ended: the final one follows. Move what is
-          // left to the front so the next head has the whole buffer.
-          uint32_t left = u_len_ - u_parsed_;
-          std::memmove(data, data + u_parsed_, left);
-          u_len_ = left;
-          u_parsed_ = u_sent_ = 0;
-          if (left) continue;
-          return read_response();
-        }
-        resp_done_ = true;
-        if (u_parsed_ != u_len_) backend_keep_alive_ = false;  // bytes past the response
-        break;
-      case http::Parser::Event::need_more:
-        // A head (final or interim) not complete yet: its bytes stay where they
-        // are, the rest is read after them.
-        if (in_response_head_ || !resp_started_) return read_response();
-        break;
+    case http::Parser::Event::error:
+      std::snprintf(error_page_, sizeof error_page_, "invalid response from %s: %s",
+                    pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
+                    resp_.error_reason() ? resp_.error_reason() : "parse error");
+      return backend_failed(Failure::backend, error_page_);
+    case http::Parser::Event::head_complete:
+      return on_response_head();
+    case http::Parser::Event::message_complete:
+      if (in_response_head_) {
+        // An interim (1xx) response ended: the final one follows. Move what is
+        // left to the front so the next head has the whole buffer.
+        uint32_t left = u_len_ - u_parsed_;
+        std::memmove(data, data + u_parsed_, left);
+        u_len_ = left;
+        u_parsed_ = u_sent_ = 0;
+        if (left)
+          continue;
+        return read_response();
+      }
+      resp_done_ = true;
+      if (u_parsed_ != u_len_)
+        backend_keep_alive_ = false; // bytes past the response
+      break;
+    case http::Parser::Event::need_more:
+      // A head (final or interim) not complete yet: its bytes stay where they
+      // are, the rest is read after them.
+      if (in_response_head_ || !resp_started_)
+        return read_response();
+      break;
     }
     break;
   }
@@ -1147,7 +1266,8 @@ void Session::on_response_head() {
     if (!upgrade_requested_ || !req_sent_)
       return backend_failed(Failure::backend, "backend switched protocols without an upgrade");
     for (unsigned i = 0; i < head.count; ++i)
-      if (head.headers[i].field == http::Field::upgrade) head.headers[i].hop_by_hop = false;
+      if (head.headers[i].field == http::Field::upgrade)
+        head.headers[i].hop_by_hop = false;
   }
   if (interim || head.status == 204 || head.status == 304) {
     // No body follows (RFC 9112 §6.3), and 1xx and 204 must not claim one
@@ -1164,7 +1284,8 @@ void Session::on_response_head() {
              req_.head().minor == 0;
   if (dechunk_)
     for (unsigned i = 0; i < head.count; ++i)
-      if (head.headers[i].field == http::Field::transfer_encoding) head.headers[i].hop_by_hop = true;
+      if (head.headers[i].field == http::Field::transfer_encoding)
+        head.headers[i].hop_by_hop = true;
   Outbox& out = to_client_;
   out.clear();
   const char* seg = head.start;
@@ -1180,7 +1301,8 @@ void Session::on_response_head() {
     status_ = 101;
     upstream_ms_ = ms_between(upstream_started_, io::Clock::now());
     tunnel_pending_ = true;
-    if (listener_->config.headers.via) ok &= out.add(std::string_view("Via: 1.1 lb\r\n"));
+    if (listener_->config.headers.via)
+      ok &= out.add(std::string_view("Via: 1.1 lb\r\n"));
     ok &= out.add(std::string_view("Connection: upgrade\r\n"));
   } else if (interim) {
     in_response_head_ = true;
@@ -1193,25 +1315,33 @@ void Session::on_response_head() {
                                                      ? upstream::Outcome::server_error
                                                      : upstream::Outcome::success);
     backend_keep_alive_ = head.keep_alive && !resp_.body_until_eof();
-    if (const http::Header* ka = head.find(http::Field::keep_alive)) learn_keep_alive(ka->value.view());
-    if (resp_.body_until_eof() || !req_done_ || worker_.draining) keep_client_ = false;
-    if (dechunk_) keep_client_ = false;
+    if (const http::Header* ka = head.find(http::Field::keep_alive))
+      learn_keep_alive(ka->value.view());
+    if (resp_.body_until_eof() || !req_done_ || worker_.draining)
+      keep_client_ = false;
+    if (dechunk_)
+      keep_client_ = false;
     if (listener_->config.headers.via)
       ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
                                     : std::string_view("Via: 1.1 lb\r\n"));
     const config::Pool& pc = pool_->config();
     if (!pc.sticky_cookie.empty() && sticky_backend_ != backend_) {
       // Pin the client to this backend from now on (also when its old one left).
-      int n = std::snprintf(resp_extra_, sizeof resp_extra_, "Set-Cookie: %s=%s; Path=/; HttpOnly\r\n",
-                            pc.sticky_cookie.c_str(), pool_->sticky_value(static_cast<size_t>(backend_)).c_str());
-      if (n > 0 && static_cast<size_t>(n) < sizeof resp_extra_) ok &= out.add(resp_extra_, static_cast<size_t>(n));
+      int n = std::snprintf(resp_extra_, sizeof resp_extra_,
+                            "Set-Cookie: %s=%s; Path=/; HttpOnly\r\n", pc.sticky_cookie.c_str(),
+                            pool_->sticky_value(static_cast<size_t>(backend_)).c_str());
+      if (n > 0 && static_cast<size_t>(n) < sizeof resp_extra_)
+        ok &= out.add(resp_extra_, static_cast<size_t>(n));
     }
     const http::Head& req = req_.head();
-    if (!keep_client_) ok &= out.add(std::string_view("Connection: close\r\n"));
-    else if (req.minor == 0) ok &= out.add(std::string_view("Connection: keep-alive\r\n"));
+    if (!keep_client_)
+      ok &= out.add(std::string_view("Connection: close\r\n"));
+    else if (req.minor == 0)
+      ok &= out.add(std::string_view("Connection: keep-alive\r\n"));
   }
   ok &= out.add(std::string_view("\r\n"));
-  if (!ok) return backend_failed(Failure::backend, "response has too many header fields");
+  if (!ok)
+    return backend_failed(Failure::backend, "response has too many header fields");
   resp_started_ = true;
 
   if (!interim && !switching) {
@@ -1229,7 +1359,8 @@ void Session::on_response_head() {
     u_parsed_ = static_cast<uint32_t>(r.stop - data);
     if (r.event == http::Parser::Event::message_complete) {
       resp_done_ = true;
-      if (u_parsed_ != u_len_) backend_keep_alive_ = false;
+      if (u_parsed_ != u_len_)
+        backend_keep_alive_ = false;
     }
     const char* body_end = dechunk_ ? resp_.dechunked_end() : data + u_parsed_;
     resp_.dechunk_into(nullptr);
@@ -1241,41 +1372,50 @@ void Session::on_response_head() {
 
 void Session::do_write_client() {
   int r = client_write(to_client_, bytes_out_);
-  if (r > 0) return on_response_bytes_sent();
+  if (r > 0)
+    return on_response_bytes_sent();
   if (r == 0) {
     client_writing_ = true;
-    client_.async_wait(write_wants_read_ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
-                       in_slot(client_write_slot_, [self = Ref(this)](const error_code& ec) {
-                         self->on_client_writable(ec);
-                       }));
+    client_.async_wait(
+        write_wants_read_ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
+        in_slot(client_write_slot_,
+                [self = Ref(this)](const error_code& ec) { self->on_client_writable(ec); }));
     return;
   }
-  close();  // the client is gone
+  close(); // the client is gone
 }
 
 void Session::on_client_writable(const error_code& ec) {
-  if (closed_) return;
+  if (closed_)
+    return;
   client_writing_ = false;
-  if (ec) return close();
-  if (timer_kind_ == Timer::exchange) arm(Timer::exchange);
+  if (ec)
+    return close();
+  if (timer_kind_ == Timer::exchange)
+    arm(Timer::exchange);
   do_write_client();
 }
 
 void Session::on_response_bytes_sent() {
   client_writing_ = false;
-  if (tunnel_) return pump_down();
-  if (answered_locally_) return finish_request();
-  if (tunnel_pending_) return start_tunnel();
+  if (tunnel_)
+    return pump_down();
+  if (answered_locally_)
+    return finish_request();
+  if (tunnel_pending_)
+    return start_tunnel();
   if (in_response_head_) {
     // An interim response went out; carry on with what follows it.
     return parse_response();
   }
-  if (resp_done_) return on_response_complete();
+  if (resp_done_)
+    return on_response_complete();
   // Head and body so far are sent: the whole buffer is free for more body.
   u_len_ = u_parsed_ = u_sent_ = 0;
   if (++response_chain_ % 16 == 0) {
     asio::post(worker_.io, in_slot(backend_read_slot_, [self = Ref(this), a = attempt_] {
-                 if (!self->closed_ && a == self->attempt_) self->read_response();
+                 if (!self->closed_ && a == self->attempt_)
+                   self->read_response();
                }));
     return;
   }
@@ -1299,18 +1439,20 @@ void Session::on_response_complete() {
 // ---- The queue (circuit breaker) ------------------------------------------------
 
 void Session::retry_queued() {
-  if (closed_ || !queued_) return;
+  if (closed_ || !queued_)
+    return;
   do_attempt();
 }
 
 void Session::leave_queue() {
-  if (!queued_) return;
+  if (!queued_)
+    return;
   queued_ = false;
   auto& q = worker_.queue;
   for (size_t i = 0; i < q.size(); ++i)
     if (q[i] == this) {
       q.erase(q.begin() + static_cast<std::ptrdiff_t>(i));
-      release();  // the queue's reference; a handler or the caller holds another
+      release(); // the queue's reference; a handler or the caller holds another
       break;
     }
 }
@@ -1334,10 +1476,12 @@ void Session::respond_maintenance() {
   std::string_view id = id_header.empty() ? std::string_view() : request_id();
   // Names are up to 128 characters (config), and so is an id shown: the head
   // (about 180 bytes besides them, the id twice) must fit in error_page_.
-  if (id.size() > 128 || 180 + pool_->name().size() + id_header.size() + 2 * id.size() >= sizeof error_page_)
+  if (id.size() > 128 ||
+      180 + pool_->name().size() + id_header.size() + 2 * id.size() >= sizeof error_page_)
     id = {};
   for (char ch : id)
-    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_' && ch != '.' && ch != ':') {
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_' && ch != '.' &&
+        ch != ':') {
       id = {};
       break;
     }
@@ -1345,16 +1489,17 @@ void Session::respond_maintenance() {
   // at the end of error_page_, and the head goes before it.
   size_t head_room = sizeof error_page_ - id.size();
   char* id_copy = error_page_ + head_room;
-  if (!id.empty()) std::memmove(id_copy, id.data(), id.size());
+  if (!id.empty())
+    std::memmove(id_copy, id.data(), id.size());
   size_t length = page.size() + page_end.size() +
                   (id.empty() ? 0 : id_before.size() + id.size() + id_after.size());
-  int n = std::snprintf(error_page_, head_room,
-                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html; charset=utf-8\r\n"
-                        "Content-Length: %zu\r\nRetry-After: 120\r\nX-Lb-Maintenance: %s\r\n"
-                        "%s%s%.*s%sConnection: %s\r\n\r\n",
-                        length, pool_->name().c_str(), id.empty() ? "" : id_header.c_str(),
-                        id.empty() ? "" : ": ", int(id.size()), id_copy, id.empty() ? "" : "\r\n",
-                        keep_client_ ? "keep-alive" : "close");
+  int n = std::snprintf(
+      error_page_, head_room,
+      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html; charset=utf-8\r\n"
+      "Content-Length: %zu\r\nRetry-After: 120\r\nX-Lb-Maintenance: %s\r\n"
+      "%s%s%.*s%sConnection: %s\r\n\r\n",
+      length, pool_->name().c_str(), id.empty() ? "" : id_header.c_str(), id.empty() ? "" : ": ",
+      int(id.size()), id_copy, id.empty() ? "" : "\r\n", keep_client_ ? "keep-alive" : "close");
   n = std::min<int>(n, static_cast<int>(head_room) - 1);
   to_client_.clear();
   to_client_.add(error_page_, static_cast<size_t>(n));
@@ -1377,15 +1522,17 @@ void Session::start_tunnel() {
   tunnel_pending_ = false;
   tunnel_ = true;
   finish_request_log();
-  started_ = {};  // logged: the tunnel's end is not another request
+  started_ = {}; // logged: the tunnel's end is not another request
   arm(Timer::tunnel);
   // What either side sent after the switch is already in the buffers.
   to_backend_.clear();
-  if (cbuf_) to_backend_.add(cbuf_->data() + msg_end_, c_len_ - msg_end_);
+  if (cbuf_)
+    to_backend_.add(cbuf_->data() + msg_end_, c_len_ - msg_end_);
   to_client_.clear();
   to_client_.add(ubuf_->data() + u_parsed_, u_len_ - u_parsed_);
   pump_up();
-  if (!closed_) pump_down();
+  if (!closed_)
+    pump_down();
 }
 
 void Session::pump_up() {
@@ -1393,7 +1540,8 @@ void Session::pump_up() {
     if (!to_backend_.empty()) {
       uint64_t written = 0;
       int r = backend_write(to_backend_, written);
-      if (r < 0) return close();
+      if (r < 0)
+        return close();
       if (r == 0) {
         wait_then<&Session::pump_up>(conn_->socket, asio::socket_base::wait_write,
                                      backend_write_slot_);
@@ -1401,11 +1549,12 @@ void Session::pump_up() {
       }
       arm(Timer::tunnel);
     }
-    if (budget == 16) {  // let other connections run
+    if (budget == 16) { // let other connections run
       asio::post(worker_.io, in_slot(client_read_slot_, [self = Ref(this)] { self->pump_up(); }));
       return;
     }
-    if (!cbuf_) cbuf_ = worker_.buffers.acquire();
+    if (!cbuf_)
+      cbuf_ = worker_.buffers.acquire();
     ssize_t n = client_recv(cbuf_->data(), cbuf_->capacity);
     if (n > 0) {
       bytes_in_ += static_cast<uint64_t>(n);
@@ -1413,15 +1562,18 @@ void Session::pump_up() {
       to_backend_.add(cbuf_->data(), static_cast<size_t>(n));
       continue;
     }
-    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINTR)
+      continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       wait_then<&Session::pump_up>(client_, asio::socket_base::wait_read, client_read_slot_);
       return;
     }
-    if (n < 0) return close();
+    if (n < 0)
+      return close();
     // The client is done sending: pass the end on.
     up_done_ = true;
-    if (conn_->ssl) SSL_shutdown(conn_->ssl);  // close_notify, best effort
+    if (conn_->ssl)
+      SSL_shutdown(conn_->ssl); // close_notify, best effort
     error_code ignored;
     conn_->socket.shutdown(asio::socket_base::shutdown_send, ignored);
     return tunnel_half_closed();
@@ -1432,7 +1584,8 @@ void Session::pump_down() {
   for (int budget = 0; !closed_; ++budget) {
     if (!to_client_.empty()) {
       int r = client_write(to_client_, bytes_out_);
-      if (r < 0) return close();
+      if (r < 0)
+        return close();
       if (r == 0) {
         wait_then<&Session::pump_down>(client_, asio::socket_base::wait_write, client_write_slot_);
         return;
@@ -1440,7 +1593,8 @@ void Session::pump_down() {
       arm(Timer::tunnel);
     }
     if (budget == 16) {
-      asio::post(worker_.io, in_slot(backend_read_slot_, [self = Ref(this)] { self->pump_down(); }));
+      asio::post(worker_.io,
+                 in_slot(backend_read_slot_, [self = Ref(this)] { self->pump_down(); }));
       return;
     }
     ssize_t n = backend_recv(ubuf_->data(), ubuf_->capacity);
@@ -1449,13 +1603,15 @@ void Session::pump_down() {
       to_client_.add(ubuf_->data(), static_cast<size_t>(n));
       continue;
     }
-    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINTR)
+      continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       wait_then<&Session::pump_down>(conn_->socket, asio::socket_base::wait_read,
                                      backend_read_slot_);
       return;
     }
-    if (n < 0) return close();
+    if (n < 0)
+      return close();
     down_done_ = true;
     error_code ignored;
     client_.shutdown(asio::socket_base::shutdown_send, ignored);
@@ -1464,21 +1620,25 @@ void Session::pump_down() {
 }
 
 void Session::tunnel_half_closed() {
-  if (up_done_ && down_done_) close();
+  if (up_done_ && down_done_)
+    close();
 }
 
 // ---- Ends ---------------------------------------------------------------------
 
 void Session::backend_failed(Failure failure, const char* reason) {
   release_backend(false);
-  if (closed_) return;
+  if (closed_)
+    return;
   // A refused connection cost nothing and sent nothing: the next backend is
   // tried without using up a retry (each backend at most once), so a region
   // that dies at once does not turn into errors while it leaves the rotation.
-  if (failure == Failure::refused) ++refusals_;
+  if (failure == Failure::refused)
+    ++refusals_;
   bool may_retry = attempts_ - refusals_ <= pool_->config().retries &&
                    refusals_ <= pool_->backends().size() && !tried_.full();
-  if ((failure == Failure::connect || failure == Failure::refused) && may_retry) return do_attempt();
+  if ((failure == Failure::connect || failure == Failure::refused) && may_retry)
+    return do_attempt();
   if (failure == Failure::reused_early && idempotent() && !body_discarded_ && replays_ < 3) {
     // The backend closed a pooled connection as we reused it: replay on another one.
     ++replays_;
@@ -1487,14 +1647,16 @@ void Session::backend_failed(Failure failure, const char* reason) {
     return do_attempt();
   }
   if (failure == Failure::before_response && idempotent() && !body_discarded_ && may_retry)
-    return do_attempt();  // nothing came back: another backend may answer
-  if (resp_started_) return close();
+    return do_attempt(); // nothing came back: another backend may answer
+  if (resp_started_)
+    return close();
   respond_error(502, reason, !req_done_ || backend_writing_);
 }
 
 void Session::respond_final_recipient() {
   const http::Head& head = req_.head();
-  if (!req_done_) keep_client_ = false;  // its body is not read: the connection cannot go on
+  if (!req_done_)
+    keep_client_ = false; // its body is not read: the connection cannot go on
   status_ = 200;
   // TRACE: the request as received, less the fields that carry credentials
   // (RFC 9110 §9.3.8); its bytes stay in the read buffer until the request is
@@ -1514,15 +1676,18 @@ void Session::respond_final_recipient() {
     part(seg, static_cast<size_t>(head.end - seg));
   };
   size_t length = 0;
-  if (trace) echo([&](const char*, size_t n) { length += n; });
+  if (trace)
+    echo([&](const char*, size_t n) { length += n; });
   int n = std::snprintf(error_page_, sizeof error_page_,
                         "HTTP/1.1 200 OK\r\n%sContent-Length: %zu\r\nConnection: %s\r\n\r\n",
                         trace ? "Content-Type: message/http\r\n" : "", length,
                         keep_client_ ? "keep-alive" : "close");
   to_client_.clear();
   bool ok = to_client_.add(error_page_, static_cast<size_t>(n));
-  if (trace) echo([&](const char* p, size_t len) { ok &= to_client_.add(p, len); });
-  if (!ok) return respond_error(400, "request has too many header fields to echo", true);
+  if (trace)
+    echo([&](const char* p, size_t len) { ok &= to_client_.add(p, len); });
+  if (!ok)
+    return respond_error(400, "request has too many header fields to echo", true);
   send_local_answer();
 }
 
@@ -1536,17 +1701,21 @@ void Session::send_local_answer() {
 }
 
 void Session::respond_error(int status, const char* reason, bool close_after) {
-  if (closed_) return;
-  if (resp_started_) return close();
+  if (closed_)
+    return;
+  if (resp_started_)
+    return close();
   release_backend(false);
-  if (close_after || !req_done_) keep_client_ = false;
+  if (close_after || !req_done_)
+    keep_client_ = false;
   status_ = status;
   // `reason` may point into error_page_ itself: copy it out first.
   char why[256];
   std::snprintf(why, sizeof why, "%s", reason ? reason : "");
   // An error in the head itself (400, 431, 408) comes before the request had
   // an id: it gets one now, for the answer and the access log.
-  if (!request_id_len_) assign_request_id();
+  if (!request_id_len_)
+    assign_request_id();
   std::string_view id = request_id();
   // At most 299 bytes of body, so that the longest head (a 405 with Allow,
   // or a 431) and the body fit in error_page_ whole: what Content-Length
@@ -1561,12 +1730,13 @@ void Session::respond_error(int status, const char* reason, bool close_after) {
   bool head_request = req.start && req.method.view() == "HEAD";
   // A 405 names what is allowed (RFC 9110 §15.5.6): lb passes on any method
   // but CONNECT, which is what it refuses with 405.
-  int n = std::snprintf(error_page_, sizeof error_page_,
-                        "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                        "Content-Length: %d\r\n%sConnection: %s\r\n\r\n%.*s",
-                        status, reason_phrase(status), body_len,
-                        status == 405 ? "Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH\r\n" : "",
-                        keep_client_ ? "keep-alive" : "close", head_request ? 0 : body_len, body);
+  int n = std::snprintf(
+      error_page_, sizeof error_page_,
+      "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+      "Content-Length: %d\r\n%sConnection: %s\r\n\r\n%.*s",
+      status, reason_phrase(status), body_len,
+      status == 405 ? "Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH\r\n" : "",
+      keep_client_ ? "keep-alive" : "close", head_request ? 0 : body_len, body);
   n = std::min<int>(n, sizeof error_page_ - 1);
   to_client_.clear();
   to_client_.add(error_page_, static_cast<size_t>(n));
@@ -1575,17 +1745,21 @@ void Session::respond_error(int status, const char* reason, bool close_after) {
 
 void Session::count_bytes() {
   ListenerMetrics& lm = worker_.metrics->listeners.at(listener_->id);
-  if (bytes_in_ > counted_in_) lm.bytes_in.add(bytes_in_ - counted_in_);
-  if (bytes_out_ > counted_out_) lm.bytes_out.add(bytes_out_ - counted_out_);
+  if (bytes_in_ > counted_in_)
+    lm.bytes_in.add(bytes_in_ - counted_in_);
+  if (bytes_out_ > counted_out_)
+    lm.bytes_out.add(bytes_out_ - counted_out_);
   counted_in_ = bytes_in_;
   counted_out_ = bytes_out_;
 }
 
 void Session::release_backend(bool reusable) {
-  ++attempt_;  // handlers of this attempt must ignore what they see
+  ++attempt_; // handlers of this attempt must ignore what they see
   if (active_backend_ >= 0 && pool_) {
-    worker_.metrics->backends.at(pool_->backends()[static_cast<size_t>(active_backend_)].id).active.add(-1);
-    if (acquired_) pool_->release(static_cast<size_t>(active_backend_));
+    worker_.metrics->backends.at(pool_->backends()[static_cast<size_t>(active_backend_)].id)
+        .active.add(-1);
+    if (acquired_)
+      pool_->release(static_cast<size_t>(active_backend_));
     active_backend_ = -1;
   }
   acquired_ = false;
@@ -1615,8 +1789,8 @@ void Session::finish_request_log() {
     WorkerMetrics& m = *worker_.metrics;
     m.listeners.at(listener_->id).requests.at(pool_ ? pool_->id() + 1 : 0).add(status_);
     if (pool_ && started_ != io::Clock::time_point{})
-      m.pools.at(pool_->id()).duration.observe(
-          std::chrono::duration<double>(io::Clock::now() - started_).count());
+      m.pools.at(pool_->id())
+          .duration.observe(std::chrono::duration<double>(io::Clock::now() - started_).count());
   }
   count_bytes();
   if (worker_.access_log.enabled() && (status_ || c_len_)) {
@@ -1626,15 +1800,19 @@ void Session::finish_request_log() {
     rec.client = {client_ip_, client_ip_len_};
     rec.listener = listener_->config.name;
     rec.route = route_;
-    if (pool_) rec.pool = pool_->name();
-    if (pool_ && backend_ >= 0) rec.backend = pool_->backends()[static_cast<size_t>(backend_)].label;
+    if (pool_)
+      rec.pool = pool_->name();
+    if (pool_ && backend_ >= 0)
+      rec.backend = pool_->backends()[static_cast<size_t>(backend_)].label;
     if (h.start) {
       rec.method = h.method.view();
       rec.target = h.target.view();
       rec.version_minor = h.minor;
       for (unsigned i = 0; i < h.count; ++i) {
-        if (http::iequals(h.headers[i].name.view(), "user-agent")) rec.user_agent = h.headers[i].value.view();
-        else if (http::iequals(h.headers[i].name.view(), "referer")) rec.referer = h.headers[i].value.view();
+        if (http::iequals(h.headers[i].name.view(), "user-agent"))
+          rec.user_agent = h.headers[i].value.view();
+        else if (http::iequals(h.headers[i].name.view(), "referer"))
+          rec.referer = h.headers[i].value.view();
       }
     }
     rec.status = status_;
@@ -1650,9 +1828,11 @@ void Session::finish_request_log() {
 // (this one keeps what it started with). False when the new snapshot lacks
 // this connection's listener: it keeps the old one until it closes.
 bool Session::adopt_runtime() {
-  if (runtime_ == worker_.runtime) return true;
+  if (runtime_ == worker_.runtime)
+    return true;
   const ListenerRuntime* now = worker_.runtime->listener_by_id(listener_->id);
-  if (!now) return false;
+  if (!now)
+    return false;
   runtime_ = worker_.runtime;
   listener_ = now;
   // The parser looks for the request id header by the listener's name for it.
@@ -1661,7 +1841,7 @@ bool Session::adopt_runtime() {
 }
 
 void Session::finish_request_state() {
-  ++request_gen_;  // handlers still waiting for this request's body ignore what they see
+  ++request_gen_; // handlers still waiting for this request's body ignore what they see
   // Nothing may read this request's head from now on: its spans point into a
   // buffer that goes back to the worker's free list.
   req_.head().clear();
@@ -1683,14 +1863,16 @@ void Session::finish_request_state() {
   upstream_ms_ = -1;
   started_ = {};
   // A listener the newest config no longer has closes its connections.
-  if (!adopt_runtime()) keep = false;
-  if (!keep) return close_gracefully(request_read);
+  if (!adopt_runtime())
+    keep = false;
+  if (!keep)
+    return close_gracefully(request_read);
 
   // A pipelined request may already be in the buffer: move it to the front.
   uint32_t left = c_len_ - msg_end_;
   if (left) {
     std::memmove(cbuf_->data(), cbuf_->data() + msg_end_, left);
-    bytes_in_ = counted_in_ = left;  // already counted in the metrics with the last request
+    bytes_in_ = counted_in_ = left; // already counted in the metrics with the last request
     arm(Timer::header);
   } else {
     worker_.buffers.release(cbuf_);
@@ -1711,7 +1893,8 @@ void Session::finish_request_state() {
     // The next request is here already (pipelined, or TLS bytes): requests lb
     // answers itself would otherwise run one inside the other, with no bound
     // on the stack. Every few, continue from the event loop.
-    asio::post(worker_.io, in_slot(client_read_slot_, [self = Ref(this)] { self->do_read_request(); }));
+    asio::post(worker_.io,
+               in_slot(client_read_slot_, [self = Ref(this)] { self->do_read_request(); }));
     return;
   }
   do_read_request();
@@ -1723,17 +1906,31 @@ void Session::arm(Timer t) {
   timer_kind_ = t;
   std::chrono::milliseconds d{};
   switch (t) {
-    case Timer::none:
-      io::Timeouts::disarm(timer_);
-      return;
-    case Timer::idle:
-    case Timer::answer: d = listener_->config.timeouts.idle; break;
-    case Timer::header: d = listener_->config.timeouts.header; break;
-    case Timer::connect: d = pool_->config().timeouts.connect; break;
-    case Timer::exchange: d = pool_->config().timeouts.response; break;
-    case Timer::linger: d = std::chrono::seconds(2); break;
-    case Timer::tunnel: d = listener_->config.timeouts.tunnel; break;
-    case Timer::queue: d = pool_->config().queue_timeout; break;
+  case Timer::none:
+    io::Timeouts::disarm(timer_);
+    return;
+  case Timer::idle:
+  case Timer::answer:
+    d = listener_->config.timeouts.idle;
+    break;
+  case Timer::header:
+    d = listener_->config.timeouts.header;
+    break;
+  case Timer::connect:
+    d = pool_->config().timeouts.connect;
+    break;
+  case Timer::exchange:
+    d = pool_->config().timeouts.response;
+    break;
+  case Timer::linger:
+    d = std::chrono::seconds(2);
+    break;
+  case Timer::tunnel:
+    d = listener_->config.timeouts.tunnel;
+    break;
+  case Timer::queue:
+    d = pool_->config().queue_timeout;
+    break;
   }
   worker_.timeouts.arm(timer_, d);
 }
@@ -1745,40 +1942,44 @@ void Session::on_timeout(io::Timeouts::Entry* e) {
 }
 
 void Session::timed_out() {
-  if (closed_) return;
+  if (closed_)
+    return;
   Timer kind = timer_kind_;
   timer_kind_ = Timer::none;
   switch (kind) {
-    case Timer::none:
-    case Timer::idle:
-    case Timer::linger:
-    case Timer::tunnel:
-    case Timer::answer:
+  case Timer::none:
+  case Timer::idle:
+  case Timer::linger:
+  case Timer::tunnel:
+  case Timer::answer:
+    return close();
+  case Timer::header:
+    // Before the PROXY header or the TLS handshake is complete there is no
+    // way to answer: close.
+    if (proxy_pending_ || (ssl_ && !handshake_done_))
       return close();
-    case Timer::header:
-      // Before the PROXY header or the TLS handshake is complete there is no
-      // way to answer: close.
-      if (proxy_pending_ || (ssl_ && !handshake_done_)) return close();
-      keep_client_ = false;
-      return respond_error(408, "request head not received within timeouts.header", true);
-    case Timer::connect:
-      std::snprintf(error_page_, sizeof error_page_,
-                    conn_ && conn_->ssl ? "TLS handshake with %s timed out" : "connect to %s timed out",
-                    pool_->backends()[static_cast<size_t>(backend_)].label.c_str());
-      io::log("pool %s: %s", pool_->name().c_str(), error_page_);
-      backend_metrics().connect_errors.add();
-      pool_->report(static_cast<size_t>(backend_), upstream::Outcome::connect_failure);
-      return backend_failed(Failure::connect, error_page_);
-    case Timer::queue:
-      leave_queue();
-      std::snprintf(error_page_, sizeof error_page_,
-                    "circuit open: pool %s stayed at max_connections_per_backend for queue_timeout",
-                    pool_->name().c_str());
-      return respond_error(503, error_page_, !req_done_);
-    case Timer::exchange:
-      keep_client_ = false;
-      if (!req_done_) return respond_error(408, "request body not received in time", true);
-      return respond_error(504, "backend did not respond within timeouts.response", true);
+    keep_client_ = false;
+    return respond_error(408, "request head not received within timeouts.header", true);
+  case Timer::connect:
+    std::snprintf(error_page_, sizeof error_page_,
+                  conn_ && conn_->ssl ? "TLS handshake with %s timed out"
+                                      : "connect to %s timed out",
+                  pool_->backends()[static_cast<size_t>(backend_)].label.c_str());
+    io::log("pool %s: %s", pool_->name().c_str(), error_page_);
+    backend_metrics().connect_errors.add();
+    pool_->report(static_cast<size_t>(backend_), upstream::Outcome::connect_failure);
+    return backend_failed(Failure::connect, error_page_);
+  case Timer::queue:
+    leave_queue();
+    std::snprintf(error_page_, sizeof error_page_,
+                  "circuit open: pool %s stayed at max_connections_per_backend for queue_timeout",
+                  pool_->name().c_str());
+    return respond_error(503, error_page_, !req_done_);
+  case Timer::exchange:
+    keep_client_ = false;
+    if (!req_done_)
+      return respond_error(408, "request body not received in time", true);
+    return respond_error(504, "backend did not respond within timeouts.response", true);
   }
 }
 
@@ -1786,11 +1987,14 @@ void Session::timed_out() {
 // backend closes it, so a request is never sent into that close.
 void Session::learn_keep_alive(std::string_view v) {
   size_t at = v.find("timeout=");
-  if (at == std::string_view::npos || !conn_) return;
+  if (at == std::string_view::npos || !conn_)
+    return;
   unsigned long seconds = 0;
   size_t i = at + 8;
-  while (i < v.size() && v[i] >= '0' && v[i] <= '9' && seconds < 100000) seconds = seconds * 10 + (v[i++] - '0');
-  if (i == at + 8) return;
+  while (i < v.size() && v[i] >= '0' && v[i] <= '9' && seconds < 100000)
+    seconds = seconds * 10 + (v[i++] - '0');
+  if (i == at + 8)
+    return;
   auto budget = std::chrono::milliseconds(seconds * 1000);
   auto margin = std::min<std::chrono::milliseconds>(budget / 2, std::chrono::milliseconds(500));
   conn_->retire_at = io::Clock::now() + budget - margin;
@@ -1798,8 +2002,7 @@ void Session::learn_keep_alive(std::string_view v) {
 
 bool Session::idempotent() const {
   std::string_view m = req_.head().method.view();
-  return m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "PUT" || m == "DELETE" ||
-         m == "TRACE";
+  return m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "PUT" || m == "DELETE" || m == "TRACE";
 }
 
 void Session::assign_request_id() {
@@ -1808,17 +2011,20 @@ void Session::assign_request_id() {
     return;
   // 16 hex digits: the process's prefix, the worker, a counter.
   uint64_t n = ++worker_.next_request;
-  uint64_t id = (uint64_t{worker_.id_prefix} << 32) | (uint64_t{worker_.id & 0xffu} << 24) |
-                (n & 0xffffff);
+  uint64_t id =
+      (uint64_t{worker_.id_prefix} << 32) | (uint64_t{worker_.id & 0xffu} << 24) | (n & 0xffffff);
   static constexpr char hex[] = "0123456789abcdef";
-  for (int i = 15; i >= 0; --i, id >>= 4) request_id_[i] = hex[id & 0xf];
+  for (int i = 15; i >= 0; --i, id >>= 4)
+    request_id_[i] = hex[id & 0xf];
   request_id_len_ = 16;
 }
 
 std::string_view Session::request_id() const {
-  if (request_id_len_) return {request_id_, request_id_len_};
-  if (const http::Header* h = req_.head().find(http::Field::request_id)) return h->value.view();
+  if (request_id_len_)
+    return {request_id_, request_id_len_};
+  if (const http::Header* h = req_.head().find(http::Field::request_id))
+    return h->value.view();
   return "-";
 }
 
-}  // namespace lb::proxy
+} // namespace lb::proxy

@@ -23,7 +23,7 @@
 namespace lb::proxy {
 
 class Session {
- public:
+public:
   // Takes over an accepted connection and starts serving it.
   // `peer` is the client's address as accept() gave it.
   static void start(WorkerContext& worker, const ListenerRuntime& listener,
@@ -40,13 +40,14 @@ class Session {
 
   void add_ref() { ++refs_; }
   void release() {
-    if (--refs_ == 0) delete this;
+    if (--refs_ == 0)
+      delete this;
   }
 
   Session* prev_in_worker = nullptr;
   Session* next_in_worker = nullptr;
 
- private:
+private:
   bool adopt_runtime();
   void start_backend_tls();
   void backend_handshake();
@@ -68,13 +69,23 @@ class Session {
   };
   // `answer`: lb writes its own answer (an error page); the client has
   // timeouts.idle to take it.
-  enum class Timer : uint8_t { none, idle, header, connect, exchange, linger, tunnel, queue, answer };
+  enum class Timer : uint8_t {
+    none,
+    idle,
+    header,
+    connect,
+    exchange,
+    linger,
+    tunnel,
+    queue,
+    answer
+  };
   enum class Failure : uint8_t {
-    connect,          // nothing was sent: any request may go to another backend
-    refused,          // ... and the backend refused at once: does not use up a retry
-    reused_early,     // a pooled connection failed before any response byte: replay
-    before_response,  // a fresh connection failed before any response byte
-    backend,          // anything else: not retried
+    connect,         // nothing was sent: any request may go to another backend
+    refused,         // ... and the backend refused at once: does not use up a retry
+    reused_early,    // a pooled connection failed before any response byte: replay
+    before_response, // a fresh connection failed before any response byte
+    backend,         // anything else: not retried
   };
 
   Session(WorkerContext& worker, const ListenerRuntime& listener,
@@ -91,7 +102,7 @@ class Session {
   int tls_write(SSL* ssl, Outbox& out, io::Buffer*& stage, uint64_t& written);
   // TLS: finishes the handshake. 1 done, 0 waiting (reading resumes), -1 close.
   int tls_handshake();
-  int take_proxy_header();  // 1 read, 0 wait for more, -1 close
+  int take_proxy_header(); // 1 read, 0 wait for more, -1 close
   template <void (Session::*Step)()>
   void wait_then(boost::asio::ip::tcp::socket& socket, boost::asio::socket_base::wait_type what,
                  io::HandlerSlot& slot);
@@ -124,8 +135,8 @@ class Session {
   void on_response_complete();
   // Upgraded connections (WebSocket): bytes both ways until either side ends.
   void start_tunnel();
-  void pump_up();    // client -> backend
-  void pump_down();  // backend -> client
+  void pump_up();   // client -> backend
+  void pump_down(); // backend -> client
   void tunnel_half_closed();
   // Ends.
   void backend_failed(Failure failure, const char* reason);
@@ -154,8 +165,8 @@ class Session {
   void assign_request_id();
 
   WorkerContext& worker_;
-  const ListenerRuntime* listener_;  // in runtime_
-  std::shared_ptr<const Runtime> runtime_;  // the snapshot this request started with
+  const ListenerRuntime* listener_;        // in runtime_
+  std::shared_ptr<const Runtime> runtime_; // the snapshot this request started with
   boost::asio::ip::tcp::socket client_;
   int refs_ = 0;
   bool closed_ = false;
@@ -163,16 +174,16 @@ class Session {
   // Client side: the read buffer holds the current request head (from offset 0),
   // the body bytes in flight after it and maybe the next pipelined request.
   io::Buffer* cbuf_ = nullptr;
-  uint32_t c_len_ = 0;       // bytes in cbuf_
-  uint32_t c_parsed_ = 0;    // bytes given to the request parser
-  uint32_t head_end_ = 0;    // end of the request head
-  uint32_t msg_end_ = 0;     // end of the request bytes forwarded so far
+  uint32_t c_len_ = 0;    // bytes in cbuf_
+  uint32_t c_parsed_ = 0; // bytes given to the request parser
+  uint32_t head_end_ = 0; // end of the request head
+  uint32_t msg_end_ = 0;  // end of the request bytes forwarded so far
   http::Parser req_{http::Parser::Kind::request};
-  http::Span authority_;     // of an absolute-form target; replaces Host
+  http::Span authority_; // of an absolute-form target; replaces Host
 
   // The exchange with a backend.
   upstream::Pool* pool_ = nullptr;
-  int route_ = -1;              // the listener's route that matched (access log)
+  int route_ = -1; // the listener's route that matched (access log)
   int backend_ = -1;
   upstream::Connection* conn_ = nullptr;
   bool conn_reused_ = false;
@@ -186,7 +197,7 @@ class Session {
   bool body_discarded_ = false; // body bytes were sent and dropped from the buffer
   bool resp_started_ = false;   // a response byte went to the client
   bool resp_done_ = false;
-  bool keep_client_ = true;     // keep the client connection after this response
+  bool keep_client_ = true; // keep the client connection after this response
   bool client_writing_ = false;
   bool backend_writing_ = false;
   bool reading_response_ = false;   // the response read loop runs for this attempt
@@ -195,38 +206,38 @@ class Session {
   bool answered_locally_ = false;   // lb answers this request itself (an error)
   uint32_t request_chain_ = 0;      // body chunks forwarded without waiting
   uint32_t response_chain_ = 0;
-  uint32_t serve_chain_ = 0;        // requests served without returning to the event loop
-  uint32_t request_gen_ = 0;  // one per request on this connection
-  uint32_t lingered_ = 0;           // bytes discarded while closing
-  bool upgrade_requested_ = false;  // the request asks to switch protocols
-  bool tunnel_pending_ = false;     // a 101 is being passed on; the tunnel follows
+  uint32_t serve_chain_ = 0;       // requests served without returning to the event loop
+  uint32_t request_gen_ = 0;       // one per request on this connection
+  uint32_t lingered_ = 0;          // bytes discarded while closing
+  bool upgrade_requested_ = false; // the request asks to switch protocols
+  bool tunnel_pending_ = false;    // a 101 is being passed on; the tunnel follows
   bool tunnel_ = false;
-  bool dechunk_ = false;            // a chunked response to an HTTP/1.0 client
-  bool proxy_pending_ = false;      // the PROXY header has not been read yet
-  SSL* ssl_ = nullptr;              // HTTPS listener: the client's TLS connection
+  bool dechunk_ = false;       // a chunked response to an HTTP/1.0 client
+  bool proxy_pending_ = false; // the PROXY header has not been read yet
+  SSL* ssl_ = nullptr;         // HTTPS listener: the client's TLS connection
   bool handshake_done_ = false;
-  bool write_wants_read_ = false;   // the last TLS write waits for the peer's bytes
-  io::Buffer* tls_stage_ = nullptr; // gathers a write for SSL_write
-  io::Buffer* backend_tls_stage_ = nullptr;  // the same toward an HTTPS backend
-  bool queued_ = false;             // waiting in the worker's queue (circuit breaker)
-  bool acquired_ = false;           // holds a slot in the backend's active count
-  bool has_hash_ = false;           // hash_ is the request's ring_hash/maglev key
+  bool write_wants_read_ = false;           // the last TLS write waits for the peer's bytes
+  io::Buffer* tls_stage_ = nullptr;         // gathers a write for SSL_write
+  io::Buffer* backend_tls_stage_ = nullptr; // the same toward an HTTPS backend
+  bool queued_ = false;                     // waiting in the worker's queue (circuit breaker)
+  bool acquired_ = false;                   // holds a slot in the backend's active count
+  bool has_hash_ = false;                   // hash_ is the request's ring_hash/maglev key
   uint64_t hash_ = 0;
-  int sticky_backend_ = -1;         // the backend the client's sticky cookie names
-  bool up_done_ = false;            // the client ended its side of the tunnel
-  bool down_done_ = false;          // the backend ended its side
+  int sticky_backend_ = -1; // the backend the client's sticky cookie names
+  bool up_done_ = false;    // the client ended its side of the tunnel
+  bool down_done_ = false;  // the backend ended its side
 
-  io::Buffer* ubuf_ = nullptr;  // response bytes from the backend
+  io::Buffer* ubuf_ = nullptr; // response bytes from the backend
   uint32_t u_len_ = 0;
   uint32_t u_parsed_ = 0;
-  uint32_t u_sent_ = 0;         // response bytes of the buffer queued to the client
+  uint32_t u_sent_ = 0; // response bytes of the buffer queued to the client
   http::Parser resp_{http::Parser::Kind::response};
 
   Outbox to_backend_;
   Outbox to_client_;
-  char resp_extra_[192];   // ... to the response
-  char error_page_[512];   // a response lb answers itself
-  char max_forwards_[40];   // "Max-Forwards: N\r\n" toward the backend (OPTIONS, TRACE)
+  char resp_extra_[192];  // ... to the response
+  char error_page_[512];  // a response lb answers itself
+  char max_forwards_[40]; // "Max-Forwards: N\r\n" toward the backend (OPTIONS, TRACE)
   uint8_t max_forwards_len_ = 0;
   char request_id_[20];
   uint8_t request_id_len_ = 0;
@@ -236,9 +247,9 @@ class Session {
   int status_ = 0;
   uint64_t bytes_in_ = 0;
   uint64_t bytes_out_ = 0;
-  uint64_t counted_in_ = 0;   // of bytes_in_/bytes_out_, already in the metrics
+  uint64_t counted_in_ = 0; // of bytes_in_/bytes_out_, already in the metrics
   uint64_t counted_out_ = 0;
-  int active_backend_ = -1;   // counted in its pool's active requests
+  int active_backend_ = -1; // counted in its pool's active requests
   io::Clock::time_point started_{};
   io::Clock::time_point upstream_started_{};
   double upstream_ms_ = -1;
@@ -254,4 +265,4 @@ class Session {
   io::HandlerSlot backend_write_slot_;
 };
 
-}  // namespace lb::proxy
+} // namespace lb::proxy

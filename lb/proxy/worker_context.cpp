@@ -7,10 +7,7 @@ namespace lb::proxy {
 WorkerContext::WorkerContext(boost::asio::io_context& io_context, unsigned worker_id,
                              std::shared_ptr<const Runtime> rt, uint32_t buffer_size,
                              LogWriter* log_writer)
-    : io(io_context),
-      id(worker_id),
-      runtime(std::move(rt)),
-      buffers(buffer_size, 4096),
+    : io(io_context), id(worker_id), runtime(std::move(rt)), buffers(buffer_size, 4096),
       access_log(log_writer, runtime->config->access_log.format) {
   metrics = std::make_unique<WorkerMetrics>();
   connections.count_idle_with(
@@ -25,4 +22,4 @@ WorkerContext::WorkerContext(boost::asio::io_context& io_context, unsigned worke
 // The metrics go before the idle connections (declared after them).
 WorkerContext::~WorkerContext() { connections.count_idle_with(nullptr, nullptr); }
 
-}  // namespace lb::proxy
+} // namespace lb::proxy

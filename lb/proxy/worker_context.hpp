@@ -30,15 +30,15 @@ struct WorkerContext {
 
   boost::asio::io_context& io;
   unsigned id;
-  std::shared_ptr<const Runtime> runtime;  // the newest snapshot; replaced by Worker::adopt
+  std::shared_ptr<const Runtime> runtime; // the newest snapshot; replaced by Worker::adopt
   io::BufferPool buffers;
   io::Timeouts timeouts;
   upstream::ConnectionPool connections;
   AccessLog access_log;
-  std::unique_ptr<WorkerMetrics> metrics;  // written by this worker only
+  std::unique_ptr<WorkerMetrics> metrics; // written by this worker only
 
   bool draining = false;
-  std::function<void()> on_drained;  // called once draining and no session is left
+  std::function<void()> on_drained; // called once draining and no session is left
 
   // Sessions of this worker (intrusive list), for draining.
   Session* sessions = nullptr;
@@ -56,4 +56,4 @@ struct WorkerContext {
   uint32_t id_prefix = 0;
 };
 
-}  // namespace lb::proxy
+} // namespace lb::proxy

@@ -35,26 +35,32 @@ Server::Server(std::shared_ptr<const proxy::Runtime> runtime)
       own_access_log_fd_ = true;
   }
 
-  if (access_log_fd_ >= 0) log_writer_ = std::make_unique<proxy::LogWriter>(access_log_fd_);
+  if (access_log_fd_ >= 0)
+    log_writer_ = std::make_unique<proxy::LogWriter>(access_log_fd_);
   unsigned n = config_->workers;
-  if (n == 0) n = std::max(1u, std::thread::hardware_concurrency());
+  if (n == 0)
+    n = std::max(1u, std::thread::hardware_concurrency());
   // A read buffer holds a whole request head plus room to stream the body.
   uint64_t largest_head = 0;
   for (const auto& l : config_->listeners)
     largest_head = std::max(largest_head, l.limits.max_header_bytes);
-  uint32_t buffer_size = static_cast<uint32_t>(std::max<uint64_t>(largest_head, 16 * 1024) + 16 * 1024);
+  uint32_t buffer_size =
+      static_cast<uint32_t>(std::max<uint64_t>(largest_head, 16 * 1024) + 16 * 1024);
   for (unsigned i = 0; i < n; ++i)
     workers_.push_back(std::make_unique<Worker>(i, runtime_, buffer_size, log_writer_.get()));
   std::vector<Worker*> all;
-  for (auto& w : workers_) all.push_back(w.get());
-  for (auto& w : workers_) w->set_peers(all);
+  for (auto& w : workers_)
+    all.push_back(w.get());
+  for (auto& w : workers_)
+    w->set_peers(all);
 }
 
 Server::~Server() {
   stop();
-  workers_.clear();      // their last batches go to the writer
-  log_writer_.reset();   // which writes them out
-  if (own_access_log_fd_) ::close(access_log_fd_);
+  workers_.clear();    // their last batches go to the writer
+  log_writer_.reset(); // which writes them out
+  if (own_access_log_fd_)
+    ::close(access_log_fd_);
 }
 
 bool Server::bind_new(const proxy::Runtime* previous, const proxy::Runtime& next,
@@ -69,10 +75,12 @@ bool Server::bind_new(const proxy::Runtime* previous, const proxy::Runtime& next
       return false;
     }
     const proxy::ListenerRuntime* before = previous ? previous->listener_by_id(lr->id) : nullptr;
-    if (before && before->config.listen.text() == l.listen.text()) continue;  // keeps its sockets
+    if (before && before->config.listen.text() == l.listen.text())
+      continue; // keeps its sockets
     asio::ip::tcp::endpoint endpoint(asio::ip::make_address(l.listen.host), l.listen.port);
     Worker::OpenCount& open = open_by_listener_[lr->id];
-    if (!open) open = std::make_shared<std::atomic<uint32_t>>(0);
+    if (!open)
+      open = std::make_shared<std::atomic<uint32_t>>(0);
     for (size_t w = 0; w < workers_.size(); ++w) {
       std::string why;
       asio::ip::tcp::endpoint bound;
@@ -101,13 +109,15 @@ bool Server::bind() {
     return false;
   }
   for (size_t w = 0; w < workers_.size(); ++w)
-    for (auto& a : fresh[w]) workers_[w]->install(std::move(a));
+    for (auto& a : fresh[w])
+      workers_[w]->install(std::move(a));
   return true;
 }
 
 bool Server::publish(std::shared_ptr<const proxy::Runtime> next, std::string& error) {
   std::vector<std::vector<std::unique_ptr<Worker::Acceptor>>> fresh;
-  if (!bind_new(runtime().get(), *next, fresh, error)) return false;  // `fresh` closes what it bound
+  if (!bind_new(runtime().get(), *next, fresh, error))
+    return false; // `fresh` closes what it bound
   std::shared_ptr<const proxy::Runtime> previous;
   {
     std::lock_guard lock(runtime_mutex_);
@@ -126,7 +136,8 @@ bool Server::publish(std::shared_ptr<const proxy::Runtime> next, std::string& er
   for (size_t w = 0; w < workers_.size(); ++w)
     workers_[w]->adopt(next, std::move(fresh[w]), [pending] {
       std::lock_guard lock(pending->mutex);
-      if (--pending->left == 0) pending->cv.notify_all();
+      if (--pending->left == 0)
+        pending->cv.notify_all();
     });
   std::unique_lock lock(pending->mutex);
   if (!pending->cv.wait_for(lock, std::chrono::seconds(2), [&] { return pending->left == 0; }))
@@ -137,7 +148,8 @@ bool Server::publish(std::shared_ptr<const proxy::Runtime> next, std::string& er
 void Server::retire_dropped_backends(const proxy::Runtime& previous, const proxy::Runtime& next) {
   std::unordered_set<const upstream::BackendState*> kept;
   for (const auto& pool : next.pools)
-    for (size_t b = 0; b < pool->backends().size(); ++b) kept.insert(&pool->state(b));
+    for (size_t b = 0; b < pool->backends().size(); ++b)
+      kept.insert(&pool->state(b));
   for (const auto& pool : previous.pools)
     for (size_t b = 0; b < pool->backends().size(); ++b)
       if (!kept.contains(&pool->state(b)))
@@ -146,7 +158,8 @@ void Server::retire_dropped_backends(const proxy::Runtime& previous, const proxy
 
 std::vector<const proxy::WorkerMetrics*> Server::metrics() const {
   std::vector<const proxy::WorkerMetrics*> all;
-  for (const auto& w : workers_) all.push_back(&w->metrics());
+  for (const auto& w : workers_)
+    all.push_back(&w->metrics());
   return all;
 }
 
@@ -161,16 +174,19 @@ void Server::drain(asio::io_context& notify, std::function<void()> done) {
   auto left = std::make_shared<std::atomic<size_t>>(workers_.size());
   for (auto& w : workers_) {
     w->drain([&notify, left, done] {
-      if (left->fetch_sub(1) == 1) asio::post(notify, done);
+      if (left->fetch_sub(1) == 1)
+        asio::post(notify, done);
     });
   }
 }
 
 void Server::stop() {
-  for (auto& w : workers_) w->stop();
+  for (auto& w : workers_)
+    w->stop();
   for (auto& t : threads_)
-    if (t.joinable()) t.join();
+    if (t.joinable())
+      t.join();
   threads_.clear();
 }
 
-}  // namespace lb::server
+} // namespace lb::server

@@ -22,7 +22,7 @@
 namespace lb::server {
 
 class Server {
- public:
+public:
   // Serves `runtime`; its config fixes what a reload cannot change (workers,
   // the access log).
   explicit Server(std::shared_ptr<const proxy::Runtime> runtime);
@@ -54,16 +54,17 @@ class Server {
   // Every worker's counters, to be summed at scrape time (any thread).
   std::vector<const proxy::WorkerMetrics*> metrics() const;
 
- private:
+private:
   // Binds the listeners of `next` that `previous` does not have at the same
   // address: per worker, the new sockets.
   bool bind_new(const proxy::Runtime* previous, const proxy::Runtime& next,
-                std::vector<std::vector<std::unique_ptr<Worker::Acceptor>>>& fresh, std::string& error);
+                std::vector<std::vector<std::unique_ptr<Worker::Acceptor>>>& fresh,
+                std::string& error);
   // Marks the backends `previous` has and `next` lacks as retired: should one
   // come back (the same address in DNS again), it is a new backend.
   static void retire_dropped_backends(const proxy::Runtime& previous, const proxy::Runtime& next);
 
-  std::shared_ptr<const config::Config> config_;  // the first one
+  std::shared_ptr<const config::Config> config_; // the first one
   mutable std::mutex runtime_mutex_;
   std::shared_ptr<const proxy::Runtime> runtime_;
   std::vector<std::unique_ptr<Worker>> workers_;
@@ -72,8 +73,8 @@ class Server {
   std::unordered_map<uint32_t, Worker::OpenCount> open_by_listener_;
   std::vector<std::thread> threads_;
   int access_log_fd_ = -1;
-  std::unique_ptr<proxy::LogWriter> log_writer_;  // reset after the workers in ~Server
+  std::unique_ptr<proxy::LogWriter> log_writer_; // reset after the workers in ~Server
   bool own_access_log_fd_ = false;
 };
 
-}  // namespace lb::server
+} // namespace lb::server

@@ -41,7 +41,8 @@ Worker::~Worker() {
   context_.on_session_closed = nullptr;
   context_.on_drained = nullptr;
   context_.connections.close_all();
-  for (proxy::Session* s : context_.queue) s->release();
+  for (proxy::Session* s : context_.queue)
+    s->release();
   context_.queue.clear();
   tick_.reset();
   queue_timer_.reset();
@@ -49,24 +50,32 @@ Worker::~Worker() {
 }
 
 std::unique_ptr<Worker::Acceptor> Worker::bind(const proxy::ListenerRuntime& listener,
-                                               const asio::ip::tcp::endpoint& endpoint, OpenCount open,
-                                               std::string& error, asio::ip::tcp::endpoint& bound) {
+                                               const asio::ip::tcp::endpoint& endpoint,
+                                               OpenCount open, std::string& error,
+                                               asio::ip::tcp::endpoint& bound) {
   auto a = std::make_unique<Acceptor>(*io_, listener);
   error_code ec;
   a->socket.open(endpoint.protocol(), ec);
-  if (!ec) a->socket.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec)
+    a->socket.set_option(asio::socket_base::reuse_address(true), ec);
   if (!ec) {
     int one = 1;
     if (::setsockopt(a->socket.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0)
       ec = error_code(errno, boost::system::system_category());
   }
-  if (!ec && endpoint.address().is_v6()) a->socket.set_option(asio::ip::v6_only(true), ec);
-  if (!ec) a->socket.bind(endpoint, ec);
+  if (!ec && endpoint.address().is_v6())
+    a->socket.set_option(asio::ip::v6_only(true), ec);
+  if (!ec)
+    a->socket.bind(endpoint, ec);
   // Accepted connections inherit TCP_NODELAY: no setsockopt per connection.
-  if (!ec) a->socket.set_option(asio::ip::tcp::no_delay(true), ec);
-  if (!ec) a->socket.listen(4096, ec);
-  if (!ec) a->socket.non_blocking(true, ec);
-  if (!ec) bound = a->socket.local_endpoint(ec);
+  if (!ec)
+    a->socket.set_option(asio::ip::tcp::no_delay(true), ec);
+  if (!ec)
+    a->socket.listen(4096, ec);
+  if (!ec)
+    a->socket.non_blocking(true, ec);
+  if (!ec)
+    bound = a->socket.local_endpoint(ec);
   if (ec) {
     error = ec.message();
     return nullptr;
@@ -79,11 +88,14 @@ std::unique_ptr<Worker::Acceptor> Worker::bind(const proxy::ListenerRuntime& lis
 
 void Worker::install(std::unique_ptr<Acceptor> a) {
   uint32_t id = a->listener->id;
-  if (acceptors_.size() <= id) acceptors_.resize(id + 1);
-  if (open_.size() <= id) open_.resize(id + 1);
+  if (acceptors_.size() <= id)
+    acceptors_.resize(id + 1);
+  if (open_.size() <= id)
+    open_.resize(id + 1);
   open_[id] = a->open;
   acceptors_[id] = std::move(a);
-  if (running_) do_accept(*acceptors_[id]);
+  if (running_)
+    do_accept(*acceptors_[id]);
 }
 
 void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
@@ -94,13 +106,16 @@ void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
       const std::function<void()>& f;
       ~Done() { f(); }
     } signal_done{done};
-    if (context_.draining) return;  // not accepting anymore; sessions finish as they are
+    if (context_.draining)
+      return; // not accepting anymore; sessions finish as they are
     context_.runtime = next;
     for (size_t id = 0; id < acceptors_.size(); ++id) {
-      if (!acceptors_[id]) continue;
+      if (!acceptors_[id])
+        continue;
       const proxy::ListenerRuntime* l = next->listener_by_id(static_cast<uint32_t>(id));
       bool replaced = false;
-      for (const auto& a : *shared_fresh) replaced |= a->listener->id == id;
+      for (const auto& a : *shared_fresh)
+        replaced |= a->listener->id == id;
       if (l && !replaced) {
         Acceptor& a = *acceptors_[id];
         a.listener = l;
@@ -115,15 +130,17 @@ void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
         continue;
       }
       error_code ec;
-      acceptors_[id]->socket.close(ec);  // its handler, if pending, runs aborted
+      acceptors_[id]->socket.close(ec); // its handler, if pending, runs aborted
       retired_acceptors_.emplace_back(io::Clock::now(), std::move(acceptors_[id]));
     }
-    for (auto& a : *shared_fresh) install(std::move(a));
+    for (auto& a : *shared_fresh)
+      install(std::move(a));
     // Idle connections to backends that left every pool go now.
     std::vector<bool> live;
     for (const auto& p : next->pools)
       for (const auto& b : p->backends()) {
-        if (live.size() <= b.id) live.resize(b.id + 1);
+        if (live.size() <= b.id)
+          live.resize(b.id + 1);
         live[b.id] = true;
       }
     context_.connections.retain(live);
@@ -133,7 +150,8 @@ void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
 bool Worker::reserve(Acceptor& a) {
   uint32_t n = a.open->load(std::memory_order_relaxed);
   do {
-    if (a.limit && n >= a.limit) return false;
+    if (a.limit && n >= a.limit)
+      return false;
   } while (!a.open->compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
   return true;
 }
@@ -148,13 +166,15 @@ void Worker::resume_if_below_limit(Acceptor& a) {
 
 void Worker::wake(uint32_t listener) {
   asio::post(*io_, [this, listener] {
-    if (listener < acceptors_.size() && acceptors_[listener]) resume_if_below_limit(*acceptors_[listener]);
+    if (listener < acceptors_.size() && acceptors_[listener])
+      resume_if_below_limit(*acceptors_[listener]);
   });
 }
 
 void Worker::wake_peers(uint32_t listener) {
   for (Worker* peer : peers_)
-    if (peer != this) peer->wake(listener);
+    if (peer != this)
+      peer->wake(listener);
 }
 
 void Worker::release(Acceptor& a) {
@@ -162,7 +182,8 @@ void Worker::release(Acceptor& a) {
   // From the limit to below it: a worker that saw the listener full meanwhile
   // (even only this worker's reservation for an accept that found nothing)
   // has paused.
-  if (a.limit && before == a.limit) wake_peers(a.listener->id);
+  if (a.limit && before == a.limit)
+    wake_peers(a.listener->id);
 }
 
 // max_connections counts every worker's connections: a worker pauses its
@@ -176,14 +197,15 @@ void Worker::on_connection_closed(uint32_t listener) {
     release(a);
     resume_if_below_limit(a);
   } else if (listener < open_.size() && open_[listener]) {
-    open_[listener]->fetch_sub(1, std::memory_order_relaxed);  // a listener that went
+    open_[listener]->fetch_sub(1, std::memory_order_relaxed); // a listener that went
   }
 }
 
 void Worker::run() {
   running_ = true;
   for (auto& a : acceptors_) {
-    if (!a) continue;
+    if (!a)
+      continue;
     do_accept(*a);
   }
   do_tick();
@@ -196,16 +218,18 @@ void Worker::run() {
 // accept what is queued (several connections per wake-up under load) with
 // accept4, which also makes them non-blocking without further syscalls.
 void Worker::do_accept(Acceptor& a) {
-  a.socket.async_wait(asio::socket_base::wait_read,
-                      asio::bind_allocator(io::SlotAllocator<void>(a.slot),
-                                           [this, &a](const error_code& ec) { on_acceptable(a, ec); }));
+  a.socket.async_wait(
+      asio::socket_base::wait_read,
+      asio::bind_allocator(io::SlotAllocator<void>(a.slot),
+                           [this, &a](const error_code& ec) { on_acceptable(a, ec); }));
 }
 
 void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
-  if (ec == asio::error::operation_aborted || !a.socket.is_open()) return;
+  if (ec == asio::error::operation_aborted || !a.socket.is_open())
+    return;
   for (int i = 0; i < 64; ++i) {
     if (!reserve(a)) {
-      a.paused = true;  // resumed when a connection of this listener ends
+      a.paused = true; // resumed when a connection of this listener ends
       return;
     }
     sockaddr_storage peer;
@@ -214,8 +238,10 @@ void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
                        SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       release(a);
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return do_accept(a);
+      if (errno == EINTR || errno == ECONNABORTED)
+        continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return do_accept(a);
       // Out of descriptors or memory: try again on a later tick rather than spin.
       io::log("listener %s: accept failed: %s", a.listener->config.name.c_str(),
               std::strerror(errno));
@@ -241,43 +267,52 @@ void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
 void Worker::do_tick() {
   tick_->expires_after(tick_interval);
   tick_->async_wait(asio::bind_allocator(io::SlotAllocator<void>(tick_slot_),
-                                        [this](const error_code& ec) { on_tick(ec); }));
+                                         [this](const error_code& ec) { on_tick(ec); }));
 }
 
 void Worker::on_tick(const error_code& ec) {
-  if (ec) return;
+  if (ec)
+    return;
   auto now = io::Clock::now();
   context_.timeouts.expire(now);
   if (++ticks_ % 10 == 0) {
     context_.connections.sweep(now);
-    for (proxy::Session* s = context_.sessions; s; s = s->next_in_worker) s->trim_if_idle();
+    for (proxy::Session* s = context_.sessions; s; s = s->next_in_worker)
+      s->trim_if_idle();
     // Acceptors paused for lack of descriptors get another chance.
     for (auto& a : acceptors_)
-      if (a) resume_if_below_limit(*a);
+      if (a)
+        resume_if_below_limit(*a);
     // Closed acceptors whose aborted handlers have long run.
-    std::erase_if(retired_acceptors_, [now](const auto& r) { return now - r.first > std::chrono::seconds(2); });
+    std::erase_if(retired_acceptors_,
+                  [now](const auto& r) { return now - r.first > std::chrono::seconds(2); });
   }
   context_.access_log.flush();
-  if (context_.draining && context_.session_count == 0) return;
+  if (context_.draining && context_.session_count == 0)
+    return;
   do_tick();
 }
 
 // Requests queued behind max_connections_per_backend try again every few
 // milliseconds, oldest first, while any is waiting.
 void Worker::do_poll_queue() {
-  if (queue_polling_) return;
+  if (queue_polling_)
+    return;
   queue_polling_ = true;
   queue_timer_->expires_after(std::chrono::milliseconds(5));
   queue_timer_->async_wait([this](const error_code& ec) {
     queue_polling_ = false;
-    if (ec) return;
+    if (ec)
+      return;
     std::vector<proxy::Session*> waiting = context_.queue;
-    for (proxy::Session* s : waiting) s->add_ref();
+    for (proxy::Session* s : waiting)
+      s->add_ref();
     for (proxy::Session* s : waiting) {
       s->retry_queued();
       s->release();
     }
-    if (!context_.queue.empty()) do_poll_queue();
+    if (!context_.queue.empty())
+      do_poll_queue();
   });
 }
 
@@ -285,13 +320,15 @@ void Worker::drain(std::function<void()> done) {
   asio::post(*io_, [this, done = std::move(done)]() mutable {
     context_.draining = true;
     for (auto& a : acceptors_) {
-      if (!a) continue;
+      if (!a)
+        continue;
       error_code ec;
       a->socket.close(ec);
     }
     auto finished = std::make_shared<bool>(false);
     auto finish = [this, done, finished]() {
-      if (*finished) return;
+      if (*finished)
+        return;
       *finished = true;
       context_.connections.close_all();
       context_.access_log.flush();
@@ -308,8 +345,9 @@ void Worker::drain(std::function<void()> done) {
       s->release();
       s = next;
     }
-    if (context_.session_count == 0) finish();
+    if (context_.session_count == 0)
+      finish();
   });
 }
 
-}  // namespace lb::server
+} // namespace lb::server

@@ -16,7 +16,7 @@
 namespace lb::server {
 
 class Worker {
- public:
+public:
   Worker(unsigned id, std::shared_ptr<const proxy::Runtime> runtime, uint32_t buffer_size,
          proxy::LogWriter* log_writer);
   ~Worker();
@@ -41,9 +41,9 @@ class Worker {
   // listener is looked up in `next` by id); sockets of listeners `next` lacks
   // are closed. Sessions move to `next` at their next request. `done` runs on
   // the worker's thread once it has switched.
-  void adopt(std::shared_ptr<const proxy::Runtime> next, std::vector<std::unique_ptr<Acceptor>> fresh,
-             std::function<void()> done);
-  void run();  // the thread body
+  void adopt(std::shared_ptr<const proxy::Runtime> next,
+             std::vector<std::unique_ptr<Acceptor>> fresh, std::function<void()> done);
+  void run(); // the thread body
   // Thread-safe: stop accepting, finish in-flight requests, call `done` when idle.
   void drain(std::function<void()> done);
   void stop() { io_->stop(); }
@@ -53,15 +53,15 @@ class Worker {
     Acceptor(boost::asio::io_context& io, const proxy::ListenerRuntime& l)
         : socket(io), listener(&l) {}
     boost::asio::ip::tcp::acceptor socket;
-    const proxy::ListenerRuntime* listener;  // in the worker's current snapshot
+    const proxy::ListenerRuntime* listener; // in the worker's current snapshot
     io::HandlerSlot slot;
     boost::asio::ip::tcp protocol = boost::asio::ip::tcp::v4();
-    OpenCount open;       // the listener's connections, all workers together
-    size_t limit = 0;     // limits.max_connections (0: none)
-    bool paused = false;  // at the limit: accepting again when a connection ends
+    OpenCount open;      // the listener's connections, all workers together
+    size_t limit = 0;    // limits.max_connections (0: none)
+    bool paused = false; // at the limit: accepting again when a connection ends
   };
 
- private:
+private:
   // Takes a connection slot of `a`'s listener; false at max_connections.
   static bool reserve(Acceptor& a);
   // Gives one back, waking the other workers when the listener was full.
@@ -79,9 +79,9 @@ class Worker {
   void on_session_closed();
   void do_poll_queue();
 
-  std::unique_ptr<boost::asio::io_context> io_;  // first: destroyed last by hand
+  std::unique_ptr<boost::asio::io_context> io_; // first: destroyed last by hand
   proxy::WorkerContext context_;
-  std::vector<std::unique_ptr<Acceptor>> acceptors_;  // by listener id
+  std::vector<std::unique_ptr<Acceptor>> acceptors_; // by listener id
   // By listener id, kept when the listener goes: its sessions still count there.
   std::vector<OpenCount> open_;
   std::vector<Worker*> peers_;
@@ -89,11 +89,11 @@ class Worker {
   std::vector<std::pair<io::Clock::time_point, std::unique_ptr<Acceptor>>> retired_acceptors_;
   bool running_ = false;
   std::optional<boost::asio::steady_timer> tick_;
-  std::optional<boost::asio::steady_timer> queue_timer_;  // retries of queued requests
+  std::optional<boost::asio::steady_timer> queue_timer_; // retries of queued requests
   bool queue_polling_ = false;
   io::HandlerSlot tick_slot_;
   unsigned ticks_ = 0;
   std::function<void()> drained_;
 };
 
-}  // namespace lb::server
+} // namespace lb::server

@@ -17,18 +17,19 @@ namespace lb::upstream {
 struct Connection {
   explicit Connection(boost::asio::io_context& io) : socket(io) {}
   ~Connection() {
-    if (ssl) SSL_free(ssl);
+    if (ssl)
+      SSL_free(ssl);
   }
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
   boost::asio::ip::tcp::socket socket;
-  SSL* ssl = nullptr;  // set when the pool speaks HTTPS to its backends
+  SSL* ssl = nullptr; // set when the pool speaks HTTPS to its backends
   // The context `ssl` was made with: a reload that changes the pool's tls
   // settings makes pooled connections of the old ones unusable.
   std::shared_ptr<const io::TlsClient> tls;
-  uint32_t backend = 0;  // the backend's stable id (Backend::id)
-  std::chrono::milliseconds idle_timeout{90000};  // the pool's timeouts.idle
-  uint32_t requests = 0;  // requests served on this connection so far
+  uint32_t backend = 0;                          // the backend's stable id (Backend::id)
+  std::chrono::milliseconds idle_timeout{90000}; // the pool's timeouts.idle
+  uint32_t requests = 0;                         // requests served on this connection so far
   io::Clock::time_point idle_since{};
   // The backend announced it closes idle connections after a while
   // ("Keep-Alive: timeout=N"): not reused from this point on.
@@ -39,7 +40,7 @@ struct Connection {
 // reload or DNS change that keeps the backend). Not
 // thread-safe: each worker has its own, so taking and returning is lock-free.
 class ConnectionPool {
- public:
+public:
   ConnectionPool() = default;
   ConnectionPool(const ConnectionPool&) = delete;
   ConnectionPool& operator=(const ConnectionPool&) = delete;
@@ -64,14 +65,15 @@ class ConnectionPool {
     counter_context_ = context;
   }
 
- private:
+private:
   void counted(uint32_t backend, int delta) {
-    if (counter_ && delta) counter_(counter_context_, backend, delta);
+    if (counter_ && delta)
+      counter_(counter_context_, backend, delta);
   }
 
-  std::vector<std::vector<Connection*>> idle_;  // [backend id] -> LIFO
+  std::vector<std::vector<Connection*>> idle_; // [backend id] -> LIFO
   IdleCounter counter_ = nullptr;
   void* counter_context_ = nullptr;
 };
 
-}  // namespace lb::upstream
+} // namespace lb::upstream

@@ -10,13 +10,12 @@
 namespace lb::upstream {
 
 namespace {
-constexpr auto grace = std::chrono::seconds(10);  // a replaced selection lives this long
-constexpr int64_t max_ejection_factor = 8;        // ejection time doubles up to 8x
-}  // namespace
+constexpr auto grace = std::chrono::seconds(10); // a replaced selection lives this long
+constexpr int64_t max_ejection_factor = 8;       // ejection time doubles up to 8x
+} // namespace
 
 int64_t steady_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             io::Clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(io::Clock::now().time_since_epoch())
       .count();
 }
 
@@ -30,7 +29,7 @@ std::string label_of(const boost::asio::ip::address& a, uint16_t port) {
   return label;
 }
 
-}  // namespace
+} // namespace
 
 Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
            const Discovered& discovered, const std::string& sticky_secret,
@@ -39,7 +38,8 @@ Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
       tls_(std::move(tls)) {
   auto add = [&](Backend backend) {
     for (const auto& b : backends_)
-      if (b.label == backend.label) return;  // listed twice (say by address and by DNS): once
+      if (b.label == backend.label)
+        return; // listed twice (say by address and by DNS): once
     backends_.push_back(std::move(backend));
   };
   for (uint32_t r = 0; r < config.regions.size(); ++r) {
@@ -58,7 +58,8 @@ Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
         continue;
       }
       auto found = discovered.find(b.discovery_key());
-      if (found == discovered.end()) continue;
+      if (found == discovered.end())
+        continue;
       for (const auto& d : found->second) {
         Backend from_dns = backend;
         from_dns.label = label_of(d.address, d.port);
@@ -77,7 +78,8 @@ Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
   }
   if (config.tls.enabled && !tls_) {
     tls_ = io::TlsClient::create(config.tls, tls_error_);
-    if (!tls_) io::log("pool %s: TLS: %s", name_.c_str(), tls_error_.c_str());
+    if (!tls_)
+      io::log("pool %s: TLS: %s", name_.c_str(), tls_error_.c_str());
   }
   tracks_active_ = config.balance == config::Balance::least_conn ||
                    config.balance == config::Balance::random_two ||
@@ -113,50 +115,57 @@ Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
 
 Pool::~Pool() {
   delete current_.load();
-  for (auto& [when, s] : retired_) delete s;
+  for (auto& [when, s] : retired_)
+    delete s;
 }
 
 namespace {
 
-
 // A small per-thread random source for random_two (xorshift64*).
 uint64_t next_random() {
-  thread_local uint64_t state =
-      0x9e3779b97f4a7c15ull ^ reinterpret_cast<uintptr_t>(&state) ^
-      static_cast<uint64_t>(io::Clock::now().time_since_epoch().count());
+  thread_local uint64_t state = 0x9e3779b97f4a7c15ull ^ reinterpret_cast<uintptr_t>(&state) ^
+                                static_cast<uint64_t>(io::Clock::now().time_since_epoch().count());
   state ^= state >> 12;
   state ^= state << 25;
   state ^= state >> 27;
   return state * 0x2545f4914f6cdd1dull;
 }
 
-}  // namespace
+} // namespace
 
 int Pool::pick(const PickRequest& r) const {
   const Selection& s = selection();
   size_t n = s.sequence.size();
-  if (n == 0) return -1;
+  if (n == 0)
+    return -1;
   if (r.sticky >= 0 && static_cast<size_t>(r.sticky) < s.effective_weight.size() &&
-      s.effective_weight[static_cast<size_t>(r.sticky)] > 0 && !r.tried.contains(static_cast<size_t>(r.sticky)))
+      s.effective_weight[static_cast<size_t>(r.sticky)] > 0 &&
+      !r.tried.contains(static_cast<size_t>(r.sticky)))
     return r.sticky;
   if (r.has_hash && r.tried.empty()) {
     int b = -1;
-    if (config_.balance == config::Balance::maglev) b = maglev_pick(s.maglev, r.hash);
-    else if (config_.balance == config::Balance::ring_hash) b = s.ring.pick(r.hash);
-    if (b >= 0) return b;
+    if (config_.balance == config::Balance::maglev)
+      b = maglev_pick(s.maglev, r.hash);
+    else if (config_.balance == config::Balance::ring_hash)
+      b = s.ring.pick(r.hash);
+    if (b >= 0)
+      return b;
   }
   if (config_.balance == config::Balance::least_conn) {
     int b = pick_least_conn(s, r.tried);
-    if (b >= 0) return b;
+    if (b >= 0)
+      return b;
   } else if (config_.balance == config::Balance::random_two) {
     int b = pick_random_two(s, r.tried);
-    if (b >= 0) return b;
+    if (b >= 0)
+      return b;
   }
   // Smooth weighted round robin (also the fallback of the others).
   uint64_t start = cursor_.fetch_add(1, std::memory_order_relaxed);
   for (size_t i = 0; i < n; ++i) {
     uint32_t b = s.sequence[(start + i) % n];
-    if (!r.tried.contains(b)) return static_cast<int>(b);
+    if (!r.tried.contains(b))
+      return static_cast<int>(b);
   }
   return -1;
 }
@@ -173,7 +182,8 @@ int Pool::pick_least_conn(const Selection& s, const TriedSet& tried) const {
   for (size_t k = 0; k < n; ++k) {
     size_t i = (start + k) % n;
     uint64_t w = s.effective_weight[i];
-    if (!w || tried.contains(i)) continue;
+    if (!w || tried.contains(i))
+      continue;
     uint64_t a = states_[i]->active.load(std::memory_order_relaxed);
     if (best < 0 || a * best_weight < best_active * w) {
       best = static_cast<int>(i);
@@ -192,9 +202,12 @@ int Pool::pick_random_two(const Selection& s, const TriedSet& tried) const {
   uint32_t a = s.sequence[r % n];
   uint32_t b = s.sequence[(r >> 32) % n];
   bool a_ok = !tried.contains(a), b_ok = !tried.contains(b);
-  if (!a_ok && !b_ok) return -1;
-  if (!b_ok || a == b) return a_ok ? static_cast<int>(a) : static_cast<int>(b);
-  if (!a_ok) return static_cast<int>(b);
+  if (!a_ok && !b_ok)
+    return -1;
+  if (!b_ok || a == b)
+    return a_ok ? static_cast<int>(a) : static_cast<int>(b);
+  if (!a_ok)
+    return static_cast<int>(b);
   uint64_t la = states_[a]->active.load(std::memory_order_relaxed) * s.effective_weight[b];
   uint64_t lb = states_[b]->active.load(std::memory_order_relaxed) * s.effective_weight[a];
   return static_cast<int>(la <= lb ? a : b);
@@ -214,7 +227,8 @@ void Pool::release(size_t b) { states_[b]->active.fetch_sub(1, std::memory_order
 
 int Pool::sticky_backend(std::string_view value) const {
   for (size_t i = 0; i < sticky_values_.size(); ++i)
-    if (sticky_values_[i] == value) return static_cast<int>(i);
+    if (sticky_values_[i] == value)
+      return static_cast<int>(i);
   return -1;
 }
 
@@ -239,7 +253,8 @@ void Pool::rebuild(const char* why) {
   // RFC 2782: of one SRV name's targets, only those of the lowest priority
   // that has a member in rotation serve.
   for (size_t i = 0; i < backends_.size(); ++i) {
-    if (backends_[i].srv_group < 0 || !views[i].in_rotation) continue;
+    if (backends_[i].srv_group < 0 || !views[i].in_rotation)
+      continue;
     for (size_t j = 0; j < backends_.size(); ++j)
       if (backends_[j].srv_group == backends_[i].srv_group &&
           backends_[j].srv_priority > backends_[i].srv_priority) {
@@ -248,18 +263,22 @@ void Pool::rebuild(const char* why) {
       }
   }
   std::vector<RegionView> regions;
-  for (const auto& r : config_.regions) regions.push_back({r.priority, r.weight});
-  auto* next = new Selection(
-      build_selection(views, regions, config_.overprovisioning, config_.fail_open));
+  for (const auto& r : config_.regions)
+    regions.push_back({r.priority, r.weight});
+  auto* next =
+      new Selection(build_selection(views, regions, config_.overprovisioning, config_.fail_open));
   if (config_.balance == config::Balance::maglev || config_.balance == config::Balance::ring_hash) {
     std::vector<std::string_view> names;
-    for (const auto& b : backends_) names.push_back(b.label);
+    for (const auto& b : backends_)
+      names.push_back(b.label);
     if (config_.balance == config::Balance::maglev) {
       // Fill the table in name order, so that every instance builds the same
       // table whatever order its config lists the backends in.
       std::vector<size_t> order(names.size());
-      for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-      std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return names[a] < names[b]; });
+      for (size_t i = 0; i < order.size(); ++i)
+        order[i] = i;
+      std::sort(order.begin(), order.end(),
+                [&](size_t a, size_t b) { return names[a] < names[b]; });
       std::vector<std::string_view> sorted_names;
       std::vector<uint32_t> sorted_weights;
       for (size_t i : order) {
@@ -267,7 +286,8 @@ void Pool::rebuild(const char* why) {
         sorted_weights.push_back(next->effective_weight[i]);
       }
       next->maglev = maglev_table(sorted_names, sorted_weights, maglev_size_for(names.size()));
-      for (auto& entry : next->maglev) entry = static_cast<uint32_t>(order[entry]);
+      for (auto& entry : next->maglev)
+        entry = static_cast<uint32_t>(order[entry]);
     } else {
       // Points from the nominal shares on a scale set by the pool's size: a
       // backend's points do not depend on which others are in rotation.
@@ -276,22 +296,27 @@ void Pool::rebuild(const char* why) {
       std::vector<uint32_t> points(names.size(), 0);
       for (size_t i = 0; i < names.size(); ++i)
         if (next->nominal_share[i] > 0)
-          points[i] = std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(next->nominal_share[i] * scale)));
+          points[i] = std::max<uint32_t>(
+              1, static_cast<uint32_t>(std::lround(next->nominal_share[i] * scale)));
       next->ring = RingHash(names, points, 1);
     }
   }
 
   const Selection* old = current_.exchange(next, std::memory_order_acq_rel);
   auto wall = io::Clock::now();
-  if (old) retired_.emplace_back(wall, old);
+  if (old)
+    retired_.emplace_back(wall, old);
   std::erase_if(retired_, [&](const auto& r) {
-    if (wall - r.first < grace) return false;
+    if (wall - r.first < grace)
+      return false;
     delete r.second;
     return true;
   });
 
-  if (!next->fail_open) fail_open_logged_.store(false, std::memory_order_relaxed);
-  if (!why) return;
+  if (!next->fail_open)
+    fail_open_logged_.store(false, std::memory_order_relaxed);
+  if (!why)
+    return;
   if (next->fail_open && !was_fail_open_ && !fail_open_logged_.exchange(true))
     io::log("pool %s: no backend in rotation: fail_open, spreading over all non-drained backends",
             name_.c_str());
@@ -311,21 +336,25 @@ void Pool::rebuild(const char* why) {
 }
 
 bool Pool::set_healthy(size_t b, bool healthy) {
-  if (b >= backends_.size()) return false;
-  if (states_[b]->healthy.exchange(healthy) == healthy) return false;
+  if (b >= backends_.size())
+    return false;
+  if (states_[b]->healthy.exchange(healthy) == healthy)
+    return false;
   // slow_start ramps a backend that comes back, or one a reload or DNS change
   // added; not those that pass their first check when lb starts.
   if (healthy) {
     bool came_back = states_[b]->ever_healthy.exchange(true);
     bool added_later = states_[b]->ramp_first_join.exchange(false);
-    if (came_back || added_later) joined(b);
+    if (came_back || added_later)
+      joined(b);
   }
   rebuild(healthy ? "a backend became healthy" : "a backend became unhealthy");
   return true;
 }
 
 void Pool::report(size_t b, Outcome outcome) {
-  if (b >= backends_.size()) return;
+  if (b >= backends_.size())
+    return;
   BackendState& st = *states_[b];
   if (outcome == Outcome::success) {
     if (st.consecutive_failures.load(std::memory_order_relaxed) != 0)
@@ -336,30 +365,37 @@ void Pool::report(size_t b, Outcome outcome) {
   uint32_t failures = st.consecutive_failures.fetch_add(1, std::memory_order_relaxed) + 1;
   // A refused connection means nothing listens there: out of rotation at once.
   // Otherwise consecutive 5xx/connect failures count toward outlier_detection.
-  bool eject = outcome == Outcome::refused ||
-               (od.enabled && failures >= od.consecutive_failures);
-  if (!eject) return;
+  bool eject = outcome == Outcome::refused || (od.enabled && failures >= od.consecutive_failures);
+  if (!eject)
+    return;
   int64_t now = steady_ms();
-  if (st.ejected_until_ms.load(std::memory_order_relaxed) > now) return;  // already out
+  if (st.ejected_until_ms.load(std::memory_order_relaxed) > now)
+    return; // already out
 
   std::lock_guard lock(rebuild_mutex_);
   // Workers that saw the same failure at once wait here: only the first ejects.
-  if (st.ejected_until_ms.load(std::memory_order_relaxed) > now) return;
+  if (st.ejected_until_ms.load(std::memory_order_relaxed) > now)
+    return;
   // Never eject the last backend in rotation (others are not counted when only
   // fail_open keeps traffic flowing).
   size_t others = 0;
   for (size_t i = 0; i < backends_.size(); ++i) {
-    if (i == b) continue;
+    if (i == b)
+      continue;
     const BackendState& o = *states_[i];
-    if (o.healthy && !o.drained && o.ejected_until_ms.load(std::memory_order_relaxed) <= now) ++others;
+    if (o.healthy && !o.drained && o.ejected_until_ms.load(std::memory_order_relaxed) <= now)
+      ++others;
   }
-  if (others == 0) return;
+  if (others == 0)
+    return;
   int64_t base = od.enabled ? od.ejection_time.count() : 30000;
-  if (outcome == Outcome::refused && !od.enabled) base = 5000;
+  if (outcome == Outcome::refused && !od.enabled)
+    base = 5000;
   // The ejection time doubles with each ejection, up to 8x; a backend that
   // stayed in rotation for as long as the longest ejection starts over.
   int64_t ended = st.ejection_ended_ms.load(std::memory_order_relaxed);
-  if (ended && now - ended >= base * max_ejection_factor) st.ejections.store(0, std::memory_order_relaxed);
+  if (ended && now - ended >= base * max_ejection_factor)
+    st.ejections.store(0, std::memory_order_relaxed);
   uint32_t n = st.ejections.fetch_add(1, std::memory_order_relaxed);
   st.ejections_total.fetch_add(1, std::memory_order_relaxed);
   int64_t factor = std::min<int64_t>(int64_t{1} << std::min<uint32_t>(n, 3), max_ejection_factor);
@@ -389,27 +425,32 @@ void Pool::expire_ejections() {
       any = true;
     }
   }
-  if (any) rebuild("an ejection ended");
+  if (any)
+    rebuild("an ejection ended");
 }
 
 bool Pool::set_drained(size_t b, bool drained) {
-  if (b >= backends_.size()) return false;
+  if (b >= backends_.size())
+    return false;
   if (states_[b]->drained.exchange(drained) != drained) {
-    if (!drained) joined(b);
+    if (!drained)
+      joined(b);
     rebuild(drained ? "a backend was drained" : "a backend was enabled");
   }
   return true;
 }
 
 void Pool::note_fail_open() {
-  if (fail_open_logged_.load(std::memory_order_relaxed) || fail_open_logged_.exchange(true)) return;
+  if (fail_open_logged_.load(std::memory_order_relaxed) || fail_open_logged_.exchange(true))
+    return;
   io::log("pool %s: no backend in rotation: fail_open, spreading requests over all non-drained "
           "backends",
           name_.c_str());
 }
 
 void Pool::joined(size_t b) {
-  if (config_.slow_start.count() > 0) states_[b]->joined_ms.store(steady_ms(), std::memory_order_relaxed);
+  if (config_.slow_start.count() > 0)
+    states_[b]->joined_ms.store(steady_ms(), std::memory_order_relaxed);
 }
 
 void Pool::tick() {
@@ -431,13 +472,15 @@ void Pool::tick() {
     }
   }
   int64_t ramp = config_.slow_start.count();
-  if (ramp <= 0) return;
+  if (ramp <= 0)
+    return;
   int64_t now = steady_ms();
   bool ramping = false;
   for (size_t i = 0; i < backends_.size(); ++i) {
     int64_t joined_at = states_[i]->joined_ms.load(std::memory_order_relaxed);
     // Include one rebuild just past the end of the window, at full weight.
-    if (joined_at && now - joined_at < ramp + 1000) ramping = true;
+    if (joined_at && now - joined_at < ramp + 1000)
+      ramping = true;
   }
   // Ramps move in steps of a twentieth of the window (at most 4 per second).
   int64_t step = std::max<int64_t>(250, ramp / 20);
@@ -448,21 +491,25 @@ void Pool::tick() {
 }
 
 bool Pool::set_weight(size_t b, uint32_t weight) {
-  if (b >= backends_.size()) return false;
-  if (states_[b]->weight.exchange(weight) != weight) rebuild("a weight changed");
+  if (b >= backends_.size())
+    return false;
+  if (states_[b]->weight.exchange(weight) != weight)
+    rebuild("a weight changed");
   return true;
 }
 
 int Pool::find_id(uint32_t id) const {
   for (size_t i = 0; i < backends_.size(); ++i)
-    if (backends_[i].id == id) return static_cast<int>(i);
+    if (backends_[i].id == id)
+      return static_cast<int>(i);
   return -1;
 }
 
 int Pool::find(const std::string& label) const {
   for (size_t i = 0; i < backends_.size(); ++i)
-    if (backends_[i].label == label) return static_cast<int>(i);
+    if (backends_[i].label == label)
+      return static_cast<int>(i);
   return -1;
 }
 
-}  // namespace lb::upstream
+} // namespace lb::upstream

@@ -18,8 +18,8 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <atomic>
-#include <map>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -28,15 +28,15 @@
 namespace lb::upstream {
 
 struct Backend {
-  std::string label;  // "host:port", as in the config, logs and metrics
+  std::string label; // "host:port", as in the config, logs and metrics
   std::string region;
   uint32_t region_index = 0;
   boost::asio::ip::tcp::endpoint endpoint;
   uint32_t weight = 1;
   uint32_t priority = 0;
-  uint32_t id = 0;        // stable across snapshots (Registry)
-  std::string host_name;  // from a dns:/srv: entry: the name it was found by (TLS SNI)
-  int srv_group = -1;     // from an `srv:` entry: its index in the pool (RFC 2782 priority applies)
+  uint32_t id = 0;       // stable across snapshots (Registry)
+  std::string host_name; // from a dns:/srv: entry: the name it was found by (TLS SNI)
+  int srv_group = -1;    // from an `srv:` entry: its index in the pool (RFC 2782 priority applies)
   uint32_t srv_priority = 0;
 };
 
@@ -45,9 +45,9 @@ struct Backend {
 struct DiscoveredAddress {
   boost::asio::ip::address address;
   uint16_t port = 0;
-  uint32_t priority = 0;  // SRV priority
-  uint32_t weight = 1;    // SRV weight (dns: the entry's weight)
-  std::string target;     // the host name the address belongs to
+  uint32_t priority = 0; // SRV priority
+  uint32_t weight = 1;   // SRV weight (dns: the entry's weight)
+  std::string target;    // the host name the address belongs to
 };
 using Discovered = std::map<std::string, std::vector<DiscoveredAddress>>;
 
@@ -64,14 +64,18 @@ struct TriedSet {
   TriedSet() = default;
   explicit TriedSet(uint64_t bits) : low(bits) {}
   bool contains(size_t b) const {
-    if (b < 64) return low & (uint64_t{1} << b);
+    if (b < 64)
+      return low & (uint64_t{1} << b);
     for (unsigned i = 0; i < high_count; ++i)
-      if (high[i] == b) return true;
+      if (high[i] == b)
+        return true;
     return false;
   }
   void add(size_t b) {
-    if (b < 64) low |= uint64_t{1} << b;
-    else if (!contains(b) && high_count < list_capacity) high[high_count++] = static_cast<uint32_t>(b);
+    if (b < 64)
+      low |= uint64_t{1} << b;
+    else if (!contains(b) && high_count < list_capacity)
+      high[high_count++] = static_cast<uint32_t>(b);
   }
   void remove(size_t b) {
     if (b < 64) {
@@ -91,17 +95,17 @@ struct TriedSet {
 
 // What a pick may take into account for one request.
 struct PickRequest {
-  TriedSet tried;         // backends not to pick
-  uint64_t hash = 0;      // ring_hash / maglev key
-  bool has_hash = false;  // false: the key is missing, balance by round robin
-  int sticky = -1;        // the backend the client's sticky cookie names
+  TriedSet tried;        // backends not to pick
+  uint64_t hash = 0;     // ring_hash / maglev key
+  bool has_hash = false; // false: the key is missing, balance by round robin
+  int sticky = -1;       // the backend the client's sticky cookie names
 };
 
 // What the data path tells the pool about one exchange with a backend.
 enum class Outcome { success, server_error, connect_failure, refused };
 
 class Pool {
- public:
+public:
   // `sticky_secret` keys the sticky cookie values (the top-level sticky_secret).
   // Backends that `registry` already knows (the same pool name and address in
   // the snapshot this one replaces) keep their state: health, ejection, drain.
@@ -113,8 +117,8 @@ class Pool {
   ~Pool();
 
   const std::string& name() const { return name_; }
-  size_t index() const { return index_; }  // in its Runtime
-  uint32_t id() const { return id_; }        // stable across snapshots
+  size_t index() const { return index_; } // in its Runtime
+  uint32_t id() const { return id_; }     // stable across snapshots
   const config::Pool& config() const { return config_; }
   const std::vector<Backend>& backends() const { return backends_; }
   const BackendState& state(size_t b) const { return *states_[b]; }
@@ -128,7 +132,7 @@ class Pool {
   // HTTPS toward the backends (pool `tls:`): nullptr for plain HTTP, or when
   // the client context could not be built (tls_error() says why).
   const io::TlsClient* tls() const { return tls_.get(); }
-  std::shared_ptr<const io::TlsClient> shared_tls() const { return tls_; }  // for health checks
+  std::shared_ptr<const io::TlsClient> shared_tls() const { return tls_; } // for health checks
   const std::string& tls_error() const { return tls_error_; }
 
   // Shared in-flight counts (see BackendState::active).
@@ -163,7 +167,7 @@ class Pool {
   // The control tick: ejections, and slow_start ramps in progress.
   void tick();
 
- private:
+private:
   void rebuild(const char* why);
   void joined(size_t b);
   int pick_least_conn(const Selection& s, const TriedSet& tried) const;
@@ -174,7 +178,7 @@ class Pool {
   size_t index_;
   uint32_t id_ = 0;
   std::vector<Backend> backends_;
-  std::vector<std::shared_ptr<BackendState>> owned_states_;  // shared with other snapshots
+  std::vector<std::shared_ptr<BackendState>> owned_states_; // shared with other snapshots
   std::vector<BackendState*> states_;
   std::atomic<const Selection*> current_{nullptr};
   // One cursor for all workers, so clients see the configured rotation whatever
@@ -193,4 +197,4 @@ class Pool {
 
 int64_t steady_ms();
 
-}  // namespace lb::upstream
+} // namespace lb::upstream

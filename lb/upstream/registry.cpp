@@ -33,4 +33,4 @@ Registry::Entry Registry::backend(const std::string& pool, const std::string& la
   return e;
 }
 
-}  // namespace lb::upstream
+} // namespace lb::upstream

@@ -24,9 +24,9 @@ struct alignas(64) BackendState {
   std::atomic<uint64_t> ejections_total{0};  // every ejection since start (never goes down)
   std::atomic<int64_t> ejection_ended_ms{0}; // when the last ejection ended
   std::atomic<uint32_t> consecutive_failures{0};
-  std::atomic<uint32_t> weight{1};           // current weight (config or admin)
-  std::atomic<int64_t> joined_ms{0};         // when it (re)entered rotation, for slow_start
-  std::atomic<bool> ever_healthy{false};     // has passed a health check before
+  std::atomic<uint32_t> weight{1};       // current weight (config or admin)
+  std::atomic<int64_t> joined_ms{0};     // when it (re)entered rotation, for slow_start
+  std::atomic<bool> ever_healthy{false}; // has passed a health check before
   // Added by a reload or a DNS change (not there at start): slow_start ramps
   // it when it first enters rotation too.
   std::atomic<bool> ramp_first_join{false};
@@ -45,9 +45,8 @@ struct alignas(64) BackendState {
   mutable std::atomic<bool> retired{false};
 };
 
-
 class Registry {
- public:
+public:
   // Per-worker metrics keep this many backend ids apart; later ones share a
   // single overflow entry (logged once). Ids are not reused.
   static constexpr uint32_t max_backend_ids = 65536;
@@ -58,7 +57,7 @@ class Registry {
   struct Entry {
     uint32_t id = 0;
     std::shared_ptr<BackendState> state;
-    bool created = false;  // a new backend: its state is fresh
+    bool created = false; // a new backend: its state is fresh
   };
   // The backend `label` of pool `pool`: its id (the same for as long as the
   // process runs) and its state, shared while any snapshot holds it and it is
@@ -69,7 +68,7 @@ class Registry {
   void serving() { serving_ = true; }
   bool is_serving() const { return serving_; }
 
- private:
+private:
   uint32_t id_of(std::unordered_map<std::string, uint32_t>& ids, const std::string& name);
 
   std::mutex mutex_;
@@ -83,4 +82,4 @@ class Registry {
   std::atomic<bool> serving_{false};
 };
 
-}  // namespace lb::upstream
+} // namespace lb::upstream

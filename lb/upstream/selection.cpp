@@ -7,7 +7,8 @@
 
 namespace lb::upstream {
 
-std::vector<double> priority_load(const std::vector<double>& level_health, double overprovisioning) {
+std::vector<double> priority_load(const std::vector<double>& level_health,
+                                  double overprovisioning) {
   std::vector<double> pct(level_health.size());
   double total = 0;
   for (size_t i = 0; i < level_health.size(); ++i) {
@@ -15,7 +16,8 @@ std::vector<double> priority_load(const std::vector<double>& level_health, doubl
     total += pct[i];
   }
   std::vector<double> load(level_health.size(), 0.0);
-  if (total <= 0) return load;
+  if (total <= 0)
+    return load;
   double normalized = std::min(1.0, total);
   double remaining = 1.0;
   for (size_t i = 0; i < pct.size() && remaining > 1e-12; ++i) {
@@ -28,16 +30,19 @@ std::vector<double> priority_load(const std::vector<double>& level_health, doubl
 std::vector<uint32_t> smooth_wrr_sequence(const std::vector<uint32_t>& weights) {
   std::vector<uint32_t> order;
   uint64_t total = std::accumulate(weights.begin(), weights.end(), uint64_t{0});
-  if (total == 0) return order;
+  if (total == 0)
+    return order;
   order.reserve(total);
   std::vector<int64_t> current(weights.size(), 0);
   for (uint64_t n = 0; n < total; ++n) {
     size_t best = 0;
     bool found = false;
     for (size_t i = 0; i < weights.size(); ++i) {
-      if (!weights[i]) continue;
+      if (!weights[i])
+        continue;
       current[i] += weights[i];
-      if (!found || current[i] > current[best]) best = i, found = true;
+      if (!found || current[i] > current[best])
+        best = i, found = true;
     }
     current[best] -= static_cast<int64_t>(total);
     order.push_back(static_cast<uint32_t>(best));
@@ -54,16 +59,18 @@ std::vector<uint32_t> to_integer_weights(const std::vector<double>& share) {
   std::vector<uint32_t> w(share.size(), 0);
   uint32_t g = 0;
   for (size_t i = 0; i < share.size(); ++i) {
-    if (share[i] <= 0) continue;
+    if (share[i] <= 0)
+      continue;
     w[i] = std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(share[i] * scale)));
     g = std::gcd(g, w[i]);
   }
   if (g > 1)
-    for (auto& x : w) x /= g;
+    for (auto& x : w)
+      x /= g;
   return w;
 }
 
-}  // namespace
+} // namespace
 
 Selection build_selection(const std::vector<BackendView>& backends,
                           const std::vector<RegionView>& regions, double overprovisioning,
@@ -76,14 +83,17 @@ Selection build_selection(const std::vector<BackendView>& backends,
   // Region health: the healthy share of its backends' weight.
   std::vector<double> total(regions.size(), 0), healthy(regions.size(), 0);
   for (const auto& b : backends) {
-    if (b.region >= regions.size() || b.drained || b.standby) continue;
+    if (b.region >= regions.size() || b.drained || b.standby)
+      continue;
     total[b.region] += b.weight;
-    if (b.in_rotation) healthy[b.region] += b.weight;
+    if (b.in_rotation)
+      healthy[b.region] += b.weight;
   }
   // Priority levels in ascending order; a level's health is the region-weighted
   // health of its regions.
   std::map<uint32_t, std::vector<size_t>> levels;
-  for (size_t r = 0; r < regions.size(); ++r) levels[regions[r].priority].push_back(r);
+  for (size_t r = 0; r < regions.size(); ++r)
+    levels[regions[r].priority].push_back(r);
   std::vector<double> level_health;
   std::vector<const std::vector<size_t>*> level_regions;
   for (const auto& [priority, members] : levels) {
@@ -102,16 +112,20 @@ Selection build_selection(const std::vector<BackendView>& backends,
   // their state, and each level's regions' total weight.
   std::vector<double> listed(regions.size(), 0);
   for (const auto& b : backends)
-    if (b.region < regions.size()) listed[b.region] += b.weight;
+    if (b.region < regions.size())
+      listed[b.region] += b.weight;
   std::vector<double> level_region_weight(regions.size(), 0);
   for (size_t l = 0; l < level_regions.size(); ++l) {
     double sum = 0;
-    for (size_t r : *level_regions[l]) sum += regions[r].weight;
-    for (size_t r : *level_regions[l]) level_region_weight[r] = sum;
+    for (size_t r : *level_regions[l])
+      sum += regions[r].weight;
+    for (size_t r : *level_regions[l])
+      level_region_weight[r] = sum;
   }
   std::vector<double> region_load(regions.size(), 0);
   for (size_t l = 0; l < load.size(); ++l)
-    for (size_t r : *level_regions[l]) region_load[r] = load[l];
+    for (size_t r : *level_regions[l])
+      region_load[r] = load[l];
 
   // What each region's share is divided by: the in-rotation weight, ramped.
   std::vector<double> ramped(regions.size(), 0);
@@ -121,11 +135,13 @@ Selection build_selection(const std::vector<BackendView>& backends,
 
   std::vector<double> share(backends.size(), 0.0);
   for (size_t l = 0; l < load.size(); ++l) {
-    if (load[l] <= 0) continue;
+    if (load[l] <= 0)
+      continue;
     double sum = 0;
     for (size_t r : *level_regions[l])
       sum += regions[r].weight * (total[r] > 0 ? healthy[r] / total[r] : 0);
-    if (sum <= 0) continue;
+    if (sum <= 0)
+      continue;
     for (size_t r : *level_regions[l]) {
       double h = total[r] > 0 ? healthy[r] / total[r] : 0;
       s.region_share[r] = load[l] * regions[r].weight * h / sum;
@@ -133,8 +149,10 @@ Selection build_selection(const std::vector<BackendView>& backends,
   }
   for (size_t i = 0; i < backends.size(); ++i) {
     const auto& b = backends[i];
-    if (b.region >= regions.size() || !b.in_rotation || b.drained || b.standby || !b.weight) continue;
-    if (ramped[b.region] > 0) share[i] = s.region_share[b.region] * b.weight * b.ramp / ramped[b.region];
+    if (b.region >= regions.size() || !b.in_rotation || b.drained || b.standby || !b.weight)
+      continue;
+    if (ramped[b.region] > 0)
+      share[i] = s.region_share[b.region] * b.weight * b.ramp / ramped[b.region];
     if (share[i] > 0 && listed[b.region] > 0 && level_region_weight[b.region] > 0)
       s.nominal_share[i] = region_load[b.region] * regions[b.region].weight /
                            level_region_weight[b.region] * b.weight * b.ramp / listed[b.region];
@@ -145,15 +163,18 @@ Selection build_selection(const std::vector<BackendView>& backends,
     // Nothing is in rotation: better to try every backend than to refuse all.
     double sum = 0;
     for (const auto& b : backends)
-      if (!b.drained) sum += b.weight;
+      if (!b.drained)
+        sum += b.weight;
     if (sum > 0) {
       s.fail_open = true;
       std::fill(s.region_share.begin(), s.region_share.end(), 0.0);
       for (size_t i = 0; i < backends.size(); ++i) {
-        if (backends[i].drained) continue;
+        if (backends[i].drained)
+          continue;
         share[i] = backends[i].weight / sum;
         s.nominal_share[i] = share[i];
-        if (backends[i].region < regions.size()) s.region_share[backends[i].region] += share[i];
+        if (backends[i].region < regions.size())
+          s.region_share[backends[i].region] += share[i];
       }
     }
   }
@@ -162,4 +183,4 @@ Selection build_selection(const std::vector<BackendView>& backends,
   return s;
 }
 
-}  // namespace lb::upstream
+} // namespace lb::upstream

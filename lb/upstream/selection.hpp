@@ -11,9 +11,9 @@
 namespace lb::upstream {
 
 struct BackendView {
-  uint32_t weight = 1;   // 0 = takes no traffic
-  uint32_t region = 0;   // index into the regions
-  bool in_rotation = true;  // healthy, not ejected, not drained
+  uint32_t weight = 1;     // 0 = takes no traffic
+  uint32_t region = 0;     // index into the regions
+  bool in_rotation = true; // healthy, not ejected, not drained
   bool drained = false;
   // An SRV target of a higher priority than one in rotation (RFC 2782): not a
   // candidate, and not counted in its region's health either.
@@ -37,10 +37,10 @@ struct RegionView {
 std::vector<double> priority_load(const std::vector<double>& level_health, double overprovisioning);
 
 struct Selection {
-  std::vector<uint32_t> effective_weight;  // per backend; 0 = takes no traffic now
-  std::vector<uint32_t> sequence;          // smooth weighted round robin order
-  std::vector<double> region_share;        // per region, 0..1 (for status and metrics)
-  bool fail_open = false;  // no backend in rotation: spreading over all non-drained ones
+  std::vector<uint32_t> effective_weight; // per backend; 0 = takes no traffic now
+  std::vector<uint32_t> sequence;         // smooth weighted round robin order
+  std::vector<double> region_share;       // per region, 0..1 (for status and metrics)
+  bool fail_open = false; // no backend in rotation: spreading over all non-drained ones
   // Per backend in rotation, its share as if every backend of its level were
   // healthy (its level's load x its region's part of the level x its weight's
   // part of the region): unlike the share, it does not change when another
@@ -63,4 +63,4 @@ Selection build_selection(const std::vector<BackendView>& backends,
 // sum(weights) picks. No burst to the heaviest backend.
 std::vector<uint32_t> smooth_wrr_sequence(const std::vector<uint32_t>& weights);
 
-}  // namespace lb::upstream
+} // namespace lb::upstream

@@ -7,7 +7,8 @@
 #include <vector>
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  if (size < 1) return 0;
+  if (size < 1)
+    return 0;
   // The first byte chooses the piece size, the rest is the connection's bytes.
   size_t step = 1 + data[0] % 64;
   std::vector<char> buffer(data + 1, data + size);
@@ -19,8 +20,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   while (p < end) {
     fed_to = std::min(end, std::max(fed_to, p) + step);
     auto r = parser.feed(p, fed_to);
-    if (r.event == lb::http::Parser::Event::error) break;
-    if (r.stop < p || r.stop > fed_to) __builtin_trap();  // never outside its input
+    if (r.event == lb::http::Parser::Event::error)
+      break;
+    if (r.stop < p || r.stop > fed_to)
+      __builtin_trap(); // never outside its input
     if (r.event == lb::http::Parser::Event::head_complete) {
       lb::http::Head& h = parser.head();
       lb::http::mark_connection_options(h);

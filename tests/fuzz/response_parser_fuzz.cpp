@@ -6,7 +6,8 @@
 #include <vector>
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  if (size < 1) return 0;
+  if (size < 1)
+    return 0;
   size_t step = 1 + data[0] % 64;
   bool head_request = data[0] & 0x80;
   std::vector<char> buffer(data + 1, data + size);
@@ -18,11 +19,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   while (p < end) {
     fed_to = std::min(end, std::max(fed_to, p) + step);
     auto r = parser.feed(p, fed_to);
-    if (r.event == lb::http::Parser::Event::error) break;
-    if (r.stop < p || r.stop > fed_to) __builtin_trap();
+    if (r.event == lb::http::Parser::Event::error)
+      break;
+    if (r.stop < p || r.stop > fed_to)
+      __builtin_trap();
     if (r.event == lb::http::Parser::Event::head_complete) {
       const lb::http::Head& h = parser.head();
-      if (h.start && (h.start < buffer.data() || h.end > end)) __builtin_trap();
+      if (h.start && (h.start < buffer.data() || h.end > end))
+        __builtin_trap();
     }
     p = r.stop;
   }

@@ -286,14 +286,17 @@ TEST(Config, DuplicateKeyIsReportedAtTheSecond) {
 }
 
 TEST(Config, TlsNeedsACertificateAndProxyProtocolIsAccepted) {
-  EXPECT_EQ(only_error(with_listener_lines("    tls: {}")),
-            "t.yaml:7:10: tls: needs at least one certificate (certificates: [{cert: FILE, key: FILE}])");
+  EXPECT_EQ(
+      only_error(with_listener_lines("    tls: {}")),
+      "t.yaml:7:10: tls: needs at least one certificate (certificates: [{cert: FILE, key: FILE}])");
   EXPECT_TRUE(valid(with_listener_lines("    proxy_protocol: true"))->listeners[0].proxy_protocol);
 }
 
 TEST(Config, DnsSettingsAndDiscoveredBackends) {
-  auto base = std::string("dns: { servers: [127.0.0.1:5353, 10.0.0.2, \"::1\"], min_ttl: 2s, max_ttl: 1m }\n") +
-              with_listener_lines("") + "  api:\n";
+  auto base =
+      std::string(
+          "dns: { servers: [127.0.0.1:5353, 10.0.0.2, \"::1\"], min_ttl: 2s, max_ttl: 1m }\n") +
+      with_listener_lines("") + "  api:\n";
   auto config = valid(base + "    backends:\n"
                              "      - dns: App.Internal.:8000\n"
                              "        weight: 2\n"
@@ -403,8 +406,7 @@ TEST(Config, HashKeyForms) {
   EXPECT_EQ(error_of("\"header:\""), "t.yaml:11:15: hash_key: '' is not a valid header name");
   EXPECT_EQ(error_of("\"header:X User\""),
             "t.yaml:11:15: hash_key: 'X User' is not a valid header name");
-  EXPECT_EQ(error_of("\"cookie:a;b\""),
-            "t.yaml:11:15: hash_key: 'a;b' is not a valid cookie name");
+  EXPECT_EQ(error_of("\"cookie:a;b\""), "t.yaml:11:15: hash_key: 'a;b' is not a valid cookie name");
   EXPECT_EQ(error_of("[source_ip]"), "t.yaml:11:15: hash_key: expected source_ip, header:NAME "
                                      "or cookie:NAME, got a list");
 }
@@ -413,8 +415,8 @@ TEST(Config, HashKeyNeedsAHashingBalance) {
   EXPECT_EQ(only_error(std::string(minimal) + "    hash_key: source_ip\n"),
             "t.yaml:10:5: hash_key applies to balance ring_hash or maglev only");
   for (const char* balance : {"round_robin", "least_conn", "random_two"})
-    EXPECT_EQ(only_error(std::string(minimal) + "    hash_key: header:X-A\n    balance: " +
-                         balance + "\n"),
+    EXPECT_EQ(only_error(std::string(minimal) +
+                         "    hash_key: header:X-A\n    balance: " + balance + "\n"),
               "t.yaml:10:5: hash_key applies to balance ring_hash or maglev only")
         << balance;
   // A refused balance is one error, not two.
@@ -437,8 +439,9 @@ TEST(Config, StickyCookie) {
   };
   EXPECT_EQ(error_of("\"a=b\""), "t.yaml:10:20: sticky_cookie: 'a=b' is not a valid cookie name");
   EXPECT_EQ(error_of("\"\""), "t.yaml:10:20: sticky_cookie: '' is not a valid cookie name");
-  EXPECT_EQ(error_of("true"),
-            "t.yaml:10:20: sticky_cookie: expected off or a cookie name like lb_sticky, got 'true'");
+  EXPECT_EQ(
+      error_of("true"),
+      "t.yaml:10:20: sticky_cookie: expected off or a cookie name like lb_sticky, got 'true'");
 }
 
 TEST(Config, StickySecret) {
@@ -474,9 +477,9 @@ TEST(Config, Overprovisioning) {
 }
 
 TEST(Config, CircuitBreakerAndSlowStart) {
-  auto config = valid(std::string(minimal) +
-                      "    max_connections_per_backend: 1\n    queue_timeout: 0s\n"
-                      "    slow_start: 0s\n    maintenance: off\n");
+  auto config =
+      valid(std::string(minimal) + "    max_connections_per_backend: 1\n    queue_timeout: 0s\n"
+                                   "    slow_start: 0s\n    maintenance: off\n");
   ASSERT_TRUE(config);
   EXPECT_EQ(config->pools[0].max_connections_per_backend, 1u);
   EXPECT_EQ(config->pools[0].queue_timeout, 0ms); // no queueing: 503 at once
@@ -565,7 +568,7 @@ TEST(Config, HealthCheckExpectStatusForms) {
         valid(std::string(minimal) + "    health_check: { expect_status: " + value + " }\n");
     return config ? config->pools[0].health_check.expect_status : Ranges{};
   };
-  EXPECT_EQ(parse("200"), (Ranges{{200, 200}}));  // a YAML integer
+  EXPECT_EQ(parse("200"), (Ranges{{200, 200}})); // a YAML integer
   EXPECT_EQ(parse("\"204\""), (Ranges{{204, 204}}));
   EXPECT_EQ(parse("200-399"), (Ranges{{200, 399}}));
   EXPECT_EQ(parse("\"200, 204 ,300 - 399\""), (Ranges{{200, 200}, {204, 204}, {300, 399}}));
@@ -646,9 +649,9 @@ TEST(Config, OutlierDetection) {
   EXPECT_EQ(config->pools[0].outlier_detection.consecutive_failures, 5u);
   EXPECT_EQ(config->pools[0].outlier_detection.ejection_time, 30s);
 
-  EXPECT_EQ(only_error(std::string(minimal) +
-                       "    outlier_detection: { consecutive_failures: 0 }\n"),
-            "t.yaml:10:48: consecutive_failures: must be 1..1000, got '0'");
+  EXPECT_EQ(
+      only_error(std::string(minimal) + "    outlier_detection: { consecutive_failures: 0 }\n"),
+      "t.yaml:10:48: consecutive_failures: must be 1..1000, got '0'");
   EXPECT_EQ(only_error(std::string(minimal) + "    outlier_detection: { ejection_time: 0s }\n"),
             "t.yaml:10:41: ejection_time: must be more than 0s");
   EXPECT_EQ(only_error(std::string(minimal) + "    outlier_detection: { interval: 1s }\n"),

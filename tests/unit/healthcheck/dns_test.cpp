@@ -16,8 +16,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <cstring>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -409,9 +409,9 @@ private:
         // _http.*: one SRV record, priority 10, weight 3, port 8081, target web.internal,
         // and no additional section: the target's A and AAAA are asked next.
         r[7] = 1;
-        const unsigned char rr[] = {0xc0, 0x0c, 0, 33, 0, 1, 0, 0, 0, 5, 0, 20, 0, 10, 0, 3,
-                                    0x1f, 0x91, 3, 'w', 'e', 'b', 8, 'i', 'n', 't', 'e', 'r',
-                                    'n', 'a', 'l', 0};
+        const unsigned char rr[] = {0xc0, 0x0c, 0,   33,  0,   1,    0,    0,   0,   5,   0,
+                                    20,   0,    10,  0,   3,   0x1f, 0x91, 3,   'w', 'e', 'b',
+                                    8,    'i',  'n', 't', 'e', 'r',  'n',  'a', 'l', 0};
         r.insert(r.end(), rr, rr + sizeof rr);
       } else {
         r[3] = 0x80 | 2; // SERVFAIL

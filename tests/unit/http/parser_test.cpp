@@ -17,9 +17,11 @@ size_t parse_head(Parser& p, const std::string& text, size_t step = 1 << 20) {
     size_t end = std::min(text.size(), pos + step);
     auto r = p.feed(text.data() + pos, text.data() + end);
     pos = static_cast<size_t>(r.stop - text.data());
-    if (r.event == Event::head_complete) return pos;
+    if (r.event == Event::head_complete)
+      return pos;
     EXPECT_EQ(r.event, Event::need_more) << p.error_reason();
-    if (r.event != Event::need_more) return std::string::npos;
+    if (r.event != Event::need_more)
+      return std::string::npos;
   }
   return std::string::npos;
 }
@@ -38,7 +40,7 @@ TEST(ParserTest, RequestHeadAsSpans) {
   ASSERT_EQ(h.count, 4u);
   EXPECT_EQ(h.headers[0].field, Field::host);
   EXPECT_EQ(h.headers[0].value.view(), "example.com");
-  EXPECT_EQ(h.headers[2].value.view(), "bar");  // trailing whitespace is not part of the value
+  EXPECT_EQ(h.headers[2].value.view(), "bar"); // trailing whitespace is not part of the value
   EXPECT_TRUE(h.headers[1].hop_by_hop);
   EXPECT_EQ(h.start, text.data());
   EXPECT_EQ(std::string(h.headers[1].line_start, h.headers[1].line_end),
@@ -51,8 +53,8 @@ TEST(ParserTest, RequestHeadAsSpans) {
 
   Head& mutable_head = p.head();
   mark_connection_options(mutable_head);
-  EXPECT_TRUE(mutable_head.headers[2].hop_by_hop);   // named by Connection
-  EXPECT_FALSE(mutable_head.headers[3].hop_by_hop);  // Content-Length stays
+  EXPECT_TRUE(mutable_head.headers[2].hop_by_hop);  // named by Connection
+  EXPECT_FALSE(mutable_head.headers[3].hop_by_hop); // Content-Length stays
 }
 
 TEST(ParserTest, ByteByByteGivesTheSameSpans) {
@@ -70,9 +72,8 @@ TEST(ParserTest, ByteByByteGivesTheSameSpans) {
 
 TEST(ParserTest, PipelinedMessagesStopAtEachEnd) {
   Parser p(Parser::Kind::request);
-  std::string text =
-      "POST /1 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
-      "GET /2 HTTP/1.1\r\nHost: h\r\n\r\n";
+  std::string text = "POST /1 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+                     "GET /2 HTTP/1.1\r\nHost: h\r\n\r\n";
   size_t head_end = parse_head(p, text);
   ASSERT_NE(head_end, std::string::npos);
   EXPECT_EQ(p.head().content_length, 5u);
@@ -90,9 +91,8 @@ TEST(ParserTest, PipelinedMessagesStopAtEachEnd) {
 
 TEST(ParserTest, ChunkedBodyEndsAfterLastChunkAndTrailers) {
   Parser p(Parser::Kind::request);
-  std::string text =
-      "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-      "5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+  std::string text = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     "5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
   size_t head_end = parse_head(p, text);
   ASSERT_TRUE(p.head().chunked);
   auto r = p.feed(text.data() + head_end, text.data() + text.size());
@@ -145,7 +145,8 @@ TEST(ParserTest, RequestLinePartsAreSeparatedBySingleSpaces) {
 
 TEST(ParserTest, TooManyHeadersIsAnError) {
   std::string text = "GET / HTTP/1.1\r\nHost: h\r\n";
-  for (unsigned i = 0; i < max_headers + 1; ++i) text += "X-H" + std::to_string(i) + ": v\r\n";
+  for (unsigned i = 0; i < max_headers + 1; ++i)
+    text += "X-H" + std::to_string(i) + ": v\r\n";
   text += "\r\n";
   Parser p(Parser::Kind::request);
   auto r = p.feed(text.data(), text.data() + text.size());
@@ -156,7 +157,8 @@ TEST(ParserTest, TooManyHeadersIsAnError) {
 TEST(ParserTest, ResponseToHeadHasNoBody) {
   Parser p(Parser::Kind::response);
   p.set_head_request(true);
-  std::string text = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+  std::string text =
+      "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
   size_t head_end = parse_head(p, text);
   ASSERT_NE(head_end, std::string::npos);
   EXPECT_EQ(p.head().status, 200);
@@ -191,5 +193,5 @@ TEST(ParserTest, CloseDelimitedResponseEndsAtEof) {
   EXPECT_FALSE(p.in_message());
 }
 
-}  // namespace
-}  // namespace lb::http
+} // namespace
+} // namespace lb::http

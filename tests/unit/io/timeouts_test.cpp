@@ -53,7 +53,7 @@ TEST(TimeoutsTest, RearmMovesTheDeadlineAndDisarmCancels) {
   b.id = 2;
   t.arm(a, std::chrono::milliseconds(10));
   t.arm(b, std::chrono::milliseconds(10));
-  t.arm(a, std::chrono::seconds(10));  // re-armed to another duration
+  t.arm(a, std::chrono::seconds(10)); // re-armed to another duration
   Timeouts::disarm(b);
   t.expire(Clock::now() + std::chrono::seconds(1));
   EXPECT_TRUE(fired.empty());
@@ -74,14 +74,16 @@ void arm_next(Timeouts::Entry* e) {
   auto* c = static_cast<Chain*>(e);
   ++*c->fired;
   // Durations no queue has yet: each arm adds one.
-  for (int i = 0; i < 64; ++i) c->timeouts->arm(c->next[i], std::chrono::milliseconds(1000 + i));
+  for (int i = 0; i < 64; ++i)
+    c->timeouts->arm(c->next[i], std::chrono::milliseconds(1000 + i));
 }
 
 TEST(TimeoutsTest, AnEntryFiredMayArmNewDurations) {
   Timeouts t;
   int fired = 0;
   std::vector<Timeouts::Entry> later(64);
-  for (auto& e : later) e.fire = [](Timeouts::Entry*) {};
+  for (auto& e : later)
+    e.fire = [](Timeouts::Entry*) {};
   Chain first;
   first.fire = arm_next;
   first.timeouts = &t;
@@ -90,8 +92,10 @@ TEST(TimeoutsTest, AnEntryFiredMayArmNewDurations) {
   t.arm(first, std::chrono::milliseconds(1));
   t.expire(Clock::now() + std::chrono::milliseconds(10));
   EXPECT_EQ(fired, 1);
-  for (auto& e : later) EXPECT_TRUE(e.armed());
-  for (auto& e : later) Timeouts::disarm(e);
+  for (auto& e : later)
+    EXPECT_TRUE(e.armed());
+  for (auto& e : later)
+    Timeouts::disarm(e);
 }
 
 TEST(BufferPoolTest, ReusesReleasedBuffers) {
@@ -108,5 +112,5 @@ TEST(BufferPoolTest, ReusesReleasedBuffers) {
   EXPECT_EQ(pool.in_use(), 0u);
 }
 
-}  // namespace
-}  // namespace lb::io
+} // namespace
+} // namespace lb::io

@@ -20,7 +20,8 @@ config::Pool make_pool(std::vector<uint32_t> weights, std::vector<uint32_t> prio
     uint32_t prio = i < priorities.size() ? priorities[i] : 0;
     config::Region* region = nullptr;
     for (auto& existing : p.regions)
-      if (existing.priority == prio) region = &existing;
+      if (existing.priority == prio)
+        region = &existing;
     if (!region) {
       config::Region fresh;
       fresh.name = std::string("r").append(std::to_string(prio));
@@ -40,7 +41,8 @@ TEST(PoolTest, SmoothSequenceHonoursWeightsExactly) {
   auto seq = smooth_wrr_sequence({5, 1, 1});
   ASSERT_EQ(seq.size(), 7u);
   std::map<uint32_t, int> count;
-  for (auto b : seq) ++count[b];
+  for (auto b : seq)
+    ++count[b];
   EXPECT_EQ(count[0], 5);
   EXPECT_EQ(count[1], 1);
   EXPECT_EQ(count[2], 1);
@@ -82,14 +84,16 @@ TEST(PoolTest, WeightsThreeToOneOverManyPicks) {
   Registry registry;
   Pool pool(make_pool({3, 1}), 0, registry);
   int first = 0;
-  for (int i = 0; i < 4000; ++i) first += pool.pick(0) == 0;
+  for (int i = 0; i < 4000; ++i)
+    first += pool.pick(0) == 0;
   EXPECT_EQ(first, 3000);
 }
 
 TEST(PoolTest, OnlyTheLowestPriorityServesWhileAllAreInRotation) {
   Registry registry;
   Pool pool(make_pool({1, 1, 1}, {0, 0, 1}), 0, registry);
-  for (int i = 0; i < 100; ++i) EXPECT_NE(pool.pick(0), 2);
+  for (int i = 0; i < 100; ++i)
+    EXPECT_NE(pool.pick(0), 2);
   EXPECT_EQ(pool.backends()[2].priority, 1u);
 }
 
@@ -113,7 +117,8 @@ TEST(PoolTest, SimultaneousFailuresEjectOnce) {
         start.arrive_and_wait();
         pool.report(0, Outcome::refused);
       });
-    for (auto& t : workers) t.join();
+    for (auto& t : workers)
+      t.join();
     int64_t left = pool.state(0).ejected_until_ms.load() - ms_now();
     ASSERT_GT(left, 4000) << "round " << round;
     ASSERT_LE(left, 5000) << "round " << round;
@@ -133,14 +138,14 @@ TEST(PoolTest, EjectionBackoffDoublesThenStartsOver) {
   auto eject_and_measure = [&] {
     pool.report(0, Outcome::server_error);
     int64_t left = pool.state(0).ejected_until_ms.load() - ms_now();
-    while (pool.state(0).ejected_until_ms.load() != 0) {  // the control tick ends it
+    while (pool.state(0).ejected_until_ms.load() != 0) { // the control tick ends it
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
       pool.tick();
     }
     return left;
   };
   EXPECT_LE(eject_and_measure(), 40);
-  EXPECT_GT(eject_and_measure(), 40);  // 80 ms: it failed again right away
+  EXPECT_GT(eject_and_measure(), 40); // 80 ms: it failed again right away
   std::this_thread::sleep_for(std::chrono::milliseconds(8 * 40 + 20));
   EXPECT_LE(eject_and_measure(), 40);
   // lb_outlier_ejections_total and /status count on: a counter never goes down.
@@ -155,7 +160,8 @@ TEST(PoolTest, SlowStartRampsBackendsAddedLater) {
   cfg.slow_start = std::chrono::seconds(10);
   Pool at_start(cfg, 0, registry);
   int first = 0;
-  for (int i = 0; i < 100; ++i) first += at_start.pick(0) == 0;
+  for (int i = 0; i < 100; ++i)
+    first += at_start.pick(0) == 0;
   EXPECT_EQ(first, 50);
 
   registry.serving();
@@ -163,8 +169,9 @@ TEST(PoolTest, SlowStartRampsBackendsAddedLater) {
   grown.slow_start = std::chrono::seconds(10);
   Pool after_reload(grown, 0, registry);
   int added = 0;
-  for (int i = 0; i < 1000; ++i) added += after_reload.pick(0) == 2;
-  EXPECT_LT(added, 60);  // about 2.5% (5% of its weight's part) early in its ramp
+  for (int i = 0; i < 1000; ++i)
+    added += after_reload.pick(0) == 2;
+  EXPECT_LT(added, 60); // about 2.5% (5% of its weight's part) early in its ramp
   EXPECT_GT(added, 0);
 }
 
@@ -179,16 +186,17 @@ TEST(PoolTest, RingHashMovesOnlyTheKeysOfABackendThatLeaves) {
   std::vector<int> before;
   for (uint64_t k = 0; k < 20000; ++k)
     before.push_back(pool.pick(PickRequest{{}, hash64(std::to_string(k)), true, -1}));
-  pool.report(2, Outcome::refused);  // ejected
+  pool.report(2, Outcome::refused); // ejected
   int moved = 0, stayed = 0;
   for (uint64_t k = 0; k < 20000; ++k) {
     int now = pool.pick(PickRequest{{}, hash64(std::to_string(k)), true, -1});
     EXPECT_NE(now, 2);
-    if (before[k] == 2) continue;
+    if (before[k] == 2)
+      continue;
     (now == before[k] ? stayed : moved)++;
   }
   EXPECT_EQ(moved, 0);
-  EXPECT_GT(stayed, 14000);  // about 3/4 of the keys were on the two that stayed
+  EXPECT_GT(stayed, 14000); // about 3/4 of the keys were on the two that stayed
 }
 
 // Backends past the 64th are kept apart too: a retry, a busy backend or a
@@ -196,16 +204,19 @@ TEST(PoolTest, RingHashMovesOnlyTheKeysOfABackendThatLeaves) {
 TEST(PoolTest, TriedBackendsPastTheFirst64AreSkipped) {
   Registry registry;
   config::Pool cfg = make_pool(std::vector<uint32_t>(80, 1));
-  for (auto balance : {config::Balance::round_robin, config::Balance::least_conn,
-                       config::Balance::random_two}) {
+  for (auto balance :
+       {config::Balance::round_robin, config::Balance::least_conn, config::Balance::random_two}) {
     cfg.balance = balance;
     Pool pool(cfg, 0, registry);
     PickRequest r;
     for (size_t b = 0; b < 80; ++b)
-      if (b != 70 && b != 79) r.tried.add(b);  // 14 of them in the list
+      if (b != 70 && b != 79)
+        r.tried.add(b); // 14 of them in the list
     std::map<int, int> picked;
-    for (int i = 0; i < 200; ++i) ++picked[pool.pick(r)];
-    for (const auto& [b, n] : picked) EXPECT_TRUE(b == 70 || b == 79) << "picked " << b;
+    for (int i = 0; i < 200; ++i)
+      ++picked[pool.pick(r)];
+    for (const auto& [b, n] : picked)
+      EXPECT_TRUE(b == 70 || b == 79) << "picked " << b;
     r.tried.remove(75);
     r.sticky = 75;
     EXPECT_EQ(pool.pick(r), 75);
@@ -213,7 +224,8 @@ TEST(PoolTest, TriedBackendsPastTheFirst64AreSkipped) {
     EXPECT_NE(pool.pick(r), 75);
   }
   TriedSet t;
-  for (size_t b = 64; b < 64 + TriedSet::list_capacity; ++b) t.add(b);
+  for (size_t b = 64; b < 64 + TriedSet::list_capacity; ++b)
+    t.add(b);
   EXPECT_TRUE(t.full());
   t.remove(70);
   EXPECT_FALSE(t.contains(70));
@@ -241,5 +253,5 @@ TEST(RegistryTest, RetiredBackendComesBackNew) {
   EXPECT_EQ(registry.backend("web", "10.0.0.5:80").state, back.state);
 }
 
-}  // namespace
-}  // namespace lb::upstream
+} // namespace
+} // namespace lb::upstream

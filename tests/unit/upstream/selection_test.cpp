@@ -58,14 +58,16 @@ TEST(PriorityLoadTest, UnderProvisionedLevelsAreNormalized) {
 std::vector<double> shares_of(const Selection& s) {
   double total = std::accumulate(s.effective_weight.begin(), s.effective_weight.end(), 0.0);
   std::vector<double> out;
-  for (auto w : s.effective_weight) out.push_back(total ? w / total : 0);
+  for (auto w : s.effective_weight)
+    out.push_back(total ? w / total : 0);
   return out;
 }
 
 TEST(SelectionTest, TwoLevelsFourAndTwoBackends) {
   std::vector<RegionView> regions{{0, 100}, {1, 100}};
   std::vector<BackendView> backends(6);
-  for (int i = 0; i < 6; ++i) backends[i].region = i < 4 ? 0 : 1;
+  for (int i = 0; i < 6; ++i)
+    backends[i].region = i < 4 ? 0 : 1;
   auto all = build_selection(backends, regions, 1.4, true);
   EXPECT_NEAR(all.region_share[0], 1.0, eps);
   EXPECT_EQ(all.effective_weight[4], 0u);
@@ -89,7 +91,7 @@ TEST(SelectionTest, RegionsOfOneLevelShareByWeightTimesHealth) {
   auto s = build_selection(backends, regions, 1.4, true);
   EXPECT_NEAR(s.region_share[0], 0.75, eps);
   EXPECT_NEAR(s.region_share[1], 0.25, eps);
-  backends[0].in_rotation = false;  // region 0 at 50% health: 3 x 0.5 vs 1 x 1
+  backends[0].in_rotation = false; // region 0 at 50% health: 3 x 0.5 vs 1 x 1
   s = build_selection(backends, regions, 1.4, true);
   EXPECT_NEAR(s.region_share[0], 0.6, eps);
   EXPECT_NEAR(s.region_share[1], 0.4, eps);
@@ -101,8 +103,8 @@ TEST(SelectionTest, ARampingBackendDoesNotLowerItsRegionsHealth) {
   std::vector<RegionView> regions{{0, 100}, {1, 100}};
   std::vector<BackendView> backends(4);
   backends[2].region = backends[3].region = 1;
-  backends[0].ramp = 0.05;          // just came back
-  backends[1].in_rotation = false;  // down: level 0 is at 50% health
+  backends[0].ramp = 0.05;         // just came back
+  backends[1].in_rotation = false; // down: level 0 is at 50% health
   auto s = build_selection(backends, regions, 1.4, true);
   EXPECT_NEAR(s.region_share[0], 0.70, 1e-9);
   auto share = shares_of(s);
@@ -127,12 +129,13 @@ TEST(SelectionTest, FailOpenSpreadsOverNonDrainedWhenNothingIsInRotation) {
   std::vector<RegionView> regions{{0, 100}, {1, 100}};
   std::vector<BackendView> backends(3);
   backends[2].region = 1;
-  for (auto& b : backends) b.in_rotation = false;
+  for (auto& b : backends)
+    b.in_rotation = false;
   backends[1].drained = true;
   auto open = build_selection(backends, regions, 1.4, true);
   EXPECT_TRUE(open.fail_open);
   EXPECT_GT(open.effective_weight[0], 0u);
-  EXPECT_EQ(open.effective_weight[1], 0u);  // drained never serves
+  EXPECT_EQ(open.effective_weight[1], 0u); // drained never serves
   EXPECT_GT(open.effective_weight[2], 0u);
 
   auto closed = build_selection(backends, regions, 1.4, false);
@@ -152,5 +155,5 @@ TEST(SelectionTest, ZeroWeightsAndDrainedTakeNothing) {
   EXPECT_TRUE(s.empty());
 }
 
-}  // namespace
-}  // namespace lb::upstream
+} // namespace
+} // namespace lb::upstream
