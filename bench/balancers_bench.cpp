@@ -6,8 +6,8 @@
 // Keys (hashes, random bits) come from a precomputed array so that the loop
 // measures the pick, not a random number generator.
 
+#include "lb/upstream/balancer.hpp"
 #include "lb/upstream/hashing.hpp"
-#include "lb/upstream/least_request.hpp"
 #include "lb/upstream/maglev.hpp"
 #include "lb/upstream/pool.hpp"
 #include "lb/upstream/ring_hash.hpp"
@@ -15,6 +15,7 @@
 #include <benchmark/benchmark.h>
 
 #include <atomic>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -63,49 +64,74 @@ void BM_SmoothWrrAtomic(benchmark::State& state) {
     benchmark::DoNotOptimize(seq[cursor.fetch_add(1, std::memory_order_relaxed) % seq.size()]);
 }
 
+// The picks as Pool::pick runs them, over a selection of the fixture's weights.
+struct Picks {
+  Selection selection;
+  std::unique_ptr<BackendState[]> state;
+  std::vector<const BackendState*> states;
+  std::atomic<uint64_t> cursor{0};
+  PickRequest request;
+
+  explicit Picks(const Fixture& f) {
+    selection.effective_weight = f.weights;
+    selection.sequence = smooth_wrr_sequence(f.weights);
+    state = std::make_unique<BackendState[]>(f.weights.size());
+    for (size_t i = 0; i < f.weights.size(); ++i) {
+      state[i].active = f.active[i];
+      states.push_back(&state[i]);
+    }
+  }
+  PickContext context(uint64_t random) {
+    return {selection, states.data(), request, cursor, random};
+  }
+};
+
+void BM_RoundRobin(benchmark::State& state) {
+  Fixture f(state.range(0));
+  Picks p(f);
+  for (auto _ : state)
+    benchmark::DoNotOptimize(round_robin_pick(p.context(0)));
+}
+
 void BM_LeastConn(benchmark::State& state) {
   Fixture f(state.range(0));
-  const size_t n = f.names.size();
-  uint64_t rotation = 0;
+  Picks p(f);
   for (auto _ : state)
-    benchmark::DoNotOptimize(least_conn_pick(f.active.data(), f.weights.data(), n, rotation++, 0));
+    benchmark::DoNotOptimize(least_conn_pick(p.context(0)));
 }
 
 void BM_RandomTwo(benchmark::State& state) {
   Fixture f(state.range(0));
-  const size_t n = f.names.size();
+  Picks p(f);
   size_t i = 0;
   for (auto _ : state)
-    benchmark::DoNotOptimize(
-        random_two_pick(f.active.data(), f.weights.data(), n, f.keys[i++ & (kKeys - 1)], 0, 3));
-}
-
-// Without the max_weight hint: an O(n) scan per pick finds it.
-void BM_RandomTwoNoHint(benchmark::State& state) {
-  Fixture f(state.range(0));
-  const size_t n = f.names.size();
-  size_t i = 0;
-  for (auto _ : state)
-    benchmark::DoNotOptimize(
-        random_two_pick(f.active.data(), f.weights.data(), n, f.keys[i++ & (kKeys - 1)], 0));
+    benchmark::DoNotOptimize(random_two_pick(p.context(f.keys[i++ & (kKeys - 1)])));
 }
 
 void BM_RingHash(benchmark::State& state) {
   Fixture f(state.range(0));
-  RingHash ring(f.views, f.weights);
-  state.counters["points"] = static_cast<double>(ring.size());
+  Picks p(f);
+  p.selection.ring = RingHash(f.views, f.weights);
+  state.counters["points"] = static_cast<double>(p.selection.ring.size());
+  p.request.has_hash = true;
   size_t i = 0;
-  for (auto _ : state)
-    benchmark::DoNotOptimize(ring.pick(f.keys[i++ & (kKeys - 1)]));
+  for (auto _ : state) {
+    p.request.hash = f.keys[i++ & (kKeys - 1)];
+    benchmark::DoNotOptimize(ring_hash_pick(p.context(0)));
+  }
 }
 
 void BM_Maglev(benchmark::State& state) {
   Fixture f(state.range(0));
-  auto table = maglev_table(f.views, f.weights, maglev_size_for(f.names.size()));
-  state.counters["entries"] = static_cast<double>(table.size());
+  Picks p(f);
+  p.selection.maglev = maglev_table(f.views, f.weights, maglev_size_for(f.names.size()));
+  state.counters["entries"] = static_cast<double>(p.selection.maglev.size());
+  p.request.has_hash = true;
   size_t i = 0;
-  for (auto _ : state)
-    benchmark::DoNotOptimize(maglev_pick(table, f.keys[i++ & (kKeys - 1)]));
+  for (auto _ : state) {
+    p.request.hash = f.keys[i++ & (kKeys - 1)];
+    benchmark::DoNotOptimize(maglev_balancer_pick(p.context(0)));
+  }
 }
 
 // The key's hash, which ring_hash and maglev picks need first (a client address).
@@ -132,9 +158,9 @@ void BM_RingHashBuild(benchmark::State& state) {
 
 BENCHMARK(BM_SmoothWrr)->Arg(10)->Arg(1000);
 BENCHMARK(BM_SmoothWrrAtomic)->Arg(10)->Arg(1000);
+BENCHMARK(BM_RoundRobin)->Arg(10)->Arg(1000);
 BENCHMARK(BM_LeastConn)->Arg(10)->Arg(1000);
 BENCHMARK(BM_RandomTwo)->Arg(10)->Arg(1000);
-BENCHMARK(BM_RandomTwoNoHint)->Arg(10)->Arg(1000);
 BENCHMARK(BM_RingHash)->Arg(10)->Arg(1000);
 BENCHMARK(BM_Maglev)->Arg(10)->Arg(1000);
 BENCHMARK(BM_Hash64Key);

@@ -1161,8 +1161,7 @@ void Loader::pool(const Item& item, Pool& pool) {
     }
   }
   // A balance that was refused has been reported already: no second error about it.
-  bool hashing = pool.balance == Balance::ring_hash || pool.balance == Balance::maglev;
-  if (hash_key_item && !balance_refused && !hashing)
+  if (hash_key_item && !balance_refused && !hashing(pool.balance))
     error(hash_key_item->key, "hash_key applies to balance ring_hash or maglev only");
   if (queue_timeout_item && !has_max_connections)
     error(queue_timeout_item->key, "queue_timeout needs max_connections_per_backend");
@@ -1195,20 +1194,13 @@ void Loader::balance(const Item& item, Pool& pool) {
   auto text = scalar(item, expected);
   if (!text)
     return;
-  if (*text == "round_robin")
-    pool.balance = Balance::round_robin;
-  else if (*text == "least_conn")
-    pool.balance = Balance::least_conn;
-  else if (*text == "random_two")
-    pool.balance = Balance::random_two;
-  else if (*text == "ring_hash")
-    pool.balance = Balance::ring_hash;
-  else if (*text == "maglev")
-    pool.balance = Balance::maglev;
-  else
-    error(item, "balance: expected " + std::string(expected) + ", got '" + *text + "'" +
-                    suggestion(*text, Names{"round_robin", "least_conn", "random_two", "ring_hash",
-                                            "maglev"}));
+  for (size_t i = 0; i < std::size(balance_names); ++i)
+    if (*text == balance_names[i]) {
+      pool.balance = static_cast<Balance>(i);
+      return;
+    }
+  error(item, "balance: expected " + std::string(expected) + ", got '" + *text + "'" +
+                  suggestion(*text, balance_names));
 }
 
 // source_ip, header:NAME or cookie:NAME.

@@ -3,8 +3,10 @@
 // Every module that needs settings reads them from here; the loader lives in config.hpp.
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -134,6 +136,13 @@ struct OutlierDetection {
 };
 
 enum class Balance { round_robin, least_conn, random_two, ring_hash, maglev };
+
+// The `balance:` names, in Balance order (lb/upstream/balancer.cpp maps each
+// to its algorithm).
+inline constexpr std::string_view balance_names[] = {"round_robin", "least_conn", "random_two",
+                                                     "ring_hash", "maglev"};
+inline std::string_view balance_name(Balance b) { return balance_names[static_cast<size_t>(b)]; }
+inline bool hashing(Balance b) { return b == Balance::ring_hash || b == Balance::maglev; }
 
 // What ring_hash and maglev hash to pick a backend.
 struct HashKey {

@@ -7,26 +7,6 @@
 
 namespace lb::admin {
 
-namespace {
-
-const char* balance_name(config::Balance balance) {
-  switch (balance) {
-  case config::Balance::round_robin:
-    return "round_robin";
-  case config::Balance::least_conn:
-    return "least_conn";
-  case config::Balance::random_two:
-    return "random_two";
-  case config::Balance::ring_hash:
-    return "ring_hash";
-  case config::Balance::maglev:
-    return "maglev";
-  }
-  return "unknown";
-}
-
-} // namespace
-
 std::string status_json(const server::Server& server, double uptime_seconds, bool draining) {
   using json = nlohmann::ordered_json;
   std::shared_ptr<const proxy::Runtime> runtime = server.runtime();
@@ -92,7 +72,7 @@ std::string status_json(const server::Server& server, double uptime_seconds, boo
     for (uint64_t n : pt.duration_buckets)
       requests += n;
     pools.push_back({{"name", pool.name()},
-                     {"balance", balance_name(pool.config().balance)},
+                     {"balance", config::balance_name(pool.config().balance)},
                      {"fail_open", pool.config().fail_open},
                      {"fail_open_active", selection.fail_open},
                      {"health_check", pool.config().health_check.enabled},

@@ -1,5 +1,6 @@
 #include "lb/upstream/maglev.hpp"
 
+#include "lb/upstream/balancer.hpp"
 #include "lb/upstream/hashing.hpp"
 
 #include <algorithm>
@@ -74,6 +75,34 @@ std::vector<uint32_t> maglev_table(const std::vector<std::string_view>& names,
         return table;
     }
   }
+}
+
+} // namespace lb::upstream
+
+namespace lb::upstream {
+
+int maglev_balancer_pick(const PickContext& c) {
+  if (!c.request.has_hash || !c.request.tried.empty())
+    return -1;
+  return maglev_pick(c.selection.maglev, c.request.hash);
+}
+
+// The table is filled in name order, so that every instance builds the same
+// table whatever order its config lists the backends in.
+void maglev_build(Selection& s, const std::vector<std::string_view>& names) {
+  std::vector<size_t> order(names.size());
+  for (size_t i = 0; i < order.size(); ++i)
+    order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return names[a] < names[b]; });
+  std::vector<std::string_view> sorted_names;
+  std::vector<uint32_t> sorted_weights;
+  for (size_t i : order) {
+    sorted_names.push_back(names[i]);
+    sorted_weights.push_back(s.effective_weight[i]);
+  }
+  s.maglev = maglev_table(sorted_names, sorted_weights, maglev_size_for(names.size()));
+  for (auto& entry : s.maglev)
+    entry = static_cast<uint32_t>(order[entry]);
 }
 
 } // namespace lb::upstream

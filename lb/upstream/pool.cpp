@@ -34,8 +34,8 @@ std::string label_of(const boost::asio::ip::address& a, uint16_t port) {
 Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
            const Discovered& discovered, const std::string& sticky_secret,
            std::shared_ptr<const io::TlsClient> tls)
-    : config_(config), name_(config.name), index_(index), id_(registry.pool_id(config.name)),
-      tls_(std::move(tls)) {
+    : config_(config), balancer_(balancer_for(config.balance)), name_(config.name), index_(index),
+      id_(registry.pool_id(config.name)), tls_(std::move(tls)) {
   auto add = [&](Backend backend) {
     for (const auto& b : backends_)
       if (b.label == backend.label)
@@ -81,9 +81,7 @@ Pool::Pool(const config::Pool& config, size_t index, Registry& registry,
     if (!tls_)
       io::log("pool %s: TLS: %s", name_.c_str(), tls_error_.c_str());
   }
-  tracks_active_ = config.balance == config::Balance::least_conn ||
-                   config.balance == config::Balance::random_two ||
-                   config.max_connections_per_backend > 0;
+  tracks_active_ = balancer_.counts_active || config.max_connections_per_backend > 0;
   for (auto& b : backends_) {
     sticky_values_.push_back(upstream::sticky_value(sticky_secret, b.label));
     Registry::Entry e = registry.backend(name_, b.label);
@@ -135,82 +133,17 @@ uint64_t next_random() {
 
 int Pool::pick(const PickRequest& r) const {
   const Selection& s = selection();
-  size_t n = s.sequence.size();
-  if (n == 0)
+  if (s.sequence.empty())
     return -1;
   if (r.sticky >= 0 && static_cast<size_t>(r.sticky) < s.effective_weight.size() &&
       s.effective_weight[static_cast<size_t>(r.sticky)] > 0 &&
       !r.tried.contains(static_cast<size_t>(r.sticky)))
     return r.sticky;
-  if (r.has_hash && r.tried.empty()) {
-    int b = -1;
-    if (config_.balance == config::Balance::maglev)
-      b = maglev_pick(s.maglev, r.hash);
-    else if (config_.balance == config::Balance::ring_hash)
-      b = s.ring.pick(r.hash);
-    if (b >= 0)
-      return b;
-  }
-  if (config_.balance == config::Balance::least_conn) {
-    int b = pick_least_conn(s, r.tried);
-    if (b >= 0)
-      return b;
-  } else if (config_.balance == config::Balance::random_two) {
-    int b = pick_random_two(s, r.tried);
-    if (b >= 0)
-      return b;
-  }
-  // Smooth weighted round robin (also the fallback of the others).
-  uint64_t start = cursor_.fetch_add(1, std::memory_order_relaxed);
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t b = s.sequence[(start + i) % n];
-    if (!r.tried.contains(b))
-      return static_cast<int>(b);
-  }
-  return -1;
-}
-
-// Fewest active requests per unit of weight; ties are broken from a rotating
-// start so the first backend is not always favoured. O(backends).
-int Pool::pick_least_conn(const Selection& s, const TriedSet& tried) const {
-  size_t n = s.effective_weight.size();
-  // Ties go to the backend the weighted rotation names next, so idle backends
-  // share requests by weight (as nginx's least_conn does).
-  size_t start = s.sequence[cursor_.fetch_add(1, std::memory_order_relaxed) % s.sequence.size()];
-  int best = -1;
-  uint64_t best_active = 0, best_weight = 1;
-  for (size_t k = 0; k < n; ++k) {
-    size_t i = (start + k) % n;
-    uint64_t w = s.effective_weight[i];
-    if (!w || tried.contains(i))
-      continue;
-    uint64_t a = states_[i]->active.load(std::memory_order_relaxed);
-    if (best < 0 || a * best_weight < best_active * w) {
-      best = static_cast<int>(i);
-      best_active = a;
-      best_weight = w;
-    }
-  }
-  return best;
-}
-
-// Power of two choices: two candidates drawn by weight (a random position in the
-// weighted sequence), the one with fewer active requests per weight wins. O(1).
-int Pool::pick_random_two(const Selection& s, const TriedSet& tried) const {
-  size_t n = s.sequence.size();
-  uint64_t r = next_random();
-  uint32_t a = s.sequence[r % n];
-  uint32_t b = s.sequence[(r >> 32) % n];
-  bool a_ok = !tried.contains(a), b_ok = !tried.contains(b);
-  if (!a_ok && !b_ok)
-    return -1;
-  if (!b_ok || a == b)
-    return a_ok ? static_cast<int>(a) : static_cast<int>(b);
-  if (!a_ok)
-    return static_cast<int>(b);
-  uint64_t la = states_[a]->active.load(std::memory_order_relaxed) * s.effective_weight[b];
-  uint64_t lb = states_[b]->active.load(std::memory_order_relaxed) * s.effective_weight[a];
-  return static_cast<int>(la <= lb ? a : b);
+  PickContext context{s, states_.data(), r, cursor_, next_random()};
+  int b = balancer_.pick(context);
+  if (b >= 0 || balancer_.pick == round_robin_pick)
+    return b;
+  return round_robin_pick(context); // no key, or every candidate tried
 }
 
 bool Pool::try_acquire(size_t b) {
@@ -267,39 +200,11 @@ void Pool::rebuild(const char* why) {
     regions.push_back({r.priority, r.weight});
   auto* next =
       new Selection(build_selection(views, regions, config_.overprovisioning, config_.fail_open));
-  if (config_.balance == config::Balance::maglev || config_.balance == config::Balance::ring_hash) {
+  if (balancer_.build) {
     std::vector<std::string_view> names;
     for (const auto& b : backends_)
       names.push_back(b.label);
-    if (config_.balance == config::Balance::maglev) {
-      // Fill the table in name order, so that every instance builds the same
-      // table whatever order its config lists the backends in.
-      std::vector<size_t> order(names.size());
-      for (size_t i = 0; i < order.size(); ++i)
-        order[i] = i;
-      std::sort(order.begin(), order.end(),
-                [&](size_t a, size_t b) { return names[a] < names[b]; });
-      std::vector<std::string_view> sorted_names;
-      std::vector<uint32_t> sorted_weights;
-      for (size_t i : order) {
-        sorted_names.push_back(names[i]);
-        sorted_weights.push_back(next->effective_weight[i]);
-      }
-      next->maglev = maglev_table(sorted_names, sorted_weights, maglev_size_for(names.size()));
-      for (auto& entry : next->maglev)
-        entry = static_cast<uint32_t>(order[entry]);
-    } else {
-      // Points from the nominal shares on a scale set by the pool's size: a
-      // backend's points do not depend on which others are in rotation.
-      const double scale = std::clamp<double>(160.0 * static_cast<double>(names.size()), 1024.0,
-                                              static_cast<double>(RingHash::kDefaultMaxRingSize));
-      std::vector<uint32_t> points(names.size(), 0);
-      for (size_t i = 0; i < names.size(); ++i)
-        if (next->nominal_share[i] > 0)
-          points[i] = std::max<uint32_t>(
-              1, static_cast<uint32_t>(std::lround(next->nominal_share[i] * scale)));
-      next->ring = RingHash(names, points, 1);
-    }
+    balancer_.build(*next, names);
   }
 
   const Selection* old = current_.exchange(next, std::memory_order_acq_rel);

@@ -12,6 +12,7 @@
 #include "config/config_types.hpp"
 #include "lb/io/timeouts.hpp"
 #include "lb/io/tls.hpp"
+#include "lb/upstream/balancer.hpp"
 #include "lb/upstream/registry.hpp"
 #include "lb/upstream/selection.hpp"
 
@@ -50,56 +51,6 @@ struct DiscoveredAddress {
   std::string target;    // the host name the address belongs to
 };
 using Discovered = std::map<std::string, std::vector<DiscoveredAddress>>;
-
-// The backends one request has tried (or found at their connection limit),
-// by index: a bit for each of the first 64, a short list for the others. Kept
-// in the session: no allocation. Full, it takes no more (the request stops
-// trying others: see full()).
-struct TriedSet {
-  static constexpr unsigned list_capacity = 16;
-  uint64_t low = 0;
-  uint32_t high[list_capacity];
-  uint8_t high_count = 0;
-
-  TriedSet() = default;
-  explicit TriedSet(uint64_t bits) : low(bits) {}
-  bool contains(size_t b) const {
-    if (b < 64)
-      return low & (uint64_t{1} << b);
-    for (unsigned i = 0; i < high_count; ++i)
-      if (high[i] == b)
-        return true;
-    return false;
-  }
-  void add(size_t b) {
-    if (b < 64)
-      low |= uint64_t{1} << b;
-    else if (!contains(b) && high_count < list_capacity)
-      high[high_count++] = static_cast<uint32_t>(b);
-  }
-  void remove(size_t b) {
-    if (b < 64) {
-      low &= ~(uint64_t{1} << b);
-      return;
-    }
-    for (unsigned i = 0; i < high_count; ++i)
-      if (high[i] == b) {
-        high[i] = high[--high_count];
-        return;
-      }
-  }
-  bool full() const { return high_count == list_capacity; }
-  bool empty() const { return low == 0 && high_count == 0; }
-  void clear() { low = 0, high_count = 0; }
-};
-
-// What a pick may take into account for one request.
-struct PickRequest {
-  TriedSet tried;        // backends not to pick
-  uint64_t hash = 0;     // ring_hash / maglev key
-  bool has_hash = false; // false: the key is missing, balance by round robin
-  int sticky = -1;       // the backend the client's sticky cookie names
-};
 
 // What the data path tells the pool about one exchange with a backend.
 enum class Outcome { success, server_error, connect_failure, refused };
@@ -170,10 +121,9 @@ public:
 private:
   void rebuild(const char* why);
   void joined(size_t b);
-  int pick_least_conn(const Selection& s, const TriedSet& tried) const;
-  int pick_random_two(const Selection& s, const TriedSet& tried) const;
 
   config::Pool config_;
+  const Balancer& balancer_;
   std::string name_;
   size_t index_;
   uint32_t id_ = 0;

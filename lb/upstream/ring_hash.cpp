@@ -1,5 +1,6 @@
 #include "lb/upstream/ring_hash.hpp"
 
+#include "lb/upstream/balancer.hpp"
 #include "lb/upstream/hashing.hpp"
 
 #include <algorithm>
@@ -64,6 +65,29 @@ int RingHash::pick(uint64_t hash) const {
   }
   size_t i = static_cast<size_t>(base - hashes_.data()) + (*base <= hash);
   return static_cast<int>(backends_[i == n ? 0 : i]);
+}
+
+} // namespace lb::upstream
+
+namespace lb::upstream {
+
+int ring_hash_pick(const PickContext& c) {
+  if (!c.request.has_hash || !c.request.tried.empty())
+    return -1;
+  return c.selection.ring.pick(c.request.hash);
+}
+
+// Points from the nominal shares on a scale set by the pool's size: a
+// backend's points do not depend on which others are in rotation.
+void ring_hash_build(Selection& s, const std::vector<std::string_view>& names) {
+  const double scale = std::clamp<double>(160.0 * static_cast<double>(names.size()), 1024.0,
+                                          static_cast<double>(RingHash::kDefaultMaxRingSize));
+  std::vector<uint32_t> points(names.size(), 0);
+  for (size_t i = 0; i < names.size(); ++i)
+    if (s.nominal_share[i] > 0)
+      points[i] =
+          std::max<uint32_t>(1, static_cast<uint32_t>(std::lround(s.nominal_share[i] * scale)));
+  s.ring = RingHash(names, points, 1);
 }
 
 } // namespace lb::upstream

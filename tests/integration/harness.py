@@ -365,6 +365,33 @@ _ADMIN_RE = re.compile(r"^lb: admin listening on (\S+):(\d+)\s*$", re.M)
 _READY_RE = re.compile(r"^lb: ready \((\d+) workers?\)\s*$", re.M)
 
 
+class FastOrigin:
+    """bench/fast_origin: answers "Hello from fast-origin\\n" to everything."""
+
+    def __init__(self, binary):
+        self.proc = _popen([binary, "--listen", "127.0.0.1:0", "--threads", "1"],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL)
+        line = []
+        t = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()),
+                             daemon=True)
+        t.start()
+        t.join(10)
+        m = re.match(rb"listening on (\S+):(\d+)", line[0] if line else b"")
+        if not m:
+            self.cleanup()
+            raise RuntimeError("fast_origin did not start: %r" % line)
+        self.addr = "%s:%s" % (m.group(1).decode(), m.group(2).decode())
+        self.body = b"Hello from fast-origin\n"
+
+    def cleanup(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=5)
+        self.proc.stdout.close()
+        _unregister(self.proc)
+
+
 class LbStartError(RuntimeError):
     pass
 

@@ -35,33 +35,6 @@ def read_text(path):
         return f.read()
 
 
-class FastOrigin:
-    """bench/fast_origin: answers "Hello from fast-origin\\n" to everything."""
-
-    def __init__(self, binary):
-        self.proc = harness._popen([binary, "--listen", "127.0.0.1:0", "--threads", "1"],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL)
-        line = []
-        t = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()),
-                             daemon=True)
-        t.start()
-        t.join(10)
-        m = re.match(rb"listening on (\S+):(\d+)", line[0] if line else b"")
-        if not m:
-            self.cleanup()
-            raise RuntimeError("fast_origin did not start: %r" % line)
-        self.addr = "%s:%s" % (m.group(1).decode(), m.group(2).decode())
-        self.body = b"Hello from fast-origin\n"
-
-    def cleanup(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=5)
-        self.proc.stdout.close()
-        harness._unregister(self.proc)
-
-
 class Client:
     """A minimal pipelining-free keep-alive client on a raw socket (cheap enough in
     Python to push thousands of requests per second)."""
@@ -108,7 +81,7 @@ class Allocations(harness.TestCase):
         self.shim = os.path.abspath(shim)
         fast = os.environ.get("FAST_ORIGIN_BIN")
         if fast and os.path.exists(fast):
-            o = FastOrigin(fast)
+            o = harness.FastOrigin(fast)
             self.addCleanup(o.cleanup)
             self.origin_addr, self.origin_body = o.addr, o.body
         else:
