@@ -3,23 +3,26 @@
 #
 #   bash bench/run.sh BUILD_DIR [--quick] [--duration SECONDS]
 #                     [--repeat N] [--proxies "lb haproxy nginx"]
-#                     [--scenarios "a b c d e f scale"] [--rate R]
-#   (e: HTTPS; f: latency at a fixed rate of R req/s, default 20000)
+#                     [--scenarios "a b c d e f idle scale"] [--rate R]
+#   (e: HTTPS; f: latency at a fixed rate of R req/s, default 20000;
+#    idle: memory per idle keep-alive client connection)
 #
 # Topology (everything on 127.0.0.1):
 #   wrk (CPU 1) -> proxy (CPU 0) -> 2 x fast_origin (CPU 1), round robin
 # Each proxy runs with one worker/thread, no logging, upstream keep-alive, and
 # is started afresh for every scenario. See bench/README.md for the columns.
 # The table goes to stdout and to bench/results/latest.txt, wrk's raw output
-# of every run to bench/results/latest-wrk/ (rate_client's for scenario f).
+# of every run to bench/results/latest-wrk/ (rate_client's for scenario f,
+# idle_client.py's for idle).
 #
-# Environment overrides: LB_BIN, HAPROXY, NGINX, WRK, PROXY_CPU, LOAD_CPU.
+# Environment overrides: LB_BIN, ORIGIN_BIN, RATE_CLIENT, HAPROXY, NGINX, WRK,
+# PYTHON, PROXY_CPU, LOAD_CPU.
 
 # shellcheck disable=SC2059 # HEAD_FMT: one printf format shared by header and rows
 set -u -o pipefail
 
 usage() {
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -32,7 +35,7 @@ WARMUP=1
 QUICK=0
 REPEAT=1
 PROXIES="lb haproxy nginx"
-SCENARIOS="a b c d e f scale"
+SCENARIOS="a b c d e f idle scale"
 RATE=20000
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -55,8 +58,10 @@ BUILD_DIR=$(cd "$BUILD_DIR" 2>/dev/null && pwd) || { echo "run.sh: no build dir:
 [[ $DURATION =~ ^[1-9][0-9]*$ && $REPEAT =~ ^[1-9][0-9]*$ && $RATE =~ ^[1-9][0-9]*$ ]] ||
     { echo "run.sh: --duration, --repeat and --rate want positive integers" >&2; exit 2; }
 LB_BIN=${LB_BIN:-$BUILD_DIR/lb/lb}
-ORIGIN_BIN=$BUILD_DIR/bench/fast_origin
-RATE_CLIENT=$BUILD_DIR/bench/rate_client
+ORIGIN_BIN=${ORIGIN_BIN:-$BUILD_DIR/bench/fast_origin}
+RATE_CLIENT=${RATE_CLIENT:-$BUILD_DIR/bench/rate_client}
+IDLE_CLIENT=$BENCH_DIR/idle_client.py
+PYTHON=${PYTHON:-/usr/bin/python3}
 HAPROXY=${HAPROXY:-/usr/sbin/haproxy}
 NGINX=${NGINX:-/usr/sbin/nginx}
 WRK=${WRK:-$(command -v wrk || echo /usr/bin/wrk)}
@@ -75,6 +80,10 @@ BOTH_CPUS="$PROXY_CPU,$LOAD_CPU"
 for bin in "$ORIGIN_BIN" "$RATE_CLIENT" "$WRK"; do
     [[ -x $bin ]] || { echo "run.sh: missing $bin (build the fast_origin and rate_client targets; apt-get install wrk)" >&2; exit 2; }
 done
+if [[ " $SCENARIOS " == *" idle "* && ! -x $PYTHON ]]; then
+    echo "run.sh: missing $PYTHON (scenario idle runs bench/idle_client.py with it)" >&2
+    exit 2
+fi
 
 TMP=$(mktemp -d /tmp/lb-bench.XXXXXX)
 mkdir -p "$RESULTS_DIR"
@@ -197,6 +206,12 @@ start_proxy() {
     PROXY_PID=""
     START_ERR=""
     local vars=(PORT="$PROXY_PORT" ORIGIN1="${ORIGINS[0]}" ORIGIN2="${ORIGINS[1]}" WORKERS="$workers" DIR="$dir")
+    # HAProxy's maxconn (4096) is below the idle scenario's connections: raised
+    # for that scenario only (nginx's worker_connections 8192 and lb's
+    # max_connections 100000 are enough for it).
+    local maxconn=4096
+    ((IDLE)) && maxconn=8192
+    vars+=(MAXCONN="$maxconn")
     if ((TLS)); then
         vars+=(LB_TLS="tls: { certificates: [ { cert: $TMP/cert.pem, key: $TMP/key.pem } ] }"
             HAPROXY_SSL="ssl crt $TMP/combined.pem alpn http/1.1"
@@ -295,6 +310,15 @@ steal_ticks() { # CPUs...: time the hypervisor ran something else on them, in cl
     awk -v cpus=" $* " 'index(cpus, " " substr($1, 4) " ") && $1 ~ /^cpu[0-9]/ { s += $9 } END { print s + 0 }' /proc/stat
 }
 
+rss_kib() { # PIDs -> VmRSS (resident now) summed, in KiB
+    local pid total=0 v
+    for pid in "$@"; do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
 peak_rss_kib() { # PIDs -> VmHWM summed, in KiB
     local pid total=0 v
     for pid in "$@"; do
@@ -360,10 +384,15 @@ S_TITLE[e]="(e) HTTPS keep-alive GET /, 64 connections (TLS 1.3, the same ECDSA 
 S_CONNS[e]=64 S_PATH[e]=/ S_HEADER[e]=""
 S_TITLE[f]="(f) latency at a fixed rate: keep-alive GET /, 64 connections, RATE req/s (open loop)"
 S_CONNS[f]=64 S_PATH[f]=/ S_HEADER[f]=""
+IDLE_CONNS=5000  # scenario idle: client connections held open
+IDLE_WINDOW=64   # ... of which at most this many connecting or awaiting their response at once
+S_TITLE[idle]="(idle) memory per idle keep-alive client connection: $IDLE_CONNS connections, one GET / each, then idle"
 declare -A S_TLS=([e]=1)
 declare -A S_RATE=([f]=1)
+declare -A S_IDLE=([idle]=1)
 FIXED_RATE=0  # the scenario being measured paces requests (rate_client, not wrk)
 TLS=0  # the scenario being measured terminates HTTPS
+IDLE=0  # the scenario being measured holds idle connections (idle_client.py, not wrk)
 
 # One certificate and key for every proxy's HTTPS listener (HAProxy wants
 # both in one file).
@@ -377,6 +406,7 @@ make_cert() {
 
 declare -A R_STATUS R_REQ R_RPS R_P99 R_CPUREQ R_CPUPCT R_RSS R_ERR R_OTHER R_ALL R_STEAL
 declare -A R_P50 R_P90 R_P999 R_MAX
+declare -A R_BPC R_RSS0 R_RSS1
 
 # measure KEY PROXY WORKERS PROXY_CPUS WRK_CPUS WRK_THREADS CONNS PATH HEADER
 measure() {
@@ -454,10 +484,80 @@ measure() {
     log "    $rps req/s, p99 ${p99} ms, ${R_CPUREQ[$key]} us/req (proxy ${R_CPUPCT[$key]}% CPU, other processes ${R_OTHER[$key]}%), errors: $err"
 }
 
+# measure_idle KEY PROXY: memory per idle keep-alive client connection. The
+# proxy's resident memory (VmRSS, summed over its process tree) after one
+# warm-up request, then with IDLE_CONNS connections that each had one
+# keep-alive GET / answered and now sit idle; R_BPC = the difference in bytes
+# divided by the connections held.
+measure_idle() {
+    local key=$1 proxy=$2 pids=() before after out cpid i ok failed closed err alive=1
+    log "  $key: $proxy (workers 1) ..."
+    if ! start_proxy "$proxy" 1 "$PROXY_CPU"; then
+        R_STATUS[$key]="$proxy failed to start${START_ERR:+: $START_ERR}"
+        log "    ${R_STATUS[$key]}"
+        return
+    fi
+    local client=(taskset -c "$LOAD_CPU" "$PYTHON" "$IDLE_CLIENT" --target "127.0.0.1:$PROXY_PORT" --path /)
+    if ! timeout 10 "${client[@]}" --connections 1 --timeout 5 --hold 0 >"$TMP/warmup-idle.txt" 2>&1; then
+        R_STATUS[$key]="$proxy: warm-up request failed: $(grep -v '^\s*$' "$TMP/warmup-idle.txt" | tail -1 | cut -c1-80)"
+        log "    ${R_STATUS[$key]}"
+        stop_proxy
+        return
+    fi
+    sleep 1
+    mapfile -t pids < <(descendants "$PROXY_PID")
+    before=$(rss_kib "${pids[@]}")
+    out=$TMP/idle-${key//[^a-z0-9]/_}.txt
+    # --hold bounds the client's life should nobody stop it.
+    "${client[@]}" --connections "$IDLE_CONNS" --window "$IDLE_WINDOW" --timeout 30 --hold 120 >"$out" 2>&1 &
+    cpid=$!
+    STARTED+=("$cpid")
+    for ((i = 0; i < 40 * 20; i++)); do # the client gives up after 30 s
+        grep -q '^RESULT ' "$out" && break
+        kill -0 "$cpid" 2>/dev/null || break
+        sleep 0.05
+    done
+    if grep -q '^RESULT ' "$out"; then
+        sleep 1 # let the proxy settle with every connection idle
+        mapfile -t pids < <(descendants "$PROXY_PID")
+        after=$(rss_kib "${pids[@]}")
+        R_RSS[$key]=$(peak_rss_kib "${pids[@]}")
+    fi
+    kill -0 "$PROXY_PID" 2>/dev/null || alive=0
+    stop_pid "$cpid" # TERM: the client reports what it held, closes all and exits
+    stop_proxy
+    if ! grep -q '^RESULT ' "$out"; then
+        R_STATUS[$key]="$proxy: idle_client failed: $(grep -v '^\s*$' "$out" | tail -1 | cut -c1-80)"
+        log "    ${R_STATUS[$key]}"
+        return
+    fi
+    ok=$(sed -n 's/^RESULT .* ok=\([0-9]*\).*/\1/p' "$out")
+    failed=$(sed -n 's/^RESULT .* failed=\([0-9]*\).*/\1/p' "$out")
+    closed=$(sed -n 's/^HELD .* closed=\([0-9]*\).*/\1/p' "$out")
+    err=""
+    ((${failed:-0} > 0)) && err+=" failed=$failed"
+    ((${closed:-0} > 0)) && err+=" closed=$closed"
+    [[ -z $closed ]] && err+=" no-HELD-line"
+    ((alive)) || err+=" PROXY DIED"
+    err=${err# }
+    if ((${ok:-0} == 0)); then
+        R_STATUS[$key]="$proxy: no connection got a 200 (${err:-?})"
+        log "    ${R_STATUS[$key]}"
+        return
+    fi
+    R_STATUS[$key]=ok
+    R_ERR[$key]=${err:--} R_RSS0[$key]=$before R_RSS1[$key]=$after
+    R_BPC[$key]=$(awk -v a="$after" -v b="$before" -v n="$ok" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }')
+    log "    $ok connections idle: RSS $before -> $after KiB, ${R_BPC[$key]} bytes/conn, errors: ${R_ERR[$key]}"
+}
+
 HEAD_FMT="%-10s %9s %8s %11s %6s %8s %8s %6s  %s"
+IDLE_FMT="%-10s %10s %9s %8s %11s %6s %8s %8s %6s  %s"
 RATE_FMT="%-10s %9s %7s %7s %7s %8s %7s %11s %6s %6s  %s"
 table_header() {
-    if ((FIXED_RATE)); then
+    if ((IDLE)); then
+        say "$(printf "$IDLE_FMT" "$1" "bytes/conn" "req/s" "p99 ms" "CPU us/req" "CPU %" "RSS MiB" "other %" "steal" "errors")"
+    elif ((FIXED_RATE)); then
         say "$(printf "$RATE_FMT" "$1" "req/s" "p50 ms" "p90 ms" "p99 ms" "p99.9 ms" "max ms" "CPU us/req" "CPU %" "steal" "errors")"
     else
         say "$(printf "$HEAD_FMT" "$1" "req/s" "p99 ms" "CPU us/req" "CPU %" "RSS MiB" "other %" "steal" "errors")"
@@ -469,7 +569,12 @@ table_row() { # LABEL KEY
         say "$(printf "%-10s %s" "$label" "${R_STATUS[$key]:-not run}")"
         return
     fi
-    if ((FIXED_RATE)); then
+    if ((IDLE)); then
+        say "$(printf "$IDLE_FMT" "$label" "${R_BPC[$key]}" - - - - \
+            "$(awk -v k="${R_RSS[$key]}" 'BEGIN { printf "%.1f", k / 1024 }')" - - "${R_ERR[$key]}")"
+        say "$(printf "%-10s %s" "" "$(awk -v b="${R_RSS0[$key]}" -v a="${R_RSS1[$key]}" -v n="$IDLE_CONNS" \
+            'BEGIN { printf "(RSS %.1f MiB after one request, %.1f MiB with %d idle connections)", b / 1024, a / 1024, n }')")"
+    elif ((FIXED_RATE)); then
         say "$(printf "$RATE_FMT" "$label" "$(printf %.0f "${R_RPS[$key]}")" "$(printf %.2f "${R_P50[$key]}")" \
             "$(printf %.2f "${R_P90[$key]}")" "$(printf %.2f "${R_P99[$key]}")" "$(printf %.2f "${R_P999[$key]}")" \
             "$(printf %.1f "${R_MAX[$key]}")" "${R_CPUREQ[$key]}" "${R_CPUPCT[$key]}" "${R_STEAL[$key]}" "${R_ERR[$key]}")"
@@ -497,11 +602,15 @@ median_of() {
 # figures are each the median of their runs (a run with a stall of the VM
 # moves one p99, not the reported one); the other columns come from the run
 # with the median req/s. R_ALL[KEY] says how many runs when REPEAT > 1.
+#
+# For the idle scenario: the run with the median bytes/conn gives every column.
 pick_median() {
-    local key=$1 i k ok=() sorted n a
+    local key=$1 i k ok=() sorted n a by=R_RPS what=req/s
+    ((IDLE)) && by=R_BPC what=bytes/conn
+    local -n sortby=$by
     for ((i = 1; i <= REPEAT; i++)); do
         k="$key#$i"
-        [[ ${R_STATUS[$k]:-} == ok ]] && ok+=("$(printf '%.0f' "${R_RPS[$k]}") $k")
+        [[ ${R_STATUS[$k]:-} == ok ]] && ok+=("$(printf '%.0f' "${sortby[$k]}") $k")
     done
     if [[ ${#ok[@]} == 0 ]]; then
         R_STATUS[$key]=${R_STATUS[$key#$REPEAT]:-not run}
@@ -510,9 +619,12 @@ pick_median() {
     mapfile -t sorted < <(printf '%s\n' "${ok[@]}" | sort -n)
     n=${#sorted[@]}
     k=${sorted[n / 2]#* }
-    R_STATUS[$key]=ok R_REQ[$key]=${R_REQ[$k]} R_CPUPCT[$key]=${R_CPUPCT[$k]} R_RSS[$key]=${R_RSS[$k]}
-    R_ERR[$key]=${R_ERR[$k]} R_OTHER[$key]=${R_OTHER[$k]} R_STEAL[$key]=${R_STEAL[$k]}
-    for a in R_RPS R_P99 R_CPUREQ; do
+    R_STATUS[$key]=ok R_REQ[$key]=${R_REQ[$k]:-} R_CPUPCT[$key]=${R_CPUPCT[$k]:-} R_RSS[$key]=${R_RSS[$k]}
+    R_ERR[$key]=${R_ERR[$k]} R_OTHER[$key]=${R_OTHER[$k]:-} R_STEAL[$key]=${R_STEAL[$k]:-}
+    if ((IDLE)); then
+        R_BPC[$key]=${R_BPC[$k]} R_RSS0[$key]=${R_RSS0[$k]} R_RSS1[$key]=${R_RSS1[$k]}
+    fi
+    ((IDLE)) || for a in R_RPS R_P99 R_CPUREQ; do
         local -n arr=$a
         arr[$key]=$(median_of "$key" "$a")
     done
@@ -523,7 +635,7 @@ pick_median() {
         done
     fi
     if ((REPEAT > 1)); then
-        R_ALL[$key]="${#ok[@]} runs (req/s $(printf '%s\n' "${sorted[@]}" | cut -d' ' -f1 | paste -sd' '))"
+        R_ALL[$key]="${#ok[@]} runs ($what $(printf '%s\n' "${sorted[@]}" | cut -d' ' -f1 | paste -sd' '))"
         ((${#ok[@]} < REPEAT)) && R_ALL[$key]+=", $((REPEAT - ${#ok[@]})) failed"
     fi
 }
@@ -577,10 +689,15 @@ for scn in $SCENARIOS; do
     log "${S_TITLE[$scn]}"
     TLS=${S_TLS[$scn]:-0}
     FIXED_RATE=${S_RATE[$scn]:-0}
+    IDLE=${S_IDLE[$scn]:-0}
     ((TLS)) && { make_cert || continue; }
     for ((i = 1; i <= REPEAT; i++)); do
         for p in $PROXIES; do
-            measure "$scn:$p#$i" "$p" 1 "$PROXY_CPU" "$LOAD_CPU" 1 "${S_CONNS[$scn]}" "${S_PATH[$scn]}" "${S_HEADER[$scn]}"
+            if ((IDLE)); then
+                measure_idle "$scn:$p#$i" "$p"
+            else
+                measure "$scn:$p#$i" "$p" 1 "$PROXY_CPU" "$LOAD_CPU" 1 "${S_CONNS[$scn]}" "${S_PATH[$scn]}" "${S_HEADER[$scn]}"
+            fi
         done
     done
     for p in $PROXIES; do pick_median "$scn:$p"; done
@@ -591,6 +708,13 @@ for scn in $SCENARIOS; do
     if [[ " $PROXIES " == *" lb "* ]]; then
         for other in haproxy nginx; do
             [[ " $PROXIES " == *" $other "* ]] || continue
+            if ((IDLE)); then
+                b="n/a"
+                [[ ${R_STATUS[$scn:lb]:-} == ok && ${R_STATUS[$scn:$other]:-} == ok ]] &&
+                    b=$(ratio "${R_BPC[$scn:lb]}" "${R_BPC[$scn:$other]}")
+                say "$(printf '  lb/%-8s bytes/conn %-6s' "$other:" "$b")"
+                continue # not in the summary: its columns are req/s, CPU/req and p99
+            fi
             read -r r c l <<<"$(ratio_cells "$scn" "$other")"
             if ((FIXED_RATE)); then
                 local_extra=""
@@ -604,7 +728,7 @@ for scn in $SCENARIOS; do
             SUMMARY+=("$scn $other $r $c $l")
         done
     fi
-    TLS=0 FIXED_RATE=0
+    TLS=0 FIXED_RATE=0 IDLE=0
 done
 
 if [[ " $SCENARIOS " == *" scale "* && " $PROXIES " == *" lb "* ]]; then
@@ -649,6 +773,6 @@ fi
 FINISHED=1
 rm -rf "$RESULTS_DIR/latest-wrk"
 mkdir -p "$RESULTS_DIR/latest-wrk"
-cp "$TMP"/wrk-*.txt "$TMP"/rate-*.txt "$RESULTS_DIR/latest-wrk/" 2>/dev/null
+cp "$TMP"/wrk-*.txt "$TMP"/rate-*.txt "$TMP"/idle-*.txt "$RESULTS_DIR/latest-wrk/" 2>/dev/null
 log ""
 log "saved to $REPORT (wrk's own output of every run: $RESULTS_DIR/latest-wrk/)"
