@@ -518,7 +518,7 @@ measure_idle() {
         sleep 0.05
     done
     if grep -q '^RESULT ' "$out"; then
-        sleep 1 # let the proxy settle with every connection idle
+        sleep 2.5 # let the proxy settle with every connection idle (lb trims its free-lists every second)
         mapfile -t pids < <(descendants "$PROXY_PID")
         after=$(rss_kib "${pids[@]}")
         R_RSS[$key]=$(peak_rss_kib "${pids[@]}")

@@ -21,9 +21,12 @@ Buffer* BufferPool::acquire() {
     Buffer* b = free_;
     free_ = b->next_free;
     --free_count_;
+    if (free_count_ < min_free_)
+      min_free_ = free_count_;
     b->next_free = nullptr;
     return b;
   }
+  min_free_ = 0;
   void* memory = std::malloc(sizeof(Buffer) + capacity_);
   if (!memory)
     throw std::bad_alloc();
@@ -43,6 +46,19 @@ void BufferPool::release(Buffer* buffer) {
   buffer->next_free = free_;
   free_ = buffer;
   ++free_count_;
+}
+
+size_t BufferPool::trim() {
+  constexpr size_t reserve = 4;
+  size_t unused = min_free_ > reserve ? min_free_ - reserve : 0;
+  for (size_t i = 0; i < unused; ++i) {
+    Buffer* b = free_;
+    free_ = b->next_free;
+    std::free(b);
+  }
+  free_count_ -= unused;
+  min_free_ = free_count_;
+  return unused;
 }
 
 } // namespace lb::io

@@ -25,6 +25,9 @@ public:
 
   Buffer* acquire();
   void release(Buffer* buffer); // accepts nullptr
+  // Frees the buffers that stayed unused since the last trim (beyond a few),
+  // so that a burst of connections leaves no memory behind. Returns how many.
+  size_t trim();
   uint32_t capacity() const { return capacity_; }
   size_t in_use() const { return in_use_; }
 
@@ -33,6 +36,7 @@ private:
   size_t keep_;
   Buffer* free_ = nullptr;
   size_t free_count_ = 0;
+  size_t min_free_ = 0; // the fewest free since the last trim
   size_t in_use_ = 0;
 };
 

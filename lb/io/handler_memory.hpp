@@ -22,6 +22,8 @@ public:
     }
     return ::operator new(size);
   }
+  // A handler lives in the storage (its operation is pending).
+  bool busy() const { return in_use_; }
   void deallocate(void* p) {
     if (p == storage_) {
       in_use_ = false;

@@ -90,32 +90,6 @@ int fd_of(asio::ip::tcp::socket& s) { return s.native_handle(); }
 
 } // namespace
 
-// ---- Outbox: the gather list of one write ---------------------------------
-
-bool Session::Outbox::add(const void* p, size_t n) {
-  if (n == 0)
-    return true;
-  if (count == capacity)
-    return false;
-  v[count].iov_base = const_cast<void*>(p);
-  v[count].iov_len = n;
-  ++count;
-  return true;
-}
-
-void Session::Outbox::advance(size_t n) {
-  while (n && first < count) {
-    if (n >= v[first].iov_len) {
-      n -= v[first].iov_len;
-      ++first;
-    } else {
-      v[first].iov_base = static_cast<char*>(v[first].iov_base) + n;
-      v[first].iov_len -= n;
-      n = 0;
-    }
-  }
-}
-
 // Writes as much of `out` as the socket takes now. Returns 1 when all is
 // written, 0 when the socket would block, -1 on error (errno set).
 static int write_some(int fd, Session* /*unused*/, iovec* v, unsigned& first, unsigned count,
@@ -183,7 +157,6 @@ Session::Session(WorkerContext& worker, const ListenerRuntime& listener,
   proxy_pending_ = listener_->config.proxy_protocol;
   if (listener_->tls)
     ssl_ = listener_->tls->accept(client_.native_handle());
-  req_.set_request_id_header(listener_->config.headers.request_id);
   timer_.fire = &Session::on_timeout;
   timer_.owner = this;
   next_in_worker = worker_.sessions;
@@ -207,6 +180,22 @@ void Session::set_client_address(const sockaddr* peer) {
       ip = ::inet_ntop(AF_INET6, &in6->sin6_addr, client_ip_, sizeof client_ip_);
   }
   client_ip_len_ = ip ? static_cast<uint8_t>(std::strlen(client_ip_)) : 0;
+}
+
+void Session::ensure_exchange() {
+  if (x_)
+    return;
+  x_ = worker_.exchanges.acquire();
+  x_->req_.set_request_id_header(listener_->config.headers.request_id);
+}
+
+void Session::release_exchange() {
+  if (!x_ || x_->handlers_pending())
+    return;
+  worker_.buffers.release(x_->backend_tls_stage_);
+  worker_.buffers.release(x_->ubuf_);
+  worker_.exchanges.release(x_);
+  x_ = nullptr;
 }
 
 // A listener with proxy_protocol: the connection starts with a PROXY v1/v2
@@ -303,9 +292,9 @@ ssize_t Session::client_recv(char* p, size_t n) {
 }
 
 ssize_t Session::backend_recv(char* p, size_t n) {
-  if (!conn_->ssl)
-    return ::recv(fd_of(conn_->socket), p, n, 0);
-  return tls_recv(conn_->ssl, p, n);
+  if (!x_->conn_->ssl)
+    return ::recv(fd_of(x_->conn_->socket), p, n, 0);
+  return tls_recv(x_->conn_->ssl, p, n);
 }
 
 int Session::client_write(Outbox& out, uint64_t& written) {
@@ -317,9 +306,9 @@ int Session::client_write(Outbox& out, uint64_t& written) {
 
 int Session::backend_write(Outbox& out, uint64_t& written) {
   write_wants_read_ = false;
-  if (!conn_->ssl)
-    return write_some(fd_of(conn_->socket), this, out.v, out.first, out.count, written);
-  return tls_write(conn_->ssl, out, backend_tls_stage_, written);
+  if (!x_->conn_->ssl)
+    return write_some(fd_of(x_->conn_->socket), this, out.v, out.first, out.count, written);
+  return tls_write(x_->conn_->ssl, out, x_->backend_tls_stage_, written);
 }
 
 // SSL_write takes one buffer: gather into a staging buffer (TLS copies the
@@ -362,17 +351,21 @@ Session::~Session() {
   if (ssl_)
     SSL_free(ssl_);
   worker_.buffers.release(tls_stage_);
-  worker_.buffers.release(backend_tls_stage_);
-  delete conn_;
   worker_.buffers.release(cbuf_);
-  worker_.buffers.release(ubuf_);
+  if (x_) {
+    // No handler can be pending in its slots: each would hold a reference.
+    count_bytes();
+    worker_.buffers.release(x_->backend_tls_stage_);
+    delete x_->conn_;
+    worker_.buffers.release(x_->ubuf_);
+    worker_.exchanges.release(x_);
+  }
   if (prev_in_worker)
     prev_in_worker->next_in_worker = next_in_worker;
   else
     worker_.sessions = next_in_worker;
   if (next_in_worker)
     next_in_worker->prev_in_worker = prev_in_worker;
-  count_bytes();
   worker_.metrics->listeners.at(listener_->id).connections.add(-1);
   if (worker_.on_session_closed)
     worker_.on_session_closed(listener_->id);
@@ -395,17 +388,17 @@ void Session::close() {
   if (closed_)
     return;
   closed_ = true;
-  if (started_ != io::Clock::time_point{}) {
+  if (x_ && x_->started_ != io::Clock::time_point{}) {
     // A request cut short (the client left, the backend failed mid-response,
     // a forced shutdown) is logged and counted too: under the status sent, or
     // 499 when none was (nginx's "client closed request").
-    if (!status_)
-      status_ = 499;
+    if (!x_->status_)
+      x_->status_ = 499;
     finish_request_log();
-    started_ = {};
+    x_->started_ = {};
   }
   count_bytes();
-  if (queued_) {
+  if (x_ && x_->queued_) {
     Ref keep(this); // leave_queue drops the queue's reference
     leave_queue();
   }
@@ -499,7 +492,7 @@ void Session::read_request_head() {
   for (;;) {
     if (c_parsed_ < c_len_) {
       char* data = cbuf_->data();
-      auto r = req_.feed(data + c_parsed_, data + c_len_);
+      auto r = x_->req_.feed(data + c_parsed_, data + c_len_);
       c_parsed_ = static_cast<uint32_t>(r.stop - data);
       if (r.event == http::Parser::Event::head_complete) {
         head_end_ = c_parsed_;
@@ -507,10 +500,11 @@ void Session::read_request_head() {
       }
       if (r.event == http::Parser::Event::error) {
         keep_client_ = false;
-        return respond_error(req_.error_status(), req_.error_reason(), true);
+        return respond_error(x_->req_.error_status(), x_->req_.error_reason(), true);
       }
     }
-    if (!req_.target_complete() && c_parsed_ > max_target_bytes + 16) {
+    // (Bytes parsed: an exchange holds the request.)
+    if (c_parsed_ > max_target_bytes + 16 && !x_->req_.target_complete()) {
       keep_client_ = false;
       return respond_error(414, "request target longer than 8 KiB", true);
     }
@@ -520,11 +514,12 @@ void Session::read_request_head() {
     }
     if (!cbuf_)
       cbuf_ = worker_.buffers.acquire();
+    ensure_exchange();
     ssize_t n = client_recv(cbuf_->data() + c_len_, cbuf_->capacity - c_len_);
     if (n > 0) {
       bool was_empty = c_len_ == 0;
       c_len_ += static_cast<uint32_t>(n);
-      bytes_in_ += static_cast<uint64_t>(n);
+      x_->bytes_in_ += static_cast<uint64_t>(n);
       if (c_parsed_ == 0)
         skip_empty_lines();
       if (was_empty && c_len_ > 0)
@@ -537,9 +532,10 @@ void Session::read_request_head() {
       continue;
     if (errno != EAGAIN && errno != EWOULDBLOCK)
       return close();
-    if (c_len_ == 0) { // idle between requests: hold no buffer
+    if (c_len_ == 0) { // idle between requests: hold no buffer, no exchange
       worker_.buffers.release(cbuf_);
       cbuf_ = nullptr;
+      release_exchange();
     }
     wait_then<&Session::read_request_head>(client_, asio::socket_base::wait_read,
                                            client_read_slot_);
@@ -562,8 +558,8 @@ void Session::skip_empty_lines() {
 }
 
 void Session::on_request_head() {
-  started_ = io::Clock::now();
-  http::Head& head = req_.head();
+  x_->started_ = io::Clock::now();
+  http::Head& head = x_->req_.head();
   http::mark_connection_options(head);
 
   // Request id: the client's if it sent one, else a new one.
@@ -588,7 +584,7 @@ void Session::on_request_head() {
   }
   // An absolute-form target ("GET http://host/path") names the host itself:
   // it replaces the Host header, for routing and for the backend (RFC 9112 §3.2.2).
-  authority_ = {};
+  x_->authority_ = {};
   std::string_view target = head.target.view();
   if (target.find('#') != std::string_view::npos) {
     keep_client_ = false;
@@ -614,7 +610,7 @@ void Session::on_request_head() {
       keep_client_ = false;
       return respond_error(400, "invalid authority in the request target", true);
     }
-    authority_ = {head.target.p + start, static_cast<uint32_t>(end - start)};
+    x_->authority_ = {head.target.p + start, static_cast<uint32_t>(end - start)};
     for (unsigned i = 0; i < head.count; ++i)
       if (head.headers[i].field == http::Field::host)
         head.headers[i].hop_by_hop = true;
@@ -625,7 +621,7 @@ void Session::on_request_head() {
     return respond_error(413, "request body larger than max_body_bytes", true);
   }
 
-  upgrade_requested_ = false;
+  x_->upgrade_requested_ = false;
   if (const http::Header* conn = head.find(http::Field::connection);
       conn && head.find(http::Field::upgrade) && head.minor == 1 &&
       http::has_token(conn->value.view(), "upgrade") &&
@@ -633,26 +629,26 @@ void Session::on_request_head() {
     // (An upgrade to h2c is dropped: lb speaks HTTP/1.1 to backends, and a
     // tunnel would bypass routing for every request after it.)
     // Upgrade is hop-by-hop, but asking the backend to switch is the point.
-    upgrade_requested_ = true;
+    x_->upgrade_requested_ = true;
     for (unsigned i = 0; i < head.count; ++i)
       if (head.headers[i].field == http::Field::upgrade)
         head.headers[i].hop_by_hop = false;
   }
 
   adopt_runtime(); // a keep-alive connection follows reloads request by request
-  int pool = listener_->router.match(head, authority_.view(), &route_);
+  int pool = listener_->router.match(head, x_->authority_.view(), &x_->route_);
   bool has_body = head.chunked || head.content_length > 0;
 
   // Body bytes that arrived with the head, up to the end of this message.
-  auto r = req_.feed(cbuf_->data() + c_parsed_, cbuf_->data() + c_len_);
+  auto r = x_->req_.feed(cbuf_->data() + c_parsed_, cbuf_->data() + c_len_);
   if (r.event == http::Parser::Event::error) {
     keep_client_ = false;
-    return respond_error(400, req_.error_reason(), true);
+    return respond_error(400, x_->req_.error_reason(), true);
   }
   c_parsed_ = static_cast<uint32_t>(r.stop - cbuf_->data());
   msg_end_ = c_parsed_;
-  req_done_ = r.event == http::Parser::Event::message_complete;
-  if (max_body && req_.body_bytes() > max_body) {
+  x_->req_done_ = r.event == http::Parser::Event::message_complete;
+  if (max_body && x_->req_.body_bytes() > max_body) {
     keep_client_ = false;
     return respond_error(413, "request body larger than max_body_bytes", true);
   }
@@ -660,7 +656,7 @@ void Session::on_request_head() {
   // Max-Forwards (RFC 9110 §7.6.2): an OPTIONS or TRACE that may go no
   // further is answered here, whatever the routes say; one that may goes on
   // with one hop less.
-  max_forwards_len_ = 0;
+  x_->max_forwards_len_ = 0;
   if (std::string_view m = head.method.view(); m == "OPTIONS" || m == "TRACE") {
     const http::Header* mf = head.find(http::Field::max_forwards);
     std::string_view v = mf ? mf->value.view() : std::string_view();
@@ -673,27 +669,27 @@ void Session::on_request_head() {
         for (char c : digits)
           hops = hops * 10 + static_cast<uint64_t>(c - '0');
       if (hops == 0) {
-        if (has_body && !req_done_)
+        if (has_body && !x_->req_done_)
           keep_client_ = false;
         return respond_final_recipient();
       }
-      max_forwards_len_ = static_cast<uint8_t>(
-          std::snprintf(max_forwards_, sizeof max_forwards_, "Max-Forwards: %llu\r\n",
+      x_->max_forwards_len_ = static_cast<uint8_t>(
+          std::snprintf(x_->max_forwards_, sizeof x_->max_forwards_, "Max-Forwards: %llu\r\n",
                         static_cast<unsigned long long>(hops - 1)));
     }
   }
 
   if (pool < 0) {
-    if (has_body && !req_done_)
+    if (has_body && !x_->req_done_)
       keep_client_ = false;
     return respond_error(404, "no route matches the request", !keep_client_);
   }
-  pool_ = runtime_->pools[static_cast<size_t>(pool)].get();
-  const config::Pool& pc = pool_->config();
+  x_->pool_ = runtime_->pools[static_cast<size_t>(pool)].get();
+  const config::Pool& pc = x_->pool_->config();
   if (pc.maintenance)
     return respond_maintenance();
   // What the balancer may use: the hash key, the sticky cookie.
-  has_hash_ = false;
+  x_->has_hash_ = false;
   if (pc.balance == config::Balance::ring_hash || pc.balance == config::Balance::maglev) {
     std::string_view key;
     switch (pc.hash_key.kind) {
@@ -708,17 +704,17 @@ void Session::on_request_head() {
       break;
     }
     if (!key.empty()) {
-      hash_ = upstream::hash64(key);
-      has_hash_ = true;
+      x_->hash_ = upstream::hash64(key);
+      x_->has_hash_ = true;
     }
   }
-  sticky_backend_ = -1;
+  x_->sticky_backend_ = -1;
   if (!pc.sticky_cookie.empty()) {
     std::string_view value = http::find_cookie(head, pc.sticky_cookie);
     if (!value.empty())
-      sticky_backend_ = pool_->sticky_backend(value);
+      x_->sticky_backend_ = x_->pool_->sticky_backend(value);
   }
-  resp_.set_head_request(head.method.view() == "HEAD");
+  x_->resp_.set_head_request(head.method.view() == "HEAD");
   arm(Timer::exchange);
   do_attempt();
 }
@@ -726,20 +722,20 @@ void Session::on_request_head() {
 // ---- Choosing a backend and connecting ------------------------------------
 
 void Session::do_attempt() {
-  upstream::PickRequest pick{tried_, hash_, has_hash_, sticky_backend_};
-  int b = pool_->pick(pick);
-  if (pool_->tracks_active()) {
+  upstream::PickRequest pick{x_->tried_, x_->hash_, x_->has_hash_, x_->sticky_backend_};
+  int b = x_->pool_->pick(pick);
+  if (x_->pool_->tracks_active()) {
     // Circuit breaker: a backend at max_connections_per_backend is skipped; when
     // all are, the request waits in the queue (up to queue_timeout), then 503.
     bool busy = false;
-    for (size_t guard = 0; b >= 0 && !pool_->try_acquire(static_cast<size_t>(b)); ++guard) {
+    for (size_t guard = 0; b >= 0 && !x_->pool_->try_acquire(static_cast<size_t>(b)); ++guard) {
       busy = true;
       pick.tried.add(static_cast<size_t>(b));
-      b = guard < pool_->backends().size() ? pool_->pick(pick) : -1;
+      b = guard < x_->pool_->backends().size() ? x_->pool_->pick(pick) : -1;
     }
     if (b < 0 && busy) {
-      if (!queued_ && pool_->config().queue_timeout.count() > 0) {
-        queued_ = true;
+      if (!x_->queued_ && x_->pool_->config().queue_timeout.count() > 0) {
+        x_->queued_ = true;
         add_ref(); // held by the queue
         worker_.queue.push_back(this);
         if (worker_.poll_queue)
@@ -747,53 +743,53 @@ void Session::do_attempt() {
         arm(Timer::queue);
         return;
       }
-      if (queued_)
+      if (x_->queued_)
         return; // still waiting: the queue polls again
-      std::snprintf(error_page_, sizeof error_page_,
+      std::snprintf(x_->error_page_, sizeof x_->error_page_,
                     "circuit open: every backend of pool %s is at max_connections_per_backend",
-                    pool_->name().c_str());
-      return respond_error(503, error_page_, !req_done_);
+                    x_->pool_->name().c_str());
+      return respond_error(503, x_->error_page_, !x_->req_done_);
     }
-    acquired_ = b >= 0;
+    x_->acquired_ = b >= 0;
   }
   if (b < 0) {
-    leave_queue();     // answered now: the queue must not try it again
-    if (attempts_ > 0) // the last failure's reason is kept in error_page_
-      return respond_error(502, error_page_, !req_done_);
-    std::snprintf(error_page_, sizeof error_page_, "no healthy backend in pool %s",
-                  pool_->name().c_str());
-    return respond_error(503, error_page_, !req_done_);
+    leave_queue();         // answered now: the queue must not try it again
+    if (x_->attempts_ > 0) // the last failure's reason is kept in x_->error_page_
+      return respond_error(502, x_->error_page_, !x_->req_done_);
+    std::snprintf(x_->error_page_, sizeof x_->error_page_, "no healthy backend in pool %s",
+                  x_->pool_->name().c_str());
+    return respond_error(503, x_->error_page_, !x_->req_done_);
   }
-  if (queued_) {
+  if (x_->queued_) {
     leave_queue();
     arm(Timer::exchange); // the queue's deadline no longer applies
   }
-  tried_.add(static_cast<size_t>(b));
-  PoolMetrics& pm = worker_.metrics->pools.at(pool_->id());
-  if (attempts_ > 0 || replays_ > 0)
+  x_->tried_.add(static_cast<size_t>(b));
+  PoolMetrics& pm = worker_.metrics->pools.at(x_->pool_->id());
+  if (x_->attempts_ > 0 || x_->replays_ > 0)
     pm.retries.add();
-  if (attempts_ == 0 && replays_ == 0 && pool_->selection().fail_open) {
+  if (x_->attempts_ == 0 && x_->replays_ == 0 && x_->pool_->selection().fail_open) {
     pm.fail_open.add();
-    pool_->note_fail_open();
+    x_->pool_->note_fail_open();
   }
-  ++attempts_;
+  ++x_->attempts_;
   ++attempt_;
-  backend_ = b;
-  active_backend_ = b;
-  const upstream::Backend& backend = pool_->backends()[static_cast<size_t>(b)];
+  x_->backend_ = b;
+  x_->active_backend_ = b;
+  const upstream::Backend& backend = x_->pool_->backends()[static_cast<size_t>(b)];
   worker_.metrics->backends.at(backend.id).active.add(1);
-  resp_.reset();
-  u_len_ = u_parsed_ = u_sent_ = 0;
-  if (attempts_ == 1)
-    upstream_started_ = io::Clock::now();
-  conn_ = worker_.connections.take(backend.id);
+  x_->resp_.reset();
+  x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
+  if (x_->attempts_ == 1)
+    x_->upstream_started_ = io::Clock::now();
+  x_->conn_ = worker_.connections.take(backend.id);
   // A reload may have changed the pool's tls settings: those are no use now.
-  while (conn_ && conn_->tls.get() != pool_->tls()) {
-    delete conn_;
-    conn_ = worker_.connections.take(backend.id);
+  while (x_->conn_ && x_->conn_->tls.get() != x_->pool_->tls()) {
+    delete x_->conn_;
+    x_->conn_ = worker_.connections.take(backend.id);
   }
-  conn_reused_ = conn_ != nullptr;
-  if (conn_reused_) {
+  x_->conn_reused_ = x_->conn_ != nullptr;
+  if (x_->conn_reused_) {
     // A retry may come here with the failed attempt's connect timer still
     // armed (or none, after a connect timeout): time this exchange.
     arm(Timer::exchange);
@@ -803,41 +799,41 @@ void Session::do_attempt() {
 }
 
 void Session::do_connect() {
-  conn_ = new upstream::Connection(worker_.io);
-  const upstream::Backend& backend = pool_->backends()[static_cast<size_t>(backend_)];
-  conn_->backend = backend.id;
-  conn_->idle_timeout = pool_->config().timeouts.idle;
+  x_->conn_ = new upstream::Connection(worker_.io);
+  const upstream::Backend& backend = x_->pool_->backends()[static_cast<size_t>(x_->backend_)];
+  x_->conn_->backend = backend.id;
+  x_->conn_->idle_timeout = x_->pool_->config().timeouts.idle;
   const auto& endpoint = backend.endpoint;
   error_code ec;
-  conn_->socket.open(endpoint.protocol(), ec);
+  x_->conn_->socket.open(endpoint.protocol(), ec);
   if (!ec)
-    conn_->socket.non_blocking(true, ec);
+    x_->conn_->socket.non_blocking(true, ec);
   if (ec)
     return backend_failed(Failure::connect, "cannot open a socket");
   arm(Timer::connect);
-  conn_->socket.async_connect(
-      endpoint, in_slot(backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& e) {
-        self->on_connect(e, a);
-      }));
+  x_->conn_->socket.async_connect(
+      endpoint,
+      in_slot(x_->backend_write_slot_,
+              [self = Ref(this), a = attempt_](const error_code& e) { self->on_connect(e, a); }));
 }
 
 void Session::on_connect(const error_code& ec, uint32_t attempt) {
   if (closed_ || attempt != attempt_)
     return;
   if (ec) {
-    std::snprintf(error_page_, sizeof error_page_, "connect to %s failed: %s",
-                  pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
+    std::snprintf(x_->error_page_, sizeof x_->error_page_, "connect to %s failed: %s",
+                  x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
                   ec.message().c_str());
-    io::log("pool %s: %s", pool_->name().c_str(), error_page_);
+    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->error_page_);
     backend_metrics().connect_errors.add();
     bool refused = ec == asio::error::connection_refused;
-    pool_->report(static_cast<size_t>(backend_),
-                  refused ? upstream::Outcome::refused : upstream::Outcome::connect_failure);
-    return backend_failed(refused ? Failure::refused : Failure::connect, error_page_);
+    x_->pool_->report(static_cast<size_t>(x_->backend_),
+                      refused ? upstream::Outcome::refused : upstream::Outcome::connect_failure);
+    return backend_failed(refused ? Failure::refused : Failure::connect, x_->error_page_);
   }
   error_code ignored;
-  conn_->socket.set_option(asio::ip::tcp::no_delay(true), ignored);
-  if (pool_->config().tls.enabled)
+  x_->conn_->socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+  if (x_->pool_->config().tls.enabled)
     return start_backend_tls();
   arm(Timer::exchange);
   do_send_request_head();
@@ -846,34 +842,34 @@ void Session::on_connect(const error_code& ec, uint32_t attempt) {
 // HTTPS toward the backend: the handshake runs under the connect timeout, and
 // its failure counts as a failed connect (retried on another backend).
 void Session::start_backend_tls() {
-  const upstream::Backend& backend = pool_->backends()[static_cast<size_t>(backend_)];
-  if (pool_->tls()) {
-    conn_->tls = pool_->shared_tls();
-    conn_->ssl = pool_->tls()->connect(fd_of(conn_->socket), backend.host_name,
-                                       backend.endpoint.address().to_string());
+  const upstream::Backend& backend = x_->pool_->backends()[static_cast<size_t>(x_->backend_)];
+  if (x_->pool_->tls()) {
+    x_->conn_->tls = x_->pool_->shared_tls();
+    x_->conn_->ssl = x_->pool_->tls()->connect(fd_of(x_->conn_->socket), backend.host_name,
+                                               backend.endpoint.address().to_string());
   }
-  if (!conn_->ssl) {
-    std::snprintf(error_page_, sizeof error_page_, "TLS to %s cannot be set up: %s",
+  if (!x_->conn_->ssl) {
+    std::snprintf(x_->error_page_, sizeof x_->error_page_, "TLS to %s cannot be set up: %s",
                   backend.label.c_str(),
-                  pool_->tls() ? "out of memory" : pool_->tls_error().c_str());
-    io::log("pool %s: %s", pool_->name().c_str(), error_page_);
-    return backend_failed(Failure::connect, error_page_);
+                  x_->pool_->tls() ? "out of memory" : x_->pool_->tls_error().c_str());
+    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->error_page_);
+    return backend_failed(Failure::connect, x_->error_page_);
   }
   backend_handshake();
 }
 
 void Session::backend_handshake() {
   ERR_clear_error();
-  int r = SSL_do_handshake(conn_->ssl);
+  int r = SSL_do_handshake(x_->conn_->ssl);
   if (r == 1) {
     arm(Timer::exchange);
     return do_send_request_head();
   }
-  int e = SSL_get_error(conn_->ssl, r);
+  int e = SSL_get_error(x_->conn_->ssl, r);
   if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-    conn_->socket.async_wait(
+    x_->conn_->socket.async_wait(
         e == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
-        in_slot(backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
+        in_slot(x_->backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
           if (self->closed_ || a != self->attempt_)
             return;
           if (ec)
@@ -882,22 +878,23 @@ void Session::backend_handshake() {
         }));
     return;
   }
-  std::string why = io::TlsClient::failure(conn_->ssl);
-  std::snprintf(error_page_, sizeof error_page_, "TLS handshake with %s failed: %s",
-                pool_->backends()[static_cast<size_t>(backend_)].label.c_str(), why.c_str());
-  io::log("pool %s: %s", pool_->name().c_str(), error_page_);
+  std::string why = io::TlsClient::failure(x_->conn_->ssl);
+  std::snprintf(x_->error_page_, sizeof x_->error_page_, "TLS handshake with %s failed: %s",
+                x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
+                why.c_str());
+  io::log("pool %s: %s", x_->pool_->name().c_str(), x_->error_page_);
   backend_metrics().connect_errors.add();
-  pool_->report(static_cast<size_t>(backend_), upstream::Outcome::connect_failure);
-  backend_failed(Failure::connect, error_page_);
+  x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::connect_failure);
+  backend_failed(Failure::connect, x_->error_page_);
 }
 
 // ---- Sending the request ----------------------------------------------------
 
 void Session::do_send_request_head() {
-  const http::Head& head = req_.head();
+  const http::Head& head = x_->req_.head();
   const auto& headers_cfg = listener_->config.headers;
   using FF = config::Headers::ForwardedFor;
-  Outbox& out = to_backend_;
+  Outbox& out = x_->to_backend_;
   out.clear();
 
   int last_xff = -1;
@@ -912,10 +909,10 @@ void Session::do_send_request_head() {
 
   bool ok = true;
   const char* seg = head.start;
-  if (!authority_.empty()) {
+  if (!x_->authority_.empty()) {
     // Toward an origin the target is origin-form (RFC 9112 §3.2.1); the
     // authority goes to Host below.
-    const char* path = authority_.p + authority_.n;
+    const char* path = x_->authority_.p + x_->authority_.n;
     const char* target_end = head.target.p + head.target.n;
     ok &= out.add(seg, static_cast<size_t>(head.target.p - seg));
     if (path == target_end || *path != '/')
@@ -929,7 +926,7 @@ void Session::do_send_request_head() {
     bool cut =
         h.hop_by_hop || h.field == http::Field::x_forwarded_proto ||
         h.field == http::Field::x_forwarded_host ||
-        (h.field == http::Field::max_forwards && max_forwards_len_) ||
+        (h.field == http::Field::max_forwards && x_->max_forwards_len_) ||
         (h.field == http::Field::x_forwarded_for && headers_cfg.forwarded_for == FF::replace);
     if (static_cast<int>(i) == last_xff) {
       // Append the client to the last X-Forwarded-For line in place.
@@ -952,10 +949,10 @@ void Session::do_send_request_head() {
   }
   ok &= out.add(ssl_ ? std::string_view("X-Forwarded-Proto: https\r\n")
                      : std::string_view("X-Forwarded-Proto: http\r\n"));
-  http::Span host = authority_;
-  if (!authority_.empty()) {
+  http::Span host = x_->authority_;
+  if (!x_->authority_.empty()) {
     ok &= out.add(std::string_view("Host: "));
-    ok &= out.add(authority_.p, authority_.n);
+    ok &= out.add(x_->authority_.p, x_->authority_.n);
     ok &= out.add(std::string_view("\r\n"));
   } else if (const http::Header* h = head.find(http::Field::host)) {
     host = h->value;
@@ -965,8 +962,8 @@ void Session::do_send_request_head() {
     ok &= out.add(host.p, host.n);
     ok &= out.add(std::string_view("\r\n"));
   }
-  if (max_forwards_len_)
-    ok &= out.add(max_forwards_, max_forwards_len_);
+  if (x_->max_forwards_len_)
+    ok &= out.add(x_->max_forwards_, x_->max_forwards_len_);
   const http::Header* te = head.find(http::Field::te);
   bool te_trailers = te && http::has_token(te->value.view(), "trailers");
   if (te_trailers)
@@ -974,14 +971,14 @@ void Session::do_send_request_head() {
   if (headers_cfg.via)
     ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
                                   : std::string_view("Via: 1.1 lb\r\n"));
-  if (request_id_len_) {
+  if (x_->request_id_len_) {
     ok &= out.add(headers_cfg.request_id);
     ok &= out.add(std::string_view(": "));
-    ok &= out.add(request_id_, request_id_len_);
+    ok &= out.add(x_->request_id_, x_->request_id_len_);
     ok &= out.add(std::string_view("\r\n"));
   }
   // TE is a connection option: whoever sends it names it in Connection (RFC 9110 §10.1.4).
-  if (upgrade_requested_)
+  if (x_->upgrade_requested_)
     ok &= out.add(te_trailers ? std::string_view("Connection: upgrade, TE\r\n")
                               : std::string_view("Connection: upgrade\r\n"));
   else if (head.minor == 0)
@@ -995,40 +992,40 @@ void Session::do_send_request_head() {
     keep_client_ = false;
     return respond_error(400, "request has too many header fields to forward", true);
   }
-  reading_response_ = false;
+  x_->reading_response_ = false;
   do_write_backend();
 }
 
 void Session::do_write_backend() {
   uint64_t written = 0;
-  int r = backend_write(to_backend_, written);
+  int r = backend_write(x_->to_backend_, written);
   if (r > 0)
     return on_request_bytes_sent();
   if (r == 0) {
-    backend_writing_ = true;
-    conn_->socket.async_wait(
+    x_->backend_writing_ = true;
+    x_->conn_->socket.async_wait(
         write_wants_read_ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
-        in_slot(backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
+        in_slot(x_->backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
           self->on_backend_writable(ec, a);
         }));
     return;
   }
-  if (reading_response_)
+  if (x_->reading_response_)
     return stop_request_body();
-  std::snprintf(error_page_, sizeof error_page_, "sending to %s failed: %s",
-                pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
+  std::snprintf(x_->error_page_, sizeof x_->error_page_, "sending to %s failed: %s",
+                x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
                 std::strerror(errno));
-  backend_failed(u_len_ == 0 && !resp_started_
-                     ? (conn_reused_ ? Failure::reused_early : Failure::before_response)
+  backend_failed(x_->u_len_ == 0 && !x_->resp_started_
+                     ? (x_->conn_reused_ ? Failure::reused_early : Failure::before_response)
                      : Failure::backend,
-                 error_page_);
+                 x_->error_page_);
 }
 
 void Session::on_backend_writable(const error_code& ec, uint32_t attempt) {
   if (closed_ || attempt != attempt_)
     return;
-  backend_writing_ = false;
-  if (ec && reading_response_)
+  x_->backend_writing_ = false;
+  if (ec && x_->reading_response_)
     return stop_request_body();
   if (ec)
     return backend_failed(Failure::backend, "backend connection failed");
@@ -1042,36 +1039,36 @@ void Session::on_backend_writable(const error_code& ec, uint32_t attempt) {
 // connection closes after it, the rest of the body unread), a failure is
 // handled where the read fails.
 void Session::stop_request_body() {
-  backend_writing_ = false;
+  x_->backend_writing_ = false;
   keep_client_ = false;
-  backend_keep_alive_ = false;
+  x_->backend_keep_alive_ = false;
 }
 
 void Session::on_request_bytes_sent() {
-  backend_writing_ = false;
-  if (req_done_)
-    req_sent_ = true;
-  if (!reading_response_) {
+  x_->backend_writing_ = false;
+  if (x_->req_done_)
+    x_->req_sent_ = true;
+  if (!x_->reading_response_) {
     // Start reading the response from the event loop, not from inside this
     // write: the steps below must not run re-entrantly into the next request.
-    reading_response_ = true;
-    asio::post(worker_.io, in_slot(backend_read_slot_, [self = Ref(this), a = attempt_] {
+    x_->reading_response_ = true;
+    asio::post(worker_.io, in_slot(x_->backend_read_slot_, [self = Ref(this), a = attempt_] {
                  if (!self->closed_ && a == self->attempt_)
                    self->do_read_response();
                }));
   }
-  if (!req_done_)
+  if (!x_->req_done_)
     return do_read_request_body();
-  if (resp_done_ && !client_writing_ && !answered_locally_)
+  if (x_->resp_done_ && !x_->client_writing_ && !x_->answered_locally_)
     on_response_complete();
 }
 
 void Session::do_read_request_body() {
   // The body bytes after the head have been sent: reuse that room.
   if (msg_end_ > head_end_)
-    body_discarded_ = true;
+    x_->body_discarded_ = true;
   c_len_ = c_parsed_ = msg_end_ = head_end_;
-  if (++request_chain_ % 16 == 0) {
+  if (++x_->request_chain_ % 16 == 0) {
     // Bytes keep coming without blocking: continue from the event loop so the
     // stack does not grow with the body.
     asio::post(worker_.io,
@@ -1089,7 +1086,7 @@ void Session::read_request_body() {
     ssize_t n = client_recv(cbuf_->data() + c_len_, cbuf_->capacity - c_len_);
     if (n > 0) {
       c_len_ += static_cast<uint32_t>(n);
-      bytes_in_ += static_cast<uint64_t>(n);
+      x_->bytes_in_ += static_cast<uint64_t>(n);
       break;
     }
     if (n == 0)
@@ -1115,26 +1112,26 @@ void Session::read_request_body() {
   }
   arm(Timer::exchange);
   char* data = cbuf_->data();
-  auto r = req_.feed(data + c_parsed_, data + c_len_);
+  auto r = x_->req_.feed(data + c_parsed_, data + c_len_);
   if (r.event == http::Parser::Event::error) {
     keep_client_ = false;
-    if (resp_started_)
+    if (x_->resp_started_)
       return close();
-    return respond_error(400, req_.error_reason(), true);
+    return respond_error(400, x_->req_.error_reason(), true);
   }
   uint64_t max_body = listener_->config.limits.max_body_bytes;
-  if (max_body && req_.body_bytes() > max_body) {
+  if (max_body && x_->req_.body_bytes() > max_body) {
     keep_client_ = false;
-    if (resp_started_)
+    if (x_->resp_started_)
       return close();
     return respond_error(413, "request body larger than max_body_bytes", true);
   }
   c_parsed_ = static_cast<uint32_t>(r.stop - data);
   uint32_t from = msg_end_;
   msg_end_ = c_parsed_;
-  req_done_ = r.event == http::Parser::Event::message_complete;
-  to_backend_.clear();
-  to_backend_.add(data + from, msg_end_ - from);
+  x_->req_done_ = r.event == http::Parser::Event::message_complete;
+  x_->to_backend_.clear();
+  x_->to_backend_.add(data + from, msg_end_ - from);
   do_write_backend();
 }
 
@@ -1152,118 +1149,120 @@ void Session::on_backend_readable(const error_code& ec, uint32_t attempt) {
 
 void Session::read_response() {
   for (;;) {
-    if (!ubuf_)
-      ubuf_ = worker_.buffers.acquire();
-    if (u_len_ == ubuf_->capacity) {
+    if (!x_->ubuf_)
+      x_->ubuf_ = worker_.buffers.acquire();
+    if (x_->u_len_ == x_->ubuf_->capacity) {
       // Only a head can fill the buffer (a body is sent on as it comes).
       return backend_failed(Failure::backend, "response head too large");
     }
-    ssize_t n = backend_recv(ubuf_->data() + u_len_, ubuf_->capacity - u_len_);
+    ssize_t n = backend_recv(x_->ubuf_->data() + x_->u_len_, x_->ubuf_->capacity - x_->u_len_);
     if (n > 0) {
-      u_len_ += static_cast<uint32_t>(n);
+      x_->u_len_ += static_cast<uint32_t>(n);
       arm(Timer::exchange);
       return parse_response();
     }
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (u_len_ == 0) {
-        worker_.buffers.release(ubuf_);
-        ubuf_ = nullptr;
+      if (x_->u_len_ == 0) {
+        worker_.buffers.release(x_->ubuf_);
+        x_->ubuf_ = nullptr;
       }
-      conn_->socket.async_wait(
+      x_->conn_->socket.async_wait(
           asio::socket_base::wait_read,
-          in_slot(backend_read_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
+          in_slot(x_->backend_read_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
             self->on_backend_readable(ec, a);
           }));
       return;
     }
     // End of file or reset.
-    if (n == 0 && resp_.body_until_eof() && resp_.in_message() && !in_response_head_) {
-      resp_.finish_at_eof();
-      resp_done_ = true;
-      backend_keep_alive_ = false;
-      if (!client_writing_)
+    if (n == 0 && x_->resp_.body_until_eof() && x_->resp_.in_message() && !x_->in_response_head_) {
+      x_->resp_.finish_at_eof();
+      x_->resp_done_ = true;
+      x_->backend_keep_alive_ = false;
+      if (!x_->client_writing_)
         on_response_bytes_sent();
       return;
     }
-    bool nothing_received = u_len_ == 0 && !resp_started_ && !resp_.in_message();
-    std::snprintf(error_page_, sizeof error_page_, "%s %s",
-                  pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
+    bool nothing_received = x_->u_len_ == 0 && !x_->resp_started_ && !x_->resp_.in_message();
+    std::snprintf(x_->error_page_, sizeof x_->error_page_, "%s %s",
+                  x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
                   n == 0 ? (nothing_received ? "closed the connection without a response"
                                              : "closed the connection mid-response")
                          : "reset the connection");
-    if (!nothing_received || !conn_reused_)
-      pool_->report(static_cast<size_t>(backend_), upstream::Outcome::server_error);
-    return backend_failed(nothing_received
-                              ? (conn_reused_ ? Failure::reused_early : Failure::before_response)
-                              : Failure::backend,
-                          error_page_);
+    if (!nothing_received || !x_->conn_reused_)
+      x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::server_error);
+    return backend_failed(
+        nothing_received ? (x_->conn_reused_ ? Failure::reused_early : Failure::before_response)
+                         : Failure::backend,
+        x_->error_page_);
   }
 }
 
 void Session::parse_response() {
-  char* data = ubuf_->data();
+  char* data = x_->ubuf_->data();
   for (;;) {
-    resp_.dechunk_into(dechunk_ && !in_response_head_ && resp_.in_message() ? data + u_sent_
-                                                                            : nullptr);
-    auto r = resp_.feed(data + u_parsed_, data + u_len_);
-    u_parsed_ = static_cast<uint32_t>(r.stop - data);
+    x_->resp_.dechunk_into(x_->dechunk_ && !x_->in_response_head_ && x_->resp_.in_message()
+                               ? data + x_->u_sent_
+                               : nullptr);
+    auto r = x_->resp_.feed(data + x_->u_parsed_, data + x_->u_len_);
+    x_->u_parsed_ = static_cast<uint32_t>(r.stop - data);
     switch (r.event) {
     case http::Parser::Event::error:
-      std::snprintf(error_page_, sizeof error_page_, "invalid response from %s: %s",
-                    pool_->backends()[static_cast<size_t>(backend_)].label.c_str(),
-                    resp_.error_reason() ? resp_.error_reason() : "parse error");
-      return backend_failed(Failure::backend, error_page_);
+      std::snprintf(x_->error_page_, sizeof x_->error_page_, "invalid response from %s: %s",
+                    x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
+                    x_->resp_.error_reason() ? x_->resp_.error_reason() : "parse error");
+      return backend_failed(Failure::backend, x_->error_page_);
     case http::Parser::Event::head_complete:
       return on_response_head();
     case http::Parser::Event::message_complete:
-      if (in_response_head_) {
+      if (x_->in_response_head_) {
         // An interim (1xx) response ended: the final one follows. Move what is
         // left to the front so the next head has the whole buffer.
-        uint32_t left = u_len_ - u_parsed_;
-        std::memmove(data, data + u_parsed_, left);
-        u_len_ = left;
-        u_parsed_ = u_sent_ = 0;
+        uint32_t left = x_->u_len_ - x_->u_parsed_;
+        std::memmove(data, data + x_->u_parsed_, left);
+        x_->u_len_ = left;
+        x_->u_parsed_ = x_->u_sent_ = 0;
         if (left)
           continue;
         return read_response();
       }
-      resp_done_ = true;
-      if (u_parsed_ != u_len_)
-        backend_keep_alive_ = false; // bytes past the response
+      x_->resp_done_ = true;
+      if (x_->u_parsed_ != x_->u_len_)
+        x_->backend_keep_alive_ = false; // bytes past the response
       break;
     case http::Parser::Event::need_more:
       // A head (final or interim) not complete yet: its bytes stay where they
       // are, the rest is read after them.
-      if (in_response_head_ || !resp_started_)
+      if (x_->in_response_head_ || !x_->resp_started_)
         return read_response();
       break;
     }
     break;
   }
   // Body bytes: send what was parsed.
-  to_client_.clear();
-  const char* body_end = resp_.dechunked_end() ? resp_.dechunked_end() : data + u_parsed_;
-  to_client_.add(data + u_sent_, static_cast<size_t>(body_end - (data + u_sent_)));
-  resp_.dechunk_into(nullptr);
-  u_sent_ = u_parsed_;
+  x_->to_client_.clear();
+  const char* body_end =
+      x_->resp_.dechunked_end() ? x_->resp_.dechunked_end() : data + x_->u_parsed_;
+  x_->to_client_.add(data + x_->u_sent_, static_cast<size_t>(body_end - (data + x_->u_sent_)));
+  x_->resp_.dechunk_into(nullptr);
+  x_->u_sent_ = x_->u_parsed_;
   do_write_client();
 }
 
 void Session::on_response_head() {
-  http::Head& head = resp_.head();
+  http::Head& head = x_->resp_.head();
   http::mark_connection_options(head);
   bool switching = head.status == 101;
   bool interim = head.status >= 100 && head.status < 200 && !switching;
-  if (interim && req_.head().minor == 0) {
+  if (interim && x_->req_.head().minor == 0) {
     // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2): skip it, the final response follows.
-    in_response_head_ = true;
-    u_sent_ = u_parsed_;
+    x_->in_response_head_ = true;
+    x_->u_sent_ = x_->u_parsed_;
     return parse_response();
   }
   if (switching) {
-    if (!upgrade_requested_ || !req_sent_)
+    if (!x_->upgrade_requested_ || !x_->req_sent_)
       return backend_failed(Failure::backend, "backend switched protocols without an upgrade");
     for (unsigned i = 0; i < head.count; ++i)
       if (head.headers[i].field == http::Field::upgrade)
@@ -1280,13 +1279,13 @@ void Session::on_response_head() {
     }
   }
   // An HTTP/1.0 client cannot read chunked: it gets the decoded body, ended by close.
-  dechunk_ = !interim && !switching && head.status != 204 && head.status != 304 && head.chunked &&
-             req_.head().minor == 0;
-  if (dechunk_)
+  x_->dechunk_ = !interim && !switching && head.status != 204 && head.status != 304 &&
+                 head.chunked && x_->req_.head().minor == 0;
+  if (x_->dechunk_)
     for (unsigned i = 0; i < head.count; ++i)
       if (head.headers[i].field == http::Field::transfer_encoding)
         head.headers[i].hop_by_hop = true;
-  Outbox& out = to_client_;
+  Outbox& out = x_->to_client_;
   out.clear();
   const char* seg = head.start;
   for (unsigned i = 0; i < head.count; ++i) {
@@ -1298,42 +1297,42 @@ void Session::on_response_head() {
   }
   bool ok = out.add(seg, static_cast<size_t>(head.end_of_fields() - seg));
   if (switching) {
-    status_ = 101;
-    upstream_ms_ = ms_between(upstream_started_, io::Clock::now());
-    tunnel_pending_ = true;
+    x_->status_ = 101;
+    x_->upstream_ms_ = ms_between(x_->upstream_started_, io::Clock::now());
+    x_->tunnel_pending_ = true;
     if (listener_->config.headers.via)
       ok &= out.add(std::string_view("Via: 1.1 lb\r\n"));
     ok &= out.add(std::string_view("Connection: upgrade\r\n"));
   } else if (interim) {
-    in_response_head_ = true;
+    x_->in_response_head_ = true;
   } else {
-    in_response_head_ = false;
-    status_ = head.status;
-    upstream_ms_ = ms_between(upstream_started_, io::Clock::now());
+    x_->in_response_head_ = false;
+    x_->status_ = head.status;
+    x_->upstream_ms_ = ms_between(x_->upstream_started_, io::Clock::now());
     backend_metrics().responses.add(head.status);
-    pool_->report(static_cast<size_t>(backend_), head.status >= 500
-                                                     ? upstream::Outcome::server_error
-                                                     : upstream::Outcome::success);
-    backend_keep_alive_ = head.keep_alive && !resp_.body_until_eof();
+    x_->pool_->report(static_cast<size_t>(x_->backend_), head.status >= 500
+                                                             ? upstream::Outcome::server_error
+                                                             : upstream::Outcome::success);
+    x_->backend_keep_alive_ = head.keep_alive && !x_->resp_.body_until_eof();
     if (const http::Header* ka = head.find(http::Field::keep_alive))
       learn_keep_alive(ka->value.view());
-    if (resp_.body_until_eof() || !req_done_ || worker_.draining)
+    if (x_->resp_.body_until_eof() || !x_->req_done_ || worker_.draining)
       keep_client_ = false;
-    if (dechunk_)
+    if (x_->dechunk_)
       keep_client_ = false;
     if (listener_->config.headers.via)
       ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
                                     : std::string_view("Via: 1.1 lb\r\n"));
-    const config::Pool& pc = pool_->config();
-    if (!pc.sticky_cookie.empty() && sticky_backend_ != backend_) {
+    const config::Pool& pc = x_->pool_->config();
+    if (!pc.sticky_cookie.empty() && x_->sticky_backend_ != x_->backend_) {
       // Pin the client to this backend from now on (also when its old one left).
-      int n = std::snprintf(resp_extra_, sizeof resp_extra_,
+      int n = std::snprintf(x_->resp_extra_, sizeof x_->resp_extra_,
                             "Set-Cookie: %s=%s; Path=/; HttpOnly\r\n", pc.sticky_cookie.c_str(),
-                            pool_->sticky_value(static_cast<size_t>(backend_)).c_str());
-      if (n > 0 && static_cast<size_t>(n) < sizeof resp_extra_)
-        ok &= out.add(resp_extra_, static_cast<size_t>(n));
+                            x_->pool_->sticky_value(static_cast<size_t>(x_->backend_)).c_str());
+      if (n > 0 && static_cast<size_t>(n) < sizeof x_->resp_extra_)
+        ok &= out.add(x_->resp_extra_, static_cast<size_t>(n));
     }
-    const http::Head& req = req_.head();
+    const http::Head& req = x_->req_.head();
     if (!keep_client_)
       ok &= out.add(std::string_view("Connection: close\r\n"));
     else if (req.minor == 0)
@@ -1342,43 +1341,43 @@ void Session::on_response_head() {
   ok &= out.add(std::string_view("\r\n"));
   if (!ok)
     return backend_failed(Failure::backend, "response has too many header fields");
-  resp_started_ = true;
+  x_->resp_started_ = true;
 
   if (!interim && !switching) {
     // Body bytes that came with the head, up to the end of the response.
-    char* data = ubuf_->data();
+    char* data = x_->ubuf_->data();
     char* body_start = data + (head.end - data);
-    resp_.dechunk_into(dechunk_ ? body_start : nullptr);
-    auto r = resp_.feed(data + u_parsed_, data + u_len_);
+    x_->resp_.dechunk_into(x_->dechunk_ ? body_start : nullptr);
+    auto r = x_->resp_.feed(data + x_->u_parsed_, data + x_->u_len_);
     if (r.event == http::Parser::Event::error) {
       keep_client_ = false;
-      backend_keep_alive_ = false;
-      to_client_.clear();
+      x_->backend_keep_alive_ = false;
+      x_->to_client_.clear();
       return close();
     }
-    u_parsed_ = static_cast<uint32_t>(r.stop - data);
+    x_->u_parsed_ = static_cast<uint32_t>(r.stop - data);
     if (r.event == http::Parser::Event::message_complete) {
-      resp_done_ = true;
-      if (u_parsed_ != u_len_)
-        backend_keep_alive_ = false;
+      x_->resp_done_ = true;
+      if (x_->u_parsed_ != x_->u_len_)
+        x_->backend_keep_alive_ = false;
     }
-    const char* body_end = dechunk_ ? resp_.dechunked_end() : data + u_parsed_;
-    resp_.dechunk_into(nullptr);
+    const char* body_end = x_->dechunk_ ? x_->resp_.dechunked_end() : data + x_->u_parsed_;
+    x_->resp_.dechunk_into(nullptr);
     out.add(body_start, static_cast<size_t>(body_end - body_start));
   }
-  u_sent_ = u_parsed_;
+  x_->u_sent_ = x_->u_parsed_;
   do_write_client();
 }
 
 void Session::do_write_client() {
-  int r = client_write(to_client_, bytes_out_);
+  int r = client_write(x_->to_client_, x_->bytes_out_);
   if (r > 0)
     return on_response_bytes_sent();
   if (r == 0) {
-    client_writing_ = true;
+    x_->client_writing_ = true;
     client_.async_wait(
         write_wants_read_ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
-        in_slot(client_write_slot_,
+        in_slot(x_->client_write_slot_,
                 [self = Ref(this)](const error_code& ec) { self->on_client_writable(ec); }));
     return;
   }
@@ -1388,7 +1387,7 @@ void Session::do_write_client() {
 void Session::on_client_writable(const error_code& ec) {
   if (closed_)
     return;
-  client_writing_ = false;
+  x_->client_writing_ = false;
   if (ec)
     return close();
   if (timer_kind_ == Timer::exchange)
@@ -1397,23 +1396,23 @@ void Session::on_client_writable(const error_code& ec) {
 }
 
 void Session::on_response_bytes_sent() {
-  client_writing_ = false;
-  if (tunnel_)
+  x_->client_writing_ = false;
+  if (x_->tunnel_)
     return pump_down();
-  if (answered_locally_)
+  if (x_->answered_locally_)
     return finish_request();
-  if (tunnel_pending_)
+  if (x_->tunnel_pending_)
     return start_tunnel();
-  if (in_response_head_) {
+  if (x_->in_response_head_) {
     // An interim response went out; carry on with what follows it.
     return parse_response();
   }
-  if (resp_done_)
+  if (x_->resp_done_)
     return on_response_complete();
   // Head and body so far are sent: the whole buffer is free for more body.
-  u_len_ = u_parsed_ = u_sent_ = 0;
-  if (++response_chain_ % 16 == 0) {
-    asio::post(worker_.io, in_slot(backend_read_slot_, [self = Ref(this), a = attempt_] {
+  x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
+  if (++x_->response_chain_ % 16 == 0) {
+    asio::post(worker_.io, in_slot(x_->backend_read_slot_, [self = Ref(this), a = attempt_] {
                  if (!self->closed_ && a == self->attempt_)
                    self->read_response();
                }));
@@ -1423,31 +1422,31 @@ void Session::on_response_bytes_sent() {
 }
 
 void Session::on_response_complete() {
-  if (!req_sent_) {
+  if (!x_->req_sent_) {
     // The backend answered before the request was fully sent (or read): neither
     // connection can carry another message safely.
     keep_client_ = false;
-    if (backend_writing_ || !req_done_) {
+    if (x_->backend_writing_ || !x_->req_done_) {
       release_backend(false);
       return finish_request();
     }
   }
-  release_backend(backend_keep_alive_ && req_sent_);
+  release_backend(x_->backend_keep_alive_ && x_->req_sent_);
   finish_request();
 }
 
 // ---- The queue (circuit breaker) ------------------------------------------------
 
 void Session::retry_queued() {
-  if (closed_ || !queued_)
+  if (closed_ || !x_ || !x_->queued_)
     return;
   do_attempt();
 }
 
 void Session::leave_queue() {
-  if (!queued_)
+  if (!x_->queued_)
     return;
-  queued_ = false;
+  x_->queued_ = false;
   auto& q = worker_.queue;
   for (size_t i = 0; i < q.size(); ++i)
     if (q[i] == this) {
@@ -1458,8 +1457,8 @@ void Session::leave_queue() {
 }
 
 void Session::respond_maintenance() {
-  keep_client_ = keep_client_ && req_done_;
-  status_ = 503;
+  keep_client_ = keep_client_ && x_->req_done_;
+  x_->status_ = 503;
   static constexpr std::string_view page =
       "<!doctype html><html><head><meta charset=\"utf-8\"><title>Down for maintenance</title>"
       "<style>body{font-family:system-ui,sans-serif;margin:15vh auto;max-width:34em;padding:0 1em;"
@@ -1475,9 +1474,9 @@ void Session::respond_maintenance() {
   const std::string& id_header = listener_->config.headers.request_id;
   std::string_view id = id_header.empty() ? std::string_view() : request_id();
   // Names are up to 128 characters (config), and so is an id shown: the head
-  // (about 180 bytes besides them, the id twice) must fit in error_page_.
+  // (about 180 bytes besides them, the id twice) must fit in x_->error_page_.
   if (id.size() > 128 ||
-      180 + pool_->name().size() + id_header.size() + 2 * id.size() >= sizeof error_page_)
+      180 + x_->pool_->name().size() + id_header.size() + 2 * id.size() >= sizeof x_->error_page_)
     id = {};
   for (char ch : id)
     if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_' && ch != '.' &&
@@ -1486,32 +1485,33 @@ void Session::respond_maintenance() {
       break;
     }
   // The id's bytes may live in the read buffer: the page takes a copy, kept
-  // at the end of error_page_, and the head goes before it.
-  size_t head_room = sizeof error_page_ - id.size();
-  char* id_copy = error_page_ + head_room;
+  // at the end of x_->error_page_, and the head goes before it.
+  size_t head_room = sizeof x_->error_page_ - id.size();
+  char* id_copy = x_->error_page_ + head_room;
   if (!id.empty())
     std::memmove(id_copy, id.data(), id.size());
   size_t length = page.size() + page_end.size() +
                   (id.empty() ? 0 : id_before.size() + id.size() + id_after.size());
-  int n = std::snprintf(
-      error_page_, head_room,
-      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html; charset=utf-8\r\n"
-      "Content-Length: %zu\r\nRetry-After: 120\r\nX-Lb-Maintenance: %s\r\n"
-      "%s%s%.*s%sConnection: %s\r\n\r\n",
-      length, pool_->name().c_str(), id.empty() ? "" : id_header.c_str(), id.empty() ? "" : ": ",
-      int(id.size()), id_copy, id.empty() ? "" : "\r\n", keep_client_ ? "keep-alive" : "close");
+  int n =
+      std::snprintf(x_->error_page_, head_room,
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html; charset=utf-8\r\n"
+                    "Content-Length: %zu\r\nRetry-After: 120\r\nX-Lb-Maintenance: %s\r\n"
+                    "%s%s%.*s%sConnection: %s\r\n\r\n",
+                    length, x_->pool_->name().c_str(), id.empty() ? "" : id_header.c_str(),
+                    id.empty() ? "" : ": ", int(id.size()), id_copy, id.empty() ? "" : "\r\n",
+                    keep_client_ ? "keep-alive" : "close");
   n = std::min<int>(n, static_cast<int>(head_room) - 1);
-  to_client_.clear();
-  to_client_.add(error_page_, static_cast<size_t>(n));
+  x_->to_client_.clear();
+  x_->to_client_.add(x_->error_page_, static_cast<size_t>(n));
   // The answer to HEAD has the same head and no body (RFC 9110 §9.3.2).
-  if (req_.head().method.view() != "HEAD") {
-    to_client_.add(page.data(), page.size());
+  if (x_->req_.head().method.view() != "HEAD") {
+    x_->to_client_.add(page.data(), page.size());
     if (!id.empty()) {
-      to_client_.add(id_before.data(), id_before.size());
-      to_client_.add(id_copy, id.size());
-      to_client_.add(id_after.data(), id_after.size());
+      x_->to_client_.add(id_before.data(), id_before.size());
+      x_->to_client_.add(id_copy, id.size());
+      x_->to_client_.add(id_after.data(), id_after.size());
     }
-    to_client_.add(page_end.data(), page_end.size());
+    x_->to_client_.add(page_end.data(), page_end.size());
   }
   send_local_answer();
 }
@@ -1519,17 +1519,17 @@ void Session::respond_maintenance() {
 // ---- Tunnels -------------------------------------------------------------------
 
 void Session::start_tunnel() {
-  tunnel_pending_ = false;
-  tunnel_ = true;
+  x_->tunnel_pending_ = false;
+  x_->tunnel_ = true;
   finish_request_log();
-  started_ = {}; // logged: the tunnel's end is not another request
+  x_->started_ = {}; // logged: the tunnel's end is not another request
   arm(Timer::tunnel);
   // What either side sent after the switch is already in the buffers.
-  to_backend_.clear();
+  x_->to_backend_.clear();
   if (cbuf_)
-    to_backend_.add(cbuf_->data() + msg_end_, c_len_ - msg_end_);
-  to_client_.clear();
-  to_client_.add(ubuf_->data() + u_parsed_, u_len_ - u_parsed_);
+    x_->to_backend_.add(cbuf_->data() + msg_end_, c_len_ - msg_end_);
+  x_->to_client_.clear();
+  x_->to_client_.add(x_->ubuf_->data() + x_->u_parsed_, x_->u_len_ - x_->u_parsed_);
   pump_up();
   if (!closed_)
     pump_down();
@@ -1537,14 +1537,14 @@ void Session::start_tunnel() {
 
 void Session::pump_up() {
   for (int budget = 0; !closed_; ++budget) {
-    if (!to_backend_.empty()) {
+    if (!x_->to_backend_.empty()) {
       uint64_t written = 0;
-      int r = backend_write(to_backend_, written);
+      int r = backend_write(x_->to_backend_, written);
       if (r < 0)
         return close();
       if (r == 0) {
-        wait_then<&Session::pump_up>(conn_->socket, asio::socket_base::wait_write,
-                                     backend_write_slot_);
+        wait_then<&Session::pump_up>(x_->conn_->socket, asio::socket_base::wait_write,
+                                     x_->backend_write_slot_);
         return;
       }
       arm(Timer::tunnel);
@@ -1557,9 +1557,9 @@ void Session::pump_up() {
       cbuf_ = worker_.buffers.acquire();
     ssize_t n = client_recv(cbuf_->data(), cbuf_->capacity);
     if (n > 0) {
-      bytes_in_ += static_cast<uint64_t>(n);
-      to_backend_.clear();
-      to_backend_.add(cbuf_->data(), static_cast<size_t>(n));
+      x_->bytes_in_ += static_cast<uint64_t>(n);
+      x_->to_backend_.clear();
+      x_->to_backend_.add(cbuf_->data(), static_cast<size_t>(n));
       continue;
     }
     if (n < 0 && errno == EINTR)
@@ -1571,48 +1571,49 @@ void Session::pump_up() {
     if (n < 0)
       return close();
     // The client is done sending: pass the end on.
-    up_done_ = true;
-    if (conn_->ssl)
-      SSL_shutdown(conn_->ssl); // close_notify, best effort
+    x_->up_done_ = true;
+    if (x_->conn_->ssl)
+      SSL_shutdown(x_->conn_->ssl); // close_notify, best effort
     error_code ignored;
-    conn_->socket.shutdown(asio::socket_base::shutdown_send, ignored);
+    x_->conn_->socket.shutdown(asio::socket_base::shutdown_send, ignored);
     return tunnel_half_closed();
   }
 }
 
 void Session::pump_down() {
   for (int budget = 0; !closed_; ++budget) {
-    if (!to_client_.empty()) {
-      int r = client_write(to_client_, bytes_out_);
+    if (!x_->to_client_.empty()) {
+      int r = client_write(x_->to_client_, x_->bytes_out_);
       if (r < 0)
         return close();
       if (r == 0) {
-        wait_then<&Session::pump_down>(client_, asio::socket_base::wait_write, client_write_slot_);
+        wait_then<&Session::pump_down>(client_, asio::socket_base::wait_write,
+                                       x_->client_write_slot_);
         return;
       }
       arm(Timer::tunnel);
     }
     if (budget == 16) {
       asio::post(worker_.io,
-                 in_slot(backend_read_slot_, [self = Ref(this)] { self->pump_down(); }));
+                 in_slot(x_->backend_read_slot_, [self = Ref(this)] { self->pump_down(); }));
       return;
     }
-    ssize_t n = backend_recv(ubuf_->data(), ubuf_->capacity);
+    ssize_t n = backend_recv(x_->ubuf_->data(), x_->ubuf_->capacity);
     if (n > 0) {
-      to_client_.clear();
-      to_client_.add(ubuf_->data(), static_cast<size_t>(n));
+      x_->to_client_.clear();
+      x_->to_client_.add(x_->ubuf_->data(), static_cast<size_t>(n));
       continue;
     }
     if (n < 0 && errno == EINTR)
       continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      wait_then<&Session::pump_down>(conn_->socket, asio::socket_base::wait_read,
-                                     backend_read_slot_);
+      wait_then<&Session::pump_down>(x_->conn_->socket, asio::socket_base::wait_read,
+                                     x_->backend_read_slot_);
       return;
     }
     if (n < 0)
       return close();
-    down_done_ = true;
+    x_->down_done_ = true;
     error_code ignored;
     client_.shutdown(asio::socket_base::shutdown_send, ignored);
     return tunnel_half_closed();
@@ -1620,7 +1621,7 @@ void Session::pump_down() {
 }
 
 void Session::tunnel_half_closed() {
-  if (up_done_ && down_done_)
+  if (x_->up_done_ && x_->down_done_)
     close();
 }
 
@@ -1634,30 +1635,31 @@ void Session::backend_failed(Failure failure, const char* reason) {
   // tried without using up a retry (each backend at most once), so a region
   // that dies at once does not turn into errors while it leaves the rotation.
   if (failure == Failure::refused)
-    ++refusals_;
-  bool may_retry = attempts_ - refusals_ <= pool_->config().retries &&
-                   refusals_ <= pool_->backends().size() && !tried_.full();
+    ++x_->refusals_;
+  bool may_retry = x_->attempts_ - x_->refusals_ <= x_->pool_->config().retries &&
+                   x_->refusals_ <= x_->pool_->backends().size() && !x_->tried_.full();
   if ((failure == Failure::connect || failure == Failure::refused) && may_retry)
     return do_attempt();
-  if (failure == Failure::reused_early && idempotent() && !body_discarded_ && replays_ < 3) {
+  if (failure == Failure::reused_early && idempotent() && !x_->body_discarded_ &&
+      x_->replays_ < 3) {
     // The backend closed a pooled connection as we reused it: replay on another one.
-    ++replays_;
-    --attempts_;
-    tried_.remove(static_cast<size_t>(backend_));
+    ++x_->replays_;
+    --x_->attempts_;
+    x_->tried_.remove(static_cast<size_t>(x_->backend_));
     return do_attempt();
   }
-  if (failure == Failure::before_response && idempotent() && !body_discarded_ && may_retry)
+  if (failure == Failure::before_response && idempotent() && !x_->body_discarded_ && may_retry)
     return do_attempt(); // nothing came back: another backend may answer
-  if (resp_started_)
+  if (x_->resp_started_)
     return close();
-  respond_error(502, reason, !req_done_ || backend_writing_);
+  respond_error(502, reason, !x_->req_done_ || x_->backend_writing_);
 }
 
 void Session::respond_final_recipient() {
-  const http::Head& head = req_.head();
-  if (!req_done_)
+  const http::Head& head = x_->req_.head();
+  if (!x_->req_done_)
     keep_client_ = false; // its body is not read: the connection cannot go on
-  status_ = 200;
+  x_->status_ = 200;
   // TRACE: the request as received, less the fields that carry credentials
   // (RFC 9110 §9.3.8); its bytes stay in the read buffer until the request is
   // logged, after this answer. OPTIONS: an empty 200.
@@ -1678,22 +1680,22 @@ void Session::respond_final_recipient() {
   size_t length = 0;
   if (trace)
     echo([&](const char*, size_t n) { length += n; });
-  int n = std::snprintf(error_page_, sizeof error_page_,
+  int n = std::snprintf(x_->error_page_, sizeof x_->error_page_,
                         "HTTP/1.1 200 OK\r\n%sContent-Length: %zu\r\nConnection: %s\r\n\r\n",
                         trace ? "Content-Type: message/http\r\n" : "", length,
                         keep_client_ ? "keep-alive" : "close");
-  to_client_.clear();
-  bool ok = to_client_.add(error_page_, static_cast<size_t>(n));
+  x_->to_client_.clear();
+  bool ok = x_->to_client_.add(x_->error_page_, static_cast<size_t>(n));
   if (trace)
-    echo([&](const char* p, size_t len) { ok &= to_client_.add(p, len); });
+    echo([&](const char* p, size_t len) { ok &= x_->to_client_.add(p, len); });
   if (!ok)
     return respond_error(400, "request has too many header fields to echo", true);
   send_local_answer();
 }
 
 void Session::send_local_answer() {
-  resp_started_ = true;
-  answered_locally_ = true;
+  x_->resp_started_ = true;
+  x_->answered_locally_ = true;
   // Whatever timer ran (a connect or queue timer of the request) has no say
   // over this answer any more.
   arm(Timer::answer);
@@ -1703,80 +1705,85 @@ void Session::send_local_answer() {
 void Session::respond_error(int status, const char* reason, bool close_after) {
   if (closed_)
     return;
-  if (resp_started_)
+  ensure_exchange(); // a head timeout can come before any byte of a request
+  if (x_->resp_started_)
     return close();
   release_backend(false);
-  if (close_after || !req_done_)
+  if (close_after || !x_->req_done_)
     keep_client_ = false;
-  status_ = status;
-  // `reason` may point into error_page_ itself: copy it out first.
+  x_->status_ = status;
+  // `reason` may point into x_->error_page_ itself: copy it out first.
   char why[256];
   std::snprintf(why, sizeof why, "%s", reason ? reason : "");
   // An error in the head itself (400, 431, 408) comes before the request had
   // an id: it gets one now, for the answer and the access log.
-  if (!request_id_len_)
+  if (!x_->request_id_len_)
     assign_request_id();
   std::string_view id = request_id();
   // At most 299 bytes of body, so that the longest head (a 405 with Allow,
-  // or a 431) and the body fit in error_page_ whole: what Content-Length
+  // or a 431) and the body fit in x_->error_page_ whole: what Content-Length
   // says is sent.
   char body[300];
-  static_assert(sizeof body + 200 < sizeof error_page_);
+  static_assert(sizeof body + 200 < sizeof x_->error_page_);
   int body_len = std::snprintf(body, sizeof body, "%d %s: %s (request id %.*s)\n", status,
                                reason_phrase(status), why, int(id.size()), id.data());
   body_len = std::min<int>(body_len, sizeof body - 1);
   // The answer to HEAD has the same head and no body (RFC 9110 §9.3.2).
-  const http::Head& req = req_.head();
+  const http::Head& req = x_->req_.head();
   bool head_request = req.start && req.method.view() == "HEAD";
   // A 405 names what is allowed (RFC 9110 §15.5.6): lb passes on any method
   // but CONNECT, which is what it refuses with 405.
   int n = std::snprintf(
-      error_page_, sizeof error_page_,
+      x_->error_page_, sizeof x_->error_page_,
       "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
       "Content-Length: %d\r\n%sConnection: %s\r\n\r\n%.*s",
       status, reason_phrase(status), body_len,
       status == 405 ? "Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH\r\n" : "",
       keep_client_ ? "keep-alive" : "close", head_request ? 0 : body_len, body);
-  n = std::min<int>(n, sizeof error_page_ - 1);
-  to_client_.clear();
-  to_client_.add(error_page_, static_cast<size_t>(n));
+  n = std::min<int>(n, sizeof x_->error_page_ - 1);
+  x_->to_client_.clear();
+  x_->to_client_.add(x_->error_page_, static_cast<size_t>(n));
   send_local_answer();
 }
 
 void Session::count_bytes() {
+  if (!x_)
+    return;
   ListenerMetrics& lm = worker_.metrics->listeners.at(listener_->id);
-  if (bytes_in_ > counted_in_)
-    lm.bytes_in.add(bytes_in_ - counted_in_);
-  if (bytes_out_ > counted_out_)
-    lm.bytes_out.add(bytes_out_ - counted_out_);
-  counted_in_ = bytes_in_;
-  counted_out_ = bytes_out_;
+  if (x_->bytes_in_ > x_->counted_in_)
+    lm.bytes_in.add(x_->bytes_in_ - x_->counted_in_);
+  if (x_->bytes_out_ > x_->counted_out_)
+    lm.bytes_out.add(x_->bytes_out_ - x_->counted_out_);
+  x_->counted_in_ = x_->bytes_in_;
+  x_->counted_out_ = x_->bytes_out_;
 }
 
 void Session::release_backend(bool reusable) {
   ++attempt_; // handlers of this attempt must ignore what they see
-  if (active_backend_ >= 0 && pool_) {
-    worker_.metrics->backends.at(pool_->backends()[static_cast<size_t>(active_backend_)].id)
+  if (!x_)
+    return;
+  if (x_->active_backend_ >= 0 && x_->pool_) {
+    worker_.metrics->backends.at(x_->pool_->backends()[static_cast<size_t>(x_->active_backend_)].id)
         .active.add(-1);
-    if (acquired_)
-      pool_->release(static_cast<size_t>(active_backend_));
-    active_backend_ = -1;
+    if (x_->acquired_)
+      x_->pool_->release(static_cast<size_t>(x_->active_backend_));
+    x_->active_backend_ = -1;
   }
-  acquired_ = false;
-  if (conn_) {
+  x_->acquired_ = false;
+  if (x_->conn_) {
     if (reusable && !closed_) {
-      ++conn_->requests;
-      worker_.connections.put(conn_);
+      ++x_->conn_->requests;
+      worker_.connections.put(x_->conn_);
     } else {
-      delete conn_;
+      delete x_->conn_;
     }
-    conn_ = nullptr;
+    x_->conn_ = nullptr;
   }
-  worker_.buffers.release(ubuf_);
-  ubuf_ = nullptr;
-  u_len_ = u_parsed_ = u_sent_ = 0;
-  backend_writing_ = false;
-  reading_response_ = false;
+  worker_.buffers.release(x_->ubuf_);
+  x_->ubuf_ = nullptr;
+  x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
+  x_->backend_writing_ = false;
+  x_->reading_response_ = false;
 }
 
 void Session::finish_request() {
@@ -1785,25 +1792,25 @@ void Session::finish_request() {
 }
 
 void Session::finish_request_log() {
-  if (status_) {
+  if (x_->status_) {
     WorkerMetrics& m = *worker_.metrics;
-    m.listeners.at(listener_->id).requests.at(pool_ ? pool_->id() + 1 : 0).add(status_);
-    if (pool_ && started_ != io::Clock::time_point{})
-      m.pools.at(pool_->id())
-          .duration.observe(std::chrono::duration<double>(io::Clock::now() - started_).count());
+    m.listeners.at(listener_->id).requests.at(x_->pool_ ? x_->pool_->id() + 1 : 0).add(x_->status_);
+    if (x_->pool_ && x_->started_ != io::Clock::time_point{})
+      m.pools.at(x_->pool_->id())
+          .duration.observe(std::chrono::duration<double>(io::Clock::now() - x_->started_).count());
   }
   count_bytes();
-  if (worker_.access_log.enabled() && (status_ || c_len_)) {
-    const http::Head& h = req_.head();
+  if (worker_.access_log.enabled() && (x_->status_ || c_len_)) {
+    const http::Head& h = x_->req_.head();
     AccessRecord rec;
     rec.request_id = request_id();
     rec.client = {client_ip_, client_ip_len_};
     rec.listener = listener_->config.name;
-    rec.route = route_;
-    if (pool_)
-      rec.pool = pool_->name();
-    if (pool_ && backend_ >= 0)
-      rec.backend = pool_->backends()[static_cast<size_t>(backend_)].label;
+    rec.route = x_->route_;
+    if (x_->pool_)
+      rec.pool = x_->pool_->name();
+    if (x_->pool_ && x_->backend_ >= 0)
+      rec.backend = x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label;
     if (h.start) {
       rec.method = h.method.view();
       rec.target = h.target.view();
@@ -1815,11 +1822,12 @@ void Session::finish_request_log() {
           rec.referer = h.headers[i].value.view();
       }
     }
-    rec.status = status_;
-    rec.bytes_in = bytes_in_;
-    rec.bytes_out = bytes_out_;
-    rec.upstream_ms = upstream_ms_;
-    rec.total_ms = started_ == io::Clock::time_point{} ? 0 : ms_between(started_, io::Clock::now());
+    rec.status = x_->status_;
+    rec.bytes_in = x_->bytes_in_;
+    rec.bytes_out = x_->bytes_out_;
+    rec.upstream_ms = x_->upstream_ms_;
+    rec.total_ms =
+        x_->started_ == io::Clock::time_point{} ? 0 : ms_between(x_->started_, io::Clock::now());
     worker_.access_log.write(rec);
   }
 }
@@ -1836,7 +1844,8 @@ bool Session::adopt_runtime() {
   runtime_ = worker_.runtime;
   listener_ = now;
   // The parser looks for the request id header by the listener's name for it.
-  req_.set_request_id_header(listener_->config.headers.request_id);
+  if (x_)
+    x_->req_.set_request_id_header(listener_->config.headers.request_id);
   return true;
 }
 
@@ -1844,24 +1853,13 @@ void Session::finish_request_state() {
   ++request_gen_; // handlers still waiting for this request's body ignore what they see
   // Nothing may read this request's head from now on: its spans point into a
   // buffer that goes back to the worker's free list.
-  req_.head().clear();
-  request_id_len_ = 0;
-  bool keep = keep_client_ && !closed_ && req_done_ && !worker_.draining;
-  bool request_read = req_done_;
-  // Per-request state back to its start.
-  pool_ = nullptr;
-  backend_ = -1;
-  tried_.clear();
-  attempts_ = replays_ = refusals_ = 0;
-  route_ = -1;
-  has_hash_ = false;
-  sticky_backend_ = -1;
-  req_done_ = req_sent_ = body_discarded_ = false;
-  resp_started_ = resp_done_ = answered_locally_ = in_response_head_ = dechunk_ = false;
-  status_ = 0;
-  bytes_in_ = bytes_out_ = counted_in_ = counted_out_ = 0;
-  upstream_ms_ = -1;
-  started_ = {};
+  x_->req_.head().clear();
+  bool keep = keep_client_ && !closed_ && x_->req_done_ && !worker_.draining;
+  bool request_read = x_->req_done_;
+  // Per-request state back to its start (a backend still held is let go).
+  release_backend(false);
+  worker_.buffers.release(x_->backend_tls_stage_);
+  x_->reset_fields();
   // A listener the newest config no longer has closes its connections.
   if (!adopt_runtime())
     keep = false;
@@ -1872,11 +1870,12 @@ void Session::finish_request_state() {
   uint32_t left = c_len_ - msg_end_;
   if (left) {
     std::memmove(cbuf_->data(), cbuf_->data() + msg_end_, left);
-    bytes_in_ = counted_in_ = left; // already counted in the metrics with the last request
+    x_->bytes_in_ = x_->counted_in_ = left; // already counted in the metrics with the last request
     arm(Timer::header);
   } else {
     worker_.buffers.release(cbuf_);
     cbuf_ = nullptr;
+    release_exchange();
     arm(Timer::idle);
   }
   c_len_ = left;
@@ -1917,10 +1916,10 @@ void Session::arm(Timer t) {
     d = listener_->config.timeouts.header;
     break;
   case Timer::connect:
-    d = pool_->config().timeouts.connect;
+    d = x_->pool_->config().timeouts.connect;
     break;
   case Timer::exchange:
-    d = pool_->config().timeouts.response;
+    d = x_->pool_->config().timeouts.response;
     break;
   case Timer::linger:
     d = std::chrono::seconds(2);
@@ -1929,7 +1928,7 @@ void Session::arm(Timer t) {
     d = listener_->config.timeouts.tunnel;
     break;
   case Timer::queue:
-    d = pool_->config().queue_timeout;
+    d = x_->pool_->config().queue_timeout;
     break;
   }
   worker_.timeouts.arm(timer_, d);
@@ -1961,23 +1960,23 @@ void Session::timed_out() {
     keep_client_ = false;
     return respond_error(408, "request head not received within timeouts.header", true);
   case Timer::connect:
-    std::snprintf(error_page_, sizeof error_page_,
-                  conn_ && conn_->ssl ? "TLS handshake with %s timed out"
-                                      : "connect to %s timed out",
-                  pool_->backends()[static_cast<size_t>(backend_)].label.c_str());
-    io::log("pool %s: %s", pool_->name().c_str(), error_page_);
+    std::snprintf(x_->error_page_, sizeof x_->error_page_,
+                  x_->conn_ && x_->conn_->ssl ? "TLS handshake with %s timed out"
+                                              : "connect to %s timed out",
+                  x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str());
+    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->error_page_);
     backend_metrics().connect_errors.add();
-    pool_->report(static_cast<size_t>(backend_), upstream::Outcome::connect_failure);
-    return backend_failed(Failure::connect, error_page_);
+    x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::connect_failure);
+    return backend_failed(Failure::connect, x_->error_page_);
   case Timer::queue:
     leave_queue();
-    std::snprintf(error_page_, sizeof error_page_,
+    std::snprintf(x_->error_page_, sizeof x_->error_page_,
                   "circuit open: pool %s stayed at max_connections_per_backend for queue_timeout",
-                  pool_->name().c_str());
-    return respond_error(503, error_page_, !req_done_);
+                  x_->pool_->name().c_str());
+    return respond_error(503, x_->error_page_, !x_->req_done_);
   case Timer::exchange:
     keep_client_ = false;
-    if (!req_done_)
+    if (!x_->req_done_)
       return respond_error(408, "request body not received in time", true);
     return respond_error(504, "backend did not respond within timeouts.response", true);
   }
@@ -1987,7 +1986,7 @@ void Session::timed_out() {
 // backend closes it, so a request is never sent into that close.
 void Session::learn_keep_alive(std::string_view v) {
   size_t at = v.find("timeout=");
-  if (at == std::string_view::npos || !conn_)
+  if (at == std::string_view::npos || !x_->conn_)
     return;
   unsigned long seconds = 0;
   size_t i = at + 8;
@@ -1997,17 +1996,17 @@ void Session::learn_keep_alive(std::string_view v) {
     return;
   auto budget = std::chrono::milliseconds(seconds * 1000);
   auto margin = std::min<std::chrono::milliseconds>(budget / 2, std::chrono::milliseconds(500));
-  conn_->retire_at = io::Clock::now() + budget - margin;
+  x_->conn_->retire_at = io::Clock::now() + budget - margin;
 }
 
 bool Session::idempotent() const {
-  std::string_view m = req_.head().method.view();
+  std::string_view m = x_->req_.head().method.view();
   return m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "PUT" || m == "DELETE" || m == "TRACE";
 }
 
 void Session::assign_request_id() {
-  request_id_len_ = 0;
-  if (listener_->config.headers.request_id.empty() || req_.head().find(http::Field::request_id))
+  x_->request_id_len_ = 0;
+  if (listener_->config.headers.request_id.empty() || x_->req_.head().find(http::Field::request_id))
     return;
   // 16 hex digits: the process's prefix, the worker, a counter.
   uint64_t n = ++worker_.next_request;
@@ -2015,14 +2014,14 @@ void Session::assign_request_id() {
       (uint64_t{worker_.id_prefix} << 32) | (uint64_t{worker_.id & 0xffu} << 24) | (n & 0xffffff);
   static constexpr char hex[] = "0123456789abcdef";
   for (int i = 15; i >= 0; --i, id >>= 4)
-    request_id_[i] = hex[id & 0xf];
-  request_id_len_ = 16;
+    x_->request_id_[i] = hex[id & 0xf];
+  x_->request_id_len_ = 16;
 }
 
 std::string_view Session::request_id() const {
-  if (request_id_len_)
-    return {request_id_, request_id_len_};
-  if (const http::Header* h = req_.head().find(http::Field::request_id))
+  if (x_->request_id_len_)
+    return {x_->request_id_, x_->request_id_len_};
+  if (const http::Header* h = x_->req_.head().find(http::Field::request_id))
     return h->value.view();
   return "-";
 }

@@ -6,9 +6,9 @@
 // Written as do_x / on_x steps in the order a request flows. The session lives
 // on its worker thread; a pending operation holds a reference to it.
 
-#include "lb/http/parser.hpp"
 #include "lb/io/handler_memory.hpp"
 #include "lb/io/timeouts.hpp"
+#include "lb/proxy/exchange.hpp"
 #include "lb/proxy/worker_context.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
@@ -53,20 +53,15 @@ private:
   void backend_handshake();
 
   BackendMetrics& backend_metrics() {
-    return worker_.metrics->backends.at(pool_->backends()[static_cast<size_t>(backend_)].id);
+    return worker_.metrics->backends.at(
+        x_->pool_->backends()[static_cast<size_t>(x_->backend_)].id);
   }
+  // Borrows an exchange for the request that starts (no-op when one is held).
+  void ensure_exchange();
+  // Gives the exchange back once the connection is idle (kept while a stale
+  // handler may still run in one of its slots).
+  void release_exchange();
   class Ref;
-  struct Outbox {
-    static constexpr unsigned capacity = 128;
-    iovec v[capacity];
-    unsigned count = 0;
-    unsigned first = 0;
-    bool add(const void* p, size_t n);
-    bool add(std::string_view s) { return add(s.data(), s.size()); }
-    bool empty() const { return first == count; }
-    void clear() { count = first = 0; }
-    void advance(size_t n);
-  };
   // `answer`: lb writes its own answer (an error page); the client has
   // timeouts.idle to take it.
   enum class Timer : uint8_t {
@@ -168,101 +163,37 @@ private:
   const ListenerRuntime* listener_;        // in runtime_
   std::shared_ptr<const Runtime> runtime_; // the snapshot this request started with
   boost::asio::ip::tcp::socket client_;
-  int refs_ = 0;
-  bool closed_ = false;
-
+  // The request in flight (from its first byte until the connection is idle
+  // again); nullptr while idle.
+  Exchange* x_ = nullptr;
+  SSL* ssl_ = nullptr;              // HTTPS listener: the client's TLS connection
+  io::Buffer* tls_stage_ = nullptr; // gathers a write for SSL_write
   // Client side: the read buffer holds the current request head (from offset 0),
   // the body bytes in flight after it and maybe the next pipelined request.
   io::Buffer* cbuf_ = nullptr;
-  uint32_t c_len_ = 0;    // bytes in cbuf_
-  uint32_t c_parsed_ = 0; // bytes given to the request parser
-  uint32_t head_end_ = 0; // end of the request head
-  uint32_t msg_end_ = 0;  // end of the request bytes forwarded so far
-  http::Parser req_{http::Parser::Kind::request};
-  http::Span authority_; // of an absolute-form target; replaces Host
-
-  // The exchange with a backend.
-  upstream::Pool* pool_ = nullptr;
-  int route_ = -1; // the listener's route that matched (access log)
-  int backend_ = -1;
-  upstream::Connection* conn_ = nullptr;
-  bool conn_reused_ = false;
-  upstream::TriedSet tried_;
-  unsigned attempts_ = 0;       // backends tried for this request
-  unsigned replays_ = 0;        // replays after a pooled connection failed early
-  unsigned refusals_ = 0;       // attempts refused at once (not counted against retries)
-  uint32_t attempt_ = 0;        // generation: handlers of an abandoned attempt ignore
-  bool req_done_ = false;       // the whole request was read from the client
-  bool req_sent_ = false;       // ... and written to the backend
-  bool body_discarded_ = false; // body bytes were sent and dropped from the buffer
-  bool resp_started_ = false;   // a response byte went to the client
-  bool resp_done_ = false;
-  bool keep_client_ = true; // keep the client connection after this response
-  bool client_writing_ = false;
-  bool backend_writing_ = false;
-  bool reading_response_ = false;   // the response read loop runs for this attempt
-  bool in_response_head_ = false;   // an interim (1xx) response is being passed on
-  bool backend_keep_alive_ = false; // the backend connection may serve another request
-  bool answered_locally_ = false;   // lb answers this request itself (an error)
-  uint32_t request_chain_ = 0;      // body chunks forwarded without waiting
-  uint32_t response_chain_ = 0;
-  uint32_t serve_chain_ = 0;       // requests served without returning to the event loop
-  uint32_t request_gen_ = 0;       // one per request on this connection
-  uint32_t lingered_ = 0;          // bytes discarded while closing
-  bool upgrade_requested_ = false; // the request asks to switch protocols
-  bool tunnel_pending_ = false;    // a 101 is being passed on; the tunnel follows
-  bool tunnel_ = false;
-  bool dechunk_ = false;       // a chunked response to an HTTP/1.0 client
+  uint32_t c_len_ = 0;       // bytes in cbuf_
+  uint32_t c_parsed_ = 0;    // bytes given to the request parser
+  uint32_t head_end_ = 0;    // end of the request head
+  uint32_t msg_end_ = 0;     // end of the request bytes forwarded so far
+  uint32_t attempt_ = 0;     // generation: handlers of an abandoned attempt ignore
+  uint32_t request_gen_ = 0; // one per request on this connection
+  uint32_t serve_chain_ = 0; // requests served without returning to the event loop
+  uint32_t lingered_ = 0;    // bytes discarded while closing
+  int refs_ = 0;
+  Timer timer_kind_ = Timer::none;
+  bool closed_ = false;
+  bool keep_client_ = true;    // keep the client connection after this response
   bool proxy_pending_ = false; // the PROXY header has not been read yet
-  SSL* ssl_ = nullptr;         // HTTPS listener: the client's TLS connection
   bool handshake_done_ = false;
-  bool write_wants_read_ = false;           // the last TLS write waits for the peer's bytes
-  io::Buffer* tls_stage_ = nullptr;         // gathers a write for SSL_write
-  io::Buffer* backend_tls_stage_ = nullptr; // the same toward an HTTPS backend
-  bool queued_ = false;                     // waiting in the worker's queue (circuit breaker)
-  bool acquired_ = false;                   // holds a slot in the backend's active count
-  bool has_hash_ = false;                   // hash_ is the request's ring_hash/maglev key
-  uint64_t hash_ = 0;
-  int sticky_backend_ = -1; // the backend the client's sticky cookie names
-  bool up_done_ = false;    // the client ended its side of the tunnel
-  bool down_done_ = false;  // the backend ended its side
-
-  io::Buffer* ubuf_ = nullptr; // response bytes from the backend
-  uint32_t u_len_ = 0;
-  uint32_t u_parsed_ = 0;
-  uint32_t u_sent_ = 0; // response bytes of the buffer queued to the client
-  http::Parser resp_{http::Parser::Kind::response};
-
-  Outbox to_backend_;
-  Outbox to_client_;
-  char resp_extra_[192];  // ... to the response
-  char error_page_[512];  // a response lb answers itself
-  char max_forwards_[40]; // "Max-Forwards: N\r\n" toward the backend (OPTIONS, TRACE)
-  uint8_t max_forwards_len_ = 0;
-  char request_id_[20];
-  uint8_t request_id_len_ = 0;
-  char client_ip_[48];
+  bool write_wants_read_ = false; // the last TLS write waits for the peer's bytes
   uint8_t client_ip_len_ = 0;
-
-  int status_ = 0;
-  uint64_t bytes_in_ = 0;
-  uint64_t bytes_out_ = 0;
-  uint64_t counted_in_ = 0; // of bytes_in_/bytes_out_, already in the metrics
-  uint64_t counted_out_ = 0;
-  int active_backend_ = -1; // counted in its pool's active requests
-  io::Clock::time_point started_{};
-  io::Clock::time_point upstream_started_{};
-  double upstream_ms_ = -1;
+  char client_ip_[46];
 
   struct TimerEntry : io::Timeouts::Entry {
     Session* owner = nullptr;
   };
   TimerEntry timer_;
-  Timer timer_kind_ = Timer::none;
   io::HandlerSlot client_read_slot_;
-  io::HandlerSlot client_write_slot_;
-  io::HandlerSlot backend_read_slot_;
-  io::HandlerSlot backend_write_slot_;
 };
 
 } // namespace lb::proxy

@@ -6,6 +6,7 @@
 #include "lb/io/buffer_pool.hpp"
 #include "lb/io/timeouts.hpp"
 #include "lb/proxy/access_log.hpp"
+#include "lb/proxy/exchange.hpp"
 #include "lb/proxy/metrics.hpp"
 #include "lb/proxy/runtime.hpp"
 #include "lb/upstream/connection.hpp"
@@ -32,6 +33,7 @@ struct WorkerContext {
   unsigned id;
   std::shared_ptr<const Runtime> runtime; // the newest snapshot; replaced by Worker::adopt
   io::BufferPool buffers;
+  ExchangePool exchanges; // the requests in flight borrow theirs from here
   io::Timeouts timeouts;
   upstream::ConnectionPool connections;
   AccessLog access_log;

@@ -7,6 +7,8 @@
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/post.hpp>
 
+#include <malloc.h>
+
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -279,6 +281,10 @@ void Worker::on_tick(const error_code& ec) {
     context_.connections.sweep(now);
     for (proxy::Session* s = context_.sessions; s; s = s->next_in_worker)
       s->trim_if_idle();
+    // Buffers and exchanges a burst left unused for a second go back to the
+    // system: their number follows the requests in flight.
+    if (context_.buffers.trim() + context_.exchanges.trim() > 0)
+      ::malloc_trim(0);
     // Acceptors paused for lack of descriptors get another chance.
     for (auto& a : acceptors_)
       if (a)

@@ -1,0 +1,145 @@
+#pragma once
+// What one request needs while it is in flight, apart from its client
+// connection: the parsers and their head spans, the gather lists of the
+// writes, the backend connection and the retry state, lb's own answers.
+//
+// A client connection borrows an Exchange from its worker's ExchangePool when
+// the first byte of a request arrives and gives it back when it is idle
+// again, so the number of exchanges follows the requests in flight, not the
+// connections: an idle keep-alive connection holds none.
+
+#include "lb/http/parser.hpp"
+#include "lb/io/buffer_pool.hpp"
+#include "lb/io/handler_memory.hpp"
+#include "lb/io/timeouts.hpp"
+#include "lb/upstream/balancer.hpp"
+#include "lb/upstream/connection.hpp"
+
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace lb::upstream {
+class Pool;
+}
+
+namespace lb::proxy {
+
+// The gather list of one write.
+struct Outbox {
+  static constexpr unsigned capacity = 128;
+  iovec v[capacity];
+  unsigned count = 0;
+  unsigned first = 0;
+  bool add(const void* p, size_t n);
+  bool add(std::string_view s) { return add(s.data(), s.size()); }
+  bool empty() const { return first == count; }
+  void clear() { count = first = 0; }
+  void advance(size_t n);
+};
+
+// The per-request fields, each back to its start for every request.
+struct ExchangeFields {
+  upstream::Pool* pool_ = nullptr;
+  int route_ = -1; // the listener's route that matched (access log)
+  int backend_ = -1;
+  upstream::Connection* conn_ = nullptr;
+  bool conn_reused_ = false;
+  upstream::TriedSet tried_;
+  unsigned attempts_ = 0;       // backends tried for this request
+  unsigned replays_ = 0;        // replays after a pooled connection failed early
+  unsigned refusals_ = 0;       // attempts refused at once (not counted against retries)
+  bool req_done_ = false;       // the whole request was read from the client
+  bool req_sent_ = false;       // ... and written to the backend
+  bool body_discarded_ = false; // body bytes were sent and dropped from the buffer
+  bool resp_started_ = false;   // a response byte went to the client
+  bool resp_done_ = false;
+  bool client_writing_ = false;
+  bool backend_writing_ = false;
+  bool reading_response_ = false;   // the response read loop runs for this attempt
+  bool in_response_head_ = false;   // an interim (1xx) response is being passed on
+  bool backend_keep_alive_ = false; // the backend connection may serve another request
+  bool answered_locally_ = false;   // lb answers this request itself (an error)
+  bool upgrade_requested_ = false;  // the request asks to switch protocols
+  bool tunnel_pending_ = false;     // a 101 is being passed on; the tunnel follows
+  bool tunnel_ = false;
+  bool dechunk_ = false;       // a chunked response to an HTTP/1.0 client
+  bool queued_ = false;        // waiting in the worker's queue (circuit breaker)
+  bool acquired_ = false;      // holds a slot in the backend's active count
+  bool has_hash_ = false;      // hash_ is the request's ring_hash/maglev key
+  bool up_done_ = false;       // the client ended its side of the tunnel
+  bool down_done_ = false;     // the backend ended its side
+  uint32_t request_chain_ = 0; // body chunks forwarded without waiting
+  uint32_t response_chain_ = 0;
+  uint64_t hash_ = 0;
+  int sticky_backend_ = -1;                 // the backend the client's sticky cookie names
+  http::Span authority_;                    // of an absolute-form target; replaces Host
+  io::Buffer* backend_tls_stage_ = nullptr; // gathers a write toward an HTTPS backend
+  io::Buffer* ubuf_ = nullptr;              // response bytes from the backend
+  uint32_t u_len_ = 0;
+  uint32_t u_parsed_ = 0;
+  uint32_t u_sent_ = 0; // response bytes of the buffer queued to the client
+  uint8_t max_forwards_len_ = 0;
+  uint8_t request_id_len_ = 0;
+  int status_ = 0;
+  uint64_t bytes_in_ = 0;
+  uint64_t bytes_out_ = 0;
+  uint64_t counted_in_ = 0; // of bytes_in_/bytes_out_, already in the metrics
+  uint64_t counted_out_ = 0;
+  int active_backend_ = -1; // counted in its pool's active requests
+  io::Clock::time_point started_{};
+  io::Clock::time_point upstream_started_{};
+  double upstream_ms_ = -1;
+};
+
+struct Exchange : ExchangeFields {
+  // The fields back to their start (the parsers are left as they are: a
+  // pipelined request continues where the last one ended).
+  void reset_fields() { static_cast<ExchangeFields&>(*this) = ExchangeFields{}; }
+  // A completion handler bound to one of the slots has not run yet.
+  bool handlers_pending() const {
+    return client_write_slot_.busy() || backend_read_slot_.busy() || backend_write_slot_.busy();
+  }
+
+  http::Parser req_{http::Parser::Kind::request};
+  http::Parser resp_{http::Parser::Kind::response};
+  Outbox to_backend_;
+  Outbox to_client_;
+  char resp_extra_[192];  // ... to the response
+  char error_page_[512];  // a response lb answers itself
+  char max_forwards_[40]; // "Max-Forwards: N\r\n" toward the backend (OPTIONS, TRACE)
+  char request_id_[20];
+  io::HandlerSlot client_write_slot_;
+  io::HandlerSlot backend_read_slot_;
+  io::HandlerSlot backend_write_slot_;
+  Exchange* next_free_ = nullptr;
+};
+
+// Per-worker free-list of exchanges. Not thread-safe: one per worker thread.
+class ExchangePool {
+public:
+  ExchangePool() = default;
+  ~ExchangePool();
+  ExchangePool(const ExchangePool&) = delete;
+  ExchangePool& operator=(const ExchangePool&) = delete;
+
+  // An exchange with its fields at their start and both parsers reset.
+  Exchange* acquire();
+  // Back to the free-list. Precondition: no handler bound to its slots is pending.
+  void release(Exchange* x);
+  // Frees the exchanges that stayed unused since the last trim (beyond a few).
+  // Returns how many it freed.
+  size_t trim();
+  size_t in_use() const { return in_use_; }
+  size_t free_count() const { return free_count_; }
+
+private:
+  static constexpr size_t reserve = 4;
+  Exchange* free_ = nullptr;
+  size_t free_count_ = 0;
+  size_t min_free_ = 0; // the fewest free since the last trim
+  size_t in_use_ = 0;
+};
+
+} // namespace lb::proxy
