@@ -75,7 +75,8 @@ struct ExchangeFields {
   uint64_t hash_ = 0;
   int sticky_backend_ = -1;                 // the backend the client's sticky cookie names
   http::Span authority_;                    // of an absolute-form target; replaces Host
-  io::Buffer* backend_tls_stage_ = nullptr; // gathers a write toward an HTTPS backend
+  io::Buffer* client_tls_stage_ = nullptr;  // gathers a write for SSL_write (HTTPS listener)
+  io::Buffer* backend_tls_stage_ = nullptr; // ... toward an HTTPS backend
   io::Buffer* ubuf_ = nullptr;              // response bytes from the backend
   uint32_t u_len_ = 0;
   uint32_t u_parsed_ = 0;
@@ -110,6 +111,8 @@ struct Exchange : ExchangeFields {
   char error_page_[512];  // a response lb answers itself
   char max_forwards_[40]; // "Max-Forwards: N\r\n" toward the backend (OPTIONS, TRACE)
   char request_id_[20];
+  char client_ip_[46]; // the client's address as text (INET6_ADDRSTRLEN)
+  uint8_t client_ip_len_ = 0;
   io::HandlerSlot client_write_slot_;
   io::HandlerSlot backend_read_slot_;
   io::HandlerSlot backend_write_slot_;

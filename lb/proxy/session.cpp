@@ -82,11 +82,11 @@ double ms_between(io::Clock::time_point a, io::Clock::time_point b) {
   return duration<double, std::milli>(b - a).count();
 }
 
-template <class F> auto in_slot(io::HandlerSlot& slot, F&& f) {
-  return asio::bind_allocator(io::SlotAllocator<void>(slot), std::forward<F>(f));
+template <class Slot, class F> auto in_slot(Slot& slot, F&& f) {
+  return asio::bind_allocator(io::SlotAllocator<void, Slot>(slot), std::forward<F>(f));
 }
 
-int fd_of(asio::ip::tcp::socket& s) { return s.native_handle(); }
+template <class Socket> int fd_of(Socket& s) { return s.native_handle(); }
 
 } // namespace
 
@@ -124,9 +124,8 @@ static int write_some(int fd, Session* /*unused*/, iovec* v, unsigned& first, un
 
 // Waits until `socket` is ready for `what`, then runs `Step`, unless the session
 // closed meanwhile; a failed wait closes it. The handler lives in `slot`.
-template <void (Session::*Step)()>
-void Session::wait_then(asio::ip::tcp::socket& socket, asio::socket_base::wait_type what,
-                        io::HandlerSlot& slot) {
+template <void (Session::*Step)(), class Socket, class Slot>
+void Session::wait_then(Socket& socket, asio::socket_base::wait_type what, Slot& slot) {
   socket.async_wait(what, in_slot(slot, [self = Ref(this)](const error_code& ec) {
                       Session* s = self.operator->();
                       if (s->closed_)
@@ -139,8 +138,8 @@ void Session::wait_then(asio::ip::tcp::socket& socket, asio::socket_base::wait_t
 
 // ---- Start and end ----------------------------------------------------------
 
-void Session::start(WorkerContext& worker, const ListenerRuntime& listener,
-                    asio::ip::tcp::socket socket, const sockaddr* peer) {
+void Session::start(WorkerContext& worker, const ListenerRuntime& listener, ClientSocket socket,
+                    const sockaddr* peer) {
   Ref self(new Session(worker, listener, std::move(socket), peer));
   // A PROXY header or a TLS handshake must come as promptly as a request head.
   self->arm(listener.tls || listener.config.proxy_protocol ? Timer::header : Timer::idle);
@@ -149,16 +148,15 @@ void Session::start(WorkerContext& worker, const ListenerRuntime& listener,
   self->do_read_request();
 }
 
-Session::Session(WorkerContext& worker, const ListenerRuntime& listener,
-                 asio::ip::tcp::socket socket, const sockaddr* peer)
+Session::Session(WorkerContext& worker, const ListenerRuntime& listener, ClientSocket socket,
+                 const sockaddr* peer)
     : worker_(worker), listener_(&listener), runtime_(worker.runtime), client_(std::move(socket)) {
   // The socket is non-blocking and TCP_NODELAY already (accept4, the listener).
   set_client_address(peer);
   proxy_pending_ = listener_->config.proxy_protocol;
   if (listener_->tls)
     ssl_ = listener_->tls->accept(client_.native_handle());
-  timer_.fire = &Session::on_timeout;
-  timer_.owner = this;
+  fire = &Session::on_timeout;
   next_in_worker = worker_.sessions;
   if (next_in_worker)
     next_in_worker->prev_in_worker = this;
@@ -167,19 +165,28 @@ Session::Session(WorkerContext& worker, const ListenerRuntime& listener,
   worker_.metrics->listeners.at(listener_->id).connections.add(1);
 }
 
+// The address is kept in binary (an idle connection stays small); each
+// request's exchange holds it as text.
 void Session::set_client_address(const sockaddr* peer) {
-  const char* ip = nullptr;
+  client_family_ = 0;
   if (peer && peer->sa_family == AF_INET) {
-    ip = ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(peer)->sin_addr, client_ip_,
-                     sizeof client_ip_);
+    std::memcpy(client_addr_, &reinterpret_cast<const sockaddr_in*>(peer)->sin_addr, 4);
+    client_family_ = AF_INET;
   } else if (peer && peer->sa_family == AF_INET6) {
     const auto* in6 = reinterpret_cast<const sockaddr_in6*>(peer);
-    if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
-      ip = ::inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], client_ip_, sizeof client_ip_);
-    else
-      ip = ::inet_ntop(AF_INET6, &in6->sin6_addr, client_ip_, sizeof client_ip_);
+    bool mapped = IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr);
+    std::memcpy(client_addr_, in6->sin6_addr.s6_addr + (mapped ? 12 : 0), mapped ? 4 : 16);
+    client_family_ = mapped ? AF_INET : AF_INET6;
   }
-  client_ip_len_ = ip ? static_cast<uint8_t>(std::strlen(client_ip_)) : 0;
+  if (x_)
+    format_client_address();
+}
+
+void Session::format_client_address() {
+  const char* ip = client_family_ ? ::inet_ntop(client_family_, client_addr_, x_->client_ip_,
+                                                sizeof x_->client_ip_)
+                                  : nullptr;
+  x_->client_ip_len_ = ip ? static_cast<uint8_t>(std::strlen(x_->client_ip_)) : 0;
 }
 
 void Session::ensure_exchange() {
@@ -187,11 +194,13 @@ void Session::ensure_exchange() {
     return;
   x_ = worker_.exchanges.acquire();
   x_->req_.set_request_id_header(listener_->config.headers.request_id);
+  format_client_address();
 }
 
 void Session::release_exchange() {
   if (!x_ || x_->handlers_pending())
     return;
+  worker_.buffers.release(x_->client_tls_stage_);
   worker_.buffers.release(x_->backend_tls_stage_);
   worker_.buffers.release(x_->ubuf_);
   worker_.exchanges.release(x_);
@@ -301,7 +310,7 @@ int Session::client_write(Outbox& out, uint64_t& written) {
   write_wants_read_ = false;
   if (!ssl_)
     return write_some(fd_of(client_), this, out.v, out.first, out.count, written);
-  return tls_write(ssl_, out, tls_stage_, written);
+  return tls_write(ssl_, out, x_->client_tls_stage_, written);
 }
 
 int Session::backend_write(Outbox& out, uint64_t& written) {
@@ -347,14 +356,14 @@ int Session::tls_write(SSL* ssl, Outbox& out, io::Buffer*& stage, uint64_t& writ
 }
 
 Session::~Session() {
-  io::Timeouts::disarm(timer_);
+  io::Timeouts::disarm(timer());
   if (ssl_)
     SSL_free(ssl_);
-  worker_.buffers.release(tls_stage_);
   worker_.buffers.release(cbuf_);
   if (x_) {
     // No handler can be pending in its slots: each would hold a reference.
     count_bytes();
+    worker_.buffers.release(x_->client_tls_stage_);
     worker_.buffers.release(x_->backend_tls_stage_);
     delete x_->conn_;
     worker_.buffers.release(x_->ubuf_);
@@ -402,7 +411,7 @@ void Session::close() {
     Ref keep(this); // leave_queue drops the queue's reference
     leave_queue();
   }
-  io::Timeouts::disarm(timer_);
+  io::Timeouts::disarm(timer());
   timer_kind_ = Timer::none;
   error_code ec;
   client_.close(ec);
@@ -694,7 +703,7 @@ void Session::on_request_head() {
     std::string_view key;
     switch (pc.hash_key.kind) {
     case config::HashKey::Kind::source_ip:
-      key = {client_ip_, client_ip_len_};
+      key = client_ip();
       break;
     case config::HashKey::Kind::header:
       key = http::find_header(head, pc.hash_key.name);
@@ -905,7 +914,7 @@ void Session::do_send_request_head() {
 
   // Added fields are gathered from bytes that outlive the write (literals,
   // the session's own members, the snapshot's config): nothing is formatted.
-  const std::string_view client_ip{client_ip_, client_ip_len_};
+  const std::string_view client_ip = this->client_ip();
 
   bool ok = true;
   const char* seg = head.start;
@@ -1804,7 +1813,7 @@ void Session::finish_request_log() {
     const http::Head& h = x_->req_.head();
     AccessRecord rec;
     rec.request_id = request_id();
-    rec.client = {client_ip_, client_ip_len_};
+    rec.client = client_ip();
     rec.listener = listener_->config.name;
     rec.route = x_->route_;
     if (x_->pool_)
@@ -1858,6 +1867,7 @@ void Session::finish_request_state() {
   bool request_read = x_->req_done_;
   // Per-request state back to its start (a backend still held is let go).
   release_backend(false);
+  worker_.buffers.release(x_->client_tls_stage_);
   worker_.buffers.release(x_->backend_tls_stage_);
   x_->reset_fields();
   // A listener the newest config no longer has closes its connections.
@@ -1906,7 +1916,7 @@ void Session::arm(Timer t) {
   std::chrono::milliseconds d{};
   switch (t) {
   case Timer::none:
-    io::Timeouts::disarm(timer_);
+    io::Timeouts::disarm(timer());
     return;
   case Timer::idle:
   case Timer::answer:
@@ -1931,11 +1941,11 @@ void Session::arm(Timer t) {
     d = x_->pool_->config().queue_timeout;
     break;
   }
-  worker_.timeouts.arm(timer_, d);
+  worker_.timeouts.arm(timer(), d);
 }
 
 void Session::on_timeout(io::Timeouts::Entry* e) {
-  Session* s = static_cast<TimerEntry*>(e)->owner;
+  Session* s = static_cast<Session*>(e);
   Ref self(s);
   s->timed_out();
 }

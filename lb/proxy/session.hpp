@@ -22,12 +22,18 @@
 
 namespace lb::proxy {
 
-class Session {
+// The client's socket: asio's, with the io_context's own executor (not the
+// type-erased default, 48 bytes more per connection).
+using ClientSocket =
+    boost::asio::basic_stream_socket<boost::asio::ip::tcp, boost::asio::io_context::executor_type>;
+
+// (Its timeout entry is a base: no pointer back to the session.)
+class Session : private io::Timeouts::Entry {
 public:
   // Takes over an accepted connection and starts serving it.
   // `peer` is the client's address as accept() gave it.
-  static void start(WorkerContext& worker, const ListenerRuntime& listener,
-                    boost::asio::ip::tcp::socket socket, const sockaddr* peer);
+  static void start(WorkerContext& worker, const ListenerRuntime& listener, ClientSocket socket,
+                    const sockaddr* peer);
 
   // Draining: closes the connection now if it is between requests; otherwise it
   // closes after the response in flight.
@@ -83,11 +89,13 @@ private:
     backend,         // anything else: not retried
   };
 
-  Session(WorkerContext& worker, const ListenerRuntime& listener,
-          boost::asio::ip::tcp::socket socket, const sockaddr* peer);
+  Session(WorkerContext& worker, const ListenerRuntime& listener, ClientSocket socket,
+          const sockaddr* peer);
   ~Session();
 
   void set_client_address(const sockaddr* peer);
+  void format_client_address(); // into the exchange
+  std::string_view client_ip() const { return {x_->client_ip_, x_->client_ip_len_}; }
   // Client I/O, plain or TLS. recv: >0 bytes, 0 end of stream, -1 with errno
   // (EAGAIN: wait for readability). write: 1 all written, 0 would block, -1 error.
   ssize_t client_recv(char* p, size_t n);
@@ -98,9 +106,8 @@ private:
   // TLS: finishes the handshake. 1 done, 0 waiting (reading resumes), -1 close.
   int tls_handshake();
   int take_proxy_header(); // 1 read, 0 wait for more, -1 close
-  template <void (Session::*Step)()>
-  void wait_then(boost::asio::ip::tcp::socket& socket, boost::asio::socket_base::wait_type what,
-                 io::HandlerSlot& slot);
+  template <void (Session::*Step)(), class Socket, class Slot>
+  void wait_then(Socket& socket, boost::asio::socket_base::wait_type what, Slot& slot);
   // Request head.
   void do_read_request();
   void read_request_head();
@@ -162,12 +169,11 @@ private:
   WorkerContext& worker_;
   const ListenerRuntime* listener_;        // in runtime_
   std::shared_ptr<const Runtime> runtime_; // the snapshot this request started with
-  boost::asio::ip::tcp::socket client_;
+  ClientSocket client_;
   // The request in flight (from its first byte until the connection is idle
   // again); nullptr while idle.
   Exchange* x_ = nullptr;
-  SSL* ssl_ = nullptr;              // HTTPS listener: the client's TLS connection
-  io::Buffer* tls_stage_ = nullptr; // gathers a write for SSL_write
+  SSL* ssl_ = nullptr; // HTTPS listener: the client's TLS connection
   // Client side: the read buffer holds the current request head (from offset 0),
   // the body bytes in flight after it and maybe the next pipelined request.
   io::Buffer* cbuf_ = nullptr;
@@ -186,14 +192,11 @@ private:
   bool proxy_pending_ = false; // the PROXY header has not been read yet
   bool handshake_done_ = false;
   bool write_wants_read_ = false; // the last TLS write waits for the peer's bytes
-  uint8_t client_ip_len_ = 0;
-  char client_ip_[46];
+  uint8_t client_family_ = 0;     // AF_INET, AF_INET6; 0: unknown
+  uint8_t client_addr_[16];       // the client's address (after a PROXY header)
 
-  struct TimerEntry : io::Timeouts::Entry {
-    Session* owner = nullptr;
-  };
-  TimerEntry timer_;
-  io::HandlerSlot client_read_slot_;
+  io::Timeouts::Entry& timer() { return *this; }
+  io::WaitSlot client_read_slot_;
 };
 
 } // namespace lb::proxy

@@ -250,7 +250,7 @@ void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
       a.paused = true;
       return;
     }
-    asio::ip::tcp::socket socket(*io_);
+    proxy::ClientSocket socket(io_->get_executor());
     error_code assign_error;
     socket.assign(a.protocol, fd, assign_error);
     if (assign_error) {
