@@ -12,10 +12,11 @@
 #include "lb/io/buffer_pool.hpp"
 #include "lb/io/handler_memory.hpp"
 #include "lb/io/timeouts.hpp"
+#include "lb/proxy/local_answer.hpp"
+#include "lb/proxy/outbox.hpp"
+#include "lb/proxy/retry_policy.hpp"
 #include "lb/upstream/balancer.hpp"
 #include "lb/upstream/connection.hpp"
-
-#include <sys/uio.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -26,19 +27,6 @@ class Pool;
 
 namespace lb::proxy {
 
-// The gather list of one write.
-struct Outbox {
-  static constexpr unsigned capacity = 128;
-  iovec v[capacity];
-  unsigned count = 0;
-  unsigned first = 0;
-  bool add(const void* p, size_t n);
-  bool add(std::string_view s) { return add(s.data(), s.size()); }
-  bool empty() const { return first == count; }
-  void clear() { count = first = 0; }
-  void advance(size_t n);
-};
-
 // The per-request fields, each back to its start for every request.
 struct ExchangeFields {
   upstream::Pool* pool_ = nullptr;
@@ -47,9 +35,7 @@ struct ExchangeFields {
   upstream::Connection* conn_ = nullptr;
   bool conn_reused_ = false;
   upstream::TriedSet tried_;
-  unsigned attempts_ = 0;       // backends tried for this request
-  unsigned replays_ = 0;        // replays after a pooled connection failed early
-  unsigned refusals_ = 0;       // attempts refused at once (not counted against retries)
+  RetryState retry_;
   bool req_done_ = false;       // the whole request was read from the client
   bool req_sent_ = false;       // ... and written to the backend
   bool body_discarded_ = false; // body bytes were sent and dropped from the buffer
@@ -107,8 +93,9 @@ struct Exchange : ExchangeFields {
   http::Parser resp_{http::Parser::Kind::response};
   Outbox to_backend_;
   Outbox to_client_;
-  char resp_extra_[192];  // ... to the response
-  char error_page_[512];  // a response lb answers itself
+  char resp_extra_[192];                  // a field lb adds to the response (the sticky cookie)
+  char reason_[AnswerBuffer::max_reason]; // why the last attempt failed
+  AnswerBuffer answer_;                   // a response lb answers itself
   char max_forwards_[40]; // "Max-Forwards: N\r\n" toward the backend (OPTIONS, TRACE)
   char request_id_[20];
   char client_ip_[46]; // the client's address as text (INET6_ADDRSTRLEN)

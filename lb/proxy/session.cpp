@@ -1,7 +1,11 @@
 #include "lb/proxy/session.hpp"
 
 #include "lb/http/proxy_protocol.hpp"
+#include "lb/http/request_line.hpp"
 #include "lb/io/log.hpp"
+#include "lb/proxy/header_rules.hpp"
+#include "lb/proxy/local_answer.hpp"
+#include "lb/proxy/retry_policy.hpp"
 #include "lb/upstream/hashing.hpp"
 
 #include <boost/asio/bind_allocator.hpp>
@@ -42,41 +46,6 @@ private:
 };
 
 namespace {
-
-constexpr uint32_t max_target_bytes = 8 * 1024;
-
-const char* reason_phrase(int status) {
-  switch (status) {
-  case 400:
-    return "Bad Request";
-  case 404:
-    return "Not Found";
-  case 405:
-    return "Method Not Allowed";
-  case 408:
-    return "Request Timeout";
-  case 413:
-    return "Content Too Large";
-  case 414:
-    return "URI Too Long";
-  case 431:
-    return "Request Header Fields Too Large";
-  case 500:
-    return "Internal Server Error";
-  case 501:
-    return "Not Implemented";
-  case 502:
-    return "Bad Gateway";
-  case 503:
-    return "Service Unavailable";
-  case 504:
-    return "Gateway Timeout";
-  case 505:
-    return "HTTP Version Not Supported";
-  default:
-    return "Error";
-  }
-}
 
 double ms_between(io::Clock::time_point a, io::Clock::time_point b) {
   return duration<double, std::milli>(b - a).count();
@@ -513,7 +482,7 @@ void Session::read_request_head() {
       }
     }
     // (Bytes parsed: an exchange holds the request.)
-    if (c_parsed_ > max_target_bytes + 16 && !x_->req_.target_complete()) {
+    if (c_parsed_ > http::max_target_bytes + 16 && !x_->req_.target_complete()) {
       keep_client_ = false;
       return respond_error(414, "request target longer than 8 KiB", true);
     }
@@ -569,7 +538,6 @@ void Session::skip_empty_lines() {
 void Session::on_request_head() {
   x_->started_ = io::Clock::now();
   http::Head& head = x_->req_.head();
-  http::mark_connection_options(head);
 
   // Request id: the client's if it sent one, else a new one.
   assign_request_id();
@@ -579,70 +547,18 @@ void Session::on_request_head() {
     keep_client_ = false;
     return respond_error(431, "request head larger than max_header_bytes", true);
   }
-  if (head.major != 1) {
+  http::RequestLineCheck line = http::check_request_line(head);
+  if (line.status) {
     keep_client_ = false;
-    return respond_error(505, "only HTTP/1.0 and HTTP/1.1 are spoken here", true);
+    return respond_error(line.status, line.reason, true);
   }
-  if (head.target.n > max_target_bytes) {
-    keep_client_ = false;
-    return respond_error(414, "request target longer than 8 KiB", true);
-  }
-  if (head.method.view() == "CONNECT") {
-    keep_client_ = false;
-    return respond_error(405, "CONNECT is not supported: lb is not a forward proxy", true);
-  }
-  // An absolute-form target ("GET http://host/path") names the host itself:
-  // it replaces the Host header, for routing and for the backend (RFC 9112 §3.2.2).
-  x_->authority_ = {};
-  std::string_view target = head.target.view();
-  if (target.find('#') != std::string_view::npos) {
-    keep_client_ = false;
-    return respond_error(400, "a fragment (#) in the request target", true);
-  }
-  if (target == "*" && head.method.view() != "OPTIONS") {
-    keep_client_ = false;
-    return respond_error(400, "request target * is for OPTIONS only", true);
-  }
-  if (!target.empty() && target.front() != '/' && target != "*") {
-    size_t scheme_end = target.find("://");
-    if (scheme_end == std::string_view::npos ||
-        !(http::iequals(target.substr(0, scheme_end), "http") ||
-          http::iequals(target.substr(0, scheme_end), "https"))) {
-      keep_client_ = false;
-      return respond_error(400, "request target is neither origin-form nor absolute-form", true);
-    }
-    size_t start = scheme_end + 3;
-    size_t end = target.find_first_of("/?#", start);
-    if (end == std::string_view::npos)
-      end = target.size();
-    if (end == start || target.substr(start, end - start).find('@') != std::string_view::npos) {
-      keep_client_ = false;
-      return respond_error(400, "invalid authority in the request target", true);
-    }
-    x_->authority_ = {head.target.p + start, static_cast<uint32_t>(end - start)};
-    for (unsigned i = 0; i < head.count; ++i)
-      if (head.headers[i].field == http::Field::host)
-        head.headers[i].hop_by_hop = true;
-  }
+  x_->authority_ = line.authority;
   uint64_t max_body = listener_->config.limits.max_body_bytes;
   if (max_body && head.has_content_length && head.content_length > max_body) {
     keep_client_ = false;
     return respond_error(413, "request body larger than max_body_bytes", true);
   }
-
-  x_->upgrade_requested_ = false;
-  if (const http::Header* conn = head.find(http::Field::connection);
-      conn && head.find(http::Field::upgrade) && head.minor == 1 &&
-      http::has_token(conn->value.view(), "upgrade") &&
-      !http::has_token(head.find(http::Field::upgrade)->value.view(), "h2c")) {
-    // (An upgrade to h2c is dropped: lb speaks HTTP/1.1 to backends, and a
-    // tunnel would bypass routing for every request after it.)
-    // Upgrade is hop-by-hop, but asking the backend to switch is the point.
-    x_->upgrade_requested_ = true;
-    for (unsigned i = 0; i < head.count; ++i)
-      if (head.headers[i].field == http::Field::upgrade)
-        head.headers[i].hop_by_hop = false;
-  }
+  x_->upgrade_requested_ = mark_request_head(head, x_->authority_);
 
   adopt_runtime(); // a keep-alive connection follows reloads request by request
   int pool = listener_->router.match(head, x_->authority_.view(), &x_->route_);
@@ -666,26 +582,15 @@ void Session::on_request_head() {
   // further is answered here, whatever the routes say; one that may goes on
   // with one hop less.
   x_->max_forwards_len_ = 0;
-  if (std::string_view m = head.method.view(); m == "OPTIONS" || m == "TRACE") {
-    const http::Header* mf = head.find(http::Field::max_forwards);
-    std::string_view v = mf ? mf->value.view() : std::string_view();
-    if (!v.empty() &&
-        std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-      // Leading zeros say nothing; more than 18 digits is "many" (not 0).
-      std::string_view digits = v.substr(std::min(v.find_first_not_of('0'), v.size()));
-      uint64_t hops = digits.size() > 18 ? 1'000'000'000'000'000'000ULL : 0;
-      if (digits.size() <= 18)
-        for (char c : digits)
-          hops = hops * 10 + static_cast<uint64_t>(c - '0');
-      if (hops == 0) {
-        if (has_body && !x_->req_done_)
-          keep_client_ = false;
-        return respond_final_recipient();
-      }
-      x_->max_forwards_len_ = static_cast<uint8_t>(
-          std::snprintf(x_->max_forwards_, sizeof x_->max_forwards_, "Max-Forwards: %llu\r\n",
-                        static_cast<unsigned long long>(hops - 1)));
+  if (std::optional<uint64_t> hops = max_forwards(head)) {
+    if (*hops == 0) {
+      if (has_body && !x_->req_done_)
+        keep_client_ = false;
+      return respond_final_recipient();
     }
+    x_->max_forwards_len_ = static_cast<uint8_t>(
+        std::snprintf(x_->max_forwards_, sizeof x_->max_forwards_, "Max-Forwards: %llu\r\n",
+                      static_cast<unsigned long long>(*hops - 1)));
   }
 
   if (pool < 0) {
@@ -754,20 +659,20 @@ void Session::do_attempt() {
       }
       if (x_->queued_)
         return; // still waiting: the queue polls again
-      std::snprintf(x_->error_page_, sizeof x_->error_page_,
+      std::snprintf(x_->reason_, sizeof x_->reason_,
                     "circuit open: every backend of pool %s is at max_connections_per_backend",
                     x_->pool_->name().c_str());
-      return respond_error(503, x_->error_page_, !x_->req_done_);
+      return respond_error(503, x_->reason_, !x_->req_done_);
     }
     x_->acquired_ = b >= 0;
   }
   if (b < 0) {
-    leave_queue();         // answered now: the queue must not try it again
-    if (x_->attempts_ > 0) // the last failure's reason is kept in x_->error_page_
-      return respond_error(502, x_->error_page_, !x_->req_done_);
-    std::snprintf(x_->error_page_, sizeof x_->error_page_, "no healthy backend in pool %s",
+    leave_queue();               // answered now: the queue must not try it again
+    if (x_->retry_.attempts > 0) // the last failure's reason is kept in x_->reason_
+      return respond_error(502, x_->reason_, !x_->req_done_);
+    std::snprintf(x_->reason_, sizeof x_->reason_, "no healthy backend in pool %s",
                   x_->pool_->name().c_str());
-    return respond_error(503, x_->error_page_, !x_->req_done_);
+    return respond_error(503, x_->reason_, !x_->req_done_);
   }
   if (x_->queued_) {
     leave_queue();
@@ -775,13 +680,13 @@ void Session::do_attempt() {
   }
   x_->tried_.add(static_cast<size_t>(b));
   PoolMetrics& pm = worker_.metrics->pools.at(x_->pool_->id());
-  if (x_->attempts_ > 0 || x_->replays_ > 0)
+  if (x_->retry_.attempts > 0 || x_->retry_.replays > 0)
     pm.retries.add();
-  if (x_->attempts_ == 0 && x_->replays_ == 0 && x_->pool_->selection().fail_open) {
+  if (x_->retry_.attempts == 0 && x_->retry_.replays == 0 && x_->pool_->selection().fail_open) {
     pm.fail_open.add();
     x_->pool_->note_fail_open();
   }
-  ++x_->attempts_;
+  ++x_->retry_.attempts;
   ++attempt_;
   x_->backend_ = b;
   x_->active_backend_ = b;
@@ -789,7 +694,7 @@ void Session::do_attempt() {
   worker_.metrics->backends.at(backend.id).active.add(1);
   x_->resp_.reset();
   x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
-  if (x_->attempts_ == 1)
+  if (x_->retry_.attempts == 1)
     x_->upstream_started_ = io::Clock::now();
   x_->conn_ = worker_.connections.take(backend.id);
   // A reload may have changed the pool's tls settings: those are no use now.
@@ -830,15 +735,15 @@ void Session::on_connect(const error_code& ec, uint32_t attempt) {
   if (closed_ || attempt != attempt_)
     return;
   if (ec) {
-    std::snprintf(x_->error_page_, sizeof x_->error_page_, "connect to %s failed: %s",
+    std::snprintf(x_->reason_, sizeof x_->reason_, "connect to %s failed: %s",
                   x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
                   ec.message().c_str());
-    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->error_page_);
+    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);
     backend_metrics().connect_errors.add();
     bool refused = ec == asio::error::connection_refused;
     x_->pool_->report(static_cast<size_t>(x_->backend_),
                       refused ? upstream::Outcome::refused : upstream::Outcome::connect_failure);
-    return backend_failed(refused ? Failure::refused : Failure::connect, x_->error_page_);
+    return backend_failed(refused ? Failure::refused : Failure::connect, x_->reason_);
   }
   error_code ignored;
   x_->conn_->socket.set_option(asio::ip::tcp::no_delay(true), ignored);
@@ -858,11 +763,11 @@ void Session::start_backend_tls() {
                                                backend.endpoint.address().to_string());
   }
   if (!x_->conn_->ssl) {
-    std::snprintf(x_->error_page_, sizeof x_->error_page_, "TLS to %s cannot be set up: %s",
+    std::snprintf(x_->reason_, sizeof x_->reason_, "TLS to %s cannot be set up: %s",
                   backend.label.c_str(),
                   x_->pool_->tls() ? "out of memory" : x_->pool_->tls_error().c_str());
-    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->error_page_);
-    return backend_failed(Failure::connect, x_->error_page_);
+    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);
+    return backend_failed(Failure::connect, x_->reason_);
   }
   backend_handshake();
 }
@@ -888,114 +793,31 @@ void Session::backend_handshake() {
     return;
   }
   std::string why = io::TlsClient::failure(x_->conn_->ssl);
-  std::snprintf(x_->error_page_, sizeof x_->error_page_, "TLS handshake with %s failed: %s",
+  std::snprintf(x_->reason_, sizeof x_->reason_, "TLS handshake with %s failed: %s",
                 x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
                 why.c_str());
-  io::log("pool %s: %s", x_->pool_->name().c_str(), x_->error_page_);
+  io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);
   backend_metrics().connect_errors.add();
   x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::connect_failure);
-  backend_failed(Failure::connect, x_->error_page_);
+  backend_failed(Failure::connect, x_->reason_);
 }
 
 // ---- Sending the request ----------------------------------------------------
 
 void Session::do_send_request_head() {
-  const http::Head& head = x_->req_.head();
   const auto& headers_cfg = listener_->config.headers;
-  using FF = config::Headers::ForwardedFor;
+  RequestRules rules;
+  rules.forwarded_for = headers_cfg.forwarded_for;
+  rules.client_ip = client_ip();
+  rules.https = ssl_ != nullptr;
+  rules.via = headers_cfg.via;
+  rules.authority = x_->authority_;
+  rules.request_id_header = headers_cfg.request_id;
+  rules.request_id = {x_->request_id_, x_->request_id_len_};
+  rules.max_forwards_line = {x_->max_forwards_, x_->max_forwards_len_};
+  rules.upgrade = x_->upgrade_requested_;
   Outbox& out = x_->to_backend_;
-  out.clear();
-
-  int last_xff = -1;
-  if (headers_cfg.forwarded_for == FF::append)
-    for (unsigned i = 0; i < head.count; ++i)
-      if (head.headers[i].field == http::Field::x_forwarded_for && !head.headers[i].hop_by_hop)
-        last_xff = static_cast<int>(i); // (one the client named in Connection is cut)
-
-  // Added fields are gathered from bytes that outlive the write (literals,
-  // the session's own members, the snapshot's config): nothing is formatted.
-  const std::string_view client_ip = this->client_ip();
-
-  bool ok = true;
-  const char* seg = head.start;
-  if (!x_->authority_.empty()) {
-    // Toward an origin the target is origin-form (RFC 9112 §3.2.1); the
-    // authority goes to Host below.
-    const char* path = x_->authority_.p + x_->authority_.n;
-    const char* target_end = head.target.p + head.target.n;
-    ok &= out.add(seg, static_cast<size_t>(head.target.p - seg));
-    if (path == target_end || *path != '/')
-      ok &= out.add(std::string_view("/"));
-    if (path != target_end)
-      ok &= out.add(path, static_cast<size_t>(target_end - path));
-    seg = target_end;
-  }
-  for (unsigned i = 0; i < head.count; ++i) {
-    const http::Header& h = head.headers[i];
-    bool cut =
-        h.hop_by_hop || h.field == http::Field::x_forwarded_proto ||
-        h.field == http::Field::x_forwarded_host ||
-        (h.field == http::Field::max_forwards && x_->max_forwards_len_) ||
-        (h.field == http::Field::x_forwarded_for && headers_cfg.forwarded_for == FF::replace);
-    if (static_cast<int>(i) == last_xff) {
-      // Append the client to the last X-Forwarded-For line in place.
-      ok &= out.add(seg, static_cast<size_t>(h.value.end() - seg));
-      ok &= out.add(std::string_view(", "));
-      ok &= out.add(client_ip);
-      ok &= out.add(std::string_view("\r\n"));
-      seg = h.line_end;
-    } else if (cut) {
-      ok &= out.add(seg, static_cast<size_t>(h.line_start - seg));
-      seg = h.line_end;
-    }
-  }
-  ok &= out.add(seg, static_cast<size_t>(head.end_of_fields() - seg));
-
-  if (headers_cfg.forwarded_for != FF::off && last_xff < 0) {
-    ok &= out.add(std::string_view("X-Forwarded-For: "));
-    ok &= out.add(client_ip);
-    ok &= out.add(std::string_view("\r\n"));
-  }
-  ok &= out.add(ssl_ ? std::string_view("X-Forwarded-Proto: https\r\n")
-                     : std::string_view("X-Forwarded-Proto: http\r\n"));
-  http::Span host = x_->authority_;
-  if (!x_->authority_.empty()) {
-    ok &= out.add(std::string_view("Host: "));
-    ok &= out.add(x_->authority_.p, x_->authority_.n);
-    ok &= out.add(std::string_view("\r\n"));
-  } else if (const http::Header* h = head.find(http::Field::host)) {
-    host = h->value;
-  }
-  if (!host.empty()) {
-    ok &= out.add(std::string_view("X-Forwarded-Host: "));
-    ok &= out.add(host.p, host.n);
-    ok &= out.add(std::string_view("\r\n"));
-  }
-  if (x_->max_forwards_len_)
-    ok &= out.add(x_->max_forwards_, x_->max_forwards_len_);
-  const http::Header* te = head.find(http::Field::te);
-  bool te_trailers = te && http::has_token(te->value.view(), "trailers");
-  if (te_trailers)
-    ok &= out.add(std::string_view("TE: trailers\r\n"));
-  if (headers_cfg.via)
-    ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
-                                  : std::string_view("Via: 1.1 lb\r\n"));
-  if (x_->request_id_len_) {
-    ok &= out.add(headers_cfg.request_id);
-    ok &= out.add(std::string_view(": "));
-    ok &= out.add(x_->request_id_, x_->request_id_len_);
-    ok &= out.add(std::string_view("\r\n"));
-  }
-  // TE is a connection option: whoever sends it names it in Connection (RFC 9110 §10.1.4).
-  if (x_->upgrade_requested_)
-    ok &= out.add(te_trailers ? std::string_view("Connection: upgrade, TE\r\n")
-                              : std::string_view("Connection: upgrade\r\n"));
-  else if (head.minor == 0)
-    ok &= out.add(te_trailers ? std::string_view("Connection: keep-alive, TE\r\n")
-                              : std::string_view("Connection: keep-alive\r\n"));
-  else if (te_trailers)
-    ok &= out.add(std::string_view("Connection: TE\r\n"));
-  ok &= out.add(std::string_view("\r\n"));
+  bool ok = write_request_head(x_->req_.head(), rules, out);
   ok &= out.add(cbuf_->data() + head_end_, msg_end_ - head_end_);
   if (!ok) {
     keep_client_ = false;
@@ -1021,13 +843,13 @@ void Session::do_write_backend() {
   }
   if (x_->reading_response_)
     return stop_request_body();
-  std::snprintf(x_->error_page_, sizeof x_->error_page_, "sending to %s failed: %s",
+  std::snprintf(x_->reason_, sizeof x_->reason_, "sending to %s failed: %s",
                 x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
                 std::strerror(errno));
   backend_failed(x_->u_len_ == 0 && !x_->resp_started_
                      ? (x_->conn_reused_ ? Failure::reused_early : Failure::before_response)
                      : Failure::backend,
-                 x_->error_page_);
+                 x_->reason_);
 }
 
 void Session::on_backend_writable(const error_code& ec, uint32_t attempt) {
@@ -1194,7 +1016,7 @@ void Session::read_response() {
       return;
     }
     bool nothing_received = x_->u_len_ == 0 && !x_->resp_started_ && !x_->resp_.in_message();
-    std::snprintf(x_->error_page_, sizeof x_->error_page_, "%s %s",
+    std::snprintf(x_->reason_, sizeof x_->reason_, "%s %s",
                   x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
                   n == 0 ? (nothing_received ? "closed the connection without a response"
                                              : "closed the connection mid-response")
@@ -1204,7 +1026,7 @@ void Session::read_response() {
     return backend_failed(
         nothing_received ? (x_->conn_reused_ ? Failure::reused_early : Failure::before_response)
                          : Failure::backend,
-        x_->error_page_);
+        x_->reason_);
   }
 }
 
@@ -1218,10 +1040,10 @@ void Session::parse_response() {
     x_->u_parsed_ = static_cast<uint32_t>(r.stop - data);
     switch (r.event) {
     case http::Parser::Event::error:
-      std::snprintf(x_->error_page_, sizeof x_->error_page_, "invalid response from %s: %s",
+      std::snprintf(x_->reason_, sizeof x_->reason_, "invalid response from %s: %s",
                     x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
                     x_->resp_.error_reason() ? x_->resp_.error_reason() : "parse error");
-      return backend_failed(Failure::backend, x_->error_page_);
+      return backend_failed(Failure::backend, x_->reason_);
     case http::Parser::Event::head_complete:
       return on_response_head();
     case http::Parser::Event::message_complete:
@@ -1261,58 +1083,23 @@ void Session::parse_response() {
 
 void Session::on_response_head() {
   http::Head& head = x_->resp_.head();
-  http::mark_connection_options(head);
-  bool switching = head.status == 101;
-  bool interim = head.status >= 100 && head.status < 200 && !switching;
-  if (interim && x_->req_.head().minor == 0) {
+  const bool client_http10 = x_->req_.head().minor == 0;
+  ResponseShape shape = mark_response_head(head, client_http10);
+  if (shape.interim && client_http10) {
     // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2): skip it, the final response follows.
     x_->in_response_head_ = true;
     x_->u_sent_ = x_->u_parsed_;
     return parse_response();
   }
-  if (switching) {
-    if (!x_->upgrade_requested_ || !x_->req_sent_)
-      return backend_failed(Failure::backend, "backend switched protocols without an upgrade");
-    for (unsigned i = 0; i < head.count; ++i)
-      if (head.headers[i].field == http::Field::upgrade)
-        head.headers[i].hop_by_hop = false;
-  }
-  if (interim || head.status == 204 || head.status == 304) {
-    // No body follows (RFC 9112 §6.3), and 1xx and 204 must not claim one
-    // (RFC 9110 §8.6, §6.1): framing fields a client might still obey go.
-    for (unsigned i = 0; i < head.count; ++i) {
-      http::Header& h = head.headers[i];
-      if (h.field == http::Field::transfer_encoding ||
-          (h.field == http::Field::content_length && head.status != 304))
-        h.hop_by_hop = true;
-    }
-  }
-  // An HTTP/1.0 client cannot read chunked: it gets the decoded body, ended by close.
-  x_->dechunk_ = !interim && !switching && head.status != 204 && head.status != 304 &&
-                 head.chunked && x_->req_.head().minor == 0;
-  if (x_->dechunk_)
-    for (unsigned i = 0; i < head.count; ++i)
-      if (head.headers[i].field == http::Field::transfer_encoding)
-        head.headers[i].hop_by_hop = true;
-  Outbox& out = x_->to_client_;
-  out.clear();
-  const char* seg = head.start;
-  for (unsigned i = 0; i < head.count; ++i) {
-    const http::Header& h = head.headers[i];
-    if (h.hop_by_hop) {
-      out.add(seg, static_cast<size_t>(h.line_start - seg));
-      seg = h.line_end;
-    }
-  }
-  bool ok = out.add(seg, static_cast<size_t>(head.end_of_fields() - seg));
-  if (switching) {
+  if (shape.switching && (!x_->upgrade_requested_ || !x_->req_sent_))
+    return backend_failed(Failure::backend, "backend switched protocols without an upgrade");
+  x_->dechunk_ = shape.dechunk;
+  std::string_view set_cookie;
+  if (shape.switching) {
     x_->status_ = 101;
     x_->upstream_ms_ = ms_between(x_->upstream_started_, io::Clock::now());
     x_->tunnel_pending_ = true;
-    if (listener_->config.headers.via)
-      ok &= out.add(std::string_view("Via: 1.1 lb\r\n"));
-    ok &= out.add(std::string_view("Connection: upgrade\r\n"));
-  } else if (interim) {
+  } else if (shape.interim) {
     x_->in_response_head_ = true;
   } else {
     x_->in_response_head_ = false;
@@ -1325,34 +1112,28 @@ void Session::on_response_head() {
     x_->backend_keep_alive_ = head.keep_alive && !x_->resp_.body_until_eof();
     if (const http::Header* ka = head.find(http::Field::keep_alive))
       learn_keep_alive(ka->value.view());
-    if (x_->resp_.body_until_eof() || !x_->req_done_ || worker_.draining)
+    // A body ended by close, a request not read whole, a draining worker, a
+    // dechunked body (ended by close): the connection ends with this response.
+    if (x_->resp_.body_until_eof() || !x_->req_done_ || worker_.draining || x_->dechunk_)
       keep_client_ = false;
-    if (x_->dechunk_)
-      keep_client_ = false;
-    if (listener_->config.headers.via)
-      ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
-                                    : std::string_view("Via: 1.1 lb\r\n"));
     const config::Pool& pc = x_->pool_->config();
     if (!pc.sticky_cookie.empty() && x_->sticky_backend_ != x_->backend_) {
       // Pin the client to this backend from now on (also when its old one left).
-      int n = std::snprintf(x_->resp_extra_, sizeof x_->resp_extra_,
-                            "Set-Cookie: %s=%s; Path=/; HttpOnly\r\n", pc.sticky_cookie.c_str(),
-                            x_->pool_->sticky_value(static_cast<size_t>(x_->backend_)).c_str());
-      if (n > 0 && static_cast<size_t>(n) < sizeof x_->resp_extra_)
-        ok &= out.add(x_->resp_extra_, static_cast<size_t>(n));
+      set_cookie = sticky_cookie_line(x_->resp_extra_, sizeof x_->resp_extra_, pc.sticky_cookie,
+                                      x_->pool_->sticky_value(static_cast<size_t>(x_->backend_)));
     }
-    const http::Head& req = x_->req_.head();
-    if (!keep_client_)
-      ok &= out.add(std::string_view("Connection: close\r\n"));
-    else if (req.minor == 0)
-      ok &= out.add(std::string_view("Connection: keep-alive\r\n"));
   }
-  ok &= out.add(std::string_view("\r\n"));
-  if (!ok)
+  ResponseRules rules;
+  rules.via = listener_->config.headers.via;
+  rules.keep_client = keep_client_;
+  rules.client_http10 = client_http10;
+  rules.set_cookie_line = set_cookie;
+  Outbox& out = x_->to_client_;
+  if (!write_response_head(head, shape, rules, out))
     return backend_failed(Failure::backend, "response has too many header fields");
   x_->resp_started_ = true;
 
-  if (!interim && !switching) {
+  if (!shape.interim && !shape.switching) {
     // Body bytes that came with the head, up to the end of the response.
     char* data = x_->ubuf_->data();
     char* body_start = data + (head.end - data);
@@ -1468,60 +1249,13 @@ void Session::leave_queue() {
 void Session::respond_maintenance() {
   keep_client_ = keep_client_ && x_->req_done_;
   x_->status_ = 503;
-  static constexpr std::string_view page =
-      "<!doctype html><html><head><meta charset=\"utf-8\"><title>Down for maintenance</title>"
-      "<style>body{font-family:system-ui,sans-serif;margin:15vh auto;max-width:34em;padding:0 1em;"
-      "color:#222}h1{font-size:1.6em}p{color:#555}small{color:#888}</style></head><body>"
-      "<h1>Down for maintenance</h1><p>This service is being worked on and will be back "
-      "shortly. Please try again in a few minutes.</p>";
-  static constexpr std::string_view id_before = "<p><small>Request id ";
-  static constexpr std::string_view id_after = "</small></p>";
-  static constexpr std::string_view page_end = "</body></html>\n";
-  // The request id, in the configured header and on the page (none when off).
-  // A client's id goes on the page only if it is plainly an id: the page is
-  // HTML, and markup from a request must not end up in it.
-  const std::string& id_header = listener_->config.headers.request_id;
-  std::string_view id = id_header.empty() ? std::string_view() : request_id();
-  // Names are up to 128 characters (config), and so is an id shown: the head
-  // (about 180 bytes besides them, the id twice) must fit in x_->error_page_.
-  if (id.size() > 128 ||
-      180 + x_->pool_->name().size() + id_header.size() + 2 * id.size() >= sizeof x_->error_page_)
-    id = {};
-  for (char ch : id)
-    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_' && ch != '.' &&
-        ch != ':') {
-      id = {};
-      break;
-    }
-  // The id's bytes may live in the read buffer: the page takes a copy, kept
-  // at the end of x_->error_page_, and the head goes before it.
-  size_t head_room = sizeof x_->error_page_ - id.size();
-  char* id_copy = x_->error_page_ + head_room;
-  if (!id.empty())
-    std::memmove(id_copy, id.data(), id.size());
-  size_t length = page.size() + page_end.size() +
-                  (id.empty() ? 0 : id_before.size() + id.size() + id_after.size());
-  int n =
-      std::snprintf(x_->error_page_, head_room,
-                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html; charset=utf-8\r\n"
-                    "Content-Length: %zu\r\nRetry-After: 120\r\nX-Lb-Maintenance: %s\r\n"
-                    "%s%s%.*s%sConnection: %s\r\n\r\n",
-                    length, x_->pool_->name().c_str(), id.empty() ? "" : id_header.c_str(),
-                    id.empty() ? "" : ": ", int(id.size()), id_copy, id.empty() ? "" : "\r\n",
-                    keep_client_ ? "keep-alive" : "close");
-  n = std::min<int>(n, static_cast<int>(head_room) - 1);
-  x_->to_client_.clear();
-  x_->to_client_.add(x_->error_page_, static_cast<size_t>(n));
-  // The answer to HEAD has the same head and no body (RFC 9110 §9.3.2).
-  if (x_->req_.head().method.view() != "HEAD") {
-    x_->to_client_.add(page.data(), page.size());
-    if (!id.empty()) {
-      x_->to_client_.add(id_before.data(), id_before.size());
-      x_->to_client_.add(id_copy, id.size());
-      x_->to_client_.add(id_after.data(), id_after.size());
-    }
-    x_->to_client_.add(page_end.data(), page_end.size());
-  }
+  MaintenanceAnswer answer;
+  answer.pool = x_->pool_->name();
+  answer.request_id_header = listener_->config.headers.request_id;
+  answer.request_id = request_id();
+  answer.keep_alive = keep_client_;
+  answer.head_request = x_->req_.head().method.view() == "HEAD";
+  write_maintenance(answer, x_->answer_, x_->to_client_);
   send_local_answer();
 }
 
@@ -1640,64 +1374,30 @@ void Session::backend_failed(Failure failure, const char* reason) {
   release_backend(false);
   if (closed_)
     return;
-  // A refused connection cost nothing and sent nothing: the next backend is
-  // tried without using up a retry (each backend at most once), so a region
-  // that dies at once does not turn into errors while it leaves the rotation.
-  if (failure == Failure::refused)
-    ++x_->refusals_;
-  bool may_retry = x_->attempts_ - x_->refusals_ <= x_->pool_->config().retries &&
-                   x_->refusals_ <= x_->pool_->backends().size() && !x_->tried_.full();
-  if ((failure == Failure::connect || failure == Failure::refused) && may_retry)
-    return do_attempt();
-  if (failure == Failure::reused_early && idempotent() && !x_->body_discarded_ &&
-      x_->replays_ < 3) {
-    // The backend closed a pooled connection as we reused it: replay on another one.
-    ++x_->replays_;
-    --x_->attempts_;
+  RetryRequest request{idempotent(x_->req_.head().method.view()), x_->body_discarded_};
+  RetryLimits limits{x_->pool_->config().retries, x_->pool_->backends().size(), x_->tried_.full()};
+  switch (after_failure(failure, request, limits, x_->retry_)) {
+  case Retry::replay:
+    // The backend closed a pooled connection as we reused it: not its fault.
     x_->tried_.remove(static_cast<size_t>(x_->backend_));
     return do_attempt();
+  case Retry::another_backend:
+    return do_attempt();
+  case Retry::none:
+    break;
   }
-  if (failure == Failure::before_response && idempotent() && !x_->body_discarded_ && may_retry)
-    return do_attempt(); // nothing came back: another backend may answer
   if (x_->resp_started_)
     return close();
   respond_error(502, reason, !x_->req_done_ || x_->backend_writing_);
 }
 
 void Session::respond_final_recipient() {
-  const http::Head& head = x_->req_.head();
   if (!x_->req_done_)
     keep_client_ = false; // its body is not read: the connection cannot go on
   x_->status_ = 200;
-  // TRACE: the request as received, less the fields that carry credentials
-  // (RFC 9110 §9.3.8); its bytes stay in the read buffer until the request is
-  // logged, after this answer. OPTIONS: an empty 200.
-  const bool trace = head.method.view() == "TRACE";
-  auto echo = [&](auto&& part) {
-    const char* seg = head.start;
-    for (unsigned i = 0; i < head.count; ++i) {
-      const http::Header& h = head.headers[i];
-      std::string_view name = h.name.view();
-      if (http::iequals(name, "cookie") || http::iequals(name, "authorization") ||
-          http::iequals(name, "proxy-authorization")) {
-        part(seg, static_cast<size_t>(h.line_start - seg));
-        seg = h.line_end;
-      }
-    }
-    part(seg, static_cast<size_t>(head.end - seg));
-  };
-  size_t length = 0;
-  if (trace)
-    echo([&](const char*, size_t n) { length += n; });
-  int n = std::snprintf(x_->error_page_, sizeof x_->error_page_,
-                        "HTTP/1.1 200 OK\r\n%sContent-Length: %zu\r\nConnection: %s\r\n\r\n",
-                        trace ? "Content-Type: message/http\r\n" : "", length,
-                        keep_client_ ? "keep-alive" : "close");
-  x_->to_client_.clear();
-  bool ok = x_->to_client_.add(x_->error_page_, static_cast<size_t>(n));
-  if (trace)
-    echo([&](const char* p, size_t len) { ok &= x_->to_client_.add(p, len); });
-  if (!ok)
+  // A TRACE's echo refers to the request's bytes: they stay in the read
+  // buffer until the request is logged, after this answer.
+  if (!write_final_recipient(x_->req_.head(), keep_client_, x_->answer_, x_->to_client_))
     return respond_error(400, "request has too many header fields to echo", true);
   send_local_answer();
 }
@@ -1721,37 +1421,18 @@ void Session::respond_error(int status, const char* reason, bool close_after) {
   if (close_after || !x_->req_done_)
     keep_client_ = false;
   x_->status_ = status;
-  // `reason` may point into x_->error_page_ itself: copy it out first.
-  char why[256];
-  std::snprintf(why, sizeof why, "%s", reason ? reason : "");
   // An error in the head itself (400, 431, 408) comes before the request had
   // an id: it gets one now, for the answer and the access log.
   if (!x_->request_id_len_)
     assign_request_id();
-  std::string_view id = request_id();
-  // At most 299 bytes of body, so that the longest head (a 405 with Allow,
-  // or a 431) and the body fit in x_->error_page_ whole: what Content-Length
-  // says is sent.
-  char body[300];
-  static_assert(sizeof body + 200 < sizeof x_->error_page_);
-  int body_len = std::snprintf(body, sizeof body, "%d %s: %s (request id %.*s)\n", status,
-                               reason_phrase(status), why, int(id.size()), id.data());
-  body_len = std::min<int>(body_len, sizeof body - 1);
-  // The answer to HEAD has the same head and no body (RFC 9110 §9.3.2).
+  ErrorAnswer answer;
+  answer.status = status;
+  answer.reason = reason ? reason : "";
+  answer.request_id = request_id();
+  answer.keep_alive = keep_client_;
   const http::Head& req = x_->req_.head();
-  bool head_request = req.start && req.method.view() == "HEAD";
-  // A 405 names what is allowed (RFC 9110 §15.5.6): lb passes on any method
-  // but CONNECT, which is what it refuses with 405.
-  int n = std::snprintf(
-      x_->error_page_, sizeof x_->error_page_,
-      "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-      "Content-Length: %d\r\n%sConnection: %s\r\n\r\n%.*s",
-      status, reason_phrase(status), body_len,
-      status == 405 ? "Allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH\r\n" : "",
-      keep_client_ ? "keep-alive" : "close", head_request ? 0 : body_len, body);
-  n = std::min<int>(n, sizeof x_->error_page_ - 1);
-  x_->to_client_.clear();
-  x_->to_client_.add(x_->error_page_, static_cast<size_t>(n));
+  answer.head_request = req.start && req.method.view() == "HEAD";
+  write_error(answer, x_->answer_, x_->to_client_);
   send_local_answer();
 }
 
@@ -1970,20 +1651,20 @@ void Session::timed_out() {
     keep_client_ = false;
     return respond_error(408, "request head not received within timeouts.header", true);
   case Timer::connect:
-    std::snprintf(x_->error_page_, sizeof x_->error_page_,
+    std::snprintf(x_->reason_, sizeof x_->reason_,
                   x_->conn_ && x_->conn_->ssl ? "TLS handshake with %s timed out"
                                               : "connect to %s timed out",
                   x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str());
-    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->error_page_);
+    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);
     backend_metrics().connect_errors.add();
     x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::connect_failure);
-    return backend_failed(Failure::connect, x_->error_page_);
+    return backend_failed(Failure::connect, x_->reason_);
   case Timer::queue:
     leave_queue();
-    std::snprintf(x_->error_page_, sizeof x_->error_page_,
+    std::snprintf(x_->reason_, sizeof x_->reason_,
                   "circuit open: pool %s stayed at max_connections_per_backend for queue_timeout",
                   x_->pool_->name().c_str());
-    return respond_error(503, x_->error_page_, !x_->req_done_);
+    return respond_error(503, x_->reason_, !x_->req_done_);
   case Timer::exchange:
     keep_client_ = false;
     if (!x_->req_done_)
@@ -2007,11 +1688,6 @@ void Session::learn_keep_alive(std::string_view v) {
   auto budget = std::chrono::milliseconds(seconds * 1000);
   auto margin = std::min<std::chrono::milliseconds>(budget / 2, std::chrono::milliseconds(500));
   x_->conn_->retire_at = io::Clock::now() + budget - margin;
-}
-
-bool Session::idempotent() const {
-  std::string_view m = x_->req_.head().method.view();
-  return m == "GET" || m == "HEAD" || m == "OPTIONS" || m == "PUT" || m == "DELETE" || m == "TRACE";
 }
 
 void Session::assign_request_id() {

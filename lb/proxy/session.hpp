@@ -81,13 +81,6 @@ private:
     queue,
     answer
   };
-  enum class Failure : uint8_t {
-    connect,         // nothing was sent: any request may go to another backend
-    refused,         // ... and the backend refused at once: does not use up a retry
-    reused_early,    // a pooled connection failed before any response byte: replay
-    before_response, // a fresh connection failed before any response byte
-    backend,         // anything else: not retried
-  };
 
   Session(WorkerContext& worker, const ListenerRuntime& listener, ClientSocket socket,
           const sockaddr* peer);
@@ -160,7 +153,6 @@ private:
   void arm(Timer t);
   static void on_timeout(io::Timeouts::Entry* e);
   void timed_out();
-  bool idempotent() const;
   void learn_keep_alive(std::string_view value);
   std::string_view request_id() const;
   // A new request id, unless the client sent one or request ids are off.

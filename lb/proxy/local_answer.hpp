@@ -1,0 +1,60 @@
+#pragma once
+// The answers lb gives itself instead of a backend's: its error pages (400,
+// 404, 408, 413, 414, 431, 502, 503, 504, ...), the maintenance page, and
+// OPTIONS or TRACE at Max-Forwards 0. One builder: each answer is written
+// into an AnswerBuffer whose capacity is the sum of the bounds of its parts,
+// checked at compile time; the parts that come from outside (a reason, a
+// request id, names) are cut to their bounds first. So an answer always fits,
+// and what its Content-Length says is what is sent.
+
+#include "lb/http/message.hpp"
+#include "lb/proxy/outbox.hpp"
+
+#include <cstddef>
+#include <string_view>
+
+namespace lb::proxy {
+
+struct AnswerBuffer {
+  static constexpr size_t max_reason = 256;     // why lb answers (cut there)
+  static constexpr size_t max_request_id = 128; // an id shown (cut there)
+  static constexpr size_t max_name = 128;       // a pool or header name (config's bound)
+  static constexpr size_t capacity = 1024;
+  char data[capacity];
+};
+
+// "Not Found" for 404, ...; "Error" for a status lb does not answer itself.
+std::string_view reason_phrase(int status);
+
+struct ErrorAnswer {
+  int status = 500;
+  std::string_view reason;     // what went wrong, in the user's words
+  std::string_view request_id; // shown in the body
+  bool keep_alive = true;      // the connection stays open after it
+  bool head_request = false;   // the answer to HEAD has the head only (RFC 9110 §9.3.2)
+};
+// "HTTP/1.1 404 Not Found" with a text body naming the reason and the request
+// id. A 405 names what is allowed (RFC 9110 §15.5.6).
+void write_error(const ErrorAnswer& answer, AnswerBuffer& buf, Outbox& out);
+
+struct MaintenanceAnswer {
+  std::string_view pool;
+  std::string_view request_id_header; // empty: request ids are off
+  std::string_view request_id;
+  bool keep_alive = true;
+  bool head_request = false;
+};
+// 503 with an HTML page, Retry-After and X-Lb-Maintenance. The request id goes
+// in its header and on the page only when it is plainly an id (letters,
+// digits, - _ . :, at most max_request_id): the page is HTML.
+void write_maintenance(const MaintenanceAnswer& answer, AnswerBuffer& buf, Outbox& out);
+
+// 200 to an OPTIONS or TRACE that may go no further (lb is the final
+// recipient): empty for OPTIONS; for TRACE the request as received, less the
+// fields that carry credentials (RFC 9110 §9.3.8). The echo refers to the
+// request's bytes, which must outlive the write. False when it has too many
+// fields to echo.
+bool write_final_recipient(const http::Head& request, bool keep_alive, AnswerBuffer& buf,
+                           Outbox& out);
+
+} // namespace lb::proxy

@@ -1,0 +1,147 @@
+#include "lb/proxy/local_answer.hpp"
+
+#include "lb/http/parser.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace lb::proxy {
+namespace {
+
+// Head and body of an answer; Content-Length checked against the body.
+struct Answer {
+  std::string head, body;
+  explicit Answer(const Outbox& out) {
+    std::string all = out.text();
+    size_t end = all.find("\r\n\r\n");
+    EXPECT_NE(end, std::string::npos);
+    head = all.substr(0, end + 4);
+    body = all.substr(end + 4);
+  }
+  std::string field(const std::string& name) const {
+    size_t at = head.find("\r\n" + name + ": ");
+    if (at == std::string::npos)
+      return "";
+    at += name.size() + 4;
+    return head.substr(at, head.find("\r\n", at) - at);
+  }
+};
+
+TEST(LocalAnswerTest, ErrorNamesTheReasonAndTheRequestId) {
+  AnswerBuffer buf;
+  Outbox out;
+  write_error({404, "no route matches the request", "abc123", true, false}, buf, out);
+  Answer a(out);
+  EXPECT_EQ(a.head.substr(0, 24), "HTTP/1.1 404 Not Found\r\n");
+  EXPECT_EQ(a.body, "404 Not Found: no route matches the request (request id abc123)\n");
+  EXPECT_EQ(a.field("Content-Length"), std::to_string(a.body.size()));
+  EXPECT_EQ(a.field("Connection"), "keep-alive");
+  EXPECT_EQ(a.field("Content-Type"), "text/plain; charset=utf-8");
+}
+
+TEST(LocalAnswerTest, HeadRequestGetsTheHeadOnly) {
+  AnswerBuffer buf;
+  Outbox out;
+  write_error({503, "no healthy backend in pool web", "id", false, true}, buf, out);
+  Answer a(out);
+  EXPECT_EQ(a.body, "");
+  EXPECT_GT(std::stoul(a.field("Content-Length")), 0u);
+  EXPECT_EQ(a.field("Connection"), "close");
+}
+
+TEST(LocalAnswerTest, MethodNotAllowedNamesWhatIs) {
+  AnswerBuffer buf;
+  Outbox out;
+  write_error({405, "CONNECT is not supported", "id", false, false}, buf, out);
+  Answer a(out);
+  EXPECT_NE(a.field("Allow").find("GET"), std::string::npos);
+  EXPECT_EQ(a.field("Allow").find("CONNECT"), std::string::npos);
+}
+
+TEST(LocalAnswerTest, LongPartsAreCutAndTheLengthStaysTrue) {
+  AnswerBuffer buf;
+  Outbox out;
+  std::string reason(5000, 'r'), id(5000, '7');
+  for (int status : {400, 405, 431, 502, 999}) {
+    write_error({status, reason, id, true, false}, buf, out);
+    Answer a(out);
+    EXPECT_EQ(a.field("Content-Length"), std::to_string(a.body.size())) << status;
+    EXPECT_NE(a.body.find("(request id 7777"), std::string::npos);
+    EXPECT_EQ(a.body.back(), '\n');
+    EXPECT_LE(a.head.size() + a.body.size(), AnswerBuffer::capacity);
+  }
+}
+
+TEST(LocalAnswerTest, ReasonPhrases) {
+  EXPECT_EQ(reason_phrase(431), "Request Header Fields Too Large");
+  EXPECT_EQ(reason_phrase(504), "Gateway Timeout");
+  EXPECT_EQ(reason_phrase(418), "Error");
+}
+
+TEST(LocalAnswerTest, MaintenancePage) {
+  AnswerBuffer buf;
+  Outbox out;
+  write_maintenance({"web", "X-Request-Id", "req-42", true, false}, buf, out);
+  Answer a(out);
+  EXPECT_EQ(a.head.substr(0, 34), "HTTP/1.1 503 Service Unavailable\r\n");
+  EXPECT_EQ(a.field("Retry-After"), "120");
+  EXPECT_EQ(a.field("X-Lb-Maintenance"), "web");
+  EXPECT_EQ(a.field("X-Request-Id"), "req-42");
+  EXPECT_EQ(a.field("Content-Length"), std::to_string(a.body.size()));
+  EXPECT_NE(a.body.find("Request id req-42<"), std::string::npos);
+  EXPECT_EQ(a.body.substr(a.body.size() - 8), "</html>\n");
+}
+
+TEST(LocalAnswerTest, MaintenancePageShowsOnlyPlainIds) {
+  AnswerBuffer buf;
+  Outbox out;
+  for (std::string id : {std::string("<script>"), std::string(129, 'i'), std::string("")}) {
+    write_maintenance({"web", "X-Request-Id", id, true, false}, buf, out);
+    Answer a(out);
+    EXPECT_EQ(a.field("X-Request-Id"), "");
+    EXPECT_EQ(a.body.find("Request id"), std::string::npos);
+    EXPECT_EQ(a.field("Content-Length"), std::to_string(a.body.size()));
+  }
+  // Request ids off: none, whatever the client sent.
+  write_maintenance({"web", "", "req-42", false, false}, buf, out);
+  EXPECT_EQ(Answer(out).body.find("req-42"), std::string::npos);
+  // The longest names and id fit.
+  std::string name(AnswerBuffer::max_name, 'p'), id(AnswerBuffer::max_request_id, 'i');
+  write_maintenance({name, "X-" + std::string(126, 'h'), id, true, true}, buf, out);
+  Answer longest(out);
+  EXPECT_EQ(longest.field("X-Lb-Maintenance"), name);
+  EXPECT_EQ(longest.field("X-" + std::string(126, 'h')), id);
+  EXPECT_EQ(longest.body, "");
+}
+
+TEST(LocalAnswerTest, TraceEchoesTheRequestWithoutCredentials) {
+  std::string text = "TRACE /echo HTTP/1.1\r\nHost: t\r\nCookie: s=secret\r\nX-Probe: one\r\n"
+                     "Authorization: Basic c2VjcmV0\r\nMax-Forwards: 0\r\n\r\n";
+  http::Parser p(http::Parser::Kind::request);
+  ASSERT_EQ(p.feed(text.data(), text.data() + text.size()).event,
+            http::Parser::Event::head_complete);
+  AnswerBuffer buf;
+  Outbox out;
+  ASSERT_TRUE(write_final_recipient(p.head(), true, buf, out));
+  Answer a(out);
+  EXPECT_EQ(a.field("Content-Type"), "message/http");
+  EXPECT_EQ(a.body, "TRACE /echo HTTP/1.1\r\nHost: t\r\nX-Probe: one\r\nMax-Forwards: 0\r\n\r\n");
+  EXPECT_EQ(a.field("Content-Length"), std::to_string(a.body.size()));
+}
+
+TEST(LocalAnswerTest, OptionsIsAnEmpty200) {
+  std::string text = "OPTIONS * HTTP/1.1\r\nHost: t\r\nMax-Forwards: 0\r\n\r\n";
+  http::Parser p(http::Parser::Kind::request);
+  ASSERT_EQ(p.feed(text.data(), text.data() + text.size()).event,
+            http::Parser::Event::head_complete);
+  AnswerBuffer buf;
+  Outbox out;
+  ASSERT_TRUE(write_final_recipient(p.head(), false, buf, out));
+  Answer a(out);
+  EXPECT_EQ(a.head, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(a.body, "");
+}
+
+} // namespace
+} // namespace lb::proxy
