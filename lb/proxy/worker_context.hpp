@@ -20,7 +20,7 @@
 
 namespace lb::proxy {
 
-class Session;
+class ClientConnection;
 
 struct WorkerContext {
   WorkerContext(boost::asio::io_context& io_context, unsigned worker_id,
@@ -43,14 +43,14 @@ struct WorkerContext {
   std::function<void()> on_drained; // called once draining and no session is left
 
   // Sessions of this worker (intrusive list), for draining.
-  Session* sessions = nullptr;
+  ClientConnection* sessions = nullptr;
   size_t session_count = 0;
   // A session of this listener ended (its connection slot is free again).
   std::function<void(uint32_t listener_id)> on_session_closed;
 
   // Requests waiting for a backend below max_connections_per_backend, oldest
   // first; `poll_queue` makes the worker retry them soon.
-  std::vector<Session*> queue;
+  std::vector<ClientConnection*> queue;
   std::function<void()> poll_queue;
 
   // Request ids: a per-process random prefix, the worker id and a counter.

@@ -1,7 +1,7 @@
 #include "lb/server/worker.hpp"
 
 #include "lb/io/log.hpp"
-#include "lb/proxy/session.hpp"
+#include "lb/proxy/client_connection.hpp"
 
 #include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/ip/v6_only.hpp>
@@ -43,7 +43,7 @@ Worker::~Worker() {
   context_.on_session_closed = nullptr;
   context_.on_drained = nullptr;
   context_.connections.close_all();
-  for (proxy::Session* s : context_.queue)
+  for (proxy::ClientConnection* s : context_.queue)
     s->release();
   context_.queue.clear();
   tick_.reset();
@@ -258,8 +258,8 @@ void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
       release(a);
       continue;
     }
-    proxy::Session::start(context_, *a.listener, std::move(socket),
-                          reinterpret_cast<const sockaddr*>(&peer));
+    proxy::ClientConnection::start(context_, *a.listener, std::move(socket),
+                                   reinterpret_cast<const sockaddr*>(&peer));
   }
   // More may be queued: let the connections already here run first.
   asio::post(*io_, asio::bind_allocator(io::SlotAllocator<void>(a.slot),
@@ -279,7 +279,7 @@ void Worker::on_tick(const error_code& ec) {
   context_.timeouts.expire(now);
   if (++ticks_ % 10 == 0) {
     context_.connections.sweep(now);
-    for (proxy::Session* s = context_.sessions; s; s = s->next_in_worker)
+    for (proxy::ClientConnection* s = context_.sessions; s; s = s->next_in_worker)
       s->trim_if_idle();
     // Buffers and exchanges a burst left unused for a second go back to the
     // system: their number follows the requests in flight.
@@ -310,10 +310,10 @@ void Worker::do_poll_queue() {
     queue_polling_ = false;
     if (ec)
       return;
-    std::vector<proxy::Session*> waiting = context_.queue;
-    for (proxy::Session* s : waiting)
+    std::vector<proxy::ClientConnection*> waiting = context_.queue;
+    for (proxy::ClientConnection* s : waiting)
       s->add_ref();
-    for (proxy::Session* s : waiting) {
+    for (proxy::ClientConnection* s : waiting) {
       s->retry_queued();
       s->release();
     }
@@ -344,8 +344,8 @@ void Worker::drain(std::function<void()> done) {
     context_.on_drained = finish;
     // Close connections that sit between requests; the others close after
     // the response in flight.
-    for (proxy::Session* s = context_.sessions; s;) {
-      proxy::Session* next = s->next_in_worker;
+    for (proxy::ClientConnection* s = context_.sessions; s;) {
+      proxy::ClientConnection* next = s->next_in_worker;
       s->add_ref();
       s->close_if_idle();
       s->release();

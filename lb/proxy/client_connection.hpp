@@ -3,8 +3,14 @@
 // backend and streams the response back, one request at a time (pipelined
 // requests wait in the read buffer and are answered in order).
 //
-// Written as do_x / on_x steps in the order a request flows. The session lives
-// on its worker thread; a pending operation holds a reference to it.
+// Written as do_x / on_x steps in the order a request flows, in three files:
+// client_connection.cpp (the connection: PROXY header, TLS, heads, routing,
+// lb's own answers, keep-alive, timers), upstream_exchange.cpp (the request
+// toward its backend) and tunnel.cpp (after a 101). While idle it holds its
+// socket, its timer entry, a few flags and (TLS) its SSL object; a request
+// borrows an Exchange (exchange.hpp) for what it needs in flight. The
+// connection lives on its worker thread; a pending operation holds a
+// reference to it.
 
 #include "lb/io/handler_memory.hpp"
 #include "lb/io/timeouts.hpp"
@@ -27,8 +33,8 @@ namespace lb::proxy {
 using ClientSocket =
     boost::asio::basic_stream_socket<boost::asio::ip::tcp, boost::asio::io_context::executor_type>;
 
-// (Its timeout entry is a base: no pointer back to the session.)
-class Session : private io::Timeouts::Entry {
+// (Its timeout entry is a base: no pointer back to the connection.)
+class ClientConnection : private io::Timeouts::Entry {
 public:
   // Takes over an accepted connection and starts serving it.
   // `peer` is the client's address as accept() gave it.
@@ -50,8 +56,8 @@ public:
       delete this;
   }
 
-  Session* prev_in_worker = nullptr;
-  Session* next_in_worker = nullptr;
+  ClientConnection* prev_in_worker = nullptr;
+  ClientConnection* next_in_worker = nullptr;
 
 private:
   bool adopt_runtime();
@@ -82,9 +88,9 @@ private:
     answer
   };
 
-  Session(WorkerContext& worker, const ListenerRuntime& listener, ClientSocket socket,
-          const sockaddr* peer);
-  ~Session();
+  ClientConnection(WorkerContext& worker, const ListenerRuntime& listener, ClientSocket socket,
+                   const sockaddr* peer);
+  ~ClientConnection();
 
   void set_client_address(const sockaddr* peer);
   void format_client_address(); // into the exchange
@@ -99,7 +105,7 @@ private:
   // TLS: finishes the handshake. 1 done, 0 waiting (reading resumes), -1 close.
   int tls_handshake();
   int take_proxy_header(); // 1 read, 0 wait for more, -1 close
-  template <void (Session::*Step)(), class Socket, class Slot>
+  template <void (ClientConnection::*Step)(), class Socket, class Slot>
   void wait_then(Socket& socket, boost::asio::socket_base::wait_type what, Slot& slot);
   // Request head.
   void do_read_request();

@@ -1,0 +1,798 @@
+#include "lb/proxy/client_connection.hpp"
+
+#include "lb/proxy/client_connection_impl.hpp"
+
+#include "lb/http/proxy_protocol.hpp"
+#include "lb/http/request_line.hpp"
+#include "lb/io/log.hpp"
+#include "lb/proxy/header_rules.hpp"
+#include "lb/proxy/local_answer.hpp"
+#include "lb/upstream/hashing.hpp"
+
+#include <openssl/err.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <cstdio>
+#include <cstring>
+
+namespace lb::proxy {
+
+// The client connection: the PROXY header, TLS, request heads read and
+// checked, routing, lb's own answers, answers in order, keep-alive, timers.
+// (The request toward its backend: upstream_exchange.cpp; tunnels: tunnel.cpp.)
+
+void ClientConnection::start(WorkerContext& worker, const ListenerRuntime& listener,
+                             ClientSocket socket, const sockaddr* peer) {
+  Ref self(new ClientConnection(worker, listener, std::move(socket), peer));
+  // A PROXY header or a TLS handshake must come as promptly as a request head.
+  self->arm(listener.tls || listener.config.proxy_protocol ? Timer::header : Timer::idle);
+  if (listener.tls && !self->ssl_)
+    return self->close();
+  self->do_read_request();
+}
+
+ClientConnection::ClientConnection(WorkerContext& worker, const ListenerRuntime& listener,
+                                   ClientSocket socket, const sockaddr* peer)
+    : worker_(worker), listener_(&listener), runtime_(worker.runtime), client_(std::move(socket)) {
+  // The socket is non-blocking and TCP_NODELAY already (accept4, the listener).
+  set_client_address(peer);
+  proxy_pending_ = listener_->config.proxy_protocol;
+  if (listener_->tls)
+    ssl_ = listener_->tls->accept(client_.native_handle());
+  fire = &ClientConnection::on_timeout;
+  next_in_worker = worker_.sessions;
+  if (next_in_worker)
+    next_in_worker->prev_in_worker = this;
+  worker_.sessions = this;
+  ++worker_.session_count;
+  worker_.metrics->listeners.at(listener_->id).connections.add(1);
+}
+
+// The address is kept in binary (an idle connection stays small); each
+// request's exchange holds it as text.
+void ClientConnection::set_client_address(const sockaddr* peer) {
+  client_family_ = 0;
+  if (peer && peer->sa_family == AF_INET) {
+    std::memcpy(client_addr_, &reinterpret_cast<const sockaddr_in*>(peer)->sin_addr, 4);
+    client_family_ = AF_INET;
+  } else if (peer && peer->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(peer);
+    bool mapped = IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr);
+    std::memcpy(client_addr_, in6->sin6_addr.s6_addr + (mapped ? 12 : 0), mapped ? 4 : 16);
+    client_family_ = mapped ? AF_INET : AF_INET6;
+  }
+  if (x_)
+    format_client_address();
+}
+
+void ClientConnection::format_client_address() {
+  const char* ip = client_family_ ? ::inet_ntop(client_family_, client_addr_, x_->client_ip_,
+                                                sizeof x_->client_ip_)
+                                  : nullptr;
+  x_->client_ip_len_ = ip ? static_cast<uint8_t>(std::strlen(x_->client_ip_)) : 0;
+}
+
+void ClientConnection::ensure_exchange() {
+  if (x_)
+    return;
+  x_ = worker_.exchanges.acquire();
+  x_->req_.set_request_id_header(listener_->config.headers.request_id);
+  format_client_address();
+}
+
+void ClientConnection::release_exchange() {
+  if (!x_ || x_->handlers_pending())
+    return;
+  worker_.buffers.release(x_->client_tls_stage_);
+  worker_.buffers.release(x_->backend_tls_stage_);
+  worker_.buffers.release(x_->ubuf_);
+  worker_.exchanges.release(x_);
+  x_ = nullptr;
+}
+
+// A listener with proxy_protocol: the connection starts with a PROXY v1/v2
+// header from an outer load balancer, naming the real client. Returns 1 when
+// the header has been read, 0 to wait for more of it, -1 to close (a bad or
+// missing header).
+int ClientConnection::take_proxy_header() {
+  // What follows the header (HTTP, or a TLS ClientHello) must stay in the
+  // socket for whoever reads next: the bytes are peeked, and only header
+  // bytes are consumed. While the header is incomplete, every byte received
+  // is part of it: those are consumed (kept in cbuf_ from offset 0) so that
+  // the next wait is for new bytes, not for the ones already there.
+  if (!cbuf_)
+    cbuf_ = worker_.buffers.acquire();
+  uint32_t have = c_len_;
+  ssize_t n = ::recv(fd_of(client_), cbuf_->data() + have, cbuf_->capacity - have, MSG_PEEK);
+  if (n == 0)
+    return -1;
+  if (n < 0)
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+  http::ProxyHeader header;
+  size_t seen = have + static_cast<size_t>(n);
+  switch (http::parse_proxy_header(cbuf_->data(), seen, header)) {
+  case http::ProxyParse::invalid:
+    return -1;
+  case http::ProxyParse::need_more:
+    if (seen >= cbuf_->capacity)
+      return -1;
+    if (::recv(fd_of(client_), cbuf_->data() + have, static_cast<size_t>(n), 0) != n)
+      return -1;
+    c_len_ = static_cast<uint32_t>(seen);
+    return 0;
+  case http::ProxyParse::complete:
+    break;
+  }
+  size_t rest = header.length - have;
+  if (::recv(fd_of(client_), cbuf_->data() + have, rest, 0) != static_cast<ssize_t>(rest))
+    return -1;
+  if (!header.local)
+    set_client_address(reinterpret_cast<const sockaddr*>(&header.source));
+  proxy_pending_ = false;
+  c_len_ = 0;
+  return 1;
+}
+
+int ClientConnection::tls_handshake() {
+  ERR_clear_error();
+  int r = SSL_do_handshake(ssl_);
+  if (r == 1) {
+    handshake_done_ = true;
+    return 1;
+  }
+  int e = SSL_get_error(ssl_, r);
+  if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+    return -1;
+  wait_then<&ClientConnection::read_request_head>(
+      client_,
+      e == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
+      client_read_slot_);
+  return 0;
+}
+
+ssize_t ClientConnection::client_recv(char* p, size_t n) {
+  if (!ssl_)
+    return ::recv(fd_of(client_), p, n, 0);
+  return tls_recv(ssl_, p, n);
+}
+
+int ClientConnection::client_write(Outbox& out, uint64_t& written) {
+  write_wants_read_ = false;
+  if (!ssl_)
+    return write_some(fd_of(client_), out, written);
+  return tls_write(ssl_, out, x_->client_tls_stage_, written);
+}
+
+// SSL_write takes one buffer: gather into a staging buffer (TLS copies the
+// bytes to encrypt them anyway). After WANT_WRITE the same bytes are staged
+// again, as OpenSSL requires for the retry.
+int ClientConnection::tls_write(SSL* ssl, Outbox& out, io::Buffer*& stage, uint64_t& written) {
+  if (!stage)
+    stage = worker_.buffers.acquire();
+  while (!out.empty()) {
+    size_t staged = 0;
+    for (unsigned i = out.first; i < out.count && staged < stage->capacity; ++i) {
+      size_t take = std::min<size_t>(out.v[i].iov_len, stage->capacity - staged);
+      std::memcpy(stage->data() + staged, out.v[i].iov_base, take);
+      staged += take;
+    }
+    ERR_clear_error();
+    int r = SSL_write(ssl, stage->data(), static_cast<int>(staged));
+    if (r > 0) {
+      out.advance(static_cast<size_t>(r));
+      written += static_cast<uint64_t>(r);
+      continue;
+    }
+    int e = SSL_get_error(ssl, r);
+    if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+      // TLS may need the peer's bytes first: waiting for writability then
+      // would wake up at once, again and again.
+      write_wants_read_ = e == SSL_ERROR_WANT_READ;
+      return 0;
+    }
+    errno = EPIPE;
+    return -1;
+  }
+  worker_.buffers.release(stage);
+  stage = nullptr;
+  return 1;
+}
+
+ClientConnection::~ClientConnection() {
+  io::Timeouts::disarm(timer());
+  if (ssl_)
+    SSL_free(ssl_);
+  worker_.buffers.release(cbuf_);
+  if (x_) {
+    // No handler can be pending in its slots: each would hold a reference.
+    count_bytes();
+    worker_.buffers.release(x_->client_tls_stage_);
+    worker_.buffers.release(x_->backend_tls_stage_);
+    delete x_->conn_;
+    worker_.buffers.release(x_->ubuf_);
+    worker_.exchanges.release(x_);
+  }
+  if (prev_in_worker)
+    prev_in_worker->next_in_worker = next_in_worker;
+  else
+    worker_.sessions = next_in_worker;
+  if (next_in_worker)
+    next_in_worker->prev_in_worker = prev_in_worker;
+  worker_.metrics->listeners.at(listener_->id).connections.add(-1);
+  if (worker_.on_session_closed)
+    worker_.on_session_closed(listener_->id);
+  if (--worker_.session_count == 0 && worker_.draining && worker_.on_drained)
+    asio::post(worker_.io, worker_.on_drained);
+}
+
+void ClientConnection::trim_if_idle() {
+  if (ssl_ && timer_kind_ == Timer::idle && !cbuf_)
+    SSL_free_buffers(ssl_);
+}
+
+void ClientConnection::close_if_idle() {
+  keep_client_ = false;
+  if (timer_kind_ == Timer::idle && c_len_ == 0)
+    close();
+}
+
+void ClientConnection::close() {
+  if (closed_)
+    return;
+  closed_ = true;
+  if (x_ && x_->started_ != io::Clock::time_point{}) {
+    // A request cut short (the client left, the backend failed mid-response,
+    // a forced shutdown) is logged and counted too: under the status sent, or
+    // 499 when none was (nginx's "client closed request").
+    if (!x_->status_)
+      x_->status_ = 499;
+    finish_request_log();
+    x_->started_ = {};
+  }
+  count_bytes();
+  if (x_ && x_->queued_) {
+    Ref keep(this); // leave_queue drops the queue's reference
+    leave_queue();
+  }
+  io::Timeouts::disarm(timer());
+  timer_kind_ = Timer::none;
+  error_code ec;
+  client_.close(ec);
+  release_backend(false);
+  worker_.buffers.release(cbuf_);
+  cbuf_ = nullptr;
+  c_len_ = c_parsed_ = 0;
+}
+
+// Closes after the last response without losing it: a close with unread
+// request bytes would make the kernel send a reset that can destroy the
+// response in the client's receive buffer. So: send FIN, discard what the
+// client still sends (bounded in bytes and time), then close.
+void ClientConnection::close_gracefully(bool request_read) {
+  if (closed_)
+    return;
+  release_backend(false);
+  if (ssl_) {
+    SSL_shutdown(ssl_); // close_notify, best effort
+  } else {
+    // Nothing unread from a client whose request was read whole: a plain close
+    // sends FIN, not a reset. (As nginx's lingering_close heuristics.)
+    char probe;
+    ssize_t pending = ::recv(fd_of(client_), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (pending < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && request_read)
+      return close();
+  }
+  error_code ec;
+  client_.shutdown(asio::socket_base::shutdown_send, ec);
+  if (ec)
+    return close();
+  arm(Timer::linger);
+  linger_read();
+}
+
+void ClientConnection::linger_read() {
+  char sink[4096];
+  for (;;) {
+    ssize_t n = client_recv(sink, sizeof sink);
+    if (n > 0) {
+      lingered_ += static_cast<uint32_t>(n);
+      if (lingered_ > (1u << 20))
+        return close();
+      continue;
+    }
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      wait_then<&ClientConnection::linger_read>(client_, asio::socket_base::wait_read,
+                                                client_read_slot_);
+      return;
+    }
+    return close();
+  }
+}
+
+void ClientConnection::do_read_request() {
+  if (closed_)
+    return;
+  read_request_head();
+}
+
+void ClientConnection::read_request_head() {
+  const auto& limits = listener_->config.limits;
+  if (proxy_pending_) {
+    int r = take_proxy_header();
+    if (r < 0)
+      return close();
+    if (r == 0) {
+      if (c_len_ == 0) { // nothing of the header yet: hold no buffer
+        worker_.buffers.release(cbuf_);
+        cbuf_ = nullptr;
+      }
+      wait_then<&ClientConnection::read_request_head>(client_, asio::socket_base::wait_read,
+                                                      client_read_slot_);
+      return;
+    }
+  }
+  if (ssl_ && !handshake_done_) {
+    int r = tls_handshake();
+    if (r < 0)
+      return close();
+    if (r == 0)
+      return;
+  }
+  for (;;) {
+    if (c_parsed_ < c_len_) {
+      char* data = cbuf_->data();
+      auto r = x_->req_.feed(data + c_parsed_, data + c_len_);
+      c_parsed_ = static_cast<uint32_t>(r.stop - data);
+      if (r.event == http::Parser::Event::head_complete) {
+        head_end_ = c_parsed_;
+        return on_request_head();
+      }
+      if (r.event == http::Parser::Event::error) {
+        keep_client_ = false;
+        return respond_error(x_->req_.error_status(), x_->req_.error_reason(), true);
+      }
+    }
+    // (Bytes parsed: an exchange holds the request.)
+    if (c_parsed_ > http::max_target_bytes + 16 && !x_->req_.target_complete()) {
+      keep_client_ = false;
+      return respond_error(414, "request target longer than 8 KiB", true);
+    }
+    if (c_parsed_ > limits.max_header_bytes || (cbuf_ && c_len_ == cbuf_->capacity)) {
+      keep_client_ = false;
+      return respond_error(431, "request head larger than max_header_bytes", true);
+    }
+    if (!cbuf_)
+      cbuf_ = worker_.buffers.acquire();
+    ensure_exchange();
+    ssize_t n = client_recv(cbuf_->data() + c_len_, cbuf_->capacity - c_len_);
+    if (n > 0) {
+      bool was_empty = c_len_ == 0;
+      c_len_ += static_cast<uint32_t>(n);
+      x_->bytes_in_ += static_cast<uint64_t>(n);
+      if (c_parsed_ == 0)
+        skip_empty_lines();
+      if (was_empty && c_len_ > 0)
+        arm(Timer::header);
+      continue;
+    }
+    if (n == 0)
+      return close(); // the client is done (or gave up mid-head)
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      return close();
+    if (c_len_ == 0) { // idle between requests: hold no buffer, no exchange
+      worker_.buffers.release(cbuf_);
+      cbuf_ = nullptr;
+      release_exchange();
+    }
+    wait_then<&ClientConnection::read_request_head>(client_, asio::socket_base::wait_read,
+                                                    client_read_slot_);
+    return;
+  }
+}
+
+// Empty lines before a request line are ignored (RFC 9112 §2.2: some clients
+// send CRLF after a body). They do not start a request: no header timer, and
+// the idle timer is not renewed by them.
+void ClientConnection::skip_empty_lines() {
+  const char* data = cbuf_->data();
+  uint32_t k = 0;
+  while (k < c_len_ && (data[k] == '\r' || data[k] == '\n'))
+    ++k;
+  if (k == 0)
+    return;
+  std::memmove(cbuf_->data(), data + k, c_len_ - k);
+  c_len_ -= k;
+}
+
+void ClientConnection::on_request_head() {
+  x_->started_ = io::Clock::now();
+  http::Head& head = x_->req_.head();
+
+  // Request id: the client's if it sent one, else a new one.
+  assign_request_id();
+
+  keep_client_ = head.keep_alive && !worker_.draining;
+  if (head_end_ > listener_->config.limits.max_header_bytes) {
+    keep_client_ = false;
+    return respond_error(431, "request head larger than max_header_bytes", true);
+  }
+  http::RequestLineCheck line = http::check_request_line(head);
+  if (line.status) {
+    keep_client_ = false;
+    return respond_error(line.status, line.reason, true);
+  }
+  x_->authority_ = line.authority;
+  uint64_t max_body = listener_->config.limits.max_body_bytes;
+  if (max_body && head.has_content_length && head.content_length > max_body) {
+    keep_client_ = false;
+    return respond_error(413, "request body larger than max_body_bytes", true);
+  }
+  x_->upgrade_requested_ = mark_request_head(head, x_->authority_);
+
+  adopt_runtime(); // a keep-alive connection follows reloads request by request
+  int pool = listener_->router.match(head, x_->authority_.view(), &x_->route_);
+  bool has_body = head.chunked || head.content_length > 0;
+
+  // Body bytes that arrived with the head, up to the end of this message.
+  auto r = x_->req_.feed(cbuf_->data() + c_parsed_, cbuf_->data() + c_len_);
+  if (r.event == http::Parser::Event::error) {
+    keep_client_ = false;
+    return respond_error(400, x_->req_.error_reason(), true);
+  }
+  c_parsed_ = static_cast<uint32_t>(r.stop - cbuf_->data());
+  msg_end_ = c_parsed_;
+  x_->req_done_ = r.event == http::Parser::Event::message_complete;
+  if (max_body && x_->req_.body_bytes() > max_body) {
+    keep_client_ = false;
+    return respond_error(413, "request body larger than max_body_bytes", true);
+  }
+
+  // Max-Forwards (RFC 9110 §7.6.2): an OPTIONS or TRACE that may go no
+  // further is answered here, whatever the routes say; one that may goes on
+  // with one hop less.
+  x_->max_forwards_len_ = 0;
+  if (std::optional<uint64_t> hops = max_forwards(head)) {
+    if (*hops == 0) {
+      if (has_body && !x_->req_done_)
+        keep_client_ = false;
+      return respond_final_recipient();
+    }
+    x_->max_forwards_len_ = static_cast<uint8_t>(
+        std::snprintf(x_->max_forwards_, sizeof x_->max_forwards_, "Max-Forwards: %llu\r\n",
+                      static_cast<unsigned long long>(*hops - 1)));
+  }
+
+  if (pool < 0) {
+    if (has_body && !x_->req_done_)
+      keep_client_ = false;
+    return respond_error(404, "no route matches the request", !keep_client_);
+  }
+  x_->pool_ = runtime_->pools[static_cast<size_t>(pool)].get();
+  const config::Pool& pc = x_->pool_->config();
+  if (pc.maintenance)
+    return respond_maintenance();
+  // What the balancer may use: the hash key, the sticky cookie.
+  x_->has_hash_ = false;
+  if (pc.balance == config::Balance::ring_hash || pc.balance == config::Balance::maglev) {
+    std::string_view key;
+    switch (pc.hash_key.kind) {
+    case config::HashKey::Kind::source_ip:
+      key = client_ip();
+      break;
+    case config::HashKey::Kind::header:
+      key = http::find_header(head, pc.hash_key.name);
+      break;
+    case config::HashKey::Kind::cookie:
+      key = http::find_cookie(head, pc.hash_key.name);
+      break;
+    }
+    if (!key.empty()) {
+      x_->hash_ = upstream::hash64(key);
+      x_->has_hash_ = true;
+    }
+  }
+  x_->sticky_backend_ = -1;
+  if (!pc.sticky_cookie.empty()) {
+    std::string_view value = http::find_cookie(head, pc.sticky_cookie);
+    if (!value.empty())
+      x_->sticky_backend_ = x_->pool_->sticky_backend(value);
+  }
+  x_->resp_.set_head_request(head.method.view() == "HEAD");
+  arm(Timer::exchange);
+  do_attempt();
+}
+
+void ClientConnection::respond_maintenance() {
+  keep_client_ = keep_client_ && x_->req_done_;
+  x_->status_ = 503;
+  MaintenanceAnswer answer;
+  answer.pool = x_->pool_->name();
+  answer.request_id_header = listener_->config.headers.request_id;
+  answer.request_id = request_id();
+  answer.keep_alive = keep_client_;
+  answer.head_request = x_->req_.head().method.view() == "HEAD";
+  write_maintenance(answer, x_->answer_, x_->to_client_);
+  send_local_answer();
+}
+
+void ClientConnection::respond_final_recipient() {
+  if (!x_->req_done_)
+    keep_client_ = false; // its body is not read: the connection cannot go on
+  x_->status_ = 200;
+  // A TRACE's echo refers to the request's bytes: they stay in the read
+  // buffer until the request is logged, after this answer.
+  if (!write_final_recipient(x_->req_.head(), keep_client_, x_->answer_, x_->to_client_))
+    return respond_error(400, "request has too many header fields to echo", true);
+  send_local_answer();
+}
+
+void ClientConnection::send_local_answer() {
+  x_->resp_started_ = true;
+  x_->answered_locally_ = true;
+  // Whatever timer ran (a connect or queue timer of the request) has no say
+  // over this answer any more.
+  arm(Timer::answer);
+  do_write_client();
+}
+
+void ClientConnection::respond_error(int status, const char* reason, bool close_after) {
+  if (closed_)
+    return;
+  ensure_exchange(); // a head timeout can come before any byte of a request
+  if (x_->resp_started_)
+    return close();
+  release_backend(false);
+  if (close_after || !x_->req_done_)
+    keep_client_ = false;
+  x_->status_ = status;
+  // An error in the head itself (400, 431, 408) comes before the request had
+  // an id: it gets one now, for the answer and the access log.
+  if (!x_->request_id_len_)
+    assign_request_id();
+  ErrorAnswer answer;
+  answer.status = status;
+  answer.reason = reason ? reason : "";
+  answer.request_id = request_id();
+  answer.keep_alive = keep_client_;
+  const http::Head& req = x_->req_.head();
+  answer.head_request = req.start && req.method.view() == "HEAD";
+  write_error(answer, x_->answer_, x_->to_client_);
+  send_local_answer();
+}
+
+void ClientConnection::count_bytes() {
+  if (!x_)
+    return;
+  ListenerMetrics& lm = worker_.metrics->listeners.at(listener_->id);
+  if (x_->bytes_in_ > x_->counted_in_)
+    lm.bytes_in.add(x_->bytes_in_ - x_->counted_in_);
+  if (x_->bytes_out_ > x_->counted_out_)
+    lm.bytes_out.add(x_->bytes_out_ - x_->counted_out_);
+  x_->counted_in_ = x_->bytes_in_;
+  x_->counted_out_ = x_->bytes_out_;
+}
+
+void ClientConnection::finish_request() {
+  finish_request_log();
+  finish_request_state();
+}
+
+void ClientConnection::finish_request_log() {
+  if (x_->status_) {
+    WorkerMetrics& m = *worker_.metrics;
+    m.listeners.at(listener_->id).requests.at(x_->pool_ ? x_->pool_->id() + 1 : 0).add(x_->status_);
+    if (x_->pool_ && x_->started_ != io::Clock::time_point{})
+      m.pools.at(x_->pool_->id())
+          .duration.observe(std::chrono::duration<double>(io::Clock::now() - x_->started_).count());
+  }
+  count_bytes();
+  if (worker_.access_log.enabled() && (x_->status_ || c_len_)) {
+    const http::Head& h = x_->req_.head();
+    AccessRecord rec;
+    rec.request_id = request_id();
+    rec.client = client_ip();
+    rec.listener = listener_->config.name;
+    rec.route = x_->route_;
+    if (x_->pool_)
+      rec.pool = x_->pool_->name();
+    if (x_->pool_ && x_->backend_ >= 0)
+      rec.backend = x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label;
+    if (h.start) {
+      rec.method = h.method.view();
+      rec.target = h.target.view();
+      rec.version_minor = h.minor;
+      for (unsigned i = 0; i < h.count; ++i) {
+        if (http::iequals(h.headers[i].name.view(), "user-agent"))
+          rec.user_agent = h.headers[i].value.view();
+        else if (http::iequals(h.headers[i].name.view(), "referer"))
+          rec.referer = h.headers[i].value.view();
+      }
+    }
+    rec.status = x_->status_;
+    rec.bytes_in = x_->bytes_in_;
+    rec.bytes_out = x_->bytes_out_;
+    rec.upstream_ms = x_->upstream_ms_;
+    rec.total_ms =
+        x_->started_ == io::Clock::time_point{} ? 0 : ms_between(x_->started_, io::Clock::now());
+    worker_.access_log.write(rec);
+  }
+}
+
+// A reload or DNS change published a new snapshot: the next request uses it
+// (this one keeps what it started with). False when the new snapshot lacks
+// this connection's listener: it keeps the old one until it closes.
+bool ClientConnection::adopt_runtime() {
+  if (runtime_ == worker_.runtime)
+    return true;
+  const ListenerRuntime* now = worker_.runtime->listener_by_id(listener_->id);
+  if (!now)
+    return false;
+  runtime_ = worker_.runtime;
+  listener_ = now;
+  // The parser looks for the request id header by the listener's name for it.
+  if (x_)
+    x_->req_.set_request_id_header(listener_->config.headers.request_id);
+  return true;
+}
+
+void ClientConnection::finish_request_state() {
+  ++request_gen_; // handlers still waiting for this request's body ignore what they see
+  // Nothing may read this request's head from now on: its spans point into a
+  // buffer that goes back to the worker's free list.
+  x_->req_.head().clear();
+  bool keep = keep_client_ && !closed_ && x_->req_done_ && !worker_.draining;
+  bool request_read = x_->req_done_;
+  // Per-request state back to its start (a backend still held is let go).
+  release_backend(false);
+  worker_.buffers.release(x_->client_tls_stage_);
+  worker_.buffers.release(x_->backend_tls_stage_);
+  x_->reset_fields();
+  // A listener the newest config no longer has closes its connections.
+  if (!adopt_runtime())
+    keep = false;
+  if (!keep)
+    return close_gracefully(request_read);
+
+  // A pipelined request may already be in the buffer: move it to the front.
+  uint32_t left = c_len_ - msg_end_;
+  if (left) {
+    std::memmove(cbuf_->data(), cbuf_->data() + msg_end_, left);
+    x_->bytes_in_ = x_->counted_in_ = left; // already counted in the metrics with the last request
+    arm(Timer::header);
+  } else {
+    worker_.buffers.release(cbuf_);
+    cbuf_ = nullptr;
+    release_exchange();
+    arm(Timer::idle);
+  }
+  c_len_ = left;
+  c_parsed_ = head_end_ = msg_end_ = 0;
+  keep_client_ = true;
+  if (!left && !ssl_) {
+    // The response has just gone out, so a read now would almost always find
+    // nothing: wait for the next request instead of trying first. (A TLS
+    // connection may hold decrypted bytes the socket no longer signals.)
+    return wait_then<&ClientConnection::read_request_head>(client_, asio::socket_base::wait_read,
+                                                           client_read_slot_);
+  }
+  if (++serve_chain_ % 8 == 0) {
+    // The next request is here already (pipelined, or TLS bytes): requests lb
+    // answers itself would otherwise run one inside the other, with no bound
+    // on the stack. Every few, continue from the event loop.
+    asio::post(worker_.io,
+               in_slot(client_read_slot_, [self = Ref(this)] { self->do_read_request(); }));
+    return;
+  }
+  do_read_request();
+}
+
+void ClientConnection::arm(Timer t) {
+  timer_kind_ = t;
+  std::chrono::milliseconds d{};
+  switch (t) {
+  case Timer::none:
+    io::Timeouts::disarm(timer());
+    return;
+  case Timer::idle:
+  case Timer::answer:
+    d = listener_->config.timeouts.idle;
+    break;
+  case Timer::header:
+    d = listener_->config.timeouts.header;
+    break;
+  case Timer::connect:
+    d = x_->pool_->config().timeouts.connect;
+    break;
+  case Timer::exchange:
+    d = x_->pool_->config().timeouts.response;
+    break;
+  case Timer::linger:
+    d = std::chrono::seconds(2);
+    break;
+  case Timer::tunnel:
+    d = listener_->config.timeouts.tunnel;
+    break;
+  case Timer::queue:
+    d = x_->pool_->config().queue_timeout;
+    break;
+  }
+  worker_.timeouts.arm(timer(), d);
+}
+
+void ClientConnection::on_timeout(io::Timeouts::Entry* e) {
+  ClientConnection* s = static_cast<ClientConnection*>(e);
+  Ref self(s);
+  s->timed_out();
+}
+
+void ClientConnection::timed_out() {
+  if (closed_)
+    return;
+  Timer kind = timer_kind_;
+  timer_kind_ = Timer::none;
+  switch (kind) {
+  case Timer::none:
+  case Timer::idle:
+  case Timer::linger:
+  case Timer::tunnel:
+  case Timer::answer:
+    return close();
+  case Timer::header:
+    // Before the PROXY header or the TLS handshake is complete there is no
+    // way to answer: close.
+    if (proxy_pending_ || (ssl_ && !handshake_done_))
+      return close();
+    keep_client_ = false;
+    return respond_error(408, "request head not received within timeouts.header", true);
+  case Timer::connect:
+    std::snprintf(x_->reason_, sizeof x_->reason_,
+                  x_->conn_ && x_->conn_->ssl ? "TLS handshake with %s timed out"
+                                              : "connect to %s timed out",
+                  x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str());
+    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);
+    backend_metrics().connect_errors.add();
+    x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::connect_failure);
+    return backend_failed(Failure::connect, x_->reason_);
+  case Timer::queue:
+    leave_queue();
+    std::snprintf(x_->reason_, sizeof x_->reason_,
+                  "circuit open: pool %s stayed at max_connections_per_backend for queue_timeout",
+                  x_->pool_->name().c_str());
+    return respond_error(503, x_->reason_, !x_->req_done_);
+  case Timer::exchange:
+    keep_client_ = false;
+    if (!x_->req_done_)
+      return respond_error(408, "request body not received in time", true);
+    return respond_error(504, "backend did not respond within timeouts.response", true);
+  }
+}
+
+void ClientConnection::assign_request_id() {
+  x_->request_id_len_ = 0;
+  if (listener_->config.headers.request_id.empty() || x_->req_.head().find(http::Field::request_id))
+    return;
+  // 16 hex digits: the process's prefix, the worker, a counter.
+  uint64_t n = ++worker_.next_request;
+  uint64_t id =
+      (uint64_t{worker_.id_prefix} << 32) | (uint64_t{worker_.id & 0xffu} << 24) | (n & 0xffffff);
+  static constexpr char hex[] = "0123456789abcdef";
+  for (int i = 15; i >= 0; --i, id >>= 4)
+    x_->request_id_[i] = hex[id & 0xf];
+  x_->request_id_len_ = 16;
+}
+
+std::string_view ClientConnection::request_id() const {
+  if (x_->request_id_len_)
+    return {x_->request_id_, x_->request_id_len_};
+  if (const http::Header* h = x_->req_.head().find(http::Field::request_id))
+    return h->value.view();
+  return "-";
+}
+
+} // namespace lb::proxy

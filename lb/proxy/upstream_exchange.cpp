@@ -1,0 +1,705 @@
+#include "lb/proxy/client_connection.hpp"
+
+#include "lb/proxy/client_connection_impl.hpp"
+
+#include "lb/io/log.hpp"
+#include "lb/proxy/header_rules.hpp"
+#include "lb/proxy/retry_policy.hpp"
+
+#include <openssl/err.h>
+
+#include <cstdio>
+#include <cstring>
+
+namespace lb::proxy {
+
+// One request toward one backend: pick, connect (TLS), send the head and
+// stream the body, read the response and stream it back, replay or retry
+// (retry_policy), report the outcome to the pool (passive health) and count
+// it once.
+
+ssize_t ClientConnection::backend_recv(char* p, size_t n) {
+  if (!x_->conn_->ssl)
+    return ::recv(fd_of(x_->conn_->socket), p, n, 0);
+  return tls_recv(x_->conn_->ssl, p, n);
+}
+
+int ClientConnection::backend_write(Outbox& out, uint64_t& written) {
+  write_wants_read_ = false;
+  if (!x_->conn_->ssl)
+    return write_some(fd_of(x_->conn_->socket), out, written);
+  return tls_write(x_->conn_->ssl, out, x_->backend_tls_stage_, written);
+}
+
+void ClientConnection::do_attempt() {
+  upstream::PickRequest pick{x_->tried_, x_->hash_, x_->has_hash_, x_->sticky_backend_};
+  int b = x_->pool_->pick(pick);
+  if (x_->pool_->tracks_active()) {
+    // Circuit breaker: a backend at max_connections_per_backend is skipped; when
+    // all are, the request waits in the queue (up to queue_timeout), then 503.
+    bool busy = false;
+    for (size_t guard = 0; b >= 0 && !x_->pool_->try_acquire(static_cast<size_t>(b)); ++guard) {
+      busy = true;
+      pick.tried.add(static_cast<size_t>(b));
+      b = guard < x_->pool_->backends().size() ? x_->pool_->pick(pick) : -1;
+    }
+    if (b < 0 && busy) {
+      if (!x_->queued_ && x_->pool_->config().queue_timeout.count() > 0) {
+        x_->queued_ = true;
+        add_ref(); // held by the queue
+        worker_.queue.push_back(this);
+        if (worker_.poll_queue)
+          worker_.poll_queue();
+        arm(Timer::queue);
+        return;
+      }
+      if (x_->queued_)
+        return; // still waiting: the queue polls again
+      std::snprintf(x_->reason_, sizeof x_->reason_,
+                    "circuit open: every backend of pool %s is at max_connections_per_backend",
+                    x_->pool_->name().c_str());
+      return respond_error(503, x_->reason_, !x_->req_done_);
+    }
+    x_->acquired_ = b >= 0;
+  }
+  if (b < 0) {
+    leave_queue();               // answered now: the queue must not try it again
+    if (x_->retry_.attempts > 0) // the last failure's reason is kept in x_->reason_
+      return respond_error(502, x_->reason_, !x_->req_done_);
+    std::snprintf(x_->reason_, sizeof x_->reason_, "no healthy backend in pool %s",
+                  x_->pool_->name().c_str());
+    return respond_error(503, x_->reason_, !x_->req_done_);
+  }
+  if (x_->queued_) {
+    leave_queue();
+    arm(Timer::exchange); // the queue's deadline no longer applies
+  }
+  x_->tried_.add(static_cast<size_t>(b));
+  PoolMetrics& pm = worker_.metrics->pools.at(x_->pool_->id());
+  if (x_->retry_.attempts > 0 || x_->retry_.replays > 0)
+    pm.retries.add();
+  if (x_->retry_.attempts == 0 && x_->retry_.replays == 0 && x_->pool_->selection().fail_open) {
+    pm.fail_open.add();
+    x_->pool_->note_fail_open();
+  }
+  ++x_->retry_.attempts;
+  ++attempt_;
+  x_->backend_ = b;
+  x_->active_backend_ = b;
+  const upstream::Backend& backend = x_->pool_->backends()[static_cast<size_t>(b)];
+  worker_.metrics->backends.at(backend.id).active.add(1);
+  x_->resp_.reset();
+  x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
+  if (x_->retry_.attempts == 1)
+    x_->upstream_started_ = io::Clock::now();
+  x_->conn_ = worker_.connections.take(backend.id);
+  // A reload may have changed the pool's tls settings: those are no use now.
+  while (x_->conn_ && x_->conn_->tls.get() != x_->pool_->tls()) {
+    delete x_->conn_;
+    x_->conn_ = worker_.connections.take(backend.id);
+  }
+  x_->conn_reused_ = x_->conn_ != nullptr;
+  if (x_->conn_reused_) {
+    // A retry may come here with the failed attempt's connect timer still
+    // armed (or none, after a connect timeout): time this exchange.
+    arm(Timer::exchange);
+    return do_send_request_head();
+  }
+  do_connect();
+}
+
+void ClientConnection::do_connect() {
+  x_->conn_ = new upstream::Connection(worker_.io);
+  const upstream::Backend& backend = x_->pool_->backends()[static_cast<size_t>(x_->backend_)];
+  x_->conn_->backend = backend.id;
+  x_->conn_->idle_timeout = x_->pool_->config().timeouts.idle;
+  const auto& endpoint = backend.endpoint;
+  error_code ec;
+  x_->conn_->socket.open(endpoint.protocol(), ec);
+  if (!ec)
+    x_->conn_->socket.non_blocking(true, ec);
+  if (ec)
+    return backend_failed(Failure::connect, "cannot open a socket");
+  arm(Timer::connect);
+  x_->conn_->socket.async_connect(
+      endpoint,
+      in_slot(x_->backend_write_slot_,
+              [self = Ref(this), a = attempt_](const error_code& e) { self->on_connect(e, a); }));
+}
+
+void ClientConnection::on_connect(const error_code& ec, uint32_t attempt) {
+  if (closed_ || attempt != attempt_)
+    return;
+  if (ec) {
+    std::snprintf(x_->reason_, sizeof x_->reason_, "connect to %s failed: %s",
+                  x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
+                  ec.message().c_str());
+    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);
+    backend_metrics().connect_errors.add();
+    bool refused = ec == asio::error::connection_refused;
+    x_->pool_->report(static_cast<size_t>(x_->backend_),
+                      refused ? upstream::Outcome::refused : upstream::Outcome::connect_failure);
+    return backend_failed(refused ? Failure::refused : Failure::connect, x_->reason_);
+  }
+  error_code ignored;
+  x_->conn_->socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+  if (x_->pool_->config().tls.enabled)
+    return start_backend_tls();
+  arm(Timer::exchange);
+  do_send_request_head();
+}
+
+// HTTPS toward the backend: the handshake runs under the connect timeout, and
+// its failure counts as a failed connect (retried on another backend).
+void ClientConnection::start_backend_tls() {
+  const upstream::Backend& backend = x_->pool_->backends()[static_cast<size_t>(x_->backend_)];
+  if (x_->pool_->tls()) {
+    x_->conn_->tls = x_->pool_->shared_tls();
+    x_->conn_->ssl = x_->pool_->tls()->connect(fd_of(x_->conn_->socket), backend.host_name,
+                                               backend.endpoint.address().to_string());
+  }
+  if (!x_->conn_->ssl) {
+    std::snprintf(x_->reason_, sizeof x_->reason_, "TLS to %s cannot be set up: %s",
+                  backend.label.c_str(),
+                  x_->pool_->tls() ? "out of memory" : x_->pool_->tls_error().c_str());
+    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);
+    return backend_failed(Failure::connect, x_->reason_);
+  }
+  backend_handshake();
+}
+
+void ClientConnection::backend_handshake() {
+  ERR_clear_error();
+  int r = SSL_do_handshake(x_->conn_->ssl);
+  if (r == 1) {
+    arm(Timer::exchange);
+    return do_send_request_head();
+  }
+  int e = SSL_get_error(x_->conn_->ssl, r);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+    x_->conn_->socket.async_wait(
+        e == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
+        in_slot(x_->backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
+          if (self->closed_ || a != self->attempt_)
+            return;
+          if (ec)
+            return self->backend_failed(Failure::connect, "backend connection failed");
+          self->backend_handshake();
+        }));
+    return;
+  }
+  std::string why = io::TlsClient::failure(x_->conn_->ssl);
+  std::snprintf(x_->reason_, sizeof x_->reason_, "TLS handshake with %s failed: %s",
+                x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
+                why.c_str());
+  io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);
+  backend_metrics().connect_errors.add();
+  x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::connect_failure);
+  backend_failed(Failure::connect, x_->reason_);
+}
+
+void ClientConnection::do_send_request_head() {
+  const auto& headers_cfg = listener_->config.headers;
+  RequestRules rules;
+  rules.forwarded_for = headers_cfg.forwarded_for;
+  rules.client_ip = client_ip();
+  rules.https = ssl_ != nullptr;
+  rules.via = headers_cfg.via;
+  rules.authority = x_->authority_;
+  rules.request_id_header = headers_cfg.request_id;
+  rules.request_id = {x_->request_id_, x_->request_id_len_};
+  rules.max_forwards_line = {x_->max_forwards_, x_->max_forwards_len_};
+  rules.upgrade = x_->upgrade_requested_;
+  Outbox& out = x_->to_backend_;
+  bool ok = write_request_head(x_->req_.head(), rules, out);
+  ok &= out.add(cbuf_->data() + head_end_, msg_end_ - head_end_);
+  if (!ok) {
+    keep_client_ = false;
+    return respond_error(400, "request has too many header fields to forward", true);
+  }
+  x_->reading_response_ = false;
+  do_write_backend();
+}
+
+void ClientConnection::do_write_backend() {
+  uint64_t written = 0;
+  int r = backend_write(x_->to_backend_, written);
+  if (r > 0)
+    return on_request_bytes_sent();
+  if (r == 0) {
+    x_->backend_writing_ = true;
+    x_->conn_->socket.async_wait(
+        write_wants_read_ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
+        in_slot(x_->backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
+          self->on_backend_writable(ec, a);
+        }));
+    return;
+  }
+  if (x_->reading_response_)
+    return stop_request_body();
+  std::snprintf(x_->reason_, sizeof x_->reason_, "sending to %s failed: %s",
+                x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
+                std::strerror(errno));
+  backend_failed(x_->u_len_ == 0 && !x_->resp_started_
+                     ? (x_->conn_reused_ ? Failure::reused_early : Failure::before_response)
+                     : Failure::backend,
+                 x_->reason_);
+}
+
+void ClientConnection::on_backend_writable(const error_code& ec, uint32_t attempt) {
+  if (closed_ || attempt != attempt_)
+    return;
+  x_->backend_writing_ = false;
+  if (ec && x_->reading_response_)
+    return stop_request_body();
+  if (ec)
+    return backend_failed(Failure::backend, "backend connection failed");
+  arm(Timer::exchange);
+  do_write_backend();
+}
+
+// The backend stopped taking the request body (it answered early and closed,
+// or it failed) while its response is being read. The body is not sent on;
+// the response decides: an answer still goes to the client whole (and the
+// connection closes after it, the rest of the body unread), a failure is
+// handled where the read fails.
+void ClientConnection::stop_request_body() {
+  x_->backend_writing_ = false;
+  keep_client_ = false;
+  x_->backend_keep_alive_ = false;
+}
+
+void ClientConnection::on_request_bytes_sent() {
+  x_->backend_writing_ = false;
+  if (x_->req_done_)
+    x_->req_sent_ = true;
+  if (!x_->reading_response_) {
+    // Start reading the response from the event loop, not from inside this
+    // write: the steps below must not run re-entrantly into the next request.
+    x_->reading_response_ = true;
+    asio::post(worker_.io, in_slot(x_->backend_read_slot_, [self = Ref(this), a = attempt_] {
+                 if (!self->closed_ && a == self->attempt_)
+                   self->do_read_response();
+               }));
+  }
+  if (!x_->req_done_)
+    return do_read_request_body();
+  if (x_->resp_done_ && !x_->client_writing_ && !x_->answered_locally_)
+    on_response_complete();
+}
+
+void ClientConnection::do_read_request_body() {
+  // The body bytes after the head have been sent: reuse that room.
+  if (msg_end_ > head_end_)
+    x_->body_discarded_ = true;
+  c_len_ = c_parsed_ = msg_end_ = head_end_;
+  if (++x_->request_chain_ % 16 == 0) {
+    // Bytes keep coming without blocking: continue from the event loop so the
+    // stack does not grow with the body.
+    asio::post(worker_.io,
+               in_slot(client_read_slot_, [self = Ref(this), g = request_gen_, a = attempt_] {
+                 if (!self->closed_ && g == self->request_gen_ && a == self->attempt_)
+                   self->read_request_body();
+               }));
+    return;
+  }
+  read_request_body();
+}
+
+void ClientConnection::read_request_body() {
+  for (;;) {
+    ssize_t n = client_recv(cbuf_->data() + c_len_, cbuf_->capacity - c_len_);
+    if (n > 0) {
+      c_len_ += static_cast<uint32_t>(n);
+      x_->bytes_in_ += static_cast<uint64_t>(n);
+      break;
+    }
+    if (n == 0)
+      return close(); // the client left before its request was complete
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      return close();
+    // The request may end before more of its body comes (an early response,
+    // a failed backend, a timeout), or go to another backend (a retry or a
+    // replay, which starts its own body pump): this wait is then stale and
+    // does nothing.
+    client_.async_wait(asio::socket_base::wait_read,
+                       in_slot(client_read_slot_, [self = Ref(this), g = request_gen_,
+                                                   a = attempt_](const error_code& ec) {
+                         if (self->closed_ || g != self->request_gen_ || a != self->attempt_)
+                           return;
+                         if (ec)
+                           return self->close();
+                         self->read_request_body();
+                       }));
+    return;
+  }
+  arm(Timer::exchange);
+  char* data = cbuf_->data();
+  auto r = x_->req_.feed(data + c_parsed_, data + c_len_);
+  if (r.event == http::Parser::Event::error) {
+    keep_client_ = false;
+    if (x_->resp_started_)
+      return close();
+    return respond_error(400, x_->req_.error_reason(), true);
+  }
+  uint64_t max_body = listener_->config.limits.max_body_bytes;
+  if (max_body && x_->req_.body_bytes() > max_body) {
+    keep_client_ = false;
+    if (x_->resp_started_)
+      return close();
+    return respond_error(413, "request body larger than max_body_bytes", true);
+  }
+  c_parsed_ = static_cast<uint32_t>(r.stop - data);
+  uint32_t from = msg_end_;
+  msg_end_ = c_parsed_;
+  x_->req_done_ = r.event == http::Parser::Event::message_complete;
+  x_->to_backend_.clear();
+  x_->to_backend_.add(data + from, msg_end_ - from);
+  do_write_backend();
+}
+
+void ClientConnection::do_read_response() { read_response(); }
+
+void ClientConnection::on_backend_readable(const error_code& ec, uint32_t attempt) {
+  if (closed_ || attempt != attempt_)
+    return;
+  if (ec)
+    return backend_failed(Failure::backend, "backend connection failed");
+  read_response();
+}
+
+void ClientConnection::read_response() {
+  for (;;) {
+    if (!x_->ubuf_)
+      x_->ubuf_ = worker_.buffers.acquire();
+    if (x_->u_len_ == x_->ubuf_->capacity) {
+      // Only a head can fill the buffer (a body is sent on as it comes).
+      return backend_failed(Failure::backend, "response head too large");
+    }
+    ssize_t n = backend_recv(x_->ubuf_->data() + x_->u_len_, x_->ubuf_->capacity - x_->u_len_);
+    if (n > 0) {
+      x_->u_len_ += static_cast<uint32_t>(n);
+      arm(Timer::exchange);
+      return parse_response();
+    }
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (x_->u_len_ == 0) {
+        worker_.buffers.release(x_->ubuf_);
+        x_->ubuf_ = nullptr;
+      }
+      x_->conn_->socket.async_wait(
+          asio::socket_base::wait_read,
+          in_slot(x_->backend_read_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
+            self->on_backend_readable(ec, a);
+          }));
+      return;
+    }
+    // End of file or reset.
+    if (n == 0 && x_->resp_.body_until_eof() && x_->resp_.in_message() && !x_->in_response_head_) {
+      x_->resp_.finish_at_eof();
+      x_->resp_done_ = true;
+      x_->backend_keep_alive_ = false;
+      if (!x_->client_writing_)
+        on_response_bytes_sent();
+      return;
+    }
+    bool nothing_received = x_->u_len_ == 0 && !x_->resp_started_ && !x_->resp_.in_message();
+    std::snprintf(x_->reason_, sizeof x_->reason_, "%s %s",
+                  x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
+                  n == 0 ? (nothing_received ? "closed the connection without a response"
+                                             : "closed the connection mid-response")
+                         : "reset the connection");
+    if (!nothing_received || !x_->conn_reused_)
+      x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::server_error);
+    return backend_failed(
+        nothing_received ? (x_->conn_reused_ ? Failure::reused_early : Failure::before_response)
+                         : Failure::backend,
+        x_->reason_);
+  }
+}
+
+void ClientConnection::parse_response() {
+  char* data = x_->ubuf_->data();
+  for (;;) {
+    x_->resp_.dechunk_into(x_->dechunk_ && !x_->in_response_head_ && x_->resp_.in_message()
+                               ? data + x_->u_sent_
+                               : nullptr);
+    auto r = x_->resp_.feed(data + x_->u_parsed_, data + x_->u_len_);
+    x_->u_parsed_ = static_cast<uint32_t>(r.stop - data);
+    switch (r.event) {
+    case http::Parser::Event::error:
+      std::snprintf(x_->reason_, sizeof x_->reason_, "invalid response from %s: %s",
+                    x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
+                    x_->resp_.error_reason() ? x_->resp_.error_reason() : "parse error");
+      return backend_failed(Failure::backend, x_->reason_);
+    case http::Parser::Event::head_complete:
+      return on_response_head();
+    case http::Parser::Event::message_complete:
+      if (x_->in_response_head_) {
+        // An interim (1xx) response ended: the final one follows. Move what is
+        // left to the front so the next head has the whole buffer.
+        uint32_t left = x_->u_len_ - x_->u_parsed_;
+        std::memmove(data, data + x_->u_parsed_, left);
+        x_->u_len_ = left;
+        x_->u_parsed_ = x_->u_sent_ = 0;
+        if (left)
+          continue;
+        return read_response();
+      }
+      x_->resp_done_ = true;
+      if (x_->u_parsed_ != x_->u_len_)
+        x_->backend_keep_alive_ = false; // bytes past the response
+      break;
+    case http::Parser::Event::need_more:
+      // A head (final or interim) not complete yet: its bytes stay where they
+      // are, the rest is read after them.
+      if (x_->in_response_head_ || !x_->resp_started_)
+        return read_response();
+      break;
+    }
+    break;
+  }
+  // Body bytes: send what was parsed.
+  x_->to_client_.clear();
+  const char* body_end =
+      x_->resp_.dechunked_end() ? x_->resp_.dechunked_end() : data + x_->u_parsed_;
+  x_->to_client_.add(data + x_->u_sent_, static_cast<size_t>(body_end - (data + x_->u_sent_)));
+  x_->resp_.dechunk_into(nullptr);
+  x_->u_sent_ = x_->u_parsed_;
+  do_write_client();
+}
+
+void ClientConnection::on_response_head() {
+  http::Head& head = x_->resp_.head();
+  const bool client_http10 = x_->req_.head().minor == 0;
+  ResponseShape shape = mark_response_head(head, client_http10);
+  if (shape.interim && client_http10) {
+    // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2): skip it, the final response follows.
+    x_->in_response_head_ = true;
+    x_->u_sent_ = x_->u_parsed_;
+    return parse_response();
+  }
+  if (shape.switching && (!x_->upgrade_requested_ || !x_->req_sent_))
+    return backend_failed(Failure::backend, "backend switched protocols without an upgrade");
+  x_->dechunk_ = shape.dechunk;
+  std::string_view set_cookie;
+  if (shape.switching) {
+    x_->status_ = 101;
+    x_->upstream_ms_ = ms_between(x_->upstream_started_, io::Clock::now());
+    x_->tunnel_pending_ = true;
+  } else if (shape.interim) {
+    x_->in_response_head_ = true;
+  } else {
+    x_->in_response_head_ = false;
+    x_->status_ = head.status;
+    x_->upstream_ms_ = ms_between(x_->upstream_started_, io::Clock::now());
+    backend_metrics().responses.add(head.status);
+    x_->pool_->report(static_cast<size_t>(x_->backend_), head.status >= 500
+                                                             ? upstream::Outcome::server_error
+                                                             : upstream::Outcome::success);
+    x_->backend_keep_alive_ = head.keep_alive && !x_->resp_.body_until_eof();
+    if (const http::Header* ka = head.find(http::Field::keep_alive))
+      learn_keep_alive(ka->value.view());
+    // A body ended by close, a request not read whole, a draining worker, a
+    // dechunked body (ended by close): the connection ends with this response.
+    if (x_->resp_.body_until_eof() || !x_->req_done_ || worker_.draining || x_->dechunk_)
+      keep_client_ = false;
+    const config::Pool& pc = x_->pool_->config();
+    if (!pc.sticky_cookie.empty() && x_->sticky_backend_ != x_->backend_) {
+      // Pin the client to this backend from now on (also when its old one left).
+      set_cookie = sticky_cookie_line(x_->resp_extra_, sizeof x_->resp_extra_, pc.sticky_cookie,
+                                      x_->pool_->sticky_value(static_cast<size_t>(x_->backend_)));
+    }
+  }
+  ResponseRules rules;
+  rules.via = listener_->config.headers.via;
+  rules.keep_client = keep_client_;
+  rules.client_http10 = client_http10;
+  rules.set_cookie_line = set_cookie;
+  Outbox& out = x_->to_client_;
+  if (!write_response_head(head, shape, rules, out))
+    return backend_failed(Failure::backend, "response has too many header fields");
+  x_->resp_started_ = true;
+
+  if (!shape.interim && !shape.switching) {
+    // Body bytes that came with the head, up to the end of the response.
+    char* data = x_->ubuf_->data();
+    char* body_start = data + (head.end - data);
+    x_->resp_.dechunk_into(x_->dechunk_ ? body_start : nullptr);
+    auto r = x_->resp_.feed(data + x_->u_parsed_, data + x_->u_len_);
+    if (r.event == http::Parser::Event::error) {
+      keep_client_ = false;
+      x_->backend_keep_alive_ = false;
+      x_->to_client_.clear();
+      return close();
+    }
+    x_->u_parsed_ = static_cast<uint32_t>(r.stop - data);
+    if (r.event == http::Parser::Event::message_complete) {
+      x_->resp_done_ = true;
+      if (x_->u_parsed_ != x_->u_len_)
+        x_->backend_keep_alive_ = false;
+    }
+    const char* body_end = x_->dechunk_ ? x_->resp_.dechunked_end() : data + x_->u_parsed_;
+    x_->resp_.dechunk_into(nullptr);
+    out.add(body_start, static_cast<size_t>(body_end - body_start));
+  }
+  x_->u_sent_ = x_->u_parsed_;
+  do_write_client();
+}
+
+void ClientConnection::do_write_client() {
+  int r = client_write(x_->to_client_, x_->bytes_out_);
+  if (r > 0)
+    return on_response_bytes_sent();
+  if (r == 0) {
+    x_->client_writing_ = true;
+    client_.async_wait(
+        write_wants_read_ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
+        in_slot(x_->client_write_slot_,
+                [self = Ref(this)](const error_code& ec) { self->on_client_writable(ec); }));
+    return;
+  }
+  close(); // the client is gone
+}
+
+void ClientConnection::on_client_writable(const error_code& ec) {
+  if (closed_)
+    return;
+  x_->client_writing_ = false;
+  if (ec)
+    return close();
+  if (timer_kind_ == Timer::exchange)
+    arm(Timer::exchange);
+  do_write_client();
+}
+
+void ClientConnection::on_response_bytes_sent() {
+  x_->client_writing_ = false;
+  if (x_->tunnel_)
+    return pump_down();
+  if (x_->answered_locally_)
+    return finish_request();
+  if (x_->tunnel_pending_)
+    return start_tunnel();
+  if (x_->in_response_head_) {
+    // An interim response went out; carry on with what follows it.
+    return parse_response();
+  }
+  if (x_->resp_done_)
+    return on_response_complete();
+  // Head and body so far are sent: the whole buffer is free for more body.
+  x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
+  if (++x_->response_chain_ % 16 == 0) {
+    asio::post(worker_.io, in_slot(x_->backend_read_slot_, [self = Ref(this), a = attempt_] {
+                 if (!self->closed_ && a == self->attempt_)
+                   self->read_response();
+               }));
+    return;
+  }
+  read_response();
+}
+
+void ClientConnection::on_response_complete() {
+  if (!x_->req_sent_) {
+    // The backend answered before the request was fully sent (or read): neither
+    // connection can carry another message safely.
+    keep_client_ = false;
+    if (x_->backend_writing_ || !x_->req_done_) {
+      release_backend(false);
+      return finish_request();
+    }
+  }
+  release_backend(x_->backend_keep_alive_ && x_->req_sent_);
+  finish_request();
+}
+
+void ClientConnection::retry_queued() {
+  if (closed_ || !x_ || !x_->queued_)
+    return;
+  do_attempt();
+}
+
+void ClientConnection::leave_queue() {
+  if (!x_->queued_)
+    return;
+  x_->queued_ = false;
+  auto& q = worker_.queue;
+  for (size_t i = 0; i < q.size(); ++i)
+    if (q[i] == this) {
+      q.erase(q.begin() + static_cast<std::ptrdiff_t>(i));
+      release(); // the queue's reference; a handler or the caller holds another
+      break;
+    }
+}
+
+void ClientConnection::backend_failed(Failure failure, const char* reason) {
+  release_backend(false);
+  if (closed_)
+    return;
+  RetryRequest request{idempotent(x_->req_.head().method.view()), x_->body_discarded_};
+  RetryLimits limits{x_->pool_->config().retries, x_->pool_->backends().size(), x_->tried_.full()};
+  switch (after_failure(failure, request, limits, x_->retry_)) {
+  case Retry::replay:
+    // The backend closed a pooled connection as we reused it: not its fault.
+    x_->tried_.remove(static_cast<size_t>(x_->backend_));
+    return do_attempt();
+  case Retry::another_backend:
+    return do_attempt();
+  case Retry::none:
+    break;
+  }
+  if (x_->resp_started_)
+    return close();
+  respond_error(502, reason, !x_->req_done_ || x_->backend_writing_);
+}
+
+void ClientConnection::release_backend(bool reusable) {
+  ++attempt_; // handlers of this attempt must ignore what they see
+  if (!x_)
+    return;
+  if (x_->active_backend_ >= 0 && x_->pool_) {
+    worker_.metrics->backends.at(x_->pool_->backends()[static_cast<size_t>(x_->active_backend_)].id)
+        .active.add(-1);
+    if (x_->acquired_)
+      x_->pool_->release(static_cast<size_t>(x_->active_backend_));
+    x_->active_backend_ = -1;
+  }
+  x_->acquired_ = false;
+  if (x_->conn_) {
+    if (reusable && !closed_) {
+      ++x_->conn_->requests;
+      worker_.connections.put(x_->conn_);
+    } else {
+      delete x_->conn_;
+    }
+    x_->conn_ = nullptr;
+  }
+  worker_.buffers.release(x_->ubuf_);
+  x_->ubuf_ = nullptr;
+  x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
+  x_->backend_writing_ = false;
+  x_->reading_response_ = false;
+}
+
+// "Keep-Alive: timeout=5, max=100": retire the connection a little before the
+// backend closes it, so a request is never sent into that close.
+void ClientConnection::learn_keep_alive(std::string_view v) {
+  size_t at = v.find("timeout=");
+  if (at == std::string_view::npos || !x_->conn_)
+    return;
+  unsigned long seconds = 0;
+  size_t i = at + 8;
+  while (i < v.size() && v[i] >= '0' && v[i] <= '9' && seconds < 100000)
+    seconds = seconds * 10 + (v[i++] - '0');
+  if (i == at + 8)
+    return;
+  auto budget = std::chrono::milliseconds(seconds * 1000);
+  auto margin = std::min<std::chrono::milliseconds>(budget / 2, std::chrono::milliseconds(500));
+  x_->conn_->retire_at = io::Clock::now() + budget - margin;
+}
+
+} // namespace lb::proxy
