@@ -67,11 +67,35 @@ void ClientConnection::set_client_address(const sockaddr* peer) {
     format_client_address();
 }
 
+// Once per request: IPv4 by hand (glibc's inet_ntop formats with sprintf,
+// a thousand instructions), IPv6 by inet_ntop.
 void ClientConnection::format_client_address() {
-  const char* ip = client_family_ ? ::inet_ntop(client_family_, client_addr_, x_->client_ip_,
-                                                sizeof x_->client_ip_)
-                                  : nullptr;
-  x_->client_ip_len_ = ip ? static_cast<uint8_t>(std::strlen(x_->client_ip_)) : 0;
+  size_t addr_len = client_family_ == AF_INET6 ? 16 : 4;
+  if (x_->client_family_ == client_family_ &&
+      std::memcmp(x_->client_addr_, client_addr_, addr_len) == 0)
+    return;
+  x_->client_family_ = client_family_;
+  std::memcpy(x_->client_addr_, client_addr_, addr_len);
+  char* out = x_->client_ip_;
+  if (client_family_ == AF_INET) {
+    char* p = out;
+    for (int i = 0; i < 4; ++i) {
+      unsigned v = client_addr_[i];
+      if (v >= 100)
+        *p++ = static_cast<char>('0' + v / 100);
+      if (v >= 10)
+        *p++ = static_cast<char>('0' + v / 10 % 10);
+      *p++ = static_cast<char>('0' + v % 10);
+      if (i < 3)
+        *p++ = '.';
+    }
+    x_->client_ip_len_ = static_cast<uint8_t>(p - out);
+    return;
+  }
+  const char* ip = client_family_ == AF_INET6
+                       ? ::inet_ntop(AF_INET6, client_addr_, out, sizeof x_->client_ip_)
+                       : nullptr;
+  x_->client_ip_len_ = ip ? static_cast<uint8_t>(std::strlen(out)) : 0;
 }
 
 void ClientConnection::ensure_exchange() {
@@ -83,11 +107,19 @@ void ClientConnection::ensure_exchange() {
 }
 
 void ClientConnection::release_exchange() {
-  if (!x_ || x_->handlers_pending())
+  if (!x_)
     return;
+  if (x_->conn_ || x_->active_backend_ >= 0)
+    release_backend(false);
   worker_.buffers.release(x_->client_tls_stage_);
   worker_.buffers.release(x_->backend_tls_stage_);
   worker_.buffers.release(x_->ubuf_);
+  x_->client_tls_stage_ = x_->backend_tls_stage_ = nullptr;
+  x_->ubuf_ = nullptr;
+  if (x_->handlers_pending()) {
+    x_->reset_fields(); // kept for the next request
+    return;
+  }
   worker_.exchanges.release(x_);
   x_ = nullptr;
 }
@@ -649,20 +681,24 @@ void ClientConnection::finish_request_state() {
   bool keep = keep_client_ && !closed_ && x_->req_done_ && !worker_.draining;
   bool request_read = x_->req_done_;
   // Per-request state back to its start (a backend still held is let go).
-  release_backend(false);
+  if (x_->conn_ || x_->active_backend_ >= 0 || x_->ubuf_)
+    release_backend(false);
   worker_.buffers.release(x_->client_tls_stage_);
   worker_.buffers.release(x_->backend_tls_stage_);
-  x_->reset_fields();
+  x_->client_tls_stage_ = x_->backend_tls_stage_ = nullptr;
   // A listener the newest config no longer has closes its connections.
   if (!adopt_runtime())
     keep = false;
-  if (!keep)
+  if (!keep) {
+    x_->reset_fields();
     return close_gracefully(request_read);
+  }
 
   // A pipelined request may already be in the buffer: move it to the front.
   uint32_t left = c_len_ - msg_end_;
   if (left) {
     std::memmove(cbuf_->data(), cbuf_->data() + msg_end_, left);
+    x_->reset_fields();
     x_->bytes_in_ = x_->counted_in_ = left; // already counted in the metrics with the last request
     arm(Timer::header);
   } else {

@@ -191,7 +191,7 @@ private:
   bool handshake_done_ = false;
   bool write_wants_read_ = false; // the last TLS write waits for the peer's bytes
   uint8_t client_family_ = 0;     // AF_INET, AF_INET6; 0: unknown
-  uint8_t client_addr_[16];       // the client's address (after a PROXY header)
+  uint8_t client_addr_[16] = {};  // the client's address (after a PROXY header)
 
   io::Timeouts::Entry& timer() { return *this; }
   io::WaitSlot client_read_slot_;

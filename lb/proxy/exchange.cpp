@@ -23,10 +23,10 @@ Exchange* ExchangePool::acquire() {
   x->next_free_ = nullptr;
   min_free_ = std::min(min_free_, --free_count_);
   x->reset_fields();
+  // The request parser may have stopped mid-message on another connection.
+  // (The response parser is reset by every attempt before it is used.)
   x->req_.reset();
   x->req_.head().clear();
-  x->resp_.reset();
-  x->resp_.head().clear();
   return x;
 }
 

@@ -100,6 +100,9 @@ struct Exchange : ExchangeFields {
   char request_id_[20];
   char client_ip_[46]; // the client's address as text (INET6_ADDRSTRLEN)
   uint8_t client_ip_len_ = 0;
+  // ... and in binary: an exchange that served the same address keeps its text.
+  uint8_t client_family_ = 0;
+  uint8_t client_addr_[16] = {};
   io::HandlerSlot client_write_slot_;
   io::HandlerSlot backend_read_slot_;
   io::HandlerSlot backend_write_slot_;
@@ -114,7 +117,7 @@ public:
   ExchangePool(const ExchangePool&) = delete;
   ExchangePool& operator=(const ExchangePool&) = delete;
 
-  // An exchange with its fields at their start and both parsers reset.
+  // An exchange with its fields at their start and its request parser reset.
   Exchange* acquire();
   // Back to the free-list. Precondition: no handler bound to its slots is pending.
   void release(Exchange* x);
