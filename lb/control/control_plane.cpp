@@ -2,6 +2,7 @@
 
 #include "lb/io/log.hpp"
 
+#include <malloc.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -160,6 +161,11 @@ int ControlPlane::run() {
     files.rlim_cur = files.rlim_max;
     setrlimit(RLIMIT_NOFILE, &files);
   }
+  // Request buffers and exchanges (16 KiB and more) are mapped on their own
+  // rather than carved from the heap between long-lived connections, so what
+  // a burst of requests leaves behind goes back to the system whole when the
+  // workers trim their free lists.
+  mallopt(M_MMAP_THRESHOLD, 16 * 1024);
   if (!start())
     return 1;
   io_.run();
