@@ -10,8 +10,10 @@
 
 namespace lb::io {
 
-template <std::size_t Size> class BasicHandlerSlot {
+template <std::size_t Size, std::size_t Align = alignof(std::max_align_t)> class BasicHandlerSlot {
 public:
+  static constexpr std::size_t alignment = Align;
+
   BasicHandlerSlot() = default;
   BasicHandlerSlot(const BasicHandlerSlot&) = delete;
   BasicHandlerSlot& operator=(const BasicHandlerSlot&) = delete;
@@ -34,7 +36,7 @@ public:
   }
 
 private:
-  alignas(std::max_align_t) unsigned char storage_[Size];
+  alignas(Align) unsigned char storage_[Size];
   bool in_use_ = false;
 };
 
@@ -43,8 +45,9 @@ using HandlerSlot = BasicHandlerSlot<320>;
 // A wait on a socket with the io_context's own executor whose handler holds a
 // connection reference and at most two 32-bit generations (asio's
 // reactive_wait_op: 104 bytes), or a posted handler of that size: what an
-// idle client connection keeps pending.
-using WaitSlot = BasicHandlerSlot<104>;
+// idle client connection keeps pending. (Its pointers and error codes need no
+// more than 8-byte alignment: checked at compile time.)
+using WaitSlot = BasicHandlerSlot<104, 8>;
 
 template <class T, class Slot = HandlerSlot> class SlotAllocator {
 public:
@@ -52,7 +55,10 @@ public:
   explicit SlotAllocator(Slot& slot) noexcept : slot_(&slot) {}
   template <class U>
   SlotAllocator(const SlotAllocator<U, Slot>& other) noexcept : slot_(other.slot_) {}
-  T* allocate(std::size_t n) { return static_cast<T*>(slot_->allocate(n * sizeof(T))); }
+  T* allocate(std::size_t n) {
+    static_assert(alignof(T) <= Slot::alignment, "the slot is not aligned for this handler");
+    return static_cast<T*>(slot_->allocate(n * sizeof(T)));
+  }
   void deallocate(T* p, std::size_t) noexcept { slot_->deallocate(p); }
   template <class U> bool operator==(const SlotAllocator<U, Slot>& other) const noexcept {
     return slot_ == other.slot_;

@@ -175,15 +175,11 @@ private:
   // Client side: the read buffer holds the current request head (from offset 0),
   // the body bytes in flight after it and maybe the next pipelined request.
   io::Buffer* cbuf_ = nullptr;
-  uint32_t c_len_ = 0;       // bytes in cbuf_
-  uint32_t c_parsed_ = 0;    // bytes given to the request parser
-  uint32_t head_end_ = 0;    // end of the request head
-  uint32_t msg_end_ = 0;     // end of the request bytes forwarded so far
+  uint32_t c_len_ = 0;       // bytes in cbuf_ (the offsets into it are the exchange's)
   uint32_t attempt_ = 0;     // generation: handlers of an abandoned attempt ignore
   uint32_t request_gen_ = 0; // one per request on this connection
-  uint32_t serve_chain_ = 0; // requests served without returning to the event loop
-  uint32_t lingered_ = 0;    // bytes discarded while closing
-  int refs_ = 0;
+  uint16_t refs_ = 0;        // pending handlers (a few at most) and the queue
+  uint8_t serve_chain_ = 0;  // requests served without returning to the event loop
   Timer timer_kind_ = Timer::none;
   bool closed_ = false;
   bool keep_client_ = true;    // keep the client connection after this response

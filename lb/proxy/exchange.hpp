@@ -30,7 +30,12 @@ namespace lb::proxy {
 // The per-request fields, each back to its start for every request.
 struct ExchangeFields {
   upstream::Pool* pool_ = nullptr;
-  int route_ = -1; // the listener's route that matched (access log)
+  // Offsets into the client connection's read buffer.
+  uint32_t c_parsed_ = 0; // bytes given to the request parser
+  uint32_t head_end_ = 0; // end of the request head
+  uint32_t msg_end_ = 0;  // end of the request bytes forwarded so far
+  uint32_t lingered_ = 0; // bytes discarded while closing
+  int route_ = -1;        // the listener's route that matched (access log)
   int backend_ = -1;
   upstream::Connection* conn_ = nullptr;
   bool conn_reused_ = false;

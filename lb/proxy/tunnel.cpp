@@ -18,7 +18,7 @@ void ClientConnection::start_tunnel() {
   // What either side sent after the switch is already in the buffers.
   x_->to_backend_.clear();
   if (cbuf_)
-    x_->to_backend_.add(cbuf_->data() + msg_end_, c_len_ - msg_end_);
+    x_->to_backend_.add(cbuf_->data() + x_->msg_end_, c_len_ - x_->msg_end_);
   x_->to_client_.clear();
   x_->to_client_.add(x_->ubuf_->data() + x_->u_parsed_, x_->u_len_ - x_->u_parsed_);
   pump_up();

@@ -212,7 +212,7 @@ void ClientConnection::do_send_request_head() {
   rules.upgrade = x_->upgrade_requested_;
   Outbox& out = x_->to_backend_;
   bool ok = write_request_head(x_->req_.head(), rules, out);
-  ok &= out.add(cbuf_->data() + head_end_, msg_end_ - head_end_);
+  ok &= out.add(cbuf_->data() + x_->head_end_, x_->msg_end_ - x_->head_end_);
   if (!ok) {
     keep_client_ = false;
     return respond_error(400, "request has too many header fields to forward", true);
@@ -290,9 +290,9 @@ void ClientConnection::on_request_bytes_sent() {
 
 void ClientConnection::do_read_request_body() {
   // The body bytes after the head have been sent: reuse that room.
-  if (msg_end_ > head_end_)
+  if (x_->msg_end_ > x_->head_end_)
     x_->body_discarded_ = true;
-  c_len_ = c_parsed_ = msg_end_ = head_end_;
+  c_len_ = x_->c_parsed_ = x_->msg_end_ = x_->head_end_;
   if (++x_->request_chain_ % 16 == 0) {
     // Bytes keep coming without blocking: continue from the event loop so the
     // stack does not grow with the body.
@@ -337,7 +337,7 @@ void ClientConnection::read_request_body() {
   }
   arm(Timer::exchange);
   char* data = cbuf_->data();
-  auto r = x_->req_.feed(data + c_parsed_, data + c_len_);
+  auto r = x_->req_.feed(data + x_->c_parsed_, data + c_len_);
   if (r.event == http::Parser::Event::error) {
     keep_client_ = false;
     if (x_->resp_started_)
@@ -351,12 +351,12 @@ void ClientConnection::read_request_body() {
       return close();
     return respond_error(413, "request body larger than max_body_bytes", true);
   }
-  c_parsed_ = static_cast<uint32_t>(r.stop - data);
-  uint32_t from = msg_end_;
-  msg_end_ = c_parsed_;
+  x_->c_parsed_ = static_cast<uint32_t>(r.stop - data);
+  uint32_t from = x_->msg_end_;
+  x_->msg_end_ = x_->c_parsed_;
   x_->req_done_ = r.event == http::Parser::Event::message_complete;
   x_->to_backend_.clear();
-  x_->to_backend_.add(data + from, msg_end_ - from);
+  x_->to_backend_.add(data + from, x_->msg_end_ - from);
   do_write_backend();
 }
 
