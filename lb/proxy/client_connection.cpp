@@ -548,6 +548,107 @@ void ClientConnection::on_request_head() {
   do_attempt();
 }
 
+// ---- What the exchange asks of its client side: the request body as it
+// comes, the response as it goes (each resuming the exchange's next step).
+
+void ClientConnection::do_read_request_body() {
+  // The body bytes after the head have been sent: reuse that room.
+  if (x_->msg_end_ > x_->head_end_)
+    x_->body_discarded_ = true;
+  c_len_ = x_->c_parsed_ = x_->msg_end_ = x_->head_end_;
+  if (++x_->request_chain_ % 16 == 0) {
+    // Bytes keep coming without blocking: continue from the event loop so the
+    // stack does not grow with the body.
+    asio::post(worker_.io,
+               in_slot(client_read_slot_, [self = Ref(this), g = request_gen_, a = attempt_] {
+                 if (!self->closed_ && g == self->request_gen_ && a == self->attempt_)
+                   self->read_request_body();
+               }));
+    return;
+  }
+  read_request_body();
+}
+
+void ClientConnection::read_request_body() {
+  for (;;) {
+    ssize_t n = client_recv(cbuf_->data() + c_len_, cbuf_->capacity - c_len_);
+    if (n > 0) {
+      c_len_ += static_cast<uint32_t>(n);
+      x_->bytes_in_ += static_cast<uint64_t>(n);
+      break;
+    }
+    if (n == 0)
+      return close(); // the client left before its request was complete
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      return close();
+    // The request may end before more of its body comes (an early response,
+    // a failed backend, a timeout), or go to another backend (a retry or a
+    // replay, which starts its own body pump): this wait is then stale and
+    // does nothing.
+    client_.async_wait(asio::socket_base::wait_read,
+                       in_slot(client_read_slot_, [self = Ref(this), g = request_gen_,
+                                                   a = attempt_](const error_code& ec) {
+                         if (self->closed_ || g != self->request_gen_ || a != self->attempt_)
+                           return;
+                         if (ec)
+                           return self->close();
+                         self->read_request_body();
+                       }));
+    return;
+  }
+  arm(Timer::exchange);
+  char* data = cbuf_->data();
+  auto r = x_->req_.feed(data + x_->c_parsed_, data + c_len_);
+  if (r.event == http::Parser::Event::error) {
+    keep_client_ = false;
+    if (x_->resp_started_)
+      return close();
+    return respond_error(400, x_->req_.error_reason(), true);
+  }
+  uint64_t max_body = listener_->config.limits.max_body_bytes;
+  if (max_body && x_->req_.body_bytes() > max_body) {
+    keep_client_ = false;
+    if (x_->resp_started_)
+      return close();
+    return respond_error(413, "request body larger than max_body_bytes", true);
+  }
+  x_->c_parsed_ = static_cast<uint32_t>(r.stop - data);
+  uint32_t from = x_->msg_end_;
+  x_->msg_end_ = x_->c_parsed_;
+  x_->req_done_ = r.event == http::Parser::Event::message_complete;
+  x_->to_backend_.clear();
+  x_->to_backend_.add(data + from, x_->msg_end_ - from);
+  do_write_backend();
+}
+
+void ClientConnection::do_write_client() {
+  int r = client_write(x_->to_client_, x_->bytes_out_);
+  if (r > 0)
+    return on_response_bytes_sent();
+  if (r == 0) {
+    x_->client_writing_ = true;
+    client_.async_wait(
+        write_wants_read_ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
+        in_slot(x_->client_write_slot_,
+                [self = Ref(this)](const error_code& ec) { self->on_client_writable(ec); }));
+    return;
+  }
+  close(); // the client is gone
+}
+
+void ClientConnection::on_client_writable(const error_code& ec) {
+  if (closed_)
+    return;
+  x_->client_writing_ = false;
+  if (ec)
+    return close();
+  if (timer_kind_ == Timer::exchange)
+    arm(Timer::exchange);
+  do_write_client();
+}
+
 void ClientConnection::respond_maintenance() {
   keep_client_ = keep_client_ && x_->req_done_;
   x_->status_ = 503;

@@ -107,11 +107,25 @@ private:
   int take_proxy_header(); // 1 read, 0 wait for more, -1 close
   template <void (ClientConnection::*Step)(), class Socket, class Slot>
   void wait_then(Socket& socket, boost::asio::socket_base::wait_type what, Slot& slot);
+  // ---- The client side (client_connection.cpp).
   // Request head.
   void do_read_request();
   void read_request_head();
   void skip_empty_lines();
   void on_request_head();
+  // What the exchange asks of its client side; each resumes the exchange's
+  // next step. The request body as it comes (then on to the backend), the
+  // response as it goes (then on_response_bytes_sent), lb's own answer
+  // (respond_error), the end of the connection (close), the timer of the
+  // step under way (arm). The exchange calls no client socket itself; it
+  // still reads the request's bytes from the client's read buffer and says
+  // whether the connection may stay open (keep_client_): what another
+  // protocol on the client side (HTTP/2 streams) must give it besides.
+  void do_read_request_body();
+  void read_request_body();
+  void do_write_client();
+  void on_client_writable(const boost::system::error_code& ec);
+  // ---- The exchange toward the backend (upstream_exchange.cpp).
   // Choosing a backend and connecting.
   void do_attempt();
   void do_connect();
@@ -122,19 +136,15 @@ private:
   void on_backend_writable(const boost::system::error_code& ec, uint32_t attempt);
   void on_request_bytes_sent();
   void stop_request_body();
-  void do_read_request_body();
-  void read_request_body();
   // Receiving the response.
   void do_read_response();
   void on_backend_readable(const boost::system::error_code& ec, uint32_t attempt);
   void read_response();
   void parse_response();
   void on_response_head();
-  void do_write_client();
-  void on_client_writable(const boost::system::error_code& ec);
   void on_response_bytes_sent();
   void on_response_complete();
-  // Upgraded connections (WebSocket): bytes both ways until either side ends.
+  // ---- Upgraded connections (tunnel.cpp): bytes both ways until either side ends.
   void start_tunnel();
   void pump_up();   // client -> backend
   void pump_down(); // backend -> client
