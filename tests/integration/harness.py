@@ -568,6 +568,23 @@ class Lb:
         return False
 
 
+def one_pool_config(address, workers=1):
+    """lb config: one listener on an ephemeral port, every path to one pool
+    "web" of the backend at `address`; no access log."""
+    return f"""
+workers: {workers}
+access_log: {{ path: "off" }}
+admin: {{ listen: 127.0.0.1:0 }}
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    routes: [ {{ match: {{ path_prefix: / }}, pool: web }} ]
+pools:
+  web:
+    backends: [ {{ address: "{address}" }} ]
+"""
+
+
 def lb_check(yaml_text, timeout=30.0, binary=None):
     """Runs `lb check -c FILE` on yaml_text -> (exit_code, stdout+stderr text, path)."""
     d = tempfile.mkdtemp(prefix="lb-check-")

@@ -130,18 +130,8 @@ class Allocations(harness.TestCase):
         self.assertEqual(errors, [])
 
     def test_zero_allocations_per_request(self):
-        lb = self.lb(f"""
-workers: 1
-access_log: {{ path: "off" }}
-admin: {{ listen: 127.0.0.1:0 }}
-listeners:
-  - name: public
-    listen: 127.0.0.1:0
-    routes: [ {{ match: {{ path_prefix: / }}, pool: web }} ]
-pools:
-  web:
-    backends: [ {{ address: {self.origin_addr} }} ]
-""", env={"LD_PRELOAD": self.shim, "LB_ALLOC_COUNT_FILE": self.count_file})
+        lb = self.lb(harness.one_pool_config(self.origin_addr),
+                     env={"LD_PRELOAD": self.shim, "LB_ALLOC_COUNT_FILE": self.count_file})
         clients = [Client(lb.port()) for _ in range(CONNECTIONS)]
         self.addCleanup(lambda: [c.close() for c in clients])
 

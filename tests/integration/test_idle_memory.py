@@ -86,18 +86,7 @@ class IdleMemory(harness.TestCase):
         self.addCleanup(self.origin_proc.cleanup)
 
     def test_idle_connections_cost_little(self):
-        lb = self.lb(f"""
-workers: 1
-access_log: {{ path: "off" }}
-admin: {{ listen: 127.0.0.1:0 }}
-listeners:
-  - name: public
-    listen: 127.0.0.1:0
-    routes: [ {{ match: {{ path_prefix: / }}, pool: web }} ]
-pools:
-  web:
-    backends: [ {{ address: "{self.origin_proc.addr}" }} ]
-""")
+        lb = self.lb(harness.one_pool_config(self.origin_proc.addr))
         open_idle(lb.port(), 1)[0].close()  # warm: the pools and the first buffers
         time.sleep(1.5)
         base = rss_bytes(lb.pid)

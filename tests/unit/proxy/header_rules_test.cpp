@@ -66,7 +66,7 @@ TEST(RequestRulesTest, HopByHopFieldsAndTheOnesLbSetsAreCut) {
                  "X-Forwarded-Host: h\r\n\r\n");
 }
 
-TEST(RequestRulesTest, XForwardedForAppendReplaceOff) {
+TEST(RequestRulesTest, ForwardedForModes) {
   const std::string text = "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\n"
                            "X-Forwarded-For: 10.0.0.2\r\n\r\n";
   RequestRules r = rules();
