@@ -20,10 +20,10 @@ Timeouts::Queue& Timeouts::queue_for(std::chrono::milliseconds d) {
   return *q;
 }
 
-void Timeouts::arm(Entry& e, std::chrono::milliseconds d) {
+void Timeouts::arm(Entry& e, std::chrono::milliseconds d, Clock::time_point now) {
   disarm(e);
   Queue& q = queue_for(d);
-  e.when = Clock::now() + d;
+  e.when = now + d;
   e.prev = q.head.prev;
   e.next = &q.head;
   q.head.prev->next = &e;

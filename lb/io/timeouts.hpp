@@ -30,8 +30,9 @@ public:
   Timeouts& operator=(const Timeouts&) = delete;
   ~Timeouts();
 
-  // (Re)arms `e` to fire `d` from now.
-  void arm(Entry& e, std::chrono::milliseconds d);
+  // (Re)arms `e` to fire `d` after `now` (the event loop's time of this pass).
+  void arm(Entry& e, std::chrono::milliseconds d, Clock::time_point now);
+  void arm(Entry& e, std::chrono::milliseconds d) { arm(e, d, Clock::now()); }
   static void disarm(Entry& e);
 
   // Fires every entry due at `now`.

@@ -19,9 +19,9 @@
 
 namespace lb::proxy {
 
-// An idle keep-alive connection costs this object and asio's reactor state for
-// its socket (168 bytes, a 176-byte heap chunk): at most 296 bytes here (a
-// 304-byte chunk) keeps it within 512 bytes (bench/run.sh --scenarios idle).
+// An idle keep-alive connection costs this object, its entry in the event
+// loop's table (8 bytes) and the kernel's: at most 296 bytes here (a 304-byte
+// chunk) keeps it well within 512 bytes (bench/run.sh --scenarios idle).
 // Whatever only a request in flight needs belongs in the Exchange.
 static_assert(sizeof(ClientConnection) <= 296, "an idle connection must stay small");
 
@@ -29,9 +29,16 @@ static_assert(sizeof(ClientConnection) <= 296, "an idle connection must stay sma
 // checked, routing, lb's own answers, answers in order, keep-alive, timers.
 // (The request toward its backend: upstream_exchange.cpp; tunnels: tunnel.cpp.)
 
-void ClientConnection::start(WorkerContext& worker, const ListenerRuntime& listener,
-                             ClientSocket socket, const sockaddr* peer) {
-  Ref self(new ClientConnection(worker, listener, std::move(socket), peer));
+void ClientConnection::start(WorkerContext& worker, const ListenerRuntime& listener, int fd,
+                             const sockaddr* peer) {
+  auto* c = new ClientConnection(worker, listener, fd, peer);
+  c->add_ref(); // the event loop's registration, until close()
+  Ref self(c);
+  if (!worker.loop.add(c->client_)) {
+    io::log("listener %s: cannot watch a connection: %s", listener.config.name.c_str(),
+            std::strerror(errno));
+    return self->close();
+  }
   // A PROXY header or a TLS handshake must come as promptly as a request head.
   self->arm(listener.tls || listener.config.proxy_protocol ? Timer::header : Timer::idle);
   if (listener.tls && !self->ssl_)
@@ -39,14 +46,19 @@ void ClientConnection::start(WorkerContext& worker, const ListenerRuntime& liste
   self->do_read_request();
 }
 
-ClientConnection::ClientConnection(WorkerContext& worker, const ListenerRuntime& listener,
-                                   ClientSocket socket, const sockaddr* peer)
-    : worker_(worker), listener_(&listener), runtime_(worker.runtime), client_(std::move(socket)) {
+ClientConnection::ClientConnection(WorkerContext& worker, const ListenerRuntime& listener, int fd,
+                                   const sockaddr* peer)
+    : worker_(worker), listener_(&listener), runtime_(worker.runtime) {
   // The socket is non-blocking and TCP_NODELAY already (accept4, the listener).
+  // A request often comes with the connection: the first read is tried at once.
+  client_.fd = fd;
+  client_.handler = &ClientConnection::on_client_event;
+  client_.owner = this;
+  client_.in_ready = client_.out_ready = true;
   set_client_address(peer);
   proxy_pending_ = listener_->config.proxy_protocol;
   if (listener_->tls)
-    ssl_ = listener_->tls->accept(client_.native_handle());
+    ssl_ = listener_->tls->accept(fd);
   fire = &ClientConnection::on_timeout;
   next_in_worker = worker_.sessions;
   if (next_in_worker)
@@ -54,6 +66,103 @@ ClientConnection::ClientConnection(WorkerContext& worker, const ListenerRuntime&
   worker_.sessions = this;
   ++worker_.session_count;
   worker_.metrics->listeners.at(listener_->id).connections.add(1);
+}
+
+// ---- Waiting: a step per socket and direction, run by the socket's next
+// edge (or by the loop's next pass). A step that is set again replaces the
+// one before: a connection waits for one thing per direction at a time.
+
+void ClientConnection::on_client_event(void* self, uint32_t) {
+  Ref keep(static_cast<ClientConnection*>(self));
+  keep->client_event();
+}
+
+void ClientConnection::client_event() {
+  if (closed_)
+    return;
+  if (client_in_ && (client_in_now_ || client_.in_ready)) {
+    Step s = std::exchange(client_in_, nullptr);
+    client_in_now_ = false;
+    (this->*s)();
+    if (closed_)
+      return;
+  }
+  if (client_out_ && (client_out_on_in_ ? client_.in_ready : client_.out_ready)) {
+    Step s = std::exchange(client_out_, nullptr);
+    (this->*s)();
+  }
+}
+
+void ClientConnection::wait_client_in(Step s) {
+  client_in_ = s;
+  client_in_now_ = false;
+  if (client_.in_ready) // an edge came while this connection was busy
+    worker_.loop.schedule(client_);
+}
+
+void ClientConnection::client_in_next_pass(Step s) {
+  client_in_ = s;
+  client_in_now_ = true;
+  worker_.loop.schedule(client_);
+}
+
+void ClientConnection::wait_client_out(Step s, bool on_in) {
+  client_out_ = s;
+  client_out_on_in_ = on_in;
+  if (on_in ? client_.in_ready : client_.out_ready)
+    worker_.loop.schedule(client_);
+}
+
+void ClientConnection::on_backend_event(void* self, uint32_t) {
+  Ref keep(static_cast<ClientConnection*>(self));
+  keep->backend_event();
+}
+
+// Writes first: a connect completes with EPOLLOUT.
+void ClientConnection::backend_event() {
+  if (closed_ || !x_ || !x_->conn_)
+    return;
+  const io::Watch* w = &x_->conn_->watch;
+  if (x_->backend_out_ && (x_->backend_out_on_in_ ? w->in_ready : w->out_ready)) {
+    Step s = std::exchange(x_->backend_out_, nullptr);
+    (this->*s)();
+    if (closed_ || !x_ || !x_->conn_)
+      return;
+    w = &x_->conn_->watch; // (a retry may have another connection by now)
+  }
+  if (x_->backend_in_ && (x_->backend_in_now_ || w->in_ready)) {
+    Step s = std::exchange(x_->backend_in_, nullptr);
+    x_->backend_in_now_ = false;
+    (this->*s)();
+  }
+}
+
+void ClientConnection::wait_backend_in(Step s) {
+  x_->backend_in_ = s;
+  x_->backend_in_now_ = false;
+  if (x_->conn_->watch.in_ready)
+    worker_.loop.schedule(x_->conn_->watch);
+}
+
+void ClientConnection::backend_in_next_pass(Step s) {
+  x_->backend_in_ = s;
+  x_->backend_in_now_ = true;
+  worker_.loop.schedule(x_->conn_->watch);
+}
+
+void ClientConnection::wait_backend_out(Step s, bool on_in) {
+  x_->backend_out_ = s;
+  x_->backend_out_on_in_ = on_in;
+  io::Watch& w = x_->conn_->watch;
+  if (on_in ? w.in_ready : w.out_ready)
+    worker_.loop.schedule(w);
+}
+
+// The backend connection's events come to this connection while it serves
+// the request.
+void ClientConnection::own_backend_socket() {
+  x_->conn_->watch.handler = &ClientConnection::on_backend_event;
+  x_->conn_->watch.owner = this;
 }
 
 // The address is kept in binary (an idle connection stays small); each
@@ -115,6 +224,7 @@ void ClientConnection::ensure_exchange() {
 void ClientConnection::release_exchange() {
   if (!x_)
     return;
+  client_out_ = nullptr; // a write of this exchange
   if (x_->conn_ || x_->active_backend_ >= 0)
     release_backend(false);
   worker_.buffers.release(x_->client_tls_stage_);
@@ -122,10 +232,6 @@ void ClientConnection::release_exchange() {
   worker_.buffers.release(x_->ubuf_);
   x_->client_tls_stage_ = x_->backend_tls_stage_ = nullptr;
   x_->ubuf_ = nullptr;
-  if (x_->handlers_pending()) {
-    x_->reset_fields(); // kept for the next request
-    return;
-  }
   worker_.exchanges.release(x_);
   x_ = nullptr;
 }
@@ -140,14 +246,20 @@ int ClientConnection::take_proxy_header() {
   // bytes are consumed. While the header is incomplete, every byte received
   // is part of it: those are consumed (kept in cbuf_ from offset 0) so that
   // the next wait is for new bytes, not for the ones already there.
+  if (!client_.in_ready)
+    return 0;
   if (!cbuf_)
     cbuf_ = worker_.buffers.acquire();
   uint32_t have = c_len_;
-  ssize_t n = ::recv(fd_of(client_), cbuf_->data() + have, cbuf_->capacity - have, MSG_PEEK);
+  size_t room = cbuf_->capacity - have;
+  ssize_t n = ::recv(client_.fd, cbuf_->data() + have, room, MSG_PEEK);
   if (n == 0)
     return -1;
-  if (n < 0)
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+      client_.drained();
     return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+  }
   http::ProxyHeader header;
   size_t seen = have + static_cast<size_t>(n);
   switch (http::parse_proxy_header(cbuf_->data(), seen, header)) {
@@ -156,15 +268,18 @@ int ClientConnection::take_proxy_header() {
   case http::ProxyParse::need_more:
     if (seen >= cbuf_->capacity)
       return -1;
-    if (::recv(fd_of(client_), cbuf_->data() + have, static_cast<size_t>(n), 0) != n)
+    if (::recv(client_.fd, cbuf_->data() + have, static_cast<size_t>(n), 0) != n)
       return -1;
+    if (static_cast<size_t>(n) < room)
+      client_.drained(); // all the socket had is taken
     c_len_ = static_cast<uint32_t>(seen);
     return 0;
   case http::ProxyParse::complete:
     break;
   }
   size_t rest = header.length - have;
-  if (::recv(fd_of(client_), cbuf_->data() + have, rest, 0) != static_cast<ssize_t>(rest))
+  // (Bytes after the header may still be in the socket: it stays readable.)
+  if (::recv(client_.fd, cbuf_->data() + have, rest, 0) != static_cast<ssize_t>(rest))
     return -1;
   if (!header.local)
     set_client_address(reinterpret_cast<const sockaddr*>(&header.source));
@@ -183,33 +298,39 @@ int ClientConnection::tls_handshake() {
   int e = SSL_get_error(ssl_, r);
   if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
     return -1;
-  wait_then<&ClientConnection::read_request_head>(
-      client_,
-      e == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
-      client_read_slot_);
+  if (e == SSL_ERROR_WANT_READ) {
+    client_.drained();
+    wait_client_in(&ClientConnection::read_request_head);
+  } else {
+    client_.blocked();
+    wait_client_out(&ClientConnection::read_request_head, false);
+  }
   return 0;
 }
 
 ssize_t ClientConnection::client_recv(char* p, size_t n) {
   if (!ssl_)
-    return ::recv(fd_of(client_), p, n, 0);
-  return tls_recv(ssl_, p, n);
+    return plain_recv(client_, p, n);
+  return tls_recv(client_, ssl_, p, n);
 }
 
 int ClientConnection::client_write(Outbox& out, uint64_t& written) {
   write_wants_read_ = false;
   if (!ssl_)
-    return write_some(fd_of(client_), out, written);
-  return tls_write(ssl_, out, x_->client_tls_stage_, written);
+    return write_some(client_, out, written);
+  return tls_write(client_, ssl_, out, x_->client_tls_stage_, written);
 }
 
 // SSL_write takes one buffer: gather into a staging buffer (TLS copies the
 // bytes to encrypt them anyway). After WANT_WRITE the same bytes are staged
 // again, as OpenSSL requires for the retry.
-int ClientConnection::tls_write(SSL* ssl, Outbox& out, io::Buffer*& stage, uint64_t& written) {
+int ClientConnection::tls_write(io::Watch& w, SSL* ssl, Outbox& out, io::Buffer*& stage,
+                                uint64_t& written) {
   if (!stage)
     stage = worker_.buffers.acquire();
   while (!out.empty()) {
+    if (!w.out_ready)
+      return 0;
     size_t staged = 0;
     for (unsigned i = out.first; i < out.count && staged < stage->capacity; ++i) {
       size_t take = std::min<size_t>(out.v[i].iov_len, stage->capacity - staged);
@@ -228,6 +349,10 @@ int ClientConnection::tls_write(SSL* ssl, Outbox& out, io::Buffer*& stage, uint6
       // TLS may need the peer's bytes first: waiting for writability then
       // would wake up at once, again and again.
       write_wants_read_ = e == SSL_ERROR_WANT_READ;
+      if (write_wants_read_)
+        w.drained();
+      else
+        w.blocked();
       return 0;
     }
     errno = EPIPE;
@@ -240,11 +365,11 @@ int ClientConnection::tls_write(SSL* ssl, Outbox& out, io::Buffer*& stage, uint6
 
 ClientConnection::~ClientConnection() {
   io::Timeouts::disarm(timer());
+  worker_.loop.close(client_); // (closed already, by close())
   if (ssl_)
     SSL_free(ssl_);
   worker_.buffers.release(cbuf_);
   if (x_) {
-    // No handler can be pending in its slots: each would hold a reference.
     count_bytes();
     worker_.buffers.release(x_->client_tls_stage_);
     worker_.buffers.release(x_->backend_tls_stage_);
@@ -262,7 +387,7 @@ ClientConnection::~ClientConnection() {
   if (worker_.on_session_closed)
     worker_.on_session_closed(listener_->id);
   if (--worker_.session_count == 0 && worker_.draining && worker_.on_drained)
-    asio::post(worker_.io, worker_.on_drained);
+    worker_.loop.post(worker_.on_drained);
 }
 
 void ClientConnection::trim_if_idle() {
@@ -296,14 +421,15 @@ void ClientConnection::close() {
   }
   io::Timeouts::disarm(timer());
   timer_kind_ = Timer::none;
-  error_code ec;
-  client_.close(ec);
+  worker_.loop.close(client_);
+  client_in_ = client_out_ = nullptr;
   release_backend(false);
   worker_.buffers.release(cbuf_);
   cbuf_ = nullptr;
   c_len_ = 0;
   if (x_)
     x_->c_parsed_ = 0;
+  release(); // the event loop's registration (the caller holds another)
 }
 
 // Closes after the last response without losing it: a close with unread
@@ -318,15 +444,20 @@ void ClientConnection::close_gracefully(bool request_read) {
     SSL_shutdown(ssl_); // close_notify, best effort
   } else {
     // Nothing unread from a client whose request was read whole: a plain close
-    // sends FIN, not a reset. (As nginx's lingering_close heuristics.)
-    char probe;
-    ssize_t pending = ::recv(fd_of(client_), &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (pending < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && request_read)
+    // sends FIN, not a reset. (As nginx's lingering_close heuristics.) The
+    // socket's readiness knows when its last read drained it.
+    bool unread = client_.in_ready;
+    if (unread) {
+      char probe;
+      ssize_t pending = ::recv(client_.fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+      unread = !(pending < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+      if (!unread)
+        client_.drained();
+    }
+    if (!unread && request_read)
       return close();
   }
-  error_code ec;
-  client_.shutdown(asio::socket_base::shutdown_send, ec);
-  if (ec)
+  if (::shutdown(client_.fd, SHUT_WR) != 0)
     return close();
   arm(Timer::linger);
   linger_read();
@@ -344,11 +475,8 @@ void ClientConnection::linger_read() {
     }
     if (n < 0 && errno == EINTR)
       continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      wait_then<&ClientConnection::linger_read>(client_, asio::socket_base::wait_read,
-                                                client_read_slot_);
-      return;
-    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return wait_client_in(&ClientConnection::linger_read);
     return close();
   }
 }
@@ -370,9 +498,7 @@ void ClientConnection::read_request_head() {
         worker_.buffers.release(cbuf_);
         cbuf_ = nullptr;
       }
-      wait_then<&ClientConnection::read_request_head>(client_, asio::socket_base::wait_read,
-                                                      client_read_slot_);
-      return;
+      return wait_client_in(&ClientConnection::read_request_head);
     }
   }
   if (ssl_ && !handshake_done_) {
@@ -430,9 +556,7 @@ void ClientConnection::read_request_head() {
       cbuf_ = nullptr;
       release_exchange();
     }
-    wait_then<&ClientConnection::read_request_head>(client_, asio::socket_base::wait_read,
-                                                    client_read_slot_);
-    return;
+    return wait_client_in(&ClientConnection::read_request_head);
   }
 }
 
@@ -451,7 +575,7 @@ void ClientConnection::skip_empty_lines() {
 }
 
 void ClientConnection::on_request_head() {
-  x_->started_ = io::Clock::now();
+  x_->started_ = worker_.loop.now();
   http::Head& head = x_->req_.head();
 
   // Request id: the client's if it sent one, else a new one.
@@ -559,12 +683,7 @@ void ClientConnection::do_read_request_body() {
   if (++x_->request_chain_ % 16 == 0) {
     // Bytes keep coming without blocking: continue from the event loop so the
     // stack does not grow with the body.
-    asio::post(worker_.io,
-               in_slot(client_read_slot_, [self = Ref(this), g = request_gen_, a = attempt_] {
-                 if (!self->closed_ && g == self->request_gen_ && a == self->attempt_)
-                   self->read_request_body();
-               }));
-    return;
+    return client_in_next_pass(&ClientConnection::read_request_body);
   }
   read_request_body();
 }
@@ -585,18 +704,9 @@ void ClientConnection::read_request_body() {
       return close();
     // The request may end before more of its body comes (an early response,
     // a failed backend, a timeout), or go to another backend (a retry or a
-    // replay, which starts its own body pump): this wait is then stale and
-    // does nothing.
-    client_.async_wait(asio::socket_base::wait_read,
-                       in_slot(client_read_slot_, [self = Ref(this), g = request_gen_,
-                                                   a = attempt_](const error_code& ec) {
-                         if (self->closed_ || g != self->request_gen_ || a != self->attempt_)
-                           return;
-                         if (ec)
-                           return self->close();
-                         self->read_request_body();
-                       }));
-    return;
+    // replay, which starts its own body pump): release_backend() and
+    // finish_request_state() then take this wait back.
+    return wait_client_in(&ClientConnection::read_request_body);
   }
   arm(Timer::exchange);
   char* data = cbuf_->data();
@@ -629,21 +739,13 @@ void ClientConnection::do_write_client() {
     return on_response_bytes_sent();
   if (r == 0) {
     x_->client_writing_ = true;
-    client_.async_wait(
-        write_wants_read_ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
-        in_slot(x_->client_write_slot_,
-                [self = Ref(this)](const error_code& ec) { self->on_client_writable(ec); }));
-    return;
+    return wait_client_out(&ClientConnection::on_client_writable, write_wants_read_);
   }
   close(); // the client is gone
 }
 
-void ClientConnection::on_client_writable(const error_code& ec) {
-  if (closed_)
-    return;
+void ClientConnection::on_client_writable() {
   x_->client_writing_ = false;
-  if (ec)
-    return close();
   if (timer_kind_ == Timer::exchange)
     arm(Timer::exchange);
   do_write_client();
@@ -730,7 +832,8 @@ void ClientConnection::finish_request_log() {
     m.listeners.at(listener_->id).requests.at(x_->pool_ ? x_->pool_->id() + 1 : 0).add(x_->status_);
     if (x_->pool_ && x_->started_ != io::Clock::time_point{})
       m.pools.at(x_->pool_->id())
-          .duration.observe(std::chrono::duration<double>(io::Clock::now() - x_->started_).count());
+          .duration.observe(
+              std::chrono::duration<double>(worker_.loop.now() - x_->started_).count());
   }
   count_bytes();
   if (worker_.access_log.enabled() && (x_->status_ || c_len_)) {
@@ -760,7 +863,7 @@ void ClientConnection::finish_request_log() {
     rec.bytes_out = x_->bytes_out_;
     rec.upstream_ms = x_->upstream_ms_;
     rec.total_ms =
-        x_->started_ == io::Clock::time_point{} ? 0 : ms_between(x_->started_, io::Clock::now());
+        x_->started_ == io::Clock::time_point{} ? 0 : ms_between(x_->started_, worker_.loop.now());
     worker_.access_log.write(rec);
   }
 }
@@ -783,7 +886,8 @@ bool ClientConnection::adopt_runtime() {
 }
 
 void ClientConnection::finish_request_state() {
-  ++request_gen_; // handlers still waiting for this request's body ignore what they see
+  ++request_gen_;
+  client_in_ = nullptr; // a wait for this request's body
   // Nothing may read this request's head from now on: its spans point into a
   // buffer that goes back to the worker's free list.
   x_->req_.head().clear();
@@ -818,20 +922,17 @@ void ClientConnection::finish_request_state() {
   }
   c_len_ = left; // (the exchange's offsets are back to 0 with its fields)
   keep_client_ = true;
-  if (!left && !ssl_) {
-    // The response has just gone out, so a read now would almost always find
-    // nothing: wait for the next request instead of trying first. (A TLS
-    // connection may hold decrypted bytes the socket no longer signals.)
-    return wait_then<&ClientConnection::read_request_head>(client_, asio::socket_base::wait_read,
-                                                           client_read_slot_);
+  if (!left && !(ssl_ && SSL_has_pending(ssl_))) {
+    // Nothing buffered: the next request comes with the socket's next edge
+    // (or on the next pass, when one came while this request was served).
+    // (A TLS connection may hold decrypted bytes the socket no longer signals.)
+    return wait_client_in(&ClientConnection::read_request_head);
   }
   if (++serve_chain_ % 8 == 0) {
     // The next request is here already (pipelined, or TLS bytes): requests lb
     // answers itself would otherwise run one inside the other, with no bound
     // on the stack. Every few, continue from the event loop.
-    asio::post(worker_.io,
-               in_slot(client_read_slot_, [self = Ref(this)] { self->do_read_request(); }));
-    return;
+    return client_in_next_pass(&ClientConnection::do_read_request);
   }
   do_read_request();
 }
@@ -866,7 +967,7 @@ void ClientConnection::arm(Timer t) {
     d = x_->pool_->config().queue_timeout;
     break;
   }
-  worker_.timeouts.arm(timer(), d);
+  worker_.timeouts.arm(timer(), d, worker_.loop.now());
 }
 
 void ClientConnection::on_timeout(io::Timeouts::Entry* e) {

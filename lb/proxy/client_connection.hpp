@@ -9,16 +9,19 @@
 // toward its backend) and tunnel.cpp (after a 101). While idle it holds its
 // socket, its timer entry, a few flags and (TLS) its SSL object; a request
 // borrows an Exchange (exchange.hpp) for what it needs in flight. The
-// connection lives on its worker thread; a pending operation holds a
-// reference to it.
+// connection lives on its worker thread, its socket in the worker's event
+// loop from accept to close (that registration holds a reference, as does
+// whoever runs one of its steps).
+//
+// Waiting is a step stored per socket and direction (client_in_, ...,
+// Exchange::backend_in_, ...): the socket's next edge runs it. Readiness is
+// the loop's (io::Watch): a read that comes back short means drained, so the
+// next read waits for an edge instead of asking the kernel.
 
-#include "lb/io/handler_memory.hpp"
+#include "lb/io/event_loop.hpp"
 #include "lb/io/timeouts.hpp"
 #include "lb/proxy/exchange.hpp"
 #include "lb/proxy/worker_context.hpp"
-
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/system/error_code.hpp>
 
 #include <openssl/ssl.h>
 #include <sys/socket.h>
@@ -28,17 +31,12 @@
 
 namespace lb::proxy {
 
-// The client's socket: asio's, with the io_context's own executor (not the
-// type-erased default, 48 bytes more per connection).
-using ClientSocket =
-    boost::asio::basic_stream_socket<boost::asio::ip::tcp, boost::asio::io_context::executor_type>;
-
 // (Its timeout entry is a base: no pointer back to the connection.)
 class ClientConnection : private io::Timeouts::Entry {
 public:
-  // Takes over an accepted connection and starts serving it.
+  // Takes over an accepted connection (non-blocking) and starts serving it.
   // `peer` is the client's address as accept() gave it.
-  static void start(WorkerContext& worker, const ListenerRuntime& listener, ClientSocket socket,
+  static void start(WorkerContext& worker, const ListenerRuntime& listener, int fd,
                     const sockaddr* peer);
 
   // Draining: closes the connection now if it is between requests; otherwise it
@@ -47,6 +45,8 @@ public:
   // calls this every second: freeing them after every request costs more).
   void trim_if_idle();
   void close_if_idle();
+  // A forced stop: closes now, whatever is in flight.
+  void close_now() { close(); }
   // A queued request tries again to get a backend below its connection limit.
   void retry_queued();
 
@@ -70,8 +70,7 @@ private:
   }
   // Borrows an exchange for the request that starts (no-op when one is held).
   void ensure_exchange();
-  // Gives the exchange back once the connection is idle (kept while a stale
-  // handler may still run in one of its slots).
+  // Gives the exchange back once the connection is idle.
   void release_exchange();
   class Ref;
   // `answer`: lb writes its own answer (an error page); the client has
@@ -88,7 +87,7 @@ private:
     answer
   };
 
-  ClientConnection(WorkerContext& worker, const ListenerRuntime& listener, ClientSocket socket,
+  ClientConnection(WorkerContext& worker, const ListenerRuntime& listener, int fd,
                    const sockaddr* peer);
   ~ClientConnection();
 
@@ -101,12 +100,23 @@ private:
   int client_write(Outbox& out, uint64_t& written);
   ssize_t backend_recv(char* p, size_t n);
   int backend_write(Outbox& out, uint64_t& written);
-  int tls_write(SSL* ssl, Outbox& out, io::Buffer*& stage, uint64_t& written);
+  int tls_write(io::Watch& w, SSL* ssl, Outbox& out, io::Buffer*& stage, uint64_t& written);
   // TLS: finishes the handshake. 1 done, 0 waiting (reading resumes), -1 close.
   int tls_handshake();
   int take_proxy_header(); // 1 read, 0 wait for more, -1 close
-  template <void (ClientConnection::*Step)(), class Socket, class Slot>
-  void wait_then(Socket& socket, boost::asio::socket_base::wait_type what, Slot& slot);
+  // Waiting. in: run `s` when the socket is readable; now: on the loop's
+  // next pass; out: when writable (or readable: TLS wants to read first).
+  void wait_client_in(Step s);
+  void client_in_next_pass(Step s);
+  void wait_client_out(Step s, bool on_in);
+  void wait_backend_in(Step s);
+  void backend_in_next_pass(Step s);
+  void wait_backend_out(Step s, bool on_in);
+  static void on_client_event(void* self, uint32_t events);
+  static void on_backend_event(void* self, uint32_t events);
+  void client_event();
+  void backend_event();
+  void own_backend_socket();
   // ---- The client side (client_connection.cpp).
   // Request head.
   void do_read_request();
@@ -124,21 +134,22 @@ private:
   void do_read_request_body();
   void read_request_body();
   void do_write_client();
-  void on_client_writable(const boost::system::error_code& ec);
+  void on_client_writable();
   // ---- The exchange toward the backend (upstream_exchange.cpp).
   // Choosing a backend and connecting.
   void do_attempt();
   void do_connect();
-  void on_connect(const boost::system::error_code& ec, uint32_t attempt);
+  void on_connect();
+  void connect_failed(int error);
+  void on_connected();
   // Sending the request.
   void do_send_request_head();
   void do_write_backend();
-  void on_backend_writable(const boost::system::error_code& ec, uint32_t attempt);
+  void on_backend_writable();
   void on_request_bytes_sent();
   void stop_request_body();
   // Receiving the response.
   void do_read_response();
-  void on_backend_readable(const boost::system::error_code& ec, uint32_t attempt);
   void read_response();
   void parse_response();
   void on_response_head();
@@ -177,7 +188,9 @@ private:
   WorkerContext& worker_;
   const ListenerRuntime* listener_;        // in runtime_
   std::shared_ptr<const Runtime> runtime_; // the snapshot this request started with
-  ClientSocket client_;
+  io::Watch client_;                       // the client's socket in the event loop
+  Step client_in_ = nullptr;
+  Step client_out_ = nullptr;
   // The request in flight (from its first byte until the connection is idle
   // again); nullptr while idle.
   Exchange* x_ = nullptr;
@@ -188,7 +201,7 @@ private:
   uint32_t c_len_ = 0;       // bytes in cbuf_ (the offsets into it are the exchange's)
   uint32_t attempt_ = 0;     // generation: handlers of an abandoned attempt ignore
   uint32_t request_gen_ = 0; // one per request on this connection
-  uint16_t refs_ = 0;        // pending handlers (a few at most) and the queue
+  uint16_t refs_ = 0;        // the loop's registration, running steps, the queue
   uint8_t serve_chain_ = 0;  // requests served without returning to the event loop
   Timer timer_kind_ = Timer::none;
   bool closed_ = false;
@@ -196,11 +209,12 @@ private:
   bool proxy_pending_ = false; // the PROXY header has not been read yet
   bool handshake_done_ = false;
   bool write_wants_read_ = false; // the last TLS write waits for the peer's bytes
+  bool client_in_now_ = false;    // client_in_ runs on the next pass, ready or not
+  bool client_out_on_in_ = false; // client_out_ waits for readability (TLS)
   uint8_t client_family_ = 0;     // AF_INET, AF_INET6; 0: unknown
   uint8_t client_addr_[16] = {};  // the client's address (after a PROXY header)
 
   io::Timeouts::Entry& timer() { return *this; }
-  io::WaitSlot client_read_slot_;
 };
 
 } // namespace lb::proxy

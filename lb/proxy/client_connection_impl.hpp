@@ -1,12 +1,9 @@
 #pragma once
 // What the files that implement ClientConnection share (client_connection.cpp,
-// upstream_exchange.cpp, tunnel.cpp): the reference a pending handler holds,
-// handler memory, the gather write, the wait-then-step helper. Not for other
-// modules.
+// upstream_exchange.cpp, tunnel.cpp): the reference a running step holds,
+// reads and writes that keep the socket's readiness. Not for other modules.
 
 #include "lb/proxy/client_connection.hpp"
-
-#include <boost/asio/bind_allocator.hpp>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -20,10 +17,8 @@
 
 namespace lb::proxy {
 
-namespace asio = boost::asio;
-using boost::system::error_code;
-
-// A strong reference held by every pending completion handler.
+// A strong reference: held by the event loop's registration of the client
+// socket, and by whoever runs a step.
 class ClientConnection::Ref {
 public:
   explicit Ref(ClientConnection* s) : s_(s) { s_->add_ref(); }
@@ -44,49 +39,58 @@ inline double ms_between(io::Clock::time_point a, io::Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-template <class Slot, class F> inline auto in_slot(Slot& slot, F&& f) {
-  return asio::bind_allocator(io::SlotAllocator<void, Slot>(slot), std::forward<F>(f));
-}
-
-template <class Socket> inline int fd_of(Socket& s) { return s.native_handle(); }
-
 // Writes as much of `out` as the socket takes now. Returns 1 when all is
-// written, 0 when the socket would block, -1 on error (errno set).
-inline int write_some(int fd, Outbox& out, uint64_t& written) {
+// written, 0 when the socket would block, -1 on error (errno set). A short
+// write means the socket is full: no write until its next EPOLLOUT.
+inline int write_some(io::Watch& w, Outbox& out, uint64_t& written) {
   while (!out.empty()) {
+    if (!w.out_ready)
+      return 0;
     msghdr m{};
     m.msg_iov = out.v + out.first;
-    m.msg_iovlen = std::min<unsigned>(out.count - out.first, 1024);
-    ssize_t n = ::sendmsg(fd, &m, MSG_NOSIGNAL);
+    m.msg_iovlen = out.count - out.first;
+    size_t asked = 0;
+    for (unsigned i = out.first; i < out.count; ++i)
+      asked += out.v[i].iov_len;
+    ssize_t n = ::sendmsg(w.fd, &m, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR)
         continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK)
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        w.blocked();
         return 0;
+      }
       return -1;
     }
     written += static_cast<uint64_t>(n);
     out.advance(static_cast<size_t>(n));
+    if (static_cast<size_t>(n) < asked)
+      w.blocked();
   }
   return 1;
 }
 
-// Waits until `socket` is ready for `what`, then runs `Step`, unless the session
-// closed meanwhile; a failed wait closes it. The handler lives in `slot`.
-template <void (ClientConnection::*Step)(), class Socket, class Slot>
-void ClientConnection::wait_then(Socket& socket, asio::socket_base::wait_type what, Slot& slot) {
-  socket.async_wait(what, in_slot(slot, [self = Ref(this)](const error_code& ec) {
-                      ClientConnection* s = self.operator->();
-                      if (s->closed_)
-                        return;
-                      if (ec)
-                        return s->close();
-                      (s->*Step)();
-                    }));
+// Reads into p[0, n) from a plain socket, keeping its readiness: none known,
+// no system call (EAGAIN at once); a short read means drained.
+inline ssize_t plain_recv(io::Watch& w, char* p, size_t n) {
+  if (!w.in_ready) {
+    errno = EAGAIN;
+    return -1;
+  }
+  ssize_t r = ::recv(w.fd, p, n, 0);
+  if (r < 0 ? errno == EAGAIN || errno == EWOULDBLOCK : static_cast<size_t>(r) < n)
+    w.drained();
+  return r;
 }
 
 // recv() for a TLS connection: the same results and errno conventions.
-inline ssize_t tls_recv(SSL* ssl, char* p, size_t n) {
+// OpenSSL may hold bytes already read from the socket: those are read even
+// when the socket is drained.
+inline ssize_t tls_recv(io::Watch& w, SSL* ssl, char* p, size_t n) {
+  if (!w.in_ready && !SSL_has_pending(ssl)) {
+    errno = EAGAIN;
+    return -1;
+  }
   ERR_clear_error();
   int r = SSL_read(ssl, p, static_cast<int>(std::min<size_t>(n, INT32_MAX)));
   if (r > 0)
@@ -96,6 +100,7 @@ inline ssize_t tls_recv(SSL* ssl, char* p, size_t n) {
     return 0;
   case SSL_ERROR_WANT_READ:
   case SSL_ERROR_WANT_WRITE:
+    w.drained();
     errno = EAGAIN;
     return -1;
   case SSL_ERROR_SYSCALL:

@@ -10,7 +10,6 @@
 
 #include "lb/http/parser.hpp"
 #include "lb/io/buffer_pool.hpp"
-#include "lb/io/handler_memory.hpp"
 #include "lb/io/timeouts.hpp"
 #include "lb/proxy/local_answer.hpp"
 #include "lb/proxy/outbox.hpp"
@@ -26,6 +25,10 @@ class Pool;
 }
 
 namespace lb::proxy {
+
+class ClientConnection;
+// A step of a request, run when a socket is ready (or on the loop's next pass).
+using Step = void (ClientConnection::*)();
 
 // The per-request fields, each back to its start for every request.
 struct ExchangeFields {
@@ -48,7 +51,14 @@ struct ExchangeFields {
   bool resp_done_ = false;
   bool client_writing_ = false;
   bool backend_writing_ = false;
-  bool reading_response_ = false;   // the response read loop runs for this attempt
+  bool reading_response_ = false; // the response read loop runs for this attempt
+  // What waits for the backend connection: to read (or to run on the loop's
+  // next pass, `backend_in_now_`), to write (or to read, when TLS must read
+  // before it can write: `backend_out_on_in_`).
+  Step backend_in_ = nullptr;
+  Step backend_out_ = nullptr;
+  bool backend_in_now_ = false;
+  bool backend_out_on_in_ = false;
   bool in_response_head_ = false;   // an interim (1xx) response is being passed on
   bool backend_keep_alive_ = false; // the backend connection may serve another request
   bool answered_locally_ = false;   // lb answers this request itself (an error)
@@ -89,10 +99,6 @@ struct Exchange : ExchangeFields {
   // The fields back to their start (the parsers are left as they are: a
   // pipelined request continues where the last one ended).
   void reset_fields() { static_cast<ExchangeFields&>(*this) = ExchangeFields{}; }
-  // A completion handler bound to one of the slots has not run yet.
-  bool handlers_pending() const {
-    return client_write_slot_.busy() || backend_read_slot_.busy() || backend_write_slot_.busy();
-  }
 
   http::Parser req_{http::Parser::Kind::request};
   http::Parser resp_{http::Parser::Kind::response};
@@ -108,9 +114,6 @@ struct Exchange : ExchangeFields {
   // ... and in binary: an exchange that served the same address keeps its text.
   uint8_t client_family_ = 0;
   uint8_t client_addr_[16] = {};
-  io::HandlerSlot client_write_slot_;
-  io::HandlerSlot backend_read_slot_;
-  io::HandlerSlot backend_write_slot_;
   Exchange* next_free_ = nullptr;
 };
 
@@ -124,7 +127,7 @@ public:
 
   // An exchange with its fields at their start and its request parser reset.
   Exchange* acquire();
-  // Back to the free-list. Precondition: no handler bound to its slots is pending.
+  // Back to the free-list.
   void release(Exchange* x);
   // Frees the exchanges that stayed unused since the last trim (beyond a few).
   // Returns how many it freed.

@@ -4,6 +4,8 @@
 
 #include <openssl/ssl.h>
 
+#include <sys/socket.h>
+
 namespace lb::proxy {
 
 // Upgraded connections (WebSocket): after a 101, bytes both ways until
@@ -33,17 +35,12 @@ void ClientConnection::pump_up() {
       int r = backend_write(x_->to_backend_, written);
       if (r < 0)
         return close();
-      if (r == 0) {
-        wait_then<&ClientConnection::pump_up>(x_->conn_->socket, asio::socket_base::wait_write,
-                                              x_->backend_write_slot_);
-        return;
-      }
+      if (r == 0)
+        return wait_backend_out(&ClientConnection::pump_up, write_wants_read_);
       arm(Timer::tunnel);
     }
-    if (budget == 16) { // let other connections run
-      asio::post(worker_.io, in_slot(client_read_slot_, [self = Ref(this)] { self->pump_up(); }));
-      return;
-    }
+    if (budget == 16) // let other connections run
+      return client_in_next_pass(&ClientConnection::pump_up);
     if (!cbuf_)
       cbuf_ = worker_.buffers.acquire();
     ssize_t n = client_recv(cbuf_->data(), cbuf_->capacity);
@@ -55,19 +52,15 @@ void ClientConnection::pump_up() {
     }
     if (n < 0 && errno == EINTR)
       continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      wait_then<&ClientConnection::pump_up>(client_, asio::socket_base::wait_read,
-                                            client_read_slot_);
-      return;
-    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return wait_client_in(&ClientConnection::pump_up);
     if (n < 0)
       return close();
     // The client is done sending: pass the end on.
     x_->up_done_ = true;
     if (x_->conn_->ssl)
       SSL_shutdown(x_->conn_->ssl); // close_notify, best effort
-    error_code ignored;
-    x_->conn_->socket.shutdown(asio::socket_base::shutdown_send, ignored);
+    ::shutdown(x_->conn_->watch.fd, SHUT_WR);
     return tunnel_half_closed();
   }
 }
@@ -78,18 +71,12 @@ void ClientConnection::pump_down() {
       int r = client_write(x_->to_client_, x_->bytes_out_);
       if (r < 0)
         return close();
-      if (r == 0) {
-        wait_then<&ClientConnection::pump_down>(client_, asio::socket_base::wait_write,
-                                                x_->client_write_slot_);
-        return;
-      }
+      if (r == 0)
+        return wait_client_out(&ClientConnection::pump_down, write_wants_read_);
       arm(Timer::tunnel);
     }
-    if (budget == 16) {
-      asio::post(worker_.io,
-                 in_slot(x_->backend_read_slot_, [self = Ref(this)] { self->pump_down(); }));
-      return;
-    }
+    if (budget == 16)
+      return backend_in_next_pass(&ClientConnection::pump_down);
     ssize_t n = backend_recv(x_->ubuf_->data(), x_->ubuf_->capacity);
     if (n > 0) {
       x_->to_client_.clear();
@@ -98,16 +85,12 @@ void ClientConnection::pump_down() {
     }
     if (n < 0 && errno == EINTR)
       continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      wait_then<&ClientConnection::pump_down>(x_->conn_->socket, asio::socket_base::wait_read,
-                                              x_->backend_read_slot_);
-      return;
-    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+      return wait_backend_in(&ClientConnection::pump_down);
     if (n < 0)
       return close();
     x_->down_done_ = true;
-    error_code ignored;
-    client_.shutdown(asio::socket_base::shutdown_send, ignored);
+    ::shutdown(client_.fd, SHUT_WR);
     return tunnel_half_closed();
   }
 }

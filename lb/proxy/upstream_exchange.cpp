@@ -8,6 +8,9 @@
 
 #include <openssl/err.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
 #include <cstdio>
 #include <cstring>
 
@@ -20,15 +23,15 @@ namespace lb::proxy {
 
 ssize_t ClientConnection::backend_recv(char* p, size_t n) {
   if (!x_->conn_->ssl)
-    return ::recv(fd_of(x_->conn_->socket), p, n, 0);
-  return tls_recv(x_->conn_->ssl, p, n);
+    return plain_recv(x_->conn_->watch, p, n);
+  return tls_recv(x_->conn_->watch, x_->conn_->ssl, p, n);
 }
 
 int ClientConnection::backend_write(Outbox& out, uint64_t& written) {
   write_wants_read_ = false;
   if (!x_->conn_->ssl)
-    return write_some(fd_of(x_->conn_->socket), out, written);
-  return tls_write(x_->conn_->ssl, out, x_->backend_tls_stage_, written);
+    return write_some(x_->conn_->watch, out, written);
+  return tls_write(x_->conn_->watch, x_->conn_->ssl, out, x_->backend_tls_stage_, written);
 }
 
 void ClientConnection::do_attempt() {
@@ -91,15 +94,16 @@ void ClientConnection::do_attempt() {
   x_->resp_.reset();
   x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
   if (x_->retry_.attempts == 1)
-    x_->upstream_started_ = io::Clock::now();
-  x_->conn_ = worker_.connections.take(backend.id);
+    x_->upstream_started_ = worker_.loop.now();
+  x_->conn_ = worker_.connections.take(backend.id, worker_.loop.now());
   // A reload may have changed the pool's tls settings: those are no use now.
   while (x_->conn_ && x_->conn_->tls.get() != x_->pool_->tls()) {
     delete x_->conn_;
-    x_->conn_ = worker_.connections.take(backend.id);
+    x_->conn_ = worker_.connections.take(backend.id, worker_.loop.now());
   }
   x_->conn_reused_ = x_->conn_ != nullptr;
   if (x_->conn_reused_) {
+    own_backend_socket();
     // A retry may come here with the failed attempt's connect timer still
     // armed (or none, after a connect timeout): time this exchange.
     arm(Timer::exchange);
@@ -108,41 +112,60 @@ void ClientConnection::do_attempt() {
   do_connect();
 }
 
+// A new connection: the socket joins the event loop once its connect is
+// under way (before, an unconnected socket reads as hung up) and stays in
+// it until it closes, in use or idle in the pool.
 void ClientConnection::do_connect() {
-  x_->conn_ = new upstream::Connection(worker_.io);
+  x_->conn_ = new upstream::Connection(worker_.loop);
   const upstream::Backend& backend = x_->pool_->backends()[static_cast<size_t>(x_->backend_)];
   x_->conn_->backend = backend.id;
   x_->conn_->idle_timeout = x_->pool_->config().timeouts.idle;
   const auto& endpoint = backend.endpoint;
-  error_code ec;
-  x_->conn_->socket.open(endpoint.protocol(), ec);
-  if (!ec)
-    x_->conn_->socket.non_blocking(true, ec);
-  if (ec)
+  int fd = ::socket(endpoint.protocol().family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
     return backend_failed(Failure::connect, "cannot open a socket");
+  io::Watch& w = x_->conn_->watch;
+  w.fd = fd;
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  own_backend_socket();
   arm(Timer::connect);
-  x_->conn_->socket.async_connect(
-      endpoint,
-      in_slot(x_->backend_write_slot_,
-              [self = Ref(this), a = attempt_](const error_code& e) { self->on_connect(e, a); }));
+  int r = ::connect(fd, endpoint.data(), static_cast<socklen_t>(endpoint.size()));
+  int error = r == 0 ? 0 : errno;
+  if (error && error != EINPROGRESS)
+    return connect_failed(error);
+  if (!worker_.loop.add(w))
+    return connect_failed(errno);
+  if (r == 0) {
+    w.out_ready = true;
+    return on_connected();
+  }
+  wait_backend_out(&ClientConnection::on_connect, false);
 }
 
-void ClientConnection::on_connect(const error_code& ec, uint32_t attempt) {
-  if (closed_ || attempt != attempt_)
-    return;
-  if (ec) {
-    std::snprintf(x_->reason_, sizeof x_->reason_, "connect to %s failed: %s",
-                  x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
-                  ec.message().c_str());
-    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);
-    backend_metrics().connect_errors.add();
-    bool refused = ec == asio::error::connection_refused;
-    x_->pool_->report(static_cast<size_t>(x_->backend_),
-                      refused ? upstream::Outcome::refused : upstream::Outcome::connect_failure);
-    return backend_failed(refused ? Failure::refused : Failure::connect, x_->reason_);
-  }
-  error_code ignored;
-  x_->conn_->socket.set_option(asio::ip::tcp::no_delay(true), ignored);
+void ClientConnection::on_connect() {
+  int error = 0;
+  socklen_t len = sizeof error;
+  if (::getsockopt(x_->conn_->watch.fd, SOL_SOCKET, SO_ERROR, &error, &len) != 0)
+    error = errno;
+  if (error)
+    return connect_failed(error);
+  on_connected();
+}
+
+void ClientConnection::connect_failed(int error) {
+  std::snprintf(x_->reason_, sizeof x_->reason_, "connect to %s failed: %s",
+                x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
+                std::strerror(error));
+  io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);
+  backend_metrics().connect_errors.add();
+  bool refused = error == ECONNREFUSED;
+  x_->pool_->report(static_cast<size_t>(x_->backend_),
+                    refused ? upstream::Outcome::refused : upstream::Outcome::connect_failure);
+  backend_failed(refused ? Failure::refused : Failure::connect, x_->reason_);
+}
+
+void ClientConnection::on_connected() {
   if (x_->pool_->config().tls.enabled)
     return start_backend_tls();
   arm(Timer::exchange);
@@ -155,7 +178,7 @@ void ClientConnection::start_backend_tls() {
   const upstream::Backend& backend = x_->pool_->backends()[static_cast<size_t>(x_->backend_)];
   if (x_->pool_->tls()) {
     x_->conn_->tls = x_->pool_->shared_tls();
-    x_->conn_->ssl = x_->pool_->tls()->connect(fd_of(x_->conn_->socket), backend.host_name,
+    x_->conn_->ssl = x_->pool_->tls()->connect(x_->conn_->watch.fd, backend.host_name,
                                                backend.endpoint.address().to_string());
   }
   if (!x_->conn_->ssl) {
@@ -176,17 +199,13 @@ void ClientConnection::backend_handshake() {
     return do_send_request_head();
   }
   int e = SSL_get_error(x_->conn_->ssl, r);
-  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-    x_->conn_->socket.async_wait(
-        e == SSL_ERROR_WANT_READ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
-        in_slot(x_->backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
-          if (self->closed_ || a != self->attempt_)
-            return;
-          if (ec)
-            return self->backend_failed(Failure::connect, "backend connection failed");
-          self->backend_handshake();
-        }));
-    return;
+  if (e == SSL_ERROR_WANT_READ) {
+    x_->conn_->watch.drained();
+    return wait_backend_in(&ClientConnection::backend_handshake);
+  }
+  if (e == SSL_ERROR_WANT_WRITE) {
+    x_->conn_->watch.blocked();
+    return wait_backend_out(&ClientConnection::backend_handshake, false);
   }
   std::string why = io::TlsClient::failure(x_->conn_->ssl);
   std::snprintf(x_->reason_, sizeof x_->reason_, "TLS handshake with %s failed: %s",
@@ -228,12 +247,7 @@ void ClientConnection::do_write_backend() {
     return on_request_bytes_sent();
   if (r == 0) {
     x_->backend_writing_ = true;
-    x_->conn_->socket.async_wait(
-        write_wants_read_ ? asio::socket_base::wait_read : asio::socket_base::wait_write,
-        in_slot(x_->backend_write_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
-          self->on_backend_writable(ec, a);
-        }));
-    return;
+    return wait_backend_out(&ClientConnection::on_backend_writable, write_wants_read_);
   }
   if (x_->reading_response_)
     return stop_request_body();
@@ -246,14 +260,8 @@ void ClientConnection::do_write_backend() {
                  x_->reason_);
 }
 
-void ClientConnection::on_backend_writable(const error_code& ec, uint32_t attempt) {
-  if (closed_ || attempt != attempt_)
-    return;
+void ClientConnection::on_backend_writable() {
   x_->backend_writing_ = false;
-  if (ec && x_->reading_response_)
-    return stop_request_body();
-  if (ec)
-    return backend_failed(Failure::backend, "backend connection failed");
   arm(Timer::exchange);
   do_write_backend();
 }
@@ -274,13 +282,11 @@ void ClientConnection::on_request_bytes_sent() {
   if (x_->req_done_)
     x_->req_sent_ = true;
   if (!x_->reading_response_) {
-    // Start reading the response from the event loop, not from inside this
-    // write: the steps below must not run re-entrantly into the next request.
+    // The response comes with the socket's next edge (or on the next pass,
+    // when one came meanwhile): never from inside this write, so the steps
+    // below do not run re-entrantly into the next request.
     x_->reading_response_ = true;
-    asio::post(worker_.io, in_slot(x_->backend_read_slot_, [self = Ref(this), a = attempt_] {
-                 if (!self->closed_ && a == self->attempt_)
-                   self->do_read_response();
-               }));
+    wait_backend_in(&ClientConnection::do_read_response);
   }
   if (!x_->req_done_)
     return do_read_request_body();
@@ -289,14 +295,6 @@ void ClientConnection::on_request_bytes_sent() {
 }
 
 void ClientConnection::do_read_response() { read_response(); }
-
-void ClientConnection::on_backend_readable(const error_code& ec, uint32_t attempt) {
-  if (closed_ || attempt != attempt_)
-    return;
-  if (ec)
-    return backend_failed(Failure::backend, "backend connection failed");
-  read_response();
-}
 
 void ClientConnection::read_response() {
   for (;;) {
@@ -319,12 +317,7 @@ void ClientConnection::read_response() {
         worker_.buffers.release(x_->ubuf_);
         x_->ubuf_ = nullptr;
       }
-      x_->conn_->socket.async_wait(
-          asio::socket_base::wait_read,
-          in_slot(x_->backend_read_slot_, [self = Ref(this), a = attempt_](const error_code& ec) {
-            self->on_backend_readable(ec, a);
-          }));
-      return;
+      return wait_backend_in(&ClientConnection::read_response);
     }
     // End of file or reset.
     if (n == 0 && x_->resp_.body_until_eof() && x_->resp_.in_message() && !x_->in_response_head_) {
@@ -417,14 +410,14 @@ void ClientConnection::on_response_head() {
   std::string_view set_cookie;
   if (shape.switching) {
     x_->status_ = 101;
-    x_->upstream_ms_ = ms_between(x_->upstream_started_, io::Clock::now());
+    x_->upstream_ms_ = ms_between(x_->upstream_started_, worker_.loop.now());
     x_->tunnel_pending_ = true;
   } else if (shape.interim) {
     x_->in_response_head_ = true;
   } else {
     x_->in_response_head_ = false;
     x_->status_ = head.status;
-    x_->upstream_ms_ = ms_between(x_->upstream_started_, io::Clock::now());
+    x_->upstream_ms_ = ms_between(x_->upstream_started_, worker_.loop.now());
     backend_metrics().responses.add(head.status);
     x_->pool_->report(static_cast<size_t>(x_->backend_), head.status >= 500
                                                              ? upstream::Outcome::server_error
@@ -495,13 +488,8 @@ void ClientConnection::on_response_bytes_sent() {
     return on_response_complete();
   // Head and body so far are sent: the whole buffer is free for more body.
   x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
-  if (++x_->response_chain_ % 16 == 0) {
-    asio::post(worker_.io, in_slot(x_->backend_read_slot_, [self = Ref(this), a = attempt_] {
-                 if (!self->closed_ && a == self->attempt_)
-                   self->read_response();
-               }));
-    return;
-  }
+  if (++x_->response_chain_ % 16 == 0) // let other connections run
+    return backend_in_next_pass(&ClientConnection::read_response);
   read_response();
 }
 
@@ -560,9 +548,12 @@ void ClientConnection::backend_failed(Failure failure, const char* reason) {
 }
 
 void ClientConnection::release_backend(bool reusable) {
-  ++attempt_; // handlers of this attempt must ignore what they see
+  ++attempt_;
+  if (client_in_ == &ClientConnection::read_request_body)
+    client_in_ = nullptr; // this attempt's body pump
   if (!x_)
     return;
+  x_->backend_in_ = x_->backend_out_ = nullptr;
   if (x_->active_backend_ >= 0 && x_->pool_) {
     worker_.metrics->backends.at(x_->pool_->backends()[static_cast<size_t>(x_->active_backend_)].id)
         .active.add(-1);
@@ -574,7 +565,7 @@ void ClientConnection::release_backend(bool reusable) {
   if (x_->conn_) {
     if (reusable && !closed_) {
       ++x_->conn_->requests;
-      worker_.connections.put(x_->conn_);
+      worker_.connections.put(x_->conn_, worker_.loop.now());
     } else {
       delete x_->conn_;
     }
@@ -601,7 +592,7 @@ void ClientConnection::learn_keep_alive(std::string_view v) {
     return;
   auto budget = std::chrono::milliseconds(seconds * 1000);
   auto margin = std::min<std::chrono::milliseconds>(budget / 2, std::chrono::milliseconds(500));
-  x_->conn_->retire_at = io::Clock::now() + budget - margin;
+  x_->conn_->retire_at = worker_.loop.now() + budget - margin;
 }
 
 } // namespace lb::proxy

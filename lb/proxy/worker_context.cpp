@@ -4,10 +4,10 @@
 
 namespace lb::proxy {
 
-WorkerContext::WorkerContext(boost::asio::io_context& io_context, unsigned worker_id,
+WorkerContext::WorkerContext(io::EventLoop& event_loop, unsigned worker_id,
                              std::shared_ptr<const Runtime> rt, uint32_t buffer_size,
                              LogWriter* log_writer)
-    : io(io_context), id(worker_id), runtime(std::move(rt)), buffers(buffer_size, 4096),
+    : loop(event_loop), id(worker_id), runtime(std::move(rt)), buffers(buffer_size, 4096),
       access_log(log_writer, runtime->config->access_log.format) {
   metrics = std::make_unique<WorkerMetrics>();
   connections.count_idle_with(

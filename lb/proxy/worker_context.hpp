@@ -4,14 +4,13 @@
 // thread only, so nothing here needs a lock.
 
 #include "lb/io/buffer_pool.hpp"
+#include "lb/io/event_loop.hpp"
 #include "lb/io/timeouts.hpp"
 #include "lb/proxy/access_log.hpp"
 #include "lb/proxy/exchange.hpp"
 #include "lb/proxy/metrics.hpp"
 #include "lb/proxy/runtime.hpp"
 #include "lb/upstream/connection.hpp"
-
-#include <boost/asio/io_context.hpp>
 
 #include <cstdint>
 #include <functional>
@@ -23,13 +22,13 @@ namespace lb::proxy {
 class ClientConnection;
 
 struct WorkerContext {
-  WorkerContext(boost::asio::io_context& io_context, unsigned worker_id,
-                std::shared_ptr<const Runtime> rt, uint32_t buffer_size, LogWriter* log_writer);
+  WorkerContext(io::EventLoop& event_loop, unsigned worker_id, std::shared_ptr<const Runtime> rt,
+                uint32_t buffer_size, LogWriter* log_writer);
   ~WorkerContext();
   WorkerContext(const WorkerContext&) = delete;
   WorkerContext& operator=(const WorkerContext&) = delete;
 
-  boost::asio::io_context& io;
+  io::EventLoop& loop;
   unsigned id;
   std::shared_ptr<const Runtime> runtime; // the newest snapshot; replaced by Worker::adopt
   io::BufferPool buffers;

@@ -3,12 +3,10 @@
 #include "lb/io/log.hpp"
 #include "lb/proxy/client_connection.hpp"
 
-#include <boost/asio/bind_allocator.hpp>
-#include <boost/asio/ip/v6_only.hpp>
-#include <boost/asio/post.hpp>
-
 #include <malloc.h>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -18,7 +16,6 @@
 namespace lb::server {
 
 namespace asio = boost::asio;
-using boost::system::error_code;
 
 namespace {
 constexpr std::chrono::milliseconds tick_interval{100};
@@ -26,63 +23,72 @@ constexpr std::chrono::milliseconds tick_interval{100};
 
 Worker::Worker(unsigned id, std::shared_ptr<const proxy::Runtime> runtime, uint32_t buffer_size,
                proxy::LogWriter* log_writer)
-    : io_(std::make_unique<asio::io_context>(1)),
-      context_(*io_, id, std::move(runtime), buffer_size, log_writer) {
-  tick_.emplace(*io_);
-  queue_timer_.emplace(*io_);
+    : loop_(std::make_unique<io::EventLoop>()),
+      context_(*loop_, id, std::move(runtime), buffer_size, log_writer) {
+  tick_.fire = [](void* w) { static_cast<Worker*>(w)->on_tick(); };
+  tick_.context = this;
+  queue_timer_.fire = [](void* w) { static_cast<Worker*>(w)->poll_queue(); };
+  queue_timer_.context = this;
+  loop_->add_timer(tick_);
+  loop_->add_timer(queue_timer_);
   context_.poll_queue = [this] { do_poll_queue(); };
   context_.on_session_closed = [this](uint32_t listener) { on_connection_closed(listener); };
 }
 
 Worker::~Worker() {
-  // Sessions still open (a forced stop) are destroyed with the handlers that
-  // hold them, inside the io_context's destruction: they must still find their
-  // worker's state, and must not schedule anything.
+  // Sessions still open (a forced stop) close now, while their worker's
+  // state is whole; they must not schedule anything.
   acceptors_.clear();
-  retired_acceptors_.clear();
   context_.on_session_closed = nullptr;
   context_.on_drained = nullptr;
-  context_.connections.close_all();
   for (proxy::ClientConnection* s : context_.queue)
     s->release();
   context_.queue.clear();
-  tick_.reset();
-  queue_timer_.reset();
-  io_.reset();
+  for (proxy::ClientConnection* s = context_.sessions; s;) {
+    proxy::ClientConnection* next = s->next_in_worker;
+    s->add_ref();
+    s->close_now();
+    s->release();
+    s = next;
+  }
+  context_.connections.close_all();
+}
+
+Worker::Acceptor::~Acceptor() {
+  if (loop)
+    loop->close(watch);
+  else if (watch.fd >= 0)
+    ::close(watch.fd);
 }
 
 std::unique_ptr<Worker::Acceptor> Worker::bind(const proxy::ListenerRuntime& listener,
                                                const asio::ip::tcp::endpoint& endpoint,
                                                OpenCount open, std::string& error,
                                                asio::ip::tcp::endpoint& bound) {
-  auto a = std::make_unique<Acceptor>(*io_, listener);
-  error_code ec;
-  a->socket.open(endpoint.protocol(), ec);
-  if (!ec)
-    a->socket.set_option(asio::socket_base::reuse_address(true), ec);
-  if (!ec) {
-    int one = 1;
-    if (::setsockopt(a->socket.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0)
-      ec = error_code(errno, boost::system::system_category());
-  }
-  if (!ec && endpoint.address().is_v6())
-    a->socket.set_option(asio::ip::v6_only(true), ec);
-  if (!ec)
-    a->socket.bind(endpoint, ec);
+  auto a = std::make_unique<Acceptor>(listener);
+  int fd = ::socket(endpoint.protocol().family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  a->watch.fd = fd;
+  int one = 1;
+  bool ok = fd >= 0;
+  ok = ok && ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0;
+  ok = ok && ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0;
+  if (ok && endpoint.address().is_v6())
+    ok = ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) == 0;
+  ok = ok && ::bind(fd, endpoint.data(), static_cast<socklen_t>(endpoint.size())) == 0;
   // Accepted connections inherit TCP_NODELAY: no setsockopt per connection.
-  if (!ec)
-    a->socket.set_option(asio::ip::tcp::no_delay(true), ec);
-  if (!ec)
-    a->socket.listen(4096, ec);
-  if (!ec)
-    a->socket.non_blocking(true, ec);
-  if (!ec)
-    bound = a->socket.local_endpoint(ec);
-  if (ec) {
-    error = ec.message();
+  ok = ok && ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
+  ok = ok && ::listen(fd, 4096) == 0;
+  if (ok) {
+    bound = endpoint;
+    socklen_t len = static_cast<socklen_t>(bound.capacity());
+    ok = ::getsockname(fd, bound.data(), &len) == 0;
+    if (ok)
+      bound.resize(len);
+  }
+  if (!ok) {
+    error = std::strerror(errno);
     return nullptr;
   }
-  a->protocol = endpoint.protocol();
   a->open = std::move(open);
   a->limit = listener.config.limits.max_connections;
   return a;
@@ -95,15 +101,25 @@ void Worker::install(std::unique_ptr<Acceptor> a) {
   if (open_.size() <= id)
     open_.resize(id + 1);
   open_[id] = a->open;
+  a->worker = this;
+  a->watch.handler = &Worker::on_acceptor_event;
+  a->watch.owner = a.get();
+  a->watch.in_ready = true; // connections may be queued already
+  if (!loop_->add(a->watch)) {
+    io::log("listener %s: cannot watch its socket: %s", a->listener->config.name.c_str(),
+            std::strerror(errno));
+    return;
+  }
+  a->loop = loop_.get();
   acceptors_[id] = std::move(a);
   if (running_)
-    do_accept(*acceptors_[id]);
+    loop_->schedule(acceptors_[id]->watch);
 }
 
 void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
                    std::vector<std::unique_ptr<Acceptor>> fresh, std::function<void()> done) {
   auto shared_fresh = std::make_shared<std::vector<std::unique_ptr<Acceptor>>>(std::move(fresh));
-  asio::post(*io_, [this, next = std::move(next), shared_fresh, done = std::move(done)] {
+  loop_->post([this, next = std::move(next), shared_fresh, done = std::move(done)] {
     struct Done {
       const std::function<void()>& f;
       ~Done() { f(); }
@@ -131,9 +147,7 @@ void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
         resume_if_below_limit(a);
         continue;
       }
-      error_code ec;
-      acceptors_[id]->socket.close(ec); // its handler, if pending, runs aborted
-      retired_acceptors_.emplace_back(io::Clock::now(), std::move(acceptors_[id]));
+      acceptors_[id].reset(); // closes its socket
     }
     for (auto& a : *shared_fresh)
       install(std::move(a));
@@ -159,15 +173,16 @@ bool Worker::reserve(Acceptor& a) {
 }
 
 void Worker::resume_if_below_limit(Acceptor& a) {
-  if (a.paused && a.socket.is_open() &&
+  if (a.paused && a.watch.fd >= 0 &&
       (!a.limit || a.open->load(std::memory_order_relaxed) < a.limit)) {
     a.paused = false;
-    do_accept(a);
+    a.watch.in_ready = true; // edges that came while paused
+    loop_->schedule(a.watch);
   }
 }
 
 void Worker::wake(uint32_t listener) {
-  asio::post(*io_, [this, listener] {
+  loop_->post([this, listener] {
     if (listener < acceptors_.size() && acceptors_[listener])
       resume_if_below_limit(*acceptors_[listener]);
   });
@@ -205,29 +220,26 @@ void Worker::on_connection_closed(uint32_t listener) {
 
 void Worker::run() {
   running_ = true;
-  for (auto& a : acceptors_) {
-    if (!a)
-      continue;
-    do_accept(*a);
-  }
+  for (auto& a : acceptors_)
+    if (a)
+      loop_->schedule(a->watch);
   do_tick();
-  io_->run();
+  loop_->run();
   context_.connections.close_all();
   context_.access_log.flush();
 }
 
-// Accepting is reactor style: wait until the listening socket is readable, then
-// accept what is queued (several connections per wake-up under load) with
-// accept4, which also makes them non-blocking without further syscalls.
-void Worker::do_accept(Acceptor& a) {
-  a.socket.async_wait(
-      asio::socket_base::wait_read,
-      asio::bind_allocator(io::SlotAllocator<void>(a.slot),
-                           [this, &a](const error_code& ec) { on_acceptable(a, ec); }));
+void Worker::on_acceptor_event(void* acceptor, uint32_t) {
+  auto* a = static_cast<Acceptor*>(acceptor);
+  if (!a->paused && a->watch.in_ready)
+    a->worker->on_acceptable(*a);
 }
 
-void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
-  if (ec == asio::error::operation_aborted || !a.socket.is_open())
+// Accepting: when the listening socket has an edge, accept what is queued
+// (several connections per edge under load) with accept4, which also makes
+// them non-blocking without further system calls, until it says EAGAIN.
+void Worker::on_acceptable(Acceptor& a) {
+  if (a.watch.fd < 0)
     return;
   for (int i = 0; i < 64; ++i) {
     if (!reserve(a)) {
@@ -236,46 +248,35 @@ void Worker::on_acceptable(Acceptor& a, const error_code& ec) {
     }
     sockaddr_storage peer;
     socklen_t peer_len = sizeof peer;
-    int fd = ::accept4(a.socket.native_handle(), reinterpret_cast<sockaddr*>(&peer), &peer_len,
+    int fd = ::accept4(a.watch.fd, reinterpret_cast<sockaddr*>(&peer), &peer_len,
                        SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       release(a);
       if (errno == EINTR || errno == ECONNABORTED)
         continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK)
-        return do_accept(a);
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        a.watch.drained();
+        return;
+      }
       // Out of descriptors or memory: try again on a later tick rather than spin.
       io::log("listener %s: accept failed: %s", a.listener->config.name.c_str(),
               std::strerror(errno));
       a.paused = true;
       return;
     }
-    proxy::ClientSocket socket(io_->get_executor());
-    error_code assign_error;
-    socket.assign(a.protocol, fd, assign_error);
-    if (assign_error) {
-      ::close(fd);
-      release(a);
-      continue;
-    }
-    proxy::ClientConnection::start(context_, *a.listener, std::move(socket),
+    proxy::ClientConnection::start(context_, *a.listener, fd,
                                    reinterpret_cast<const sockaddr*>(&peer));
+    if (a.watch.fd < 0)
+      return; // (a connection's start cannot close its acceptor; kept safe anyway)
   }
   // More may be queued: let the connections already here run first.
-  asio::post(*io_, asio::bind_allocator(io::SlotAllocator<void>(a.slot),
-                                        [this, &a] { on_acceptable(a, {}); }));
+  loop_->schedule(a.watch);
 }
 
-void Worker::do_tick() {
-  tick_->expires_after(tick_interval);
-  tick_->async_wait(asio::bind_allocator(io::SlotAllocator<void>(tick_slot_),
-                                         [this](const error_code& ec) { on_tick(ec); }));
-}
+void Worker::do_tick() { tick_.when = loop_->now() + tick_interval; }
 
-void Worker::on_tick(const error_code& ec) {
-  if (ec)
-    return;
-  auto now = io::Clock::now();
+void Worker::on_tick() {
+  auto now = loop_->now();
   context_.timeouts.expire(now);
   if (++ticks_ % 10 == 0) {
     context_.connections.sweep(now);
@@ -289,9 +290,6 @@ void Worker::on_tick(const error_code& ec) {
     for (auto& a : acceptors_)
       if (a)
         resume_if_below_limit(*a);
-    // Closed acceptors whose aborted handlers have long run.
-    std::erase_if(retired_acceptors_,
-                  [now](const auto& r) { return now - r.first > std::chrono::seconds(2); });
   }
   context_.access_log.flush();
   if (context_.draining && context_.session_count == 0)
@@ -305,32 +303,28 @@ void Worker::do_poll_queue() {
   if (queue_polling_)
     return;
   queue_polling_ = true;
-  queue_timer_->expires_after(std::chrono::milliseconds(5));
-  queue_timer_->async_wait([this](const error_code& ec) {
-    queue_polling_ = false;
-    if (ec)
-      return;
-    std::vector<proxy::ClientConnection*> waiting = context_.queue;
-    for (proxy::ClientConnection* s : waiting)
-      s->add_ref();
-    for (proxy::ClientConnection* s : waiting) {
-      s->retry_queued();
-      s->release();
-    }
-    if (!context_.queue.empty())
-      do_poll_queue();
-  });
+  queue_timer_.when = loop_->now() + std::chrono::milliseconds(5);
+}
+
+void Worker::poll_queue() {
+  queue_polling_ = false;
+  std::vector<proxy::ClientConnection*> waiting = context_.queue;
+  for (proxy::ClientConnection* s : waiting)
+    s->add_ref();
+  for (proxy::ClientConnection* s : waiting) {
+    s->retry_queued();
+    s->release();
+  }
+  if (!context_.queue.empty())
+    do_poll_queue();
 }
 
 void Worker::drain(std::function<void()> done) {
-  asio::post(*io_, [this, done = std::move(done)]() mutable {
+  loop_->post([this, done = std::move(done)]() mutable {
     context_.draining = true;
-    for (auto& a : acceptors_) {
-      if (!a)
-        continue;
-      error_code ec;
-      a->socket.close(ec);
-    }
+    for (auto& a : acceptors_)
+      if (a)
+        loop_->close(a->watch);
     auto finished = std::make_shared<bool>(false);
     auto finish = [this, done, finished]() {
       if (*finished)
@@ -338,7 +332,7 @@ void Worker::drain(std::function<void()> done) {
       *finished = true;
       context_.connections.close_all();
       context_.access_log.flush();
-      tick_->cancel();
+      tick_.when = io::Clock::time_point::max();
       done();
     };
     context_.on_drained = finish;

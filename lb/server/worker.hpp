@@ -1,16 +1,14 @@
 #pragma once
 // One event-loop thread: its listeners' accept loops, its sessions, its tick.
 
-#include "lb/io/handler_memory.hpp"
+#include "lb/io/event_loop.hpp"
 #include "lb/proxy/worker_context.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
 #include <functional>
 #include <memory>
-#include <optional>
 #include <vector>
 
 namespace lb::server {
@@ -46,19 +44,21 @@ public:
   void run(); // the thread body
   // Thread-safe: stop accepting, finish in-flight requests, call `done` when idle.
   void drain(std::function<void()> done);
-  void stop() { io_->stop(); }
+  void stop() { loop_->stop(); }
   const proxy::WorkerMetrics& metrics() const { return *context_.metrics; }
 
   struct Acceptor {
-    Acceptor(boost::asio::io_context& io, const proxy::ListenerRuntime& l)
-        : socket(io), listener(&l) {}
-    boost::asio::ip::tcp::acceptor socket;
+    explicit Acceptor(const proxy::ListenerRuntime& l) : listener(&l) {}
+    ~Acceptor();
+    Acceptor(const Acceptor&) = delete;
+    Acceptor& operator=(const Acceptor&) = delete;
+    io::Watch watch;               // the listening socket
+    io::EventLoop* loop = nullptr; // once installed
+    Worker* worker = nullptr;
     const proxy::ListenerRuntime* listener; // in the worker's current snapshot
-    io::HandlerSlot slot;
-    boost::asio::ip::tcp protocol = boost::asio::ip::tcp::v4();
-    OpenCount open;      // the listener's connections, all workers together
-    size_t limit = 0;    // limits.max_connections (0: none)
-    bool paused = false; // at the limit: accepting again when a connection ends
+    OpenCount open;                         // the listener's connections, all workers together
+    size_t limit = 0;                       // limits.max_connections (0: none)
+    bool paused = false;                    // at the limit: accepting again when a connection ends
   };
 
 private:
@@ -72,26 +72,23 @@ private:
   void wake_peers(uint32_t listener);
   void on_connection_closed(uint32_t listener);
 
-  void do_accept(Acceptor& a);
-  void on_acceptable(Acceptor& a, const boost::system::error_code& ec);
+  static void on_acceptor_event(void* acceptor, uint32_t events);
+  void on_acceptable(Acceptor& a);
   void do_tick();
-  void on_tick(const boost::system::error_code& ec);
-  void on_session_closed();
+  void on_tick();
   void do_poll_queue();
+  void poll_queue();
 
-  std::unique_ptr<boost::asio::io_context> io_; // first: destroyed last by hand
+  std::unique_ptr<io::EventLoop> loop_; // first: destroyed last
   proxy::WorkerContext context_;
   std::vector<std::unique_ptr<Acceptor>> acceptors_; // by listener id
   // By listener id, kept when the listener goes: its sessions still count there.
   std::vector<OpenCount> open_;
   std::vector<Worker*> peers_;
-  // Closed by adopt(); freed a little later, after their aborted handlers ran.
-  std::vector<std::pair<io::Clock::time_point, std::unique_ptr<Acceptor>>> retired_acceptors_;
   bool running_ = false;
-  std::optional<boost::asio::steady_timer> tick_;
-  std::optional<boost::asio::steady_timer> queue_timer_; // retries of queued requests
+  io::EventLoop::Timer tick_;
+  io::EventLoop::Timer queue_timer_; // retries of queued requests
   bool queue_polling_ = false;
-  io::HandlerSlot tick_slot_;
   unsigned ticks_ = 0;
   std::function<void()> drained_;
 };

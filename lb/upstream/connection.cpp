@@ -8,42 +8,78 @@ namespace lb::upstream {
 
 namespace {
 
-// An idle connection is usable when reading from it would block: no EOF, no
-// reset and no stray bytes from the backend.
-bool still_open(Connection& c) {
-  if (c.ssl && SSL_pending(c.ssl) > 0)
-    return false; // decrypted bytes nobody asked for
+// A connection going idle is clean when reading from it would block: no EOF,
+// no reset and no stray bytes from the backend. Its readiness says so
+// without a system call when its last read drained it; otherwise one peek.
+bool clean(Connection& c) {
+  if (c.watch.hangup || c.watch.fd < 0)
+    return false;
+  if (c.ssl && SSL_has_pending(c.ssl))
+    return false; // bytes nobody asked for
+  if (!c.watch.in_ready)
+    return true;
   char byte;
-  ssize_t n = ::recv(c.socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  ssize_t n = ::recv(c.watch.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    c.watch.in_ready = false;
+    return true;
+  }
+  return false;
 }
 
 } // namespace
 
 ConnectionPool::~ConnectionPool() { close_all(); }
 
-Connection* ConnectionPool::take(uint32_t backend) {
+Connection* ConnectionPool::take(uint32_t backend, io::Clock::time_point now) {
   if (backend >= idle_.size())
     return nullptr;
   auto& list = idle_[backend];
-  auto now = io::Clock::now();
   while (!list.empty()) {
     Connection* c = list.back();
     list.pop_back();
     counted(backend, -1);
-    if (now < c->retire_at && still_open(*c))
+    c->idle_in = nullptr;
+    if (now < c->retire_at)
       return c;
     delete c;
   }
   return nullptr;
 }
 
-void ConnectionPool::put(Connection* c) {
+void ConnectionPool::put(Connection* c, io::Clock::time_point now) {
+  if (!clean(*c)) {
+    delete c;
+    return;
+  }
   if (c->backend >= idle_.size())
     idle_.resize(c->backend + 1);
-  c->idle_since = io::Clock::now();
+  c->idle_since = now;
+  c->idle_in = this;
+  c->watch.handler = &ConnectionPool::on_idle_event;
+  c->watch.owner = c;
   idle_[c->backend].push_back(c);
   counted(c->backend, 1);
+}
+
+void ConnectionPool::on_idle_event(void* connection, uint32_t events) {
+  auto* c = static_cast<Connection*>(connection);
+  // Room to write says nothing about the backend (nor does a pass through
+  // the run queue, events 0, left from its last request).
+  if (!(events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) || !c->idle_in)
+    return;
+  c->idle_in->discard(c);
+}
+
+void ConnectionPool::discard(Connection* c) {
+  auto& list = idle_[c->backend];
+  for (size_t i = 0; i < list.size(); ++i)
+    if (list[i] == c) {
+      list.erase(list.begin() + static_cast<std::ptrdiff_t>(i));
+      counted(c->backend, -1);
+      break;
+    }
+  delete c;
 }
 
 void ConnectionPool::sweep(io::Clock::time_point now) {

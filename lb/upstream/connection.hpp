@@ -1,11 +1,10 @@
 #pragma once
 // Upstream connections and the per-worker keep-alive pool that holds them idle.
 
+#include "lb/io/event_loop.hpp"
 #include "lb/io/timeouts.hpp"
 #include "lb/io/tls.hpp"
 
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
 #include <openssl/ssl.h>
 
 #include <cstdint>
@@ -14,15 +13,23 @@
 
 namespace lb::upstream {
 
+class ConnectionPool;
+
+// A socket to a backend, registered in its worker's event loop from its
+// connect to its close: while a request uses it, its events go to that
+// request; while idle, to the pool, which closes it as soon as the backend
+// does (so reuse needs no check).
 struct Connection {
-  explicit Connection(boost::asio::io_context& io) : socket(io) {}
+  explicit Connection(io::EventLoop& l) : loop(&l) {}
   ~Connection() {
     if (ssl)
       SSL_free(ssl);
+    loop->close(watch);
   }
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
-  boost::asio::ip::tcp::socket socket;
+  io::EventLoop* loop;
+  io::Watch watch;
   SSL* ssl = nullptr; // set when the pool speaks HTTPS to its backends
   // The context `ssl` was made with: a reload that changes the pool's tls
   // settings makes pooled connections of the old ones unusable.
@@ -34,6 +41,7 @@ struct Connection {
   // The backend announced it closes idle connections after a while
   // ("Keep-Alive: timeout=N"): not reused from this point on.
   io::Clock::time_point retire_at = io::Clock::time_point::max();
+  ConnectionPool* idle_in = nullptr; // the pool holding it idle
 };
 
 // Idle keep-alive connections of one worker, per backend id (so they survive a
@@ -46,10 +54,13 @@ public:
   ConnectionPool& operator=(const ConnectionPool&) = delete;
   ~ConnectionPool();
 
-  // The most recently used idle connection to that backend that is still open,
-  // or nullptr. Connections the backend has closed meanwhile are discarded.
-  Connection* take(uint32_t backend);
-  void put(Connection* c);
+  // The most recently used idle connection to that backend, or nullptr.
+  // (Those the backend closed are gone already: their close was an event.)
+  // The caller sets the connection's event handler.
+  Connection* take(uint32_t backend, io::Clock::time_point now);
+  // Keeps `c` idle, unless it is not clean (bytes or an end from the
+  // backend not read): then it is closed.
+  void put(Connection* c, io::Clock::time_point now);
   // Closes connections idle for longer than their pool's idle timeout.
   void sweep(io::Clock::time_point now);
   // Closes the connections of backends no longer in any pool (`live[id]` false).
@@ -66,6 +77,10 @@ public:
   }
 
 private:
+  // An idle connection's socket had an event: the backend closed it, failed
+  // or sent bytes nobody asked for. It goes at once.
+  static void on_idle_event(void* connection, uint32_t events);
+  void discard(Connection* c);
   void counted(uint32_t backend, int delta) {
     if (counter_ && delta)
       counter_(counter_context_, backend, delta);

@@ -8,7 +8,7 @@ Connection: close, HTTP/1.0) is exactly what the tests expect.
 Usage:
   origin.py --name NAME [--listen 127.0.0.1:0] [--log FILE]
             [--fail-health FILE] [--idle-close SECONDS] [--status-all N]
-            [--delay-all MS]
+            [--delay-all MS] [--close-idle-every SECONDS]
 
 On start it prints one line "listening on HOST:PORT" to stdout.
 
@@ -36,6 +36,9 @@ With --status-all N every request (/healthz included; /__origin/stats excepted)
 is answered with status N and the body "status N\\n": a broken application.
 With --delay-all MS every request (/__origin/stats excepted) sleeps MS
 milliseconds before its answer (on top of ?delay=): a slow application.
+With --close-idle-every S, every S seconds it closes every connection that
+sits between requests at that moment (a server reaping its idle keep-alive
+connections: the close can cross a request already on its way).
 With --tls-cert FILE --tls-key FILE it speaks HTTPS (the SNI names clients
 sent are in the stats).
 Query parameters on any path:
@@ -249,6 +252,7 @@ class Origin:
         self.next_conn_id = 0
         self.log = open(args.log, "a", buffering=1) if args.log else None
         self.tls_server_names = []
+        self.idle_socks = set()  # connections waiting for their next request
         self.tls = None
         if args.tls_cert:
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -294,10 +298,16 @@ class Origin:
             while True:
                 # Between requests: the idle timeout (if any) applies.
                 sock.settimeout(REQUEST_READ_TIMEOUT if reader.buf else self.idle_close)
+                if not reader.buf:
+                    with self.lock:
+                        self.idle_socks.add(sock)
                 try:
                     head = reader.read_head()
                 except socket.timeout:
                     return  # idle keep-alive connection: close it
+                finally:
+                    with self.lock:
+                        self.idle_socks.discard(sock)
                 if head is None:
                     return
                 sock.settimeout(REQUEST_READ_TIMEOUT)
@@ -316,6 +326,19 @@ class Origin:
                 sock.close()
             except OSError:
                 pass
+
+    def reap_idle(self, every):
+        """Every `every` seconds: close the connections between requests."""
+        while True:
+            time.sleep(every)
+            with self.lock:
+                idle = list(self.idle_socks)
+                self.idle_socks.clear()
+            for sock in idle:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def send_simple(self, sock, status, body, close=False):
         try:
@@ -596,6 +619,8 @@ def main():
     ap.add_argument("--delay-all", type=float, metavar="MS",
                     help="sleep MS milliseconds before answering every request "
                          "(except /__origin/stats)")
+    ap.add_argument("--close-idle-every", type=float, metavar="SECONDS",
+                    help="every SECONDS, close the connections that sit between requests")
     ap.add_argument("--tls-cert", help="serve HTTPS with this certificate chain (PEM)")
     ap.add_argument("--tls-key", help="and this key (PEM)")
     args = ap.parse_args()
@@ -622,6 +647,9 @@ def main():
     sys.stdout.flush()
 
     origin = Origin(args)
+    if args.close_idle_every:
+        threading.Thread(target=origin.reap_idle, args=(args.close_idle_every,),
+                         daemon=True).start()
     while True:
         try:
             conn, _ = srv.accept()
