@@ -4,8 +4,11 @@
 #   bash bench/run.sh BUILD_DIR [--quick] [--duration SECONDS]
 #                     [--repeat N] [--proxies "lb haproxy nginx"]
 #                     [--scenarios "a b c d e f idle scale"] [--rate R]
-#   (e: HTTPS; f: latency at a fixed rate of R req/s, default 20000;
-#    idle: memory per idle keep-alive client connection)
+#   (e: HTTPS; f: latency at a fixed rate of R req/s, default 20000, 64
+#    connections; f256: the same with 256; f80 / f80x256: at 80 % of HAProxy's
+#    req/s in (a) / (b) of the same run; idle: memory per idle keep-alive
+#    client connection; sys: system calls per keep-alive request, ab -k -c16;
+#    insn: user instructions per request, callgrind)
 #
 # Topology (everything on 127.0.0.1):
 #   wrk (CPU 1) -> proxy (CPU 0) -> 2 x fast_origin (CPU 1), round robin
@@ -16,7 +19,7 @@
 # idle_client.py's for idle).
 #
 # Environment overrides: LB_BIN, ORIGIN_BIN, RATE_CLIENT, HAPROXY, NGINX, WRK,
-# PYTHON, PROXY_CPU, LOAD_CPU.
+# PYTHON, PROXY_CPU, LOAD_CPU, AB, VALGRIND.
 
 # shellcheck disable=SC2059 # HEAD_FMT: one printf format shared by header and rows
 set -u -o pipefail
@@ -65,6 +68,8 @@ PYTHON=${PYTHON:-/usr/bin/python3}
 HAPROXY=${HAPROXY:-/usr/sbin/haproxy}
 NGINX=${NGINX:-/usr/sbin/nginx}
 WRK=${WRK:-$(command -v wrk || echo /usr/bin/wrk)}
+AB=${AB:-$(command -v ab || echo /usr/bin/ab)}
+VALGRIND=${VALGRIND:-$(command -v valgrind || echo /usr/bin/valgrind)}
 CLK_TCK=$(getconf CLK_TCK)
 
 if [[ $(nproc) -ge 2 ]]; then
@@ -92,7 +97,9 @@ REPORT=$RESULTS_DIR/latest.txt
 
 # ---------------------------------------------------------------- processes
 
+SYSCALL_REQUESTS=20000  # scenario sys: ab's requests per measured run
 STARTED=()  # every process we started; cleanup stops them (and their children)
+PROXY_WRAP=()  # a command the proxy runs under (valgrind, for scenario insn)
 PROXY_PID=""
 FINISHED=0
 NOISY=0
@@ -106,12 +113,12 @@ descendants() { # PID -> the PID and all its descendants
     done
 }
 
-stop_pid() { # PID: TERM the process and its children, KILL after 3 s
-    local pid=$1 all i
+stop_pid() { # PID [GRACE]: TERM the process and its children, KILL after GRACE (3) s
+    local pid=$1 grace=${2:-3} all i
     kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; return 0; }
     mapfile -t all < <(descendants "$pid")
     kill -TERM "${all[@]}" 2>/dev/null
-    for ((i = 0; i < 30; i++)); do
+    for ((i = 0; i < grace * 10; i++)); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
@@ -223,11 +230,11 @@ start_proxy() {
     lb)
         [[ -x $LB_BIN ]] || { START_ERR="no binary $LB_BIN"; return 1; }
         fill "$CONF_DIR/lb.yaml.in" "$dir/lb.yaml" "${vars[@]}"
-        taskset -c "$cpus" "$LB_BIN" run -c "$dir/lb.yaml" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+        taskset -c "$cpus" "${PROXY_WRAP[@]}" "$LB_BIN" run -c "$dir/lb.yaml" >"$dir/stdout.log" 2>"$dir/stderr.log" &
         PROXY_PID=$!
         STARTED+=("$PROXY_PID")
         local i ok=0
-        for ((i = 0; i < 200; i++)); do
+        for ((i = 0; i < 1200; i++)); do
             if grep -q 'lb: ready' "$dir/stderr.log" 2>/dev/null; then ok=1; break; fi
             kill -0 "$PROXY_PID" 2>/dev/null || break
             sleep 0.05
@@ -237,11 +244,11 @@ start_proxy() {
     haproxy)
         [[ -x $HAPROXY ]] || { START_ERR="no binary $HAPROXY"; return 1; }
         fill "$CONF_DIR/haproxy.cfg.in" "$dir/haproxy.cfg" "${vars[@]}"
-        taskset -c "$cpus" "$HAPROXY" -db -f "$dir/haproxy.cfg" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+        taskset -c "$cpus" "${PROXY_WRAP[@]}" "$HAPROXY" -db -f "$dir/haproxy.cfg" >"$dir/stdout.log" 2>"$dir/stderr.log" &
         PROXY_PID=$!
         STARTED+=("$PROXY_PID")
         local ok=0
-        wait_listening "$PROXY_PID" "$PROXY_PORT" 10 && ok=1
+        wait_listening "$PROXY_PID" "$PROXY_PORT" 60 && ok=1
         ;;
     nginx)
         [[ -x $NGINX ]] || { START_ERR="no binary $NGINX"; return 1; }
@@ -249,12 +256,12 @@ start_proxy() {
         # paths inside our private (0700) directory.
         [[ $EUID == 0 ]] && user_line="user root;"
         fill "$CONF_DIR/nginx.conf.in" "$dir/nginx.conf" "${vars[@]}" USER_LINE="$user_line"
-        taskset -c "$cpus" "$NGINX" -p "$dir/" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+        taskset -c "$cpus" "${PROXY_WRAP[@]}" "$NGINX" -p "$dir/" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>"$dir/stderr.log" &
         PROXY_PID=$!
         STARTED+=("$PROXY_PID")
         local ok=0 i
-        if wait_listening "$PROXY_PID" "$PROXY_PORT" 10; then
-            for ((i = 0; i < 100; i++)); do # the master forks the workers after binding
+        if wait_listening "$PROXY_PID" "$PROXY_PORT" 60; then
+            for ((i = 0; i < 600; i++)); do # the master forks the workers after binding
                 [[ $(pgrep -c -P "$PROXY_PID") -ge $workers ]] && { ok=1; break; }
                 sleep 0.05
             done
@@ -274,7 +281,7 @@ start_proxy() {
 }
 
 stop_proxy() {
-    [[ -n $PROXY_PID ]] && stop_pid "$PROXY_PID"
+    [[ -n $PROXY_PID ]] && stop_pid "$PROXY_PID" "$( ((${#PROXY_WRAP[@]})) && echo 60 || echo 3)"
     PROXY_PID=""
 }
 
@@ -371,7 +378,7 @@ parse_rate() {
 
 # ---------------------------------------------------------------- scenarios
 
-declare -A S_TITLE S_CONNS S_PATH S_HEADER
+declare -A S_TITLE S_CONNS S_PATH S_HEADER S_RATE_OF
 S_TITLE[a]="(a) keep-alive GET /, 64 connections"
 S_CONNS[a]=64 S_PATH[a]=/ S_HEADER[a]=""
 S_TITLE[b]="(b) keep-alive GET /, 256 connections"
@@ -384,15 +391,27 @@ S_TITLE[e]="(e) HTTPS keep-alive GET /, 64 connections (TLS 1.3, the same ECDSA 
 S_CONNS[e]=64 S_PATH[e]=/ S_HEADER[e]=""
 S_TITLE[f]="(f) latency at a fixed rate: keep-alive GET /, 64 connections, RATE req/s (open loop)"
 S_CONNS[f]=64 S_PATH[f]=/ S_HEADER[f]=""
+S_TITLE[f256]="(f256) latency at a fixed rate: keep-alive GET /, 256 connections, RATE req/s (open loop)"
+S_CONNS[f256]=256 S_PATH[f256]=/ S_HEADER[f256]=""
+S_TITLE[f80]="(f80) latency at 80 % of HAProxy's saturation in (a): keep-alive GET /, 64 connections, RATE req/s (open loop)"
+S_CONNS[f80]=64 S_PATH[f80]=/ S_HEADER[f80]="" S_RATE_OF[f80]=a
+S_TITLE[f80x256]="(f80x256) latency at 80 % of HAProxy's saturation in (b): keep-alive GET /, 256 connections, RATE req/s (open loop)"
+S_CONNS[f80x256]=256 S_PATH[f80x256]=/ S_HEADER[f80x256]="" S_RATE_OF[f80x256]=b
+S_TITLE[sys]="(sys) system calls per keep-alive GET /: ab -k -c16 -n $SYSCALL_REQUESTS, perf stat over the proxy's threads"
+S_TITLE[insn]="(insn) user instructions per keep-alive GET / (callgrind: 12,000 requests minus 2,000, ab -k -c4)"
 IDLE_CONNS=5000  # scenario idle: client connections held open
 IDLE_WINDOW=64   # ... of which at most this many connecting or awaiting their response at once
 S_TITLE[idle]="(idle) memory per idle keep-alive client connection: $IDLE_CONNS connections, one GET / each, then idle"
 declare -A S_TLS=([e]=1)
-declare -A S_RATE=([f]=1)
+declare -A S_RATE=([f]=1 [f256]=1 [f80]=1 [f80x256]=1)
+declare -A S_SYSCALLS=([sys]=1)
+declare -A S_INSN=([insn]=1)
 declare -A S_IDLE=([idle]=1)
 FIXED_RATE=0  # the scenario being measured paces requests (rate_client, not wrk)
 TLS=0  # the scenario being measured terminates HTTPS
 IDLE=0  # the scenario being measured holds idle connections (idle_client.py, not wrk)
+SYSCALLS=0  # the scenario being measured counts system calls (ab, perf, strace)
+INSN=0  # the scenario being measured counts instructions (ab, callgrind)
 
 # One certificate and key for every proxy's HTTPS listener (HAProxy wants
 # both in one file).
@@ -406,7 +425,7 @@ make_cert() {
 
 declare -A R_STATUS R_REQ R_RPS R_P99 R_CPUREQ R_CPUPCT R_RSS R_ERR R_OTHER R_ALL R_STEAL
 declare -A R_P50 R_P90 R_P999 R_MAX
-declare -A R_BPC R_RSS0 R_RSS1
+declare -A R_BPC R_RSS0 R_RSS1 R_SC R_SCWHAT R_INSN
 
 # measure KEY PROXY WORKERS PROXY_CPUS WRK_CPUS WRK_THREADS CONNS PATH HEADER
 measure() {
@@ -428,7 +447,7 @@ measure() {
         # rate_client's own 1 s warm-up (paced, not timed) comes after wrk's.
         out=$TMP/rate-${key//[^a-z0-9]/_}.txt
         local rate_cmd=(taskset -c "$wcpus" "$RATE_CLIENT" --target "127.0.0.1:$PROXY_PORT" --path "$path"
-            --connections "$conns" --rate "$RATE" --warmup 1 --duration "$DURATION")
+            --connections "$conns" --rate "$SCN_RATE" --warmup 1 --duration "$DURATION")
     else
         out=$TMP/wrk-${key//[^a-z0-9]/_}.txt
     fi
@@ -551,11 +570,89 @@ measure_idle() {
     log "    $ok connections idle: RSS $before -> $after KiB, ${R_BPC[$key]} bytes/conn, errors: ${R_ERR[$key]}"
 }
 
+# measure_syscalls KEY PROXY: system calls per keep-alive request. The
+# proxy's every thread and process counted by perf (raw_syscalls:sys_enter)
+# over `ab -k -c16 -n SYSCALL_REQUESTS` after a warm-up; then strace -c over
+# a second such run names the calls (strace slows the proxy, not its count).
+measure_syscalls() {
+    local key=$1 proxy=$2 pids=() list count failed rps spid
+    log "  $key: $proxy (workers 1) ..."
+    if ! start_proxy "$proxy" 1 "$PROXY_CPU"; then
+        R_STATUS[$key]="$proxy failed to start${START_ERR:+: $START_ERR}"
+        log "    ${R_STATUS[$key]}"
+        return
+    fi
+    local url=http://127.0.0.1:$PROXY_PORT/ ab=(taskset -c "$LOAD_CPU" "$AB" -q -k -c16)
+    "${ab[@]}" -n 2000 "$url" >/dev/null 2>&1
+    mapfile -t pids < <(descendants "$PROXY_PID")
+    list=$(IFS=,; echo "${pids[*]}")
+    perf stat -e raw_syscalls:sys_enter -x, -o "$TMP/perf.txt" -p "$list" -- \
+        "${ab[@]}" -n "$SYSCALL_REQUESTS" "$url" >"$TMP/ab.txt" 2>&1
+    count=$(awk -F, '/raw_syscalls/ { print $1 }' "$TMP/perf.txt")
+    failed=$(awk '/^Failed requests/ { print $3 }' "$TMP/ab.txt")
+    rps=$(awk '/^Requests per second/ { print $4 }' "$TMP/ab.txt")
+    local strace_args=()
+    for p in "${pids[@]}"; do strace_args+=(-p "$p"); done
+    timeout 120 strace -c -f -o "$TMP/strace.txt" "${strace_args[@]}" 2>/dev/null &
+    spid=$!
+    sleep 1
+    "${ab[@]}" -n "$SYSCALL_REQUESTS" "$url" >/dev/null 2>&1
+    kill -INT "$spid" 2>/dev/null
+    wait "$spid" 2>/dev/null
+    stop_proxy
+    if [[ ! $count =~ ^[0-9]+$ || -z $rps ]]; then
+        R_STATUS[$key]="$proxy: perf or ab failed: $(tail -1 "$TMP/perf.txt") $(tail -1 "$TMP/ab.txt")"
+        log "    ${R_STATUS[$key]}"
+        return
+    fi
+    R_STATUS[$key]=ok R_RPS[$key]=$rps R_ERR[$key]=$([[ ${failed:-0} == 0 ]] && echo - || echo "failed=$failed")
+    R_SC[$key]=$(awk -v c="$count" -v n="$SYSCALL_REQUESTS" 'BEGIN { printf "%.2f", c / n }')
+    R_SCWHAT[$key]=$(awk -v n="$SYSCALL_REQUESTS" '$NF ~ /^[a-z_0-9]+$/ && $4 ~ /^[0-9]+$/ && $NF != "total" {
+        printf "%s %.2f, ", $NF, $4 / n; if (++k == 5) exit }' "$TMP/strace.txt" | sed 's/, $//')
+    log "    ${R_SC[$key]} system calls/request ($rps req/s; ${R_SCWHAT[$key]:-no strace}), errors: ${R_ERR[$key]}"
+}
+
+# measure_insn KEY PROXY: user instructions per request, under callgrind: the
+# proxy's total over 2,000 keep-alive requests and over 12,000 (each in a
+# fresh process, ab -k -c4), the difference divided by 10,000.
+measure_insn() {
+    local key=$1 proxy=$2 n total=() f
+    log "  $key: $proxy (workers 1, under callgrind) ..."
+    for n in 2000 12000; do
+        PROXY_WRAP=("$VALGRIND" --tool=callgrind --trace-children=yes
+            "--callgrind-out-file=$TMP/cg-$proxy-$n.%p")
+        rm -f "$TMP"/cg-"$proxy"-"$n".*
+        if ! start_proxy "$proxy" 1 "$PROXY_CPU"; then
+            PROXY_WRAP=()
+            R_STATUS[$key]="$proxy failed to start under callgrind${START_ERR:+: $START_ERR}"
+            log "    ${R_STATUS[$key]}"
+            stop_proxy
+            return
+        fi
+        taskset -c "$LOAD_CPU" "$AB" -q -k -c4 -n "$n" "http://127.0.0.1:$PROXY_PORT/" >"$TMP/ab-insn.txt" 2>&1
+        stop_proxy
+        PROXY_WRAP=()
+        total+=("$(cat "$TMP"/cg-"$proxy"-"$n".* 2>/dev/null | awk '/^totals:/ { s += $2 } END { print s + 0 }')")
+    done
+    if [[ ${total[0]} == 0 || ${total[1]} == 0 ]]; then
+        R_STATUS[$key]="$proxy: no callgrind totals"
+        log "    ${R_STATUS[$key]}"
+        return
+    fi
+    R_STATUS[$key]=ok R_ERR[$key]=-
+    R_INSN[$key]=$(awk -v a="${total[0]}" -v b="${total[1]}" 'BEGIN { printf "%.0f", (b - a) / 10000 }')
+    log "    ${R_INSN[$key]} instructions/request (totals ${total[0]}, ${total[1]})"
+}
+
 HEAD_FMT="%-10s %9s %8s %11s %6s %8s %8s %6s  %s"
 IDLE_FMT="%-10s %10s %9s %8s %11s %6s %8s %8s %6s  %s"
 RATE_FMT="%-10s %9s %7s %7s %7s %8s %7s %11s %6s %6s  %s"
 table_header() {
-    if ((IDLE)); then
+    if ((SYSCALLS)); then
+        say "$(printf "%-10s %13s %9s  %-60s %s" "$1" "syscalls/req" "req/s" "of which (per request)" "errors")"
+    elif ((INSN)); then
+        say "$(printf "%-10s %12s" "$1" "insn/req")"
+    elif ((IDLE)); then
         say "$(printf "$IDLE_FMT" "$1" "bytes/conn" "req/s" "p99 ms" "CPU us/req" "CPU %" "RSS MiB" "other %" "steal" "errors")"
     elif ((FIXED_RATE)); then
         say "$(printf "$RATE_FMT" "$1" "req/s" "p50 ms" "p90 ms" "p99 ms" "p99.9 ms" "max ms" "CPU us/req" "CPU %" "steal" "errors")"
@@ -569,7 +666,11 @@ table_row() { # LABEL KEY
         say "$(printf "%-10s %s" "$label" "${R_STATUS[$key]:-not run}")"
         return
     fi
-    if ((IDLE)); then
+    if ((SYSCALLS)); then
+        say "$(printf "%-10s %13s %9s  %-60s %s" "$label" "${R_SC[$key]}" "$(printf %.0f "${R_RPS[$key]}")" "${R_SCWHAT[$key]}" "${R_ERR[$key]}")"
+    elif ((INSN)); then
+        say "$(printf "%-10s %12s" "$label" "${R_INSN[$key]}")"
+    elif ((IDLE)); then
         say "$(printf "$IDLE_FMT" "$label" "${R_BPC[$key]}" - - - - \
             "$(awk -v k="${R_RSS[$key]}" 'BEGIN { printf "%.1f", k / 1024 }')" - - "${R_ERR[$key]}")"
         say "$(printf "%-10s %s" "" "$(awk -v b="${R_RSS0[$key]}" -v a="${R_RSS1[$key]}" -v n="$IDLE_CONNS" \
@@ -607,10 +708,12 @@ median_of() {
 pick_median() {
     local key=$1 i k ok=() sorted n a by=R_RPS what=req/s
     ((IDLE)) && by=R_BPC what=bytes/conn
+    ((SYSCALLS)) && by=R_SC what=syscalls/req
+    ((INSN)) && by=R_INSN what=insn/req
     local -n sortby=$by
     for ((i = 1; i <= REPEAT; i++)); do
         k="$key#$i"
-        [[ ${R_STATUS[$k]:-} == ok ]] && ok+=("$(printf '%.0f' "${sortby[$k]}") $k")
+        [[ ${R_STATUS[$k]:-} == ok ]] && ok+=("$(awk -v v="${sortby[$k]}" 'BEGIN { printf "%.0f", v * 100 }') $k")
     done
     if [[ ${#ok[@]} == 0 ]]; then
         R_STATUS[$key]=${R_STATUS[$key#$REPEAT]:-not run}
@@ -619,12 +722,16 @@ pick_median() {
     mapfile -t sorted < <(printf '%s\n' "${ok[@]}" | sort -n)
     n=${#sorted[@]}
     k=${sorted[n / 2]#* }
-    R_STATUS[$key]=ok R_REQ[$key]=${R_REQ[$k]:-} R_CPUPCT[$key]=${R_CPUPCT[$k]:-} R_RSS[$key]=${R_RSS[$k]}
-    R_ERR[$key]=${R_ERR[$k]} R_OTHER[$key]=${R_OTHER[$k]:-} R_STEAL[$key]=${R_STEAL[$k]:-}
+    R_STATUS[$key]=ok R_REQ[$key]=${R_REQ[$k]:-} R_CPUPCT[$key]=${R_CPUPCT[$k]:-} R_RSS[$key]=${R_RSS[$k]:-}
+    R_ERR[$key]=${R_ERR[$k]:-} R_OTHER[$key]=${R_OTHER[$k]:-} R_STEAL[$key]=${R_STEAL[$k]:-}
     if ((IDLE)); then
         R_BPC[$key]=${R_BPC[$k]} R_RSS0[$key]=${R_RSS0[$k]} R_RSS1[$key]=${R_RSS1[$k]}
     fi
-    ((IDLE)) || for a in R_RPS R_P99 R_CPUREQ; do
+    if ((SYSCALLS || INSN)); then
+        R_SC[$key]=${R_SC[$k]:-} R_SCWHAT[$key]=${R_SCWHAT[$k]:-} R_RPS[$key]=${R_RPS[$k]:-}
+        R_INSN[$key]=${R_INSN[$k]:-}
+    fi
+    ((IDLE || SYSCALLS || INSN)) || for a in R_RPS R_P99 R_CPUREQ; do
         local -n arr=$a
         arr[$key]=$(median_of "$key" "$a")
     done
@@ -635,7 +742,7 @@ pick_median() {
         done
     fi
     if ((REPEAT > 1)); then
-        R_ALL[$key]="${#ok[@]} runs ($what $(printf '%s\n' "${sorted[@]}" | cut -d' ' -f1 | paste -sd' '))"
+        R_ALL[$key]="${#ok[@]} runs ($what $(for a in "${sorted[@]}"; do printf '%s\n' "${sortby[${a#* }]}"; done | awk '{ printf ($1 >= 100 ? "%.0f\n" : "%s\n"), $1 }' | paste -sd' '))"
         ((${#ok[@]} < REPEAT)) && R_ALL[$key]+=", $((REPEAT - ${#ok[@]})) failed"
     fi
 }
@@ -685,16 +792,33 @@ SUMMARY=()
 for scn in $SCENARIOS; do
     [[ $scn == scale ]] && continue
     [[ -n ${S_TITLE[$scn]:-} ]] || { log "run.sh: unknown scenario $scn"; continue; }
-    S_TITLE[$scn]=${S_TITLE[$scn]//RATE/$RATE}
+    SCN_RATE=$RATE
+    if [[ -n ${S_RATE_OF[$scn]:-} ]]; then
+        base=${S_RATE_OF[$scn]}:haproxy
+        if [[ ${R_STATUS[$base]:-} != ok ]]; then
+            log "run.sh: scenario $scn needs ${S_RATE_OF[$scn]} run with haproxy first (--scenarios \"${S_RATE_OF[$scn]} ... $scn\")"
+            continue
+        fi
+        SCN_RATE=$(awk -v r="${R_RPS[$base]}" 'BEGIN { printf "%.0f", r * 0.8 }')
+    fi
+    S_TITLE[$scn]=${S_TITLE[$scn]//RATE/$SCN_RATE}
     log "${S_TITLE[$scn]}"
     TLS=${S_TLS[$scn]:-0}
     FIXED_RATE=${S_RATE[$scn]:-0}
     IDLE=${S_IDLE[$scn]:-0}
+    SYSCALLS=${S_SYSCALLS[$scn]:-0}
+    INSN=${S_INSN[$scn]:-0}
+    if ((SYSCALLS)) && ! command -v "$AB" >/dev/null; then log "run.sh: scenario sys needs ab (apache2-utils)"; continue; fi
+    if ((INSN)) && ! command -v "$VALGRIND" >/dev/null; then log "run.sh: scenario insn needs valgrind"; continue; fi
     ((TLS)) && { make_cert || continue; }
     for ((i = 1; i <= REPEAT; i++)); do
         for p in $PROXIES; do
             if ((IDLE)); then
                 measure_idle "$scn:$p#$i" "$p"
+            elif ((SYSCALLS)); then
+                measure_syscalls "$scn:$p#$i" "$p"
+            elif ((INSN)); then
+                ((i == 1)) && measure_insn "$scn:$p#$i" "$p" # exact: once is enough
             else
                 measure "$scn:$p#$i" "$p" 1 "$PROXY_CPU" "$LOAD_CPU" 1 "${S_CONNS[$scn]}" "${S_PATH[$scn]}" "${S_HEADER[$scn]}"
             fi
@@ -708,6 +832,17 @@ for scn in $SCENARIOS; do
     if [[ " $PROXIES " == *" lb "* ]]; then
         for other in haproxy nginx; do
             [[ " $PROXIES " == *" $other "* ]] || continue
+            if ((SYSCALLS || INSN)); then
+                local_v=R_SC
+                ((INSN)) && local_v=R_INSN
+                declare -n vals=$local_v
+                b="n/a"
+                [[ ${R_STATUS[$scn:lb]:-} == ok && ${R_STATUS[$scn:$other]:-} == ok ]] &&
+                    b=$(ratio "${vals[$scn:lb]}" "${vals[$scn:$other]}")
+                unset -n vals
+                say "$(printf '  lb/%-8s %s %-6s' "$other:" "$( ((INSN)) && echo insn/req || echo syscalls/req)" "$b")"
+                continue
+            fi
             if ((IDLE)); then
                 b="n/a"
                 [[ ${R_STATUS[$scn:lb]:-} == ok && ${R_STATUS[$scn:$other]:-} == ok ]] &&
@@ -728,7 +863,7 @@ for scn in $SCENARIOS; do
             SUMMARY+=("$scn $other $r $c $l")
         done
     fi
-    TLS=0 FIXED_RATE=0 IDLE=0
+    TLS=0 FIXED_RATE=0 IDLE=0 SYSCALLS=0 INSN=0
 done
 
 if [[ " $SCENARIOS " == *" scale "* && " $PROXIES " == *" lb "* ]]; then
