@@ -8,6 +8,7 @@ packages=(
   libboost1.81-dev node-llhttp libssl-dev libyaml-cpp-dev prometheus-cpp-dev
   libc-ares-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev
   python3 curl dnsmasq wrk haproxy nginx-light openssl chromium
+  apache2-utils strace valgrind linux-perf
   clang libclang-rt-14-dev clang-format
 )
 
