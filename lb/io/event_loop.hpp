@@ -42,10 +42,11 @@ struct Watch {
   uint32_t gen = 0;
   Handler handler = nullptr;
   void* owner = nullptr;
-  bool in_ready = false;  // readable since the last drained read
-  bool out_ready = false; // writable since the last short write
-  bool hangup = false;    // the peer ended its side or the socket failed: reads end at once
-  bool queued = false;    // in the run queue
+  bool in_ready = false;         // readable since the last drained read
+  bool out_ready = false;        // writable since the last short write
+  bool hangup = false;           // the peer ended its side or the socket failed: reads end at once
+  bool read_needs_write = false; // TLS: the last read must write first (a reader waits for out)
+  bool queued = false;           // in the run queue
   uint32_t queued_epoch = 0;
   Watch* prev_queued = nullptr;
   Watch* next_queued = nullptr;

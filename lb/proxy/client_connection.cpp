@@ -77,17 +77,24 @@ void ClientConnection::on_client_event(void* self, uint32_t) {
   keep->client_event();
 }
 
+// A reader is due when the socket is readable (or, after a TLS read that
+// must write first, writable); a writer when writable (or, after a TLS write
+// that must read first, readable: decided before the reader runs, which may
+// drain the socket and take in what the writer waited for).
+static bool in_due(const io::Watch& w) { return w.in_ready || (w.read_needs_write && w.out_ready); }
+
 void ClientConnection::client_event() {
   if (closed_)
     return;
-  if (client_in_ && (client_in_now_ || client_.in_ready)) {
+  bool out_due = client_out_ && (client_out_on_in_ ? client_.in_ready : client_.out_ready);
+  if (client_in_ && (client_in_now_ || in_due(client_))) {
     Step s = std::exchange(client_in_, nullptr);
     client_in_now_ = false;
     (this->*s)();
     if (closed_)
       return;
   }
-  if (client_out_ && (client_out_on_in_ ? client_.in_ready : client_.out_ready)) {
+  if (client_out_ && (out_due || (client_out_on_in_ ? client_.in_ready : client_.out_ready))) {
     Step s = std::exchange(client_out_, nullptr);
     (this->*s)();
   }
@@ -96,7 +103,7 @@ void ClientConnection::client_event() {
 void ClientConnection::wait_client_in(Step s) {
   client_in_ = s;
   client_in_now_ = false;
-  if (client_.in_ready) // an edge came while this connection was busy
+  if (in_due(client_)) // an edge came while this connection was busy
     worker_.loop.schedule(client_);
 }
 
@@ -123,14 +130,14 @@ void ClientConnection::backend_event() {
   if (closed_ || !x_ || !x_->conn_)
     return;
   const io::Watch* w = &x_->conn_->watch;
-  if (x_->backend_out_ && (x_->backend_out_on_in_ ? w->in_ready : w->out_ready)) {
+  if (x_->backend_out_ && (x_->backend_out_on_in_ ? in_due(*w) : w->out_ready)) {
     Step s = std::exchange(x_->backend_out_, nullptr);
     (this->*s)();
     if (closed_ || !x_ || !x_->conn_)
       return;
     w = &x_->conn_->watch; // (a retry may have another connection by now)
   }
-  if (x_->backend_in_ && (x_->backend_in_now_ || w->in_ready)) {
+  if (x_->backend_in_ && (x_->backend_in_now_ || in_due(*w))) {
     Step s = std::exchange(x_->backend_in_, nullptr);
     x_->backend_in_now_ = false;
     (this->*s)();
@@ -140,7 +147,7 @@ void ClientConnection::backend_event() {
 void ClientConnection::wait_backend_in(Step s) {
   x_->backend_in_ = s;
   x_->backend_in_now_ = false;
-  if (x_->conn_->watch.in_ready)
+  if (in_due(x_->conn_->watch))
     worker_.loop.schedule(x_->conn_->watch);
 }
 
@@ -444,17 +451,11 @@ void ClientConnection::close_gracefully(bool request_read) {
     SSL_shutdown(ssl_); // close_notify, best effort
   } else {
     // Nothing unread from a client whose request was read whole: a plain close
-    // sends FIN, not a reset. (As nginx's lingering_close heuristics.) The
-    // socket's readiness knows when its last read drained it.
-    bool unread = client_.in_ready;
-    if (unread) {
-      char probe;
-      ssize_t pending = ::recv(client_.fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
-      unread = !(pending < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
-      if (!unread)
-        client_.drained();
-    }
-    if (!unread && request_read)
+    // sends FIN, not a reset. (As nginx's lingering_close heuristics.) Asked
+    // of the socket itself: bytes may have come after its last edge was seen.
+    char probe;
+    ssize_t pending = ::recv(client_.fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (pending < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && request_read)
       return close();
   }
   if (::shutdown(client_.fd, SHUT_WR) != 0)
@@ -776,6 +777,9 @@ void ClientConnection::respond_final_recipient() {
 }
 
 void ClientConnection::send_local_answer() {
+  // Whatever read was awaited (a head after a header timeout, a body) waits
+  // no more: the connection goes on, if at all, once this answer is out.
+  client_in_ = nullptr;
   x_->resp_started_ = true;
   x_->answered_locally_ = true;
   // Whatever timer ran (a connect or queue timer of the request) has no say

@@ -86,11 +86,14 @@ inline ssize_t plain_recv(io::Watch& w, char* p, size_t n) {
 // recv() for a TLS connection: the same results and errno conventions.
 // OpenSSL may hold bytes already read from the socket: those are read even
 // when the socket is drained.
+// A read that must write first (a TLS 1.3 key update answered into a full
+// socket) waits for room to write: Watch::read_needs_write.
 inline ssize_t tls_recv(io::Watch& w, SSL* ssl, char* p, size_t n) {
-  if (!w.in_ready && !SSL_has_pending(ssl)) {
+  if (!w.in_ready && !SSL_has_pending(ssl) && !(w.read_needs_write && w.out_ready)) {
     errno = EAGAIN;
     return -1;
   }
+  w.read_needs_write = false;
   ERR_clear_error();
   int r = SSL_read(ssl, p, static_cast<int>(std::min<size_t>(n, INT32_MAX)));
   if (r > 0)
@@ -99,8 +102,12 @@ inline ssize_t tls_recv(io::Watch& w, SSL* ssl, char* p, size_t n) {
   case SSL_ERROR_ZERO_RETURN:
     return 0;
   case SSL_ERROR_WANT_READ:
-  case SSL_ERROR_WANT_WRITE:
     w.drained();
+    errno = EAGAIN;
+    return -1;
+  case SSL_ERROR_WANT_WRITE:
+    w.blocked();
+    w.read_needs_write = true;
     errno = EAGAIN;
     return -1;
   case SSL_ERROR_SYSCALL:

@@ -95,11 +95,14 @@ void ClientConnection::do_attempt() {
   x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
   if (x_->retry_.attempts == 1)
     x_->upstream_started_ = worker_.loop.now();
-  x_->conn_ = worker_.connections.take(backend.id, worker_.loop.now());
+  // A request that is not replayed if the backend closes the connection
+  // under it gets one that was checked just now.
+  bool verify = !idempotent(x_->req_.head().method.view());
+  x_->conn_ = worker_.connections.take(backend.id, worker_.loop.now(), verify);
   // A reload may have changed the pool's tls settings: those are no use now.
   while (x_->conn_ && x_->conn_->tls.get() != x_->pool_->tls()) {
     delete x_->conn_;
-    x_->conn_ = worker_.connections.take(backend.id, worker_.loop.now());
+    x_->conn_ = worker_.connections.take(backend.id, worker_.loop.now(), verify);
   }
   x_->conn_reused_ = x_->conn_ != nullptr;
   if (x_->conn_reused_) {

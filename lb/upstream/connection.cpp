@@ -31,7 +31,7 @@ bool clean(Connection& c) {
 
 ConnectionPool::~ConnectionPool() { close_all(); }
 
-Connection* ConnectionPool::take(uint32_t backend, io::Clock::time_point now) {
+Connection* ConnectionPool::take(uint32_t backend, io::Clock::time_point now, bool verify) {
   if (backend >= idle_.size())
     return nullptr;
   auto& list = idle_[backend];
@@ -40,7 +40,9 @@ Connection* ConnectionPool::take(uint32_t backend, io::Clock::time_point now) {
     list.pop_back();
     counted(backend, -1);
     c->idle_in = nullptr;
-    if (now < c->retire_at)
+    if (verify)
+      c->watch.in_ready = true; // what clean() reads as "ask the socket"
+    if (now < c->retire_at && (!verify || clean(*c)))
       return c;
     delete c;
   }

@@ -56,8 +56,10 @@ public:
 
   // The most recently used idle connection to that backend, or nullptr.
   // (Those the backend closed are gone already: their close was an event.)
+  // `verify`: one peek besides, for a request that must not be sent into a
+  // close that is on its way (a non-idempotent one, which is not replayed).
   // The caller sets the connection's event handler.
-  Connection* take(uint32_t backend, io::Clock::time_point now);
+  Connection* take(uint32_t backend, io::Clock::time_point now, bool verify);
   // Keeps `c` idle, unless it is not clean (bytes or an end from the
   // backend not read): then it is closed.
   void put(Connection* c, io::Clock::time_point now);
