@@ -192,6 +192,7 @@ void EventLoop::run() {
     run_queue();
     fire_timers();
   }
+  stopped_.store(false, std::memory_order_relaxed); // a stop ends one run()
 }
 
 } // namespace lb::io

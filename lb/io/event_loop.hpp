@@ -82,14 +82,16 @@ public:
   };
   // Keeps `t` (owned by the caller, living as long as the loop) on the list.
   void add_timer(Timer& t) { timers_.push_back(&t); }
+  void remove_timer(Timer& t) { std::erase(timers_, &t); }
 
   // The time this pass began (one clock read per pass).
   Clock::time_point now() const { return now_; }
   // Thread-safe: runs `f` on the loop's thread soon.
   void post(std::function<void()> f);
-  // Thread-safe: run() returns after the current pass.
+  // Thread-safe: run() returns after the current pass (or at once, when it
+  // has not begun yet).
   void stop();
-  // The thread body: passes until stop().
+  // The thread body: passes until stop(). Can run again afterwards.
   void run();
 
   // For tests and metrics: passes made, events dispatched.
