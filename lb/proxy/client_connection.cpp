@@ -890,7 +890,6 @@ bool ClientConnection::adopt_runtime() {
 }
 
 void ClientConnection::finish_request_state() {
-  ++request_gen_;
   client_in_ = nullptr; // a wait for this request's body
   // Nothing may read this request's head from now on: its spans point into a
   // buffer that goes back to the worker's free list.

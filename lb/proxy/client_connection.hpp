@@ -198,11 +198,9 @@ private:
   // Client side: the read buffer holds the current request head (from offset 0),
   // the body bytes in flight after it and maybe the next pipelined request.
   io::Buffer* cbuf_ = nullptr;
-  uint32_t c_len_ = 0;       // bytes in cbuf_ (the offsets into it are the exchange's)
-  uint32_t attempt_ = 0;     // generation: handlers of an abandoned attempt ignore
-  uint32_t request_gen_ = 0; // one per request on this connection
-  uint16_t refs_ = 0;        // the loop's registration, running steps, the queue
-  uint8_t serve_chain_ = 0;  // requests served without returning to the event loop
+  uint32_t c_len_ = 0;      // bytes in cbuf_ (the offsets into it are the exchange's)
+  uint16_t refs_ = 0;       // the loop's registration, running steps, the queue
+  uint8_t serve_chain_ = 0; // requests served without returning to the event loop
   Timer timer_kind_ = Timer::none;
   bool closed_ = false;
   bool keep_client_ = true;    // keep the client connection after this response

@@ -86,7 +86,6 @@ void ClientConnection::do_attempt() {
     x_->pool_->note_fail_open();
   }
   ++x_->retry_.attempts;
-  ++attempt_;
   x_->backend_ = b;
   x_->active_backend_ = b;
   const upstream::Backend& backend = x_->pool_->backends()[static_cast<size_t>(b)];
@@ -551,7 +550,6 @@ void ClientConnection::backend_failed(Failure failure, const char* reason) {
 }
 
 void ClientConnection::release_backend(bool reusable) {
-  ++attempt_;
   if (client_in_ == &ClientConnection::read_request_body)
     client_in_ = nullptr; // this attempt's body pump
   if (!x_)

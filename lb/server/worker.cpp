@@ -44,14 +44,18 @@ Worker::~Worker() {
   for (proxy::ClientConnection* s : context_.queue)
     s->release();
   context_.queue.clear();
+  each_session(&proxy::ClientConnection::close_now);
+  context_.connections.close_all();
+}
+
+void Worker::each_session(void (proxy::ClientConnection::*step)()) {
   for (proxy::ClientConnection* s = context_.sessions; s;) {
     proxy::ClientConnection* next = s->next_in_worker;
     s->add_ref();
-    s->close_now();
+    (s->*step)();
     s->release();
     s = next;
   }
-  context_.connections.close_all();
 }
 
 Worker::Acceptor::~Acceptor() {
@@ -338,13 +342,7 @@ void Worker::drain(std::function<void()> done) {
     context_.on_drained = finish;
     // Close connections that sit between requests; the others close after
     // the response in flight.
-    for (proxy::ClientConnection* s = context_.sessions; s;) {
-      proxy::ClientConnection* next = s->next_in_worker;
-      s->add_ref();
-      s->close_if_idle();
-      s->release();
-      s = next;
-    }
+    each_session(&proxy::ClientConnection::close_if_idle);
     if (context_.session_count == 0)
       finish();
   });

@@ -78,6 +78,8 @@ private:
   void on_tick();
   void do_poll_queue();
   void poll_queue();
+  // Runs `step` on every session of this worker (each held while it runs).
+  void each_session(void (proxy::ClientConnection::*step)());
 
   std::unique_ptr<io::EventLoop> loop_; // first: destroyed last
   proxy::WorkerContext context_;

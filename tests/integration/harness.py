@@ -568,9 +568,12 @@ class Lb:
         return False
 
 
-def one_pool_config(address, workers=1):
+def one_pool_config(address, workers=1, pool_extra=""):
     """lb config: one listener on an ephemeral port, every path to one pool
-    "web" of the backend at `address`; no access log."""
+    "web" of the backend at `address` (or of each address of a list); no
+    access log. `pool_extra`: more lines of the pool, indented 4 spaces."""
+    addresses = [address] if isinstance(address, str) else list(address)
+    listed = ", ".join('{ address: "%s" }' % a for a in addresses)
     return f"""
 workers: {workers}
 access_log: {{ path: "off" }}
@@ -581,8 +584,17 @@ listeners:
     routes: [ {{ match: {{ path_prefix: / }}, pool: web }} ]
 pools:
   web:
-    backends: [ {{ address: "{address}" }} ]
-"""
+    backends: [ {listed} ]
+{pool_extra}"""
+
+
+def rss_bytes(pid):
+    """Resident memory of process `pid` (VmRSS), in bytes."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS for %d" % pid)
 
 
 def lb_check(yaml_text, timeout=30.0, binary=None):

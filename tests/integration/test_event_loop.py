@@ -33,37 +33,12 @@ def fd_count(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
-def rss_bytes(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS for %d" % pid)
-
-
-def config(backends, pool_extra=""):
-    listed = ", ".join('{ address: "%s" }' % b for b in backends)
-    return f"""
-workers: 1
-access_log: {{ path: "off" }}
-admin: {{ listen: 127.0.0.1:0 }}
-listeners:
-  - name: public
-    listen: 127.0.0.1:0
-    routes: [ {{ match: {{ path_prefix: / }}, pool: web }} ]
-pools:
-  web:
-    backends: [ {listed} ]
-{pool_extra}
-"""
-
-
 class BackendReapsIdleConnections(unittest.TestCase):
     def test_gets_never_fail_and_posts_never_repeat(self):
         origins = [harness.Origin("reaper-%d" % i, extra_args=["--close-idle-every", "1"])
                    for i in range(2)]
         try:
-            with harness.Lb(config([o.addr for o in origins])) as lb:
+            with harness.Lb(harness.one_pool_config([o.addr for o in origins])) as lb:
                 port = lb.port()
                 stop = time.monotonic() + 6.0
                 lock = threading.Lock()
@@ -141,7 +116,7 @@ class NoDescriptorLeftBehind(unittest.TestCase):
             # Pooled backend connections close after 1 s idle: the count
             # can come back to where it started.
             extra = "    timeouts: { idle: 1s }\n"
-            with harness.Lb(config([origin.addr], extra)) as lb:
+            with harness.Lb(harness.one_pool_config(origin.addr, pool_extra=extra)) as lb:
                 port = lb.port()
                 pid = lb.proc.pid
                 self.assertEqual(harness.http(port, "GET", "/")[0], 200)
@@ -206,11 +181,11 @@ class ClientThatStopsReading(unittest.TestCase):
     def test_memory_stays_bounded(self):
         size = 50 * 1024 * 1024
         with harness.Origin("big", log=False) as origin:
-            with harness.Lb(config([origin.addr])) as lb:
+            with harness.Lb(harness.one_pool_config(origin.addr)) as lb:
                 port = lb.port()
                 pid = lb.proc.pid
                 self.assertEqual(harness.http(port, "GET", "/")[0], 200)
-                before = rss_bytes(pid)
+                before = harness.rss_bytes(pid)
                 s = socket.create_connection(("127.0.0.1", port), timeout=10)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
                 try:
@@ -224,7 +199,7 @@ class ClientThatStopsReading(unittest.TestCase):
                     peak = before
                     for _ in range(30):
                         time.sleep(0.1)
-                        peak = max(peak, rss_bytes(pid))
+                        peak = max(peak, harness.rss_bytes(pid))
                     self.assertLess(peak - before, 8 * 1024 * 1024,
                                     "RSS %d -> %d bytes" % (before, peak))
                     # Others are served meanwhile.

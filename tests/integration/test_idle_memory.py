@@ -27,14 +27,6 @@ CONNECTIONS = 2000
 REQUEST = b"GET / HTTP/1.1\r\nHost: idle.test\r\n\r\n"
 
 
-def rss_bytes(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS for %d" % pid)
-
-
 def open_idle(port, n):
     """n connections, one keep-alive GET answered on each -> the sockets."""
     socks = []
@@ -89,13 +81,13 @@ class IdleMemory(harness.TestCase):
         lb = self.lb(harness.one_pool_config(self.origin_proc.addr))
         open_idle(lb.port(), 1)[0].close()  # warm: the pools and the first buffers
         time.sleep(1.5)
-        base = rss_bytes(lb.pid)
+        base = harness.rss_bytes(lb.pid)
         peaks = []
         for wave in range(2):
             socks = open_idle(lb.port(), CONNECTIONS)
             try:
                 time.sleep(2.5)  # lb gives unused buffers back every second
-                grown = rss_bytes(lb.pid) - base
+                grown = harness.rss_bytes(lb.pid) - base
                 self.assertTrue(still_open(socks), "lb closed idle connections")
             finally:
                 for s in socks:
