@@ -69,6 +69,7 @@ HAPROXY=${HAPROXY:-/usr/sbin/haproxy}
 NGINX=${NGINX:-/usr/sbin/nginx}
 WRK=${WRK:-$(command -v wrk || echo /usr/bin/wrk)}
 AB=${AB:-$(command -v ab || echo /usr/bin/ab)}
+H2LOAD=${H2LOAD:-$(command -v h2load || echo /usr/bin/h2load)}
 VALGRIND=${VALGRIND:-$(command -v valgrind || echo /usr/bin/valgrind)}
 CLK_TCK=$(getconf CLK_TCK)
 
@@ -220,9 +221,16 @@ start_proxy() {
     ((IDLE)) && maxconn=8192
     vars+=(MAXCONN="$maxconn")
     if ((TLS)); then
+        local alpn=http/1.1 nginx_ssl=ssl
+        ((H2)) && alpn=h2,http/1.1 nginx_ssl="ssl http2"
         vars+=(LB_TLS="tls: { certificates: [ { cert: $TMP/cert.pem, key: $TMP/key.pem } ] }"
-            HAPROXY_SSL="ssl crt $TMP/combined.pem alpn http/1.1"
-            NGINX_SSL="ssl" NGINX_CERT="ssl_certificate $TMP/cert.pem; ssl_certificate_key $TMP/key.pem;")
+            HAPROXY_SSL="ssl crt $TMP/combined.pem alpn $alpn"
+            NGINX_SSL="$nginx_ssl" NGINX_CERT="ssl_certificate $TMP/cert.pem; ssl_certificate_key $TMP/key.pem;")
+    elif ((H2)); then
+        # Cleartext HTTP/2 by prior knowledge: HAProxy's "proto h2" and
+        # nginx's "http2" listeners speak only that; lb's listener tells it
+        # apart from HTTP/1.1 by the connection preface.
+        vars+=(LB_TLS="" HAPROXY_SSL="proto h2" NGINX_SSL="http2" NGINX_CERT="")
     else
         vars+=(LB_TLS="" HAPROXY_SSL="" NGINX_SSL="" NGINX_CERT="")
     fi
@@ -364,6 +372,28 @@ parse_wrk() {
 }
 
 # rate_client output -> "requests rps p99_ms errors all_requests seconds p50_ms p90_ms p99.9_ms max_ms"
+# parse_h2load FILE: "requests req/s p99_ms errors" from h2load's summary and
+# its per-request log (FILE.log: start, status, microseconds per request).
+parse_h2load() {
+    local p99
+    p99=$(awk '{ print $3 }' "$1.log" 2>/dev/null | sort -n |
+        awk '{ v[NR] = $1 } END { if (NR) printf "%.3f", v[int(NR * 0.99 + 0.5) > 0 ? int(NR * 0.99 + 0.5) : 1] / 1000; else print "nan" }')
+    awk -v p99="$p99" '
+    /^finished in/ { rps = $4 }
+    /^requests:/ { req = $8; failed = $10; errored = $12; timeout = $14 }
+    /^status codes:/ { non2xx = $7 + $9 }
+    END {
+        err = ""
+        if (failed) err = err " failed=" failed
+        if (errored) err = err " errored=" errored
+        if (timeout) err = err " timeout=" timeout
+        if (non2xx) err = err " non2xx=" non2xx
+        sub(/^ /, "", err)
+        if (err == "") err = "-"
+        printf "%s %s %s %s\n", (req == "" ? 0 : req), (rps == "" ? 0 : rps), p99, err
+    }' "$1"
+}
+
 parse_rate() {
     awk '
     /^RESULT / {
@@ -399,10 +429,16 @@ S_TITLE[f80x256]="(f80x256) latency at 80 % of HAProxy's saturation in (b): keep
 S_CONNS[f80x256]=256 S_PATH[f80x256]=/ S_HEADER[f80x256]="" S_RATE_OF[f80x256]=b
 S_TITLE[sys]="(sys) system calls per keep-alive GET /: ab -k -c16 -n $SYSCALL_REQUESTS, perf stat over the proxy's threads"
 S_TITLE[insn]="(insn) user instructions per keep-alive GET / (callgrind: 12,000 requests minus 2,000, ab -k -c4)"
+S_TITLE[h2]="(h2) HTTP/2 over TLS: h2load, 64 connections x 10 streams, GET / (ALPN h2)"
+S_CONNS[h2]=64 S_PATH[h2]=/ S_HEADER[h2]=""
+S_TITLE[h2c]="(h2c) HTTP/2 cleartext (prior knowledge): h2load, 64 connections x 10 streams, GET /"
+S_CONNS[h2c]=64 S_PATH[h2c]=/ S_HEADER[h2c]=""
+H2_STREAMS=10  # scenarios h2, h2c: concurrent streams per connection
 IDLE_CONNS=5000  # scenario idle: client connections held open
 IDLE_WINDOW=64   # ... of which at most this many connecting or awaiting their response at once
 S_TITLE[idle]="(idle) memory per idle keep-alive client connection: $IDLE_CONNS connections, one GET / each, then idle"
-declare -A S_TLS=([e]=1)
+declare -A S_TLS=([e]=1 [h2]=1)
+declare -A S_H2=([h2]=1 [h2c]=1)
 declare -A S_RATE=([f]=1 [f256]=1 [f80]=1 [f80x256]=1)
 declare -A S_SYSCALLS=([sys]=1)
 declare -A S_INSN=([insn]=1)
@@ -412,6 +448,7 @@ TLS=0  # the scenario being measured terminates HTTPS
 IDLE=0  # the scenario being measured holds idle connections (idle_client.py, not wrk)
 SYSCALLS=0  # the scenario being measured counts system calls (ab, perf, strace)
 INSN=0  # the scenario being measured counts instructions (ab, callgrind)
+H2=0  # the scenario being measured speaks HTTP/2 to the proxy (h2load, not wrk)
 
 # One certificate and key for every proxy's HTTPS listener (HAProxy wants
 # both in one file).
@@ -439,7 +476,11 @@ measure() {
         return
     fi
     local url="http$( ((TLS)) && echo s)://127.0.0.1:$PROXY_PORT$path"
-    taskset -c "$wcpus" "$WRK" -t"$wthreads" -c"$conns" -d"${WARMUP}s" "${hdr[@]}" "$url" >"$TMP/warmup.txt" 2>&1
+    if ((H2)); then
+        taskset -c "$wcpus" "$H2LOAD" -t"$wthreads" -c"$conns" -m"$H2_STREAMS" -D"$WARMUP" "$url" >"$TMP/warmup.txt" 2>&1
+    else
+        taskset -c "$wcpus" "$WRK" -t"$wthreads" -c"$conns" -d"${WARMUP}s" "${hdr[@]}" "$url" >"$TMP/warmup.txt" 2>&1
+    fi
     mapfile -t pids < <(descendants "$PROXY_PID")
     local steal0 steal1 cpu_list=${wcpus//,/ }
     [[ " $cpu_list " == *" $pcpus "* ]] || cpu_list+=" ${pcpus//,/ }"
@@ -456,6 +497,11 @@ measure() {
     t0=$(cpu_ticks "${pids[@]}")
     if ((FIXED_RATE)); then
         "${rate_cmd[@]}" >"$out" 2>&1
+    elif ((H2)); then
+        out=$TMP/h2load-${key//[^a-z0-9]/_}.txt
+        rm -f "$out.log"
+        taskset -c "$wcpus" "$H2LOAD" -t"$wthreads" -c"$conns" -m"$H2_STREAMS" -D"$DURATION" \
+            --log-file="$out.log" "$url" >"$out" 2>&1
     else
         taskset -c "$wcpus" "$WRK" -t"$wthreads" -c"$conns" -d"${DURATION}s" --latency "${hdr[@]}" "$url" >"$out" 2>&1
     fi
@@ -478,6 +524,8 @@ measure() {
     if ((FIXED_RATE)); then
         local all
         read -r req rps p99 err all seconds R_P50[$key] R_P90[$key] R_P999[$key] R_MAX[$key] < <(parse_rate <"$out")
+    elif ((H2)); then
+        read -r req rps p99 err < <(parse_h2load "$out")
     else
         read -r req rps p99 err < <(parse_wrk <"$out")
     fi
@@ -808,6 +856,8 @@ for scn in $SCENARIOS; do
     IDLE=${S_IDLE[$scn]:-0}
     SYSCALLS=${S_SYSCALLS[$scn]:-0}
     INSN=${S_INSN[$scn]:-0}
+    H2=${S_H2[$scn]:-0}
+    if ((H2)) && ! command -v "$H2LOAD" >/dev/null; then log "run.sh: scenario $scn needs h2load (nghttp2-client)"; continue; fi
     if ((SYSCALLS)) && ! command -v "$AB" >/dev/null; then log "run.sh: scenario sys needs ab (apache2-utils)"; continue; fi
     if ((INSN)) && ! command -v "$VALGRIND" >/dev/null; then log "run.sh: scenario insn needs valgrind"; continue; fi
     ((TLS)) && { make_cert || continue; }
@@ -863,7 +913,7 @@ for scn in $SCENARIOS; do
             SUMMARY+=("$scn $other $r $c $l")
         done
     fi
-    TLS=0 FIXED_RATE=0 IDLE=0 SYSCALLS=0 INSN=0
+    TLS=0 FIXED_RATE=0 IDLE=0 SYSCALLS=0 INSN=0 H2=0
 done
 
 if [[ " $SCENARIOS " == *" scale "* && " $PROXIES " == *" lb "* ]]; then

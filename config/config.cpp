@@ -808,8 +808,8 @@ void Loader::access_log(const Item& item, AccessLog& log) {
 // ---- listeners -------------------------------------------------------------------------------
 
 void Loader::listener(const Item& item, Listener& listener) {
-  auto items = fields(
-      item, {"name", "listen", "limits", "timeouts", "headers", "routes", "proxy_protocol", "tls"});
+  auto items = fields(item, {"name", "listen", "limits", "timeouts", "headers", "routes",
+                             "proxy_protocol", "tls", "http2"});
   if (!items)
     return;
   std::set<std::string> present;
@@ -830,6 +830,9 @@ void Loader::listener(const Item& item, Listener& listener) {
     } else if (f.name == "proxy_protocol") {
       if (auto on = boolean(f))
         listener.proxy_protocol = *on;
+    } else if (f.name == "http2") {
+      if (auto on = boolean(f))
+        listener.http2 = *on;
     } else if (f.name == "tls") {
       tls(f, listener.tls);
     } else if (f.name == "limits") {
@@ -966,7 +969,8 @@ void Loader::pool_tls(const Item& item, PoolTls& tls) {
 }
 
 void Loader::limits(const Item& item, Limits& limits) {
-  auto items = fields(item, {"max_header_bytes", "max_body_bytes", "max_connections"});
+  auto items = fields(
+      item, {"max_header_bytes", "max_body_bytes", "max_connections", "max_concurrent_streams"});
   if (!items)
     return;
   for (const auto& f : *items) {
@@ -979,6 +983,9 @@ void Loader::limits(const Item& item, Limits& limits) {
     } else if (f.name == "max_connections") {
       if (auto n = integer(f, 1, 100'000'000))
         limits.max_connections = *n;
+    } else if (f.name == "max_concurrent_streams") {
+      if (auto n = integer(f, 1, 10'000))
+        limits.max_concurrent_streams = static_cast<uint32_t>(*n);
     }
   }
 }

@@ -32,6 +32,7 @@ struct Limits {
   uint64_t max_header_bytes = 32 * 1024;
   uint64_t max_body_bytes = 10 * 1024 * 1024; // 0 = unlimited
   uint64_t max_connections = 100000;
+  uint32_t max_concurrent_streams = 100; // HTTP/2: streams open at once per connection
 };
 
 struct ListenerTimeouts {
@@ -74,6 +75,7 @@ struct Listener {
   Address listen;
   ListenerTls tls;
   bool proxy_protocol = false; // connections start with a PROXY v1/v2 header (from an L4 LB)
+  bool http2 = true;           // HTTP/2 to clients: ALPN h2 (TLS), prior knowledge (cleartext)
   Limits limits;
   ListenerTimeouts timeouts;
   Headers headers;

@@ -54,6 +54,16 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
              MetricType::Counter);
   auto connections = family("lb_downstream_connections", "Open client connections, by listener.",
                             MetricType::Gauge);
+  auto h2_connections =
+      family("lb_http2_connections", "Open client connections speaking HTTP/2, by listener.",
+             MetricType::Gauge);
+  auto h2_streams =
+      family("lb_http2_streams_total", "HTTP/2 streams (requests) clients opened, by listener.",
+             MetricType::Counter);
+  auto h2_goaways = family("lb_http2_goaways_total",
+                           "HTTP/2 connections lb ended with GOAWAY, by listener and reason "
+                           "(graceful: draining; flood: ENHANCE_YOUR_CALM; protocol_error).",
+                           MetricType::Counter);
   for (size_t l = 0; l < runtime->listeners.size(); ++l) {
     const std::string& listener = runtime->listeners[l]->config.name;
     const ListenerTotals& lt = t.listeners[l];
@@ -67,6 +77,14 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
     counter(bytes, {{"listener", listener}, {"direction", "out"}},
             static_cast<double>(lt.bytes_out));
     gauge(connections, {{"listener", listener}}, static_cast<double>(lt.connections));
+    gauge(h2_connections, {{"listener", listener}}, static_cast<double>(lt.h2_connections));
+    counter(h2_streams, {{"listener", listener}}, static_cast<double>(lt.h2_streams));
+    counter(h2_goaways, {{"listener", listener}, {"reason", "graceful"}},
+            static_cast<double>(lt.h2_goaway_graceful));
+    counter(h2_goaways, {{"listener", listener}, {"reason", "flood"}},
+            static_cast<double>(lt.h2_goaway_flood));
+    counter(h2_goaways, {{"listener", listener}, {"reason", "protocol_error"}},
+            static_cast<double>(lt.h2_goaway_error));
   }
 
   auto duration = family("lb_request_duration_seconds",
@@ -178,9 +196,13 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
   gauge(build, {{"version", lb::version}}, 1);
 
   std::vector<MetricFamily> out;
-  for (MetricFamily* f : {&requests, &duration, &upstream_requests, &connect_errors, &healthy,
-                          &active, &pooled, &weight, &share, &connections, &bytes, &retries,
-                          &fail_open, &health_checks, &ejections, &reloads, &build})
+  for (MetricFamily* f : {&requests,       &duration,       &upstream_requests,
+                          &connect_errors, &healthy,        &active,
+                          &pooled,         &weight,         &share,
+                          &connections,    &h2_connections, &h2_streams,
+                          &h2_goaways,     &bytes,          &retries,
+                          &fail_open,      &health_checks,  &ejections,
+                          &reloads,        &build})
     out.push_back(std::move(*f));
   return out;
 }

@@ -45,6 +45,11 @@ Totals gather(const proxy::Runtime& runtime,
       to.bytes_in += from->bytes_in.get();
       to.bytes_out += from->bytes_out.get();
       to.connections += from->connections.get();
+      to.h2_connections += from->h2_connections.get();
+      to.h2_streams += from->h2_streams.get();
+      to.h2_goaway_graceful += from->h2_goaway_graceful.get();
+      to.h2_goaway_flood += from->h2_goaway_calm.get();
+      to.h2_goaway_error += from->h2_goaway_error.get();
     }
     for (size_t p = 0; p < t.pools.size(); ++p) {
       const upstream::Pool& pool = *runtime.pools[p];

@@ -37,6 +37,11 @@ struct ListenerTotals {
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
   int64_t connections = 0;
+  int64_t h2_connections = 0;
+  uint64_t h2_streams = 0;
+  uint64_t h2_goaway_graceful = 0;
+  uint64_t h2_goaway_flood = 0;
+  uint64_t h2_goaway_error = 0;
 };
 
 struct Totals {

@@ -60,12 +60,16 @@ bool matches(const std::string& pattern, const std::string& name) {
   return false;
 }
 
-// ALPN: HTTP/1.1 is what lb speaks; clients offering only others go without ALPN.
+// ALPN: h2 first where the listener speaks HTTP/2 (lb's preference, whatever
+// order the client lists them in), then HTTP/1.1; clients offering only
+// others go without ALPN. `arg` is non-null for an HTTP/2 listener.
 int on_alpn(SSL*, const unsigned char** out, unsigned char* out_len, const unsigned char* in,
-            unsigned int in_len, void*) {
-  static const unsigned char http11[] = "\x08http/1.1";
+            unsigned int in_len, void* arg) {
+  static const unsigned char h2_and_http11[] = "\x02h2\x08http/1.1";
+  const unsigned char* ours = arg ? h2_and_http11 : h2_and_http11 + 3;
+  unsigned ours_len = static_cast<unsigned>(sizeof h2_and_http11 - 1 - (arg ? 0 : 3));
   unsigned char* selected = nullptr;
-  if (SSL_select_next_proto(&selected, out_len, http11, sizeof http11 - 1, in, in_len) ==
+  if (SSL_select_next_proto(&selected, out_len, ours, ours_len, in, in_len) ==
       OPENSSL_NPN_NEGOTIATED) {
     *out = selected;
     return SSL_TLSEXT_ERR_OK;
@@ -75,7 +79,7 @@ int on_alpn(SSL*, const unsigned char** out, unsigned char* out_len, const unsig
 
 } // namespace
 
-std::unique_ptr<TlsServer> TlsServer::create(const config::ListenerTls& config,
+std::unique_ptr<TlsServer> TlsServer::create(const config::ListenerTls& config, bool http2,
                                              std::string& error) {
   std::unique_ptr<TlsServer> server(new TlsServer);
   for (const auto& c : config.certificates) {
@@ -104,7 +108,8 @@ std::unique_ptr<TlsServer> TlsServer::create(const config::ListenerTls& config,
       error = "cannot use " + c.cert + " / " + c.key + ": " + openssl_error();
       return nullptr;
     }
-    SSL_CTX_set_alpn_select_cb(ctx, on_alpn, nullptr);
+    static char h2_marker;
+    SSL_CTX_set_alpn_select_cb(ctx, on_alpn, http2 ? &h2_marker : nullptr);
     server->entries_.back().names = names_of(SSL_CTX_get0_certificate(ctx));
   }
   if (server->entries_.empty()) {

@@ -1,8 +1,8 @@
 #pragma once
 // Server-side TLS for one listener (OpenSSL): one context per certificate,
 // chosen by SNI against each certificate's names (the first is the default),
-// the configured minimum version, ALPN "http/1.1", session resumption with
-// tickets. Built once per listener off the hot path; SSL_new from any thread.
+// the configured minimum version, ALPN "h2" (HTTP/2 listeners) and "http/1.1", session resumption
+// with tickets. Built once per listener off the hot path; SSL_new from any thread.
 
 #include "config/config_types.hpp"
 
@@ -17,7 +17,9 @@ namespace lb::io {
 class TlsServer {
 public:
   // nullptr (with `error`) when a certificate or key cannot be used.
-  static std::unique_ptr<TlsServer> create(const config::ListenerTls& config, std::string& error);
+  // `http2`: ALPN offers h2 before http/1.1.
+  static std::unique_ptr<TlsServer> create(const config::ListenerTls& config, bool http2,
+                                           std::string& error);
   ~TlsServer();
   TlsServer(const TlsServer&) = delete;
   TlsServer& operator=(const TlsServer&) = delete;

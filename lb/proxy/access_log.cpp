@@ -168,6 +168,9 @@ void AccessLog::write(const AccessRecord& r) {
     append_json_string(r.method);
     append(",\"target\":");
     append_json_string(r.target);
+    append(r.http2                ? std::string_view(",\"protocol\":\"HTTP/2\"")
+           : r.version_minor == 0 ? std::string_view(",\"protocol\":\"HTTP/1.0\"")
+                                  : std::string_view(",\"protocol\":\"HTTP/1.1\""));
     int n = std::snprintf(num, sizeof num,
                           ",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                           "\"upstream_ms\":%.3f,\"total_ms\":%.3f}\n",
@@ -184,7 +187,7 @@ void AccessLog::write(const AccessRecord& r) {
     append(r.method.substr(0, max_field));
     append(" ");
     append(r.target.substr(0, max_field));
-    append(r.version_minor == 0 ? " HTTP/1.0\" " : " HTTP/1.1\" ");
+    append(r.http2 ? " HTTP/2.0\" " : r.version_minor == 0 ? " HTTP/1.0\" " : " HTTP/1.1\" ");
     int n = std::snprintf(num, sizeof num, "%d %llu \"", r.status,
                           static_cast<unsigned long long>(r.bytes_out));
     append({num, static_cast<size_t>(n)});

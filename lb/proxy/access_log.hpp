@@ -30,6 +30,7 @@ struct AccessRecord {
   std::string_view user_agent;
   std::string_view referer;
   int version_minor = 1;
+  bool http2 = false; // the request came on an HTTP/2 stream
   int status = 0;
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;

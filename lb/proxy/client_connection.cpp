@@ -1,6 +1,7 @@
 #include "lb/proxy/client_connection.hpp"
 
 #include "lb/proxy/client_connection_impl.hpp"
+#include "lb/proxy/h2_session.hpp"
 
 #include "lb/http/proxy_protocol.hpp"
 #include "lb/http/request_line.hpp"
@@ -46,9 +47,45 @@ void ClientConnection::start(WorkerContext& worker, const ListenerRuntime& liste
   self->do_read_request();
 }
 
+ClientConnection* ClientConnection::new_stream(WorkerContext& worker,
+                                               const ListenerRuntime& listener, H2Stream& stream,
+                                               const ClientConnection& parent) {
+  auto* c = new ClientConnection(worker, listener, -1, nullptr, &stream);
+  c->runtime_ = parent.runtime_; // (the listener's snapshot; each request adopts the newest)
+  c->client_family_ = parent.client_family_;
+  std::memcpy(c->client_addr_, parent.client_addr_, sizeof c->client_addr_);
+  c->add_ref(); // the stream's, until close()
+  return c;
+}
+
+void ClientConnection::run_stream() {
+  Ref self(this);
+  arm(Timer::header);
+  do_read_request();
+}
+
+void ClientConnection::stream_ready() {
+  client_.in_ready = client_.out_ready = true;
+  if (client_in_ || client_out_)
+    worker_.loop.schedule(client_);
+}
+
+void ClientConnection::start_h2(const char* early, size_t n) {
+  h2_ = new H2Session(*this, worker_, *listener_, client_, ssl_, early, n);
+  client_in_ = client_out_ = nullptr;
+  worker_.buffers.release(cbuf_);
+  cbuf_ = nullptr;
+  c_len_ = 0;
+  release_exchange();
+  arm(Timer::idle);
+  if (!h2_->on_event())
+    close();
+}
+
 ClientConnection::ClientConnection(WorkerContext& worker, const ListenerRuntime& listener, int fd,
-                                   const sockaddr* peer)
-    : worker_(worker), listener_(&listener), runtime_(worker.runtime) {
+                                   const sockaddr* peer, H2Stream* stream)
+    : worker_(worker), listener_(&listener), runtime_(worker.runtime), stream_(stream),
+      of_stream_(stream != nullptr) {
   // The socket is non-blocking and TCP_NODELAY already (accept4, the listener).
   // A request often comes with the connection: the first read is tried at once.
   client_.fd = fd;
@@ -56,8 +93,8 @@ ClientConnection::ClientConnection(WorkerContext& worker, const ListenerRuntime&
   client_.owner = this;
   client_.in_ready = client_.out_ready = true;
   set_client_address(peer);
-  proxy_pending_ = listener_->config.proxy_protocol;
-  if (listener_->tls)
+  proxy_pending_ = listener_->config.proxy_protocol && !stream_;
+  if (listener_->tls && !stream_)
     ssl_ = listener_->tls->accept(fd);
   fire = &ClientConnection::on_timeout;
   next_in_worker = worker_.sessions;
@@ -65,7 +102,8 @@ ClientConnection::ClientConnection(WorkerContext& worker, const ListenerRuntime&
     next_in_worker->prev_in_worker = this;
   worker_.sessions = this;
   ++worker_.session_count;
-  worker_.metrics->listeners.at(listener_->id).connections.add(1);
+  if (!stream_)
+    worker_.metrics->listeners.at(listener_->id).connections.add(1);
 }
 
 // ---- Waiting: a step per socket and direction, run by the socket's next
@@ -86,6 +124,14 @@ static bool in_due(const io::Watch& w) { return w.in_ready || (w.read_needs_writ
 void ClientConnection::client_event() {
   if (closed_)
     return;
+  if (h2_) {
+    bool open = h2_->on_event();
+    if (!open)
+      return close();
+    if (h2_->take_progress())
+      arm(Timer::idle);
+    return;
+  }
   bool out_due = client_out_ && (client_out_on_in_ ? client_.in_ready : client_.out_ready);
   if (client_in_ && (client_in_now_ || in_due(client_))) {
     Step s = std::exchange(client_in_, nullptr);
@@ -316,6 +362,12 @@ int ClientConnection::tls_handshake() {
 }
 
 ssize_t ClientConnection::client_recv(char* p, size_t n) {
+  if (stream_) {
+    ssize_t r = stream_->recv(p, n);
+    if (r < 0)
+      client_.drained();
+    return r;
+  }
   if (!ssl_)
     return plain_recv(client_, p, n);
   return tls_recv(client_, ssl_, p, n);
@@ -323,6 +375,12 @@ ssize_t ClientConnection::client_recv(char* p, size_t n) {
 
 int ClientConnection::client_write(Outbox& out, uint64_t& written) {
   write_wants_read_ = false;
+  if (stream_) {
+    int r = stream_->write(out, written);
+    if (r == 0)
+      client_.blocked();
+    return r;
+  }
   if (!ssl_)
     return write_some(client_, out, written);
   return tls_write(client_, ssl_, out, x_->client_tls_stage_, written);
@@ -390,19 +448,23 @@ ClientConnection::~ClientConnection() {
     worker_.sessions = next_in_worker;
   if (next_in_worker)
     next_in_worker->prev_in_worker = prev_in_worker;
-  worker_.metrics->listeners.at(listener_->id).connections.add(-1);
-  if (worker_.on_session_closed)
-    worker_.on_session_closed(listener_->id);
+  if (!of_stream_) {
+    worker_.metrics->listeners.at(listener_->id).connections.add(-1);
+    if (worker_.on_session_closed)
+      worker_.on_session_closed(listener_->id);
+  }
   if (--worker_.session_count == 0 && worker_.draining && worker_.on_drained)
     worker_.loop.post(worker_.on_drained);
 }
 
 void ClientConnection::trim_if_idle() {
-  if (ssl_ && timer_kind_ == Timer::idle && !cbuf_)
+  if (ssl_ && !h2_ && timer_kind_ == Timer::idle && !cbuf_)
     SSL_free_buffers(ssl_);
 }
 
 void ClientConnection::close_if_idle() {
+  if (h2_)
+    return h2_->drain(); // GOAWAY; it closes when its streams are done
   keep_client_ = false;
   if (timer_kind_ == Timer::idle && c_len_ == 0)
     close();
@@ -428,6 +490,10 @@ void ClientConnection::close() {
   }
   io::Timeouts::disarm(timer());
   timer_kind_ = Timer::none;
+  if (h2_)
+    delete std::exchange(h2_, nullptr); // (its streams' connections close with it)
+  if (stream_)
+    std::exchange(stream_, nullptr)->detach();
   worker_.loop.close(client_);
   client_in_ = client_out_ = nullptr;
   release_backend(false);
@@ -447,6 +513,8 @@ void ClientConnection::close_gracefully(bool request_read) {
   if (closed_)
     return;
   release_backend(false);
+  if (stream_)
+    return close(); // the stream ends with the response
   if (ssl_) {
     SSL_shutdown(ssl_); // close_notify, best effort
   } else {
@@ -508,10 +576,23 @@ void ClientConnection::read_request_head() {
       return close();
     if (r == 0)
       return;
+    if (listener_->config.http2) {
+      const unsigned char* alpn = nullptr;
+      unsigned alpn_len = 0;
+      SSL_get0_alpn_selected(ssl_, &alpn, &alpn_len);
+      if (alpn_len == 2 && alpn[0] == 'h' && alpn[1] == '2')
+        return start_h2(nullptr, 0);
+    }
   }
   ensure_exchange(); // what the request needs, from its first byte on
   for (;;) {
-    if (x_->c_parsed_ < c_len_) {
+    if (x_->c_parsed_ == 0 && c_len_ > 0 && listener_->config.http2 && !stream_ &&
+        std::memcmp(cbuf_->data(), h2_preface.data(),
+                    std::min<size_t>(c_len_, h2_preface.size())) == 0) {
+      // HTTP/2 with prior knowledge (its preface is no HTTP/1.1 request).
+      if (c_len_ >= h2_preface.size())
+        return start_h2(cbuf_->data(), c_len_);
+    } else if (x_->c_parsed_ < c_len_) {
       char* data = cbuf_->data();
       auto r = x_->req_.feed(data + x_->c_parsed_, data + c_len_);
       x_->c_parsed_ = static_cast<uint32_t>(r.stop - data);
@@ -862,6 +943,7 @@ void ClientConnection::finish_request_log() {
           rec.referer = h.headers[i].value.view();
       }
     }
+    rec.http2 = of_stream_;
     rec.status = x_->status_;
     rec.bytes_in = x_->bytes_in_;
     rec.bytes_out = x_->bytes_out_;
@@ -894,7 +976,9 @@ void ClientConnection::finish_request_state() {
   // Nothing may read this request's head from now on: its spans point into a
   // buffer that goes back to the worker's free list.
   x_->req_.head().clear();
-  bool keep = keep_client_ && !closed_ && x_->req_done_ && !worker_.draining;
+  if (stream_)
+    stream_->response_complete();
+  bool keep = keep_client_ && !closed_ && x_->req_done_ && !worker_.draining && !stream_;
   bool request_read = x_->req_done_;
   // Per-request state back to its start (a backend still held is let go).
   if (x_->conn_ || x_->active_backend_ >= 0 || x_->ubuf_)
@@ -985,8 +1069,11 @@ void ClientConnection::timed_out() {
   Timer kind = timer_kind_;
   timer_kind_ = Timer::none;
   switch (kind) {
-  case Timer::none:
   case Timer::idle:
+    if (h2_)
+      h2_->idle_timeout(); // GOAWAY first
+    return close();
+  case Timer::none:
   case Timer::linger:
   case Timer::tunnel:
   case Timer::answer:

@@ -31,6 +31,9 @@
 
 namespace lb::proxy {
 
+class H2Session;
+class H2Stream;
+
 // (Its timeout entry is a base: no pointer back to the connection.)
 class ClientConnection : private io::Timeouts::Entry {
 public:
@@ -38,6 +41,14 @@ public:
   // `peer` is the client's address as accept() gave it.
   static void start(WorkerContext& worker, const ListenerRuntime& listener, int fd,
                     const sockaddr* peer);
+  // HTTP/2: a connection that serves one stream of `parent`'s session (its
+  // "socket" is the stream). Holds a reference until it closes; run_stream()
+  // starts it.
+  static ClientConnection* new_stream(WorkerContext& worker, const ListenerRuntime& listener,
+                                      H2Stream& stream, const ClientConnection& parent);
+  void run_stream();
+  // The stream has request bytes or room for response bytes.
+  void stream_ready();
 
   // Draining: closes the connection now if it is between requests; otherwise it
   // closes after the response in flight.
@@ -88,7 +99,9 @@ private:
   };
 
   ClientConnection(WorkerContext& worker, const ListenerRuntime& listener, int fd,
-                   const sockaddr* peer);
+                   const sockaddr* peer, H2Stream* stream = nullptr);
+  // The connection speaks HTTP/2 from here on (`early`: bytes read already).
+  void start_h2(const char* early, size_t n);
   ~ClientConnection();
 
   void set_client_address(const sockaddr* peer);
@@ -194,7 +207,9 @@ private:
   // The request in flight (from its first byte until the connection is idle
   // again); nullptr while idle.
   Exchange* x_ = nullptr;
-  SSL* ssl_ = nullptr; // HTTPS listener: the client's TLS connection
+  SSL* ssl_ = nullptr;         // HTTPS listener: the client's TLS connection
+  H2Session* h2_ = nullptr;    // the connection speaks HTTP/2: its session
+  H2Stream* stream_ = nullptr; // serving one HTTP/2 stream (no socket of its own)
   // Client side: the read buffer holds the current request head (from offset 0),
   // the body bytes in flight after it and maybe the next pipelined request.
   io::Buffer* cbuf_ = nullptr;
@@ -209,6 +224,7 @@ private:
   bool write_wants_read_ = false; // the last TLS write waits for the peer's bytes
   bool client_in_now_ = false;    // client_in_ runs on the next pass, ready or not
   bool client_out_on_in_ = false; // client_out_ waits for readability (TLS)
+  bool of_stream_ = false;        // serves an HTTP/2 stream (stream_ until it closes)
   uint8_t client_family_ = 0;     // AF_INET, AF_INET6; 0: unknown
   uint8_t client_addr_[16] = {};  // the client's address (after a PROXY header)
 

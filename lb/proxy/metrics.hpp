@@ -159,6 +159,14 @@ struct ListenerMetrics {
   Counter bytes_in;  // lb_bytes_total{listener,direction="in"}: from clients
   Counter bytes_out; // ... "out": to clients
   Gauge connections; // lb_downstream_connections{listener}
+  // HTTP/2: lb_http2_connections{listener}, lb_http2_streams_total{listener},
+  // lb_http2_goaways_total{listener,reason}: graceful (drain), flood
+  // (ENHANCE_YOUR_CALM), protocol_error.
+  Gauge h2_connections;
+  Counter h2_streams;
+  Counter h2_goaway_graceful;
+  Counter h2_goaway_calm;
+  Counter h2_goaway_error;
 };
 
 struct WorkerMetrics {

@@ -40,7 +40,7 @@ struct ListenerRuntime {
                   const std::vector<std::shared_ptr<upstream::Pool>>& pools)
       : config(c), index(i), id(listener_id), router(c.routes, pools) {
     if (c.tls.enabled)
-      tls = io::TlsServer::create(c.tls, tls_error);
+      tls = io::TlsServer::create(c.tls, c.http2, tls_error);
   }
   config::Listener config;
   size_t index;                       // in its Runtime

@@ -1,6 +1,7 @@
 #include "lb/proxy/client_connection.hpp"
 
 #include "lb/proxy/client_connection_impl.hpp"
+#include "lb/proxy/h2_session.hpp"
 
 #include "lb/io/log.hpp"
 #include "lb/proxy/header_rules.hpp"
@@ -224,7 +225,7 @@ void ClientConnection::do_send_request_head() {
   RequestRules rules;
   rules.forwarded_for = headers_cfg.forwarded_for;
   rules.client_ip = client_ip();
-  rules.https = ssl_ != nullptr;
+  rules.https = ssl_ != nullptr || (stream_ && stream_->https());
   rules.via = headers_cfg.via;
   rules.authority = x_->authority_;
   rules.request_id_header = headers_cfg.request_id;
@@ -399,8 +400,11 @@ void ClientConnection::parse_response() {
 void ClientConnection::on_response_head() {
   http::Head& head = x_->resp_.head();
   const bool client_http10 = x_->req_.head().minor == 0;
-  ResponseShape shape = mark_response_head(head, client_http10);
-  if (shape.interim && client_http10) {
+  // An HTTP/2 stream frames the body itself: like an HTTP/1.0 client's, it
+  // gets the body dechunked (ended by the end of the stream) and no 1xx.
+  const bool unframed = client_http10 || stream_;
+  ResponseShape shape = mark_response_head(head, unframed);
+  if (shape.interim && unframed) {
     // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2): skip it, the final response follows.
     x_->in_response_head_ = true;
     x_->u_sent_ = x_->u_parsed_;

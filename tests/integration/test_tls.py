@@ -150,7 +150,12 @@ pools:
 
     def test_alpn_and_resumption(self):
         lb = self.lb(self.config(min_version="1.2"))
-        ctx = self.client_context(maximum=ssl.TLSVersion.TLSv1_2, alpn=["h2", "http/1.1"])
+        # h2 first when the client offers it (an HTTP/2 listener, the default);
+        # http/1.1 for a client that offers only that.
+        with self.connect(lb.port(), "a.test",
+                          self.client_context(alpn=["http/1.1", "h2"])) as c:
+            self.assertEqual(c.selected_alpn_protocol(), "h2")
+        ctx = self.client_context(maximum=ssl.TLSVersion.TLSv1_2, alpn=["http/1.1"])
         with self.connect(lb.port(), "a.test", ctx) as c:
             self.assertEqual(c.selected_alpn_protocol(), "http/1.1")
             self.assertEqual(self.exchange(c, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")[0], 200)
