@@ -377,7 +377,7 @@ parse_wrk() {
 parse_h2load() {
     local p99
     p99=$(awk '{ print $3 }' "$1.log" 2>/dev/null | sort -n |
-        awk '{ v[NR] = $1 } END { if (NR) printf "%.3f", v[int(NR * 0.99 + 0.5) > 0 ? int(NR * 0.99 + 0.5) : 1] / 1000; else print "nan" }')
+        awk '{ v[NR] = $1 } END { i = int(NR * 0.99 + 0.5); if (i < 1) i = 1; if (NR) printf "%.3f", v[i] / 1000; else print "nan" }')
     awk -v p99="$p99" '
     /^finished in/ { rps = $4 }
     /^requests:/ { req = $8; failed = $10; errored = $12; timeout = $14 }

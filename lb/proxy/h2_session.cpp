@@ -95,6 +95,8 @@ int H2Stream::write(Outbox& out, uint64_t& written) {
 }
 
 void H2Stream::take_response_bytes(const char* p, size_t n) {
+  if (resp_complete_)
+    return; // (after lb's own 502 for an unusable head)
   if (resp_head_sent_) {
     if (data_off_ >= max_pending_data / 2) {
       // What the client took goes: the buffer holds at most what waits.
@@ -113,65 +115,57 @@ void H2Stream::take_response_bytes(const char* p, size_t n) {
     size_t end = resp_head_.find("\r\n\r\n");
     if (end == std::string::npos)
       return;
-    std::string rest = resp_head_.substr(end + 4);
-    resp_head_.resize(end + 2);
-    if (!parse_response_head())
-      return;
-    // An interim head (1xx) is dropped: the final one follows.
+    if (!parse_response_head(end + 2))
+      return; // (answered with 502 instead)
+    // A final head went out: what follows it is body. An interim one (1xx)
+    // is dropped: the final one follows.
     if (resp_head_sent_)
-      take_response_bytes(rest.data(), rest.size());
-    else
-      resp_head_ = std::move(rest);
+      data_.append(resp_head_, end + 4);
+    resp_head_.erase(0, resp_head_sent_ ? resp_head_.size() : end + 4);
   }
 }
 
-// The head lb wrote (its own, so well-formed): "HTTP/1.1 200 OK\r\n" and
-// "Name: value\r\n" lines.
-bool H2Stream::parse_response_head() {
-  const std::string& h = resp_head_;
-  size_t line_end = h.find("\r\n");
-  if (h.size() < 12 || h.compare(0, 5, "HTTP/") != 0 || line_end == std::string::npos) {
+// The head lb wrote (its own, so well-formed), the first `len` bytes of
+// resp_head_: "HTTP/1.1 200 OK\r\n" and "Name: value\r\n" lines. The names
+// are lowered in place and the fields submitted from where they are (nghttp2
+// copies them). False when the head is unusable (answered with 502).
+bool H2Stream::parse_response_head(size_t len) {
+  char* h = resp_head_.data();
+  const char* line_end = static_cast<const char*>(std::memchr(h, '\n', len));
+  const char* sp = static_cast<const char*>(std::memchr(h, ' ', len));
+  int status = sp && sp + 4 <= h + len ? std::atoi(sp + 1) : 0;
+  if (len < 12 || std::memcmp(h, "HTTP/", 5) != 0 || !line_end || status < 100 || status > 999) {
     session_.answer_locally(*this, 502, "invalid response head");
     return false;
   }
-  size_t sp = h.find(' ');
-  int status = sp == std::string::npos ? 0 : std::atoi(h.c_str() + sp + 1);
-  if (status < 100 || status > 999) {
-    session_.answer_locally(*this, 502, "invalid response status");
-    return false;
-  }
-  if (status < 200) {
-    resp_head_.clear();
+  if (status < 200)
     return true;
-  }
-  std::string fields;
-  fields.reserve(h.size());
-  for (size_t at = line_end + 2; at < h.size();) {
-    size_t e = h.find("\r\n", at);
-    if (e == std::string::npos)
-      e = h.size();
-    size_t colon = h.find(':', at);
-    if (colon != std::string::npos && colon < e) {
-      std::string name = h.substr(at, colon - at);
-      for (char& c : name)
-        c = static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
-      size_t v = colon + 1;
-      while (v < e && (h[v] == ' ' || h[v] == '\t'))
+  char code[4];
+  std::snprintf(code, sizeof code, "%03d", status);
+  nghttp2_nv list[http::max_headers + 1];
+  size_t n = 0;
+  list[n++] = nv(":status", std::string_view(code, 3));
+  for (char* at = const_cast<char*>(line_end) + 1; at < h + len && n < std::size(list);) {
+    char* e = static_cast<char*>(std::memchr(at, '\r', static_cast<size_t>(h + len - at)));
+    if (!e)
+      e = h + len;
+    char* colon = static_cast<char*>(std::memchr(at, ':', static_cast<size_t>(e - at)));
+    if (colon) {
+      for (char* c = at; c < colon; ++c)
+        *c = static_cast<char>(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+      const char* v = colon + 1;
+      while (v < e && (*v == ' ' || *v == '\t'))
         ++v;
-      size_t ve = e;
-      while (ve > v && (h[ve - 1] == ' ' || h[ve - 1] == '\t'))
+      const char* ve = e;
+      while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
         --ve;
-      if (!is_connection_field(name)) {
-        fields += name;
-        fields += '\0';
-        fields.append(h, v, ve - v);
-        fields += '\0';
-      }
+      std::string_view name(at, static_cast<size_t>(colon - at));
+      if (!is_connection_field(name))
+        list[n++] = nv(name, std::string_view(v, static_cast<size_t>(ve - v)));
     }
     at = e + 2;
   }
-  resp_head_.clear();
-  session_.submit_response(*this, status, fields);
+  session_.submit_response(*this, list, n);
   return true;
 }
 
@@ -254,6 +248,10 @@ H2Session::~H2Session() {
       c->close_now(); // (detaches the stream)
     delete s;
     s = next;
+  }
+  while (H2Stream* s = free_streams_) {
+    free_streams_ = s->next_;
+    delete s;
   }
   nghttp2_session_del(session_);
   worker_.metrics->listeners.at(listener_.id).h2_connections.add(-1);
@@ -435,6 +433,54 @@ int H2Session::flood(const char* what) {
   return NGHTTP2_ERR_CALLBACK_FAILURE;
 }
 
+// Streams are kept for the next ones (with their buffers' room): a busy
+// connection allocates little per stream.
+H2Stream* H2Session::acquire_stream(int32_t id) {
+  H2Stream* s = free_streams_;
+  if (!s)
+    return new H2Stream(*this, id);
+  free_streams_ = s->next_;
+  --free_count_;
+  s->id_ = id;
+  return s;
+}
+
+void H2Session::release_stream(H2Stream* s) {
+  if (free_count_ >= 8 || closing_) {
+    delete s;
+    return;
+  }
+  s->reset();
+  s->next_ = free_streams_;
+  free_streams_ = s;
+  ++free_count_;
+}
+
+void H2Stream::reset() {
+  auto clear = [](std::string& b) {
+    b.clear();
+    if (b.capacity() > 16 * 1024)
+      b.shrink_to_fit(); // a big body's room is not kept
+  };
+  conn_ = nullptr;
+  prev_ = next_ = next_pending_ = nullptr;
+  clear(req_);
+  req_off_ = 0;
+  method_.clear();
+  path_.clear();
+  authority_.clear();
+  scheme_.clear();
+  clear(cookies_);
+  clear(fields_);
+  head_bytes_ = unconsumed_ = 0;
+  head_done_ = too_large_ = has_length_ = chunked_ = req_ended_ = started_ = false;
+  in_pending_ = zombie_ = false;
+  clear(resp_head_);
+  clear(data_);
+  data_off_ = 0;
+  resp_head_sent_ = resp_complete_ = deferred_ = reset_ = conn_waits_ = false;
+}
+
 // ---- nghttp2's callbacks.
 
 int H2Session::on_begin_frame(nghttp2_session*, const nghttp2_frame_hd* hd, void* self) {
@@ -467,7 +513,7 @@ int H2Session::on_begin_headers(nghttp2_session* session, const nghttp2_frame* f
   auto* h = static_cast<H2Session*>(self);
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
     return 0;
-  auto* s = new H2Stream(*h, frame->hd.stream_id);
+  H2Stream* s = h->acquire_stream(frame->hd.stream_id);
   s->next_ = h->streams_;
   if (h->streams_)
     h->streams_->prev_ = s;
@@ -557,11 +603,8 @@ void H2Session::end_request_head(H2Stream& s, bool end_stream) {
     }
     r += "\r\n";
   }
-  s.method_.clear();
-  s.method_.shrink_to_fit();
-  s.path_ = std::string();
-  s.fields_ = std::string();
-  s.cookies_ = std::string();
+  s.fields_.clear();
+  s.cookies_.clear();
   s.in_pending_ = true;
   *pending_tail_ = &s;
   pending_tail_ = &s.next_pending_;
@@ -575,7 +618,7 @@ void H2Session::start_pending() {
     s->next_pending_ = nullptr;
     s->in_pending_ = false;
     if (s->zombie_) {
-      delete s; // reset by the client before it started
+      release_stream(s); // reset by the client before it started
       continue;
     }
     if (s->too_large_) {
@@ -589,19 +632,7 @@ void H2Session::start_pending() {
   }
 }
 
-void H2Session::submit_response(H2Stream& s, int status, const std::string& fields) {
-  char code[4];
-  std::snprintf(code, sizeof code, "%03d", status);
-  nghttp2_nv list[http::max_headers + 1];
-  size_t n = 0;
-  list[n++] = nv(":status", std::string_view(code, 3));
-  for (size_t at = 0; at < fields.size() && n < sizeof list / sizeof list[0];) {
-    size_t name_end = fields.find('\0', at);
-    size_t value_end = fields.find('\0', name_end + 1);
-    list[n++] = nv(std::string_view(fields).substr(at, name_end - at),
-                   std::string_view(fields).substr(name_end + 1, value_end - name_end - 1));
-    at = value_end + 1;
-  }
+void H2Session::submit_response(H2Stream& s, const nghttp2_nv* list, size_t n) {
   s.resp_head_sent_ = true;
   nghttp2_data_provider provider;
   provider.source.ptr = &s;
@@ -613,14 +644,14 @@ void H2Session::submit_response(H2Stream& s, int status, const std::string& fiel
 // lb answers a stream itself (before any ClientConnection could): a short
 // text body, as lb's other error answers.
 void H2Session::answer_locally(H2Stream& s, int status, const char* reason) {
-  std::string fields = "content-type";
-  fields += '\0';
-  fields += "text/plain; charset=utf-8";
-  fields += '\0';
+  char code[4];
+  std::snprintf(code, sizeof code, "%03d", status);
+  const nghttp2_nv list[] = {nv(":status", std::string_view(code, 3)),
+                             nv("content-type", "text/plain; charset=utf-8")};
   s.data_ = std::to_string(status) + " " + reason + "\n";
   s.data_off_ = 0;
   s.resp_complete_ = true;
-  submit_response(s, status, fields);
+  submit_response(s, list, std::size(list));
 }
 
 void H2Session::wake_conn(H2Stream& s) {
@@ -738,7 +769,7 @@ int H2Session::on_stream_close(nghttp2_session* session, int32_t stream_id, uint
   if (s->in_pending_)
     s->zombie_ = true; // start_pending frees it
   else
-    delete s;
+    h->release_stream(s);
   return 0;
 }
 

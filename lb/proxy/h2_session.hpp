@@ -64,8 +64,9 @@ public:
 private:
   friend class H2Session;
   H2Stream(H2Session& session, int32_t id) : session_(session), id_(id) {}
+  void reset(); // back to a fresh stream (keeping its buffers' room)
   void take_response_bytes(const char* p, size_t n);
-  bool parse_response_head();
+  bool parse_response_head(size_t len);
 
   H2Session& session_;
   int32_t id_;
@@ -138,10 +139,12 @@ private:
 
   static ListenerMetrics& worker_metrics(H2Session& h);
 
+  H2Stream* acquire_stream(int32_t id);
+  void release_stream(H2Stream* s);
   void end_request_head(H2Stream& s, bool end_stream);
   void end_request_body(H2Stream& s);
   void start_pending();
-  void submit_response(H2Stream& s, int status, const std::string& fields);
+  void submit_response(H2Stream& s, const nghttp2_nv* list, size_t n);
   void answer_locally(H2Stream& s, int status, const char* reason);
   void wake_conn(H2Stream& s);
   void schedule(); // on_event on the loop's next pass
@@ -160,7 +163,9 @@ private:
   io::Watch& socket_;
   SSL* ssl_;
   nghttp2_session* session_ = nullptr;
-  H2Stream* streams_ = nullptr; // every stream nghttp2 has open
+  H2Stream* streams_ = nullptr;      // every stream nghttp2 has open
+  H2Stream* free_streams_ = nullptr; // kept for the next streams
+  uint32_t free_count_ = 0;
   H2Stream* pending_ = nullptr; // heads complete, ClientConnections to start
   H2Stream** pending_tail_ = &pending_;
   std::string out_; // frames nghttp2 produced that the socket did not take yet

@@ -612,7 +612,9 @@ class Floods(harness.TestCase):
             self.assertEqual(seen, {ENHANCE_YOUR_CALM}, name)
         self.assertEqual((good["failed"], good["errored"], good["timeout"]), (0, 0, 0))
         self.assertEqual(good["succeeded"], 100_000)
-        self.assertLess(rss - rss0, 32 * MiB)
+        if os.environ.get("LB_SANITIZED", "").lower() not in ("1", "true", "on", "yes"):
+            # (ASan's quarantine holds freed memory: no bound to check there.)
+            self.assertLess(rss - rss0, 32 * MiB)
         self.assertGreaterEqual(lb.metric("lb_http2_goaways_total", listener="public",
                                           reason="flood"), 4)
         self.assertTrue(lb.running())
