@@ -46,8 +46,8 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
 
   auto requests = family("lb_requests_total",
                          "Requests answered to clients, by listener, pool (\"none\": no pool, "
-                         "e.g. 404 no route) and status code (499: the client left before "
-                         "any response).",
+                         "e.g. 404 no route), status code (499: the client left before "
+                         "any response) and protocol (HTTP/1.1, HTTP/2).",
                          MetricType::Counter);
   auto bytes =
       family("lb_bytes_total", "Bytes received from (in) and sent to (out) clients, by listener.",
@@ -70,7 +70,18 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
     for (size_t slot = 0; slot < lt.requests.size(); ++slot) {
       std::string pool = slot == 0 ? "none" : runtime->pools[slot - 1]->name();
       for (const auto& [code, n] : lt.requests[slot])
-        counter(requests, {{"listener", listener}, {"pool", pool}, {"code", std::to_string(code)}},
+        counter(requests,
+                {{"listener", listener},
+                 {"pool", pool},
+                 {"code", std::to_string(code)},
+                 {"protocol", "HTTP/1.1"}},
+                static_cast<double>(n));
+      for (const auto& [code, n] : lt.requests_h2[slot])
+        counter(requests,
+                {{"listener", listener},
+                 {"pool", pool},
+                 {"code", std::to_string(code)},
+                 {"protocol", "HTTP/2"}},
                 static_cast<double>(n));
     }
     counter(bytes, {{"listener", listener}, {"direction", "in"}}, static_cast<double>(lt.bytes_in));

@@ -17,12 +17,16 @@ std::string status_json(const server::Server& server, double uptime_seconds, boo
   for (size_t l = 0; l < runtime->listeners.size(); ++l) {
     const config::Listener& c = runtime->listeners[l]->config;
     uint64_t requests = 0;
-    for (const auto& by_code : t.listeners[l].requests)
-      for (const auto& [code, n] : by_code)
-        requests += n;
+    for (const auto* table : {&t.listeners[l].requests, &t.listeners[l].requests_h2})
+      for (const auto& by_code : *table)
+        for (const auto& [code, n] : by_code)
+          requests += n;
     listeners.push_back({{"name", c.name},
                          {"listen", c.listen.text()},
                          {"connections", t.listeners[l].connections},
+                         {"connections_by_protocol",
+                          {{"HTTP/1.1", t.listeners[l].connections - t.listeners[l].h2_connections},
+                           {"HTTP/2", t.listeners[l].h2_connections}}},
                          {"requests", requests},
                          {"bytes_in", t.listeners[l].bytes_in},
                          {"bytes_out", t.listeners[l].bytes_out}});

@@ -23,8 +23,10 @@ Totals gather(const proxy::Runtime& runtime,
               const std::vector<const proxy::WorkerMetrics*>& workers) {
   Totals t;
   t.listeners.resize(runtime.listeners.size());
-  for (auto& l : t.listeners)
+  for (auto& l : t.listeners) {
     l.requests.resize(runtime.pools.size() + 1);
+    l.requests_h2.resize(runtime.pools.size() + 1);
+  }
   t.pools.resize(runtime.pools.size());
   for (size_t p = 0; p < runtime.pools.size(); ++p)
     t.pools[p].backends.resize(runtime.pools[p]->backends().size());
@@ -38,6 +40,8 @@ Totals gather(const proxy::Runtime& runtime,
       auto add_requests = [&](size_t slot, uint32_t id) {
         if (const proxy::CodeCounts* counts = from->requests.find(id))
           counts->for_each([&](int code, uint64_t n) { to.requests[slot][code] += n; });
+        if (const proxy::CodeCounts* counts = from->requests_h2.find(id))
+          counts->for_each([&](int code, uint64_t n) { to.requests_h2[slot][code] += n; });
       };
       add_requests(0, 0);
       for (size_t p = 0; p < runtime.pools.size(); ++p)

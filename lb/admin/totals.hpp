@@ -34,6 +34,7 @@ struct PoolTotals {
 struct ListenerTotals {
   // [0] = requests that reached no pool (404, 400, ...), [p + 1] = pool p; by status code.
   std::vector<std::map<int, uint64_t>> requests;
+  std::vector<std::map<int, uint64_t>> requests_h2; // the same, of HTTP/2 streams
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
   int64_t connections = 0;

@@ -914,7 +914,10 @@ void ClientConnection::finish_request() {
 void ClientConnection::finish_request_log() {
   if (x_->status_) {
     WorkerMetrics& m = *worker_.metrics;
-    m.listeners.at(listener_->id).requests.at(x_->pool_ ? x_->pool_->id() + 1 : 0).add(x_->status_);
+    ListenerMetrics& lm = m.listeners.at(listener_->id);
+    (of_stream_ ? lm.requests_h2 : lm.requests)
+        .at(x_->pool_ ? x_->pool_->id() + 1 : 0)
+        .add(x_->status_);
     if (x_->pool_ && x_->started_ != io::Clock::time_point{})
       m.pools.at(x_->pool_->id())
           .duration.observe(

@@ -156,9 +156,10 @@ struct PoolMetrics {
 struct ListenerMetrics {
   // lb_requests_total{listener,pool,code}: [0] = no pool (404, 400, ...), [id + 1] = pool id.
   IdTable<CodeCounts, 8, 128> requests;
-  Counter bytes_in;  // lb_bytes_total{listener,direction="in"}: from clients
-  Counter bytes_out; // ... "out": to clients
-  Gauge connections; // lb_downstream_connections{listener}
+  IdTable<CodeCounts, 8, 128> requests_h2; // the same, of HTTP/2 streams (protocol="HTTP/2")
+  Counter bytes_in;                        // lb_bytes_total{listener,direction="in"}: from clients
+  Counter bytes_out;                       // ... "out": to clients
+  Gauge connections;                       // lb_downstream_connections{listener}
   // HTTP/2: lb_http2_connections{listener}, lb_http2_streams_total{listener},
   // lb_http2_goaways_total{listener,reason}: graceful (drain), flood
   // (ENHANCE_YOUR_CALM), protocol_error.

@@ -411,6 +411,10 @@ class Basics(harness.TestCase):
             self.assertEqual(curl("--http2-prior-knowledge", url)[0], 0)
         self.assertEqual(curl("--http1.1", url)[0], 0)
         self.assertEqual(lb.metric("lb_http2_streams_total", listener="public"), 3)
+        self.assertEqual(lb.metric("lb_requests_total", listener="public", code="200",
+                                   protocol="HTTP/2"), 3)
+        self.assertEqual(lb.metric("lb_requests_total", listener="public", code="200",
+                                   protocol="HTTP/1.1"), 1)
         protocols = []
 
         def logged():
@@ -420,7 +424,18 @@ class Basics(harness.TestCase):
             return len(protocols) >= 4
         harness.wait_until(logged, timeout=10)
         self.assertEqual(sorted(protocols), ["HTTP/1.1", "HTTP/2", "HTTP/2", "HTTP/2"])
-        say("metrics: lb_http2_streams_total 3; access log protocols %s" % sorted(protocols))
+        # The status page's connections by protocol, with one HTTP/2 connection open.
+        c = H2Client(lb.port())
+        try:
+            sid = c.request("/")
+            c.wait(lambda: c.responses[sid]["ended"])
+            listener = lb.status_json()["listeners"][0]
+            self.assertEqual(listener["connections_by_protocol"], {"HTTP/1.1": 0, "HTTP/2": 1})
+            self.assertEqual(lb.metric("lb_http2_connections", listener="public"), 1)
+        finally:
+            c.close()
+        say("metrics: lb_http2_streams_total 3, lb_requests_total{protocol=\"HTTP/2\"} 3; /status "
+            "connections by protocol; access log protocols %s" % sorted(protocols))
 
 
 class Load(harness.TestCase):
