@@ -292,6 +292,22 @@ TEST(Config, TlsNeedsACertificateAndProxyProtocolIsAccepted) {
   EXPECT_TRUE(valid(with_listener_lines("    proxy_protocol: true"))->listeners[0].proxy_protocol);
 }
 
+TEST(Config, Http2IsOnByDefaultAndItsSettingsAreChecked) {
+  auto config = valid(with_listener_lines(""));
+  ASSERT_TRUE(config);
+  EXPECT_TRUE(config->listeners[0].http2);
+  EXPECT_EQ(config->listeners[0].limits.max_concurrent_streams, 100u);
+  config =
+      valid(with_listener_lines("    http2: false\n    limits: { max_concurrent_streams: 250 }"));
+  ASSERT_TRUE(config);
+  EXPECT_FALSE(config->listeners[0].http2);
+  EXPECT_EQ(config->listeners[0].limits.max_concurrent_streams, 250u);
+  EXPECT_EQ(only_error(with_listener_lines("    http2: maybe")),
+            "t.yaml:7:12: http2: expected true or false, got 'maybe'");
+  EXPECT_EQ(only_error(with_listener_lines("    limits: { max_concurrent_streams: 0 }")),
+            "t.yaml:7:39: max_concurrent_streams: must be 1..10000, got '0'");
+}
+
 TEST(Config, DnsSettingsAndDiscoveredBackends) {
   auto base =
       std::string(
