@@ -265,6 +265,13 @@ void H2Session::schedule() {
 bool H2Session::on_event() {
   if (closing_)
     return false;
+  if (worker_.runtime.get() != runtime_seen_) {
+    // A reload: a listener the new config no longer has ends its connections
+    // (as HTTP/1.1 ones do after their request in flight).
+    runtime_seen_ = worker_.runtime.get();
+    if (!runtime_seen_->listener_by_id(listener_.id))
+      drain();
+  }
   if (!early_.empty()) {
     std::string early = std::move(early_);
     early_.clear();
@@ -732,7 +739,8 @@ int H2Session::on_data_chunk(nghttp2_session* session, uint8_t, int32_t stream_i
   // The connection's window reopens at once: each stream's bounds what waits here.
   nghttp2_session_consume_connection(session, len);
   auto* s = static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session, stream_id));
-  if (!s || s->reset_ || s->too_large_ || !s->head_done_) {
+  if (!s || s->reset_ || s->too_large_ || !s->head_done_ || (s->started_ && !s->conn_)) {
+    // Nobody reads it (the request was answered already, or reset): dropped.
     nghttp2_session_consume_stream(session, stream_id, len);
     return 0;
   }
@@ -783,6 +791,17 @@ int H2Session::on_invalid_frame(nghttp2_session*, const nghttp2_frame*, int, voi
 
 int H2Session::on_frame_sent(nghttp2_session*, const nghttp2_frame* frame, void* self) {
   auto* h = static_cast<H2Session*>(self);
+  if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
+      (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+    // The response is out whole before the request ended (an early answer:
+    // 413, 431, a backend that did not wait): the client may stop sending
+    // (RFC 9113 §8.1).
+    auto* s = static_cast<H2Stream*>(
+        nghttp2_session_get_stream_user_data(h->session_, frame->hd.stream_id));
+    if (s && !s->req_ended_)
+      nghttp2_submit_rst_stream(h->session_, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                NGHTTP2_NO_ERROR);
+  }
   if (frame->hd.type == NGHTTP2_DATA) {
     h->budget_ = std::min(control_burst, h->budget_ + 1);
   } else if (frame->hd.type == NGHTTP2_GOAWAY) {

@@ -181,6 +181,7 @@ private:
   bool closing_ = false;  // being destroyed: streams detach quietly
   bool progress_ = false; // bytes moved since take_progress()
   const char* flood_ = nullptr;
+  const Runtime* runtime_seen_ = nullptr; // the worker's snapshot when last looked at
 };
 
 } // namespace lb::proxy

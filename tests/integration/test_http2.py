@@ -327,6 +327,40 @@ class Basics(harness.TestCase):
         self.assertIn(b"x-body-sha256: " + hashlib.sha256(body).hexdigest().encode(), r.stdout)
         say("h2c: %d-byte POST with a length and a PUT without one: echoed whole" % len(body))
 
+    def test_response_shapes(self):
+        o = self.origin("app-1", log=False)
+        lb = self.lb(config(o.addr))
+        url = "http://127.0.0.1:%d" % lb.port()
+
+        def get(*args):
+            rc, out, err = curl("-v", "--http2-prior-knowledge", *args)
+            status = re.search(r"< HTTP/2 (\d+)", err)
+            return rc, status.group(1) if status else None, out, err
+
+        rc, status, out, err = get("-I", url + "/")
+        self.assertEqual((rc, status), (0, "200"))
+        self.assertIn(b"content-length: 17", out)  # HEAD: the length, no body
+        for code in ("204", "304"):
+            rc, status, out, _ = get(url + "/status/" + code)
+            self.assertEqual((rc, status, out), (0, code, b""))
+        # A chunked response becomes DATA frames: the body whole, no chunk framing.
+        rc, status, out, err = get(url + "/bytes/100000?chunked=1")
+        self.assertEqual((rc, status), (0, "200"))
+        self.assertEqual(hashlib.sha256(out).hexdigest(), harness.pattern_sha256(100000))
+        self.assertNotIn("transfer-encoding", err.lower())
+        # lb's own answer when the backend fails before responding.
+        rc, status, out, _ = get(url + "/drop")
+        self.assertEqual((rc, status), (0, "502"))
+        self.assertIn(b"reset the connection", out)
+        # A response cut short by the backend: the stream is reset, not ended.
+        # (Its head may not have gone out yet when the reset does.)
+        rc, status, out, err = get(url + "/truncate/100")
+        self.assertIn(status, (None, "200"))
+        self.assertNotEqual(rc, 0)
+        self.assertIn("INTERNAL_ERROR", err)
+        say("HTTP/2 responses: HEAD, 204, 304, chunked -> DATA, lb's 502, a truncated body -> "
+            "RST_STREAM INTERNAL_ERROR")
+
     def test_tls_alpn(self):
         o = self.origin("app-1")
         lb = self.lb(config(o.addr, tls=self.cert))
@@ -369,6 +403,27 @@ class Basics(harness.TestCase):
         finally:
             c.close()
         say("a 8 KiB header field over max_header_bytes 4096: 431 on its stream, 200 beside it")
+
+    def test_an_early_answer_resets_the_rest_of_the_upload(self):
+        # 413 before the body: the stream ends with the answer, then RST_STREAM
+        # NO_ERROR tells the client to stop sending (RFC 9113 §8.1).
+        o = self.origin("app-1", log=False)
+        lb = self.lb(config(o.addr, limits="max_body_bytes: 1024"))
+        c = H2Client(lb.port())
+        try:
+            sid = c.request("/upload", method="POST", end_stream=False,
+                            headers=[("content-length", str(MiB))])
+            c.wait(lambda: c.responses[sid]["reset"] is not None, timeout=10)
+            r = c.responses[sid]
+            self.assertEqual(r["headers"][":status"], "413")
+            self.assertTrue(r["ended"])
+            self.assertEqual(r["reset"], 0)
+            again = c.request("/")  # the connection goes on
+            c.wait(lambda: c.responses[again]["ended"])
+            self.assertEqual(c.responses[again]["headers"][":status"], "200")
+        finally:
+            c.close()
+        say("413 before a 1 MiB upload: the answer, then RST_STREAM(NO_ERROR); the connection goes on")
 
     def test_streams_over_the_limit_end_the_connection(self):
         o = self.origin("app-1", log=False)
