@@ -103,7 +103,10 @@ void H2Stream::take_response_bytes(const char* p, size_t n) {
       data_.erase(0, data_off_);
       data_off_ = 0;
     }
-    data_.append(p, n);
+    if (chunked_resp_)
+      dechunk(p, n);
+    else
+      data_.append(p, n);
     if (deferred_) {
       deferred_ = false;
       nghttp2_session_resume_data(session_.session_, id_);
@@ -119,9 +122,68 @@ void H2Stream::take_response_bytes(const char* p, size_t n) {
       return; // (answered with 502 instead)
     // A final head went out: what follows it is body. An interim one (1xx)
     // is dropped: the final one follows.
-    if (resp_head_sent_)
-      data_.append(resp_head_, end + 4);
-    resp_head_.erase(0, resp_head_sent_ ? resp_head_.size() : end + 4);
+    if (resp_head_sent_) {
+      std::string rest = resp_head_.substr(end + 4);
+      resp_head_.clear();
+      if (!rest.empty())
+        take_response_bytes(rest.data(), rest.size());
+      return;
+    }
+    resp_head_.erase(0, end + 4);
+  }
+}
+
+// A chunked body (lb passes the backend's framing on; llhttp checked it):
+// the chunks' bytes become DATA, the trailer section trailing HEADERS.
+void H2Stream::dechunk(const char* p, size_t n) {
+  const char* end = p + n;
+  while (p < end) {
+    switch (chunk_state_) {
+    case Chunk::size: {
+      char c = *p++;
+      int digit = c >= '0' && c <= '9'   ? c - '0'
+                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                  : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                         : -1;
+      if (digit >= 0)
+        chunk_left_ = chunk_left_ * 16 + static_cast<uint64_t>(digit);
+      else if (c == '\n')
+        chunk_state_ = chunk_left_ ? Chunk::data : Chunk::trailers;
+      else if (c != '\r')
+        chunk_state_ = Chunk::extension;
+      break;
+    }
+    case Chunk::extension:
+      if (*p++ == '\n')
+        chunk_state_ = chunk_left_ ? Chunk::data : Chunk::trailers;
+      break;
+    case Chunk::data: {
+      size_t take = static_cast<size_t>(std::min<uint64_t>(chunk_left_, end - p));
+      data_.append(p, take);
+      p += take;
+      chunk_left_ -= take;
+      if (!chunk_left_)
+        chunk_state_ = Chunk::data_end;
+      break;
+    }
+    case Chunk::data_end: // the CRLF after a chunk's bytes
+      if (*p++ == '\n')
+        chunk_state_ = Chunk::size;
+      break;
+    case Chunk::trailers: {
+      // Up to the empty line; kept whole (a trailer section is small: lb's
+      // parser bounds it with the head's limit).
+      const char* lf = static_cast<const char*>(std::memchr(p, '\n', end - p));
+      const char* stop = lf ? lf + 1 : end;
+      trailers_.append(p, stop);
+      p = stop;
+      if (lf && (trailers_ == "\r\n" || trailers_.ends_with("\r\n\r\n")))
+        chunk_state_ = Chunk::done;
+      break;
+    }
+    case Chunk::done:
+      return;
+    }
   }
 }
 
@@ -160,12 +222,47 @@ bool H2Stream::parse_response_head(size_t len) {
       while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
         --ve;
       std::string_view name(at, static_cast<size_t>(colon - at));
+      if (name == "transfer-encoding")
+        chunked_resp_ = true; // (lb passes on only "chunked" as the last coding)
       if (!is_connection_field(name))
         list[n++] = nv(name, std::string_view(v, static_cast<size_t>(ve - v)));
     }
     at = e + 2;
   }
   session_.submit_response(*this, list, n);
+  return true;
+}
+
+// The response's trailer fields as trailing HEADERS (names lowered, the
+// connection's own left out). False when there are none.
+bool H2Stream::submit_trailers() {
+  nghttp2_nv list[64];
+  size_t n = 0;
+  char* h = trailers_.data();
+  char* end = h + trailers_.size();
+  for (char* at = h; at < end && n < std::size(list);) {
+    char* e = static_cast<char*>(std::memchr(at, '\r', static_cast<size_t>(end - at)));
+    if (!e)
+      e = end;
+    char* colon = static_cast<char*>(std::memchr(at, ':', static_cast<size_t>(e - at)));
+    if (colon) {
+      for (char* c = at; c < colon; ++c)
+        *c = static_cast<char>(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+      const char* v = colon + 1;
+      while (v < e && (*v == ' ' || *v == '\t'))
+        ++v;
+      const char* ve = e;
+      while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+        --ve;
+      std::string_view name(at, static_cast<size_t>(colon - at));
+      if (!is_connection_field(name))
+        list[n++] = nv(name, std::string_view(v, static_cast<size_t>(ve - v)));
+    }
+    at = e + 2;
+  }
+  if (n == 0)
+    return false;
+  nghttp2_submit_trailer(session_.session_, id_, list, n);
   return true;
 }
 
@@ -486,6 +583,10 @@ void H2Stream::reset() {
   clear(data_);
   data_off_ = 0;
   resp_head_sent_ = resp_complete_ = deferred_ = reset_ = conn_waits_ = false;
+  chunked_resp_ = false;
+  chunk_state_ = Chunk::size;
+  chunk_left_ = 0;
+  clear(trailers_);
 }
 
 // ---- nghttp2's callbacks.
@@ -541,8 +642,22 @@ int H2Session::on_header(nghttp2_session* session, const nghttp2_frame* frame,
   auto* h = static_cast<H2Session*>(self);
   auto* s =
       static_cast<H2Stream*>(nghttp2_session_get_stream_user_data(session, frame->hd.stream_id));
-  if (!s || s->head_done_ || frame->hd.type != NGHTTP2_HEADERS)
-    return 0; // (trailers of a request are not passed on)
+  if (!s || frame->hd.type != NGHTTP2_HEADERS)
+    return 0;
+  if (s->head_done_) {
+    // Trailers: passed on in the chunked body's trailer section (a body with
+    // a content-length has none in HTTP/1.1: then they are dropped).
+    std::string_view tn(reinterpret_cast<const char*>(name_p), name_len);
+    s->head_bytes_ += name_len + value_len + 32;
+    if (!s->chunked_ || s->too_large_ || tn.empty() || tn[0] == ':' ||
+        s->head_bytes_ > h->listener_.config.limits.max_header_bytes)
+      return 0;
+    s->cookies_.append(tn); // (free once the head is built: holds the trailer lines)
+    s->cookies_ += ": ";
+    s->cookies_.append(reinterpret_cast<const char*>(value_p), value_len);
+    s->cookies_ += "\r\n";
+    return 0;
+  }
   std::string_view name(reinterpret_cast<const char*>(name_p), name_len);
   std::string_view value(reinterpret_cast<const char*>(value_p), value_len);
   // As SETTINGS_MAX_HEADER_LIST_SIZE counts: name, value and 32 per field.
@@ -682,6 +797,8 @@ ssize_t H2Session::read_data(nghttp2_session*, int32_t, uint8_t* buf, size_t len
   }
   if (s->data_off_ == s->data_.size() && s->resp_complete_) {
     *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (s->submit_trailers())
+      *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM; // the trailers end the stream
     return static_cast<ssize_t>(n);
   }
   if (s->conn_waits_ && s->data_.size() - s->data_off_ < max_pending_data) {
@@ -728,8 +845,12 @@ void H2Session::end_request_body(H2Stream& s) {
   if (s.req_ended_)
     return;
   s.req_ended_ = true;
-  if (s.chunked_ && !s.too_large_)
-    s.req_ += "0\r\n\r\n";
+  if (s.chunked_ && !s.too_large_) {
+    s.req_ += "0\r\n";
+    s.req_ += s.cookies_; // the trailers, if any
+    s.req_ += "\r\n";
+    s.cookies_.clear();
+  }
   wake_conn(s);
 }
 

@@ -67,6 +67,8 @@ private:
   void reset(); // back to a fresh stream (keeping its buffers' room)
   void take_response_bytes(const char* p, size_t n);
   bool parse_response_head(size_t len);
+  void dechunk(const char* p, size_t n);
+  bool submit_trailers();
 
   H2Session& session_;
   int32_t id_;
@@ -97,6 +99,12 @@ private:
   bool deferred_ = false;   // nghttp2 waits for more of the body
   bool reset_ = false;      // reset by lb or the client: nothing more is sent
   bool conn_waits_ = false; // the ClientConnection waits for room in data_
+  // A chunked response body: decoded here, its trailers kept for HEADERS.
+  bool chunked_resp_ = false;
+  enum class Chunk : uint8_t { size, extension, data, data_end, trailers, done };
+  Chunk chunk_state_ = Chunk::size;
+  uint64_t chunk_left_ = 0;
+  std::string trailers_;
 };
 
 class H2Session {

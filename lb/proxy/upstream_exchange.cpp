@@ -400,11 +400,10 @@ void ClientConnection::parse_response() {
 void ClientConnection::on_response_head() {
   http::Head& head = x_->resp_.head();
   const bool client_http10 = x_->req_.head().minor == 0;
-  // An HTTP/2 stream frames the body itself: like an HTTP/1.0 client's, it
-  // gets the body dechunked (ended by the end of the stream) and no 1xx.
-  const bool unframed = client_http10 || stream_;
-  ResponseShape shape = mark_response_head(head, unframed);
-  if (shape.interim && unframed) {
+  // An HTTP/2 stream gets no 1xx either (its body and trailers, chunked or
+  // not, are turned into frames by the stream).
+  ResponseShape shape = mark_response_head(head, client_http10);
+  if (shape.interim && (client_http10 || stream_)) {
     // No 1xx to an HTTP/1.0 client (RFC 9110 §15.2): skip it, the final response follows.
     x_->in_response_head_ = true;
     x_->u_sent_ = x_->u_parsed_;

@@ -156,7 +156,7 @@ class H2Client:
                 (":authority", "lb.test")] + list(headers)
         self.conn.send_headers(sid, hdrs, end_stream=end_stream)
         self.responses[sid] = {"headers": None, "sha": hashlib.sha256(), "length": 0,
-                               "ended": False, "reset": None}
+                               "ended": False, "reset": None, "trailers": None, "body": b""}
         self.flush()
         return sid
 
@@ -185,10 +185,16 @@ class H2Client:
             self.responses[ev.stream_id]["headers"] = dict(
                 (k.decode() if isinstance(k, bytes) else k, v.decode() if isinstance(v, bytes) else v)
                 for k, v in ev.headers)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            self.responses[ev.stream_id]["trailers"] = dict(
+                (k.decode() if isinstance(k, bytes) else k, v.decode() if isinstance(v, bytes) else v)
+                for k, v in ev.headers)
         elif isinstance(ev, h2.events.DataReceived):
             r = self.responses[ev.stream_id]
             r["sha"].update(ev.data)
             r["length"] += len(ev.data)
+            if r["length"] <= 65536:
+                r["body"] += ev.data
             if self.auto_ack:
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         elif isinstance(ev, h2.events.StreamEnded):
@@ -360,6 +366,34 @@ class Basics(harness.TestCase):
         self.assertIn("INTERNAL_ERROR", err)
         say("HTTP/2 responses: HEAD, 204, 304, chunked -> DATA, lb's 502, a truncated body -> "
             "RST_STREAM INTERNAL_ERROR")
+
+    def test_trailers_both_ways(self):
+        o = self.origin("app-1", log=False)
+        lb = self.lb(config(o.addr))
+        c = H2Client(lb.port())
+        try:
+            # A chunked response's trailer section becomes trailing HEADERS.
+            sid = c.request("/bytes/300000?chunked=1&trailer=1")
+            c.wait(lambda: c.responses[sid]["ended"])
+            r = c.responses[sid]
+            self.assertEqual(r["length"], 300000)
+            self.assertEqual(r["sha"].hexdigest(), harness.pattern_sha256(300000))
+            self.assertEqual(r["trailers"], {"x-checksum": harness.pattern_sha256(300000),
+                                             "x-trailer-note": "end"})
+            self.assertNotIn("transfer-encoding", r["headers"])
+            # A request's trailers reach the backend in its chunked body.
+            sid = c.request("/headers", method="POST", end_stream=False)
+            c.conn.send_data(sid, b"abc")
+            c.conn.send_headers(sid, [("x-request-trailer", "yes")], end_stream=True)
+            c.flush()
+            c.wait(lambda: c.responses[sid]["ended"])
+            seen = json.loads(c.responses[sid]["body"])
+            self.assertEqual(seen["body_len"], 3)
+            self.assertEqual(seen["trailers"], [["x-request-trailer", "yes"]])
+        finally:
+            c.close()
+        say("trailers: a chunked response's -> trailing HEADERS; a request's -> the backend's "
+            "chunked trailer section")
 
     def test_tls_alpn(self):
         o = self.origin("app-1")

@@ -17,10 +17,12 @@ unless it is chunked or has no body by definition):
   GET  /healthz          200 "ok\\n"; 503 while the --fail-health file exists
   ANY  /echo             200, body = request body; X-Body-Sha256, X-Received-Bytes
   ANY  /bytes/N          N deterministic bytes (see pattern_bytes); X-Body-Sha256;
-                         ?chunked=1 sends them chunked (chunks up to 64 KiB)
+                         ?chunked=1 sends them chunked (chunks up to 64 KiB);
+                         with &trailer=1 a trailer section follows (X-Checksum:
+                         the body's sha256, X-Trailer-Note: end)
   ANY  /status/N         status N, body "status N\\n" (none for 1xx/204/304)
   ANY  /headers          200, JSON {"method","target","version","headers":[[k,v],..],
-                         "body_len"} of the request as received
+                         "body_len","trailers":[[k,v],..]} of the request as received
   ANY  /drop             close the connection without answering (RST)
   ANY  /truncate/N       promise Content-Length N, send N//2 bytes, close
   GET  /ws               with "Upgrade: websocket" and "Connection: Upgrade":
@@ -226,6 +228,7 @@ class Body:
         self.hash = hashlib.sha256()
         self.length = 0
         self.parts = [] if keep else None
+        self.trailers = []  # [name, value] of a chunked body's trailer section
 
     def __call__(self, data):
         self.hash.update(data)
@@ -486,9 +489,12 @@ class Origin:
             if size_text.startswith((b"-", b"+", b"0x", b"0X")) or size < 0:
                 raise BadRequest("chunk size %r" % size_text)
             if size == 0:
-                while reader.read_line() != b"":  # trailers
-                    pass
-                return
+                while True:  # trailers
+                    line = reader.read_line()
+                    if line == b"":
+                        return
+                    name, _, value = line.decode("latin-1").partition(":")
+                    body.trailers.append([name.strip(), value.strip()])
             reader.read_exact(size, body)
             if reader.read_line() != b"":
                 raise BadRequest("chunk data not followed by CRLF")
@@ -540,7 +546,8 @@ class Origin:
                 payload = ("status %d\n" % status).encode()
         elif path == "/headers":
             payload = json.dumps({"method": method, "target": target, "version": version,
-                                  "headers": headers, "body_len": body.length}).encode()
+                                  "headers": headers, "body_len": body.length,
+                                  "trailers": body.trailers}).encode()
             extra.append(("Content-Type", "application/json"))
         elif path == "/__origin/stats":
             with self.lock:
@@ -578,11 +585,17 @@ class Origin:
             extra.append(("Transfer-Encoding", "chunked"))
             sock.sendall(self.response_head(status, extra, close))
             if not is_head:
+                digest = hashlib.sha256()
                 for piece in pieces(payload, CHUNK_OUT):
                     sock.sendall(b"%x\r\n" % len(piece))
                     sock.sendall(piece)
                     sock.sendall(b"\r\n")
-                sock.sendall(b"0\r\n\r\n")
+                    digest.update(piece)
+                if qget("trailer") == "1":
+                    sock.sendall(b"0\r\nX-Checksum: %s\r\nX-Trailer-Note: end\r\n\r\n"
+                                 % digest.hexdigest().encode())
+                else:
+                    sock.sendall(b"0\r\n\r\n")
         else:
             extra.append(("Content-Length", str(len(payload))))
             hdr = self.response_head(status, extra, close)
