@@ -39,6 +39,37 @@ nghttp2_nv nv(std::string_view name, std::string_view value) {
           NGHTTP2_NV_FLAG_NONE};
 }
 
+// "Name: value\r\n" lines in [at, end) (a head's fields or a trailer section,
+// as lb wrote them) to `list`: names lowered in place, the connection's own
+// fields left out. Returns how many were added (at most `room`); `chunked`
+// says whether a transfer-encoding was among them.
+size_t fields_to_nv(char* at, char* end, nghttp2_nv* list, size_t room, bool& chunked) {
+  size_t n = 0;
+  while (at < end && n < room) {
+    char* e = static_cast<char*>(std::memchr(at, '\r', static_cast<size_t>(end - at)));
+    if (!e)
+      e = end;
+    char* colon = static_cast<char*>(std::memchr(at, ':', static_cast<size_t>(e - at)));
+    if (colon) {
+      for (char* c = at; c < colon; ++c)
+        *c = static_cast<char>(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+      const char* v = colon + 1;
+      while (v < e && (*v == ' ' || *v == '\t'))
+        ++v;
+      const char* ve = e;
+      while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+        --ve;
+      std::string_view name(at, static_cast<size_t>(colon - at));
+      if (name == "transfer-encoding")
+        chunked = true; // (lb passes on only "chunked" as the last coding)
+      if (!is_connection_field(name))
+        list[n++] = nv(name, std::string_view(v, static_cast<size_t>(ve - v)));
+    }
+    at = e + 2;
+  }
+  return n;
+}
+
 } // namespace
 
 // ---- The stream, as its ClientConnection sees it.
@@ -193,7 +224,7 @@ void H2Stream::dechunk(const char* p, size_t n) {
 // copies them). False when the head is unusable (answered with 502).
 bool H2Stream::parse_response_head(size_t len) {
   char* h = resp_head_.data();
-  const char* line_end = static_cast<const char*>(std::memchr(h, '\n', len));
+  char* line_end = static_cast<char*>(std::memchr(h, '\n', len));
   const char* sp = static_cast<const char*>(std::memchr(h, ' ', len));
   int status = sp && sp + 4 <= h + len ? std::atoi(sp + 1) : 0;
   if (len < 12 || std::memcmp(h, "HTTP/", 5) != 0 || !line_end || status < 100 || status > 999) {
@@ -207,28 +238,7 @@ bool H2Stream::parse_response_head(size_t len) {
   nghttp2_nv list[http::max_headers + 1];
   size_t n = 0;
   list[n++] = nv(":status", std::string_view(code, 3));
-  for (char* at = const_cast<char*>(line_end) + 1; at < h + len && n < std::size(list);) {
-    char* e = static_cast<char*>(std::memchr(at, '\r', static_cast<size_t>(h + len - at)));
-    if (!e)
-      e = h + len;
-    char* colon = static_cast<char*>(std::memchr(at, ':', static_cast<size_t>(e - at)));
-    if (colon) {
-      for (char* c = at; c < colon; ++c)
-        *c = static_cast<char>(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
-      const char* v = colon + 1;
-      while (v < e && (*v == ' ' || *v == '\t'))
-        ++v;
-      const char* ve = e;
-      while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
-        --ve;
-      std::string_view name(at, static_cast<size_t>(colon - at));
-      if (name == "transfer-encoding")
-        chunked_resp_ = true; // (lb passes on only "chunked" as the last coding)
-      if (!is_connection_field(name))
-        list[n++] = nv(name, std::string_view(v, static_cast<size_t>(ve - v)));
-    }
-    at = e + 2;
-  }
+  n += fields_to_nv(line_end + 1, h + len, list + n, std::size(list) - n, chunked_resp_);
   session_.submit_response(*this, list, n);
   return true;
 }
@@ -237,29 +247,9 @@ bool H2Stream::parse_response_head(size_t len) {
 // connection's own left out). False when there are none.
 bool H2Stream::submit_trailers() {
   nghttp2_nv list[64];
-  size_t n = 0;
-  char* h = trailers_.data();
-  char* end = h + trailers_.size();
-  for (char* at = h; at < end && n < std::size(list);) {
-    char* e = static_cast<char*>(std::memchr(at, '\r', static_cast<size_t>(end - at)));
-    if (!e)
-      e = end;
-    char* colon = static_cast<char*>(std::memchr(at, ':', static_cast<size_t>(e - at)));
-    if (colon) {
-      for (char* c = at; c < colon; ++c)
-        *c = static_cast<char>(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
-      const char* v = colon + 1;
-      while (v < e && (*v == ' ' || *v == '\t'))
-        ++v;
-      const char* ve = e;
-      while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
-        --ve;
-      std::string_view name(at, static_cast<size_t>(colon - at));
-      if (!is_connection_field(name))
-        list[n++] = nv(name, std::string_view(v, static_cast<size_t>(ve - v)));
-    }
-    at = e + 2;
-  }
+  bool chunked = false;
+  size_t n = fields_to_nv(trailers_.data(), trailers_.data() + trailers_.size(), list,
+                          std::size(list), chunked);
   if (n == 0)
     return false;
   nghttp2_submit_trailer(session_.session_, id_, list, n);

@@ -283,7 +283,9 @@ def read_goaway(sock, timeout=30):
     return None
 
 
-class Basics(harness.TestCase):
+class WithCertificate(harness.TestCase):
+    """A self-signed certificate for localhost and 127.0.0.1 (cls.cert: cert, key)."""
+
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="lb-h2-")
@@ -292,6 +294,9 @@ class Basics(harness.TestCase):
     @classmethod
     def tearDownClass(cls):
         shutil.rmtree(cls.dir, ignore_errors=True)
+
+
+class Basics(WithCertificate):
 
     def test_h2c_prior_knowledge_beside_http11(self):
         o = self.origin("app-1")
@@ -527,15 +532,7 @@ class Basics(harness.TestCase):
             "connections by protocol; access log protocols %s" % sorted(protocols))
 
 
-class Load(harness.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp(prefix="lb-h2-")
-        cls.cert = make_cert(cls.dir)
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.dir, ignore_errors=True)
+class Load(WithCertificate):
 
     def fast_origin(self):
         o = harness.FastOrigin(os.environ["FAST_ORIGIN_BIN"])
