@@ -290,7 +290,6 @@ H2Session::H2Session(ClientConnection& parent, WorkerContext& worker,
       budget_at_(worker.loop.now()) {
   nghttp2_session_callbacks* cb = nullptr;
   nghttp2_session_callbacks_new(&cb);
-  nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
   nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
   nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
   nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
@@ -362,8 +361,10 @@ bool H2Session::on_event() {
   if (!early_.empty()) {
     std::string early = std::move(early_);
     early_.clear();
-    ssize_t rv = nghttp2_session_mem_recv(session_, reinterpret_cast<const uint8_t*>(early.data()),
-                                          early.size());
+    ssize_t rv = scan(early.data(), early.size())
+                     ? nghttp2_session_mem_recv(
+                           session_, reinterpret_cast<const uint8_t*>(early.data()), early.size())
+                     : flood("control frames");
     if (rv < 0)
       fail(rv);
     start_pending();
@@ -373,8 +374,10 @@ bool H2Session::on_event() {
   while (!dead_ && nghttp2_session_want_read(session_)) {
     ssize_t n = sock_recv(buf, sizeof buf);
     if (n > 0) {
-      ssize_t rv = nghttp2_session_mem_recv(session_, reinterpret_cast<const uint8_t*>(buf),
-                                            static_cast<size_t>(n));
+      ssize_t rv = scan(buf, static_cast<size_t>(n))
+                       ? nghttp2_session_mem_recv(session_, reinterpret_cast<const uint8_t*>(buf),
+                                                  static_cast<size_t>(n))
+                       : flood("control frames");
       if (rv < 0) {
         fail(rv);
         break;
@@ -429,7 +432,10 @@ void H2Session::idle_timeout() {
   if (closing_)
     return;
   dead_ = true;
-  nghttp2_session_terminate_session(session_, NGHTTP2_NO_ERROR);
+  // Streams still open and nothing moved: the client stalls them (a window
+  // it never opens, a socket it never reads).
+  nghttp2_session_terminate_session(session_,
+                                    open_streams_ ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_NO_ERROR);
   flush();
 }
 
@@ -581,30 +587,40 @@ void H2Stream::reset() {
 
 // ---- nghttp2's callbacks.
 
-int H2Session::on_begin_frame(nghttp2_session*, const nghttp2_frame_hd* hd, void* self) {
-  auto* h = static_cast<H2Session*>(self);
-  double cost = 0;
-  switch (hd->type) {
-  case NGHTTP2_PING:
-  case NGHTTP2_SETTINGS:
-  case NGHTTP2_PRIORITY:
-  case NGHTTP2_WINDOW_UPDATE:
-  case NGHTTP2_RST_STREAM:
-    cost = 1;
-    break;
-  case NGHTTP2_DATA:
-  case NGHTTP2_HEADERS:
-  case NGHTTP2_CONTINUATION:
-    // Empty frames do nothing but cost (an empty DATA that ends a stream is fine).
-    if (hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM))
-      cost = 1;
-    break;
-  default:
-    cost = 1; // unknown frame types are skipped, but not for free
+// Frame headers as the bytes come, before nghttp2 has them: every frame is
+// charged for what it is, also those nghttp2 then ignores (DATA on a stream
+// that was closed, frames after the headers of a reset stream). False when
+// the control budget is spent.
+bool H2Session::scan(const char* p, size_t n) {
+  while (n) {
+    size_t k;
+    if (preface_left_) {
+      k = std::min<size_t>(n, preface_left_);
+      preface_left_ -= static_cast<uint8_t>(k);
+    } else if (payload_left_) {
+      k = std::min<size_t>(n, payload_left_);
+      payload_left_ -= static_cast<uint32_t>(k);
+    } else {
+      k = std::min<size_t>(n, sizeof hd_ - hd_have_);
+      std::memcpy(hd_ + hd_have_, p, k);
+      hd_have_ += static_cast<uint8_t>(k);
+      if (hd_have_ == sizeof hd_) {
+        hd_have_ = 0;
+        payload_left_ = uint32_t{hd_[0]} << 16 | uint32_t{hd_[1]} << 8 | hd_[2];
+        uint8_t type = hd_[3], flags = hd_[4];
+        bool costs = true;
+        if (type == NGHTTP2_DATA || type == NGHTTP2_HEADERS || type == NGHTTP2_CONTINUATION)
+          // Frames with content are paid by their work; empty ones do nothing
+          // but cost (an empty DATA that ends a stream is fine).
+          costs = payload_left_ == 0 && !(flags & NGHTTP2_FLAG_END_STREAM);
+        if (costs && !charge(budget_, 1))
+          return false;
+      }
+    }
+    p += k;
+    n -= k;
   }
-  if (cost && !h->charge(h->budget_, cost))
-    return h->flood("control frames");
-  return 0;
+  return true;
 }
 
 int H2Session::on_begin_headers(nghttp2_session* session, const nghttp2_frame* frame, void* self) {

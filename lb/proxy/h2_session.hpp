@@ -23,10 +23,12 @@
 //
 // Floods (what broke other servers) end the connection with GOAWAY
 // ENHANCE_YOUR_CALM: frames that cost lb work but carry no request (PING,
-// SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, empty frames, refused
-// streams) are paid from a budget that requests, DATA sent and time refill;
-// streams reset by the client before their answer (Rapid Reset) are paid
-// from another. nghttp2 bounds CONTINUATION frames and unanswered ACKs.
+// SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, empty frames, invalid
+// ones) are paid from a budget that requests, DATA sent and time refill
+// (counted from the frame headers as the bytes come, so frames nghttp2
+// ignores pay too); streams reset by the client before their answer (Rapid
+// Reset) are paid from another. nghttp2 bounds CONTINUATION frames and
+// unanswered ACKs.
 
 #include "lb/io/event_loop.hpp"
 #include "lb/proxy/outbox.hpp"
@@ -123,8 +125,9 @@ public:
   // Draining (SIGTERM, reload of a removed listener): GOAWAY with the last
   // stream taken; the streams in flight finish, then the connection closes.
   void drain();
-  // timeouts.idle passed without a byte either way (while no stream is in
-  // flight, or while the client takes nothing): GOAWAY, then close.
+  // timeouts.idle passed without a byte either way: GOAWAY (NO_ERROR, or
+  // ENHANCE_YOUR_CALM when streams wait for a client that takes nothing),
+  // then close.
   void idle_timeout();
   bool has_streams() const { return open_streams_ > 0; }
   // Whether bytes moved either way since the last call (for the idle timer).
@@ -133,7 +136,6 @@ public:
 private:
   friend class H2Stream;
   static ssize_t on_send(nghttp2_session*, const uint8_t*, size_t, int, void*);
-  static int on_begin_frame(nghttp2_session*, const nghttp2_frame_hd*, void*);
   static int on_begin_headers(nghttp2_session*, const nghttp2_frame*, void*);
   static int on_header(nghttp2_session*, const nghttp2_frame*, const uint8_t*, size_t,
                        const uint8_t*, size_t, uint8_t, void*);
@@ -160,7 +162,8 @@ private:
   // the time passed); false when it is spent.
   bool charge(double& budget, double cost);
   int flood(const char* what); // an error for nghttp2's callback to return
-  void fail(ssize_t rv);       // nghttp2 failed: GOAWAY as fits, then close
+  bool scan(const char* p, size_t n);
+  void fail(ssize_t rv); // nghttp2 failed: GOAWAY as fits, then close
   bool flush();
   ssize_t sock_recv(char* p, size_t n);
   ssize_t sock_send(const char* p, size_t n);
@@ -189,6 +192,11 @@ private:
   bool closing_ = false;  // being destroyed: streams detach quietly
   bool progress_ = false; // bytes moved since take_progress()
   const char* flood_ = nullptr;
+  // scan(): where the byte stream is (the preface, a frame's header, its payload).
+  uint8_t preface_left_ = 24;
+  uint8_t hd_have_ = 0;
+  uint8_t hd_[9] = {};
+  uint32_t payload_left_ = 0;
   const Runtime* runtime_seen_ = nullptr; // the worker's snapshot when last looked at
 };
 

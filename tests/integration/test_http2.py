@@ -14,13 +14,20 @@ Chromium and python3-h2 (Debian), against the real lb and origins.
   concurrent streams on the same connection: hashes match; a client that
   reads a 50 MiB download slowly keeps lb's RSS within 16 MiB of its start;
 - floods (100,000 HEADERS+RST_STREAM pairs, an endless CONTINUATION, 100,000
-  SETTINGS, 100,000 PING): each connection ends with GOAWAY
-  ENHANCE_YOUR_CALM, lb's RSS stays bounded, and h2load running beside
-  them keeps 0 failures;
+  SETTINGS, PING, PRIORITY and empty DATA frames): each connection ends with
+  GOAWAY ENHANCE_YOUR_CALM, lb's RSS stays bounded, and h2load running beside
+  them keeps 0 failures; more streams at once than SETTINGS allow: GOAWAY
+  PROTOCOL_ERROR; clients that never open their window (20 connections x 10
+  streams of 10 MiB): cut with GOAWAY ENHANCE_YOUR_CALM at timeouts.idle,
+  memory bounded;
+- responses: HEAD, 204, 304, chunked (DATA, no chunk framing), trailers both
+  ways, lb's own 502, a body cut short (RST_STREAM INTERNAL_ERROR); an
+  answer sent before the upload ended is followed by RST_STREAM(NO_ERROR);
 - a head over max_header_bytes gets 431 on its stream, the connection goes on;
 - SIGTERM with 50 streams in flight: GOAWAY names the last stream taken,
   every one of the 50 completes, a stream opened after the GOAWAY is not
-  served (the client may retry it elsewhere);
+  served (the client may retry it elsewhere); an idle HTTP/2 connection gets
+  GOAWAY and lb exits at once;
 - Chromium (headless) loads a page through lb over HTTPS with
   nextHopProtocol "h2";
 - metrics: lb_http2_streams_total, lb_http2_goaways_total{reason}; the access
@@ -685,6 +692,16 @@ class Floods(harness.TestCase):
                 return frame(1, 0x1, 1, cont_block)  # HEADERS without END_HEADERS
             return frame(9, 0, 1, hpack.Encoder().encode([("x-filler-%d" % i, "v" * 100)]))
 
+        def priority(i):
+            return frame(2, 0, 2 * i + 1, struct.pack(">IB", 0, 15))
+
+        def empty_data(i):
+            if i == 0:  # a stream whose body never ends, then empty DATA frames on it
+                return frame(1, 0x4, 1, hpack.Encoder().encode(
+                    [(":method", "POST"), (":path", "/echo"), (":scheme", "http"),
+                     (":authority", "lb.test")]))
+            return frame(0, 0, 1)
+
         def settings(i):
             return frame(4, 0, 0, struct.pack(">HI", 3, 100))
 
@@ -693,7 +710,9 @@ class Floods(harness.TestCase):
 
         floods = [("rapid reset", "HEADERS+RST_STREAM x 100,000", headers_rst),
                   ("continuation", "endless CONTINUATION", continuation),
-                  ("settings", "SETTINGS x 100,000", settings), ("ping", "PING x 100,000", ping)]
+                  ("settings", "SETTINGS x 100,000", settings), ("ping", "PING x 100,000", ping),
+                  ("priority", "PRIORITY x 100,000", priority),
+                  ("empty data", "empty DATA x 100,000", empty_data)]
         time.sleep(0.3)  # h2load is under way
         cpu0 = cpu_seconds(lb.proc.pid)
         codes, rounds = {}, 0
@@ -703,7 +722,8 @@ class Floods(harness.TestCase):
                 codes.setdefault(key, set()).add(code)
             rounds += 1
         cpu = cpu_seconds(lb.proc.pid) - cpu0
-        say("%d rounds of the 4 floods while h2load ran; lb CPU meanwhile %.2f s" % (rounds, cpu))
+        say("%d rounds of the %d floods while h2load ran; lb CPU meanwhile %.2f s"
+            % (rounds, len(floods), cpu))
         t.join(300)
         rss = harness.rss_bytes(lb.proc.pid)
         say("h2load beside the floods: %d succeeded, %d failed, %d errored; lb RSS %.1f -> %.1f MiB"
@@ -717,7 +737,7 @@ class Floods(harness.TestCase):
             # (ASan's quarantine holds freed memory: no bound to check there.)
             self.assertLess(rss - rss0, 32 * MiB)
         self.assertGreaterEqual(lb.metric("lb_http2_goaways_total", listener="public",
-                                          reason="flood"), 4)
+                                          reason="flood"), len(floods))
         self.assertTrue(lb.running())
 
 
@@ -779,6 +799,60 @@ class Shutdown(harness.TestCase):
         self.assertEqual(lb.wait_exit(timeout=20), 0)
         say("SIGTERM with 50 streams in flight: GOAWAY(NO_ERROR, last %d), all 50 answered 200, "
             "stream %d opened after it not served" % (last, late))
+
+
+class Stall(harness.TestCase):
+    def test_a_client_that_never_opens_its_window_is_cut_at_the_idle_timeout(self):
+        o = self.origin("app-1", log=False)
+        lb = self.lb(config(o.addr, timeouts="header: 2s, idle: 2s"))
+        time.sleep(0.3)
+        rss0 = harness.rss_bytes(lb.proc.pid)
+        conns = []
+        try:
+            for _ in range(20):
+                c = H2Client(lb.port(), window=0)
+                c.auto_ack = False
+                for _ in range(10):
+                    c.request("/bytes/%d" % (10 * MiB))
+                conns.append(c)
+            time.sleep(1)
+            rss = harness.rss_bytes(lb.proc.pid)
+            t0 = time.monotonic()
+            for c in conns:
+                c.wait(lambda: c.closed, timeout=15)
+            took = time.monotonic() - t0
+            codes = {c.goaway.error_code if c.goaway else None for c in conns}
+        finally:
+            for c in conns:
+                c.close()
+        say("20 connections x 10 streams of 10 MiB with window 0: lb RSS %.1f -> %.1f MiB; all "
+            "closed %.1f s later with GOAWAY %s" % (rss0 / MiB, rss / MiB, took, codes))
+        self.assertEqual(codes, {ENHANCE_YOUR_CALM})
+        if os.environ.get("LB_SANITIZED", "").lower() not in ("1", "true", "on", "yes"):
+            self.assertLess(rss - rss0, 64 * MiB)
+        self.assertTrue(lb.running())
+
+
+class IdleDrain(harness.TestCase):
+    def test_sigterm_closes_an_idle_http2_connection_at_once(self):
+        o = self.origin("app-1", log=False)
+        lb = self.lb(config(o.addr) + "shutdown_timeout: 30s\n")
+        c = H2Client(lb.port())
+        try:
+            sid = c.request("/")
+            c.wait(lambda: c.responses[sid]["ended"])
+            t0 = time.monotonic()
+            lb.signal(signal.SIGTERM)
+            c.wait(lambda: c.closed, timeout=10)
+            self.assertIsNotNone(c.goaway)
+            self.assertEqual(c.goaway.error_code, 0)
+            self.assertEqual(lb.wait_exit(timeout=10), 0)
+            took = time.monotonic() - t0
+        finally:
+            c.close()
+        self.assertLess(took, 5)
+        say("SIGTERM with an idle HTTP/2 connection: GOAWAY(NO_ERROR), closed, lb exited in %.2f s"
+            % took)
 
 
 class Chromium(harness.TestCase):
