@@ -482,21 +482,10 @@ ssize_t H2Session::sock_send(const char* p, size_t n) {
   if (!socket_.out_ready)
     return 0;
   if (!ssl_) {
-    for (;;) {
-      ssize_t w = ::send(socket_.fd, p, n, MSG_NOSIGNAL);
-      if (w >= 0) {
-        if (static_cast<size_t>(w) < n)
-          socket_.blocked();
-        return w;
-      }
-      if (errno == EINTR)
-        continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        socket_.blocked();
-        return 0;
-      }
-      return -1;
-    }
+    Outbox out;
+    out.add(p, n);
+    uint64_t written = 0;
+    return write_some(socket_, out, written) < 0 ? -1 : static_cast<ssize_t>(written);
   }
   ERR_clear_error();
   int w = SSL_write(ssl_, p, static_cast<int>(std::min<size_t>(n, 1 << 30)));

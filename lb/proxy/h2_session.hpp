@@ -129,7 +129,6 @@ public:
   // ENHANCE_YOUR_CALM when streams wait for a client that takes nothing),
   // then close.
   void idle_timeout();
-  bool has_streams() const { return open_streams_ > 0; }
   // Whether bytes moved either way since the last call (for the idle timer).
   bool take_progress();
 
