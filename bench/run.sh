@@ -18,7 +18,7 @@
 # of every run to bench/results/latest-wrk/ (rate_client's for scenario f,
 # idle_client.py's for idle).
 #
-# Environment overrides: LB_BIN, ORIGIN_BIN, RATE_CLIENT, HAPROXY, NGINX, WRK,
+# Environment overrides: LB_BIN, LB_BASE_BIN (--proxies "lb lb-base ..."), ORIGIN_BIN, RATE_CLIENT, HAPROXY, NGINX, WRK,
 # PYTHON, PROXY_CPU, LOAD_CPU, AB, VALGRIND.
 
 # shellcheck disable=SC2059 # HEAD_FMT: one printf format shared by header and rows
@@ -61,6 +61,7 @@ BUILD_DIR=$(cd "$BUILD_DIR" 2>/dev/null && pwd) || { echo "run.sh: no build dir:
 [[ $DURATION =~ ^[1-9][0-9]*$ && $REPEAT =~ ^[1-9][0-9]*$ && $RATE =~ ^[1-9][0-9]*$ ]] ||
     { echo "run.sh: --duration, --repeat and --rate want positive integers" >&2; exit 2; }
 LB_BIN=${LB_BIN:-$BUILD_DIR/lb/lb}
+LB_BASE_BIN=${LB_BASE_BIN:-}  # proxy "lb-base": another lb build, for before/after in one run
 ORIGIN_BIN=${ORIGIN_BIN:-$BUILD_DIR/bench/fast_origin}
 RATE_CLIENT=${RATE_CLIENT:-$BUILD_DIR/bench/rate_client}
 IDLE_CLIENT=$BENCH_DIR/idle_client.py
@@ -220,6 +221,16 @@ start_proxy() {
     local maxconn=4096
     ((IDLE)) && maxconn=8192
     vars+=(MAXCONN="$maxconn")
+    if ((RULES)); then
+        # The same rules in each proxy: a regular expression on the path, two
+        # request header rules (set, remove) and one on the response (set).
+        vars+=(LB_ROUTES='routes: [ { match: { path_regex: "^/[a-z0-9]*$" }, pool: origin, request_headers: { set: { X-Env: bench }, remove: [X-Debug] }, response_headers: { set: { Strict-Transport-Security: "max-age=63072000" } } } ]'
+            HAPROXY_RULES='acl plain path_reg ^/[a-z0-9]*$\n    http-request set-header X-Env bench\n    http-request del-header X-Debug\n    http-response set-header Strict-Transport-Security max-age=63072000\n    use_backend origin if plain'
+            NGINX_LOCATION='~ ^/[a-z0-9]*$'
+            NGINX_RULES='proxy_set_header X-Env bench; proxy_set_header X-Debug ""; add_header Strict-Transport-Security max-age=63072000;')
+    else
+        vars+=(LB_ROUTES="routes: [ { pool: origin } ]" HAPROXY_RULES="" NGINX_LOCATION="/" NGINX_RULES="")
+    fi
     if ((TLS)); then
         local alpn=http/1.1 nginx_ssl=ssl
         ((H2)) && alpn=h2,http/1.1 nginx_ssl="ssl http2"
@@ -235,10 +246,12 @@ start_proxy() {
         vars+=(LB_TLS="" HAPROXY_SSL="" NGINX_SSL="" NGINX_CERT="")
     fi
     case $name in
-    lb)
-        [[ -x $LB_BIN ]] || { START_ERR="no binary $LB_BIN"; return 1; }
+    lb | lb-base)
+        local bin=$LB_BIN
+        [[ $name == lb-base ]] && bin=$LB_BASE_BIN
+        [[ -x $bin ]] || { START_ERR="no binary $bin"; return 1; }
         fill "$CONF_DIR/lb.yaml.in" "$dir/lb.yaml" "${vars[@]}"
-        taskset -c "$cpus" "${PROXY_WRAP[@]}" "$LB_BIN" run -c "$dir/lb.yaml" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+        taskset -c "$cpus" "${PROXY_WRAP[@]}" "$bin" run -c "$dir/lb.yaml" >"$dir/stdout.log" 2>"$dir/stderr.log" &
         PROXY_PID=$!
         STARTED+=("$PROXY_PID")
         local i ok=0
@@ -429,6 +442,8 @@ S_TITLE[f80x256]="(f80x256) latency at 80 % of HAProxy's saturation in (b): keep
 S_CONNS[f80x256]=256 S_PATH[f80x256]=/ S_HEADER[f80x256]="" S_RATE_OF[f80x256]=b
 S_TITLE[sys]="(sys) system calls per keep-alive GET /: ab -k -c16 -n $SYSCALL_REQUESTS, perf stat over the proxy's threads"
 S_TITLE[insn]="(insn) user instructions per keep-alive GET / (callgrind: 12,000 requests minus 2,000, ab -k -c4)"
+S_TITLE[rules]="(rules) as (a), through a route with a path regex and three header rules (request set and remove, response set)"
+S_CONNS[rules]=64 S_PATH[rules]=/ S_HEADER[rules]=""
 S_TITLE[h2]="(h2) HTTP/2 over TLS: h2load, 64 connections x 10 streams, GET / (ALPN h2)"
 S_CONNS[h2]=64 S_PATH[h2]=/ S_HEADER[h2]=""
 S_TITLE[h2c]="(h2c) HTTP/2 cleartext (prior knowledge): h2load, 64 connections x 10 streams, GET /"
@@ -443,12 +458,14 @@ declare -A S_RATE=([f]=1 [f256]=1 [f80]=1 [f80x256]=1)
 declare -A S_SYSCALLS=([sys]=1)
 declare -A S_INSN=([insn]=1)
 declare -A S_IDLE=([idle]=1)
+declare -A S_RULES=([rules]=1)
 FIXED_RATE=0  # the scenario being measured paces requests (rate_client, not wrk)
 TLS=0  # the scenario being measured terminates HTTPS
 IDLE=0  # the scenario being measured holds idle connections (idle_client.py, not wrk)
 SYSCALLS=0  # the scenario being measured counts system calls (ab, perf, strace)
 INSN=0  # the scenario being measured counts instructions (ab, callgrind)
 H2=0  # the scenario being measured speaks HTTP/2 to the proxy (h2load, not wrk)
+RULES=0  # the scenario being measured routes through listener rules
 
 # One certificate and key for every proxy's HTTPS listener (HAProxy wants
 # both in one file).
@@ -812,14 +829,15 @@ ratio_cells() { # SCN OTHER -> "req/s CPU/req p99" ratios of lb to OTHER
 
 version_of() {
     case $1 in
-    lb)
-        local v
-        if [[ ! -x $LB_BIN ]]; then
-            echo "not built ($LB_BIN)"
-        elif v=$(timeout 2 "$LB_BIN" version 2>/dev/null </dev/null) && [[ -n $v ]]; then
+    lb | lb-base)
+        local v bin=$LB_BIN
+        [[ $1 == lb-base ]] && bin=$LB_BASE_BIN
+        if [[ ! -x $bin ]]; then
+            echo "not built ($bin)"
+        elif v=$(timeout 2 "$bin" version 2>/dev/null </dev/null) && [[ -n $v ]]; then
             echo "${v%%$'\n'*}"
         else
-            echo "$LB_BIN (version unknown)"
+            echo "$bin (version unknown)"
         fi
         ;;
     haproxy) "$HAPROXY" -v 2>/dev/null | head -1 | cut -d' ' -f1-3 ;;
@@ -857,6 +875,7 @@ for scn in $SCENARIOS; do
     SYSCALLS=${S_SYSCALLS[$scn]:-0}
     INSN=${S_INSN[$scn]:-0}
     H2=${S_H2[$scn]:-0}
+    RULES=${S_RULES[$scn]:-0}
     if ((H2)) && ! command -v "$H2LOAD" >/dev/null; then log "run.sh: scenario $scn needs h2load (nghttp2-client)"; continue; fi
     if ((SYSCALLS)) && ! command -v "$AB" >/dev/null; then log "run.sh: scenario sys needs ab (apache2-utils)"; continue; fi
     if ((INSN)) && ! command -v "$VALGRIND" >/dev/null; then log "run.sh: scenario insn needs valgrind"; continue; fi
@@ -880,7 +899,7 @@ for scn in $SCENARIOS; do
     table_header proxy
     for p in $PROXIES; do table_row "$p" "$scn:$p"; done
     if [[ " $PROXIES " == *" lb "* ]]; then
-        for other in haproxy nginx; do
+        for other in haproxy nginx lb-base; do
             [[ " $PROXIES " == *" $other "* ]] || continue
             if ((SYSCALLS || INSN)); then
                 local_v=R_SC
@@ -913,7 +932,7 @@ for scn in $SCENARIOS; do
             SUMMARY+=("$scn $other $r $c $l")
         done
     fi
-    TLS=0 FIXED_RATE=0 IDLE=0 SYSCALLS=0 INSN=0 H2=0
+    TLS=0 FIXED_RATE=0 IDLE=0 SYSCALLS=0 INSN=0 H2=0 RULES=0
 done
 
 if [[ " $SCENARIOS " == *" scale "* && " $PROXIES " == *" lb "* ]]; then

@@ -9,6 +9,9 @@
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
+#include <re2/re2.h>
+
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -41,6 +44,16 @@ std::string Backend::discovery_key() const {
     return "srv:" + name;
   }
   return {};
+}
+
+bool Cidr::contains(bool v6, const uint8_t* a) const {
+  if (v6 != ipv6)
+    return false;
+  unsigned full = bits / 8;
+  if (std::memcmp(a, addr, full) != 0)
+    return false;
+  unsigned rest = bits % 8;
+  return rest == 0 || ((a[full] ^ addr[full]) & (0xff00 >> rest) & 0xff) == 0;
 }
 
 const Pool* Config::find_pool(const std::string& name) const {
@@ -119,6 +132,7 @@ bool is_token(std::string_view text) {
 // Names of listeners, pools and regions appear in metric labels, admin URLs
 // and lb's own answers (the maintenance page names its pool).
 constexpr size_t max_name = 128;
+constexpr size_t max_fixed_body = 4096; // respond: {body}
 bool is_name(std::string_view text) {
   return !text.empty() && text.size() <= max_name &&
          std::all_of(text.begin(), text.end(), [](char c) {
@@ -263,6 +277,8 @@ std::string check_ca(const std::string& path) {
   return why;
 }
 
+bool redirect_loops(const Route& route, bool tls);
+
 class Loader {
 public:
   explicit Loader(std::string file) : file_(std::move(file)) {}
@@ -314,6 +330,14 @@ private:
   void headers(const Item& item, Headers& headers);
   void route(const Item& item, Route& route);
   void route_match(const Item& item, RouteMatch& match);
+  void split(const Item& item, Route& route);
+  void redirect(const Item& item, Route& route);
+  void respond(const Item& item, Route& route);
+  void header_edits(const Item& item, HeaderEdits& edits);
+  std::optional<HeaderValue> header_value(const Item& item);
+  std::optional<std::vector<Cidr>> cidr_list(const Item& item);
+  void retry_on(const Item& item, Pool& pool);
+  void retry_budget(const Item& item, Pool& pool);
   void pool(const Item& item, Pool& pool);
   void balance(const Item& item, Pool& pool);
   void hash_key(const Item& item, HashKey& key);
@@ -809,12 +833,13 @@ void Loader::access_log(const Item& item, AccessLog& log) {
 
 void Loader::listener(const Item& item, Listener& listener) {
   auto items = fields(item, {"name", "listen", "limits", "timeouts", "headers", "routes",
-                             "proxy_protocol", "tls", "http2"});
+                             "proxy_protocol", "tls", "http2", "allow", "deny"});
   if (!items)
     return;
   std::set<std::string> present;
   const Item* name_item = nullptr;   // set when valid
   const Item* listen_item = nullptr; // set when valid
+  std::vector<Item> redirect_items;  // the routes that redirect, in order
   for (const auto& f : *items) {
     present.insert(f.name);
     if (f.name == "name") {
@@ -841,6 +866,9 @@ void Loader::listener(const Item& item, Listener& listener) {
       listener_timeouts(f, listener.timeouts);
     } else if (f.name == "headers") {
       headers(f, listener.headers);
+    } else if (f.name == "allow" || f.name == "deny") {
+      if (auto list = cidr_list(f))
+        (f.name == "allow" ? listener.allow : listener.deny) = *list;
     } else if (f.name == "routes") {
       auto routes = list_items(f, "route");
       if (routes && routes->empty())
@@ -848,9 +876,20 @@ void Loader::listener(const Item& item, Listener& listener) {
       for (const auto& r : routes.value_or(std::vector<Item>{})) {
         listener.routes.push_back({});
         route(r, listener.routes.back());
+        if (listener.routes.back().action == Route::Action::redirect)
+          redirect_items.push_back(r);
       }
     }
   }
+  // (After the loop: whether the listener speaks TLS is known only now.)
+  for (size_t i = 0, k = 0; i < listener.routes.size(); ++i)
+    if (listener.routes[i].action == Route::Action::redirect) {
+      if (redirect_loops(listener.routes[i], listener.tls.enabled))
+        error(redirect_items[k].key,
+              "redirect: sends the request to where it already is (same scheme, host, port and "
+              "path): a client would follow it forever; change at least one part");
+      ++k;
+    }
   if (!present.count("name"))
     error(item.key, "missing required key 'name'");
   if (!present.count("listen"))
@@ -1039,30 +1078,393 @@ void Loader::headers(const Item& item, Headers& headers) {
   }
 }
 
-void Loader::route(const Item& item, Route& route) {
-  auto items = fields(item, {"match", "pool"});
+// "10.0.0.0/8", "2001:db8::/32" or one address (a /32 or /128).
+std::optional<Cidr> parse_cidr(std::string_view text) {
+  Cidr c;
+  c.text = std::string(text);
+  std::string addr(text.substr(0, text.find('/')));
+  c.ipv6 = addr.find(':') != std::string::npos;
+  if (::inet_pton(c.ipv6 ? AF_INET6 : AF_INET, addr.c_str(), c.addr) != 1)
+    return std::nullopt;
+  unsigned max_bits = c.ipv6 ? 128 : 32;
+  c.bits = static_cast<uint8_t>(max_bits);
+  if (size_t slash = text.find('/'); slash != std::string_view::npos) {
+    std::string_view bits = text.substr(slash + 1);
+    unsigned n = 0;
+    auto [end, ec] = std::from_chars(bits.data(), bits.data() + bits.size(), n);
+    if (bits.empty() || ec != std::errc() || end != bits.data() + bits.size() || n > max_bits)
+      return std::nullopt;
+    c.bits = static_cast<uint8_t>(n);
+  }
+  // The network address: host bits cleared (so "10.1.2.3/8" is 10.0.0.0/8).
+  for (unsigned i = 0; i < 16; ++i) {
+    unsigned keep = c.bits > i * 8 ? std::min(8u, c.bits - i * 8) : 0;
+    c.addr[i] &= static_cast<uint8_t>(keep == 8 ? 0xff : (0xff00 >> keep) & 0xff);
+  }
+  return c;
+}
+
+std::optional<std::vector<Cidr>> Loader::cidr_list(const Item& item) {
+  // One range may be written without the list.
+  std::vector<Item> items;
+  if (item.value.IsScalar())
+    items.push_back(item);
+  else if (auto list = list_items(item, item.name))
+    items = *list;
+  else
+    return std::nullopt;
+  std::vector<Cidr> out;
+  bool ok = true;
+  for (const auto& i : items) {
+    auto text = scalar(i, "an address range like 10.0.0.0/8 or 2001:db8::/32");
+    if (!text) {
+      ok = false;
+      continue;
+    }
+    if (auto c = parse_cidr(*text)) {
+      out.push_back(*c);
+    } else {
+      error(i, item.name + ": '" + *text +
+                   "' is not an address range (like 10.0.0.0/8, 192.168.1.7 or 2001:db8::/32)");
+      ok = false;
+    }
+  }
+  if (ok && out.empty())
+    error(item, item.name + ": expected at least one address range");
+  return out;
+}
+
+// A header value for request_headers/response_headers: text with %{client_ip},
+// %{request_id} and %{host}.
+std::optional<HeaderValue> Loader::header_value(const Item& item) {
+  auto text = scalar(item, "a header value");
+  if (!text)
+    return std::nullopt;
+  HeaderValue v;
+  v.text = *text;
+  std::string_view rest = *text;
+  for (unsigned char c : rest)
+    if ((c < ' ' && c != '\t') || c == 0x7f) {
+      error(item, item.name + ": a header value cannot hold control characters");
+      return std::nullopt;
+    }
+  while (!rest.empty()) {
+    size_t at = rest.find("%{");
+    if (at != 0) {
+      size_t n = std::min(at, rest.size());
+      v.parts.push_back({HeaderValue::Part::text, std::string(rest.substr(0, n))});
+      rest.remove_prefix(n);
+      continue;
+    }
+    size_t close = rest.find('}');
+    std::string_view var = rest.substr(2, close == std::string_view::npos ? 0 : close - 2);
+    static constexpr std::string_view vars[] = {"client_ip", "request_id", "host"};
+    if (close == std::string_view::npos || !contains({"client_ip", "request_id", "host"}, var)) {
+      error(item, item.name + ": unknown variable '" +
+                      std::string(rest.substr(0, close == std::string_view::npos ? rest.size()
+                                                                                 : close + 1)) +
+                      "' (known: %{client_ip}, %{request_id}, %{host})" + suggestion(var, vars));
+      return std::nullopt;
+    }
+    v.parts.push_back({var == "client_ip"    ? HeaderValue::Part::client_ip
+                       : var == "request_id" ? HeaderValue::Part::request_id
+                                             : HeaderValue::Part::host,
+                       ""});
+    rest.remove_prefix(close + 1);
+  }
+  return v;
+}
+
+// Fields lb itself sets or that frame the message: a header rule cannot touch them.
+bool reserved_field(std::string_view name) {
+  static constexpr std::string_view reserved[] = {
+      "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
+      "te",   "trailer",        "proxy-connection"};
+  for (auto r : reserved)
+    if (r.size() == name.size() && std::equal(r.begin(), r.end(), name.begin(), [](char a, char b) {
+          return a == std::tolower(static_cast<unsigned char>(b));
+        }))
+      return true;
+  return false;
+}
+
+// { set: {NAME: VALUE}, add: {NAME: VALUE}, remove: [NAME] }
+void Loader::header_edits(const Item& item, HeaderEdits& edits) {
+  auto items = fields(item, {"set", "add", "remove"});
   if (!items)
     return;
-  bool has_pool = false;
+  auto check_name = [&](const YAML::Node& at, const std::string& name) {
+    if (!is_token(name)) {
+      error(at, item.name + ": '" + name + "' is not a valid header name");
+      return false;
+    }
+    if (reserved_field(name)) {
+      error(at, item.name + ": " + name + " is set by lb itself and cannot be changed here" +
+                    (name.size() == 4 ? " (use rewrite: {host: ...})" : ""));
+      return false;
+    }
+    return true;
+  };
+  for (const auto& f : *items) {
+    if (f.name == "remove") {
+      std::vector<Item> names;
+      if (f.value.IsScalar())
+        names.push_back(f);
+      else if (auto list = list_items(f, "remove"))
+        names = *list;
+      for (const auto& n : names)
+        if (auto text = scalar(n, "a header name"); text && check_name(n.value, *text))
+          edits.remove.push_back(*text);
+      continue;
+    }
+    auto& out = f.name == "set" ? edits.set : edits.add;
+    for (const auto& h : map_items(f).value_or(std::vector<Item>{})) {
+      if (!check_name(h.key, h.name))
+        continue;
+      if (auto v = header_value(h))
+        out.emplace_back(h.name, std::move(*v));
+    }
+  }
+}
+
+// redirect: { scheme, host, port, path, prefix, query, code }
+void Loader::redirect(const Item& item, Route& route) {
+  auto items = fields(item, {"scheme", "host", "port", "path", "prefix", "query", "code"});
+  if (!items)
+    return;
+  Redirect& r = route.redirect;
+  for (const auto& f : *items) {
+    if (f.name == "scheme") {
+      auto text = scalar(f, "http or https");
+      if (text && (*text == "http" || *text == "https"))
+        r.scheme = *text;
+      else if (text)
+        error(f, "scheme: expected http or https, got '" + *text + "'");
+    } else if (f.name == "host") {
+      auto text = scalar(f, "a host name");
+      if (!text)
+        continue;
+      std::string host = *text;
+      std::transform(host.begin(), host.end(), host.begin(),
+                     [](unsigned char c) { return char(std::tolower(c)); });
+      if (!host.empty() && is_host_pattern(host) && !host.starts_with("*."))
+        r.host = host;
+      else
+        error(f, "host: expected a host name like www.example.com, got '" + *text + "'");
+    } else if (f.name == "port") {
+      if (auto n = integer(f, 1, 65535))
+        r.port = static_cast<uint16_t>(*n);
+    } else if (f.name == "path" || f.name == "prefix") {
+      auto text = scalar(f, "a path starting with '/'");
+      if (!text)
+        continue;
+      if (!is_request_path(*text) || text->find('?') != std::string::npos) {
+        error(f, f.name + ": expected a path starting with '/' (no spaces, no '?'), got '" + *text +
+                     "'");
+        continue;
+      }
+      (f.name == "path" ? r.has_path : r.has_prefix) = true;
+      (f.name == "path" ? r.path : r.prefix) = *text;
+    } else if (f.name == "query") {
+      auto text = scalar(f, "a query string like a=b&c=d");
+      if (!text)
+        continue;
+      bool printable = std::all_of(text->begin(), text->end(),
+                                   [](unsigned char c) { return c > ' ' && c < 0x7f && c != '#'; });
+      if (!printable || text->starts_with("?")) {
+        error(f, "query: expected a query string like a=b&c=d (without '?'), got '" + *text + "'");
+        continue;
+      }
+      r.has_query = true;
+      r.query = *text;
+    } else if (f.name == "code") {
+      auto n = integer(f, 301, 308);
+      if (n && (*n == 301 || *n == 302 || *n == 303 || *n == 307 || *n == 308))
+        r.code = static_cast<int>(*n);
+      else if (n)
+        error(f, "code: expected 301, 302, 303, 307 or 308, got '" + f.value.Scalar() + "'");
+    }
+  }
+  if (r.has_path && r.has_prefix)
+    error(item, "redirect: has both 'path' and 'prefix': give one");
+}
+
+// respond: { status, body, content_type }
+void Loader::respond(const Item& item, Route& route) {
+  auto items = fields(item, {"status", "body", "content_type"});
+  if (!items)
+    return;
+  bool has_status = false;
+  for (const auto& f : *items) {
+    if (f.name == "status") {
+      has_status = true;
+      if (auto n = integer(f, 200, 599)) {
+        if (*n == 204 || *n == 304)
+          error(f, "status: " + std::to_string(*n) + " has no body: use another status");
+        else
+          route.respond.status = static_cast<int>(*n);
+      }
+    } else if (f.name == "body") {
+      auto text = scalar(f, "a string");
+      if (text && text->size() > max_fixed_body)
+        error(f, "body: must be at most 4KiB, got " + std::to_string(text->size()) + " bytes");
+      else if (text)
+        route.respond.body = *text;
+    } else if (f.name == "content_type") {
+      auto text = scalar(f, "a media type like text/plain");
+      bool ok = text && !text->empty() && text->size() <= max_name &&
+                std::all_of(text->begin(), text->end(),
+                            [](unsigned char c) { return c >= ' ' && c < 0x7f; });
+      if (ok)
+        route.respond.content_type = *text;
+      else if (text)
+        error(f, "content_type: expected a media type like text/plain, got '" + *text + "'");
+    }
+  }
+  if (!has_status)
+    error(item.key, "respond: missing required key 'status'");
+}
+
+// pools: [ {pool: NAME, weight: N}, ... ]
+void Loader::split(const Item& item, Route& route) {
+  auto list = list_items(item, "pool of the split");
+  if (!list)
+    return;
+  if (list->empty()) {
+    error(item, "pools: expected a list of {pool: NAME, weight: N}");
+    return;
+  }
+  uint64_t total = 0;
+  bool ok = true;
+  for (const auto& entry : *list) {
+    auto parts = fields(entry, {"pool", "weight"});
+    if (!parts) {
+      ok = false;
+      continue;
+    }
+    WeightedPool wp;
+    bool has_pool = false;
+    for (const auto& p : *parts) {
+      if (p.name == "pool") {
+        auto text = scalar(p, "a pool name");
+        if (!text) {
+          ok = false;
+          continue;
+        }
+        has_pool = true;
+        wp.pool = *text;
+        if (std::find(pool_names_.begin(), pool_names_.end(), *text) == pool_names_.end()) {
+          error(p, "pool '" + *text + "' is not defined" + suggestion(*text, pool_names_));
+          ok = false;
+        }
+      } else if (auto n = integer(p, 0, 1'000'000)) {
+        wp.weight = static_cast<uint32_t>(*n);
+      } else {
+        ok = false;
+      }
+    }
+    if (!has_pool) {
+      error(entry.key, "missing required key 'pool'");
+      ok = false;
+    }
+    total += wp.weight;
+    route.pools.push_back(wp);
+  }
+  if (ok && total == 0)
+    error(item, "pools: the weights sum to 0: no request could go anywhere");
+}
+
+void Loader::route(const Item& item, Route& route) {
+  auto items = fields(item, {"match", "pool", "pools", "split_key", "redirect", "respond",
+                             "rewrite", "request_headers", "response_headers"});
+  if (!items)
+    return;
+  std::vector<const Item*> actions;
+  const Item* split_key = nullptr;
+  std::vector<const Item*> modifiers;
+  const Item* rewrite = nullptr;
   for (const auto& f : *items) {
     if (f.name == "match") {
       route_match(f, route.match);
     } else if (f.name == "pool") {
-      has_pool = true;
+      actions.push_back(&f);
+      route.action = Route::Action::pool;
       auto text = scalar(f, "a pool name");
       if (!text)
         continue;
       route.pool = *text;
       if (std::find(pool_names_.begin(), pool_names_.end(), *text) == pool_names_.end())
         error(f, "pool '" + *text + "' is not defined" + suggestion(*text, pool_names_));
+    } else if (f.name == "pools") {
+      actions.push_back(&f);
+      route.action = Route::Action::split;
+      split(f, route);
+    } else if (f.name == "redirect") {
+      actions.push_back(&f);
+      route.action = Route::Action::redirect;
+      redirect(f, route);
+    } else if (f.name == "respond") {
+      actions.push_back(&f);
+      route.action = Route::Action::respond;
+      respond(f, route);
+    } else if (f.name == "split_key") {
+      split_key = &f;
+      route.has_split_key = true;
+      hash_key(f, route.split_key);
+    } else if (f.name == "rewrite") {
+      modifiers.push_back(&f);
+      rewrite = &f;
+      auto parts = fields(f, {"path_prefix", "host"});
+      for (const auto& p : parts.value_or(std::vector<Item>{})) {
+        auto text = scalar(p, p.name == "host" ? "a host name" : "a path starting with '/'");
+        if (!text)
+          continue;
+        if (p.name == "host") {
+          if (is_host_header(*text))
+            route.rewrite_host = *text;
+          else
+            error(p, "host: expected a host name like internal.example.com, got '" + *text + "'");
+        } else if (!is_request_path(*text) || text->find('?') != std::string::npos) {
+          error(p, "path_prefix: expected a path starting with '/' (no spaces, no '?'), got '" +
+                       *text + "'");
+        } else {
+          route.rewrite_prefix = *text;
+          route.has_rewrite_prefix = true;
+        }
+      }
+    } else {
+      modifiers.push_back(&f);
+      header_edits(f, f.name == "request_headers" ? route.request_headers : route.response_headers);
     }
   }
-  if (!has_pool)
-    error(item.key, "missing required key 'pool'");
+  if (actions.empty()) {
+    error(item.key, "route has no action: give one of pool, pools, redirect or respond");
+    return;
+  }
+  if (actions.size() > 1) {
+    error(actions[1]->key, "route has two actions ('" + actions[0]->name + "' and '" +
+                               actions[1]->name + "'): give exactly one");
+    return;
+  }
+  bool forwarding = route.action == Route::Action::pool || route.action == Route::Action::split;
+  if (split_key && route.action != Route::Action::split)
+    error(split_key->key, "split_key applies to a split (pools: [...]) only");
+  for (const Item* m : modifiers)
+    if (!forwarding)
+      error(m->key, m->name + " applies to routes that forward (pool or pools), not to " +
+                        actions[0]->name);
+  if (rewrite && route.has_rewrite_prefix && route.match.path_prefix.empty())
+    error(rewrite->key, "rewrite: path_prefix replaces the matched path_prefix: the route needs "
+                        "match: {path_prefix: ...}");
+  if (route.action == Route::Action::redirect && route.redirect.has_prefix &&
+      route.match.path_prefix.empty())
+    error(actions[0]->key, "redirect: prefix replaces the matched path_prefix: the route needs "
+                           "match: {path_prefix: ...}");
 }
 
 void Loader::route_match(const Item& item, RouteMatch& match) {
-  auto items = fields(item, {"host", "path_prefix", "header"});
+  auto items = fields(
+      item, {"host", "path", "path_prefix", "path_regex", "method", "header", "query", "source"});
   if (!items)
     return;
   for (const auto& f : *items) {
@@ -1078,27 +1480,80 @@ void Loader::route_match(const Item& item, RouteMatch& match) {
       else
         error(f, "host: expected a host name like api.example.com or *.example.com, got '" + *text +
                      "'");
-    } else if (f.name == "path_prefix") {
+    } else if (f.name == "path_prefix" || f.name == "path") {
       auto text = scalar(f, "a path starting with '/'");
       if (!text)
         continue;
-      bool printable = std::all_of(text->begin(), text->end(),
-                                   [](unsigned char c) { return c > ' ' && c < 0x7f; });
-      if (text->starts_with("/") && printable)
-        match.path_prefix = *text;
+      if (is_request_path(*text) && text->find('?') == std::string::npos)
+        (f.name == "path" ? match.path : match.path_prefix) = *text;
       else
-        error(f, "path_prefix: expected a path starting with '/', got '" + *text + "'");
+        error(f, f.name + ": expected a path starting with '/' (no spaces, no '?'), got '" + *text +
+                     "'");
+    } else if (f.name == "path_regex") {
+      auto text = scalar(f, "a regular expression (RE2)");
+      if (!text)
+        continue;
+      RE2::Options options;
+      options.set_log_errors(false);
+      RE2 re(*text, options);
+      if (text->empty())
+        error(f, "path_regex: must not be empty");
+      else if (!re.ok())
+        error(f, "path_regex: '" + *text + "' is not a valid RE2 expression: " + re.error());
+      else
+        match.path_regex = *text;
+    } else if (f.name == "method") {
+      std::vector<Item> methods;
+      if (f.value.IsScalar())
+        methods.push_back(f);
+      else if (auto list = list_items(f, "method"))
+        methods = *list;
+      for (const auto& m : methods) {
+        auto text = scalar(m, "a method like GET");
+        if (!text)
+          continue;
+        if (is_token(*text) && text->size() <= 32)
+          match.methods.push_back(*text);
+        else
+          error(m, "method: '" + *text + "' is not a method name (like GET or POST)");
+      }
+      if (methods.empty())
+        error(f, "method: expected a method or a list of methods");
     } else if (f.name == "header") {
       auto headers = map_items(f);
       for (const auto& h : headers.value_or(std::vector<Item>{})) {
         if (!is_token(h.name)) {
           error(h.key, "header: '" + h.name + "' is not a valid header name");
-        } else if (auto value = scalar(h, "a header value")) {
-          match.headers.emplace_back(h.name, *value);
+        } else if (auto value = scalar(h, "a header value or present")) {
+          if (*value == "present")
+            match.header_present.push_back(h.name);
+          else
+            match.headers.emplace_back(h.name, *value);
         }
       }
+    } else if (f.name == "query") {
+      auto params = map_items(f);
+      for (const auto& q : params.value_or(std::vector<Item>{})) {
+        if (auto value = scalar(q, "a parameter value"))
+          match.query.emplace_back(q.name, *value);
+      }
+    } else if (f.name == "source") {
+      if (auto list = cidr_list(f))
+        match.source = *list;
     }
   }
+}
+
+// A redirect that sends a request to where it already is: the client would follow it forever.
+bool redirect_loops(const Route& route, bool tls) {
+  const Redirect& r = route.redirect;
+  std::string scheme = tls ? "https" : "http";
+  bool same_scheme = r.scheme.empty() || r.scheme == scheme;
+  bool same_host = r.host.empty() || (!route.match.host.empty() && r.host == route.match.host);
+  bool same_port = r.port == 0 && same_scheme;
+  bool same_path = (!r.has_path || (!route.match.path.empty() && r.path == route.match.path)) &&
+                   (!r.has_prefix || r.prefix == route.match.path_prefix);
+  return same_scheme && same_host && same_port && same_path && !r.has_query;
 }
 
 // ---- pools -----------------------------------------------------------------------------------
@@ -1108,10 +1563,11 @@ void Loader::pool(const Item& item, Pool& pool) {
   if (!is_name(item.name))
     error(item.key, "pool name '" + item.name +
                         "' is not valid (use up to 128 letters, digits, '-', '_' and '.')");
-  auto items = fields(item, {"balance", "hash_key", "sticky_cookie", "slow_start", "timeouts",
-                             "retries", "max_connections_per_backend", "queue_timeout",
-                             "maintenance", "fail_open", "health_check", "outlier_detection",
-                             "overprovisioning", "backends", "regions", "tls"});
+  auto items =
+      fields(item, {"balance", "hash_key", "sticky_cookie", "slow_start", "timeouts", "retries",
+                    "max_connections_per_backend", "queue_timeout", "maintenance", "fail_open",
+                    "health_check", "outlier_detection", "overprovisioning", "backends", "regions",
+                    "tls", "retry_on", "retry_budget", "per_try_timeout"});
   if (!items)
     return;
   const Item* backend_list = nullptr;
@@ -1119,6 +1575,7 @@ void Loader::pool(const Item& item, Pool& pool) {
   bool balance_refused = false;
   const Item* hash_key_item = nullptr;
   const Item* queue_timeout_item = nullptr;
+  const Item* per_try_item = nullptr;
   bool has_max_connections = false;
   for (const auto& f : *items) {
     if (f.name == "balance") {
@@ -1140,6 +1597,14 @@ void Loader::pool(const Item& item, Pool& pool) {
     } else if (f.name == "retries") {
       if (auto n = integer(f, 0, 10))
         pool.retries = uint32_t(*n);
+    } else if (f.name == "retry_on") {
+      retry_on(f, pool);
+    } else if (f.name == "retry_budget") {
+      retry_budget(f, pool);
+    } else if (f.name == "per_try_timeout") {
+      per_try_item = &f;
+      if (auto d = duration(f, true))
+        pool.per_try_timeout = *d;
     } else if (f.name == "max_connections_per_backend") {
       has_max_connections = true;
       if (auto n = integer(f, 1, 10'000'000))
@@ -1172,6 +1637,11 @@ void Loader::pool(const Item& item, Pool& pool) {
     error(hash_key_item->key, "hash_key applies to balance ring_hash or maglev only");
   if (queue_timeout_item && !has_max_connections)
     error(queue_timeout_item->key, "queue_timeout needs max_connections_per_backend");
+  if (per_try_item && pool.per_try_timeout > pool.timeouts.response)
+    error(*per_try_item, "per_try_timeout: " + format_duration(pool.per_try_timeout) +
+                             " is longer than timeouts.response (" +
+                             format_duration(pool.timeouts.response) +
+                             "), which bounds every attempt together");
 
   std::set<std::string> addresses; // to find a backend listed twice
   if (backend_list && region_list) {
@@ -1192,6 +1662,52 @@ void Loader::pool(const Item& item, Pool& pool) {
     }
   } else {
     error(item.key, "pool '" + pool.name + "' has no backends");
+  }
+}
+
+// retry_on: [connect_failure, reset, 502, 503, 504]
+void Loader::retry_on(const Item& item, Pool& pool) {
+  static constexpr std::string_view known[] = {"connect_failure", "reset", "502", "503", "504"};
+  std::vector<Item> items;
+  if (item.value.IsScalar())
+    items.push_back(item);
+  else if (auto list = list_items(item, "retry_on"))
+    items = *list;
+  else
+    return;
+  pool.retry_connect_failure = pool.retry_reset = false;
+  pool.retry_statuses.clear();
+  for (const auto& i : items) {
+    auto text = scalar(i, "connect_failure, reset, 502, 503 or 504");
+    if (!text)
+      continue;
+    if (*text == "connect_failure")
+      pool.retry_connect_failure = true;
+    else if (*text == "reset")
+      pool.retry_reset = true;
+    else if (*text == "502" || *text == "503" || *text == "504")
+      pool.retry_statuses.push_back(std::stoi(*text));
+    else
+      error(i, "retry_on: expected connect_failure, reset, 502, 503 or 504, got '" + *text + "'" +
+                   suggestion(*text, known));
+  }
+}
+
+// retry_budget: { ratio: 0.2, min_per_second: 3 }
+void Loader::retry_budget(const Item& item, Pool& pool) {
+  auto items = fields(item, {"ratio", "min_per_second"});
+  if (!items)
+    return;
+  pool.has_retry_budget = true;
+  pool.retry_budget_ratio = 0.2;
+  pool.retry_budget_min = 3;
+  for (const auto& f : *items) {
+    if (f.name == "ratio") {
+      if (auto x = number(f, 0.0, 1.0))
+        pool.retry_budget_ratio = *x;
+    } else if (auto n = integer(f, 0, 1'000'000)) {
+      pool.retry_budget_min = static_cast<uint32_t>(*n);
+    }
   }
 }
 
@@ -1224,15 +1740,15 @@ void Loader::hash_key(const Item& item, HashKey& key) {
     if (is_token(header))
       key = {HashKey::Kind::header, std::string(header)};
     else
-      error(item, "hash_key: '" + std::string(header) + "' is not a valid header name");
+      error(item, item.name + ": '" + std::string(header) + "' is not a valid header name");
   } else if (value.starts_with("cookie:")) {
     std::string_view cookie = value.substr(7);
     if (is_token(cookie))
       key = {HashKey::Kind::cookie, std::string(cookie)};
     else
-      error(item, "hash_key: '" + std::string(cookie) + "' is not a valid cookie name");
+      error(item, item.name + ": '" + std::string(cookie) + "' is not a valid cookie name");
   } else {
-    error(item, "hash_key: expected " + std::string(expected) + ", got '" + *text + "'");
+    error(item, item.name + ": expected " + std::string(expected) + ", got '" + *text + "'");
   }
 }
 

@@ -48,15 +48,88 @@ struct Headers {
   bool via = true;
 };
 
+// A client address range: "10.0.0.0/8", "2001:db8::/32" or one address.
+struct Cidr {
+  bool ipv6 = false;
+  uint8_t bits = 0;      // prefix length
+  uint8_t addr[16] = {}; // network address (4 bytes used for IPv4)
+  std::string text;      // as written
+  // Whether the address (4 or 16 bytes, per `v6`) is in the range.
+  bool contains(bool v6, const uint8_t* a) const;
+};
+
 struct RouteMatch {
-  std::string host;        // lowercase; empty = any; "*.example.com" = any subdomain
-  std::string path_prefix; // empty = any
-  std::vector<std::pair<std::string, std::string>> headers; // name -> exact value
+  std::string host;                 // lowercase; empty = any; "*.example.com" = any subdomain
+  std::string path;                 // exact path (without the query); empty = any
+  std::string path_prefix;          // empty = any
+  std::string path_regex;           // RE2, searched in the path; empty = any
+  std::vector<std::string> methods; // any of these; empty = any
+  // name -> exact value; `present` (header_present) = any value
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::vector<std::string> header_present;                // names that must be present
+  std::vector<std::pair<std::string, std::string>> query; // parameter -> exact (decoded) value
+  std::vector<Cidr> source;                               // client address in one of these
+};
+
+// What keeps a user on one side of a split, or feeds ring_hash and maglev.
+struct HashKey {
+  enum class Kind { source_ip, header, cookie } kind = Kind::source_ip;
+  std::string name; // the header or cookie name, as written; empty for source_ip
+};
+
+struct WeightedPool {
+  std::string pool;
+  uint32_t weight = 1;
+};
+
+struct Redirect {
+  std::string scheme; // empty: the request's
+  std::string host;   // empty: the request's (without its port)
+  uint16_t port = 0;  // 0: the request's when the scheme is unchanged, else the scheme's default
+  bool has_path = false;
+  std::string path; // replaces the whole path
+  bool has_prefix = false;
+  std::string prefix; // replaces the matched path_prefix
+  bool has_query = false;
+  std::string query; // replaces the query ("" drops it)
+  int code = 301;
+};
+
+struct FixedResponse {
+  int status = 200;
+  std::string body;
+  std::string content_type = "text/plain";
+};
+
+// A header value with %{client_ip}, %{request_id}, %{host} in it, split into parts.
+struct HeaderValue {
+  enum class Part { text, client_ip, request_id, host };
+  std::vector<std::pair<Part, std::string>> parts;
+  std::string text; // as written
+};
+
+struct HeaderEdits {
+  std::vector<std::pair<std::string, HeaderValue>> set; // replaces every field of the name
+  std::vector<std::pair<std::string, HeaderValue>> add; // appended
+  std::vector<std::string> remove;                      // every field of the name
+  bool empty() const { return set.empty() && add.empty() && remove.empty(); }
 };
 
 struct Route {
   RouteMatch match;
-  std::string pool;
+  enum class Action { pool, split, redirect, respond } action = Action::pool;
+  std::string pool;                // Action::pool
+  std::vector<WeightedPool> pools; // Action::split
+  bool has_split_key = false;      // else: each request drawn at random
+  HashKey split_key;
+  Redirect redirect;
+  FixedResponse respond;
+  // Modifiers (forwarding routes).
+  std::string rewrite_prefix; // replaces the matched path_prefix; empty: none
+  bool has_rewrite_prefix = false;
+  std::string rewrite_host; // Host toward the backend; empty: the client's
+  HeaderEdits request_headers;
+  HeaderEdits response_headers;
 };
 
 struct TlsCertificate {
@@ -79,6 +152,8 @@ struct Listener {
   Limits limits;
   ListenerTimeouts timeouts;
   Headers headers;
+  std::vector<Cidr> allow; // access list: with any, only these clients get in
+  std::vector<Cidr> deny;  // refused (wins over allow)
   std::vector<Route> routes;
 };
 
@@ -146,12 +221,6 @@ inline constexpr std::string_view balance_names[] = {"round_robin", "least_conn"
 inline std::string_view balance_name(Balance b) { return balance_names[static_cast<size_t>(b)]; }
 inline bool hashing(Balance b) { return b == Balance::ring_hash || b == Balance::maglev; }
 
-// What ring_hash and maglev hash to pick a backend.
-struct HashKey {
-  enum class Kind { source_ip, header, cookie } kind = Kind::source_ip;
-  std::string name; // the header or cookie name, as written; empty for source_ip
-};
-
 struct Pool {
   std::string name;
   Balance balance = Balance::round_robin;
@@ -160,6 +229,14 @@ struct Pool {
   Duration slow_start{0};    // a (re)joining backend ramps its weight up over this; 0 = off
   PoolTimeouts timeouts;
   uint32_t retries = 2;
+  // What is retried (idempotent requests whose response has not started).
+  bool retry_connect_failure = true; // connect refused, timed out, TLS handshake failed
+  bool retry_reset = true;           // closed or reset before any response byte
+  std::vector<int> retry_statuses;   // of 502, 503, 504: the response is discarded
+  double retry_budget_ratio = 0;     // retries per second <= max(ratio x requests,
+  uint32_t retry_budget_min = 0;     // min_per_second); ratio 0: no budget
+  bool has_retry_budget = false;
+  Duration per_try_timeout{0};                     // each attempt, until its response head; 0: none
   uint32_t max_connections_per_backend = 0;        // circuit breaker; 0 = unlimited
   Duration queue_timeout{std::chrono::seconds(1)}; // wait for a free slot, then 503; 0 = no queue
   bool maintenance = false;      // answer 503 with the maintenance page, touch no backend

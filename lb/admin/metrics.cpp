@@ -124,8 +124,14 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
                       "Share (0..1) of the pool's traffic the region takes now (priority load "
                       "and region weight x health).",
                       MetricType::Gauge);
-  auto retries = family("lb_retries_total", "Requests retried on another backend, by pool.",
+  auto retries = family("lb_retries_total",
+                        "Requests tried again, by pool and by what failed (connect_failure, "
+                        "reset, 502, 503, 504; replay: a pooled connection the backend closed).",
                         MetricType::Counter);
+  auto budget_exhausted =
+      family("lb_retry_budget_exhausted_total",
+             "Retries the pool's retry_budget refused (the failure went to the client).",
+             MetricType::Counter);
   auto fail_open =
       family("lb_fail_open_requests_total",
              "Requests served while no backend was in rotation (fail_open).", MetricType::Counter);
@@ -148,7 +154,12 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
     h.histogram.sample_count = cumulative;
     h.histogram.sample_sum = pt.duration_sum_seconds;
 
-    counter(retries, {{"pool", pool.name()}}, static_cast<double>(pt.retries));
+    for (size_t r = 0; r < proxy::retry_reason_count; ++r)
+      counter(retries,
+              {{"pool", pool.name()}, {"reason", std::string(proxy::retry_reason_names[r])}},
+              static_cast<double>(pt.retries[r]));
+    if (pool.config().has_retry_budget)
+      counter(budget_exhausted, {{"pool", pool.name()}}, static_cast<double>(pt.budget_exhausted));
     counter(fail_open, {{"pool", pool.name()}}, static_cast<double>(pt.fail_open));
 
     const upstream::Selection& selection = pool.selection();
@@ -207,13 +218,13 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
   gauge(build, {{"version", lb::version}}, 1);
 
   std::vector<MetricFamily> out;
-  for (MetricFamily* f : {&requests,       &duration,       &upstream_requests,
-                          &connect_errors, &healthy,        &active,
-                          &pooled,         &weight,         &share,
-                          &connections,    &h2_connections, &h2_streams,
-                          &h2_goaways,     &bytes,          &retries,
-                          &fail_open,      &health_checks,  &ejections,
-                          &reloads,        &build})
+  for (MetricFamily* f : {&requests,         &duration,       &upstream_requests,
+                          &connect_errors,   &healthy,        &active,
+                          &pooled,           &weight,         &share,
+                          &connections,      &h2_connections, &h2_streams,
+                          &h2_goaways,       &bytes,          &retries,
+                          &budget_exhausted, &fail_open,      &health_checks,
+                          &ejections,        &reloads,        &build})
     out.push_back(std::move(*f));
   return out;
 }

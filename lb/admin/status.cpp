@@ -81,7 +81,7 @@ std::string status_json(const server::Server& server, double uptime_seconds, boo
                      {"fail_open_active", selection.fail_open},
                      {"health_check", pool.config().health_check.enabled},
                      {"requests", requests},
-                     {"retries", pt.retries},
+                     {"retries", pt.all_retries()},
                      {"regions", std::move(regions)},
                      {"backends", std::move(backends)}});
   }

@@ -62,7 +62,9 @@ Totals gather(const proxy::Runtime& runtime,
         for (size_t i = 0; i < to.duration_buckets.size(); ++i)
           to.duration_buckets[i] += from->duration.bucket(i);
         to.duration_sum_seconds += from->duration.sum_seconds();
-        to.retries += from->retries.get();
+        for (size_t r = 0; r < proxy::retry_reason_count; ++r)
+          to.retries[r] += from->retries[r].get();
+        to.budget_exhausted += from->budget_exhausted.get();
         to.fail_open += from->fail_open.get();
       }
       for (size_t b = 0; b < to.backends.size(); ++b) {
@@ -78,6 +80,13 @@ Totals gather(const proxy::Runtime& runtime,
     }
   }
   return t;
+}
+
+uint64_t PoolTotals::all_retries() const {
+  uint64_t n = 0;
+  for (uint64_t r : retries)
+    n += r;
+  return n;
 }
 
 } // namespace lb::admin

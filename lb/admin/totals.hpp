@@ -26,8 +26,10 @@ struct PoolTotals {
   // Per bucket (not cumulative), the last one is +Inf: as proxy::Histogram keeps them.
   std::array<uint64_t, proxy::Histogram::bounds.size() + 1> duration_buckets{};
   double duration_sum_seconds = 0;
-  uint64_t retries = 0;
+  std::array<uint64_t, proxy::retry_reason_count> retries{}; // by RetryReason
+  uint64_t budget_exhausted = 0;                             // retries the retry budget refused
   uint64_t fail_open = 0;
+  uint64_t all_retries() const;
   std::vector<BackendTotals> backends; // as pool->backends()
 };
 

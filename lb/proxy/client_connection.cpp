@@ -15,6 +15,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <charconv>
 #include <cstdio>
 #include <cstring>
 
@@ -682,8 +683,6 @@ void ClientConnection::on_request_head() {
   x_->upgrade_requested_ = mark_request_head(head, x_->authority_);
 
   adopt_runtime(); // a keep-alive connection follows reloads request by request
-  int pool = listener_->router.match(head, x_->authority_.view(), &x_->route_);
-  bool has_body = head.chunked || head.content_length > 0;
 
   // Body bytes that arrived with the head, up to the end of this message.
   auto r = x_->req_.feed(cbuf_->data() + x_->c_parsed_, cbuf_->data() + c_len_);
@@ -698,27 +697,45 @@ void ClientConnection::on_request_head() {
     keep_client_ = false;
     return respond_error(413, "request body larger than max_body_bytes", true);
   }
+  ClientAddress client{client_family_ == AF_INET6, client_family_ ? client_addr_ : nullptr};
+  if (!access_allowed(listener_->config, client))
+    return respond_error(403, "the client's address is not allowed on this listener (allow/deny)",
+                         !keep_client_);
 
   // Max-Forwards (RFC 9110 §7.6.2): an OPTIONS or TRACE that may go no
   // further is answered here, whatever the routes say; one that may goes on
   // with one hop less.
   x_->max_forwards_len_ = 0;
   if (std::optional<uint64_t> hops = max_forwards(head)) {
-    if (*hops == 0) {
-      if (has_body && !x_->req_done_)
-        keep_client_ = false;
+    if (*hops == 0)
       return respond_final_recipient();
-    }
     x_->max_forwards_len_ = static_cast<uint8_t>(
         std::snprintf(x_->max_forwards_, sizeof x_->max_forwards_, "Max-Forwards: %llu\r\n",
                       static_cast<unsigned long long>(*hops - 1)));
   }
 
-  if (pool < 0) {
-    if (has_body && !x_->req_done_)
-      keep_client_ = false;
+  const CompiledRoute* route =
+      listener_->router.match(head, x_->authority_.view(), client, &x_->route_);
+  if (!route)
     return respond_error(404, "no route matches the request", !keep_client_);
+  x_->rule_ = route;
+  const config::Route& rc = *route->config;
+  bool local =
+      rc.action == config::Route::Action::redirect || rc.action == config::Route::Action::respond;
+  if (local && !x_->req_done_)
+    keep_client_ = false; // answered before its body is read: the connection cannot go on
+  if (rc.action == config::Route::Action::redirect)
+    return respond_redirect();
+  if (rc.action == config::Route::Action::respond) {
+    x_->status_ = rc.respond.status;
+    FixedAnswer answer{rc.respond.status, rc.respond.content_type, rc.respond.body, keep_client_,
+                       head.method.view() == "HEAD"};
+    write_fixed(answer, x_->answer_, x_->to_client_);
+    return send_local_answer();
   }
+  int pool = Router::pool_of(*route, rc.has_split_key ? key_of(rc.split_key) : std::string_view());
+  if (pool < 0)
+    return respond_error(503, "the route's split has no pool to send to", !keep_client_);
   x_->pool_ = runtime_->pools[static_cast<size_t>(pool)].get();
   const config::Pool& pc = x_->pool_->config();
   if (pc.maintenance)
@@ -726,18 +743,7 @@ void ClientConnection::on_request_head() {
   // What the balancer may use: the hash key, the sticky cookie.
   x_->has_hash_ = false;
   if (pc.balance == config::Balance::ring_hash || pc.balance == config::Balance::maglev) {
-    std::string_view key;
-    switch (pc.hash_key.kind) {
-    case config::HashKey::Kind::source_ip:
-      key = client_ip();
-      break;
-    case config::HashKey::Kind::header:
-      key = http::find_header(head, pc.hash_key.name);
-      break;
-    case config::HashKey::Kind::cookie:
-      key = http::find_cookie(head, pc.hash_key.name);
-      break;
-    }
+    std::string_view key = key_of(pc.hash_key);
     if (!key.empty()) {
       x_->hash_ = upstream::hash64(key);
       x_->has_hash_ = true;
@@ -831,6 +837,82 @@ void ClientConnection::on_client_writable() {
   if (timer_kind_ == Timer::exchange)
     arm(Timer::exchange);
   do_write_client();
+}
+
+// What a split_key, hash_key names, in this request.
+std::string_view ClientConnection::key_of(const config::HashKey& key) const {
+  switch (key.kind) {
+  case config::HashKey::Kind::source_ip:
+    return client_ip();
+  case config::HashKey::Kind::header:
+    return http::find_header(x_->req_.head(), key.name);
+  case config::HashKey::Kind::cookie:
+    return http::find_cookie(x_->req_.head(), key.name);
+  }
+  return {};
+}
+
+// A route's redirect: the parts it does not give are the request's.
+void ClientConnection::respond_redirect() {
+  const config::Redirect& rd = x_->rule_->config->redirect;
+  const http::Head& head = x_->req_.head();
+  std::string_view from_host = x_->authority_.view();
+  if (from_host.empty())
+    if (const http::Header* h = head.find(http::Field::host))
+      from_host = h->value.view();
+  // The request's host and port ("[::1]:8080" -> "[::1]", "8080").
+  std::string_view req_host = from_host, req_port;
+  size_t colon = from_host.rfind(':');
+  if (colon != std::string_view::npos && from_host.find(']', colon) == std::string_view::npos) {
+    req_host = from_host.substr(0, colon);
+    req_port = from_host.substr(colon + 1);
+  }
+  bool https = ssl_ != nullptr || (stream_ && stream_->https());
+  std::string_view scheme = rd.scheme.empty() ? (https ? "https" : "http") : rd.scheme;
+  RedirectAnswer a;
+  a.code = rd.code;
+  a.scheme = scheme;
+  a.host = rd.host.empty() ? req_host : std::string_view(rd.host);
+  if (a.host.empty())
+    return respond_error(400, "a redirect needs the request's Host", !keep_client_);
+  uint16_t port = rd.port;
+  if (!port && scheme == (https ? "https" : "http") && !req_port.empty()) {
+    unsigned p = 0;
+    auto [end, ec] = std::from_chars(req_port.data(), req_port.data() + req_port.size(), p);
+    if (ec == std::errc() && end == req_port.data() + req_port.size() && p > 0 && p < 65536)
+      port = static_cast<uint16_t>(p);
+  }
+  if (port == (scheme == "https" ? 443 : 80))
+    port = 0;
+  a.port = port;
+  // The target's path and query (an absolute-form target's path starts after its authority).
+  std::string_view target = head.target.view();
+  if (!x_->authority_.empty())
+    target = std::string_view(x_->authority_.end(),
+                              static_cast<size_t>(head.target.end() - x_->authority_.end()));
+  size_t q = target.find('?');
+  std::string_view path = target.substr(0, q);
+  if (path.empty())
+    path = "/";
+  if (rd.has_path) {
+    a.path_before = rd.path;
+  } else if (rd.has_prefix) {
+    a.path_before = rd.prefix;
+    a.path_after = path.substr(std::min(path.size(), x_->rule_->config->match.path_prefix.size()));
+  } else {
+    a.path_before = path;
+  }
+  if (rd.has_query) {
+    a.has_query = !rd.query.empty();
+    a.query = rd.query;
+  } else if (q != std::string_view::npos) {
+    a.has_query = true;
+    a.query = target.substr(q + 1);
+  }
+  a.keep_alive = keep_client_;
+  x_->status_ = rd.code;
+  write_redirect(a, x_->answer_, x_->to_client_);
+  send_local_answer();
 }
 
 void ClientConnection::respond_maintenance() {
@@ -1046,6 +1128,10 @@ void ClientConnection::arm(Timer t) {
     break;
   case Timer::exchange:
     d = x_->pool_->config().timeouts.response;
+    if (x_->try_deadline_ != io::Clock::time_point{}) // per_try_timeout, until the response head
+      d = std::min(d, std::max(std::chrono::milliseconds(0),
+                               std::chrono::ceil<std::chrono::milliseconds>(x_->try_deadline_ -
+                                                                            worker_.loop.now())));
     break;
   case Timer::linger:
     d = std::chrono::seconds(2);
@@ -1104,6 +1190,14 @@ void ClientConnection::timed_out() {
                   x_->pool_->name().c_str());
     return respond_error(503, x_->reason_, !x_->req_done_);
   case Timer::exchange:
+    if (x_->try_deadline_ != io::Clock::time_point{} && worker_.loop.now() >= x_->try_deadline_ &&
+        x_->backend_ >= 0) {
+      x_->try_deadline_ = {};
+      std::snprintf(x_->reason_, sizeof x_->reason_, "%s did not answer within per_try_timeout",
+                    x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str());
+      x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::server_error);
+      return backend_failed(Failure::try_timeout, x_->reason_);
+    }
     keep_client_ = false;
     if (!x_->req_done_)
       return respond_error(408, "request body not received in time", true);

@@ -21,6 +21,7 @@
 #include "lb/io/event_loop.hpp"
 #include "lb/io/timeouts.hpp"
 #include "lb/proxy/exchange.hpp"
+#include "lb/proxy/header_rules.hpp"
 #include "lb/proxy/worker_context.hpp"
 
 #include <openssl/ssl.h>
@@ -175,8 +176,14 @@ private:
   void tunnel_half_closed();
   // Ends.
   void backend_failed(Failure failure, const char* reason);
+  bool retry_on_status(int status);
+  bool retry_budget_allows();
+  void start_try_clock();
   void respond_error(int status, const char* reason, bool close);
   void respond_maintenance();
+  void respond_redirect();
+  std::string_view key_of(const config::HashKey& key) const;
+  HeaderVars header_vars() const;
   // OPTIONS or TRACE whose Max-Forwards is 0: lb is the final recipient.
   void respond_final_recipient();
   // Sends what to_client_ holds as lb's own answer.

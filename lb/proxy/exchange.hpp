@@ -27,6 +27,7 @@ class Pool;
 namespace lb::proxy {
 
 class ClientConnection;
+struct CompiledRoute;
 // A step of a request, run when a socket is ready (or on the loop's next pass).
 using Step = void (ClientConnection::*)();
 
@@ -34,11 +35,12 @@ using Step = void (ClientConnection::*)();
 struct ExchangeFields {
   upstream::Pool* pool_ = nullptr;
   // Offsets into the client connection's read buffer.
-  uint32_t c_parsed_ = 0; // bytes given to the request parser
-  uint32_t head_end_ = 0; // end of the request head
-  uint32_t msg_end_ = 0;  // end of the request bytes forwarded so far
-  uint32_t lingered_ = 0; // bytes discarded while closing
-  int route_ = -1;        // the listener's route that matched (access log)
+  uint32_t c_parsed_ = 0;               // bytes given to the request parser
+  uint32_t head_end_ = 0;               // end of the request head
+  uint32_t msg_end_ = 0;                // end of the request bytes forwarded so far
+  uint32_t lingered_ = 0;               // bytes discarded while closing
+  int route_ = -1;                      // the listener's route that matched (access log)
+  const CompiledRoute* rule_ = nullptr; // ... itself (in the request's snapshot)
   int backend_ = -1;
   upstream::Connection* conn_ = nullptr;
   bool conn_reused_ = false;
@@ -92,6 +94,8 @@ struct ExchangeFields {
   int active_backend_ = -1; // counted in its pool's active requests
   io::Clock::time_point started_{};
   io::Clock::time_point upstream_started_{};
+  io::Clock::time_point try_deadline_{}; // per_try_timeout: until the response head
+  uint8_t retry_reason_ = 0;             // why the next attempt runs (RetryReason)
   double upstream_ms_ = -1;
 };
 

@@ -15,12 +15,50 @@ void set_hop_by_hop(http::Head& head, Field field, bool hop_by_hop) {
       head.headers[i].hop_by_hop = hop_by_hop;
 }
 
-// The head's fields from `seg` on, less the hop-by-hop ones, up to the empty line.
-bool add_forwarded_fields(const http::Head& head, const char* seg, unsigned from, Outbox& out) {
+// Whether a route's header edits take a field of this name away (remove, or
+// set: replaced by the route's value).
+bool edited_away(const config::HeaderEdits* edits, std::string_view name) {
+  if (!edits)
+    return false;
+  for (const auto& r : edits->remove)
+    if (http::iequals(r, name))
+      return true;
+  for (const auto& [n, v] : edits->set)
+    if (http::iequals(n, name))
+      return true;
+  return false;
+}
+
+bool add_lines(const std::vector<std::pair<std::string, config::HeaderValue>>& lines,
+               const HeaderVars& vars, Outbox& out) {
+  using Part = config::HeaderValue::Part;
+  bool ok = true;
+  for (const auto& [name, value] : lines) {
+    ok &= out.add(name);
+    ok &= out.add(std::string_view(": "));
+    for (const auto& [part, text] : value.parts)
+      ok &= out.add(part == Part::text        ? std::string_view(text)
+                    : part == Part::client_ip ? vars.client_ip
+                    : part == Part::host      ? vars.host
+                                              : vars.request_id);
+    ok &= out.add(std::string_view("\r\n"));
+  }
+  return ok;
+}
+
+// The fields a route's edits add (set, then add).
+bool add_edited_fields(const config::HeaderEdits* edits, const HeaderVars& vars, Outbox& out) {
+  return !edits || (add_lines(edits->set, vars, out) && add_lines(edits->add, vars, out));
+}
+
+// The head's fields from `seg` on, less the hop-by-hop ones and those the
+// route's edits take away, up to the empty line.
+bool add_forwarded_fields(const http::Head& head, const char* seg, unsigned from, Outbox& out,
+                          const config::HeaderEdits* edits = nullptr) {
   bool ok = true;
   for (unsigned i = from; i < head.count; ++i) {
     const http::Header& h = head.headers[i];
-    if (h.hop_by_hop) {
+    if (h.hop_by_hop || edited_away(edits, h.name.view())) {
       ok &= out.add(seg, static_cast<size_t>(h.line_start - seg));
       seg = h.line_end;
     }
@@ -75,25 +113,37 @@ bool write_request_head(const http::Head& head, const RequestRules& rules, Outbo
 
   bool ok = true;
   const char* seg = head.start;
-  if (!rules.authority.empty()) {
+  const config::Route* route = rules.route;
+  const config::HeaderEdits* edits =
+      route && !route->request_headers.empty() ? &route->request_headers : nullptr;
+  bool rewrite_path = route && route->has_rewrite_prefix;
+  bool rewrite_host = route && !route->rewrite_host.empty();
+  if (!rules.authority.empty() || rewrite_path) {
     // Toward an origin the target is origin-form (RFC 9112 §3.2.1); the
-    // authority goes to Host below.
-    const char* path = rules.authority.end();
+    // authority goes to Host below. A rewrite replaces the matched prefix.
+    const char* path = rules.authority.empty() ? head.target.p : rules.authority.end();
     const char* target_end = head.target.end();
     ok &= out.add(seg, static_cast<size_t>(head.target.p - seg));
-    if (path == target_end || *path != '/')
+    if (rewrite_path) {
+      ok &= out.add(route->rewrite_prefix);
+      path +=
+          std::min<size_t>(route->match.path_prefix.size(), static_cast<size_t>(target_end - path));
+    } else if (path == target_end || *path != '/') {
       ok &= out.add(std::string_view("/"));
+    }
     if (path != target_end)
       ok &= out.add(path, static_cast<size_t>(target_end - path));
     seg = target_end;
   }
   for (unsigned i = 0; i < head.count; ++i) {
     const http::Header& h = head.headers[i];
-    // Fields lb sets itself are cut from what the client sent.
+    // Fields lb sets itself are cut from what the client sent, as are those
+    // the route's edits take away.
     bool cut = h.hop_by_hop || h.field == Field::x_forwarded_proto ||
                h.field == Field::x_forwarded_host ||
                (h.field == Field::max_forwards && !rules.max_forwards_line.empty()) ||
-               (h.field == Field::x_forwarded_for && rules.forwarded_for == FF::replace);
+               (h.field == Field::x_forwarded_for && rules.forwarded_for == FF::replace) ||
+               (h.field == Field::host && rewrite_host) || edited_away(edits, h.name.view());
     if (static_cast<int>(i) == last_xff) {
       ok &= out.add(seg, static_cast<size_t>(h.value.end() - seg));
       ok &= out.add(std::string_view(", "));
@@ -115,12 +165,17 @@ bool write_request_head(const http::Head& head, const RequestRules& rules, Outbo
   ok &= out.add(rules.https ? std::string_view("X-Forwarded-Proto: https\r\n")
                             : std::string_view("X-Forwarded-Proto: http\r\n"));
   http::Span host = rules.authority;
-  if (!rules.authority.empty()) {
+  if (rules.authority.empty())
+    if (const http::Header* h = head.find(Field::host))
+      host = h->value;
+  if (rewrite_host) {
+    ok &= out.add(std::string_view("Host: "));
+    ok &= out.add(route->rewrite_host);
+    ok &= out.add(std::string_view("\r\n"));
+  } else if (!rules.authority.empty()) {
     ok &= out.add(std::string_view("Host: "));
     ok &= out.add(rules.authority.p, rules.authority.n);
     ok &= out.add(std::string_view("\r\n"));
-  } else if (const http::Header* h = head.find(Field::host)) {
-    host = h->value;
   }
   if (!host.empty()) {
     ok &= out.add(std::string_view("X-Forwarded-Host: "));
@@ -141,6 +196,7 @@ bool write_request_head(const http::Head& head, const RequestRules& rules, Outbo
     ok &= out.add(rules.request_id);
     ok &= out.add(std::string_view("\r\n"));
   }
+  ok &= add_edited_fields(edits, rules.vars, out);
   // TE is a connection option: whoever sends it names it in Connection (RFC 9110 §10.1.4).
   if (rules.upgrade)
     ok &= out.add(te_trailers ? std::string_view("Connection: upgrade, TE\r\n")
@@ -182,7 +238,10 @@ ResponseShape mark_response_head(http::Head& head, bool client_http10) {
 bool write_response_head(const http::Head& head, const ResponseShape& shape,
                          const ResponseRules& rules, Outbox& out) {
   out.clear();
-  bool ok = add_forwarded_fields(head, head.start, 0, out);
+  // The route's edits apply to the final response.
+  const config::HeaderEdits* edits = shape.interim || shape.switching ? nullptr : rules.edits;
+  bool ok = add_forwarded_fields(head, head.start, 0, out, edits);
+  ok &= add_edited_fields(edits, rules.vars, out);
   if (shape.switching) {
     if (rules.via)
       ok &= out.add(std::string_view("Via: 1.1 lb\r\n"));

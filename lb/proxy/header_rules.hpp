@@ -35,16 +35,25 @@ bool mark_request_head(http::Head& head, http::Span authority);
 // Leading zeros say nothing; more than 18 digits is "many" (not 0).
 std::optional<uint64_t> max_forwards(const http::Head& head);
 
+// What a route's header values may refer to (%{client_ip}, %{request_id}, %{host}).
+struct HeaderVars {
+  std::string_view client_ip;
+  std::string_view request_id;
+  std::string_view host; // the client's Host (or an absolute-form target's authority)
+};
+
 struct RequestRules {
   config::Headers::ForwardedFor forwarded_for = config::Headers::ForwardedFor::append;
-  std::string_view client_ip;         // appended to X-Forwarded-For
-  bool https = false;                 // X-Forwarded-Proto
-  bool via = true;                    // Via: 1.x lb
-  http::Span authority;               // an absolute-form target's: sent as Host
-  std::string_view request_id_header; // the field name for request_id
-  std::string_view request_id;        // a generated id to add; empty: none
-  std::string_view max_forwards_line; // "Max-Forwards: N\r\n" for the client's; empty: none
-  bool upgrade = false;               // the request asks to switch protocols
+  std::string_view client_ip;           // appended to X-Forwarded-For
+  bool https = false;                   // X-Forwarded-Proto
+  bool via = true;                      // Via: 1.x lb
+  http::Span authority;                 // an absolute-form target's: sent as Host
+  std::string_view request_id_header;   // the field name for request_id
+  std::string_view request_id;          // a generated id to add; empty: none
+  std::string_view max_forwards_line;   // "Max-Forwards: N\r\n" for the client's; empty: none
+  bool upgrade = false;                 // the request asks to switch protocols
+  const config::Route* route = nullptr; // its rewrite and request_headers; nullptr: none
+  HeaderVars vars;                      // for the route's header values
 };
 
 // The request head as the backend gets it, into `out` (cleared first). The
@@ -68,9 +77,11 @@ ResponseShape mark_response_head(http::Head& head, bool client_http10);
 
 struct ResponseRules {
   bool via = true;
-  bool keep_client = true;          // the client connection stays open after it
-  bool client_http10 = false;       // ... which then needs Connection: keep-alive
-  std::string_view set_cookie_line; // "Set-Cookie: ...\r\n" to add; empty: none
+  bool keep_client = true;                    // the client connection stays open after it
+  bool client_http10 = false;                 // ... which then needs Connection: keep-alive
+  std::string_view set_cookie_line;           // "Set-Cookie: ...\r\n" to add; empty: none
+  const config::HeaderEdits* edits = nullptr; // the route's response_headers; nullptr: none
+  HeaderVars vars;                            // for their values
 };
 
 // The response head as the client gets it, into `out` (cleared first). False

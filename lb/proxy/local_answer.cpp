@@ -14,15 +14,44 @@ struct Phrase {
   int status;
   std::string_view text;
 };
+// RFC 9110 §15 (and 429, RFC 6585).
 constexpr Phrase phrases[] = {
     {200, "OK"},
+    {201, "Created"},
+    {202, "Accepted"},
+    {203, "Non-Authoritative Information"},
+    {205, "Reset Content"},
+    {206, "Partial Content"},
+    {300, "Multiple Choices"},
+    {301, "Moved Permanently"},
+    {302, "Found"},
+    {303, "See Other"},
+    {307, "Temporary Redirect"},
+    {308, "Permanent Redirect"},
     {400, "Bad Request"},
+    {401, "Unauthorized"},
+    {402, "Payment Required"},
+    {403, "Forbidden"},
     {404, "Not Found"},
     {405, "Method Not Allowed"},
+    {406, "Not Acceptable"},
+    {407, "Proxy Authentication Required"},
     {408, "Request Timeout"},
+    {409, "Conflict"},
+    {410, "Gone"},
+    {411, "Length Required"},
+    {412, "Precondition Failed"},
     {413, "Content Too Large"},
     {414, "URI Too Long"},
+    {415, "Unsupported Media Type"},
+    {416, "Range Not Satisfiable"},
+    {417, "Expectation Failed"},
+    {421, "Misdirected Request"},
+    {422, "Unprocessable Content"},
+    {426, "Upgrade Required"},
+    {429, "Too Many Requests"},
     {431, "Request Header Fields Too Large"},
+    {451, "Unavailable For Legal Reasons"},
     {500, "Internal Server Error"},
     {501, "Not Implemented"},
     {502, "Bad Gateway"},
@@ -97,6 +126,21 @@ constexpr size_t final_recipient_max =
         .size() +
     max_number + std::string_view("Connection: keep-alive\r\n\r\n").size();
 static_assert(final_recipient_max <= AnswerBuffer::capacity);
+
+constexpr std::string_view keep_alive_end = "Connection: keep-alive\r\n\r\n";
+constexpr std::string_view close_end = "Connection: close\r\n\r\n";
+
+constexpr size_t redirect_max = std::string_view("HTTP/1.1 308 \r\nLocation: https://").size() +
+                                max_phrase + std::string_view(":65535?").size() +
+                                std::string_view("\r\nContent-Length: 0\r\n").size() +
+                                keep_alive_end.size();
+static_assert(redirect_max <= AnswerBuffer::capacity);
+
+constexpr size_t fixed_max = std::string_view("HTTP/1.1 599 \r\nContent-Type: \r\n").size() +
+                             max_phrase + AnswerBuffer::max_name +
+                             std::string_view("Content-Length: \r\n").size() + max_number +
+                             keep_alive_end.size();
+static_assert(fixed_max <= AnswerBuffer::capacity);
 
 std::string_view cut(std::string_view s, size_t n) { return s.substr(0, n); }
 
@@ -182,6 +226,59 @@ void write_maintenance(const MaintenanceAnswer& a, AnswerBuffer& buf, Outbox& ou
     out.add(id_after);
   }
   out.add(page_end);
+}
+
+void write_redirect(const RedirectAnswer& a, AnswerBuffer& buf, Outbox& out) {
+  Writer w(buf.data, redirect_max);
+  w.put("HTTP/1.1 ");
+  w.put(static_cast<uint64_t>(a.code));
+  w.put(" ");
+  w.put(reason_phrase(a.code));
+  w.put("\r\nLocation: ");
+  w.put(a.scheme == "https" ? std::string_view("https://") : std::string_view("http://"));
+  std::string_view start = w.text();
+  char* port_start = w.end();
+  if (a.port) {
+    w.put(":");
+    w.put(static_cast<uint64_t>(a.port));
+  }
+  std::string_view port(port_start, static_cast<size_t>(w.end() - port_start));
+  char* mark = w.end();
+  w.put("?");
+  std::string_view question(mark, 1);
+  mark = w.end();
+  w.put("\r\nContent-Length: 0\r\n");
+  w.put(a.keep_alive ? keep_alive_end : close_end);
+  std::string_view end(mark, static_cast<size_t>(w.end() - mark));
+  out.clear();
+  out.add(start);
+  out.add(a.host);
+  out.add(port);
+  out.add(a.path_before);
+  out.add(a.path_after);
+  if (a.has_query) {
+    out.add(question);
+    out.add(a.query);
+  }
+  out.add(end);
+}
+
+void write_fixed(const FixedAnswer& a, AnswerBuffer& buf, Outbox& out) {
+  Writer w(buf.data, fixed_max);
+  w.put("HTTP/1.1 ");
+  w.put(static_cast<uint64_t>(std::clamp(a.status, 100, 999)));
+  w.put(" ");
+  w.put(reason_phrase(a.status));
+  w.put("\r\nContent-Type: ");
+  w.put(cut(a.content_type, AnswerBuffer::max_name));
+  w.put("\r\nContent-Length: ");
+  w.put(static_cast<uint64_t>(a.body.size()));
+  w.put("\r\n");
+  w.put(a.keep_alive ? keep_alive_end : close_end);
+  out.clear();
+  out.add(w.text());
+  if (!a.head_request)
+    out.add(a.body);
 }
 
 bool write_final_recipient(const http::Head& request, bool keep_alive, AnswerBuffer& buf,

@@ -49,6 +49,33 @@ struct MaintenanceAnswer {
 // digits, - _ . :, at most max_request_id): the page is HTML.
 void write_maintenance(const MaintenanceAnswer& answer, AnswerBuffer& buf, Outbox& out);
 
+// A route's redirect: "Location: SCHEME://HOST[:PORT]PATH[?QUERY]", no body.
+// The parts refer to bytes that must outlive the write (the request's, the
+// config's).
+struct RedirectAnswer {
+  int code = 301;
+  std::string_view scheme; // "http" or "https"
+  std::string_view host;
+  uint16_t port = 0;            // 0: none written
+  std::string_view path_before; // the path: these two, one after the other
+  std::string_view path_after;
+  bool has_query = false;
+  std::string_view query; // without its '?'
+  bool keep_alive = true;
+};
+void write_redirect(const RedirectAnswer& answer, AnswerBuffer& buf, Outbox& out);
+
+// A route's fixed response. The body refers to bytes that must outlive the
+// write (the config's).
+struct FixedAnswer {
+  int status = 200;
+  std::string_view content_type;
+  std::string_view body;
+  bool keep_alive = true;
+  bool head_request = false;
+};
+void write_fixed(const FixedAnswer& answer, AnswerBuffer& buf, Outbox& out);
+
 // 200 to an OPTIONS or TRACE that may go no further (lb is the final
 // recipient): empty for OPTIONS; for TRACE the request as received, less the
 // fields that carry credentials (RFC 9110 §9.3.8). The echo refers to the

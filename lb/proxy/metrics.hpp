@@ -3,6 +3,7 @@
 // writer (a relaxed load and store: a plain increment, no lock prefix, no shared
 // cache line); the admin thread sums all workers' copies at scrape time.
 
+#include "lb/proxy/retry_policy.hpp"
 #include "lb/upstream/registry.hpp"
 
 #include <array>
@@ -148,9 +149,10 @@ struct BackendMetrics {
 };
 
 struct PoolMetrics {
-  Histogram duration; // lb_request_duration_seconds{pool}
-  Counter retries;    // lb_retries_total{pool}
-  Counter fail_open;  // requests served while no backend was in rotation
+  Histogram duration;                  // lb_request_duration_seconds{pool}
+  Counter retries[retry_reason_count]; // lb_retries_total{pool,reason}, by RetryReason
+  Counter budget_exhausted;            // lb_retry_budget_exhausted_total{pool}
+  Counter fail_open;                   // requests served while no backend was in rotation
 };
 
 struct ListenerMetrics {

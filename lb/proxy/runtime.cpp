@@ -1,5 +1,9 @@
 #include "lb/proxy/runtime.hpp"
 
+#include "lb/upstream/hashing.hpp"
+
+#include <re2/re2.h>
+
 #include <algorithm>
 #include <cctype>
 
@@ -44,10 +48,91 @@ std::string_view path_of(std::string_view target) {
 
 } // namespace
 
+bool access_allowed(const config::Listener& listener, const ClientAddress& client) {
+  if (listener.allow.empty() && listener.deny.empty())
+    return true;
+  if (!client.addr)
+    return listener.allow.empty();
+  for (const auto& c : listener.deny)
+    if (c.contains(client.ipv6, client.addr))
+      return false;
+  if (listener.allow.empty())
+    return true;
+  for (const auto& c : listener.allow)
+    if (c.contains(client.ipv6, client.addr))
+      return true;
+  return false;
+}
+
+namespace {
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  c = static_cast<char>(c | 0x20);
+  return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+// Whether `raw` (a query component: %XX escapes, '+' for space) decodes to `want`.
+bool decodes_to(std::string_view raw, std::string_view want) {
+  size_t j = 0;
+  for (size_t i = 0; i < raw.size(); ++i, ++j) {
+    char c = raw[i];
+    if (c == '+') {
+      c = ' ';
+    } else if (c == '%' && i + 2 < raw.size() && hex_value(raw[i + 1]) >= 0 &&
+               hex_value(raw[i + 2]) >= 0) {
+      c = static_cast<char>(hex_value(raw[i + 1]) * 16 + hex_value(raw[i + 2]));
+      i += 2;
+    }
+    if (j >= want.size() || want[j] != c)
+      return false;
+  }
+  return j == want.size();
+}
+
+// Whether the query holds parameter `name` with the value `value` (decoded).
+bool query_has(std::string_view query, std::string_view name, std::string_view value) {
+  while (!query.empty()) {
+    size_t amp = query.find('&');
+    std::string_view param = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    size_t eq = param.find('=');
+    std::string_view n = param.substr(0, eq);
+    std::string_view v = eq == std::string_view::npos ? std::string_view() : param.substr(eq + 1);
+    if (decodes_to(n, name) && decodes_to(v, value))
+      return true;
+  }
+  return false;
+}
+
+bool has_field(const http::Head& head, std::string_view name) {
+  for (unsigned i = 0; i < head.count; ++i)
+    if (http::iequals(head.headers[i].name.view(), name))
+      return true;
+  return false;
+}
+
+bool has_field_value(const http::Head& head, std::string_view name, std::string_view value) {
+  for (unsigned i = 0; i < head.count; ++i)
+    if (http::iequals(head.headers[i].name.view(), name) && head.headers[i].value.view() == value)
+      return true;
+  return false;
+}
+
+} // namespace
+
 Router::Router(const std::vector<config::Route>& routes,
                const std::vector<std::shared_ptr<upstream::Pool>>& pools) {
+  auto pool_index = [&](const std::string& name) {
+    for (const auto& p : pools)
+      if (p->name() == name)
+        return static_cast<int>(p->index());
+    return -1;
+  };
   for (const auto& r : routes) {
     CompiledRoute c;
+    c.config = &r;
     if (r.match.host.empty()) {
       c.host_match = CompiledRoute::HostMatch::any;
     } else if (r.match.host.rfind("*.", 0) == 0) {
@@ -57,24 +142,49 @@ Router::Router(const std::vector<config::Route>& routes,
       c.host_match = CompiledRoute::HostMatch::exact;
       c.host = lower(r.match.host);
     }
-    c.path_prefix = r.match.path_prefix;
-    c.headers = r.match.headers;
-    for (const auto& p : pools)
-      if (p->name() == r.pool)
-        c.pool = static_cast<int>(p->index());
+    if (!r.match.path_regex.empty()) {
+      RE2::Options options;
+      options.set_log_errors(false);
+      c.path_regex = std::make_unique<RE2>(r.match.path_regex, options);
+    }
+    c.pool = pool_index(r.pool);
+    for (const auto& wp : r.pools) {
+      if (wp.weight == 0)
+        continue;
+      c.split_total += wp.weight;
+      c.split.emplace_back(pool_index(wp.pool), c.split_total);
+    }
+    c.modifies_request =
+        r.has_rewrite_prefix || !r.rewrite_host.empty() || !r.request_headers.empty();
+    c.modifies_response = !r.response_headers.empty();
     routes_.push_back(std::move(c));
   }
 }
 
-int Router::match(const http::Head& head, std::string_view authority, int* route) const {
-  if (route)
-    *route = -1;
+Router::~Router() = default;
+
+const CompiledRoute* Router::match(const http::Head& head, std::string_view authority,
+                                   const ClientAddress& client, int* index) const {
+  if (index)
+    *index = -1;
   const http::Header* host_header = head.find(http::Field::host);
   std::string_view host = !authority.empty() ? host_without_port(authority)
                           : host_header      ? host_without_port(host_header->value.view())
                                              : std::string_view();
-  std::string_view path = path_of(head.target.view());
+  // The path and the query, split only when a route looks at them.
+  std::string_view target = path_of(head.target.view());
+  std::string_view path, query;
+  bool split = false;
+  auto split_target = [&] {
+    if (split)
+      return;
+    split = true;
+    size_t q = target.find('?');
+    path = target.substr(0, q);
+    query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
+  };
   for (const auto& r : routes_) {
+    const config::RouteMatch& m = r.config->match;
     switch (r.host_match) {
     case CompiledRoute::HostMatch::any:
       break;
@@ -87,26 +197,51 @@ int Router::match(const http::Head& head, std::string_view authority, int* route
         continue;
       break;
     }
-    if (!r.path_prefix.empty() && path.substr(0, r.path_prefix.size()) != r.path_prefix)
+    if (!m.path_prefix.empty() || !m.path.empty() || r.path_regex || !m.query.empty())
+      split_target();
+    if (!m.path_prefix.empty() && path.substr(0, m.path_prefix.size()) != m.path_prefix)
       continue;
-    bool headers_match = true;
-    for (const auto& [name, value] : r.headers) {
-      bool found = false;
-      for (unsigned i = 0; i < head.count && !found; ++i)
-        found = http::iequals(head.headers[i].name.view(), name) &&
-                head.headers[i].value.view() == value;
-      if (!found) {
-        headers_match = false;
+    if (!m.path.empty() && path != m.path)
+      continue;
+    if (!m.methods.empty() &&
+        std::find(m.methods.begin(), m.methods.end(), head.method.view()) == m.methods.end())
+      continue;
+    bool ok = true;
+    for (const auto& [name, value] : m.headers)
+      if (!(ok = has_field_value(head, name, value)))
         break;
-      }
+    for (size_t i = 0; ok && i < m.header_present.size(); ++i)
+      ok = has_field(head, m.header_present[i]);
+    for (size_t i = 0; ok && i < m.query.size(); ++i)
+      ok = query_has(query, m.query[i].first, m.query[i].second);
+    if (ok && !m.source.empty()) {
+      ok = false;
+      for (size_t i = 0; !ok && client.addr && i < m.source.size(); ++i)
+        ok = m.source[i].contains(client.ipv6, client.addr);
     }
-    if (headers_match) {
-      if (route)
-        *route = static_cast<int>(&r - routes_.data());
-      return r.pool;
-    }
+    if (ok && r.path_regex)
+      ok = RE2::PartialMatch(re2::StringPiece(path.data(), path.size()), *r.path_regex);
+    if (!ok)
+      continue;
+    if (index)
+      *index = static_cast<int>(&r - routes_.data());
+    return &r;
   }
-  return -1;
+  return nullptr;
+}
+
+int Router::pool_of(const CompiledRoute& route, std::string_view key) {
+  if (route.config->action == config::Route::Action::pool)
+    return route.pool;
+  if (route.split_total == 0)
+    return -1;
+  uint64_t draw = route.config->has_split_key && !key.empty() ? upstream::hash64(key, 0x5eed)
+                                                              : upstream::thread_random();
+  uint32_t point = static_cast<uint32_t>(draw % route.split_total);
+  for (const auto& [pool, upto] : route.split)
+    if (point < upto)
+      return pool;
+  return route.split.back().first;
 }
 
 Runtime::Runtime(std::shared_ptr<const config::Config> c, upstream::Registry& registry,

@@ -9,36 +9,65 @@
 #include "lb/upstream/pool.hpp"
 
 #include <memory>
+
+namespace re2 {
+class RE2;
+}
 #include <string>
 #include <vector>
 
 namespace lb::proxy {
+
+// What a route looks at besides the head: the client's address (after a
+// PROXY header), in binary.
+struct ClientAddress {
+  bool ipv6 = false;
+  const uint8_t* addr = nullptr; // 4 or 16 bytes; nullptr: unknown
+};
+
+// Whether `client` is let in by a listener's allow and deny lists (deny wins;
+// with allow set, only those get in).
+bool access_allowed(const config::Listener& listener, const ClientAddress& client);
+
+// One route, compiled: its matches in the order they are cheapest to test,
+// its action, and its modifiers (in `config`).
+struct CompiledRoute {
+  enum class HostMatch { any, exact, suffix } host_match = HostMatch::any;
+  std::string host;                      // lower case; for suffix: ".example.com"
+  const config::Route* config = nullptr; // in the listener's config (same snapshot)
+  std::unique_ptr<re2::RE2> path_regex;
+  int pool = -1; // Action::pool
+  // Action::split: pool indices with their cumulative weights.
+  std::vector<std::pair<int, uint32_t>> split;
+  uint32_t split_total = 0;
+  bool modifies_request = false;  // rewrite or request_headers
+  bool modifies_response = false; // response_headers
+};
 
 // Routes of one listener, compiled: first match wins.
 class Router {
 public:
   Router(const std::vector<config::Route>& routes,
          const std::vector<std::shared_ptr<upstream::Pool>>& pools);
-  // Index of the pool for this request head, or -1 when no route matches.
+  ~Router();
+  // The route for this request head, or nullptr when no route matches.
   // `authority` (from an absolute-form target), when not empty, stands for Host.
-  // `route`, when given, receives the index of the matching route (or -1).
-  int match(const http::Head& head, std::string_view authority = {}, int* route = nullptr) const;
+  // `index`, when given, receives the route's index (or -1).
+  const CompiledRoute* match(const http::Head& head, std::string_view authority,
+                             const ClientAddress& client, int* index = nullptr) const;
+  // A forwarding route's pool for this request: a split draws by weight, or
+  // by `key`'s hash when the route has a split_key and the key is not empty.
+  static int pool_of(const CompiledRoute& route, std::string_view key);
+  const std::vector<CompiledRoute>& routes() const { return routes_; }
 
 private:
-  struct CompiledRoute {
-    enum class HostMatch { any, exact, suffix } host_match = HostMatch::any;
-    std::string host; // lower case; for suffix: ".example.com"
-    std::string path_prefix;
-    std::vector<std::pair<std::string, std::string>> headers;
-    int pool = -1;
-  };
   std::vector<CompiledRoute> routes_;
 };
 
 struct ListenerRuntime {
   ListenerRuntime(const config::Listener& c, size_t i, uint32_t listener_id,
                   const std::vector<std::shared_ptr<upstream::Pool>>& pools)
-      : config(c), index(i), id(listener_id), router(c.routes, pools) {
+      : config(c), index(i), id(listener_id), router(config.routes, pools) {
     if (c.tls.enabled)
       tls = io::TlsServer::create(c.tls, c.http2, tls_error);
   }

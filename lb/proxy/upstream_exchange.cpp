@@ -22,6 +22,17 @@ namespace lb::proxy {
 // (retry_policy), report the outcome to the pool (passive health) and count
 // it once.
 
+HeaderVars ClientConnection::header_vars() const {
+  HeaderVars v;
+  v.client_ip = client_ip();
+  v.request_id = request_id();
+  v.host = x_->authority_.view();
+  if (v.host.empty())
+    if (const http::Header* h = x_->req_.head().find(http::Field::host))
+      v.host = h->value.view();
+  return v;
+}
+
 ssize_t ClientConnection::backend_recv(char* p, size_t n) {
   if (!x_->conn_->ssl)
     return plain_recv(x_->conn_->watch, p, n);
@@ -36,6 +47,8 @@ int ClientConnection::backend_write(Outbox& out, uint64_t& written) {
 }
 
 void ClientConnection::do_attempt() {
+  if (x_->retry_.attempts == 0 && x_->retry_.replays == 0 && !x_->queued_)
+    worker_.retry_budget(x_->pool_->id()).on_request(worker_.loop.now());
   upstream::PickRequest pick{x_->tried_, x_->hash_, x_->has_hash_, x_->sticky_backend_};
   int b = x_->pool_->pick(pick);
   if (x_->pool_->tracks_active()) {
@@ -81,7 +94,7 @@ void ClientConnection::do_attempt() {
   x_->tried_.add(static_cast<size_t>(b));
   PoolMetrics& pm = worker_.metrics->pools.at(x_->pool_->id());
   if (x_->retry_.attempts > 0 || x_->retry_.replays > 0)
-    pm.retries.add();
+    pm.retries[x_->retry_reason_].add();
   if (x_->retry_.attempts == 0 && x_->retry_.replays == 0 && x_->pool_->selection().fail_open) {
     pm.fail_open.add();
     x_->pool_->note_fail_open();
@@ -95,6 +108,7 @@ void ClientConnection::do_attempt() {
   x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
   if (x_->retry_.attempts == 1)
     x_->upstream_started_ = worker_.loop.now();
+  start_try_clock();
   // A request that is not replayed if the backend closes the connection
   // under it gets one that was checked just now.
   bool verify = !idempotent(x_->req_.head().method.view());
@@ -232,6 +246,10 @@ void ClientConnection::do_send_request_head() {
   rules.request_id = {x_->request_id_, x_->request_id_len_};
   rules.max_forwards_line = {x_->max_forwards_, x_->max_forwards_len_};
   rules.upgrade = x_->upgrade_requested_;
+  if (x_->rule_ && x_->rule_->modifies_request) {
+    rules.route = x_->rule_->config;
+    rules.vars = header_vars();
+  }
   Outbox& out = x_->to_backend_;
   bool ok = write_request_head(x_->req_.head(), rules, out);
   ok &= out.add(cbuf_->data() + x_->head_end_, x_->msg_end_ - x_->head_end_);
@@ -282,8 +300,11 @@ void ClientConnection::stop_request_body() {
 
 void ClientConnection::on_request_bytes_sent() {
   x_->backend_writing_ = false;
-  if (x_->req_done_)
+  if (x_->req_done_ && !x_->req_sent_) {
     x_->req_sent_ = true;
+    if (x_->try_deadline_ == io::Clock::time_point{} && !x_->status_)
+      start_try_clock();
+  }
   if (!x_->reading_response_) {
     // The response comes with the socket's next edge (or on the next pass,
     // when one came meanwhile): never from inside this write, so the steps
@@ -420,6 +441,9 @@ void ClientConnection::on_response_head() {
   } else if (shape.interim) {
     x_->in_response_head_ = true;
   } else {
+    if (!x_->pool_->config().retry_statuses.empty() && retry_on_status(head.status))
+      return;
+    x_->try_deadline_ = {};
     x_->in_response_head_ = false;
     x_->status_ = head.status;
     x_->upstream_ms_ = ms_between(x_->upstream_started_, worker_.loop.now());
@@ -446,6 +470,10 @@ void ClientConnection::on_response_head() {
   rules.keep_client = keep_client_;
   rules.client_http10 = client_http10;
   rules.set_cookie_line = set_cookie;
+  if (x_->rule_ && x_->rule_->modifies_response) {
+    rules.edits = &x_->rule_->config->response_headers;
+    rules.vars = header_vars();
+  }
   Outbox& out = x_->to_client_;
   if (!write_response_head(head, shape, rules, out))
     return backend_failed(Failure::backend, "response has too many header fields");
@@ -531,25 +559,71 @@ void ClientConnection::leave_queue() {
     }
 }
 
+// Whether the pool's retry budget lets one more retry go now (counted when it does).
+bool ClientConnection::retry_budget_allows() {
+  const config::Pool& pc = x_->pool_->config();
+  if (worker_.retry_budget(x_->pool_->id()).take(pc, worker_.workers, worker_.loop.now()))
+    return true;
+  worker_.metrics->pools.at(x_->pool_->id()).budget_exhausted.add();
+  return false;
+}
+
+// The per_try_timeout of the attempt under way starts (once its request is
+// all there: a slow upload is bounded by timeouts.response, not by this).
+void ClientConnection::start_try_clock() {
+  auto per_try = x_->pool_->config().per_try_timeout;
+  x_->try_deadline_ =
+      per_try.count() > 0 && x_->req_done_ ? worker_.loop.now() + per_try : io::Clock::time_point{};
+}
+
+// A response whose status the pool retries on (retry_on: 502, 503, 504): when
+// another attempt may go (idempotent, the body still held, retries and
+// backends left, the budget), this one is discarded and the request tried on
+// another backend. Otherwise it goes to the client as it is.
+bool ClientConnection::retry_on_status(int status) {
+  const config::Pool& pc = x_->pool_->config();
+  if (!retries_status(pc, status) || x_->resp_started_ || !x_->req_sent_)
+    return false;
+  RetryRequest request{idempotent(x_->req_.head().method.view()), x_->body_discarded_};
+  RetryLimits limits = retry_limits(pc, x_->pool_->backends().size(), x_->tried_.full());
+  if (after_failure(Failure::status, request, limits, x_->retry_) != Retry::another_backend ||
+      !retry_budget_allows())
+    return false;
+  backend_metrics().responses.add(status);
+  x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::server_error);
+  x_->retry_reason_ = static_cast<uint8_t>(reason_of(Failure::status, status));
+  x_->in_response_head_ = false; // (an interim response the client did not see may have come)
+  release_backend(false);        // (its body is not read: the connection goes)
+  do_attempt();
+  return true;
+}
+
 void ClientConnection::backend_failed(Failure failure, const char* reason) {
   release_backend(false);
   if (closed_)
     return;
+  const config::Pool& pc = x_->pool_->config();
   RetryRequest request{idempotent(x_->req_.head().method.view()), x_->body_discarded_};
-  RetryLimits limits{x_->pool_->config().retries, x_->pool_->backends().size(), x_->tried_.full()};
-  switch (after_failure(failure, request, limits, x_->retry_)) {
+  RetryLimits limits = retry_limits(pc, x_->pool_->backends().size(), x_->tried_.full());
+  Retry next = after_failure(failure, request, limits, x_->retry_);
+  if (next == Retry::another_backend && !retry_budget_allows())
+    next = Retry::none;
+  switch (next) {
   case Retry::replay:
     // The backend closed a pooled connection as we reused it: not its fault.
     x_->tried_.remove(static_cast<size_t>(x_->backend_));
+    x_->retry_reason_ = static_cast<uint8_t>(RetryReason::replay);
     return do_attempt();
   case Retry::another_backend:
+    x_->retry_reason_ = static_cast<uint8_t>(reason_of(failure, 0));
     return do_attempt();
   case Retry::none:
     break;
   }
   if (x_->resp_started_)
     return close();
-  respond_error(502, reason, !x_->req_done_ || x_->backend_writing_);
+  respond_error(failure == Failure::try_timeout ? 504 : 502, reason,
+                !x_->req_done_ || x_->backend_writing_);
 }
 
 void ClientConnection::release_backend(bool reusable) {

@@ -30,6 +30,7 @@ struct WorkerContext {
 
   io::EventLoop& loop;
   unsigned id;
+  unsigned workers = 1;                   // worker threads in the process
   std::shared_ptr<const Runtime> runtime; // the newest snapshot; replaced by Worker::adopt
   io::BufferPool buffers;
   ExchangePool exchanges; // the requests in flight borrow theirs from here
@@ -51,6 +52,14 @@ struct WorkerContext {
   // first; `poll_queue` makes the worker retry them soon.
   std::vector<ClientConnection*> queue;
   std::function<void()> poll_queue;
+
+  // Retry budgets, by pool id (grown when a pool is first seen).
+  std::vector<RetryBudget> retry_budgets;
+  RetryBudget& retry_budget(size_t pool_id) {
+    if (pool_id >= retry_budgets.size())
+      retry_budgets.resize(pool_id + 1);
+    return retry_budgets[pool_id];
+  }
 
   // Request ids: a per-process random prefix, the worker id and a counter.
   uint64_t next_request = 0;

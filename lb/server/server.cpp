@@ -47,7 +47,7 @@ Server::Server(std::shared_ptr<const proxy::Runtime> runtime)
   uint32_t buffer_size =
       static_cast<uint32_t>(std::max<uint64_t>(largest_head, 16 * 1024) + 16 * 1024);
   for (unsigned i = 0; i < n; ++i)
-    workers_.push_back(std::make_unique<Worker>(i, runtime_, buffer_size, log_writer_.get()));
+    workers_.push_back(std::make_unique<Worker>(i, n, runtime_, buffer_size, log_writer_.get()));
   std::vector<Worker*> all;
   for (auto& w : workers_)
     all.push_back(w.get());

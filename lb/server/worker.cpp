@@ -21,8 +21,8 @@ namespace {
 constexpr std::chrono::milliseconds tick_interval{100};
 }
 
-Worker::Worker(unsigned id, std::shared_ptr<const proxy::Runtime> runtime, uint32_t buffer_size,
-               proxy::LogWriter* log_writer)
+Worker::Worker(unsigned id, unsigned workers, std::shared_ptr<const proxy::Runtime> runtime,
+               uint32_t buffer_size, proxy::LogWriter* log_writer)
     : loop_(std::make_unique<io::EventLoop>()),
       context_(*loop_, id, std::move(runtime), buffer_size, log_writer) {
   tick_.fire = [](void* w) { static_cast<Worker*>(w)->on_tick(); };
@@ -31,6 +31,7 @@ Worker::Worker(unsigned id, std::shared_ptr<const proxy::Runtime> runtime, uint3
   queue_timer_.context = this;
   loop_->add_timer(tick_);
   loop_->add_timer(queue_timer_);
+  context_.workers = workers;
   context_.poll_queue = [this] { do_poll_queue(); };
   context_.on_session_closed = [this](uint32_t listener) { on_connection_closed(listener); };
 }

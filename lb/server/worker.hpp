@@ -15,8 +15,8 @@ namespace lb::server {
 
 class Worker {
 public:
-  Worker(unsigned id, std::shared_ptr<const proxy::Runtime> runtime, uint32_t buffer_size,
-         proxy::LogWriter* log_writer);
+  Worker(unsigned id, unsigned workers, std::shared_ptr<const proxy::Runtime> runtime,
+         uint32_t buffer_size, proxy::LogWriter* log_writer);
   ~Worker();
 
   // A listening socket of this worker (SO_REUSEPORT), not accepting yet.

@@ -117,10 +117,8 @@ Pool::~Pool() {
     delete s;
 }
 
-namespace {
-
-// A small per-thread random source for random_two (xorshift64*).
-uint64_t next_random() {
+// xorshift64*, seeded per thread.
+uint64_t thread_random() {
   thread_local uint64_t state = 0x9e3779b97f4a7c15ull ^ reinterpret_cast<uintptr_t>(&state) ^
                                 static_cast<uint64_t>(io::Clock::now().time_since_epoch().count());
   state ^= state >> 12;
@@ -128,8 +126,6 @@ uint64_t next_random() {
   state ^= state >> 27;
   return state * 0x2545f4914f6cdd1dull;
 }
-
-} // namespace
 
 int Pool::pick(const PickRequest& r) const {
   const Selection& s = selection();
@@ -139,7 +135,7 @@ int Pool::pick(const PickRequest& r) const {
       s.effective_weight[static_cast<size_t>(r.sticky)] > 0 &&
       !r.tried.contains(static_cast<size_t>(r.sticky)))
     return r.sticky;
-  PickContext context{s, states_.data(), r, cursor_, next_random()};
+  PickContext context{s, states_.data(), r, cursor_, thread_random()};
   int b = balancer_.pick(context);
   if (b >= 0 || balancer_.pick == round_robin_pick)
     return b;

@@ -28,6 +28,10 @@
 
 namespace lb::upstream {
 
+// A small per-thread random source (random_two, splits without a key): not
+// for decisions that every lb instance must make alike.
+uint64_t thread_random();
+
 struct Backend {
   std::string label; // "host:port", as in the config, logs and metrics
   std::string region;

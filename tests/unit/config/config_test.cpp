@@ -844,3 +844,215 @@ TEST(Config, EmptyAddressIsAnError) {
             "t.yaml:1:18: listen: expected a numeric address like 127.0.0.1:8080 or [::1]:8080, "
             "got ''");
 }
+
+// ---- listener rules --------------------------------------------------------------------------
+
+namespace {
+
+// One listener with `routes` (lines indented as list items under routes:), pools web and canary.
+std::string with_routes(const std::string& routes, const std::string& listener_extra = "") {
+  return R"(
+listeners:
+  - name: public
+    listen: 127.0.0.1:8080
+)" + listener_extra +
+         "    routes:\n" + routes + R"(
+pools:
+  web:
+    backends: [127.0.0.1:9001]
+  canary:
+    backends: [127.0.0.1:9002]
+)";
+}
+
+} // namespace
+
+TEST(ConfigRules, EveryMatchKind) {
+  auto config = valid(with_routes(R"(      - match:
+          host: "*.Example.com"
+          path: /exact
+          path_regex: "^/u/[0-9]+$"
+          method: [GET, HEAD]
+          header: { X-Canary: "1", X-Debug: present }
+          query: { preview: "1" }
+          source: [192.168.0.0/16, 10.1.2.3, "2001:db8::/32"]
+        pool: web
+      - match: { path_prefix: /v1/, method: POST, source: 127.0.0.1 }
+        pool: canary
+)"));
+  ASSERT_TRUE(config);
+  const RouteMatch& m = config->listeners[0].routes[0].match;
+  EXPECT_EQ(m.host, "*.example.com");
+  EXPECT_EQ(m.path, "/exact");
+  EXPECT_EQ(m.path_regex, "^/u/[0-9]+$");
+  EXPECT_EQ(m.methods, (std::vector<std::string>{"GET", "HEAD"}));
+  EXPECT_EQ(m.headers, (std::vector<std::pair<std::string, std::string>>{{"X-Canary", "1"}}));
+  EXPECT_EQ(m.header_present, (std::vector<std::string>{"X-Debug"}));
+  EXPECT_EQ(m.query, (std::vector<std::pair<std::string, std::string>>{{"preview", "1"}}));
+  ASSERT_EQ(m.source.size(), 3u);
+  EXPECT_EQ(m.source[0].bits, 16);
+  EXPECT_EQ(m.source[1].bits, 32);
+  EXPECT_TRUE(m.source[2].ipv6);
+  const uint8_t in[4] = {192, 168, 7, 9}, out[4] = {192, 169, 0, 1};
+  EXPECT_TRUE(m.source[0].contains(false, in));
+  EXPECT_FALSE(m.source[0].contains(false, out));
+  EXPECT_FALSE(m.source[0].contains(true, in)); // another family never matches
+  const RouteMatch& m2 = config->listeners[0].routes[1].match;
+  EXPECT_EQ(m2.methods, (std::vector<std::string>{"POST"}));
+  ASSERT_EQ(m2.source.size(), 1u);
+}
+
+TEST(ConfigRules, CidrHostBitsAndEdges) {
+  auto config = valid(with_routes("      - pool: web\n",
+                                  "    allow: [10.1.2.3/8, 0.0.0.0/0]\n    deny: [\"::1\"]\n"));
+  ASSERT_TRUE(config);
+  const auto& allow = config->listeners[0].allow;
+  ASSERT_EQ(allow.size(), 2u);
+  const uint8_t ten[4] = {10, 200, 0, 1}, eleven[4] = {11, 0, 0, 0};
+  EXPECT_TRUE(allow[0].contains(false, ten)); // host bits of the range are cleared
+  EXPECT_FALSE(allow[0].contains(false, eleven));
+  EXPECT_TRUE(allow[1].contains(false, eleven)); // /0: every IPv4 address
+  ASSERT_EQ(config->listeners[0].deny.size(), 1u);
+  EXPECT_EQ(config->listeners[0].deny[0].bits, 128);
+  EXPECT_EQ(only_error(with_routes("      - pool: web\n", "    deny: [10.0.0.0/33]\n")),
+            "t.yaml:5:12: deny: '10.0.0.0/33' is not an address range (like 10.0.0.0/8, "
+            "192.168.1.7 or 2001:db8::/32)");
+  EXPECT_EQ(only_error(with_routes("      - pool: web\n", "    allow: [example.com]\n")),
+            "t.yaml:5:13: allow: 'example.com' is not an address range (like 10.0.0.0/8, "
+            "192.168.1.7 or 2001:db8::/32)");
+  EXPECT_EQ(only_error(with_routes("      - pool: web\n", "    allow: []\n")),
+            "t.yaml:5:12: allow: expected at least one address range");
+}
+
+TEST(ConfigRules, Actions) {
+  auto config = valid(with_routes(R"(      - match: { path: /a }
+        pools: [ { pool: web, weight: 90 }, { pool: canary, weight: 10 } ]
+        split_key: cookie:user
+      - match: { path_prefix: /old/ }
+        redirect: { prefix: /new/ }
+      - match: { path: /b }
+        redirect: { scheme: https, host: Example.com, port: 8443, path: /x, query: "a=b", code: 308 }
+      - match: { path: /c }
+        respond: { status: 503, body: "back soon", content_type: text/html }
+      - pool: web
+        rewrite: { host: internal.example.com }
+        request_headers: { set: { X-Env: prod }, add: { X-Client: "ip=%{client_ip} id=%{request_id}%{host}" }, remove: [X-Debug, X-Other] }
+        response_headers: { set: { Strict-Transport-Security: "max-age=63072000" }, remove: Server }
+)"));
+  ASSERT_TRUE(config);
+  const auto& r = config->listeners[0].routes;
+  EXPECT_EQ(r[0].action, Route::Action::split);
+  ASSERT_EQ(r[0].pools.size(), 2u);
+  EXPECT_EQ(r[0].pools[1].pool, "canary");
+  EXPECT_EQ(r[0].pools[1].weight, 10u);
+  EXPECT_TRUE(r[0].has_split_key);
+  EXPECT_EQ(r[0].split_key.kind, HashKey::Kind::cookie);
+  EXPECT_EQ(r[1].action, Route::Action::redirect);
+  EXPECT_TRUE(r[1].redirect.has_prefix);
+  EXPECT_EQ(r[1].redirect.code, 301);
+  EXPECT_EQ(r[2].redirect.scheme, "https");
+  EXPECT_EQ(r[2].redirect.host, "example.com");
+  EXPECT_EQ(r[2].redirect.port, 8443);
+  EXPECT_EQ(r[2].redirect.path, "/x");
+  EXPECT_EQ(r[2].redirect.query, "a=b");
+  EXPECT_EQ(r[2].redirect.code, 308);
+  EXPECT_EQ(r[3].action, Route::Action::respond);
+  EXPECT_EQ(r[3].respond.status, 503);
+  EXPECT_EQ(r[3].respond.body, "back soon");
+  EXPECT_EQ(r[3].respond.content_type, "text/html");
+  EXPECT_EQ(r[4].rewrite_host, "internal.example.com");
+  ASSERT_EQ(r[4].request_headers.add.size(), 1u);
+  const auto& parts = r[4].request_headers.add[0].second.parts;
+  using Part = HeaderValue::Part;
+  ASSERT_EQ(parts.size(), 5u);
+  EXPECT_EQ(parts[0], (std::pair<Part, std::string>{Part::text, "ip="}));
+  EXPECT_EQ(parts[1].first, Part::client_ip);
+  EXPECT_EQ(parts[2], (std::pair<Part, std::string>{Part::text, " id="}));
+  EXPECT_EQ(parts[3].first, Part::request_id);
+  EXPECT_EQ(parts[4].first, Part::host);
+  EXPECT_EQ(r[4].request_headers.remove, (std::vector<std::string>{"X-Debug", "X-Other"}));
+  EXPECT_EQ(r[4].response_headers.remove, (std::vector<std::string>{"Server"}));
+}
+
+TEST(ConfigRules, MistakesAreReportedAtTheirNode) {
+  EXPECT_EQ(only_error(with_routes("      - pool: web\n        respond: { status: 503 }\n")),
+            "t.yaml:7:9: route has two actions ('pool' and 'respond'): give exactly one");
+  EXPECT_EQ(only_error(with_routes("      - match: { path: /x }\n")),
+            "t.yaml:6:9: route has no action: give one of pool, pools, redirect or respond");
+  EXPECT_EQ(
+      only_error(with_routes("      - match: { path_regex: \"^/u/(\" }\n        pool: web\n")),
+      "t.yaml:6:30: path_regex: '^/u/(' is not a valid RE2 expression: missing ): ^/u/(");
+  EXPECT_EQ(
+      only_error(with_routes("      - pools: [ { pool: web, weight: 1 }, { pool: nope } ]\n")),
+      "t.yaml:6:52: pool 'nope' is not defined");
+  EXPECT_EQ(only_error(with_routes("      - pools: [ { pool: web, weight: 0 } ]\n")),
+            "t.yaml:6:16: pools: the weights sum to 0: no request could go anywhere");
+  EXPECT_EQ(
+      only_error(with_routes("      - match: { path: /x }\n        redirect: { code: 302 }\n")),
+      "t.yaml:6:9: redirect: sends the request to where it already is (same scheme, host, "
+      "port and path): a client would follow it forever; change at least one part");
+  EXPECT_EQ(only_error(with_routes("      - match: { path_prefix: /a/ }\n"
+                                   "        redirect: { prefix: /a/ }\n")),
+            "t.yaml:6:9: redirect: sends the request to where it already is (same scheme, host, "
+            "port and path): a client would follow it forever; change at least one part");
+  // http -> https on a cleartext listener is no loop.
+  EXPECT_TRUE(valid(with_routes("      - redirect: { scheme: https }\n")));
+  EXPECT_EQ(only_error(with_routes("      - redirect: { scheme: http }\n")),
+            "t.yaml:6:9: redirect: sends the request to where it already is (same scheme, host, "
+            "port and path): a client would follow it forever; change at least one part");
+  EXPECT_EQ(only_error(with_routes("      - redirect: { scheme: https, code: 304 }\n")),
+            "t.yaml:6:42: code: expected 301, 302, 303, 307 or 308, got '304'");
+  EXPECT_EQ(only_error(with_routes("      - redirect: { prefix: /new/ }\n")),
+            "t.yaml:6:9: redirect: prefix replaces the matched path_prefix: the route needs "
+            "match: {path_prefix: ...}");
+  EXPECT_EQ(only_error(with_routes("      - respond: { status: 503 }\n"
+                                   "        response_headers: { remove: [Server] }\n")),
+            "t.yaml:7:9: response_headers applies to routes that forward (pool or pools), not to "
+            "respond");
+  EXPECT_EQ(
+      only_error(with_routes("      - pool: web\n"
+                             "        request_headers: { set: { Content-Length: \"1\" } }\n")),
+      "t.yaml:7:35: request_headers: Content-Length is set by lb itself and cannot be "
+      "changed here");
+  EXPECT_EQ(only_error(with_routes("      - pool: web\n"
+                                   "        request_headers: { add: { X-A: \"%{nope}\" } }\n")),
+            "t.yaml:7:40: X-A: unknown variable '%{nope}' (known: %{client_ip}, %{request_id}, "
+            "%{host})");
+  EXPECT_EQ(only_error(with_routes("      - match: { path: /m }\n        pool: web\n"
+                                   "        rewrite: { path_prefix: /v2/ }\n")),
+            "t.yaml:8:9: rewrite: path_prefix replaces the matched path_prefix: the route needs "
+            "match: {path_prefix: ...}");
+  EXPECT_EQ(only_error(with_routes("      - match: { path: /m }\n        pool: web\n"
+                                   "        split_key: source_ip\n")),
+            "t.yaml:8:9: split_key applies to a split (pools: [...]) only");
+}
+
+TEST(ConfigRules, RetryOptions) {
+  auto config = valid(std::string(minimal) + R"(    retry_on: [reset, 503, 504]
+    retry_budget: { ratio: 0.25, min_per_second: 5 }
+    per_try_timeout: 2s
+)");
+  ASSERT_TRUE(config);
+  const Pool& p = config->pools[0];
+  EXPECT_FALSE(p.retry_connect_failure);
+  EXPECT_TRUE(p.retry_reset);
+  EXPECT_EQ(p.retry_statuses, (std::vector<int>{503, 504}));
+  EXPECT_TRUE(p.has_retry_budget);
+  EXPECT_DOUBLE_EQ(p.retry_budget_ratio, 0.25);
+  EXPECT_EQ(p.retry_budget_min, 5u);
+  EXPECT_EQ(p.per_try_timeout, 2s);
+  auto defaults = valid(minimal);
+  ASSERT_TRUE(defaults);
+  EXPECT_TRUE(defaults->pools[0].retry_connect_failure);
+  EXPECT_TRUE(defaults->pools[0].retry_reset);
+  EXPECT_TRUE(defaults->pools[0].retry_statuses.empty());
+  EXPECT_FALSE(defaults->pools[0].has_retry_budget);
+  EXPECT_EQ(only_error(std::string(minimal) + "    retry_on: [connect_failure, 500]\n"),
+            "t.yaml:10:33: retry_on: expected connect_failure, reset, 502, 503 or 504, got '500' "
+            "(did you mean '502'?)");
+  EXPECT_EQ(only_error(std::string(minimal) + "    retry_budget: { ratio: 2 }\n"),
+            "t.yaml:10:28: ratio: must be 0.0..1.0, got '2'");
+  EXPECT_EQ(only_error(std::string(minimal) + "    per_try_timeout: 31s\n"),
+            "t.yaml:10:22: per_try_timeout: 31s is longer than timeouts.response (30s), which "
+            "bounds every attempt together");
+}

@@ -262,5 +262,80 @@ TEST(OutboxTest, IsBounded) {
   EXPECT_EQ(out.text(), "x");
 }
 
+config::HeaderValue
+value_of(std::initializer_list<std::pair<config::HeaderValue::Part, std::string>> parts) {
+  config::HeaderValue v;
+  v.parts = parts;
+  return v;
+}
+
+TEST(RouteEditsTest, RequestFieldsSetAddedAndRemoved) {
+  auto p = request("GET /api/x?y=1 HTTP/1.1\r\nHost: shop.example.com\r\nX-Debug: 1\r\n"
+                   "X-Env: dev\r\nx-debug: 2\r\nAccept: */*\r\n\r\n");
+  using Part = config::HeaderValue::Part;
+  config::Route route;
+  route.match.path_prefix = "/api/";
+  route.has_rewrite_prefix = true;
+  route.rewrite_prefix = "/v2/";
+  route.rewrite_host = "internal";
+  route.request_headers.remove = {"X-DEBUG"};
+  route.request_headers.set = {{"X-Env", value_of({{Part::text, "prod"}})}};
+  route.request_headers.add = {{"X-Client", value_of({{Part::text, "ip="},
+                                                      {Part::client_ip, ""},
+                                                      {Part::text, " id="},
+                                                      {Part::request_id, ""},
+                                                      {Part::text, " h="},
+                                                      {Part::host, ""}})}};
+  RequestRules r = rules();
+  r.route = &route;
+  r.vars = {"192.0.2.7", "rid-1", "shop.example.com"};
+  EXPECT_EQ(forwarded(p, r), "GET /v2/x?y=1 HTTP/1.1\r\nAccept: */*\r\n"
+                             "X-Forwarded-For: 192.0.2.7\r\n"
+                             "X-Forwarded-Proto: http\r\n"
+                             "Host: internal\r\n"
+                             "X-Forwarded-Host: shop.example.com\r\n"
+                             "Via: 1.1 lb\r\n"
+                             "X-Env: prod\r\n"
+                             "X-Client: ip=192.0.2.7 id=rid-1 h=shop.example.com\r\n\r\n");
+}
+
+TEST(RouteEditsTest, RewriteOfAnAbsoluteFormTarget) {
+  auto p = request("GET http://a.example/api/x HTTP/1.1\r\nHost: ignored\r\n\r\n");
+  auto line = http::check_request_line(p.head());
+  config::Route route;
+  route.match.path_prefix = "/api/";
+  route.has_rewrite_prefix = true;
+  route.rewrite_prefix = "/";
+  RequestRules r = rules();
+  r.authority = line.authority;
+  r.route = &route;
+  EXPECT_EQ(forwarded(p, r), "GET /x HTTP/1.1\r\n"
+                             "X-Forwarded-For: 192.0.2.7\r\n"
+                             "X-Forwarded-Proto: http\r\n"
+                             "Host: a.example\r\n"
+                             "X-Forwarded-Host: a.example\r\n"
+                             "Via: 1.1 lb\r\n\r\n");
+}
+
+TEST(RouteEditsTest, ResponseFieldsOfTheFinalResponseOnly) {
+  using Part = config::HeaderValue::Part;
+  config::HeaderEdits edits;
+  edits.remove = {"server"};
+  edits.set = {{"Strict-Transport-Security", value_of({{Part::text, "max-age=63072000"}})}};
+  ResponseRules rules;
+  rules.edits = &edits;
+  auto p = response("HTTP/1.1 200 OK\r\nServer: app/1.0\r\nContent-Length: 0\r\n"
+                    "Strict-Transport-Security: max-age=1\r\n\r\n");
+  ResponseShape shape = mark_response_head(p.head(), false);
+  Outbox out;
+  ASSERT_TRUE(write_response_head(p.head(), shape, rules, out));
+  EXPECT_EQ(out.text(), "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n"
+                        "Strict-Transport-Security: max-age=63072000\r\nVia: 1.1 lb\r\n\r\n");
+  auto interim = response("HTTP/1.1 103 Early Hints\r\nServer: app\r\n\r\n");
+  shape = mark_response_head(interim.head(), false);
+  ASSERT_TRUE(write_response_head(interim.head(), shape, rules, out));
+  EXPECT_EQ(out.text(), "HTTP/1.1 103 Early Hints\r\nServer: app\r\n\r\n");
+}
+
 } // namespace
 } // namespace lb::proxy

@@ -143,5 +143,51 @@ TEST(LocalAnswerTest, OptionsIsAnEmpty200) {
   EXPECT_EQ(a.body, "");
 }
 
+TEST(LocalAnswerTest, RedirectJoinsItsParts) {
+  AnswerBuffer buf;
+  Outbox out;
+  RedirectAnswer r;
+  r.code = 308;
+  r.scheme = "https";
+  r.host = "www.example.com";
+  r.path_before = "/new/";
+  r.path_after = "x/y";
+  r.has_query = true;
+  r.query = "c=d";
+  write_redirect(r, buf, out);
+  Answer a(out);
+  EXPECT_EQ(a.head.substr(0, 33), "HTTP/1.1 308 Permanent Redirect\r\n");
+  EXPECT_EQ(a.field("Location"), "https://www.example.com/new/x/y?c=d");
+  EXPECT_EQ(a.field("Content-Length"), "0");
+  EXPECT_EQ(a.body, "");
+  r.code = 302;
+  r.scheme = "http";
+  r.port = 8080;
+  r.has_query = false;
+  r.keep_alive = false;
+  write_redirect(r, buf, out);
+  Answer b(out);
+  EXPECT_EQ(b.head.substr(0, 20), "HTTP/1.1 302 Found\r\n");
+  EXPECT_EQ(b.field("Location"), "http://www.example.com:8080/new/x/y");
+  EXPECT_EQ(b.field("Connection"), "close");
+}
+
+TEST(LocalAnswerTest, FixedResponse) {
+  AnswerBuffer buf;
+  Outbox out;
+  write_fixed({503, "text/plain", "back soon", true, false}, buf, out);
+  Answer a(out);
+  EXPECT_EQ(a.head.substr(0, 34), "HTTP/1.1 503 Service Unavailable\r\n");
+  EXPECT_EQ(a.field("Content-Type"), "text/plain");
+  EXPECT_EQ(a.field("Content-Length"), "9");
+  EXPECT_EQ(a.body, "back soon");
+  write_fixed({403, "application/json", "{}", false, true}, buf, out);
+  Answer h(out);
+  EXPECT_EQ(h.head.substr(0, 24), "HTTP/1.1 403 Forbidden\r\n");
+  EXPECT_EQ(h.field("Content-Length"), "2"); // HEAD: what a GET would have
+  EXPECT_EQ(h.field("Connection"), "close");
+  EXPECT_EQ(h.body, "");
+}
+
 } // namespace
 } // namespace lb::proxy
