@@ -133,6 +133,11 @@ bool is_token(std::string_view text) {
 // and lb's own answers (the maintenance page names its pool).
 constexpr size_t max_name = 128;
 constexpr size_t max_fixed_body = 4096; // respond: {body}
+// A route's request_headers (or response_headers) set and add at most this
+// many fields, each of at most max_value_parts parts: the head that carries
+// them has a bounded gather list.
+constexpr size_t max_header_edits = 8;
+constexpr size_t max_value_parts = 7;
 bool is_name(std::string_view text) {
   return !text.empty() && text.size() <= max_name &&
          std::all_of(text.begin(), text.end(), [](char c) {
@@ -1096,6 +1101,15 @@ std::optional<Cidr> parse_cidr(std::string_view text) {
       return std::nullopt;
     c.bits = static_cast<uint8_t>(n);
   }
+  // An IPv4-mapped range (::ffff:10.0.0.0/104) is the IPv4 range: client
+  // addresses are kept that way.
+  static constexpr uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (c.ipv6 && c.bits >= 96 && std::memcmp(c.addr, mapped, 12) == 0) {
+    std::memmove(c.addr, c.addr + 12, 4);
+    std::memset(c.addr + 4, 0, 12);
+    c.ipv6 = false;
+    c.bits = static_cast<uint8_t>(c.bits - 96);
+  }
   // The network address: host bits cleared (so "10.1.2.3/8" is 10.0.0.0/8).
   for (unsigned i = 0; i < 16; ++i) {
     unsigned keep = c.bits > i * 8 ? std::min(8u, c.bits - i * 8) : 0;
@@ -1172,20 +1186,38 @@ std::optional<HeaderValue> Loader::header_value(const Item& item) {
                        ""});
     rest.remove_prefix(close + 1);
   }
+  if (v.parts.size() > max_value_parts) {
+    error(item, item.name + ": a value has at most " + std::to_string(max_value_parts) +
+                    " parts (runs of text and variables)");
+    return std::nullopt;
+  }
   return v;
 }
 
-// Fields lb itself sets or that frame the message: a header rule cannot touch them.
-bool reserved_field(std::string_view name) {
-  static constexpr std::string_view reserved[] = {
-      "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
-      "te",   "trailer",        "proxy-connection"};
-  for (auto r : reserved)
+// Fields that frame the message or that lb sets itself (the `headers:` block
+// governs X-Forwarded-* and Via): a header rule cannot touch them. Returns
+// where to turn instead ("" when the field is free).
+std::string reserved_field(std::string_view name) {
+  static constexpr std::pair<std::string_view, std::string_view> reserved[] = {
+      {"host", " (use rewrite: {host: ...})"},
+      {"content-length", ""},
+      {"transfer-encoding", ""},
+      {"connection", ""},
+      {"keep-alive", ""},
+      {"upgrade", ""},
+      {"te", ""},
+      {"trailer", ""},
+      {"proxy-connection", ""},
+      {"x-forwarded-for", " (see the listener's headers: {forwarded_for: ...})"},
+      {"x-forwarded-proto", ""},
+      {"x-forwarded-host", ""},
+      {"via", " (see the listener's headers: {via: off})"}};
+  for (auto [r, hint] : reserved)
     if (r.size() == name.size() && std::equal(r.begin(), r.end(), name.begin(), [](char a, char b) {
           return a == std::tolower(static_cast<unsigned char>(b));
         }))
-      return true;
-  return false;
+      return " is set by lb itself and cannot be changed here" + std::string(hint);
+  return {};
 }
 
 // { set: {NAME: VALUE}, add: {NAME: VALUE}, remove: [NAME] }
@@ -1198,9 +1230,8 @@ void Loader::header_edits(const Item& item, HeaderEdits& edits) {
       error(at, item.name + ": '" + name + "' is not a valid header name");
       return false;
     }
-    if (reserved_field(name)) {
-      error(at, item.name + ": " + name + " is set by lb itself and cannot be changed here" +
-                    (name.size() == 4 ? " (use rewrite: {host: ...})" : ""));
+    if (std::string why = reserved_field(name); !why.empty()) {
+      error(at, item.name + ": " + name + why);
       return false;
     }
     return true;
@@ -1221,6 +1252,11 @@ void Loader::header_edits(const Item& item, HeaderEdits& edits) {
     for (const auto& h : map_items(f).value_or(std::vector<Item>{})) {
       if (!check_name(h.key, h.name))
         continue;
+      if (edits.set.size() + edits.add.size() == max_header_edits) {
+        error(h.key, item.name + ": at most " + std::to_string(max_header_edits) +
+                         " fields set or added per route");
+        break;
+      }
       if (auto v = header_value(h))
         out.emplace_back(h.name, std::move(*v));
     }
@@ -1299,7 +1335,7 @@ void Loader::respond(const Item& item, Route& route) {
     if (f.name == "status") {
       has_status = true;
       if (auto n = integer(f, 200, 599)) {
-        if (*n == 204 || *n == 304)
+        if (*n == 204 || *n == 205 || *n == 304)
           error(f, "status: " + std::to_string(*n) + " has no body: use another status");
         else
           route.respond.status = static_cast<int>(*n);
@@ -1444,6 +1480,7 @@ void Loader::route(const Item& item, Route& route) {
   if (actions.size() > 1) {
     error(actions[1]->key, "route has two actions ('" + actions[0]->name + "' and '" +
                                actions[1]->name + "'): give exactly one");
+    route.action = Route::Action::pool; // (reported: no further checks as a redirect)
     return;
   }
   bool forwarding = route.action == Route::Action::pool || route.action == Route::Action::split;
@@ -1484,11 +1521,13 @@ void Loader::route_match(const Item& item, RouteMatch& match) {
       auto text = scalar(f, "a path starting with '/'");
       if (!text)
         continue;
-      if (is_request_path(*text) && text->find('?') == std::string::npos)
+      // (A path_prefix with a '?' is matched against the path and the query.)
+      if (is_request_path(*text) &&
+          (f.name == "path_prefix" || text->find('?') == std::string::npos))
         (f.name == "path" ? match.path : match.path_prefix) = *text;
       else
-        error(f, f.name + ": expected a path starting with '/' (no spaces, no '?'), got '" + *text +
-                     "'");
+        error(f, f.name + ": expected a path starting with '/' (no spaces" +
+                     (f.name == "path" ? ", no '?'" : "") + "), got '" + *text + "'");
     } else if (f.name == "path_regex") {
       auto text = scalar(f, "a regular expression (RE2)");
       if (!text)

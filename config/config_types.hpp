@@ -230,14 +230,14 @@ struct Pool {
   PoolTimeouts timeouts;
   uint32_t retries = 2;
   // What is retried (idempotent requests whose response has not started).
-  bool retry_connect_failure = true; // connect refused, timed out, TLS handshake failed
-  bool retry_reset = true;           // closed or reset before any response byte
-  std::vector<int> retry_statuses;   // of 502, 503, 504: the response is discarded
-  double retry_budget_ratio = 0;     // retries per second <= max(ratio x requests,
-  uint32_t retry_budget_min = 0;     // min_per_second); ratio 0: no budget
-  bool has_retry_budget = false;
-  Duration per_try_timeout{0};                     // each attempt, until its response head; 0: none
-  uint32_t max_connections_per_backend = 0;        // circuit breaker; 0 = unlimited
+  bool retry_connect_failure = true;        // connect refused, timed out, TLS handshake failed
+  bool retry_reset = true;                  // closed or reset before any response byte
+  std::vector<int> retry_statuses;          // of 502, 503, 504: the response is discarded
+  bool has_retry_budget = false;            // retries per second <= max(ratio x requests,
+  double retry_budget_ratio = 0;            // min_per_second); without a budget, `retries`
+  uint32_t retry_budget_min = 0;            // is the only bound
+  Duration per_try_timeout{0};              // each attempt, until its response head; 0: none
+  uint32_t max_connections_per_backend = 0; // circuit breaker; 0 = unlimited
   Duration queue_timeout{std::chrono::seconds(1)}; // wait for a free slot, then 503; 0 = no queue
   bool maintenance = false;      // answer 503 with the maintenance page, touch no backend
   double overprovisioning = 1.4; // priority load: level gets min(100%, this x its health)

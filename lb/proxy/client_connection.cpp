@@ -271,6 +271,8 @@ void ClientConnection::ensure_exchange() {
   if (x_)
     return;
   x_ = worker_.exchanges.acquire();
+  x_->try_timer_.owner = this;
+  x_->try_timer_.fire = &ClientConnection::on_try_timeout;
   x_->req_.set_request_id_header(listener_->config.headers.request_id);
   format_client_address();
 }
@@ -892,8 +894,8 @@ void ClientConnection::respond_redirect() {
                               static_cast<size_t>(head.target.end() - x_->authority_.end()));
   size_t q = target.find('?');
   std::string_view path = target.substr(0, q);
-  if (path.empty())
-    path = "/";
+  if (path.empty() || path.front() != '/')
+    path = "/"; // ("OPTIONS *", "http://host?q")
   if (rd.has_path) {
     a.path_before = rd.path;
   } else if (rd.has_prefix) {
@@ -1128,10 +1130,6 @@ void ClientConnection::arm(Timer t) {
     break;
   case Timer::exchange:
     d = x_->pool_->config().timeouts.response;
-    if (x_->try_deadline_ != io::Clock::time_point{}) // per_try_timeout, until the response head
-      d = std::min(d, std::max(std::chrono::milliseconds(0),
-                               std::chrono::ceil<std::chrono::milliseconds>(x_->try_deadline_ -
-                                                                            worker_.loop.now())));
     break;
   case Timer::linger:
     d = std::chrono::seconds(2);
@@ -1190,14 +1188,6 @@ void ClientConnection::timed_out() {
                   x_->pool_->name().c_str());
     return respond_error(503, x_->reason_, !x_->req_done_);
   case Timer::exchange:
-    if (x_->try_deadline_ != io::Clock::time_point{} && worker_.loop.now() >= x_->try_deadline_ &&
-        x_->backend_ >= 0) {
-      x_->try_deadline_ = {};
-      std::snprintf(x_->reason_, sizeof x_->reason_, "%s did not answer within per_try_timeout",
-                    x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str());
-      x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::server_error);
-      return backend_failed(Failure::try_timeout, x_->reason_);
-    }
     keep_client_ = false;
     if (!x_->req_done_)
       return respond_error(408, "request body not received in time", true);

@@ -178,6 +178,7 @@ private:
   void backend_failed(Failure failure, const char* reason);
   bool retry_on_status(int status);
   bool retry_budget_allows();
+  bool another_backend_left() const;
   void start_try_clock();
   void respond_error(int status, const char* reason, bool close);
   void respond_maintenance();
@@ -199,6 +200,8 @@ private:
   void count_bytes();
   void arm(Timer t);
   static void on_timeout(io::Timeouts::Entry* e);
+  static void on_try_timeout(io::Timeouts::Entry* e);
+  void try_timed_out();
   void timed_out();
   void learn_keep_alive(std::string_view value);
   std::string_view request_id() const;

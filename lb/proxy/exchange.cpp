@@ -33,6 +33,8 @@ Exchange* ExchangePool::acquire() {
 void ExchangePool::release(Exchange* x) {
   if (!x)
     return;
+  io::Timeouts::disarm(x->try_timer_);
+  x->reason_[0] = '\0';
   --in_use_;
   x->next_free_ = free_;
   free_ = x;

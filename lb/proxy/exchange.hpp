@@ -94,8 +94,7 @@ struct ExchangeFields {
   int active_backend_ = -1; // counted in its pool's active requests
   io::Clock::time_point started_{};
   io::Clock::time_point upstream_started_{};
-  io::Clock::time_point try_deadline_{}; // per_try_timeout: until the response head
-  uint8_t retry_reason_ = 0;             // why the next attempt runs (RetryReason)
+  uint8_t retry_reason_ = 0; // why the next attempt runs (RetryReason)
   double upstream_ms_ = -1;
 };
 
@@ -119,6 +118,11 @@ struct Exchange : ExchangeFields {
   uint8_t client_family_ = 0;
   uint8_t client_addr_[16] = {};
   Exchange* next_free_ = nullptr;
+  // per_try_timeout: armed when an attempt's request is all sent, disarmed by
+  // its response head or the end of the attempt.
+  struct TryTimer : io::Timeouts::Entry {
+    ClientConnection* owner = nullptr;
+  } try_timer_;
 };
 
 // Per-worker free-list of exchanges. Not thread-safe: one per worker thread.

@@ -124,10 +124,10 @@ bool write_request_head(const http::Head& head, const RequestRules& rules, Outbo
     const char* path = rules.authority.empty() ? head.target.p : rules.authority.end();
     const char* target_end = head.target.end();
     ok &= out.add(seg, static_cast<size_t>(head.target.p - seg));
-    if (rewrite_path) {
+    std::string_view rest(path, static_cast<size_t>(target_end - path));
+    if (rewrite_path && rest.starts_with(route->match.path_prefix)) {
       ok &= out.add(route->rewrite_prefix);
-      path +=
-          std::min<size_t>(route->match.path_prefix.size(), static_cast<size_t>(target_end - path));
+      path += route->match.path_prefix.size();
     } else if (path == target_end || *path != '/') {
       ok &= out.add(std::string_view("/"));
     }

@@ -84,12 +84,16 @@ RetryLimits retry_limits(const config::Pool& pool, size_t backends, bool tried_f
   return l;
 }
 
-bool RetryBudget::take(const config::Pool& pool, unsigned workers, io::Clock::time_point now) {
+bool RetryBudget::take(const config::Pool& pool, unsigned worker, unsigned workers,
+                       io::Clock::time_point now) {
   if (!pool.has_retry_budget)
     return true;
   roll(now);
-  // The floor is the pool's over all workers: each has its share (at least 1 when set).
-  uint64_t floor = pool.retry_budget_min == 0 ? 0 : (pool.retry_budget_min + workers - 1) / workers;
+  // The floor is the pool's over all workers: the shares add up to it (3
+  // over 2 workers: 2 and 1).
+  workers = std::max(1u, workers);
+  uint64_t floor =
+      pool.retry_budget_min / workers + (worker % workers < pool.retry_budget_min % workers);
   uint64_t allowed = std::max<uint64_t>(
       floor, static_cast<uint64_t>(pool.retry_budget_ratio * static_cast<double>(requests_)));
   if (retries_ >= allowed)

@@ -61,8 +61,9 @@ bool retries_status(const config::Pool& pool, int status);
 RetryLimits retry_limits(const config::Pool& pool, size_t backends, bool tried_full);
 
 // A pool's retry budget on one worker: retries in any second at most
-// max(ratio x the requests that second, min_per_second / workers). Windows of
-// a second by the loop's clock; no lock (one per worker and pool).
+// max(ratio x the requests that second, this worker's share of
+// min_per_second). Windows of a second by the loop's clock; no lock (one per
+// worker and pool).
 class RetryBudget {
 public:
   // A request starts (its first attempt).
@@ -71,7 +72,8 @@ public:
     ++requests_;
   }
   // Whether one more retry is allowed now; counted when it is.
-  bool take(const config::Pool& pool, unsigned workers, io::Clock::time_point now);
+  // `worker` of `workers`: the shares of min_per_second add up to it.
+  bool take(const config::Pool& pool, unsigned worker, unsigned workers, io::Clock::time_point now);
 
 private:
   void roll(io::Clock::time_point now) {

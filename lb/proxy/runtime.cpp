@@ -31,16 +31,14 @@ bool iends_with(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && http::iequals(s.substr(s.size() - suffix.size()), suffix);
 }
 
-// The path of an origin-form or absolute-form request target.
+// The path and query of an origin-form or absolute-form request target
+// ("http://host?q" -> "?q": an empty path).
 std::string_view path_of(std::string_view target) {
   if (!target.empty() && target.front() != '/') {
     size_t scheme = target.find("://");
     if (scheme != std::string_view::npos) {
-      // The path starts at the first "/" after the authority, unless a query
-      // comes first ("http://host?q": the path is empty, i.e. "/").
       size_t end = target.find_first_of("/?", scheme + 3);
-      return end == std::string_view::npos || target[end] != '/' ? std::string_view("/")
-                                                                 : target.substr(end);
+      return end == std::string_view::npos ? std::string_view() : target.substr(end);
     }
   }
   return target;
@@ -157,6 +155,7 @@ Router::Router(const std::vector<config::Route>& routes,
     c.modifies_request =
         r.has_rewrite_prefix || !r.rewrite_host.empty() || !r.request_headers.empty();
     c.modifies_response = !r.response_headers.empty();
+    c.prefix_with_query = r.match.path_prefix.find('?') != std::string::npos;
     routes_.push_back(std::move(c));
   }
 }
@@ -181,6 +180,8 @@ const CompiledRoute* Router::match(const http::Head& head, std::string_view auth
     split = true;
     size_t q = target.find('?');
     path = target.substr(0, q);
+    if (path.empty())
+      path = "/";
     query = q == std::string_view::npos ? std::string_view() : target.substr(q + 1);
   };
   for (const auto& r : routes_) {
@@ -199,7 +200,8 @@ const CompiledRoute* Router::match(const http::Head& head, std::string_view auth
     }
     if (!m.path_prefix.empty() || !m.path.empty() || r.path_regex || !m.query.empty())
       split_target();
-    if (!m.path_prefix.empty() && path.substr(0, m.path_prefix.size()) != m.path_prefix)
+    if (!m.path_prefix.empty() &&
+        (r.prefix_with_query ? target : path).substr(0, m.path_prefix.size()) != m.path_prefix)
       continue;
     if (!m.path.empty() && path != m.path)
       continue;

@@ -42,6 +42,7 @@ struct CompiledRoute {
   uint32_t split_total = 0;
   bool modifies_request = false;  // rewrite or request_headers
   bool modifies_response = false; // response_headers
+  bool prefix_with_query = false; // the path_prefix has a '?': matched against path and query
 };
 
 // Routes of one listener, compiled: first match wins.

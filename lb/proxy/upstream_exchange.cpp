@@ -108,7 +108,10 @@ void ClientConnection::do_attempt() {
   x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
   if (x_->retry_.attempts == 1)
     x_->upstream_started_ = worker_.loop.now();
-  start_try_clock();
+  // This attempt's own state (a retry follows an attempt that got this far).
+  x_->req_sent_ = false;
+  x_->dechunk_ = false;
+  x_->in_response_head_ = false;
   // A request that is not replayed if the backend closes the connection
   // under it gets one that was checked just now.
   bool verify = !idempotent(x_->req_.head().method.view());
@@ -302,8 +305,7 @@ void ClientConnection::on_request_bytes_sent() {
   x_->backend_writing_ = false;
   if (x_->req_done_ && !x_->req_sent_) {
     x_->req_sent_ = true;
-    if (x_->try_deadline_ == io::Clock::time_point{} && !x_->status_)
-      start_try_clock();
+    start_try_clock();
   }
   if (!x_->reading_response_) {
     // The response comes with the socket's next edge (or on the next pass,
@@ -435,6 +437,7 @@ void ClientConnection::on_response_head() {
   x_->dechunk_ = shape.dechunk;
   std::string_view set_cookie;
   if (shape.switching) {
+    io::Timeouts::disarm(x_->try_timer_);
     x_->status_ = 101;
     x_->upstream_ms_ = ms_between(x_->upstream_started_, worker_.loop.now());
     x_->tunnel_pending_ = true;
@@ -443,7 +446,7 @@ void ClientConnection::on_response_head() {
   } else {
     if (!x_->pool_->config().retry_statuses.empty() && retry_on_status(head.status))
       return;
-    x_->try_deadline_ = {};
+    io::Timeouts::disarm(x_->try_timer_);
     x_->in_response_head_ = false;
     x_->status_ = head.status;
     x_->upstream_ms_ = ms_between(x_->upstream_started_, worker_.loop.now());
@@ -562,18 +565,41 @@ void ClientConnection::leave_queue() {
 // Whether the pool's retry budget lets one more retry go now (counted when it does).
 bool ClientConnection::retry_budget_allows() {
   const config::Pool& pc = x_->pool_->config();
-  if (worker_.retry_budget(x_->pool_->id()).take(pc, worker_.workers, worker_.loop.now()))
+  if (worker_.retry_budget(x_->pool_->id())
+          .take(pc, worker_.id, worker_.workers, worker_.loop.now()))
     return true;
   worker_.metrics->pools.at(x_->pool_->id()).budget_exhausted.add();
   return false;
 }
 
-// The per_try_timeout of the attempt under way starts (once its request is
-// all there: a slow upload is bounded by timeouts.response, not by this).
+// The per_try_timeout of the attempt under way starts once its request is all
+// sent (an upload is bounded by timeouts.response, not by this) and ends
+// with its response head.
 void ClientConnection::start_try_clock() {
   auto per_try = x_->pool_->config().per_try_timeout;
-  x_->try_deadline_ =
-      per_try.count() > 0 && x_->req_done_ ? worker_.loop.now() + per_try : io::Clock::time_point{};
+  if (per_try.count() > 0 && !x_->status_)
+    worker_.timeouts.arm(x_->try_timer_, per_try, worker_.loop.now());
+}
+
+void ClientConnection::on_try_timeout(io::Timeouts::Entry* e) {
+  Ref self(static_cast<Exchange::TryTimer*>(e)->owner);
+  self->try_timed_out();
+}
+
+void ClientConnection::try_timed_out() {
+  if (closed_ || !x_ || x_->backend_ < 0 || x_->resp_started_)
+    return;
+  std::snprintf(x_->reason_, sizeof x_->reason_, "%s did not answer within per_try_timeout",
+                x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str());
+  x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::server_error);
+  backend_failed(Failure::try_timeout, x_->reason_);
+}
+
+// Whether a backend this request has not tried could take it now (asked
+// before a response is thrown away or the retry budget is spent on nothing).
+bool ClientConnection::another_backend_left() const {
+  upstream::PickRequest pick{x_->tried_, x_->hash_, x_->has_hash_, x_->sticky_backend_};
+  return x_->pool_->pick(pick) >= 0;
 }
 
 // A response whose status the pool retries on (retry_on: 502, 503, 504): when
@@ -587,7 +613,7 @@ bool ClientConnection::retry_on_status(int status) {
   RetryRequest request{idempotent(x_->req_.head().method.view()), x_->body_discarded_};
   RetryLimits limits = retry_limits(pc, x_->pool_->backends().size(), x_->tried_.full());
   if (after_failure(Failure::status, request, limits, x_->retry_) != Retry::another_backend ||
-      !retry_budget_allows())
+      !another_backend_left() || !retry_budget_allows())
     return false;
   backend_metrics().responses.add(status);
   x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::server_error);
@@ -606,6 +632,8 @@ void ClientConnection::backend_failed(Failure failure, const char* reason) {
   RetryRequest request{idempotent(x_->req_.head().method.view()), x_->body_discarded_};
   RetryLimits limits = retry_limits(pc, x_->pool_->backends().size(), x_->tried_.full());
   Retry next = after_failure(failure, request, limits, x_->retry_);
+  if (next == Retry::another_backend && failure == Failure::try_timeout && !another_backend_left())
+    next = Retry::none; // the client gets the 504, not "no backend left"
   if (next == Retry::another_backend && !retry_budget_allows())
     next = Retry::none;
   switch (next) {
@@ -632,6 +660,7 @@ void ClientConnection::release_backend(bool reusable) {
   if (!x_)
     return;
   x_->backend_in_ = x_->backend_out_ = nullptr;
+  io::Timeouts::disarm(x_->try_timer_);
   if (x_->active_backend_ >= 0 && x_->pool_) {
     worker_.metrics->backends.at(x_->pool_->backends()[static_cast<size_t>(x_->active_backend_)].id)
         .active.add(-1);

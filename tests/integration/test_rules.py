@@ -965,6 +965,76 @@ pools:
                          "slow origin got %d attempts" % (retries, slow_seen))
 
 
+class PausingBackend:
+    """A raw HTTP/1.1 backend on 127.0.0.1: answers every request with its
+    head at once and its body `pause` seconds later (a report or a long poll:
+    the head is there, the body takes its time); one request per connection."""
+
+    def __init__(self, pause, body=b"late body\n"):
+        import socket
+        self.pause, self.body = pause, body
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.stop = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                         % len(self.body))
+            time.sleep(self.pause)
+            conn.sendall(self.body)
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+
+
+class PerTryTimeoutEndsWithTheHead(harness.TestCase):
+    """per_try_timeout bounds an attempt until its response head: a body that
+    pauses longer than it afterwards still arrives whole (timeouts.response
+    governs from there)."""
+
+    def test_body_pause_longer_than_per_try_timeout(self):
+        backend = PausingBackend(pause=1.5)
+        lb = None
+        try:
+            lb = harness.Lb(f"""
+{PREAMBLE}listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    routes: [ {{ pool: web }} ]
+pools:
+  web:
+    retry_on: [ 504 ]
+    per_try_timeout: 500ms
+    timeouts: {{ response: 10s }}
+    backends: [ {backend.addr} ]
+""")
+            status, _, body = http(lb.port(), "GET", "/report", timeout=15)
+            self.assertEqual((status, body), (200, b"late body\n"))
+            self.assertEqual(lb.metric("lb_retries_total", pool="web"), 0)
+        finally:
+            if lb is not None:
+                lb.cleanup()
+            backend.close()
+
 # ---------------------------------------------------------------------------
 # lb check: the new keys are accepted, some invalid rules refused
 

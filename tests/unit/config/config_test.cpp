@@ -1027,6 +1027,38 @@ TEST(ConfigRules, MistakesAreReportedAtTheirNode) {
             "t.yaml:8:9: split_key applies to a split (pools: [...]) only");
 }
 
+TEST(ConfigRules, FieldsLbOwnsAndBounds) {
+  EXPECT_EQ(only_error(with_routes("      - pool: web\n"
+                                   "        request_headers: { remove: [X-Forwarded-For] }\n")),
+            "t.yaml:7:37: request_headers: X-Forwarded-For is set by lb itself and cannot be "
+            "changed here (see the listener's headers: {forwarded_for: ...})");
+  EXPECT_EQ(only_error(with_routes("      - pool: web\n"
+                                   "        response_headers: { set: { via: x } }\n")),
+            "t.yaml:7:36: response_headers: via is set by lb itself and cannot be changed here "
+            "(see the listener's headers: {via: off})");
+  std::string many = "      - pool: web\n        request_headers: { add: { ";
+  for (int i = 0; i < 9; ++i)
+    many += "X-" + std::to_string(i) + ": v, ";
+  many += "} }\n";
+  EXPECT_NE(only_error(with_routes(many)).find("at most 8 fields set or added per route"),
+            std::string::npos);
+  EXPECT_NE(only_error(with_routes("      - respond: { status: 205 }\n")).find("has no body"),
+            std::string::npos);
+  // A path_prefix may hold a query part (matched against path and query).
+  auto config =
+      valid(with_routes("      - match: { path_prefix: \"/search?q=\" }\n        pool: web\n"));
+  ASSERT_TRUE(config);
+  EXPECT_EQ(config->listeners[0].routes[0].match.path_prefix, "/search?q=");
+  // An IPv4-mapped range is the IPv4 range.
+  auto mapped = valid(with_routes("      - pool: web\n", "    allow: [\"::ffff:10.0.0.0/104\"]\n"));
+  ASSERT_TRUE(mapped);
+  const Cidr& c = mapped->listeners[0].allow.at(0);
+  const uint8_t ten[4] = {10, 1, 2, 3};
+  EXPECT_FALSE(c.ipv6);
+  EXPECT_EQ(c.bits, 8);
+  EXPECT_TRUE(c.contains(false, ten));
+}
+
 TEST(ConfigRules, RetryOptions) {
   auto config = valid(std::string(minimal) + R"(    retry_on: [reset, 503, 504]
     retry_budget: { ratio: 0.25, min_per_second: 5 }

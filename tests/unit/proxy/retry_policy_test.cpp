@@ -127,7 +127,7 @@ TEST(RetryPolicyTest, BudgetIsARatioOfTheRequestsOfEachSecondWithAFloor) {
   io::Clock::time_point t0 = io::Clock::now();
   // No budget configured: every retry may go.
   for (int i = 0; i < 100; ++i)
-    EXPECT_TRUE(budget.take(pool, 1, t0));
+    EXPECT_TRUE(budget.take(pool, 0, 1, t0));
   pool.has_retry_budget = true;
   pool.retry_budget_ratio = 0.2;
   pool.retry_budget_min = 3;
@@ -137,21 +137,26 @@ TEST(RetryPolicyTest, BudgetIsARatioOfTheRequestsOfEachSecondWithAFloor) {
     b.on_request(t0);
   int allowed = 0;
   for (int i = 0; i < 100; ++i)
-    allowed += b.take(pool, 1, t0 + std::chrono::milliseconds(500));
+    allowed += b.take(pool, 0, 1, t0 + std::chrono::milliseconds(500));
   EXPECT_EQ(allowed, 20);
   // The next second starts afresh: with few requests the floor holds (3 over
-  // one worker; 2 of them per worker when two share the pool).
+  // one worker)).
   auto t1 = t0 + std::chrono::milliseconds(1500);
   b.on_request(t1);
   allowed = 0;
   for (int i = 0; i < 10; ++i)
-    allowed += b.take(pool, 1, t1);
+    allowed += b.take(pool, 0, 1, t1);
   EXPECT_EQ(allowed, 3);
+  // Two workers share the floor: 2 and 1.
   auto t2 = t1 + std::chrono::seconds(1);
-  allowed = 0;
-  for (int i = 0; i < 10; ++i)
-    allowed += b.take(pool, 2, t2);
-  EXPECT_EQ(allowed, 2);
+  RetryBudget other;
+  int first = 0, second = 0;
+  for (int i = 0; i < 10; ++i) {
+    first += b.take(pool, 0, 2, t2);
+    second += other.take(pool, 1, 2, t2);
+  }
+  EXPECT_EQ(first, 2);
+  EXPECT_EQ(second, 1);
 }
 
 } // namespace

@@ -73,6 +73,20 @@ TEST(RouterTest, PathExactPrefixAndRegex) {
   EXPECT_EQ(r.pool_for(get("/x/u/1")), "fallback");
 }
 
+TEST(RouterTest, AbsoluteFormAndPrefixWithAQuery) {
+  Routes r(R"(      - match: { path_prefix: "/search?q=" }
+        pool: a
+      - match: { query: { x: "1" }, path: / }
+        pool: b
+)");
+  EXPECT_EQ(r.pool_for(get("/search?q=lb")), "a");
+  EXPECT_EQ(r.pool_for(get("/search?p=lb")), "fallback");
+  EXPECT_EQ(r.pool_for("GET http://h.example?x=1 HTTP/1.1\r\nHost: h.example\r\n\r\n"), "b");
+  EXPECT_EQ(r.pool_for("GET http://h.example/?x=1 HTTP/1.1\r\nHost: h.example\r\n\r\n"), "b");
+  EXPECT_EQ(r.pool_for("GET http://h.example/p?x=1 HTTP/1.1\r\nHost: h.example\r\n\r\n"),
+            "fallback");
+}
+
 TEST(RouterTest, MethodHeaderAndQuery) {
   Routes r(R"(      - match: { method: [PUT, DELETE] }
         pool: a
