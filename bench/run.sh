@@ -442,6 +442,7 @@ S_TITLE[f80x256]="(f80x256) latency at 80 % of HAProxy's saturation in (b): keep
 S_CONNS[f80x256]=256 S_PATH[f80x256]=/ S_HEADER[f80x256]="" S_RATE_OF[f80x256]=b
 S_TITLE[sys]="(sys) system calls per keep-alive GET /: ab -k -c16 -n $SYSCALL_REQUESTS, perf stat over the proxy's threads"
 S_TITLE[insn]="(insn) user instructions per keep-alive GET / (callgrind: 12,000 requests minus 2,000, ab -k -c4)"
+S_TITLE[insnrules]="(insnrules) as (insn), through the route of (rules)"
 S_TITLE[rules]="(rules) as (a), through a route with a path regex and three header rules (request set and remove, response set)"
 S_CONNS[rules]=64 S_PATH[rules]=/ S_HEADER[rules]=""
 S_TITLE[h2]="(h2) HTTP/2 over TLS: h2load, 64 connections x 10 streams, GET / (ALPN h2)"
@@ -456,9 +457,9 @@ declare -A S_TLS=([e]=1 [h2]=1)
 declare -A S_H2=([h2]=1 [h2c]=1)
 declare -A S_RATE=([f]=1 [f256]=1 [f80]=1 [f80x256]=1)
 declare -A S_SYSCALLS=([sys]=1)
-declare -A S_INSN=([insn]=1)
+declare -A S_INSN=([insn]=1 [insnrules]=1)
 declare -A S_IDLE=([idle]=1)
-declare -A S_RULES=([rules]=1)
+declare -A S_RULES=([rules]=1 [insnrules]=1)
 FIXED_RATE=0  # the scenario being measured paces requests (rate_client, not wrk)
 TLS=0  # the scenario being measured terminates HTTPS
 IDLE=0  # the scenario being measured holds idle connections (idle_client.py, not wrk)

@@ -1257,8 +1257,14 @@ void Loader::header_edits(const Item& item, HeaderEdits& edits) {
                          " fields set or added per route");
         break;
       }
-      if (auto v = header_value(h))
+      if (auto v = header_value(h)) {
+        bool literal = std::all_of(v->parts.begin(), v->parts.end(), [](const auto& part) {
+          return part.first == HeaderValue::Part::text;
+        });
+        if (literal)
+          v->line = h.name + ": " + v->text + "\r\n";
         out.emplace_back(h.name, std::move(*v));
+      }
     }
   }
 }

@@ -106,6 +106,7 @@ struct HeaderValue {
   enum class Part { text, client_ip, request_id, host };
   std::vector<std::pair<Part, std::string>> parts;
   std::string text; // as written
+  std::string line; // "Name: text\r\n" when the value has no variables (sent as one piece)
 };
 
 struct HeaderEdits {
@@ -113,6 +114,14 @@ struct HeaderEdits {
   std::vector<std::pair<std::string, HeaderValue>> add; // appended
   std::vector<std::string> remove;                      // every field of the name
   bool empty() const { return set.empty() && add.empty() && remove.empty(); }
+  // Whether a value refers to %{client_ip}, %{request_id} or %{host}.
+  bool uses_variables() const {
+    for (const auto* list : {&set, &add})
+      for (const auto& [name, value] : *list)
+        if (value.line.empty())
+          return true;
+    return false;
+  }
 };
 
 struct Route {

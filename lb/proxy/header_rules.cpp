@@ -17,9 +17,7 @@ void set_hop_by_hop(http::Head& head, Field field, bool hop_by_hop) {
 
 // Whether a route's header edits take a field of this name away (remove, or
 // set: replaced by the route's value).
-bool edited_away(const config::HeaderEdits* edits, std::string_view name) {
-  if (!edits)
-    return false;
+bool edited_away_slow(const config::HeaderEdits* edits, std::string_view name) {
   for (const auto& r : edits->remove)
     if (http::iequals(r, name))
       return true;
@@ -29,11 +27,19 @@ bool edited_away(const config::HeaderEdits* edits, std::string_view name) {
   return false;
 }
 
+inline bool edited_away(const config::HeaderEdits* edits, std::string_view name) {
+  return edits && edited_away_slow(edits, name);
+}
+
 bool add_lines(const std::vector<std::pair<std::string, config::HeaderValue>>& lines,
                const HeaderVars& vars, Outbox& out) {
   using Part = config::HeaderValue::Part;
   bool ok = true;
   for (const auto& [name, value] : lines) {
+    if (!value.line.empty()) {
+      ok &= out.add(value.line);
+      continue;
+    }
     ok &= out.add(name);
     ok &= out.add(std::string_view(": "));
     for (const auto& [part, text] : value.parts)

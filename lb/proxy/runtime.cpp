@@ -104,6 +104,15 @@ bool query_has(std::string_view query, std::string_view name, std::string_view v
   return false;
 }
 
+// Whether a target's path starts with `prefix`. A prefix without '?' lies
+// within the path if the target starts with it; one with '?' is compared
+// with the path and the query. A target with no path ("?q") has the path "/".
+bool prefix_matches(std::string_view target, std::string_view prefix) {
+  if (target.empty() || target.front() == '?')
+    return prefix == "/";
+  return target.starts_with(prefix);
+}
+
 bool has_field(const http::Head& head, std::string_view name) {
   for (unsigned i = 0; i < head.count; ++i)
     if (http::iequals(head.headers[i].name.view(), name))
@@ -155,7 +164,12 @@ Router::Router(const std::vector<config::Route>& routes,
     c.modifies_request =
         r.has_rewrite_prefix || !r.rewrite_host.empty() || !r.request_headers.empty();
     c.modifies_response = !r.response_headers.empty();
-    c.prefix_with_query = r.match.path_prefix.find('?') != std::string::npos;
+    c.request_vars = r.request_headers.uses_variables();
+    c.response_vars = r.response_headers.uses_variables();
+    const config::RouteMatch& m = r.match;
+    c.only_host_and_prefix = m.path.empty() && m.path_regex.empty() && m.methods.empty() &&
+                             m.headers.empty() && m.header_present.empty() && m.query.empty() &&
+                             m.source.empty();
     routes_.push_back(std::move(c));
   }
 }
@@ -198,11 +212,18 @@ const CompiledRoute* Router::match(const http::Head& head, std::string_view auth
         continue;
       break;
     }
-    if (!m.path_prefix.empty() || !m.path.empty() || r.path_regex || !m.query.empty())
-      split_target();
-    if (!m.path_prefix.empty() &&
-        (r.prefix_with_query ? target : path).substr(0, m.path_prefix.size()) != m.path_prefix)
+    if (r.only_host_and_prefix) { // (the common route: nothing more to test)
+      if (m.path_prefix.empty() || prefix_matches(target, m.path_prefix)) {
+        if (index)
+          *index = static_cast<int>(&r - routes_.data());
+        return &r;
+      }
       continue;
+    }
+    if (!m.path_prefix.empty() && !prefix_matches(target, m.path_prefix))
+      continue;
+    if (!m.path.empty() || r.path_regex || !m.query.empty())
+      split_target();
     if (!m.path.empty() && path != m.path)
       continue;
     if (!m.methods.empty() &&
@@ -222,7 +243,8 @@ const CompiledRoute* Router::match(const http::Head& head, std::string_view auth
         ok = m.source[i].contains(client.ipv6, client.addr);
     }
     if (ok && r.path_regex)
-      ok = RE2::PartialMatch(re2::StringPiece(path.data(), path.size()), *r.path_regex);
+      ok = r.path_regex->Match(re2::StringPiece(path.data(), path.size()), 0, path.size(),
+                               RE2::UNANCHORED, nullptr, 0);
     if (!ok)
       continue;
     if (index)

@@ -40,9 +40,11 @@ struct CompiledRoute {
   // Action::split: pool indices with their cumulative weights.
   std::vector<std::pair<int, uint32_t>> split;
   uint32_t split_total = 0;
-  bool modifies_request = false;  // rewrite or request_headers
-  bool modifies_response = false; // response_headers
-  bool prefix_with_query = false; // the path_prefix has a '?': matched against path and query
+  bool modifies_request = false;     // rewrite or request_headers
+  bool modifies_response = false;    // response_headers
+  bool request_vars = false;         // request_headers' values use %{...}
+  bool response_vars = false;        // response_headers' values use %{...}
+  bool only_host_and_prefix = false; // matches on nothing else
 };
 
 // Routes of one listener, compiled: first match wins.

@@ -47,7 +47,8 @@ int ClientConnection::backend_write(Outbox& out, uint64_t& written) {
 }
 
 void ClientConnection::do_attempt() {
-  if (x_->retry_.attempts == 0 && x_->retry_.replays == 0 && !x_->queued_)
+  if (x_->retry_.attempts == 0 && x_->retry_.replays == 0 && !x_->queued_ &&
+      x_->pool_->config().has_retry_budget)
     worker_.retry_budget(x_->pool_->id()).on_request(worker_.loop.now());
   upstream::PickRequest pick{x_->tried_, x_->hash_, x_->has_hash_, x_->sticky_backend_};
   int b = x_->pool_->pick(pick);
@@ -251,7 +252,8 @@ void ClientConnection::do_send_request_head() {
   rules.upgrade = x_->upgrade_requested_;
   if (x_->rule_ && x_->rule_->modifies_request) {
     rules.route = x_->rule_->config;
-    rules.vars = header_vars();
+    if (x_->rule_->request_vars)
+      rules.vars = header_vars();
   }
   Outbox& out = x_->to_backend_;
   bool ok = write_request_head(x_->req_.head(), rules, out);
@@ -475,7 +477,8 @@ void ClientConnection::on_response_head() {
   rules.set_cookie_line = set_cookie;
   if (x_->rule_ && x_->rule_->modifies_response) {
     rules.edits = &x_->rule_->config->response_headers;
-    rules.vars = header_vars();
+    if (x_->rule_->response_vars)
+      rules.vars = header_vars();
   }
   Outbox& out = x_->to_client_;
   if (!write_response_head(head, shape, rules, out))

@@ -1035,6 +1035,40 @@ pools:
                 lb.cleanup()
             backend.close()
 
+class ReloadAppliesRules(harness.TestCase):
+    """A reload changes the rules for the next request, also on a keep-alive
+    connection that stays open across it."""
+
+    CONFIG = f"""
+{PREAMBLE}listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    routes:
+      - match: {{ path: /notice }}
+        respond: {{ status: 200, body: "BODY", content_type: text/plain }}
+      - redirect: {{ scheme: https }}
+pools:
+  web:
+    backends: [ 127.0.0.1:9 ]
+"""
+
+    def test_reload_changes_rules_on_an_open_connection(self):
+        lb = harness.Lb(self.CONFIG.replace("BODY", "before"))
+        try:
+            with KeepAliveClient(lb.port(), timeout=10) as ka:
+                status, _, body = ka.request("GET", "/notice")
+                self.assertEqual((status, body), (200, b"before"))
+                reloads = lb.metric("lb_config_reloads_total", result="success")
+                lb.reload(self.CONFIG.replace("BODY", "after"))
+                self.assertTrue(harness.wait_until(
+                    lambda: lb.metric("lb_config_reloads_total", result="success") > reloads,
+                    timeout=10), "the reload did not succeed: %s" % lb.stderr_text()[-2000:])
+                status, _, body = ka.request("GET", "/notice")
+                self.assertEqual((status, body), (200, b"after"))
+                self.assertEqual(ka.connects, 1, "the reload closed the keep-alive connection")
+        finally:
+            lb.cleanup()
+
 # ---------------------------------------------------------------------------
 # lb check: the new keys are accepted, some invalid rules refused
 
