@@ -76,6 +76,13 @@ struct Item {
 
 bool is_empty(const YAML::Node& node) { return !node.IsDefined() || node.IsNull(); }
 
+bool iequal(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
 std::string describe(const YAML::Node& node) {
   if (node.IsScalar())
     return "'" + node.Scalar() + "'";
@@ -844,7 +851,7 @@ void Loader::listener(const Item& item, Listener& listener) {
   std::set<std::string> present;
   const Item* name_item = nullptr;   // set when valid
   const Item* listen_item = nullptr; // set when valid
-  std::vector<Item> redirect_items;  // the routes that redirect, in order
+  std::vector<Item> route_items;     // the routes' nodes, as listener.routes
   for (const auto& f : *items) {
     present.insert(f.name);
     if (f.name == "name") {
@@ -881,20 +888,30 @@ void Loader::listener(const Item& item, Listener& listener) {
       for (const auto& r : routes.value_or(std::vector<Item>{})) {
         listener.routes.push_back({});
         route(r, listener.routes.back());
-        if (listener.routes.back().action == Route::Action::redirect)
-          redirect_items.push_back(r);
+        route_items.push_back(r);
       }
     }
   }
-  // (After the loop: whether the listener speaks TLS is known only now.)
-  for (size_t i = 0, k = 0; i < listener.routes.size(); ++i)
-    if (listener.routes[i].action == Route::Action::redirect) {
-      if (redirect_loops(listener.routes[i], listener.tls.enabled))
-        error(redirect_items[k].key,
-              "redirect: sends the request to where it already is (same scheme, host, port and "
-              "path): a client would follow it forever; change at least one part");
-      ++k;
-    }
+  // (After the loop: the listener's TLS and request id header are known only now.)
+  for (size_t i = 0; i < listener.routes.size(); ++i) {
+    const Route& r = listener.routes[i];
+    if (r.action == Route::Action::redirect && redirect_loops(r, listener.tls.enabled))
+      error(route_items[i].key,
+            "redirect: sends the request to where it already is (same scheme, host, port and "
+            "path): a client would follow it forever; change at least one part");
+    const std::string& id = listener.headers.request_id;
+    // The request id goes to the backend as lb has it: request rules cannot change it.
+    bool named = false;
+    for (const auto& n : r.request_headers.remove)
+      named |= iequal(n, id);
+    for (const auto* list : {&r.request_headers.set, &r.request_headers.add})
+      for (const auto& [n, v] : *list)
+        named |= iequal(n, id);
+    if (!id.empty() && named)
+      error(route_items[i].key, "request_headers: " + id +
+                                    " is the listener's request id header, set by lb itself "
+                                    "(see the listener's headers: {request_id: ...})");
+  }
   if (!present.count("name"))
     error(item.key, "missing required key 'name'");
   if (!present.count("listen"))
@@ -1592,6 +1609,12 @@ void Loader::route_match(const Item& item, RouteMatch& match) {
 // A redirect that sends a request to where it already is: the client would follow it forever.
 bool redirect_loops(const Route& route, bool tls) {
   const Redirect& r = route.redirect;
+  // A 303 sends the client back with a GET: a route only for other methods
+  // does not take it again.
+  const auto& methods = route.match.methods;
+  if (r.code == 303 && !methods.empty() &&
+      std::find(methods.begin(), methods.end(), "GET") == methods.end())
+    return false;
   std::string scheme = tls ? "https" : "http";
   bool same_scheme = r.scheme.empty() || r.scheme == scheme;
   bool same_host = r.host.empty() || (!route.match.host.empty() && r.host == route.match.host);

@@ -870,7 +870,8 @@ void ClientConnection::respond_redirect() {
     req_port = from_host.substr(colon + 1);
   }
   bool https = ssl_ != nullptr || (stream_ && stream_->https());
-  std::string_view scheme = rd.scheme.empty() ? (https ? "https" : "http") : rd.scheme;
+  std::string_view scheme =
+      rd.scheme.empty() ? std::string_view(https ? "https" : "http") : std::string_view(rd.scheme);
   RedirectAnswer a;
   a.code = rd.code;
   a.scheme = scheme;

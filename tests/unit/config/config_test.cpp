@@ -995,6 +995,9 @@ TEST(ConfigRules, MistakesAreReportedAtTheirNode) {
                                    "        redirect: { prefix: /a/ }\n")),
             "t.yaml:6:9: redirect: sends the request to where it already is (same scheme, host, "
             "port and path): a client would follow it forever; change at least one part");
+  // A 303 from a POST-only route comes back as a GET: no loop.
+  EXPECT_TRUE(valid(with_routes("      - match: { path: /form, method: POST }\n"
+                                "        redirect: { code: 303 }\n")));
   // http -> https on a cleartext listener is no loop.
   EXPECT_TRUE(valid(with_routes("      - redirect: { scheme: https }\n")));
   EXPECT_EQ(only_error(with_routes("      - redirect: { scheme: http }\n")),
@@ -1036,6 +1039,16 @@ TEST(ConfigRules, FieldsLbOwnsAndBounds) {
                                    "        response_headers: { set: { via: x } }\n")),
             "t.yaml:7:36: response_headers: via is set by lb itself and cannot be changed here "
             "(see the listener's headers: {via: off})");
+  EXPECT_EQ(only_error(with_routes("      - pool: web\n"
+                                   "        request_headers: { set: { x-request-id: \"1\" } }\n")),
+            "t.yaml:6:9: request_headers: X-Request-Id is the listener's request id header, set "
+            "by lb itself (see the listener's headers: {request_id: ...})");
+  // (Another name when the listener names another; responses may carry it.)
+  EXPECT_TRUE(valid(with_routes("      - pool: web\n"
+                                "        request_headers: { set: { X-Request-Id: \"1\" } }\n",
+                                "    headers: { request_id: X-Trace-Id }\n")));
+  EXPECT_TRUE(valid(with_routes("      - pool: web\n"
+                                "        response_headers: { remove: [X-Request-Id] }\n")));
   std::string many = "      - pool: web\n        request_headers: { add: { ";
   for (int i = 0; i < 9; ++i)
     many += "X-" + std::to_string(i) + ": v, ";
