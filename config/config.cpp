@@ -275,6 +275,32 @@ std::string check_certificate(const std::string& cert, const std::string& key) {
   return why;
 }
 
+// The admin token from `path`: its content without trailing whitespace. ""
+// when it is usable, else what is wrong.
+std::string read_token(const std::string& path, std::string& token) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return "cannot read " + path + ": " + std::strerror(errno);
+  char buf[1025];
+  ssize_t n = ::read(fd, buf, sizeof buf);
+  int err = errno;
+  ::close(fd);
+  if (n < 0)
+    return "cannot read " + path + ": " + std::strerror(err);
+  if (n == sizeof buf)
+    return path + " is longer than 1 KiB: it should hold only the token";
+  std::string_view t(buf, static_cast<size_t>(n));
+  while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back())))
+    t.remove_suffix(1);
+  if (t.size() < 16)
+    return path + " holds " + (t.empty() ? "no token" : "a token shorter than 16 characters") +
+           " (make one with: openssl rand -hex 32 > " + path + ")";
+  if (!std::all_of(t.begin(), t.end(), [](unsigned char c) { return c > ' ' && c < 0x7f; }))
+    return path + ": the token must be printable ASCII without spaces";
+  token = std::string(t);
+  return {};
+}
+
 std::string check_ca(const std::string& path) {
   if (::access(path.c_str(), R_OK) != 0)
     return "cannot read " + path + ": " + std::strerror(errno);
@@ -751,16 +777,49 @@ void Loader::top(const YAML::Node& root, Config& config) {
 }
 
 void Loader::admin(const Item& item, Admin& admin) {
-  auto items = fields(item, {"listen"});
+  auto items = fields(item, {"listen", "token_file", "allowed_hosts"});
   if (!items)
     return;
+  const Item* listen = nullptr;
   for (const auto& f : *items) {
-    if (auto a = address(f, true)) {
-      admin.listen = *a;
-      if (a->port != 0)
-        admin_listen_ = f;
+    if (f.name == "listen") {
+      if (auto a = address(f, true)) {
+        admin.listen = *a;
+        listen = &f;
+        if (a->port != 0)
+          admin_listen_ = f;
+      }
+    } else if (f.name == "token_file") {
+      auto text = scalar(f, "a file path");
+      if (!text)
+        continue;
+      admin.token_file = resolve(*text);
+      std::string why = read_token(admin.token_file, admin.token);
+      if (!why.empty())
+        error(f, "token_file: " + why);
+    } else if (f.name == "allowed_hosts") {
+      auto list = list_items(f, "allowed host");
+      for (const auto& h : list.value_or(std::vector<Item>{})) {
+        auto text = scalar(h, "a host name");
+        if (!text)
+          continue;
+        std::string host = *text;
+        std::transform(host.begin(), host.end(), host.begin(),
+                       [](unsigned char c) { return char(std::tolower(c)); });
+        if (!host.empty() && is_host_pattern(host) && !host.starts_with("*."))
+          admin.allowed_hosts.push_back(host);
+        else
+          error(h, "allowed_hosts: expected a host name like lb1.internal, got '" + *text + "'");
+      }
     }
   }
+  // Off loopback, anyone who reaches the port could drain, re-weight or reload.
+  bool loopback = admin.listen.host == "::1" || admin.listen.host.starts_with("127.");
+  if (!loopback && admin.token.empty() && admin.token_file.empty())
+    error(listen ? *listen : item,
+          "admin.listen: " + admin.listen.text() +
+              " is not a loopback address: set admin.token_file (every endpoint but /healthz "
+              "then needs the token), or listen on 127.0.0.1");
 }
 
 void Loader::dns(const Item& item, Dns& dns) {

@@ -265,6 +265,11 @@ struct Dns {
 
 struct Admin {
   Address listen{"127.0.0.1", 9901, false};
+  std::string token_file; // resolved path; empty: no token
+  std::string token;      // its content (trailing whitespace cut): every endpoint but
+                          // /healthz needs it (Bearer, or Basic with it as the password)
+  std::vector<std::string> allowed_hosts; // Host names accepted besides IP literals and
+                                          // localhost (lower case)
 };
 
 struct Config {

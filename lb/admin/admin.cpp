@@ -5,10 +5,14 @@
 #include "lb/http/parser.hpp"
 #include "lb/io/log.hpp"
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <memory>
@@ -33,6 +37,8 @@ const char* reason(int status) {
     return "OK";
   case 400:
     return "Bad Request";
+  case 401:
+    return "Unauthorized";
   case 403:
     return "Forbidden";
   case 404:
@@ -43,6 +49,8 @@ const char* reason(int status) {
     return "Request Timeout";
   case 411:
     return "Length Required";
+  case 421:
+    return "Misdirected Request";
   case 413:
     return "Content Too Large";
   case 431:
@@ -201,6 +209,8 @@ private:
           request_.host = std::string(head.headers[i].value.view());
         if (http::iequals(name, "origin"))
           request_.origin = std::string(head.headers[i].value.view());
+        if (http::iequals(name, "authorization"))
+          request_.authorization = std::string(head.headers[i].value.view());
       }
       body_end_ = body_start_ + head.content_length;
     }
@@ -220,7 +230,11 @@ private:
            "\r\nContent-Type: " + r.content_type +
            "\r\nContent-Length: " + std::to_string(r.body.size()) +
            "\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff" +
-           (r.allow.empty() ? "" : "\r\nAllow: " + r.allow) + "\r\nConnection: close\r\n\r\n";
+           (r.allow.empty() ? "" : "\r\nAllow: " + r.allow) +
+           (r.challenge ? "\r\nWWW-Authenticate: Bearer realm=\"lb admin\"\r\n"
+                          "WWW-Authenticate: Basic realm=\"lb admin\", charset=\"UTF-8\""
+                        : "") +
+           "\r\nConnection: close\r\n\r\n";
     if (!head_only)
       out_ += r.body;
     asio::async_write(socket_, asio::buffer(out_),
@@ -298,9 +312,86 @@ void AdminServer::do_accept() {
   });
 }
 
+namespace {
+
+// Whether a Host value names this listener the way only its operator would:
+// an IP literal, localhost, or a name the config allows. A name a web page
+// rebinds to 127.0.0.1 (DNS rebinding) is none of these.
+bool host_allowed(std::string_view host, const config::Admin& admin) {
+  if (host.empty())
+    return true; // (HTTP/1.0: no Host, and no browser behind it)
+  if (host.front() == '[') {
+    size_t close = host.find(']');
+    if (close == std::string_view::npos)
+      return false;
+    error_code bad;
+    asio::ip::make_address_v6(std::string(host.substr(1, close - 1)), bad);
+    return !bad;
+  }
+  std::string name(host.substr(0, host.rfind(':')));
+  for (char& c : name)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (name == "localhost")
+    return true;
+  error_code bad;
+  asio::ip::make_address_v4(name, bad);
+  if (!bad)
+    return true;
+  return std::find(admin.allowed_hosts.begin(), admin.allowed_hosts.end(), name) !=
+         admin.allowed_hosts.end();
+}
+
+bool same_secret(std::string_view a, const std::string& b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+// "Bearer TOKEN", or "Basic base64(user:TOKEN)" (any user name: a browser asks for both).
+bool authorized(std::string_view header, const std::string& token) {
+  size_t space = header.find(' ');
+  if (space == std::string_view::npos)
+    return false;
+  std::string_view scheme = header.substr(0, space);
+  std::string_view value = header.substr(space + 1);
+  while (!value.empty() && value.front() == ' ')
+    value.remove_prefix(1);
+  if (http::iequals(scheme, "bearer"))
+    return same_secret(value, token);
+  if (!http::iequals(scheme, "basic") || value.empty() || value.size() > 2048 ||
+      value.size() % 4 != 0)
+    return false;
+  std::string decoded(value.size() / 4 * 3, '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(decoded.data()),
+                          reinterpret_cast<const unsigned char*>(value.data()),
+                          static_cast<int>(value.size()));
+  if (n < 0)
+    return false;
+  decoded.resize(static_cast<size_t>(n));
+  // (EVP_DecodeBlock keeps the padding's zero bytes.)
+  size_t pad = value.size() - value.find_last_not_of('=') - 1;
+  decoded.resize(decoded.size() - std::min(pad, decoded.size()));
+  size_t colon = decoded.find(':');
+  return colon != std::string::npos &&
+         same_secret(std::string_view(decoded).substr(colon + 1), token);
+}
+
+} // namespace
+
 Response AdminServer::handle(const Request& request) {
+  // The newest config's admin settings (a reload may change the token).
+  std::shared_ptr<const proxy::Runtime> runtime = server_.runtime();
+  const config::Admin& admin = runtime ? runtime->config->admin : config_;
+  if (!host_allowed(request.host, admin))
+    return text(421, "this admin listener does not answer to the host '" + request.host +
+                         "': use its IP address, localhost, or a name in admin.allowed_hosts");
   std::string_view target = request.target;
   std::string_view path = target.substr(0, target.find('?'));
+  if (!admin.token.empty() && path != "/healthz" &&
+      !authorized(request.authorization, admin.token)) {
+    Response r = text(401, "authentication required: send Authorization: Bearer TOKEN (the "
+                           "content of admin.token_file), or log in with it as the password");
+    r.challenge = true;
+    return r;
+  }
   std::vector<std::string> segments;
   if (!split_path(path, segments))
     return text(400, "bad request target: " + std::string(target));

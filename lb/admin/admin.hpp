@@ -11,6 +11,11 @@
 //   POST /pools/{pool}/backends/{host:port}/enable   back into rotation
 //   PUT  /pools/{pool}/backends/{host:port}/weight   body: integer 0..1000
 //   POST /reload                                     reload the config (if wired)
+//
+// Every request's Host must be an IP literal, localhost or one of
+// admin.allowed_hosts (a name a web page rebinds to 127.0.0.1 is refused with
+// 421); with admin.token_file, every endpoint but /healthz needs the token
+// (401 otherwise, before anything is looked up).
 
 #include "config/config_types.hpp"
 #include "lb/admin/metrics.hpp"
@@ -36,9 +41,10 @@ using ReloadHandler = std::function<ReloadResult()>;
 
 struct Request {
   std::string method;
-  std::string target; // as sent: path and query
-  std::string host;   // the Host header
-  std::string origin; // the Origin header (browsers send it on cross-site requests)
+  std::string target;        // as sent: path and query
+  std::string host;          // the Host header
+  std::string origin;        // the Origin header (browsers send it on cross-site requests)
+  std::string authorization; // the Authorization header
   std::string body;
 };
 
@@ -46,7 +52,8 @@ struct Response {
   int status = 200;
   std::string content_type = "text/plain; charset=utf-8";
   std::string body;
-  std::string allow; // 405: the methods allowed
+  std::string allow;      // 405: the methods allowed
+  bool challenge = false; // 401: WWW-Authenticate asks for the token (a browser prompts)
 };
 
 class AdminServer {

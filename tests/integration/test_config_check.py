@@ -2,7 +2,7 @@
 
 Every tests/configs/bad/NAME.yaml must be refused (exit 1) with exactly the
 FILE:LINE:COL lines of NAME.expected on stderr; every shipped YAML under
-config/ must pass (exit 0, "ok").
+config/ and docker/lb.compose.yaml must pass (exit 0, "ok").
 
 Environment: LB_BIN (the lb binary), LB_SOURCE_DIR (repository root; the cwd).
 """
@@ -51,7 +51,8 @@ class ConfigCheck(unittest.TestCase):
 
     def test_shipped_configs_pass(self):
         shipped = relative(glob.glob(os.path.join(SOURCE_DIR, "config", "*.yaml")) +
-                           glob.glob(os.path.join(SOURCE_DIR, "config", "examples", "*.yaml")))
+                           glob.glob(os.path.join(SOURCE_DIR, "config", "examples", "*.yaml")) +
+                   [os.path.join(SOURCE_DIR, "docker", "lb.compose.yaml")])
         for path in shipped:
             with self.subTest(config=path):
                 code, out, err = lb("check", "-c", path)
