@@ -374,6 +374,8 @@ private:
   void header_edits(const Item& item, HeaderEdits& edits);
   std::optional<HeaderValue> header_value(const Item& item);
   std::optional<std::vector<Cidr>> cidr_list(const Item& item);
+  std::optional<std::string> host_name(const Item& item, const std::string& what,
+                                       const std::string& example);
   void retry_on(const Item& item, Pool& pool);
   void retry_budget(const Item& item, Pool& pool);
   void pool(const Item& item, Pool& pool);
@@ -799,18 +801,9 @@ void Loader::admin(const Item& item, Admin& admin) {
         error(f, "token_file: " + why);
     } else if (f.name == "allowed_hosts") {
       auto list = list_items(f, "allowed host");
-      for (const auto& h : list.value_or(std::vector<Item>{})) {
-        auto text = scalar(h, "a host name");
-        if (!text)
-          continue;
-        std::string host = *text;
-        std::transform(host.begin(), host.end(), host.begin(),
-                       [](unsigned char c) { return char(std::tolower(c)); });
-        if (!host.empty() && is_host_pattern(host) && !host.starts_with("*."))
-          admin.allowed_hosts.push_back(host);
-        else
-          error(h, "allowed_hosts: expected a host name like lb1.internal, got '" + *text + "'");
-      }
+      for (const auto& h : list.value_or(std::vector<Item>{}))
+        if (auto host = host_name(h, "allowed_hosts", "lb1.internal"))
+          admin.allowed_hosts.push_back(*host);
     }
   }
   // Off loopback, anyone who reaches the port could drain, re-weight or reload.
@@ -1194,6 +1187,21 @@ std::optional<Cidr> parse_cidr(std::string_view text) {
   return c;
 }
 
+// One host name (no wildcard), in lower case; `example` shows the form.
+std::optional<std::string> Loader::host_name(const Item& item, const std::string& what,
+                                             const std::string& example) {
+  auto text = scalar(item, "a host name");
+  if (!text)
+    return std::nullopt;
+  std::string host = *text;
+  std::transform(host.begin(), host.end(), host.begin(),
+                 [](unsigned char c) { return char(std::tolower(c)); });
+  if (!host.empty() && is_host_pattern(host) && !host.starts_with("*."))
+    return host;
+  error(item, what + ": expected a host name like " + example + ", got '" + *text + "'");
+  return std::nullopt;
+}
+
 std::optional<std::vector<Cidr>> Loader::cidr_list(const Item& item) {
   // One range may be written without the list.
   std::vector<Item> items;
@@ -1359,16 +1367,8 @@ void Loader::redirect(const Item& item, Route& route) {
       else if (text)
         error(f, "scheme: expected http or https, got '" + *text + "'");
     } else if (f.name == "host") {
-      auto text = scalar(f, "a host name");
-      if (!text)
-        continue;
-      std::string host = *text;
-      std::transform(host.begin(), host.end(), host.begin(),
-                     [](unsigned char c) { return char(std::tolower(c)); });
-      if (!host.empty() && is_host_pattern(host) && !host.starts_with("*."))
-        r.host = host;
-      else
-        error(f, "host: expected a host name like www.example.com, got '" + *text + "'");
+      if (auto host = host_name(f, "host", "www.example.com"))
+        r.host = *host;
     } else if (f.name == "port") {
       if (auto n = integer(f, 1, 65535))
         r.port = static_cast<uint16_t>(*n);
