@@ -362,6 +362,7 @@ private:
   std::optional<std::string> dns_name(const Item& item, std::string_view text);
   void listener(const Item& item, Listener& listener);
   void tls(const Item& item, ListenerTls& tls);
+  void acme(const Item& item, Acme& acme);
   std::string resolve(const std::string& path) const;
   void limits(const Item& item, Limits& limits);
   void listener_timeouts(const Item& item, ListenerTimeouts& timeouts);
@@ -947,6 +948,9 @@ void Loader::listener(const Item& item, Listener& listener) {
   // (After the loop: the listener's TLS and request id header are known only now.)
   for (size_t i = 0; i < listener.routes.size(); ++i) {
     const Route& r = listener.routes[i];
+    if (r.match.client_cert && listener.tls.client_ca.empty())
+      error(route_items[i].key, "match.client_cert: the listener asks for no client certificate: "
+                                "set tls.client_ca on it");
     if (r.action == Route::Action::redirect && redirect_loops(r, listener.tls.enabled))
       error(route_items[i].key,
             "redirect: sends the request to where it already is (same scheme, host, port and "
@@ -1007,15 +1011,50 @@ void Loader::tls_version(const Item& item, ListenerTls::Version& version) {
 // Each certificate and key is loaded here, so `lb check` reports a missing file,
 // a bad PEM or a key that does not match its certificate at the YAML node.
 void Loader::tls(const Item& item, ListenerTls& tls) {
-  auto items = fields(item, {"certificates", "min_version"});
+  auto items =
+      fields(item, {"certificates", "min_version", "watch", "client_ca", "client_verify", "acme"});
   if (!items)
     return;
   size_t errors_before = errors_.size();
   tls.enabled = true;
   bool any = false;
+  bool verify_given = false;
+  const Item* verify_item = nullptr;
   for (const auto& f : *items) {
     if (f.name == "min_version") {
       tls_version(f, tls.min_version);
+      continue;
+    }
+    if (f.name == "watch") {
+      if (auto on = boolean(f))
+        tls.watch = *on;
+      continue;
+    }
+    if (f.name == "client_ca") {
+      if (auto text = scalar(f, "a PEM file of CA certificates")) {
+        tls.client_ca = resolve(*text);
+        if (std::string why = check_ca(tls.client_ca); !why.empty())
+          error(f, "client_ca: " + why);
+      }
+      continue;
+    }
+    if (f.name == "client_verify") {
+      verify_given = true;
+      verify_item = &f;
+      if (auto text = scalar(f, "required or optional")) {
+        if (*text == "required")
+          tls.client_verify = ListenerTls::ClientVerify::required;
+        else if (*text == "optional")
+          tls.client_verify = ListenerTls::ClientVerify::optional;
+        else
+          error(f, "client_verify: expected required or optional, got '" + *text + "'");
+      }
+      continue;
+    }
+    if (f.name == "acme") {
+      tls.acme.emplace();
+      acme(f, *tls.acme);
+      any = true;
       continue;
     }
     auto list = list_items(f, "certificate");
@@ -1046,8 +1085,94 @@ void Loader::tls(const Item& item, ListenerTls& tls) {
       any = true;
     }
   }
+  if (verify_given && tls.client_ca.empty())
+    error(*verify_item, "client_verify: needs client_ca (the CA bundle client certificates are "
+                        "verified against)");
   if (!any && errors_.size() == errors_before)
-    error(item, "tls: needs at least one certificate (certificates: [{cert: FILE, key: FILE}])");
+    error(item, "tls: needs at least one certificate (certificates: [{cert: FILE, key: FILE}]) "
+                "or acme: {...}");
+}
+
+// acme: { directory: URL, email: ADDRESS, domains: [NAME, ...], storage: DIR, ca: FILE,
+//         challenge: http-01 | tls-alpn-01 }
+void Loader::acme(const Item& item, Acme& acme) {
+  auto items = fields(item, {"directory", "email", "domains", "storage", "ca", "challenge"});
+  if (!items)
+    return;
+  bool has_directory = false, has_storage = false, has_domains = false;
+  for (const auto& f : *items) {
+    if (f.name == "directory") {
+      auto text = scalar(f, "the ACME directory URL (https://...)");
+      if (!text)
+        continue;
+      has_directory = true;
+      if (!text->starts_with("https://") || text->size() <= 8)
+        error(f, "directory: expected an https:// URL (the ACME server's directory), got '" +
+                     *text + "'");
+      else
+        acme.directory = *text;
+    } else if (f.name == "email") {
+      auto text = scalar(f, "an e-mail address");
+      if (!text)
+        continue;
+      size_t at = text->find('@');
+      if (at == std::string::npos || at == 0 || at + 1 >= text->size() ||
+          text->find_first_of(" \t\r\n,<>\"") != std::string::npos)
+        error(f, "email: expected an e-mail address like ops@example.com, got '" + *text + "'");
+      else
+        acme.email = *text;
+    } else if (f.name == "domains") {
+      has_domains = true;
+      std::vector<Item> names;
+      if (f.value.IsScalar())
+        names.push_back(f);
+      else if (auto list = list_items(f, "domain"))
+        names = *list;
+      for (const auto& n : names) {
+        if (n.value.IsScalar() && n.value.as<std::string>().starts_with("*.")) {
+          error(n, "domains: '" + n.value.as<std::string>() +
+                       "': a wildcard needs the DNS-01 challenge, which lb does not answer; "
+                       "list each name");
+          continue;
+        }
+        if (auto host = host_name(n, "domains", "www.example.com")) {
+          if (std::find(acme.domains.begin(), acme.domains.end(), *host) != acme.domains.end())
+            error(n, "domains: '" + *host + "' is listed twice");
+          else
+            acme.domains.push_back(*host);
+        }
+      }
+    } else if (f.name == "storage") {
+      auto text = scalar(f, "a directory");
+      if (!text)
+        continue;
+      has_storage = true;
+      acme.storage = resolve(*text);
+    } else if (f.name == "ca") {
+      auto text = scalar(f, "a PEM file of CA certificates");
+      if (!text)
+        continue;
+      acme.ca = resolve(*text);
+      if (std::string why = check_ca(acme.ca); !why.empty())
+        error(f, "ca: " + why);
+    } else if (f.name == "challenge") {
+      auto text = scalar(f, "http-01 or tls-alpn-01");
+      if (!text)
+        continue;
+      if (*text == "http-01")
+        acme.challenge = Acme::Challenge::http_01;
+      else if (*text == "tls-alpn-01")
+        acme.challenge = Acme::Challenge::tls_alpn_01;
+      else
+        error(f, "challenge: expected http-01 or tls-alpn-01, got '" + *text + "'");
+    }
+  }
+  if (!has_directory)
+    error(item.key, "acme: needs directory (the ACME server's directory URL)");
+  if (!has_storage)
+    error(item.key, "acme: needs storage (a directory for the account key and the certificates)");
+  if (!has_domains)
+    error(item.key, "acme: needs domains (the names the certificate is for)");
 }
 
 // The CA bundle is loaded here, so `lb check` reports a missing or bad file at its node.
@@ -1295,6 +1420,7 @@ std::string reserved_field(std::string_view name) {
       {"x-forwarded-for", " (see the listener's headers: {forwarded_for: ...})"},
       {"x-forwarded-proto", ""},
       {"x-forwarded-host", ""},
+      {"x-forwarded-client-cert", " (set from a verified client certificate: tls.client_ca)"},
       {"via", " (see the listener's headers: {via: off})"}};
   for (auto [r, hint] : reserved)
     if (r.size() == name.size() && std::equal(r.begin(), r.end(), name.begin(), [](char a, char b) {
@@ -1582,8 +1708,8 @@ void Loader::route(const Item& item, Route& route) {
 }
 
 void Loader::route_match(const Item& item, RouteMatch& match) {
-  auto items = fields(
-      item, {"host", "path", "path_prefix", "path_regex", "method", "header", "query", "source"});
+  auto items = fields(item, {"host", "path", "path_prefix", "path_regex", "method", "header",
+                             "query", "source", "client_cert"});
   if (!items)
     return;
   for (const auto& f : *items) {
@@ -1661,6 +1787,9 @@ void Loader::route_match(const Item& item, RouteMatch& match) {
     } else if (f.name == "source") {
       if (auto list = cidr_list(f))
         match.source = *list;
+    } else if (f.name == "client_cert") {
+      if (auto on = boolean(f))
+        match.client_cert = *on;
     }
   }
 }

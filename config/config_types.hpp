@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -69,6 +70,7 @@ struct RouteMatch {
   std::vector<std::string> header_present;                // names that must be present
   std::vector<std::pair<std::string, std::string>> query; // parameter -> exact (decoded) value
   std::vector<Cidr> source;                               // client address in one of these
+  bool client_cert = false; // the client presented a verified certificate (mTLS)
 };
 
 // What keeps a user on one side of a split, or feeds ring_hash and maglev.
@@ -146,10 +148,25 @@ struct TlsCertificate {
   std::string key;  // PEM private key file
 };
 
+// Certificates ordered from an ACME server (RFC 8555) for a TLS listener.
+struct Acme {
+  std::string directory;            // the directory URL (https://...)
+  std::string email;                // the account's contact; empty: none
+  std::vector<std::string> domains; // lower case; one certificate names them all
+  std::string storage;              // directory for the account key, keys and certificates
+  std::string ca;                   // PEM bundle to trust the directory with; empty: the system's
+  enum class Challenge { http_01, tls_alpn_01 } challenge = Challenge::tls_alpn_01;
+  bool operator==(const Acme&) const = default;
+};
+
 struct ListenerTls {
   bool enabled = false;
   std::vector<TlsCertificate> certificates; // picked by SNI; the first is the default
   enum class Version { tls1_2, tls1_3 } min_version = Version::tls1_2;
+  bool watch = false;    // certificate files are loaded again when they change
+  std::string client_ca; // PEM bundle client certificates are verified against; empty: none asked
+  enum class ClientVerify { required, optional } client_verify = ClientVerify::required;
+  std::optional<Acme> acme;
 };
 
 struct Listener {

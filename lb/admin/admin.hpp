@@ -68,6 +68,9 @@ public:
 
   // Hooks for parts wired later (admin thread, before or after start()):
   // lb_health_checks_total's source,
+  void set_acme_renewal_counts(AcmeRenewalCounts counts) {
+    metrics_.set_acme_renewal_counts(std::move(counts));
+  }
   void set_health_check_counts(HealthCheckCounts counts) {
     metrics_.set_health_check_counts(std::move(counts));
   }

@@ -207,6 +207,34 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
     }
   }
 
+  auto expiry = family("lb_certificate_expiry_seconds",
+                       "When each certificate a TLS listener serves expires (notAfter, seconds "
+                       "since the epoch), by listener and name.",
+                       MetricType::Gauge);
+  for (const auto& l : runtime->listeners) {
+    if (!l->tls)
+      continue;
+    for (const auto& served : l->tls->served()) {
+      if (served.self_signed_placeholder)
+        continue;
+      for (const auto& name : served.names)
+        gauge(expiry, {{"listener", l->config.name}, {"name", name}},
+              static_cast<double>(served.not_after));
+    }
+  }
+  auto acme = family("lb_acme_renewals_total",
+                     "Certificate orders from ACME (first ones and renewals), by listener and "
+                     "result (success, failure).",
+                     MetricType::Counter);
+  if (acme_) {
+    for (const AcmeRenewalCount& c : acme_()) {
+      counter(acme, {{"listener", c.listener}, {"result", "success"}},
+              static_cast<double>(c.succeeded));
+      counter(acme, {{"listener", c.listener}, {"result", "failure"}},
+              static_cast<double>(c.failed));
+    }
+  }
+
   auto reloads =
       family("lb_config_reloads_total", "Configuration reloads, by result (success, failure).",
              MetricType::Counter);
@@ -224,7 +252,8 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
                           &connections,      &h2_connections, &h2_streams,
                           &h2_goaways,       &bytes,          &retries,
                           &budget_exhausted, &fail_open,      &health_checks,
-                          &ejections,        &reloads,        &build})
+                          &ejections,        &expiry,         &acme,
+                          &reloads,          &build})
     out.push_back(std::move(*f));
   return out;
 }

@@ -26,6 +26,14 @@ struct HealthCheckCount {
 };
 using HealthCheckCounts = std::function<std::vector<HealthCheckCount>()>;
 
+// ACME renewals (orders) of one listener's certificate, for lb_acme_renewals_total.
+struct AcmeRenewalCount {
+  std::string listener;
+  uint64_t succeeded = 0;
+  uint64_t failed = 0;
+};
+using AcmeRenewalCounts = std::function<std::vector<AcmeRenewalCount>()>;
+
 class MetricsCollector : public prometheus::Collectable {
 public:
   explicit MetricsCollector(const server::Server& server) : server_(server) {}
@@ -33,6 +41,8 @@ public:
   // Where lb_health_checks_total comes from (called at each scrape, on the admin
   // thread). Unset: the family is written with no samples.
   void set_health_check_counts(HealthCheckCounts counts) { health_checks_ = std::move(counts); }
+  // Where lb_acme_renewals_total comes from (same terms).
+  void set_acme_renewal_counts(AcmeRenewalCounts counts) { acme_ = std::move(counts); }
   // Counts a configuration reload for lb_config_reloads_total. Any thread.
   void count_reload(bool ok) { (ok ? reloads_ok_ : reloads_failed_).fetch_add(1); }
 
@@ -43,6 +53,7 @@ public:
 private:
   const server::Server& server_;
   HealthCheckCounts health_checks_;
+  AcmeRenewalCounts acme_;
   std::atomic<uint64_t> reloads_ok_{0};
   std::atomic<uint64_t> reloads_failed_{0};
 };

@@ -2,8 +2,11 @@
 
 #include "lb/io/log.hpp"
 
+#include <boost/asio/post.hpp>
+
 #include <malloc.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <csignal>
@@ -199,6 +202,15 @@ bool ControlPlane::start() {
   checker_->start();
   admin_->set_health_check_counts([this] { return health_check_counts(); });
   admin_->set_reload_handler([this] { return reload("POST /reload"); });
+  acme_.emplace([this] { boost::asio::post(io_, [this] { refresh_certificates("acme"); }); });
+  acme_->update(*config_);
+  admin_->set_acme_renewal_counts([this] {
+    std::vector<admin::AcmeRenewalCount> out;
+    for (const auto& c : acme_->counts())
+      out.push_back({c.listener, c.succeeded, c.failed});
+    return out;
+  });
+  watch_certificates();
   if (dns_.discovery)
     dns_.discovery->start();
   do_wait_signal();
@@ -214,6 +226,8 @@ void ControlPlane::stop() {
     return;
   started_ = false;
   admin_->close();
+  if (acme_)
+    acme_->stop();
   if (dns_.discovery)
     dns_.discovery->stop();
   checker_->stop();
@@ -359,6 +373,8 @@ admin::ReloadResult ControlPlane::reload(const char* why) {
   }
   config_ = loaded.config;
   checker_->update(health_targets(*next));
+  acme_->update(*config_);
+  watch_certificates();
   size_t backends = 0;
   for (const auto& p : next->pools)
     backends += p->backends().size();
@@ -421,7 +437,79 @@ void ControlPlane::on_tick(const boost::system::error_code& ec) {
     for (const auto& pool : server_->runtime()->pools)
       pool->tick();
   }
+  if (++ticks_ % 10 == 0 && !watched_.empty() && !stopping_ && certificates_changed())
+    refresh_certificates("tls.watch");
   do_tick();
+}
+
+// ---- Certificates --------------------------------------------------------------
+
+namespace {
+
+std::vector<std::string> watched_files(const config::Config& c) {
+  std::vector<std::string> files;
+  for (const auto& l : c.listeners)
+    if (l.tls.enabled && l.tls.watch) {
+      for (const auto& cert : l.tls.certificates) {
+        files.push_back(cert.cert);
+        files.push_back(cert.key);
+      }
+      if (!l.tls.client_ca.empty())
+        files.push_back(l.tls.client_ca);
+    }
+  return files;
+}
+
+} // namespace
+
+void ControlPlane::watch_certificates() {
+  watched_.clear();
+  changed_.clear();
+  for (const auto& path : watched_files(*config_))
+    watched_.push_back({path});
+  certificates_changed(); // takes the first stamps
+  changed_.clear();
+}
+
+bool ControlPlane::certificates_changed() {
+  std::vector<Stamp> now;
+  for (const auto& w : watched_) {
+    Stamp s{w.path};
+    struct stat st;
+    if (::stat(w.path.c_str(), &st) == 0) {
+      s.mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+      s.size = st.st_size;
+      s.inode = st.st_ino;
+    }
+    now.push_back(s);
+  }
+  if (now == watched_) {
+    changed_.clear();
+    return false;
+  }
+  // A certificate and its key are written one after the other: what changed
+  // is applied once it has held still for a look (a second).
+  if (now != changed_) {
+    changed_ = now;
+    return false;
+  }
+  watched_ = now;
+  changed_.clear();
+  return true;
+}
+
+void ControlPlane::refresh_certificates(const char* why) {
+  if (stopping_ || !started_)
+    return;
+  std::lock_guard lock(control_);
+  auto next = std::make_shared<Runtime>(config_, registry_, discovered_, server_->runtime().get());
+  std::string error = tls_problem(*next);
+  if (!error.empty() || !server_->publish(next, error)) {
+    io::log("%s: certificates changed but cannot be used, still serving the previous ones: %s", why,
+            error.c_str());
+    return;
+  }
+  io::log("%s: certificates loaded again (new TLS handshakes get them)", why);
 }
 
 } // namespace lb::control

@@ -20,6 +20,7 @@
 #include "config/config.hpp"
 #include "healthcheck/checker.hpp"
 #include "healthcheck/dns.hpp"
+#include "lb/acme/acme.hpp"
 #include "lb/admin/admin.hpp"
 #include "lb/server/server.hpp"
 
@@ -69,6 +70,13 @@ private:
   // The config file again, validated as `lb check` does: an invalid one
   // changes nothing.
   admin::ReloadResult reload(const char* why);
+  // The listeners built again from the config in force, with the certificate
+  // files as they are now (tls.watch, a new ACME certificate). Connections
+  // keep the certificate they started with.
+  void refresh_certificates(const char* why);
+  // tls.watch: the files to watch, and whether they changed since last looked at.
+  void watch_certificates();
+  bool certificates_changed();
   void do_wait_signal();
   void on_signal(const boost::system::error_code& ec, int sig);
   void do_tick();
@@ -91,6 +99,18 @@ private:
   boost::asio::steady_timer tick_;
   bool stopping_ = false;
   bool started_ = false;
+  std::optional<acme::Manager> acme_;
+  // tls.watch: each watched file with what stat() said (mtime, size, inode).
+  struct Stamp {
+    std::string path;
+    int64_t mtime_ns = -1;
+    int64_t size = -1;
+    uint64_t inode = 0;
+    bool operator==(const Stamp&) const = default;
+  };
+  std::vector<Stamp> watched_;
+  std::vector<Stamp> changed_; // a change seen at the last look, applied once it holds still
+  unsigned ticks_ = 0;
 };
 
 } // namespace lb::control

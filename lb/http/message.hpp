@@ -30,6 +30,7 @@ enum class Field : uint8_t {
   x_forwarded_for,
   x_forwarded_proto,
   x_forwarded_host,
+  x_forwarded_client_cert, // always cut; lb sets it from a verified client certificate
   via,
   max_forwards,
   request_id, // the listener's configured request id header

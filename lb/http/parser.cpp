@@ -400,6 +400,10 @@ Field Parser::classify(std::string_view n) const {
     if (iequals(n, "x-forwarded-proto"))
       return Field::x_forwarded_proto;
     break;
+  case 23:
+    if (iequals(n, "x-forwarded-client-cert"))
+      return Field::x_forwarded_client_cert;
+    break;
   }
   return Field::other;
 }

@@ -2,7 +2,10 @@
 // Server-side TLS for one listener (OpenSSL): one context per certificate,
 // chosen by SNI against each certificate's names (the first is the default),
 // the configured minimum version, ALPN "h2" (HTTP/2 listeners) and "http/1.1", session resumption
-// with tickets. Built once per listener off the hot path; SSL_new from any thread.
+// with tickets, client certificates verified against `client_ca` (mTLS), and
+// ACME's TLS-ALPN-01 challenge handshakes. Built once per listener off the hot
+// path (a reload or a certificate change builds a new one: connections keep
+// the one they started with); SSL_new from any thread.
 
 #include "config/config_types.hpp"
 
@@ -17,8 +20,12 @@ namespace lb::io {
 class TlsServer {
 public:
   // nullptr (with `error`) when a certificate or key cannot be used.
-  // `http2`: ALPN offers h2 before http/1.1.
+  // `http2`: ALPN offers h2 before http/1.1. `acme`: certificates ordered by
+  // ACME, served beside the configured ones (after them). A listener with
+  // `acme` and no certificate yet serves a self-signed one for its first
+  // domain until the order completes.
   static std::unique_ptr<TlsServer> create(const config::ListenerTls& config, bool http2,
+                                           const std::vector<config::TlsCertificate>& acme,
                                            std::string& error);
   ~TlsServer();
   TlsServer(const TlsServer&) = delete;
@@ -26,6 +33,22 @@ public:
 
   // A new server-side connection on `fd`, or nullptr.
   SSL* accept(int fd) const;
+
+  // After the handshake: whether it was an ACME TLS-ALPN-01 validation (the
+  // connection has nothing more to do and is closed).
+  static bool acme_challenge(SSL* ssl);
+  // After the handshake: the client's verified certificate as
+  // X-Forwarded-Client-Cert's value (Envoy's format: Hash, Subject, URI, DNS),
+  // or "" when it sent none (or it did not verify).
+  static std::string client_cert_details(SSL* ssl);
+
+  struct Served {
+    std::vector<std::string> names; // as matched against SNI
+    int64_t not_after = 0;          // seconds since the epoch
+    bool self_signed_placeholder = false;
+  };
+  // The certificates this listener serves, for lb_certificate_expiry_seconds.
+  const std::vector<Served>& served() const { return served_; }
 
 private:
   TlsServer() = default;
@@ -35,9 +58,25 @@ private:
   };
   const Entry* find(const std::string& server_name) const;
   static int on_server_name(SSL* ssl, int* alert, void* arg);
+  static int on_client_hello(SSL* ssl, int* alert, void* arg);
 
   std::vector<Entry> entries_;
+  std::vector<Served> served_;
 };
+
+// A self-signed certificate for `name` with `key` (P-256), valid from now for
+// `days`; `extension`, when given, is added (critical). nullptr on failure.
+X509* self_signed_certificate(EVP_PKEY* key, const std::string& name, int days,
+                              X509_EXTENSION* extension = nullptr);
+// A new P-256 key, or nullptr.
+EVP_PKEY* new_ec_key();
+// DNS names of a certificate, lower case: subjectAltName entries, else the common name.
+std::vector<std::string> certificate_names(X509* cert);
+// The reason of OpenSSL's last error, clearing the error queue.
+std::string openssl_error();
+// notAfter of `cert` in seconds since the epoch (0 when unreadable).
+int64_t not_after(const X509* cert);
+int64_t not_before(const X509* cert);
 
 // Client-side TLS toward one pool's backends (pool `tls:`): the trust store
 // (the pool's `ca` or the system's), verification of the chain and of the

@@ -5,6 +5,7 @@
 
 #include "lb/http/proxy_protocol.hpp"
 #include "lb/http/request_line.hpp"
+#include "lb/io/acme_challenges.hpp"
 #include "lb/io/log.hpp"
 #include "lb/proxy/header_rules.hpp"
 #include "lb/proxy/local_answer.hpp"
@@ -349,6 +350,10 @@ int ClientConnection::tls_handshake() {
   int r = SSL_do_handshake(ssl_);
   if (r == 1) {
     handshake_done_ = true;
+    if (io::TlsServer::acme_challenge(ssl_))
+      return -1; // an ACME validation: the handshake was all it came for
+    if (!listener_->config.tls.client_ca.empty())
+      client_cert_ = io::TlsServer::client_cert_details(ssl_);
     return 1;
   }
   int e = SSL_get_error(ssl_, r);
@@ -699,7 +704,11 @@ void ClientConnection::on_request_head() {
     keep_client_ = false;
     return respond_error(413, "request body larger than max_body_bytes", true);
   }
-  ClientAddress client{client_family_ == AF_INET6, client_family_ ? client_addr_ : nullptr};
+  // ACME's HTTP-01 validations come from the CA, whatever the allow list says.
+  if (io::AcmeChallenges::http_pending() && head.target.view().starts_with(io::acme_challenge_path))
+    return respond_acme_challenge(head);
+  ClientAddress client{client_family_ == AF_INET6, client_family_ ? client_addr_ : nullptr,
+                       !client_cert().empty()};
   if (!access_allowed(listener_->config, client))
     return respond_error(403, "the client's address is not allowed on this listener (allow/deny)",
                          !keep_client_);
@@ -915,6 +924,26 @@ void ClientConnection::respond_redirect() {
   a.keep_alive = keep_client_;
   x_->status_ = rd.code;
   write_redirect(a, x_->answer_, x_->to_client_);
+  send_local_answer();
+}
+
+std::string_view ClientConnection::client_cert() const {
+  return stream_ ? stream_->client_cert() : std::string_view(client_cert_);
+}
+
+void ClientConnection::respond_acme_challenge(const http::Head& head) {
+  std::string_view token = head.target.view().substr(io::acme_challenge_path.size());
+  token = token.substr(0, token.find('?'));
+  std::optional<std::string> answer = io::AcmeChallenges::instance().http_answer(token);
+  if (!answer)
+    return respond_error(404, "no ACME challenge has this token", !keep_client_);
+  if (!x_->req_done_)
+    keep_client_ = false;
+  x_->acme_answer_ = std::move(*answer);
+  x_->status_ = 200;
+  FixedAnswer fixed{200, "application/octet-stream", x_->acme_answer_, keep_client_,
+                    head.method.view() == "HEAD"};
+  write_fixed(fixed, x_->answer_, x_->to_client_);
   send_local_answer();
 }
 

@@ -61,6 +61,8 @@ public:
   void close_now() { close(); }
   // A queued request tries again to get a backend below its connection limit.
   void retry_queued();
+  // The client's verified certificate as X-Forwarded-Client-Cert's value ("" if none).
+  std::string_view client_cert() const;
 
   void add_ref() { ++refs_; }
   void release() {
@@ -183,6 +185,7 @@ private:
   void respond_error(int status, const char* reason, bool close);
   void respond_maintenance();
   void respond_redirect();
+  void respond_acme_challenge(const http::Head& head);
   std::string_view key_of(const config::HashKey& key) const;
   HeaderVars header_vars() const;
   // OPTIONS or TRACE whose Max-Forwards is 0: lb is the final recipient.
@@ -218,6 +221,7 @@ private:
   // again); nullptr while idle.
   Exchange* x_ = nullptr;
   SSL* ssl_ = nullptr;         // HTTPS listener: the client's TLS connection
+  std::string client_cert_;    // its verified client certificate, as X-Forwarded-Client-Cert
   H2Session* h2_ = nullptr;    // the connection speaks HTTP/2: its session
   H2Stream* stream_ = nullptr; // serving one HTTP/2 stream (no socket of its own)
   // Client side: the read buffer holds the current request head (from offset 0),

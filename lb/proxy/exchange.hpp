@@ -110,6 +110,7 @@ struct Exchange : ExchangeFields {
   char resp_extra_[192];                  // a field lb adds to the response (the sticky cookie)
   char reason_[AnswerBuffer::max_reason]; // why the last attempt failed
   AnswerBuffer answer_;                   // a response lb answers itself
+  std::string acme_answer_;               // an ACME HTTP-01 challenge's answer (its body)
   char max_forwards_[40]; // "Max-Forwards: N\r\n" toward the backend (OPTIONS, TRACE)
   char request_id_[20];
   char client_ip_[46]; // the client's address as text (INET6_ADDRSTRLEN)

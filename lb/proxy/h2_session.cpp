@@ -280,6 +280,8 @@ void H2Stream::detach() {
 
 bool H2Stream::https() const { return session_.ssl_ != nullptr; }
 
+std::string_view H2Stream::client_cert() const { return session_.parent_.client_cert(); }
+
 // ---- The session.
 
 H2Session::H2Session(ClientConnection& parent, WorkerContext& worker,

@@ -62,6 +62,8 @@ public:
   // The ClientConnection ends: a stream whose response is not complete is reset.
   void detach();
   bool https() const;
+  // The connection's verified client certificate, as X-Forwarded-Client-Cert ("" if none).
+  std::string_view client_cert() const;
 
 private:
   friend class H2Session;

@@ -146,7 +146,7 @@ bool write_request_head(const http::Head& head, const RequestRules& rules, Outbo
     // Fields lb sets itself are cut from what the client sent, as are those
     // the route's edits take away.
     bool cut = h.hop_by_hop || h.field == Field::x_forwarded_proto ||
-               h.field == Field::x_forwarded_host ||
+               h.field == Field::x_forwarded_host || h.field == Field::x_forwarded_client_cert ||
                (h.field == Field::max_forwards && !rules.max_forwards_line.empty()) ||
                (h.field == Field::x_forwarded_for && rules.forwarded_for == FF::replace) ||
                (h.field == Field::host && rewrite_host) || edited_away(edits, h.name.view());
@@ -186,6 +186,11 @@ bool write_request_head(const http::Head& head, const RequestRules& rules, Outbo
   if (!host.empty()) {
     ok &= out.add(std::string_view("X-Forwarded-Host: "));
     ok &= out.add(host.p, host.n);
+    ok &= out.add(std::string_view("\r\n"));
+  }
+  if (!rules.client_cert.empty()) {
+    ok &= out.add(std::string_view("X-Forwarded-Client-Cert: "));
+    ok &= out.add(rules.client_cert);
     ok &= out.add(std::string_view("\r\n"));
   }
   ok &= out.add(rules.max_forwards_line);

@@ -51,6 +51,7 @@ struct RequestRules {
   std::string_view request_id_header;   // the field name for request_id
   std::string_view request_id;          // a generated id to add; empty: none
   std::string_view max_forwards_line;   // "Max-Forwards: N\r\n" for the client's; empty: none
+  std::string_view client_cert;         // X-Forwarded-Client-Cert's value; empty: none
   bool upgrade = false;                 // the request asks to switch protocols
   const config::Route* route = nullptr; // its rewrite and request_headers; nullptr: none
   HeaderVars vars;                      // for the route's header values

@@ -1,5 +1,7 @@
 #include "lb/proxy/runtime.hpp"
 
+#include "lb/io/acme_challenges.hpp"
+#include "lb/io/log.hpp"
 #include "lb/upstream/hashing.hpp"
 
 #include <re2/re2.h>
@@ -169,7 +171,7 @@ Router::Router(const std::vector<config::Route>& routes,
     const config::RouteMatch& m = r.match;
     c.only_host_and_prefix = m.path.empty() && m.path_regex.empty() && m.methods.empty() &&
                              m.headers.empty() && m.header_present.empty() && m.query.empty() &&
-                             m.source.empty();
+                             m.source.empty() && !m.client_cert;
     routes_.push_back(std::move(c));
   }
 }
@@ -237,6 +239,8 @@ const CompiledRoute* Router::match(const http::Head& head, std::string_view auth
       ok = has_field(head, m.header_present[i]);
     for (size_t i = 0; ok && i < m.query.size(); ++i)
       ok = query_has(query, m.query[i].first, m.query[i].second);
+    if (ok && m.client_cert)
+      ok = client.verified_cert;
     if (ok && !m.source.empty()) {
       ok = false;
       for (size_t i = 0; !ok && client.addr && i < m.source.size(); ++i)
@@ -291,6 +295,22 @@ Runtime::Runtime(const Runtime& previous, upstream::Registry& registry,
     if (uses_discovery(config->pools[i]))
       pools[i] = std::make_shared<upstream::Pool>(config->pools[i], i, registry, discovered,
                                                   config->sticky_secret, pools[i]->shared_tls());
+}
+
+std::unique_ptr<io::TlsServer> ListenerRuntime::make_tls(const config::Listener& c) {
+  std::vector<config::TlsCertificate> acme;
+  if (c.tls.acme)
+    acme = io::acme_stored_certificates(*c.tls.acme);
+  auto server = io::TlsServer::create(c.tls, c.http2, acme, tls_error);
+  if (!server && !acme.empty()) {
+    // A stored certificate that cannot be used is ordered again; until then
+    // the listener serves what it can.
+    io::log("listener %s: acme: cannot use the stored %s (%s); it will be ordered again",
+            c.name.c_str(), acme[0].cert.c_str(), tls_error.c_str());
+    tls_error.clear();
+    server = io::TlsServer::create(c.tls, c.http2, {}, tls_error);
+  }
+  return server;
 }
 
 bool uses_discovery(const config::Pool& pool) {

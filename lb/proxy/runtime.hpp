@@ -23,6 +23,7 @@ namespace lb::proxy {
 struct ClientAddress {
   bool ipv6 = false;
   const uint8_t* addr = nullptr; // 4 or 16 bytes; nullptr: unknown
+  bool verified_cert = false;    // presented a client certificate that verified (mTLS)
 };
 
 // Whether `client` is let in by a listener's allow and deny lists (deny wins;
@@ -72,7 +73,7 @@ struct ListenerRuntime {
                   const std::vector<std::shared_ptr<upstream::Pool>>& pools)
       : config(c), index(i), id(listener_id), router(config.routes, pools) {
     if (c.tls.enabled)
-      tls = io::TlsServer::create(c.tls, c.http2, tls_error);
+      tls = make_tls(c);
   }
   config::Listener config;
   size_t index;                       // in its Runtime
@@ -80,6 +81,10 @@ struct ListenerRuntime {
   std::unique_ptr<io::TlsServer> tls; // set when the listener terminates HTTPS
   std::string tls_error;              // why `tls` could not be built
   Router router;
+
+private:
+  // The configured certificates and, for an ACME listener, the stored one.
+  std::unique_ptr<io::TlsServer> make_tls(const config::Listener& c);
 };
 
 struct Runtime {

@@ -249,6 +249,7 @@ void ClientConnection::do_send_request_head() {
   rules.request_id_header = headers_cfg.request_id;
   rules.request_id = {x_->request_id_, x_->request_id_len_};
   rules.max_forwards_line = {x_->max_forwards_, x_->max_forwards_len_};
+  rules.client_cert = client_cert();
   rules.upgrade = x_->upgrade_requested_;
   if (x_->rule_ && x_->rule_->modifies_request) {
     rules.route = x_->rule_->config;

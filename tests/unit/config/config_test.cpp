@@ -288,8 +288,35 @@ TEST(Config, DuplicateKeyIsReportedAtTheSecond) {
 TEST(Config, TlsNeedsACertificateAndProxyProtocolIsAccepted) {
   EXPECT_EQ(
       only_error(with_listener_lines("    tls: {}")),
-      "t.yaml:7:10: tls: needs at least one certificate (certificates: [{cert: FILE, key: FILE}])");
+      "t.yaml:7:10: tls: needs at least one certificate (certificates: [{cert: FILE, key: FILE}]) "
+      "or acme: {...}");
   EXPECT_TRUE(valid(with_listener_lines("    proxy_protocol: true"))->listeners[0].proxy_protocol);
+}
+
+TEST(Config, AcmeAloneMakesATlsListener) {
+  auto config = valid(with_listener_lines("    tls:\n"
+                                          "      acme:\n"
+                                          "        directory: https://acme.example/dir\n"
+                                          "        email: ops@example.com\n"
+                                          "        domains: [Example.COM, www.example.com]\n"
+                                          "        storage: state/acme\n"
+                                          "        challenge: http-01"));
+  ASSERT_TRUE(config);
+  const auto& tls = config->listeners[0].tls;
+  EXPECT_TRUE(tls.enabled);
+  EXPECT_TRUE(tls.certificates.empty());
+  ASSERT_TRUE(tls.acme);
+  EXPECT_EQ(tls.acme->directory, "https://acme.example/dir");
+  EXPECT_EQ(tls.acme->email, "ops@example.com");
+  EXPECT_EQ(tls.acme->domains, (std::vector<std::string>{"example.com", "www.example.com"}));
+  EXPECT_EQ(tls.acme->storage, "state/acme"); // relative to the config file (here: none)
+  EXPECT_EQ(tls.acme->challenge, Acme::Challenge::http_01);
+  EXPECT_FALSE(tls.watch);
+  EXPECT_TRUE(tls.client_ca.empty());
+  config = valid(with_listener_lines("    tls: { acme: { directory: https://a.example/d, "
+                                     "domains: a.example, storage: s } }"));
+  ASSERT_TRUE(config);
+  EXPECT_EQ(config->listeners[0].tls.acme->challenge, Acme::Challenge::tls_alpn_01);
 }
 
 TEST(Config, Http2IsOnByDefaultAndItsSettingsAreChecked) {

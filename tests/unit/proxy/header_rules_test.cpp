@@ -66,6 +66,24 @@ TEST(RequestRulesTest, HopByHopFieldsAndTheOnesLbSetsAreCut) {
                  "X-Forwarded-Host: h\r\n\r\n");
 }
 
+TEST(RequestRulesTest, ClientCertificateFieldIsLbsOnly) {
+  auto p = request("GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Client-Cert: Hash=forged\r\n"
+                   "x-forwarded-client-cert: Subject=\"CN=admin\"\r\nX-Kept: yes\r\n\r\n");
+  RequestRules r = rules();
+  r.via = false;
+  // Without a verified certificate the client's fields are cut and none is added.
+  EXPECT_EQ(forwarded(p, r), "GET / HTTP/1.1\r\nHost: h\r\nX-Kept: yes\r\n"
+                             "X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n"
+                             "X-Forwarded-Host: h\r\n\r\n");
+  auto q = request("GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Client-Cert: Hash=forged\r\n\r\n");
+  r.client_cert = "Hash=ab12;Subject=\"CN=alice\";DNS=alice.example";
+  EXPECT_EQ(forwarded(q, r), "GET / HTTP/1.1\r\nHost: h\r\n"
+                             "X-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\n"
+                             "X-Forwarded-Host: h\r\n"
+                             "X-Forwarded-Client-Cert: Hash=ab12;Subject=\"CN=alice\";"
+                             "DNS=alice.example\r\n\r\n");
+}
+
 TEST(RequestRulesTest, ForwardedForModes) {
   const std::string text = "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\n"
                            "X-Forwarded-For: 10.0.0.2\r\n\r\n";

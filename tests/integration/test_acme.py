@@ -1,0 +1,646 @@
+#!/usr/bin/env python3
+"""Certificates from an ACME server (RFC 8555) for a TLS listener with tls.acme,
+against a real ACME server (pebble) whose HTTPS certificate is signed by a test
+CA (lb's acme.ca), resolving the names through dnsmasq:
+
+  - http-01: a config that names only domains [a.lbtest, b.lbtest] serves one
+    certificate for both names, verified by curl --cacert <the ACME server's
+    root + intermediate> --resolve; its SANs are the two names and its issuer
+    the ACME server's intermediate; the storage directory is created 0700 and
+    account.key, a.lbtest.key and a.lbtest.crt are 0600; /metrics shows
+    lb_certificate_expiry_seconds (the certificate's notAfter) and
+    lb_acme_renewals_total success 1, failure 0; the validations were HTTP-01
+    ones on the plain listener;
+  - tls-alpn-01 with no plain listener at all: until the first certificate the
+    listener serves a self-signed placeholder (the ACME server is not up yet:
+    the first order fails, "no certificate yet", retried 2 s later); then both
+    names verify with curl;
+  - renewal at notBefore + 2/3 of the lifetime (a 24 s certificate) while a
+    keep-alive HTTPS client sends a request every 20 ms and new connections
+    come every 0.5 s: no request fails, the keep-alive connection lives on
+    with the old certificate, new handshakes get the new serial;
+  - the ACME server down at renewal: the order failure is logged with its
+    backoff (never more than a quarter of the remaining lifetime) and counted,
+    new handshakes still get the old certificate; once the server is back
+    (same ports, new root, no accounts) lb creates its account again and the
+    renewal succeeds;
+  - a restart of lb reuses the stored account and certificate: same serial
+    from the first handshake on, "stored" in the log, no new order and no new
+    account at the ACME server, lb_acme_renewals_total 0.
+"""
+
+import calendar
+import http.client
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+from dns_server import Dnsmasq  # noqa: E402
+
+PEBBLE = "/usr/bin/pebble"
+DOMAINS = ["a.lbtest", "b.lbtest"]
+BODY = b"Hello from web\n"
+
+
+def openssl(*args, input=None):
+    r = subprocess.run(["openssl"] + list(args), input=input, capture_output=True, timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError("openssl %s: %s" % (" ".join(args), r.stderr.decode("utf-8", "replace")))
+    return r.stdout.decode("utf-8", "replace")
+
+
+def make_test_ca(directory):
+    """A P-256 CA and, signed by it, the ACME server's own HTTPS certificate
+    (CN=localhost, SAN DNS:localhost, IP:127.0.0.1) -> (ca.pem, wfe.pem, wfe.key)."""
+    ca_key, ca_pem = os.path.join(directory, "ca.key"), os.path.join(directory, "ca.pem")
+    key, csr, pem = (os.path.join(directory, n) for n in ("wfe.key", "wfe.csr", "wfe.pem"))
+    ext = os.path.join(directory, "wfe.ext")
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", ca_key)
+    openssl("req", "-x509", "-new", "-key", ca_key, "-subj", "/CN=lb test CA", "-days", "2",
+            "-out", ca_pem)
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
+    openssl("req", "-new", "-key", key, "-subj", "/CN=localhost", "-out", csr)
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                "extendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key, "-CAcreateserial",
+            "-days", "2", "-extfile", ext, "-out", pem)
+    return ca_pem, pem, key
+
+
+def cert_info(pem):
+    """The first certificate of PEM text -> {subject, issuer, serial (int), not_before,
+    not_after (unix seconds), sans [names]}."""
+    out = openssl("x509", "-noout", "-nameopt", "RFC2253", "-subject", "-issuer", "-serial",
+                  "-startdate", "-enddate", "-ext", "subjectAltName", input=pem.encode())
+    info = {"sans": []}
+    lines = out.splitlines()
+    for i, line in enumerate(lines):
+        key, _, value = line.partition("=")
+        if key == "subject":
+            info["subject"] = value.strip()
+        elif key == "issuer":
+            info["issuer"] = value.strip()
+        elif key == "serial":
+            info["serial"] = int(value.strip(), 16)
+        elif key == "notBefore":
+            info["not_before"] = int(ssl.cert_time_to_seconds(value.strip()))
+        elif key == "notAfter":
+            info["not_after"] = int(ssl.cert_time_to_seconds(value.strip()))
+        elif "Subject Alternative Name" in line and i + 1 < len(lines):
+            info["sans"] = [s.strip()[4:] for s in lines[i + 1].split(",")
+                            if s.strip().startswith("DNS:")]
+    return info
+
+
+def der_info(der):
+    return cert_info(ssl.DER_cert_to_PEM_cert(der))
+
+
+def expiry(metrics, name):
+    """lb_certificate_expiry_seconds of listener "public" and `name` (a label
+    metric_value cannot take) -> [values]: one expected."""
+    return [v for n, labels, v in harness.parse_metrics(metrics)
+            if n == "lb_certificate_expiry_seconds"
+            and labels == {"listener": "public", "name": name}]
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def log_time(text):
+    """"2026-12-07T06:19:53Z" -> unix seconds."""
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def client_context(cafile=None):
+    """HTTP/1.1 only; verifying name and chain against `cafile`, or nothing at all."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cafile:
+        ctx.load_verify_locations(cafile)
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def peer_certificate(port, name, cafile=None):
+    """A new TLS handshake with SNI `name` -> the DER certificate lb served."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
+        with client_context(cafile).wrap_socket(plain, server_hostname=name) as s:
+            return s.getpeercert(binary_form=True)
+
+
+def served_serial(port, name, cafile):
+    return der_info(peer_certificate(port, name, cafile))["serial"]
+
+
+def tls_connection(port, name, cafile):
+    """A harness.RawConnection over TLS (verified against `cafile`, SNI `name`)."""
+    conn = harness.RawConnection(port, timeout=10)
+    conn.sock = client_context(cafile).wrap_socket(conn.sock, server_hostname=name)
+    return conn
+
+
+def get(conn, path, name="a.lbtest", close=False):
+    conn.send(("GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n"
+               % (path, name, "Connection: close\r\n" if close else "")).encode())
+    status, _, body = conn.read_response()
+    return status, body
+
+
+class Pebble:
+    """pebble (the ACME server for tests) on loopback ports: `port` (ACME,
+    https://127.0.0.1:PORT/dir), `management_port` (/roots/0, /intermediates/0);
+    it validates HTTP-01 at `http_port` and TLS-ALPN-01 at `tls_port` (lb's
+    listeners). Started through harness._popen: killed at test end whatever
+    happens. Its log (stdout) survives restarts."""
+
+    def __init__(self, ca, wfe_cert, wfe_key, dns_port, validity=3600):
+        self.ca = ca
+        self.dir = tempfile.mkdtemp(prefix="pebble-")
+        self.port, self.management_port, self.http_port, self.tls_port = \
+            (harness.unused_port() for _ in range(4))
+        self.config_path = os.path.join(self.dir, "pebble.json")
+        self.log_path = os.path.join(self.dir, "pebble.log")
+        with open(self.config_path, "w") as f:
+            json.dump({"pebble": {
+                "listenAddress": "127.0.0.1:%d" % self.port,
+                "managementListenAddress": "127.0.0.1:%d" % self.management_port,
+                "certificate": wfe_cert, "privateKey": wfe_key,
+                "httpPort": self.http_port, "tlsPort": self.tls_port,
+                "ocspResponderURL": "", "externalAccountBindingRequired": False,
+                "certificateValidityPeriod": validity}}, f)
+        self.dns_port = dns_port
+        self.proc = None
+        self._log = None
+        self.starts = 0
+
+    @property
+    def directory(self):
+        return "https://127.0.0.1:%d/dir" % self.port
+
+    def start(self, timeout=15.0):
+        """Starts pebble (again: same ports, a new root and no accounts) and
+        waits for "Listening on"."""
+        deadline = time.monotonic() + timeout
+        while True:
+            offset = len(self.log_text())
+            env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0",
+                       PEBBLE_AUTHZREUSE="0")
+            self._log = open(self.log_path, "ab")
+            self.proc = harness._popen(
+                [PEBBLE, "-config", self.config_path, "-dnsserver", "127.0.0.1:%d" % self.dns_port],
+                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                cwd=self.dir)
+            harness.wait_until(lambda: "Listening on" in self.log_text()[offset:]
+                               or self.proc.poll() is not None,
+                               max(1.0, deadline - time.monotonic()))
+            if "Listening on" in self.log_text()[offset:] and self.proc.poll() is None:
+                self.starts += 1
+                return self
+            self.kill()
+            if time.monotonic() >= deadline:
+                raise RuntimeError("pebble did not start:\n" + self.log_text()[offset:][-3000:])
+            time.sleep(0.2)
+
+    def kill(self):
+        if self.proc is not None:
+            harness.kill_and_wait(self.proc)
+            harness._unregister(self.proc)
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def cleanup(self):
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def count(self, pattern):
+        return len(re.findall(pattern, self.log_text()))
+
+    def _get(self, path):
+        ctx = ssl.create_default_context(cafile=self.ca)
+        conn = http.client.HTTPSConnection("127.0.0.1", self.management_port, timeout=10,
+                                           context=ctx)
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            body = r.read().decode()
+            if r.status != 200:
+                raise RuntimeError("pebble %s: %d" % (path, r.status))
+            return body
+        finally:
+            conn.close()
+
+    def trust(self):
+        """Fetches the current issuing root and intermediate -> (root.pem path,
+        root+intermediate path, intermediate PEM text)."""
+        root, intermediate = self._get("/roots/0"), self._get("/intermediates/0")
+        root_path = os.path.join(self.dir, "root-%d.pem" % self.starts)
+        chain_path = os.path.join(self.dir, "root-intermediate-%d.pem" % self.starts)
+        with open(root_path, "w") as f:
+            f.write(root)
+        with open(chain_path, "w") as f:
+            f.write(root.rstrip("\n") + "\n" + intermediate)
+        return root_path, chain_path, intermediate
+
+
+ISSUED_RE = re.compile(r"^lb: listener public: acme: certificate for a\.lbtest, b\.lbtest issued, "
+                       r"expires (\S+), renews at (\S+)\s*$", re.M)
+LOADED = "acme: certificates loaded again"
+FAILED_RE = re.compile(r"^lb: listener public: acme: order for a\.lbtest, b\.lbtest failed: (.+); "
+                       r"trying again in (\d+)s \((.*)\)\s*$", re.M)
+
+
+class Acme(harness.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="lb-acme-")
+        cls.addClassCleanup(shutil.rmtree, cls.dir, True)
+        cls.ca, cls.wfe_cert, cls.wfe_key = make_test_ca(cls.dir)
+        cls.dns = Dnsmasq({"a.lbtest": ["127.0.0.1"], "b.lbtest": ["127.0.0.1"]})
+        cls.addClassCleanup(cls.dns.cleanup)
+        cls.dns.start()
+
+    def setUp(self):
+        self.web = self.origin("web")
+        self.storage_parent = tempfile.mkdtemp(prefix="lb-acme-storage-")
+        self.addCleanup(shutil.rmtree, self.storage_parent, True)
+        self.storage = os.path.join(self.storage_parent, "acme")  # lb creates it
+
+    def pebble(self, validity=3600, start=True):
+        p = Pebble(self.ca, self.wfe_cert, self.wfe_key, self.dns.port, validity)
+        self.addCleanup(self._pebble_cleanup, p)
+        if start:
+            p.start()
+        return p
+
+    def _pebble_cleanup(self, p):
+        if self.failed_so_far() or os.environ.get("LB_TEST_VERBOSE"):
+            sys.stderr.write("---- ACME server log (%s) ----\n%s\n"
+                             % (self.id(), p.log_text()[-6000:]))
+        p.cleanup()
+
+    def config(self, pebble, challenge="http-01", plain=True):
+        plain_listener = f"""
+  - name: plain
+    listen: 127.0.0.1:{pebble.http_port}
+    routes: [ {{ pool: web }} ]""" if plain else ""
+        challenge_line = f"\n        challenge: {challenge}" if challenge else ""
+        return f"""
+workers: 2
+admin: {{ listen: 127.0.0.1:0 }}
+access_log: {{ path: "off" }}
+listeners:{plain_listener}
+  - name: public
+    listen: 127.0.0.1:{pebble.tls_port}
+    tls:
+      acme:
+        directory: {pebble.directory}
+        email: ops@lbtest.example
+        domains: [a.lbtest, b.lbtest]
+        storage: {self.storage}
+        ca: {self.ca}{challenge_line}
+    routes: [ {{ pool: web }} ]
+pools:
+  web:
+    backends: [ "{self.web.addr}" ]
+"""
+
+    def wait_loaded(self, lb, times=1, timeout=30.0):
+        """Waits until lb has built its listeners with an ACME certificate
+        `times` times; fails with lb's log if not."""
+        ok = harness.wait_until(lambda: lb.stderr_text().count(LOADED) >= times, timeout, 0.02)
+        self.assertTrue(ok, "no certificate #%d after %.0f s; lb log:\n%s"
+                        % (times, timeout, lb.stderr_text()[-4000:]))
+
+    def curl(self, port, name, cacert):
+        r = subprocess.run(["curl", "-sS", "--noproxy", "*", "--max-time", "10", "--cacert", cacert,
+                            "--resolve", "%s:%d:127.0.0.1" % (name, port),
+                            "https://%s:%d/" % (name, port)],
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+        return r.returncode, r.stdout, r.stderr.decode("utf-8", "replace")
+
+    def assert_curl_verifies(self, port, cacert):
+        for name in DOMAINS:
+            code, out, err = self.curl(port, name, cacert)
+            self.assertEqual((code, out), (0, BODY), "curl https://%s: %s" % (name, err))
+
+    def stored(self):
+        return (os.path.join(self.storage, "account.key"),
+                os.path.join(self.storage, "a.lbtest.key"),
+                os.path.join(self.storage, "a.lbtest.crt"))
+
+    # ------------------------------------------------------------------------
+
+    def test_http01_serves_a_verified_certificate_for_both_names(self):
+        pebble = self.pebble()
+        self.assertFalse(os.path.exists(self.storage))
+        lb = self.lb(self.config(pebble, "http-01"))
+        self.wait_loaded(lb)
+        root, chain, intermediate = pebble.trust()
+        port = pebble.tls_port
+
+        # curl (real clients) verifies both names against the ACME server's CA;
+        # with only the test CA (which signed no lb certificate) it does not.
+        self.assert_curl_verifies(port, chain)
+        code, _, err = self.curl(port, "a.lbtest", self.ca)
+        self.assertNotEqual(code, 0, "verified against the wrong CA: " + err)
+
+        # One certificate for both names, issued by the intermediate; lb sends
+        # the chain (only the root is trusted here).
+        served = [peer_certificate(port, name, root) for name in DOMAINS]
+        self.assertEqual(served[0], served[1], "one certificate for both names")
+        leaf = der_info(served[0])
+        self.assertEqual(sorted(leaf["sans"]), DOMAINS)
+        self.assertEqual(leaf["issuer"], cert_info(intermediate)["subject"])
+
+        # Storage: the directory made 0700, the keys and chain 0600; the chain
+        # file's leaf is what lb serves.
+        self.assertEqual(stat.S_IMODE(os.stat(self.storage).st_mode), 0o700)
+        for path in self.stored():
+            self.assertTrue(os.path.isfile(path), path)
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
+        self.assertEqual(cert_info(read(self.stored()[2]))["serial"], leaf["serial"])
+
+        # Log: issued, with its expiry and renewal at 2/3 of the lifetime.
+        text = lb.stderr_text()
+        m = ISSUED_RE.search(text)
+        self.assertIsNotNone(m, text)
+        self.assertEqual(log_time(m.group(1)), leaf["not_after"])
+        lifetime = leaf["not_after"] - leaf["not_before"]
+        self.assertAlmostEqual(log_time(m.group(2)), leaf["not_before"] + lifetime * 2 // 3,
+                               delta=1)
+        self.assertIn(LOADED, text)
+        self.assertIsNone(FAILED_RE.search(text), text)
+
+        # Metrics: the expiry of each name and one successful order.
+        metrics = lb.metrics_text()
+        for name in DOMAINS:
+            self.assertEqual(expiry(metrics, name), [leaf["not_after"]], name)
+        self.assertEqual(harness.metric_value(metrics, "lb_acme_renewals_total",
+                                              listener="public", result="success"), 1)
+        self.assertEqual(harness.metric_value(metrics, "lb_acme_renewals_total",
+                                              listener="public", result="failure"), 0)
+        self.assertIn('lb_acme_renewals_total{listener="public",result="failure"} 0', metrics)
+
+        # The ACME server validated both names over HTTP-01 on the plain listener.
+        plog = pebble.log_text()
+        for name in DOMAINS:
+            self.assertIn("Attempting to validate w/ HTTP: http://%s:%d/.well-known/acme-challenge/"
+                          % (name, pebble.http_port), plog)
+        self.assertEqual(pebble.count(r"Added order "), 1)
+        self.assertEqual(pebble.count(r"Issued certificate serial "), 1)
+
+    def test_tls_alpn01_without_a_plain_listener(self):
+        # The ACME server is not up yet: the listener serves its placeholder
+        # and the first order fails.
+        pebble = self.pebble(start=False)
+        lb = self.lb(self.config(pebble, "tls-alpn-01", plain=False))
+        self.assertEqual(list(lb.listeners), ["public"])
+        ok = harness.wait_until(lambda: FAILED_RE.search(lb.stderr_text()), 10)
+        self.assertTrue(ok, lb.stderr_text())
+        m = FAILED_RE.search(lb.stderr_text())
+        self.assertEqual((m.group(2), m.group(3)), ("2", "no certificate yet"), m.group(0))
+        placeholder = der_info(peer_certificate(pebble.tls_port, "a.lbtest"))
+        self.assertEqual(placeholder["subject"], placeholder["issuer"], "self-signed")
+        self.assertIn("a.lbtest", placeholder["subject"] + " " + " ".join(placeholder["sans"]))
+
+        pebble.start()
+        root, chain, _ = pebble.trust()
+        with self.assertRaises(ssl.SSLCertVerificationError):
+            peer_certificate(pebble.tls_port, "a.lbtest", root)
+        self.wait_loaded(lb, timeout=30)
+        self.assert_curl_verifies(pebble.tls_port, chain)
+        leaf = der_info(peer_certificate(pebble.tls_port, "b.lbtest", root))
+        self.assertEqual(sorted(leaf["sans"]), DOMAINS)
+        self.assertNotEqual(leaf["serial"], placeholder["serial"])
+
+        # Both names were validated, and never over HTTP (there is no plain listener).
+        plog = pebble.log_text()
+        self.assertEqual(pebble.count(r"set VALID by completed challenge"), 2, plog[-3000:])
+        self.assertNotIn("Attempting to validate w/ HTTP", plog)
+        self.assertEqual(lb.metric("lb_acme_renewals_total", listener="public",
+                                   result="success"), 1)
+        self.assertGreaterEqual(lb.metric("lb_acme_renewals_total", listener="public",
+                                          result="failure"), 1)
+
+    def test_renewal_under_load(self):
+        # A 24 s certificate renews 16 s after its notBefore. Default challenge
+        # (tls-alpn-01): the validations share the listener with the load.
+        pebble = self.pebble(validity=24)
+        lb = self.lb(self.config(pebble, challenge=None, plain=False))
+        self.wait_loaded(lb)
+        root, _, _ = pebble.trust()
+        port = pebble.tls_port
+        first = cert_info(read(self.stored()[2]))
+        renews_at = first["not_before"] + (first["not_after"] - first["not_before"]) * 2 // 3
+        self.assertEqual(served_serial(port, "a.lbtest", root), first["serial"])
+
+        failures = []
+        stop = threading.Event()
+        keepalive = {"serial": None, "times": []}
+        handshakes = []  # (monotonic start, serial)
+
+        def keepalive_client():
+            try:
+                conn = tls_connection(port, "a.lbtest", root)
+                keepalive["serial"] = int(conn.sock.getpeercert()["serialNumber"], 16)
+                with conn:
+                    n = 0
+                    while not stop.is_set():
+                        n += 1
+                        status, body = get(conn, "/keepalive/%d" % n)
+                        if (status, body) != (200, BODY):
+                            failures.append("keep-alive request %d: %d %r" % (n, status, body))
+                            return
+                        keepalive["times"].append(time.monotonic())
+                        time.sleep(0.02)
+            except Exception as e:
+                failures.append("keep-alive connection after %d requests: %r"
+                                % (len(keepalive["times"]), e))
+
+        def new_connections():
+            n = 0
+            while not stop.is_set():
+                n += 1
+                started = time.monotonic()
+                try:
+                    with tls_connection(port, "a.lbtest", root) as conn:
+                        serial = int(conn.sock.getpeercert()["serialNumber"], 16)
+                        status, body = get(conn, "/new/%d" % n, close=True)
+                        if (status, body) != (200, BODY):
+                            failures.append("new connection %d: %d %r" % (n, status, body))
+                        handshakes.append((started, serial))
+                except Exception as e:
+                    failures.append("new connection %d: %r" % (n, e))
+                stop.wait(0.5)
+
+        threads = [threading.Thread(target=keepalive_client, daemon=True),
+                   threading.Thread(target=new_connections, daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            # The renewal: due at renews_at, done a moment later.
+            timeout = max(5.0, renews_at - time.time() + 15)
+            self.wait_loaded(lb, times=2, timeout=timeout)
+            renewed = time.monotonic()
+            renewed_wall = time.time()
+            second = cert_info(read(self.stored()[2]))
+            harness.wait_until(lambda: any(s == second["serial"] for t, s in handshakes), 5)
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(15)
+        self.assertFalse(any(t.is_alive() for t in threads), "a client thread hangs")
+
+        self.assertEqual(failures, [])
+        self.assertGreaterEqual(renewed_wall, renews_at - 1, "renewed before 2/3 of the lifetime")
+        self.assertNotEqual(second["serial"], first["serial"])
+        self.assertEqual(len(ISSUED_RE.findall(lb.stderr_text())), 2)
+        # The keep-alive connection kept its certificate and its requests went
+        # on through the renewal.
+        self.assertEqual(keepalive["serial"], first["serial"])
+        before = [t for t in keepalive["times"] if t < renewed]
+        after = [t for t in keepalive["times"] if t > renewed]
+        self.assertGreaterEqual(len(before), 20, "keep-alive requests before the renewal")
+        self.assertGreaterEqual(len(after), 20, "keep-alive requests after the renewal")
+        # New handshakes: the old serial before, the new one after.
+        self.assertTrue(any(s == first["serial"] for t, s in handshakes if t < renewed), handshakes)
+        late = [s for t, s in handshakes if t > renewed]
+        self.assertGreaterEqual(len(late), 2, handshakes)
+        self.assertEqual(set(late), {second["serial"]},
+                         "handshakes after the renewal (old serial %x, new %x)"
+                         % (first["serial"], second["serial"]))
+        self.assertEqual(lb.metric("lb_acme_renewals_total", listener="public",
+                                   result="success"), 2)
+        self.assertEqual(lb.metric("lb_acme_renewals_total", listener="public",
+                                   result="failure"), 0)
+        self.assertEqual(expiry(lb.metrics_text(), "a.lbtest"), [second["not_after"]])
+
+    def test_acme_server_down_at_renewal(self):
+        pebble = self.pebble(validity=24)
+        lb = self.lb(self.config(pebble, "http-01"))
+        self.wait_loaded(lb)
+        root, _, _ = pebble.trust()
+        port = pebble.tls_port
+        first = cert_info(read(self.stored()[2]))
+        renews_at = first["not_before"] + (first["not_after"] - first["not_before"]) * 2 // 3
+
+        pebble.kill()
+        ok = harness.wait_until(
+            lambda: lb.metric("lb_acme_renewals_total", listener="public", result="failure") >= 2,
+            max(5.0, renews_at - time.time() + 12), 0.05)
+        self.assertTrue(ok, lb.stderr_text())
+        self.assertGreaterEqual(time.time(), renews_at - 1, "an order before the renewal was due")
+
+        # Logged and counted, while the current certificate serves. The
+        # backoff: 2 s, doubling, but never more than a quarter of what is left
+        # (8 s at the renewal point, about 6 s at the second failure: 1 s).
+        text = lb.stderr_text()
+        failed = FAILED_RE.findall(text)
+        self.assertGreaterEqual(len(failed), 2, text)
+        for why, wait, serving in failed:
+            self.assertIn("127.0.0.1:%d" % pebble.port, why)
+            self.assertTrue(1 <= int(wait) <= 2, "backoff %ss: %s" % (wait, text))
+            self.assertTrue(serving.startswith("the current certificate serves until "), serving)
+            self.assertEqual(log_time(serving.split()[-1]), first["not_after"], serving)
+        self.assertEqual(failed[1][1], "1", text)
+        self.assertEqual(len(ISSUED_RE.findall(text)), 1)
+
+        # The old certificate still serves new handshakes, verified, while valid.
+        self.assertLess(time.time(), first["not_after"])
+        for name in DOMAINS:
+            self.assertEqual(served_serial(port, name, root), first["serial"], name)
+        with tls_connection(port, "b.lbtest", root) as conn:
+            self.assertEqual(get(conn, "/", "b.lbtest", close=True), (200, BODY))
+        self.assertEqual(lb.metric("lb_acme_renewals_total", listener="public",
+                                   result="success"), 1)
+        self.assertEqual(expiry(lb.metrics_text(), "a.lbtest"), [first["not_after"]])
+
+        # The ACME server back on the same ports, forgetting every account: the
+        # next tries renew (the account created again).
+        pebble.start()
+        new_root, chain, _ = pebble.trust()
+        self.wait_loaded(lb, times=2, timeout=20)
+        second = cert_info(read(self.stored()[2]))
+        self.assertNotEqual(second["serial"], first["serial"])
+        self.assertEqual(served_serial(port, "a.lbtest", new_root), second["serial"])
+        self.assert_curl_verifies(port, chain)
+        self.assertEqual(lb.metric("lb_acme_renewals_total", listener="public",
+                                   result="success"), 2)
+
+    def test_restart_reuses_the_stored_account_and_certificate(self):
+        pebble = self.pebble()
+        config = self.config(pebble, "http-01")
+        lb = self.lb(config)
+        self.wait_loaded(lb)
+        root, _, _ = pebble.trust()
+        port = pebble.tls_port
+        serial = served_serial(port, "a.lbtest", root)
+        files = {p: read(p) for p in self.stored()}
+        counts = lambda: {what: pebble.count(what) for what in  # noqa: E731
+                          ("Added order ", "Issued certificate serial ", "POST /order-plz",
+                           r"There are now \d+ accounts", "POST /sign-me-up")}
+        before = counts()
+        self.assertEqual(before["Added order "], 1, before)
+        self.assertEqual(lb.terminate(), 0)
+
+        lb2 = self.lb(config)
+        # The stored certificate serves from the first handshake on.
+        self.assertEqual(served_serial(port, "a.lbtest", root), serial)
+        self.assertEqual(served_serial(port, "b.lbtest", root), serial)
+        ok = harness.wait_until(
+            lambda: "listener public: acme: certificate for a.lbtest stored, expires "
+                    in lb2.stderr_text(), 10)
+        self.assertTrue(ok, lb2.stderr_text())
+        m = re.search(r"certificate for a\.lbtest stored, expires (\S+), renews at (\S+)",
+                      lb2.stderr_text())
+        leaf = cert_info(files[self.stored()[2]])
+        self.assertEqual(log_time(m.group(1)), leaf["not_after"])
+        self.assertAlmostEqual(log_time(m.group(2)), leaf["not_before"] +
+                               (leaf["not_after"] - leaf["not_before"]) * 2 // 3, delta=1)
+        time.sleep(1.5)  # an order would be under way by now
+
+        text = lb2.stderr_text()
+        self.assertIsNone(ISSUED_RE.search(text), text)
+        self.assertNotIn("new account key", text)
+        self.assertNotIn("acme: account ", text)
+        self.assertIsNone(FAILED_RE.search(text), text)
+        self.assertEqual(counts(), before, "the ACME server saw a new order or account")
+        self.assertEqual({p: read(p) for p in self.stored()}, files, "stored files changed")
+        self.assertEqual(served_serial(port, "a.lbtest", root), serial)
+        self.assertEqual(lb2.metric("lb_acme_renewals_total", listener="public",
+                                    result="success"), 0)
+        self.assertEqual(lb2.metric("lb_acme_renewals_total", listener="public",
+                                    result="failure"), 0)
+        self.assertEqual(expiry(lb2.metrics_text(), "b.lbtest"), [leaf["not_after"]])
+
+
+if __name__ == "__main__":
+    harness.main()
