@@ -316,6 +316,7 @@ std::string check_ca(const std::string& path) {
 }
 
 bool redirect_loops(const Route& route, bool tls);
+std::string reserved_field(std::string_view name);
 
 class Loader {
 public:
@@ -363,12 +364,14 @@ private:
   void listener(const Item& item, Listener& listener);
   void tls(const Item& item, ListenerTls& tls);
   void acme(const Item& item, Acme& acme);
+  void acme_checks(const std::vector<Item>& items, const std::vector<Listener>& listeners);
   std::string resolve(const std::string& path) const;
   void limits(const Item& item, Limits& limits);
   void listener_timeouts(const Item& item, ListenerTimeouts& timeouts);
   void headers(const Item& item, Headers& headers);
   void route(const Item& item, Route& route);
   void route_match(const Item& item, RouteMatch& match);
+  void rate_limit(const Item& item, RateLimit& limit);
   void split(const Item& item, Route& route);
   void redirect(const Item& item, Route& route);
   void respond(const Item& item, Route& route);
@@ -381,7 +384,8 @@ private:
   void retry_budget(const Item& item, Pool& pool);
   void pool(const Item& item, Pool& pool);
   void balance(const Item& item, Pool& pool);
-  void hash_key(const Item& item, HashKey& key);
+  void hash_key(const Item& item, HashKey& key,
+                std::string_view expected = "source_ip, header:NAME or cookie:NAME");
   void sticky_cookie(const Item& item, std::string& cookie);
   void pool_timeouts(const Item& item, PoolTimeouts& timeouts);
   void pool_tls(const Item& item, PoolTls& tls);
@@ -704,8 +708,9 @@ void Loader::top(const YAML::Node& root, Config& config) {
     error(YAML::Mark(), "the config is empty: expected a map with 'listeners' and 'pools'");
     return;
   }
-  auto items = fields({"config", root, root}, {"workers", "shutdown_timeout", "sticky_secret",
-                                               "admin", "access_log", "listeners", "pools", "dns"});
+  auto items = fields({"config", root, root},
+                      {"workers", "shutdown_timeout", "shutdown_delay", "sticky_secret", "admin",
+                       "access_log", "listeners", "pools", "dns"});
   if (!items)
     return;
   const Item* listeners = nullptr;
@@ -724,6 +729,15 @@ void Loader::top(const YAML::Node& root, Config& config) {
     } else if (item.name == "shutdown_timeout") {
       if (auto d = duration(item, false))
         config.shutdown_timeout = *d;
+    } else if (item.name == "shutdown_delay") {
+      if (auto d = duration(item, false)) {
+        if (*d > std::chrono::hours(1))
+          error(item, "shutdown_delay: at most 1h (how long a health check needs to take the "
+                      "instance out), got " +
+                          describe(item.value));
+        else
+          config.shutdown_delay = *d;
+      }
     } else if (item.name == "sticky_secret") {
       auto text = scalar(item, "a non-empty string");
       if (!text)
@@ -769,6 +783,7 @@ void Loader::top(const YAML::Node& root, Config& config) {
       config.listeners.push_back({});
       listener(item, config.listeners.back());
     }
+    acme_checks(*list, config.listeners);
   }
 
   if (admin_listen_) {
@@ -946,8 +961,11 @@ void Loader::listener(const Item& item, Listener& listener) {
     }
   }
   // (After the loop: the listener's TLS and request id header are known only now.)
+  std::set<std::string> route_names;
   for (size_t i = 0; i < listener.routes.size(); ++i) {
     const Route& r = listener.routes[i];
+    if (!r.name.empty() && !route_names.insert(r.name).second)
+      error(route_items[i].key, "route name '" + r.name + "' is used twice in this listener");
     if (r.match.client_cert && listener.tls.client_ca.empty())
       error(route_items[i].key, "match.client_cert: the listener asks for no client certificate: "
                                 "set tls.client_ca on it");
@@ -1093,12 +1111,34 @@ void Loader::tls(const Item& item, ListenerTls& tls) {
                 "or acme: {...}");
 }
 
+// What one listener's acme block cannot know: HTTP-01 is answered on a plain
+// listener, and two listeners cannot order into the same files.
+void Loader::acme_checks(const std::vector<Item>& items, const std::vector<Listener>& listeners) {
+  bool plain = std::any_of(listeners.begin(), listeners.end(),
+                           [](const Listener& l) { return !l.tls.enabled; });
+  std::map<std::string, std::string> files; // storage + first domain -> listener
+  for (size_t i = 0; i < listeners.size() && i < items.size(); ++i) {
+    const Listener& l = listeners[i];
+    if (!l.tls.acme || l.tls.acme->domains.empty())
+      continue;
+    const Acme& a = *l.tls.acme;
+    if (a.challenge == Acme::Challenge::http_01 && !plain)
+      error(items[i].key, "acme: challenge http-01 is answered on a listener without tls (the "
+                          "ACME server connects to port 80): add one, or use tls-alpn-01");
+    auto [it, fresh] = files.emplace(a.storage + "/" + a.domains[0], l.name);
+    if (!fresh)
+      error(items[i].key, "acme: listener '" + it->second + "' already orders " + a.domains[0] +
+                              " into " + a.storage + ": give this listener its own storage");
+  }
+}
+
 // acme: { directory: URL, email: ADDRESS, domains: [NAME, ...], storage: DIR, ca: FILE,
 //         challenge: http-01 | tls-alpn-01 }
 void Loader::acme(const Item& item, Acme& acme) {
   auto items = fields(item, {"directory", "email", "domains", "storage", "ca", "challenge"});
   if (!items)
     return;
+  size_t errors_before = errors_.size();
   bool has_directory = false, has_storage = false, has_domains = false;
   for (const auto& f : *items) {
     if (f.name == "directory") {
@@ -1173,6 +1213,8 @@ void Loader::acme(const Item& item, Acme& acme) {
     error(item.key, "acme: needs storage (a directory for the account key and the certificates)");
   if (!has_domains)
     error(item.key, "acme: needs domains (the names the certificate is for)");
+  else if (acme.domains.empty() && errors_.size() == errors_before)
+    error(item.key, "acme: domains: needs at least one name");
 }
 
 // The CA bundle is loaded here, so `lb check` reports a missing or bad file at its node.
@@ -1265,6 +1307,8 @@ void Loader::headers(const Item& item, Headers& headers) {
         continue;
       if (*text == "off" || *text == "false")
         headers.request_id.clear();
+      else if (std::string why = reserved_field(*text); !why.empty())
+        error(f, "request_id: " + *text + why);
       else if (is_token(*text) && text->size() <= max_name)
         headers.request_id = *text;
       else
@@ -1619,8 +1663,8 @@ void Loader::split(const Item& item, Route& route) {
 }
 
 void Loader::route(const Item& item, Route& route) {
-  auto items = fields(item, {"match", "pool", "pools", "split_key", "redirect", "respond",
-                             "rewrite", "request_headers", "response_headers"});
+  auto items = fields(item, {"name", "match", "pool", "pools", "split_key", "redirect", "respond",
+                             "rewrite", "request_headers", "response_headers", "rate_limit"});
   if (!items)
     return;
   std::vector<const Item*> actions;
@@ -1630,6 +1674,12 @@ void Loader::route(const Item& item, Route& route) {
   for (const auto& f : *items) {
     if (f.name == "match") {
       route_match(f, route.match);
+    } else if (f.name == "name") {
+      if (auto n = name(f))
+        route.name = *n;
+    } else if (f.name == "rate_limit") {
+      route.rate_limit.emplace();
+      rate_limit(f, *route.rate_limit);
     } else if (f.name == "pool") {
       actions.push_back(&f);
       route.action = Route::Action::pool;
@@ -1705,6 +1755,63 @@ void Loader::route(const Item& item, Route& route) {
       route.match.path_prefix.empty())
     error(actions[0]->key, "redirect: prefix replaces the matched path_prefix: the route needs "
                            "match: {path_prefix: ...}");
+}
+
+// rate_limit: { key: source_ip | header:NAME | cookie:NAME | route, rate: 100/s | 6000/min,
+//               burst: N, scope: local, max_keys: N }
+void Loader::rate_limit(const Item& item, RateLimit& limit) {
+  auto items = fields(item, {"key", "rate", "burst", "scope", "max_keys"});
+  if (!items)
+    return;
+  bool has_rate = false;
+  for (const auto& f : *items) {
+    if (f.name == "key") {
+      if (f.value.IsScalar() && f.value.Scalar() == "route")
+        limit.key = {HashKey::Kind::route, ""};
+      else
+        hash_key(f, limit.key, "source_ip, header:NAME, cookie:NAME or route");
+    } else if (f.name == "rate") {
+      auto text = scalar(f, "a rate like 100/s or 6000/min");
+      if (!text)
+        continue;
+      has_rate = true;
+      size_t slash = text->find('/');
+      std::string count = text->substr(0, slash);
+      std::string unit = slash == std::string::npos ? "" : text->substr(slash + 1);
+      bool digits = !count.empty() && count.size() <= 7 &&
+                    count.find_first_not_of("0123456789") == std::string::npos;
+      uint64_t n = digits ? std::stoull(count) : 0;
+      if (unit == "s" || unit == "sec" || unit == "second")
+        limit.per = std::chrono::seconds(1);
+      else if (unit == "m" || unit == "min" || unit == "minute")
+        limit.per = std::chrono::minutes(1);
+      else
+        unit.clear();
+      if (!digits || unit.empty() || n == 0 || n > 1000000)
+        error(f, "rate: expected a rate like 100/s or 6000/min (1..1000000 per second or "
+                 "minute), got '" +
+                     *text + "'");
+      else
+        limit.rate = static_cast<uint32_t>(n);
+    } else if (f.name == "burst") {
+      if (auto n = integer(f, 0, 1000000))
+        limit.burst = static_cast<uint32_t>(*n);
+    } else if (f.name == "max_keys") {
+      if (auto n = integer(f, 1, 16777216))
+        limit.max_keys = static_cast<uint32_t>(*n);
+    } else if (f.name == "scope") {
+      auto text = scalar(f, "local");
+      if (!text)
+        continue;
+      if (*text == "cluster")
+        error(f, "scope: cluster (a limit shared by instances through Redis) is not available in "
+                 "this version of lb: use local (each instance counts on its own)");
+      else if (*text != "local")
+        error(f, "scope: expected local, got '" + *text + "'");
+    }
+  }
+  if (!has_rate)
+    error(item.key, "rate_limit: needs rate (like 100/s or 6000/min)");
 }
 
 void Loader::route_match(const Item& item, RouteMatch& match) {
@@ -1983,8 +2090,7 @@ void Loader::balance(const Item& item, Pool& pool) {
 }
 
 // source_ip, header:NAME or cookie:NAME.
-void Loader::hash_key(const Item& item, HashKey& key) {
-  static constexpr std::string_view expected = "source_ip, header:NAME or cookie:NAME";
+void Loader::hash_key(const Item& item, HashKey& key, std::string_view expected) {
   auto text = scalar(item, expected);
   if (!text)
     return;

@@ -75,8 +75,9 @@ struct RouteMatch {
 
 // What keeps a user on one side of a split, or feeds ring_hash and maglev.
 struct HashKey {
-  enum class Kind { source_ip, header, cookie } kind = Kind::source_ip;
+  enum class Kind { source_ip, header, cookie, route } kind = Kind::source_ip; // route: rate limits
   std::string name; // the header or cookie name, as written; empty for source_ip
+  bool operator==(const HashKey&) const = default;
 };
 
 struct WeightedPool {
@@ -126,8 +127,21 @@ struct HeaderEdits {
   }
 };
 
+// A route's rate limit: GCRA (a token bucket) per key.
+struct RateLimit {
+  HashKey key;                           // Kind::route: one bucket for the whole route
+  uint32_t rate = 0;                     // requests per `per`
+  Duration per{std::chrono::seconds(1)}; // 1s or 1min
+  uint32_t burst = 0;                    // requests beyond the rate that may come at once
+  uint32_t max_keys = 65536;             // distinct keys tracked at once
+  double per_second() const { return rate / std::chrono::duration<double>(per).count(); }
+  bool operator==(const RateLimit&) const = default;
+};
+
 struct Route {
+  std::string name; // for metrics and the access log; empty: its index
   RouteMatch match;
+  std::optional<RateLimit> rate_limit;
   enum class Action { pool, split, redirect, respond } action = Action::pool;
   std::string pool;                // Action::pool
   std::vector<WeightedPool> pools; // Action::split
@@ -293,6 +307,9 @@ struct Config {
   std::string file;     // where it was loaded from
   unsigned workers = 0; // 0 = auto: one per core
   Duration shutdown_timeout{std::chrono::seconds(30)};
+  // SIGTERM/SIGINT: /healthz answers 503 at once while every listener keeps
+  // serving this long (lame duck), then the drain; 0 = drain at once.
+  Duration shutdown_delay{0};
   std::string sticky_secret; // keys the sticky cookie's backend hash; empty = unkeyed
   Admin admin;
   AccessLog access_log;

@@ -89,31 +89,68 @@ std::string format_time(int64_t t) {
 
 // Writes `data` to `path` through a temporary file and a rename, mode 0600.
 bool write_private(const std::string& path, const std::string& data, std::string& error) {
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  // A fresh name nobody else can have made (O_EXCL, no symlink followed).
+  char suffix[32];
+  std::snprintf(
+      suffix, sizeof suffix, ".%d.%lx.tmp", static_cast<int>(::getpid()),
+      static_cast<unsigned long>(std::hash<std::thread::id>()(std::this_thread::get_id())));
+  std::string tmp = path + suffix;
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) {
     error = "cannot write " + tmp + ": " + std::strerror(errno);
     return false;
   }
-  ::fchmod(fd, 0600);
+  bool ok = ::fchmod(fd, 0600) == 0;
   size_t done = 0;
-  while (done < data.size()) {
+  while (ok && done < data.size()) {
     ssize_t n = ::write(fd, data.data() + done, data.size() - done);
     if (n < 0 && errno == EINTR)
       continue;
-    if (n <= 0) {
-      error = "cannot write " + tmp + ": " + std::strerror(errno);
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return false;
-    }
-    done += static_cast<size_t>(n);
+    ok = n > 0;
+    if (ok)
+      done += static_cast<size_t>(n);
   }
-  ::fsync(fd);
+  ok = ok && ::fsync(fd) == 0;
+  if (!ok)
+    error = "cannot write " + tmp + ": " + std::strerror(errno);
   ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+  if (ok && ::rename(tmp.c_str(), path.c_str()) != 0) {
     error = "cannot rename " + tmp + ": " + std::strerror(errno);
+    ok = false;
+  }
+  if (!ok) {
     ::unlink(tmp.c_str());
+    return false;
+  }
+  // The rename itself must survive a crash.
+  std::string dir = path.substr(0, path.rfind('/') == std::string::npos ? 0 : path.rfind('/'));
+  int dfd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return true;
+}
+
+// The storage directory: made 0700 when missing; refused when others may
+// write to it (they could swap the key files) or it belongs to someone else.
+bool check_storage(const std::string& dir, std::string& error) {
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    error = "cannot create " + dir + ": " + std::strerror(errno);
+    return false;
+  }
+  struct stat st;
+  if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    error = dir + " is not a directory";
+    return false;
+  }
+  if (st.st_uid != ::geteuid()) {
+    error = dir + " belongs to another user: lb keeps private keys there";
+    return false;
+  }
+  if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+    error =
+        dir + " is writable by other users (chmod 700 " + dir + "): lb keeps private keys there";
     return false;
   }
   return true;
@@ -193,7 +230,30 @@ struct Response {
   }
 };
 
-int connect_to(const Url& url, std::string& error) {
+// The socket of the request in flight, which stop() shuts down so that a
+// blocked read or connect returns at once.
+class InFlight {
+public:
+  void set(int fd) {
+    std::lock_guard lock(mutex_);
+    fd_ = fd;
+    if (aborted_ && fd >= 0)
+      ::shutdown(fd, SHUT_RDWR);
+  }
+  void abort() {
+    std::lock_guard lock(mutex_);
+    aborted_ = true;
+    if (fd_ >= 0)
+      ::shutdown(fd_, SHUT_RDWR);
+  }
+
+private:
+  std::mutex mutex_;
+  int fd_ = -1;
+  bool aborted_ = false;
+};
+
+int connect_to(const Url& url, std::string& error, InFlight& in_flight) {
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* list = nullptr;
@@ -207,8 +267,10 @@ int connect_to(const Url& url, std::string& error) {
     fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
     if (fd < 0)
       continue;
+    in_flight.set(fd);
     if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0 && errno != EINPROGRESS) {
       error = "cannot connect to " + url.host + ":" + url.port + ": " + std::strerror(errno);
+      in_flight.set(-1);
       ::close(fd);
       fd = -1;
       continue;
@@ -220,6 +282,7 @@ int connect_to(const Url& url, std::string& error) {
         ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
       error = "cannot connect to " + url.host + ":" + url.port + ": " +
               (err ? std::strerror(err) : "timed out");
+      in_flight.set(-1);
       ::close(fd);
       fd = -1;
     }
@@ -262,7 +325,7 @@ bool decode_chunked(std::string_view in, std::string& out) {
 
 class Https {
 public:
-  Https() = default;
+  explicit Https(InFlight& in_flight) : in_flight_(in_flight) {}
   ~Https() { SSL_CTX_free(ctx_); }
   bool init(const std::string& ca, std::string& error) {
     ctx_ = SSL_CTX_new(TLS_client_method());
@@ -290,7 +353,7 @@ public:
       error = "not an https URL: " + url_text;
       return false;
     }
-    int fd = connect_to(url, error);
+    int fd = connect_to(url, error, in_flight_);
     if (fd < 0)
       return false;
     SSL* ssl = SSL_new(ctx_);
@@ -348,6 +411,7 @@ public:
       SSL_shutdown(ssl);
       SSL_free(ssl);
     }
+    in_flight_.set(-1);
     ::close(fd);
     if (!ok)
       return false;
@@ -403,6 +467,7 @@ private:
     return true;
   }
 
+  InFlight& in_flight_;
   SSL_CTX* ctx_ = nullptr;
 };
 
@@ -413,9 +478,9 @@ std::string coordinate(EVP_PKEY* key, const char* name) {
   if (EVP_PKEY_get_bn_param(key, name, &bn) != 1)
     return {};
   unsigned char buf[32];
-  BN_bn2binpad(bn, buf, sizeof buf);
+  int n = BN_bn2binpad(bn, buf, sizeof buf);
   BN_free(bn);
-  return b64url(buf, sizeof buf);
+  return n == 32 ? b64url(buf, sizeof buf) : std::string();
 }
 
 // The account key as a JWK, members in the order RFC 7638 hashes them.
@@ -446,9 +511,11 @@ bool sign_es256(EVP_PKEY* key, std::string_view input, std::string& out) {
   if (!sig)
     return false;
   unsigned char raw[64];
-  BN_bn2binpad(ECDSA_SIG_get0_r(sig), raw, 32);
-  BN_bn2binpad(ECDSA_SIG_get0_s(sig), raw + 32, 32);
+  bool fits = BN_bn2binpad(ECDSA_SIG_get0_r(sig), raw, 32) == 32 &&
+              BN_bn2binpad(ECDSA_SIG_get0_s(sig), raw + 32, 32) == 32;
   ECDSA_SIG_free(sig);
+  if (!fits)
+    return false;
   out = b64url(raw, sizeof raw);
   return true;
 }
@@ -459,21 +526,24 @@ std::string csr_der(EVP_PKEY* key, const std::vector<std::string>& domains) {
   if (!req)
     return {};
   bool ok = X509_REQ_set_version(req, 0) == 1 && X509_REQ_set_pubkey(req, key) == 1;
-  X509_NAME* name = X509_REQ_get_subject_name(req);
-  ok &= X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                                   reinterpret_cast<const unsigned char*>(domains[0].c_str()), -1,
-                                   -1, 0) == 1;
+  // A common name holds at most 64 characters; the subjectAltName is what counts.
+  if (domains[0].size() <= 64) {
+    X509_NAME* name = X509_REQ_get_subject_name(req);
+    ok = ok && X509_NAME_add_entry_by_txt(
+                   name, "CN", MBSTRING_ASC,
+                   reinterpret_cast<const unsigned char*>(domains[0].c_str()), -1, -1, 0) == 1;
+  }
   std::string sans;
   for (const auto& d : domains)
     sans += (sans.empty() ? "DNS:" : ",DNS:") + d;
   STACK_OF(X509_EXTENSION)* exts = sk_X509_EXTENSION_new_null();
   X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, nullptr, NID_subject_alt_name, sans.c_str());
-  ok &= exts && ext && sk_X509_EXTENSION_push(exts, ext) > 0;
-  if (!ok && ext)
-    X509_EXTENSION_free(ext);
-  ok &= exts && X509_REQ_add_extensions(req, exts) == 1;
+  bool pushed = exts && ext && sk_X509_EXTENSION_push(exts, ext) > 0;
+  if (!pushed)
+    X509_EXTENSION_free(ext); // (the stack owns it once pushed)
+  ok = ok && pushed && X509_REQ_add_extensions(req, exts) == 1;
   sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
-  ok &= X509_REQ_sign(req, key, EVP_sha256()) > 0;
+  ok = ok && X509_REQ_sign(req, key, EVP_sha256()) > 0;
   std::string out;
   if (ok) {
     int n = i2d_X509_REQ(req, nullptr);
@@ -525,6 +595,7 @@ public:
       std::lock_guard lock(mutex_);
       stopping_ = true;
     }
+    in_flight_.abort();
     wake_.notify_all();
     if (thread_.joinable())
       thread_.join();
@@ -556,7 +627,7 @@ private:
 
   // When the stored certificate is due for renewal (0: none usable, order now),
   // and when it expires.
-  int64_t due(int64_t& expires) {
+  int64_t due(int64_t& expires, int64_t* lifetime = nullptr) {
     expires = 0;
     config::TlsCertificate files = io::acme_certificate_files(acme_);
     X509* cert = read_cert(files.cert);
@@ -571,6 +642,8 @@ private:
       expires = io::not_after(cert);
       if (covers && expires > from)
         at = from + (expires - from) * 2 / 3;
+      if (lifetime)
+        *lifetime = expires - from;
     }
     ERR_clear_error();
     X509_free(cert);
@@ -581,8 +654,8 @@ private:
   void run() {
     int failures = 0;
     while (!stopping()) {
-      int64_t expires = 0;
-      int64_t at = due(expires);
+      int64_t expires = 0, lifetime = 0;
+      int64_t at = due(expires, &lifetime);
       if (at > now()) {
         if (failures == 0 && !announced_) {
           io::log("listener %s: acme: certificate for %s stored, expires %s, renews at %s",
@@ -603,25 +676,36 @@ private:
         error = std::string("a malformed answer from the ACME server: ") + e.what();
       }
       if (issued) {
-        failures = 0;
-        succeeded_.fetch_add(1);
         int64_t next_expires = 0;
-        int64_t next = due(next_expires);
-        io::log("listener %s: acme: certificate for %s issued, expires %s, renews at %s",
-                listener_.c_str(), join_domains().c_str(), format_time(next_expires).c_str(),
-                format_time(next).c_str());
-        announced_ = true;
+        int64_t next = due(next_expires, &lifetime);
+        expires = next_expires;
+        if (next > now()) {
+          failures = 0;
+          succeeded_.fetch_add(1);
+          io::log("listener %s: acme: certificate for %s issued, expires %s, renews at %s",
+                  listener_.c_str(), join_domains().c_str(), format_time(next_expires).c_str(),
+                  format_time(next).c_str());
+          announced_ = true;
+          on_certificate_();
+          continue;
+        }
+        // Ordering again at once would loop: wait as after a failure.
         on_certificate_();
-        continue;
+        error = "the new certificate is due for renewal already (it lacks a name, or this "
+                "machine's clock is off)";
       }
       if (stopping())
         return;
       ++failures;
       failed_.fetch_add(1);
-      // Backoff: 2 s doubling to an hour, and never past a quarter of what is left.
+      // Backoff: 2 s doubling to an hour, and never past a quarter of what is
+      // left; but not more often than a twentieth of the lifetime (at most a
+      // minute), so that the last minutes do not hammer the ACME server.
       int64_t wait = std::min<int64_t>(int64_t(2) << std::min(failures - 1, 11), 3600);
-      if (expires > now())
-        wait = std::max<int64_t>(1, std::min(wait, (expires - now()) / 4));
+      if (expires > now()) {
+        int64_t floor = std::clamp<int64_t>(lifetime / 20, 1, 60);
+        wait = std::max(floor, std::min(wait, (expires - now()) / 4));
+      }
       io::log(
           "listener %s: acme: order for %s failed: %s; trying again in %llds (%s)",
           listener_.c_str(), join_domains().c_str(), error.c_str(), static_cast<long long>(wait),
@@ -713,12 +797,19 @@ private:
   }
 
   bool load_account(std::string& error) {
+    if (!check_storage(acme_.storage, error))
+      return false;
     if (account_key_)
       return true;
-    if (::mkdir(acme_.storage.c_str(), 0700) != 0 && errno != EEXIST)
-      return fail(error, "cannot create " + acme_.storage + ": " + std::strerror(errno));
     std::string path = acme_.storage + "/account.key";
     account_key_ = read_key(path);
+    if (account_key_ &&
+        (!EVP_PKEY_is_a(account_key_, "EC") || EVP_PKEY_get_bits(account_key_) != 256)) {
+      EVP_PKEY_free(account_key_);
+      account_key_ = nullptr;
+      return fail(error, path + " is not a P-256 (ES256) key; lb signs with ES256: move it away "
+                                "and lb makes a new account");
+    }
     if (!account_key_) {
       if (::access(path.c_str(), F_OK) == 0)
         return fail(error, path + " holds no usable private key");
@@ -733,6 +824,9 @@ private:
       io::log("listener %s: acme: new account key in %s", listener_.c_str(), path.c_str());
     }
     jwk_ = jwk_of(account_key_);
+    if (jwk_.find("\"x\":\"\"") != std::string::npos ||
+        jwk_.find("\"y\":\"\"") != std::string::npos)
+      return fail(error, path + ": cannot read the key's public point");
     thumbprint_ = b64url(sha256(jwk_));
     return true;
   }
@@ -781,7 +875,9 @@ private:
   // Polls `url` (POST-as-GET) until its status is one of `done`.
   bool poll(const std::string& url, std::initializer_list<const char*> done, json& out,
             std::string& error) {
-    for (int i = 0; i < 120; ++i) {
+    // Up to 3 minutes, as often as the server's Retry-After says (0.5 s .. 10 s).
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
+    while (std::chrono::steady_clock::now() < deadline) {
       Response r;
       if (!post_json(url, "", out, r, error))
         return false;
@@ -799,10 +895,14 @@ private:
           why = out["error"].value("detail", why);
         return fail(error, url + " is invalid" + (why.empty() ? "" : ": " + why));
       }
-      if (!sleep_ms(500))
+      int wait_ms = 500;
+      if (std::string after = r.header("retry-after");
+          !after.empty() && std::isdigit(static_cast<unsigned char>(after[0])))
+        wait_ms = static_cast<int>(std::clamp(std::atol(after.c_str()), 1L, 10L) * 1000);
+      if (!sleep_ms(wait_ms))
         return fail(error, "stopping");
     }
-    return fail(error, url + ": still not done after 60 s");
+    return fail(error, url + ": still not done after 3 minutes");
   }
 
   bool authorize(const std::string& url, std::string& error) {
@@ -911,7 +1011,7 @@ private:
     }
     if (ok) {
       config::TlsCertificate files = io::acme_certificate_files(acme_);
-      ok = write_private(files.key, key_pem(key), error) && write_private(files.cert, chain, error);
+      ok = write_private(files.cert, key_pem(key) + chain, error);
     }
     EVP_PKEY_free(key);
     return ok;
@@ -928,7 +1028,8 @@ private:
   std::atomic<uint64_t> failed_{0};
   bool announced_ = false;
 
-  Https http_;
+  InFlight in_flight_;
+  Https http_{in_flight_};
   bool http_ready_ = false;
   EVP_PKEY* account_key_ = nullptr;
   std::string jwk_, thumbprint_, kid_, nonce_;

@@ -207,9 +207,25 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
     }
   }
 
+  auto rate_limited = family("lb_rate_limited_total",
+                             "Requests refused with 429 by a route's rate limit, by listener and "
+                             "route (its name, else #INDEX).",
+                             MetricType::Counter);
+  auto untracked = family("lb_rate_limit_untracked_total",
+                          "Requests a route's rate limit let through untracked: more keys were "
+                          "active than its max_keys, by listener and route.",
+                          MetricType::Counter);
+  for (const auto& l : runtime->listeners)
+    for (const auto& r : l->router.routes())
+      if (r.limiter) {
+        counter(rate_limited, {{"listener", l->config.name}, {"route", r.label}},
+                static_cast<double>(r.limiter->refused()));
+        counter(untracked, {{"listener", l->config.name}, {"route", r.label}},
+                static_cast<double>(r.limiter->untracked()));
+      }
   auto expiry = family("lb_certificate_expiry_seconds",
                        "When each certificate a TLS listener serves expires (notAfter, seconds "
-                       "since the epoch), by listener and name.",
+                       "since the epoch), by listener, name and source (file, acme).",
                        MetricType::Gauge);
   for (const auto& l : runtime->listeners) {
     if (!l->tls)
@@ -218,7 +234,10 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
       if (served.self_signed_placeholder)
         continue;
       for (const auto& name : served.names)
-        gauge(expiry, {{"listener", l->config.name}, {"name", name}},
+        gauge(expiry,
+              {{"listener", l->config.name},
+               {"name", name},
+               {"source", served.acme ? "acme" : "file"}},
               static_cast<double>(served.not_after));
     }
   }
@@ -246,14 +265,31 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
   gauge(build, {{"version", lb::version}}, 1);
 
   std::vector<MetricFamily> out;
-  for (MetricFamily* f : {&requests,         &duration,       &upstream_requests,
-                          &connect_errors,   &healthy,        &active,
-                          &pooled,           &weight,         &share,
-                          &connections,      &h2_connections, &h2_streams,
-                          &h2_goaways,       &bytes,          &retries,
-                          &budget_exhausted, &fail_open,      &health_checks,
-                          &ejections,        &expiry,         &acme,
-                          &reloads,          &build})
+  for (MetricFamily* f : {&requests,
+                          &duration,
+                          &upstream_requests,
+                          &connect_errors,
+                          &healthy,
+                          &active,
+                          &pooled,
+                          &weight,
+                          &share,
+                          &connections,
+                          &h2_connections,
+                          &h2_streams,
+                          &h2_goaways,
+                          &bytes,
+                          &retries,
+                          &budget_exhausted,
+                          &fail_open,
+                          &health_checks,
+                          &ejections,
+                          &rate_limited,
+                          &untracked,
+                          &expiry,
+                          &acme,
+                          &reloads,
+                          &build})
     out.push_back(std::move(*f));
   return out;
 }

@@ -405,9 +405,29 @@ void ControlPlane::on_signal(const boost::system::error_code& ec, int sig) {
     return;
   }
   stopping_ = true;
-  io::log("%s: draining (up to %lld ms), then exiting", sig == SIGTERM ? "SIGTERM" : "SIGINT",
-          static_cast<long long>(config_->shutdown_timeout.count()));
+  const char* name = sig == SIGTERM ? "SIGTERM" : "SIGINT";
   admin_->set_shutting_down();
+  if (config_->shutdown_delay.count() > 0) {
+    // Lame duck: health checks see 503 while everything still serves, so an
+    // L4 tier or DNS takes this instance out before it stops accepting.
+    io::log("%s: lame duck for %lld ms (/healthz answers 503, listeners keep serving), then "
+            "draining (up to %lld ms)",
+            name, static_cast<long long>(config_->shutdown_delay.count()),
+            static_cast<long long>(config_->shutdown_timeout.count()));
+    deadline_.expires_after(config_->shutdown_delay);
+    deadline_.async_wait([this](const boost::system::error_code& e) {
+      if (!e)
+        start_drain("shutdown_delay over");
+    });
+  } else {
+    start_drain(name);
+  }
+  do_wait_signal();
+}
+
+void ControlPlane::start_drain(const char* why) {
+  io::log("%s: draining (up to %lld ms), then exiting", why,
+          static_cast<long long>(config_->shutdown_timeout.count()));
   server_->drain(io_, [this] {
     io::log("drained: exiting");
     io_.stop();
@@ -419,7 +439,6 @@ void ControlPlane::on_signal(const boost::system::error_code& ec, int sig) {
     io::log("shutdown_timeout reached: closing remaining connections");
     io_.stop();
   });
-  do_wait_signal();
 }
 
 // ---- The control tick: ends outlier ejections whose time is up, ramps slow_start.

@@ -79,6 +79,8 @@ private:
   bool certificates_changed();
   void do_wait_signal();
   void on_signal(const boost::system::error_code& ec, int sig);
+  // Stops accepting and lets in-flight requests finish (up to shutdown_timeout), then exits.
+  void start_drain(const char* why);
   void do_tick();
   void on_tick(const boost::system::error_code& ec);
   void stop();

@@ -63,18 +63,22 @@ bool AcmeChallenges::use_alpn_certificate(SSL* ssl, std::string_view domain) con
   auto it = alpn_.find(std::string(domain));
   if (it == alpn_.end())
     return false;
+  SSL_certs_clear(ssl); // no chain of the listener's, no certificate of another key type
   return SSL_use_certificate(ssl, it->second.cert) == 1 &&
          SSL_use_PrivateKey(ssl, it->second.key) == 1;
 }
 
 config::TlsCertificate acme_certificate_files(const config::Acme& acme) {
-  std::string base = acme.storage + "/" + (acme.domains.empty() ? "certificate" : acme.domains[0]);
-  return {base + ".crt", base + ".key"};
+  // Key and chain in one file, replaced by one rename: never a key of one
+  // order with the certificate of another.
+  std::string file =
+      acme.storage + "/" + (acme.domains.empty() ? "certificate" : acme.domains[0]) + ".pem";
+  return {file, file};
 }
 
 std::vector<config::TlsCertificate> acme_stored_certificates(const config::Acme& acme) {
   config::TlsCertificate files = acme_certificate_files(acme);
-  if (::access(files.cert.c_str(), R_OK) != 0 || ::access(files.key.c_str(), R_OK) != 0)
+  if (::access(files.cert.c_str(), R_OK) != 0)
     return {};
   return {files};
 }

@@ -54,7 +54,7 @@ private:
   static inline std::atomic<int> alpn_count_{0};
 };
 
-// Where an ACME listener's certificate and key are kept: STORAGE/FIRST-DOMAIN.crt and .key.
+// Where an ACME listener's key and certificate chain are kept: STORAGE/FIRST-DOMAIN.pem.
 config::TlsCertificate acme_certificate_files(const config::Acme& acme);
 // Those files, when both exist (the first order has completed); else none.
 std::vector<config::TlsCertificate> acme_stored_certificates(const config::Acme& acme);

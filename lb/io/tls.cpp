@@ -296,7 +296,9 @@ std::unique_ptr<TlsServer> TlsServer::create(const config::ListenerTls& config, 
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, http2 ? &h2_marker : nullptr);
     X509* leaf = SSL_CTX_get0_certificate(ctx);
     server->entries_.back().names = certificate_names(leaf);
-    server->served_.push_back({server->entries_.back().names, not_after(leaf), placeholder});
+    bool from_acme = server->served_.size() >= config.certificates.size() && !placeholder;
+    server->served_.push_back(
+        {server->entries_.back().names, not_after(leaf), placeholder, from_acme});
   }
   if (server->entries_.empty()) {
     error = "no certificate";
@@ -316,9 +318,12 @@ int TlsServer::on_client_hello(SSL* ssl, int*, void*) {
     return SSL_CLIENT_HELLO_SUCCESS;
   AcmeChallenges& challenges = AcmeChallenges::instance();
   std::string name = hello_server_name(ssl);
+  // The challenge certificate alone (use_alpn_certificate clears the
+  // listener's), and no client certificate asked of the CA's validator.
   if (!name.empty() && challenges.use_alpn_certificate(ssl, name)) {
     static char marker;
     SSL_set_ex_data(ssl, acme_index(), &marker);
+    SSL_set_verify(ssl, SSL_VERIFY_NONE, nullptr);
   }
   return SSL_CLIENT_HELLO_SUCCESS;
 }

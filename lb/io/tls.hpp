@@ -46,6 +46,7 @@ public:
     std::vector<std::string> names; // as matched against SNI
     int64_t not_after = 0;          // seconds since the epoch
     bool self_signed_placeholder = false;
+    bool acme = false; // ordered by ACME (else a configured file)
   };
   // The certificates this listener serves, for lb_certificate_expiry_seconds.
   const std::vector<Served>& served() const { return served_; }

@@ -704,9 +704,11 @@ void ClientConnection::on_request_head() {
     keep_client_ = false;
     return respond_error(413, "request body larger than max_body_bytes", true);
   }
-  // ACME's HTTP-01 validations come from the CA, whatever the allow list says.
-  if (io::AcmeChallenges::http_pending() && head.target.view().starts_with(io::acme_challenge_path))
-    return respond_acme_challenge(head);
+  // ACME's HTTP-01 validations come from the CA, whatever the allow list
+  // says; other paths under the prefix (a backend's own) are routed.
+  if (io::AcmeChallenges::http_pending() &&
+      head.target.view().starts_with(io::acme_challenge_path) && respond_acme_challenge(head))
+    return;
   ClientAddress client{client_family_ == AF_INET6, client_family_ ? client_addr_ : nullptr,
                        !client_cert().empty()};
   if (!access_allowed(listener_->config, client))
@@ -731,6 +733,13 @@ void ClientConnection::on_request_head() {
     return respond_error(404, "no route matches the request", !keep_client_);
   x_->rule_ = route;
   const config::Route& rc = *route->config;
+  if (route->limiter) {
+    const config::HashKey& key = rc.rate_limit->key;
+    uint64_t hash = key.kind == config::HashKey::Kind::route ? 0 : upstream::hash64(key_of(key));
+    RateLimiter::Verdict v = route->limiter->take(hash, steady_us());
+    if (!v.allowed)
+      return respond_rate_limited(*route, v.retry_after_s);
+  }
   bool local =
       rc.action == config::Route::Action::redirect || rc.action == config::Route::Action::respond;
   if (local && !x_->req_done_)
@@ -853,6 +862,8 @@ void ClientConnection::on_client_writable() {
 // What a split_key, hash_key names, in this request.
 std::string_view ClientConnection::key_of(const config::HashKey& key) const {
   switch (key.kind) {
+  case config::HashKey::Kind::route:
+    return {};
   case config::HashKey::Kind::source_ip:
     return client_ip();
   case config::HashKey::Kind::header:
@@ -931,12 +942,12 @@ std::string_view ClientConnection::client_cert() const {
   return stream_ ? stream_->client_cert() : std::string_view(client_cert_);
 }
 
-void ClientConnection::respond_acme_challenge(const http::Head& head) {
+bool ClientConnection::respond_acme_challenge(const http::Head& head) {
   std::string_view token = head.target.view().substr(io::acme_challenge_path.size());
   token = token.substr(0, token.find('?'));
   std::optional<std::string> answer = io::AcmeChallenges::instance().http_answer(token);
   if (!answer)
-    return respond_error(404, "no ACME challenge has this token", !keep_client_);
+    return false;
   if (!x_->req_done_)
     keep_client_ = false;
   x_->acme_answer_ = std::move(*answer);
@@ -945,6 +956,19 @@ void ClientConnection::respond_acme_challenge(const http::Head& head) {
                     head.method.view() == "HEAD"};
   write_fixed(fixed, x_->answer_, x_->to_client_);
   send_local_answer();
+  return true;
+}
+
+void ClientConnection::respond_rate_limited(const CompiledRoute& route, uint32_t retry_after) {
+  const config::RateLimit& rl = *route.config->rate_limit;
+  route.limiter->count_refused(worker_.id);
+  RateLimitFields fields;
+  fields.limit = rl.rate;
+  fields.window_s =
+      static_cast<uint32_t>(std::chrono::duration_cast<std::chrono::seconds>(rl.per).count());
+  fields.burst = rl.burst;
+  fields.retry_after = retry_after;
+  respond_error(429, "the route's rate limit is reached: try again later", !keep_client_, &fields);
 }
 
 void ClientConnection::respond_maintenance() {
@@ -983,7 +1007,8 @@ void ClientConnection::send_local_answer() {
   do_write_client();
 }
 
-void ClientConnection::respond_error(int status, const char* reason, bool close_after) {
+void ClientConnection::respond_error(int status, const char* reason, bool close_after,
+                                     const RateLimitFields* rate_limit) {
   if (closed_)
     return;
   ensure_exchange(); // a head timeout can come before any byte of a request
@@ -1004,6 +1029,7 @@ void ClientConnection::respond_error(int status, const char* reason, bool close_
   answer.keep_alive = keep_client_;
   const http::Head& req = x_->req_.head();
   answer.head_request = req.start && req.method.view() == "HEAD";
+  answer.rate_limit = rate_limit;
   write_error(answer, x_->answer_, x_->to_client_);
   send_local_answer();
 }
@@ -1073,12 +1099,20 @@ void ClientConnection::finish_request_log() {
 
 // A reload or DNS change published a new snapshot: the next request uses it
 // (this one keeps what it started with). False when the new snapshot lacks
-// this connection's listener: it keeps the old one until it closes.
+// this connection's listener, or changed how its client certificate is
+// checked: it keeps the old one until it closes.
 bool ClientConnection::adopt_runtime() {
   if (runtime_ == worker_.runtime)
     return true;
   const ListenerRuntime* now = worker_.runtime->listener_by_id(listener_->id);
   if (!now)
+    return false;
+  // Who the client is was settled at the handshake, against the client_ca
+  // then in force: when client certificates are asked for and the TLS
+  // settings were built again (a reload, tls.watch), the client shakes hands
+  // again on a new connection (this one closes after its response).
+  if (ssl_ && listener_->tls.get() != now->tls.get() &&
+      (!listener_->config.tls.client_ca.empty() || !now->config.tls.client_ca.empty()))
     return false;
   runtime_ = worker_.runtime;
   listener_ = now;

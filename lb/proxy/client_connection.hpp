@@ -182,10 +182,14 @@ private:
   bool retry_budget_allows();
   bool another_backend_left() const;
   void start_try_clock();
-  void respond_error(int status, const char* reason, bool close);
+  void respond_error(int status, const char* reason, bool close,
+                     const RateLimitFields* rate_limit = nullptr);
+  // 429 from the route's rate limit.
+  void respond_rate_limited(const CompiledRoute& route, uint32_t retry_after);
   void respond_maintenance();
   void respond_redirect();
-  void respond_acme_challenge(const http::Head& head);
+  // The answer to a pending HTTP-01 challenge; false (nothing sent) for an unknown token.
+  bool respond_acme_challenge(const http::Head& head);
   std::string_view key_of(const config::HashKey& key) const;
   HeaderVars header_vars() const;
   // OPTIONS or TRACE whose Max-Forwards is 0: lb is the final recipient.

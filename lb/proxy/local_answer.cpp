@@ -97,7 +97,12 @@ constexpr size_t error_body_max = 3 + 1 + max_phrase + 2 + AnswerBuffer::max_rea
 constexpr size_t error_head_max =
     std::string_view("HTTP/1.1 ").size() + 3 + 1 + max_phrase + 2 +
     std::string_view("Content-Type: text/plain; charset=utf-8\r\n").size() +
-    std::string_view("Content-Length: \r\n").size() + max_number + allow.size() +
+    std::string_view("Content-Length: \r\n").size() + max_number +
+    std::max<size_t>(allow.size(), // (405 and 429 are never one answer)
+                     std::string_view("Retry-After: \r\nRateLimit-Policy: ;w=;burst=\r\n"
+                                      "RateLimit: limit=, remaining=0, reset=\r\n")
+                             .size() +
+                         6 * max_number) +
     std::string_view("Connection: keep-alive\r\n\r\n").size();
 static_assert(error_body_max + error_head_max <= AnswerBuffer::capacity);
 
@@ -186,6 +191,23 @@ void write_error(const ErrorAnswer& a, AnswerBuffer& buf, Outbox& out) {
   head.put("\r\n");
   if (a.status == 405)
     head.put(allow);
+  else if (const RateLimitFields* r = a.rate_limit) {
+    head.put("Retry-After: ");
+    head.put(uint64_t{r->retry_after});
+    head.put("\r\nRateLimit-Policy: ");
+    head.put(uint64_t{r->limit});
+    head.put(";w=");
+    head.put(uint64_t{r->window_s});
+    if (r->burst) {
+      head.put(";burst=");
+      head.put(uint64_t{r->burst});
+    }
+    head.put("\r\nRateLimit: limit=");
+    head.put(uint64_t{r->limit});
+    head.put(", remaining=0, reset=");
+    head.put(uint64_t{r->retry_after});
+    head.put("\r\n");
+  }
   head.put(a.keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n");
   out.clear();
   out.add(head.text());

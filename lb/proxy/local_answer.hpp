@@ -26,12 +26,22 @@ struct AnswerBuffer {
 // "Not Found" for 404, ...; "Error" for a status lb does not answer itself.
 std::string_view reason_phrase(int status);
 
+// A 429 from a route's rate limit: Retry-After and the IETF RateLimit-Policy
+// and RateLimit fields (draft-ietf-httpapi-ratelimit-headers).
+struct RateLimitFields {
+  uint32_t limit = 0;       // requests per window
+  uint32_t window_s = 1;    // the window, seconds
+  uint32_t burst = 0;       // beyond the rate, at once
+  uint32_t retry_after = 1; // seconds until a request would pass
+};
+
 struct ErrorAnswer {
   int status = 500;
   std::string_view reason;     // what went wrong, in the user's words
   std::string_view request_id; // shown in the body
   bool keep_alive = true;      // the connection stays open after it
   bool head_request = false;   // the answer to HEAD has the head only (RFC 9110 §9.3.2)
+  const RateLimitFields* rate_limit = nullptr; // with 429
 };
 // "HTTP/1.1 404 Not Found" with a text body naming the reason and the request
 // id. A 405 names what is allowed (RFC 9110 §15.5.6).

@@ -132,7 +132,7 @@ bool has_field_value(const http::Head& head, std::string_view name, std::string_
 } // namespace
 
 Router::Router(const std::vector<config::Route>& routes,
-               const std::vector<std::shared_ptr<upstream::Pool>>& pools) {
+               const std::vector<std::shared_ptr<upstream::Pool>>& pools, const Router* previous) {
   auto pool_index = [&](const std::string& name) {
     for (const auto& p : pools)
       if (p->name() == name)
@@ -142,6 +142,16 @@ Router::Router(const std::vector<config::Route>& routes,
   for (const auto& r : routes) {
     CompiledRoute c;
     c.config = &r;
+    c.label = r.name.empty() ? "#" + std::to_string(routes_.size()) : r.name;
+    if (r.rate_limit) {
+      // A reload keeps the buckets of a route with the same label and limit.
+      if (previous)
+        for (const auto& p : previous->routes_)
+          if (p.limiter && p.label == c.label && p.limiter->config() == *r.rate_limit)
+            c.limiter = p.limiter;
+      if (!c.limiter)
+        c.limiter = std::make_shared<RateLimiter>(*r.rate_limit);
+    }
     if (r.match.host.empty()) {
       c.host_match = CompiledRoute::HostMatch::any;
     } else if (r.match.host.rfind("*.", 0) == 0) {
@@ -283,9 +293,12 @@ Runtime::Runtime(std::shared_ptr<const config::Config> c, upstream::Registry& re
     pools.push_back(std::make_shared<upstream::Pool>(p, pools.size(), registry, discovered,
                                                      config->sticky_secret, std::move(tls)));
   }
-  for (const auto& l : config->listeners)
-    listeners.push_back(std::make_shared<ListenerRuntime>(l, listeners.size(),
-                                                          registry.listener_id(l.name), pools));
+  for (const auto& l : config->listeners) {
+    uint32_t id = registry.listener_id(l.name);
+    const ListenerRuntime* before = previous ? previous->listener_by_id(id) : nullptr;
+    listeners.push_back(std::make_shared<ListenerRuntime>(l, listeners.size(), id, pools,
+                                                          before ? &before->router : nullptr));
+  }
 }
 
 Runtime::Runtime(const Runtime& previous, upstream::Registry& registry,
@@ -303,12 +316,16 @@ std::unique_ptr<io::TlsServer> ListenerRuntime::make_tls(const config::Listener&
     acme = io::acme_stored_certificates(*c.tls.acme);
   auto server = io::TlsServer::create(c.tls, c.http2, acme, tls_error);
   if (!server && !acme.empty()) {
-    // A stored certificate that cannot be used is ordered again; until then
-    // the listener serves what it can.
-    io::log("listener %s: acme: cannot use the stored %s (%s); it will be ordered again",
-            c.name.c_str(), acme[0].cert.c_str(), tls_error.c_str());
-    tls_error.clear();
-    server = io::TlsServer::create(c.tls, c.http2, {}, tls_error);
+    // Without the stored certificate: when that works, the stored file is
+    // what is wrong, and it is ordered again; until then the listener
+    // serves what it can.
+    std::string without_error;
+    server = io::TlsServer::create(c.tls, c.http2, {}, without_error);
+    if (server) {
+      io::log("listener %s: acme: cannot use the stored %s (%s); it will be ordered again",
+              c.name.c_str(), acme[0].cert.c_str(), tls_error.c_str());
+      tls_error.clear();
+    }
   }
   return server;
 }

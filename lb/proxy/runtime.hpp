@@ -6,6 +6,7 @@
 #include "config/config_types.hpp"
 #include "lb/http/message.hpp"
 #include "lb/io/tls.hpp"
+#include "lb/proxy/rate_limit.hpp"
 #include "lb/upstream/pool.hpp"
 
 #include <memory>
@@ -41,18 +42,23 @@ struct CompiledRoute {
   // Action::split: pool indices with their cumulative weights.
   std::vector<std::pair<int, uint32_t>> split;
   uint32_t split_total = 0;
-  bool modifies_request = false;     // rewrite or request_headers
-  bool modifies_response = false;    // response_headers
-  bool request_vars = false;         // request_headers' values use %{...}
-  bool response_vars = false;        // response_headers' values use %{...}
-  bool only_host_and_prefix = false; // matches on nothing else
+  bool modifies_request = false;        // rewrite or request_headers
+  bool modifies_response = false;       // response_headers
+  bool request_vars = false;            // request_headers' values use %{...}
+  bool response_vars = false;           // response_headers' values use %{...}
+  bool only_host_and_prefix = false;    // matches on nothing else
+  std::string label;                    // its name, else "#INDEX": metrics, logs
+  std::shared_ptr<RateLimiter> limiter; // rate_limit; shared by workers (and across reloads)
 };
 
 // Routes of one listener, compiled: first match wins.
 class Router {
 public:
+  // `previous` (the same listener before a reload) lends its rate limiters'
+  // state to routes with the same label and limit.
   Router(const std::vector<config::Route>& routes,
-         const std::vector<std::shared_ptr<upstream::Pool>>& pools);
+         const std::vector<std::shared_ptr<upstream::Pool>>& pools,
+         const Router* previous = nullptr);
   ~Router();
   // The route for this request head, or nullptr when no route matches.
   // `authority` (from an absolute-form target), when not empty, stands for Host.
@@ -70,8 +76,9 @@ private:
 
 struct ListenerRuntime {
   ListenerRuntime(const config::Listener& c, size_t i, uint32_t listener_id,
-                  const std::vector<std::shared_ptr<upstream::Pool>>& pools)
-      : config(c), index(i), id(listener_id), router(config.routes, pools) {
+                  const std::vector<std::shared_ptr<upstream::Pool>>& pools,
+                  const Router* previous_router = nullptr)
+      : config(c), index(i), id(listener_id), router(config.routes, pools, previous_router) {
     if (c.tls.enabled)
       tls = make_tls(c);
   }

@@ -7,7 +7,7 @@ CA (lb's acme.ca), resolving the names through dnsmasq:
     certificate for both names, verified by curl --cacert <the ACME server's
     root + intermediate> --resolve; its SANs are the two names and its issuer
     the ACME server's intermediate; the storage directory is created 0700 and
-    account.key, a.lbtest.key and a.lbtest.crt are 0600; /metrics shows
+    account.key and a.lbtest.pem (the key and its chain) are 0600; /metrics shows
     lb_certificate_expiry_seconds (the certificate's notAfter) and
     lb_acme_renewals_total success 1, failure 0; the validations were HTTP-01
     ones on the plain listener;
@@ -114,7 +114,7 @@ def expiry(metrics, name):
     metric_value cannot take) -> [values]: one expected."""
     return [v for n, labels, v in harness.parse_metrics(metrics)
             if n == "lb_certificate_expiry_seconds"
-            and labels == {"listener": "public", "name": name}]
+            and labels == {"listener": "public", "name": name, "source": "acme"}]
 
 
 def read(path):
@@ -352,8 +352,7 @@ pools:
 
     def stored(self):
         return (os.path.join(self.storage, "account.key"),
-                os.path.join(self.storage, "a.lbtest.key"),
-                os.path.join(self.storage, "a.lbtest.crt"))
+                os.path.join(self.storage, "a.lbtest.pem"))
 
     # ------------------------------------------------------------------------
 
@@ -385,7 +384,7 @@ pools:
         for path in self.stored():
             self.assertTrue(os.path.isfile(path), path)
             self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
-        self.assertEqual(cert_info(read(self.stored()[2]))["serial"], leaf["serial"])
+        self.assertEqual(cert_info(read(self.stored()[1]))["serial"], leaf["serial"])
 
         # Log: issued, with its expiry and renewal at 2/3 of the lifetime.
         text = lb.stderr_text()
@@ -457,7 +456,7 @@ pools:
         self.wait_loaded(lb)
         root, _, _ = pebble.trust()
         port = pebble.tls_port
-        first = cert_info(read(self.stored()[2]))
+        first = cert_info(read(self.stored()[1]))
         renews_at = first["not_before"] + (first["not_after"] - first["not_before"]) * 2 // 3
         self.assertEqual(served_serial(port, "a.lbtest", root), first["serial"])
 
@@ -510,7 +509,7 @@ pools:
             self.wait_loaded(lb, times=2, timeout=timeout)
             renewed = time.monotonic()
             renewed_wall = time.time()
-            second = cert_info(read(self.stored()[2]))
+            second = cert_info(read(self.stored()[1]))
             harness.wait_until(lambda: any(s == second["serial"] for t, s in handshakes), 5)
             time.sleep(1.0)
         finally:
@@ -549,7 +548,7 @@ pools:
         self.wait_loaded(lb)
         root, _, _ = pebble.trust()
         port = pebble.tls_port
-        first = cert_info(read(self.stored()[2]))
+        first = cert_info(read(self.stored()[1]))
         renews_at = first["not_before"] + (first["not_after"] - first["not_before"]) * 2 // 3
 
         pebble.kill()
@@ -588,7 +587,7 @@ pools:
         pebble.start()
         new_root, chain, _ = pebble.trust()
         self.wait_loaded(lb, times=2, timeout=20)
-        second = cert_info(read(self.stored()[2]))
+        second = cert_info(read(self.stored()[1]))
         self.assertNotEqual(second["serial"], first["serial"])
         self.assertEqual(served_serial(port, "a.lbtest", new_root), second["serial"])
         self.assert_curl_verifies(port, chain)
@@ -621,7 +620,7 @@ pools:
         self.assertTrue(ok, lb2.stderr_text())
         m = re.search(r"certificate for a\.lbtest stored, expires (\S+), renews at (\S+)",
                       lb2.stderr_text())
-        leaf = cert_info(files[self.stored()[2]])
+        leaf = cert_info(files[self.stored()[1]])
         self.assertEqual(log_time(m.group(1)), leaf["not_after"])
         self.assertAlmostEqual(log_time(m.group(2)), leaf["not_before"] +
                                (leaf["not_after"] - leaf["not_before"]) * 2 // 3, delta=1)

@@ -300,7 +300,7 @@ TEST(Config, AcmeAloneMakesATlsListener) {
                                           "        email: ops@example.com\n"
                                           "        domains: [Example.COM, www.example.com]\n"
                                           "        storage: state/acme\n"
-                                          "        challenge: http-01"));
+                                          "        challenge: tls-alpn-01"));
   ASSERT_TRUE(config);
   const auto& tls = config->listeners[0].tls;
   EXPECT_TRUE(tls.enabled);
@@ -310,13 +310,19 @@ TEST(Config, AcmeAloneMakesATlsListener) {
   EXPECT_EQ(tls.acme->email, "ops@example.com");
   EXPECT_EQ(tls.acme->domains, (std::vector<std::string>{"example.com", "www.example.com"}));
   EXPECT_EQ(tls.acme->storage, "state/acme"); // relative to the config file (here: none)
-  EXPECT_EQ(tls.acme->challenge, Acme::Challenge::http_01);
+  EXPECT_EQ(tls.acme->challenge, Acme::Challenge::tls_alpn_01);
   EXPECT_FALSE(tls.watch);
   EXPECT_TRUE(tls.client_ca.empty());
   config = valid(with_listener_lines("    tls: { acme: { directory: https://a.example/d, "
                                      "domains: a.example, storage: s } }"));
   ASSERT_TRUE(config);
   EXPECT_EQ(config->listeners[0].tls.acme->challenge, Acme::Challenge::tls_alpn_01);
+  // HTTP-01 is answered on a plain listener: without one, lb check says so.
+  EXPECT_EQ(
+      only_error(with_listener_lines("    tls: { acme: { directory: https://a.example/d, "
+                                     "domains: a.example, storage: s, challenge: http-01 } }")),
+      "t.yaml:3:5: acme: challenge http-01 is answered on a listener without tls (the ACME "
+      "server connects to port 80): add one, or use tls-alpn-01");
 }
 
 TEST(Config, Http2IsOnByDefaultAndItsSettingsAreChecked) {

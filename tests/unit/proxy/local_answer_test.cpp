@@ -59,6 +59,26 @@ TEST(LocalAnswerTest, MethodNotAllowedNamesWhatIs) {
   EXPECT_EQ(a.field("Allow").find("CONNECT"), std::string::npos);
 }
 
+TEST(LocalAnswerTest, RateLimitedSaysWhenToComeBack) {
+  AnswerBuffer buf;
+  Outbox out;
+  RateLimitFields fields{100, 60, 50, 7};
+  ErrorAnswer e{429, "the route's rate limit is reached", "id", true, false, &fields};
+  write_error(e, buf, out);
+  Answer a(out);
+  EXPECT_EQ(a.field("Retry-After"), "7");
+  EXPECT_EQ(a.field("RateLimit-Policy"), "100;w=60;burst=50");
+  EXPECT_EQ(a.field("RateLimit"), "limit=100, remaining=0, reset=7");
+  EXPECT_EQ(a.field("Connection"), "keep-alive");
+  RateLimitFields no_burst{4294967295u, 1, 0, 4294967295u}; // the widest numbers fit
+  std::string reason(300, 'r'), id(200, 'i');
+  ErrorAnswer wide{429, reason, id, false, false, &no_burst};
+  write_error(wide, buf, out);
+  Answer b(out);
+  EXPECT_EQ(b.field("RateLimit-Policy"), "4294967295;w=1");
+  EXPECT_EQ(b.field("Connection"), "close");
+}
+
 TEST(LocalAnswerTest, LongPartsAreCutAndTheLengthStaysTrue) {
   AnswerBuffer buf;
   Outbox out;

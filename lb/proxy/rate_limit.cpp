@@ -1,0 +1,85 @@
+#include "lb/proxy/rate_limit.hpp"
+
+#include <algorithm>
+#include <chrono>
+
+namespace lb::proxy {
+
+namespace {
+
+// A slot: the key's fingerprint in the top 16 bits (never 0 for a used slot),
+// the theoretical arrival time in microseconds since the limiter's epoch in
+// the low 48 bits (8.9 years).
+constexpr int fp_shift = 48;
+constexpr uint64_t tat_mask = (uint64_t(1) << fp_shift) - 1;
+constexpr unsigned probes = 8;
+
+uint64_t fingerprint(uint64_t hash) {
+  uint64_t fp = hash >> fp_shift;
+  return fp ? fp : 1;
+}
+
+} // namespace
+
+int64_t steady_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+RateLimiter::RateLimiter(const config::RateLimit& config)
+    : config_(config), epoch_us_(steady_us() - 1) {
+  double per_us = config.per_second() / 1e6;
+  interval_us_ = std::max<int64_t>(1, static_cast<int64_t>(1.0 / per_us + 0.5));
+  tolerance_us_ = interval_us_ * static_cast<int64_t>(config.burst);
+  size_t n = 1;
+  while (n < config.max_keys)
+    n <<= 1;
+  slots_ = std::make_unique<std::atomic<uint64_t>[]>(n);
+  mask_ = n - 1;
+}
+
+RateLimiter::Verdict RateLimiter::take(uint64_t key_hash, int64_t now_us) {
+  // Times start at 1 so that a used slot is never all zero.
+  int64_t now = std::max<int64_t>(1, now_us - epoch_us_);
+  uint64_t fp = fingerprint(key_hash);
+  size_t first = static_cast<size_t>(key_hash) & mask_;
+  for (unsigned p = 0; p < probes; ++p) {
+    std::atomic<uint64_t>& slot = slots_[(first + p) & mask_];
+    uint64_t v = slot.load(std::memory_order_relaxed);
+    for (;;) {
+      bool mine = v != 0 && (v >> fp_shift) == fp;
+      int64_t tat = static_cast<int64_t>(v & tat_mask);
+      if (!mine && v != 0 && tat > now)
+        break; // another key's bucket, not full yet: the next slot
+      // GCRA: the key may run up to `tolerance` ahead of now.
+      int64_t start = mine ? std::max(tat, now) : now;
+      int64_t next = start + interval_us_;
+      if (next - now > tolerance_us_ + interval_us_) {
+        int64_t wait = next - now - tolerance_us_ - interval_us_;
+        return {false, static_cast<uint32_t>(std::max<int64_t>(1, (wait + 999999) / 1000000))};
+      }
+      uint64_t desired = (fp << fp_shift) | (static_cast<uint64_t>(next) & tat_mask);
+      if (slot.compare_exchange_weak(v, desired, std::memory_order_relaxed))
+        return {true, 0};
+      // v was reloaded: decide again.
+    }
+  }
+  // Every slot the key may use holds a live bucket of another key: the table
+  // is too small for the keys now active (max_keys). Let it through, counted.
+  untracked_.fetch_add(1, std::memory_order_relaxed);
+  return {true, 0};
+}
+
+void RateLimiter::count_refused(unsigned worker) {
+  refused_[worker % counters].n.fetch_add(1, std::memory_order_relaxed);
+}
+
+uint64_t RateLimiter::refused() const {
+  uint64_t sum = 0;
+  for (const auto& c : refused_)
+    sum += c.n.load(std::memory_order_relaxed);
+  return sum;
+}
+
+} // namespace lb::proxy
