@@ -9,7 +9,7 @@ packages=(
   libc-ares-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev
   python3 curl dnsmasq wrk haproxy nginx-light openssl chromium
   apache2-utils strace valgrind linux-perf
-  libnghttp2-dev nghttp2-client python3-h2 libre2-dev pebble prometheus
+  libnghttp2-dev nghttp2-client python3-h2 libre2-dev pebble prometheus redis-server libhiredis-dev
   clang libclang-rt-14-dev clang-format
 )
 
@@ -32,7 +32,7 @@ $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The daemons come from packages only as test helpers: lb's tests start their own
 # instances on loopback ports, so the system services must not hold ports or run.
-for svc in dnsmasq haproxy nginx prometheus; do
+for svc in dnsmasq haproxy nginx prometheus redis-server; do
   if command -v systemctl >/dev/null 2>&1; then $sudo systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
   if command -v service >/dev/null 2>&1; then $sudo service "$svc" stop >/dev/null 2>&1 || true; fi
 done

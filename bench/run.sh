@@ -221,7 +221,14 @@ start_proxy() {
     local maxconn=4096
     ((IDLE)) && maxconn=8192
     vars+=(MAXCONN="$maxconn")
-    if ((RULES)); then
+    if ((LIMIT)); then
+        # A rate limit per client address that nothing reaches: what the check costs.
+        vars+=(LB_ROUTES='routes: [ { pool: origin, rate_limit: { key: source_ip, rate: 1000000/s, burst: 1000000 } } ]'
+            HAPROXY_RULES='stick-table type ip size 100k expire 30s store http_req_rate(1s)\n    http-request track-sc0 src\n    http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000000 }'
+            NGINX_HTTP='limit_req_zone $binary_remote_addr zone=bench:10m rate=1000000r/s;'
+            NGINX_LOCATION='/'
+            NGINX_RULES='limit_req zone=bench burst=1000000 nodelay;')
+    elif ((RULES)); then
         # The same rules in each proxy: a regular expression on the path, two
         # request header rules (set, remove) and one on the response (set).
         vars+=(LB_ROUTES='routes: [ { match: { path_regex: "^/[a-z0-9]*$" }, pool: origin, request_headers: { set: { X-Env: bench }, remove: [X-Debug] }, response_headers: { set: { Strict-Transport-Security: "max-age=63072000" } } } ]'
@@ -231,6 +238,7 @@ start_proxy() {
     else
         vars+=(LB_ROUTES="routes: [ { pool: origin } ]" HAPROXY_RULES="" NGINX_LOCATION="/" NGINX_RULES="")
     fi
+    ((LIMIT)) || vars+=(NGINX_HTTP="")
     if ((TLS)); then
         local alpn=http/1.1 nginx_ssl=ssl
         ((H2)) && alpn=h2,http/1.1 nginx_ssl="ssl http2"
@@ -443,6 +451,9 @@ S_CONNS[f80x256]=256 S_PATH[f80x256]=/ S_HEADER[f80x256]="" S_RATE_OF[f80x256]=b
 S_TITLE[sys]="(sys) system calls per keep-alive GET /: ab -k -c16 -n $SYSCALL_REQUESTS, perf stat over the proxy's threads"
 S_TITLE[insn]="(insn) user instructions per keep-alive GET / (callgrind: 12,000 requests minus 2,000, ab -k -c4)"
 S_TITLE[insnrules]="(insnrules) as (insn), through the route of (rules)"
+S_TITLE[insnlimit]="(insnlimit) as (insn), through the route of (limit)"
+S_TITLE[limit]="(limit) as (a), through a route with a rate limit per client address that is never reached"
+S_CONNS[limit]=64 S_PATH[limit]=/ S_HEADER[limit]=""
 S_TITLE[rules]="(rules) as (a), through a route with a path regex and three header rules (request set and remove, response set)"
 S_CONNS[rules]=64 S_PATH[rules]=/ S_HEADER[rules]=""
 S_TITLE[h2]="(h2) HTTP/2 over TLS: h2load, 64 connections x 10 streams, GET / (ALPN h2)"
@@ -457,7 +468,8 @@ declare -A S_TLS=([e]=1 [h2]=1)
 declare -A S_H2=([h2]=1 [h2c]=1)
 declare -A S_RATE=([f]=1 [f256]=1 [f80]=1 [f80x256]=1)
 declare -A S_SYSCALLS=([sys]=1)
-declare -A S_INSN=([insn]=1 [insnrules]=1)
+declare -A S_INSN=([insn]=1 [insnrules]=1 [insnlimit]=1)
+declare -A S_LIMIT=([limit]=1 [insnlimit]=1)
 declare -A S_IDLE=([idle]=1)
 declare -A S_RULES=([rules]=1 [insnrules]=1)
 FIXED_RATE=0  # the scenario being measured paces requests (rate_client, not wrk)
@@ -467,6 +479,7 @@ SYSCALLS=0  # the scenario being measured counts system calls (ab, perf, strace)
 INSN=0  # the scenario being measured counts instructions (ab, callgrind)
 H2=0  # the scenario being measured speaks HTTP/2 to the proxy (h2load, not wrk)
 RULES=0  # the scenario being measured routes through listener rules
+LIMIT=0  # the scenario being measured routes through a rate limit
 
 # One certificate and key for every proxy's HTTPS listener (HAProxy wants
 # both in one file).
@@ -877,6 +890,7 @@ for scn in $SCENARIOS; do
     INSN=${S_INSN[$scn]:-0}
     H2=${S_H2[$scn]:-0}
     RULES=${S_RULES[$scn]:-0}
+    LIMIT=${S_LIMIT[$scn]:-0}
     if ((H2)) && ! command -v "$H2LOAD" >/dev/null; then log "run.sh: scenario $scn needs h2load (nghttp2-client)"; continue; fi
     if ((SYSCALLS)) && ! command -v "$AB" >/dev/null; then log "run.sh: scenario sys needs ab (apache2-utils)"; continue; fi
     if ((INSN)) && ! command -v "$VALGRIND" >/dev/null; then log "run.sh: scenario insn needs valgrind"; continue; fi

@@ -360,6 +360,7 @@ private:
   void admin(const Item& item, Admin& admin);
   void access_log(const Item& item, AccessLog& log);
   void dns(const Item& item, Dns& dns);
+  void cluster(const Item& item, Cluster& cluster);
   std::optional<std::string> dns_name(const Item& item, std::string_view text);
   void listener(const Item& item, Listener& listener);
   void tls(const Item& item, ListenerTls& tls);
@@ -710,7 +711,7 @@ void Loader::top(const YAML::Node& root, Config& config) {
   }
   auto items = fields({"config", root, root},
                       {"workers", "shutdown_timeout", "shutdown_delay", "sticky_secret", "admin",
-                       "access_log", "listeners", "pools", "dns"});
+                       "access_log", "listeners", "pools", "dns", "cluster"});
   if (!items)
     return;
   const Item* listeners = nullptr;
@@ -752,6 +753,8 @@ void Loader::top(const YAML::Node& root, Config& config) {
       access_log(item, config.access_log);
     } else if (item.name == "dns") {
       dns(item, config.dns);
+    } else if (item.name == "cluster") {
+      cluster(item, config.cluster);
     } else if (item.name == "listeners") {
       listeners = &item;
     } else if (item.name == "pools") {
@@ -829,6 +832,76 @@ void Loader::admin(const Item& item, Admin& admin) {
           "admin.listen: " + admin.listen.text() +
               " is not a loopback address: set admin.token_file (every endpoint but /healthz "
               "then needs the token), or listen on 127.0.0.1");
+}
+
+// cluster: { redis: HOST:PORT, password_file: FILE, key_prefix: "lb:" }
+void Loader::cluster(const Item& item, Cluster& cluster) {
+  auto items = fields(item, {"redis", "password_file", "key_prefix", "tls"});
+  if (!items)
+    return;
+  cluster.enabled = true;
+  bool has_redis = false;
+  for (const auto& f : *items) {
+    if (f.name == "redis") {
+      auto text = scalar(f, "HOST:PORT of the Redis server");
+      if (!text)
+        continue;
+      has_redis = true;
+      size_t colon = text->rfind(':');
+      std::string host = colon == std::string::npos ? *text : text->substr(0, colon);
+      std::string port = colon == std::string::npos ? "6379" : text->substr(colon + 1);
+      if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+        host = host.substr(1, host.size() - 2);
+      bool port_ok = !port.empty() && port.size() <= 5 &&
+                     port.find_first_not_of("0123456789") == std::string::npos &&
+                     std::stoul(port) >= 1 && std::stoul(port) <= 65535;
+      if (host.empty() || host.find_first_of(" /@") != std::string::npos || !port_ok)
+        error(f, "redis: expected HOST:PORT like 10.0.0.7:6379 or redis.internal:6379, got '" +
+                     *text + "'");
+      else {
+        cluster.host = host;
+        cluster.port = static_cast<uint16_t>(std::stoul(port));
+      }
+    } else if (f.name == "password_file") {
+      auto text = scalar(f, "a file path");
+      if (!text)
+        continue;
+      cluster.password_file = resolve(*text);
+      int fd = ::open(cluster.password_file.c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) {
+        error(f,
+              "password_file: cannot read " + cluster.password_file + ": " + std::strerror(errno));
+        continue;
+      }
+      char buf[513];
+      ssize_t n = ::read(fd, buf, sizeof buf);
+      ::close(fd);
+      std::string_view pw(buf, n > 0 ? static_cast<size_t>(n) : 0);
+      while (!pw.empty() && std::isspace(static_cast<unsigned char>(pw.back())))
+        pw.remove_suffix(1);
+      if (pw.empty() || n == static_cast<ssize_t>(sizeof buf))
+        error(f, "password_file: " + cluster.password_file +
+                     (pw.empty() ? " is empty" : " is longer than 512 bytes"));
+      else
+        cluster.password = std::string(pw);
+    } else if (f.name == "key_prefix") {
+      auto text = scalar(f, "a key prefix like lb:");
+      if (!text)
+        continue;
+      if (text->empty() || text->size() > 64 ||
+          !std::all_of(text->begin(), text->end(),
+                       [](unsigned char c) { return c > ' ' && c < 0x7f; }))
+        error(f, "key_prefix: expected up to 64 printable characters without spaces, got '" +
+                     *text + "'");
+      else
+        cluster.key_prefix = *text;
+    } else if (f.name == "tls") {
+      error(f, "tls: TLS to Redis is not available in this version of lb (Debian 12's hiredis "
+               "has none): reach Redis over a private network or a local tunnel");
+    }
+  }
+  if (!has_redis)
+    error(item.key, "cluster: needs redis (HOST:PORT of the Redis server)");
 }
 
 void Loader::dns(const Item& item, Dns& dns) {

@@ -303,6 +303,17 @@ struct Admin {
                                           // localhost (lower case)
 };
 
+// Several instances as one tier through Redis (`cluster:`).
+struct Cluster {
+  bool enabled = false;
+  std::string host; // a name or an address
+  uint16_t port = 6379;
+  std::string password_file; // empty: no AUTH
+  std::string password;      // read from password_file at load
+  std::string key_prefix = "lb:";
+  bool operator==(const Cluster&) const = default;
+};
+
 struct Config {
   std::string file;     // where it was loaded from
   unsigned workers = 0; // 0 = auto: one per core
@@ -314,6 +325,7 @@ struct Config {
   Admin admin;
   AccessLog access_log;
   Dns dns;
+  Cluster cluster;
   std::vector<Listener> listeners;
   std::vector<Pool> pools; // in file order
 

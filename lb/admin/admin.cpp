@@ -9,8 +9,10 @@
 #include <openssl/evp.h>
 
 #include <boost/asio/steady_timer.hpp>
+
 #include <boost/asio/write.hpp>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include <algorithm>
 #include <cctype>
@@ -419,7 +421,13 @@ Response AdminServer::handle(const Request& request) {
       return method_not_allowed("GET, HEAD");
     double uptime =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
-    return {200, "application/json", status_json(server_, uptime, shutting_down_), {}};
+    std::optional<ClusterLink> link;
+    if (cluster_status_)
+      link = cluster_status_();
+    return {200,
+            "application/json",
+            status_json(server_, uptime, shutting_down_, link ? &*link : nullptr),
+            {}};
   }
   if (path == "/healthz") {
     if (!get)
@@ -453,6 +461,22 @@ Response AdminServer::backend_action(const Request& request, const std::string& 
     return text(404, "no backend action '" + action + "': drain, enable or weight");
   if (weight ? request.method != "PUT" : request.method != "POST")
     return method_not_allowed(weight ? "PUT" : "POST");
+  // ?scope=cluster: for every instance sharing the cluster's Redis; else this one.
+  std::string_view query;
+  if (size_t q = request.target.find('?'); q != std::string::npos)
+    query = std::string_view(request.target).substr(q + 1);
+  bool cluster = false;
+  for (std::string_view rest = query; !rest.empty();) {
+    std::string_view param = rest.substr(0, rest.find('&'));
+    rest.remove_prefix(std::min(rest.size(), param.size() + 1));
+    if (param == "scope=cluster")
+      cluster = true;
+    else if (param != "scope=local" && !param.empty())
+      return text(400, "unknown parameter '" + std::string(param) +
+                           "': the only one is scope=local (default) or scope=cluster");
+  }
+  if (cluster && !cluster_publish_)
+    return text(400, "scope=cluster needs a cluster: {redis: HOST:PORT} block in the config");
 
   std::shared_ptr<const proxy::Runtime> runtime = server_.runtime();
   upstream::Pool* pool = nullptr;
@@ -488,19 +512,31 @@ Response AdminServer::backend_action(const Request& request, const std::string& 
     if (body.empty() || ec != std::errc() || end != body.data() + body.size() || value > max_weight)
       return text(400,
                   "weight: the body must be an integer 0..1000, got '" + std::string(body) + "'");
+    if (cluster) {
+      std::string why = cluster_publish_(pool_name, label, -1, static_cast<int>(value));
+      if (!why.empty())
+        return text(503, "scope=cluster: not written, nothing changed: " + why);
+    }
     pool->set_weight(static_cast<size_t>(b), value);
-    io::log("admin: pool %s backend %s weight set to %u", pool_name.c_str(), label.c_str(), value);
+    io::log("admin: pool %s backend %s weight set to %u%s", pool_name.c_str(), label.c_str(), value,
+            cluster ? " for the cluster" : "");
   } else {
     bool drain = action == "drain";
+    if (cluster) {
+      std::string why = cluster_publish_(pool_name, label, drain ? 1 : 0, -1);
+      if (!why.empty())
+        return text(503, "scope=cluster: not written, nothing changed: " + why);
+    }
     pool->set_drained(static_cast<size_t>(b), drain);
-    io::log("admin: pool %s backend %s %s", pool_name.c_str(), label.c_str(),
-            drain ? "drained" : "enabled");
+    io::log("admin: pool %s backend %s %s%s", pool_name.c_str(), label.c_str(),
+            drain ? "drained" : "enabled", cluster ? " for the cluster" : "");
   }
   const upstream::BackendState& st = pool->state(static_cast<size_t>(b));
   const upstream::Selection& selection = pool->selection();
   return json_response(
       200, {{"pool", pool_name},
             {"backend", label},
+            {"scope", cluster ? "cluster" : "local"},
             {"drained", st.drained.load()},
             {"weight", st.weight.load()},
             {"in_rotation", static_cast<size_t>(b) < selection.effective_weight.size() &&

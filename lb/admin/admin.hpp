@@ -39,6 +39,11 @@ struct ReloadResult {
 };
 using ReloadHandler = std::function<ReloadResult()>;
 
+// Writes a backend override for the whole tier (`?scope=cluster`): drained
+// (1, 0; -1 unchanged) and weight (-1 unchanged). "" on success, else why not.
+using ClusterPublisher = std::function<std::string(
+    const std::string& pool, const std::string& backend, int drained, int weight)>;
+
 struct Request {
   std::string method;
   std::string target;        // as sent: path and query
@@ -74,6 +79,12 @@ public:
   void set_health_check_counts(HealthCheckCounts counts) {
     metrics_.set_health_check_counts(std::move(counts));
   }
+  // the tier's Redis link (/status, metrics) and what ?scope=cluster writes,
+  void set_cluster(ClusterLinkStatus status, ClusterPublisher publish) {
+    cluster_status_ = status;
+    metrics_.set_cluster_status(std::move(status));
+    cluster_publish_ = std::move(publish);
+  }
   // what POST /reload does (unset: 501),
   void set_reload_handler(ReloadHandler reload) { reload_ = std::move(reload); }
   // and lb_config_reloads_total (count every reload, SIGHUP or POST /reload). Any thread.
@@ -92,6 +103,8 @@ private:
   server::Server& server_;
   MetricsCollector metrics_;
   ReloadHandler reload_;
+  ClusterLinkStatus cluster_status_;
+  ClusterPublisher cluster_publish_;
   boost::asio::ip::tcp::acceptor acceptor_;
   std::atomic<bool> shutting_down_{false};
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();

@@ -254,6 +254,21 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
     }
   }
 
+  auto redis_up =
+      family("lb_cluster_redis_up", "1 while the tier's Redis (cluster.redis) answers, else 0.",
+             MetricType::Gauge);
+  auto redis_trips = family("lb_cluster_redis_round_trips_total",
+                            "Round trips to the tier's Redis.", MetricType::Counter);
+  auto redis_errors =
+      family("lb_cluster_redis_errors_total",
+             "Failed connections and commands to the tier's Redis.", MetricType::Counter);
+  if (cluster_) {
+    ClusterLink link = cluster_();
+    gauge(redis_up, {{"redis", link.redis}}, link.connected ? 1 : 0);
+    counter(redis_trips, {{"redis", link.redis}}, static_cast<double>(link.round_trips));
+    counter(redis_errors, {{"redis", link.redis}}, static_cast<double>(link.errors));
+  }
+
   auto reloads =
       family("lb_config_reloads_total", "Configuration reloads, by result (success, failure).",
              MetricType::Counter);
@@ -291,6 +306,9 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
                           &reloads,
                           &build})
     out.push_back(std::move(*f));
+  if (cluster_) // (only with a cluster: block)
+    for (MetricFamily* f : {&redis_up, &redis_trips, &redis_errors})
+      out.push_back(std::move(*f));
   return out;
 }
 

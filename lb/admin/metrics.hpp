@@ -34,6 +34,16 @@ struct AcmeRenewalCount {
 };
 using AcmeRenewalCounts = std::function<std::vector<AcmeRenewalCount>()>;
 
+// The link to the tier's Redis (`cluster:`), for /status and metrics.
+struct ClusterLink {
+  std::string redis; // host:port
+  bool connected = false;
+  uint64_t round_trips = 0;
+  uint64_t errors = 0;
+  int64_t version = -1; // of the backend overrides applied; -1: none read yet
+};
+using ClusterLinkStatus = std::function<ClusterLink()>;
+
 class MetricsCollector : public prometheus::Collectable {
 public:
   explicit MetricsCollector(const server::Server& server) : server_(server) {}
@@ -43,6 +53,8 @@ public:
   void set_health_check_counts(HealthCheckCounts counts) { health_checks_ = std::move(counts); }
   // Where lb_acme_renewals_total comes from (same terms).
   void set_acme_renewal_counts(AcmeRenewalCounts counts) { acme_ = std::move(counts); }
+  // Where the lb_cluster_redis_* metrics come from (unset: no cluster).
+  void set_cluster_status(ClusterLinkStatus status) { cluster_ = std::move(status); }
   // Counts a configuration reload for lb_config_reloads_total. Any thread.
   void count_reload(bool ok) { (ok ? reloads_ok_ : reloads_failed_).fetch_add(1); }
 
@@ -54,6 +66,7 @@ private:
   const server::Server& server_;
   HealthCheckCounts health_checks_;
   AcmeRenewalCounts acme_;
+  ClusterLinkStatus cluster_;
   std::atomic<uint64_t> reloads_ok_{0};
   std::atomic<uint64_t> reloads_failed_{0};
 };

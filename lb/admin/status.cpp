@@ -7,7 +7,8 @@
 
 namespace lb::admin {
 
-std::string status_json(const server::Server& server, double uptime_seconds, bool draining) {
+std::string status_json(const server::Server& server, double uptime_seconds, bool draining,
+                        const ClusterLink* cluster) {
   using json = nlohmann::ordered_json;
   std::shared_ptr<const proxy::Runtime> runtime = server.runtime();
   const Totals t = gather(*runtime, server.metrics());
@@ -92,6 +93,12 @@ std::string status_json(const server::Server& server, double uptime_seconds, boo
               {"workers", server.workers()},
               {"listeners", std::move(listeners)},
               {"pools", std::move(pools)}};
+  if (cluster)
+    doc["cluster"] = json{{"redis", cluster->redis},
+                          {"connected", cluster->connected},
+                          {"round_trips", cluster->round_trips},
+                          {"errors", cluster->errors},
+                          {"overrides_version", cluster->version}};
   // Names come from the config: never let a stray byte make dump() throw.
   return doc.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }

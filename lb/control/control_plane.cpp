@@ -115,6 +115,8 @@ std::string describe(const std::vector<healthcheck::DnsRecord>& records) {
 void warn_unchanged(const config::Config& before, const config::Config& after) {
   if (before.workers != after.workers)
     io::log("reload: 'workers' changed: takes effect at the next restart");
+  if (!(before.cluster == after.cluster))
+    io::log("reload: 'cluster' changed: takes effect at the next restart");
   if (before.admin.listen.text() != after.admin.listen.text())
     io::log("reload: 'admin.listen' changed: takes effect at the next restart");
   if (before.access_log.path != after.access_log.path ||
@@ -204,6 +206,24 @@ bool ControlPlane::start() {
   admin_->set_reload_handler([this] { return reload("POST /reload"); });
   acme_.emplace([this] { boost::asio::post(io_, [this] { refresh_certificates("acme"); }); });
   acme_->update(*config_);
+  if (config_->cluster.enabled) {
+    // The tier's overrides are read before this instance serves.
+    cluster_.emplace(config_->cluster, [this](std::vector<cluster::Override> overrides) {
+      boost::asio::post(io_, [this, o = std::move(overrides)] { apply_overrides(o); });
+    });
+    std::vector<cluster::Override> overrides;
+    if (cluster_->fetch_now(overrides))
+      apply_overrides(overrides);
+    cluster_->start();
+    admin_->set_cluster(
+        [this] {
+          cluster::LinkStatus s = cluster_->status();
+          return admin::ClusterLink{s.redis, s.connected, s.round_trips, s.errors, s.version};
+        },
+        [this](const std::string& pool, const std::string& backend, int drained, int weight) {
+          return cluster_->publish({pool, backend, drained, weight});
+        });
+  }
   admin_->set_acme_renewal_counts([this] {
     std::vector<admin::AcmeRenewalCount> out;
     for (const auto& c : acme_->counts())
@@ -228,6 +248,8 @@ void ControlPlane::stop() {
   admin_->close();
   if (acme_)
     acme_->stop();
+  if (cluster_)
+    cluster_->stop();
   if (dns_.discovery)
     dns_.discovery->stop();
   checker_->stop();
@@ -515,6 +537,52 @@ bool ControlPlane::certificates_changed() {
   watched_ = now;
   changed_.clear();
   return true;
+}
+
+void ControlPlane::apply_overrides(const std::vector<cluster::Override>& overrides) {
+  std::lock_guard lock(control_);
+  // Only what changed since the last set: a local action on a backend stays
+  // until the tier changes that backend. Enables and weights go first, drains
+  // after, so that a set that moves traffic from one backend to another never
+  // leaves a pool empty in between.
+  std::vector<cluster::Override> changed;
+  for (const auto& o : overrides) {
+    std::string key = cluster::override_field(o.pool, o.backend);
+    cluster::Override& before = applied_overrides_[key];
+    cluster::Override delta = o;
+    if (before.drained == o.drained)
+      delta.drained = -1;
+    if (before.weight == o.weight)
+      delta.weight = -1;
+    before = o;
+    if (delta.drained >= 0 || delta.weight >= 0)
+      changed.push_back(delta);
+  }
+  auto find = [&](const cluster::Override& o) -> std::pair<upstream::Pool*, size_t> {
+    for (const auto& pool : server_->runtime()->pools)
+      if (pool->name() == o.pool)
+        for (size_t b = 0; b < pool->backends().size(); ++b)
+          if (pool->backends()[b].label == o.backend)
+            return {pool.get(), b};
+    return {nullptr, 0};
+  };
+  size_t applied = 0;
+  for (const auto& o : changed) {
+    auto [pool, b] = find(o);
+    if (!pool)
+      continue;
+    ++applied;
+    if (o.weight >= 0)
+      pool->set_weight(b, static_cast<uint32_t>(o.weight));
+    if (o.drained == 0)
+      pool->set_drained(b, false);
+  }
+  for (const auto& o : changed)
+    if (auto [pool, b] = find(o); pool && o.drained == 1)
+      pool->set_drained(b, true);
+  io::log("cluster: backend overrides version %lld applied (%zu changed, %zu of them in this "
+          "config)",
+          static_cast<long long>(cluster_->status().version), changed.size(), applied);
 }
 
 void ControlPlane::refresh_certificates(const char* why) {

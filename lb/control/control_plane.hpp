@@ -22,6 +22,7 @@
 #include "healthcheck/dns.hpp"
 #include "lb/acme/acme.hpp"
 #include "lb/admin/admin.hpp"
+#include "lb/cluster/cluster.hpp"
 #include "lb/server/server.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -29,6 +30,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -102,6 +104,10 @@ private:
   bool stopping_ = false;
   bool started_ = false;
   std::optional<acme::Manager> acme_;
+  std::optional<cluster::Cluster> cluster_;
+  std::map<std::string, cluster::Override> applied_overrides_; // "POOL BACKEND" -> last applied
+  // The tier's backend overrides (cluster:), applied to the pools in force.
+  void apply_overrides(const std::vector<cluster::Override>& overrides);
   // tls.watch: each watched file with what stat() said (mtime, size, inode).
   struct Stamp {
     std::string path;

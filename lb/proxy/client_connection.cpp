@@ -689,7 +689,11 @@ void ClientConnection::on_request_head() {
   }
   x_->upgrade_requested_ = mark_request_head(head, x_->authority_);
 
-  adopt_runtime(); // a keep-alive connection follows reloads request by request
+  // A keep-alive connection follows reloads request by request; one that
+  // cannot (its listener is gone, or it checks client certificates again)
+  // says Connection: close on this response.
+  if (!adopt_runtime())
+    keep_client_ = false;
 
   // Body bytes that arrived with the head, up to the end of this message.
   auto r = x_->req_.feed(cbuf_->data() + x_->c_parsed_, cbuf_->data() + c_len_);

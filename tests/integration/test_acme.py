@@ -26,7 +26,19 @@ CA (lb's acme.ca), resolving the names through dnsmasq:
     renewal succeeds;
   - a restart of lb reuses the stored account and certificate: same serial
     from the first handshake on, "stored" in the log, no new order and no new
-    account at the ACME server, lb_acme_renewals_total 0.
+    account at the ACME server, lb_acme_renewals_total 0;
+  - a storage directory others may write to (0777, made before lb starts) is
+    refused: the order fails with "is writable by other users", counted as a
+    failure, and nothing is written there; after chmod 700 the next try (the
+    backoff: 2 s, 4 s...) gets the certificate, verified by curl;
+  - tls-alpn-01 on a listener that requires client certificates (client_ca,
+    client_verify: required; no plain listener): the ACME server's validator,
+    which has no client certificate, is not asked for one and the certificate
+    is issued; then curl with a client certificate of that CA gets a 200 and
+    curl without one is refused in the handshake;
+  - the stored certificate file a.lbtest.pem (0600) holds the private key
+    block, then the chain (the leaf, matching that key, then its issuer), and
+    no temporary file (*.tmp) is left in the storage directory.
 """
 
 import calendar
@@ -103,6 +115,44 @@ def cert_info(pem):
             info["sans"] = [s.strip()[4:] for s in lines[i + 1].split(",")
                             if s.strip().startswith("DNS:")]
     return info
+
+
+def make_client_ca(directory):
+    """A CA for client certificates (client_ca) and, signed by it, one client
+    certificate (extendedKeyUsage clientAuth) -> (ca.pem, client.pem, client.key)."""
+    ca_key, ca_pem = (os.path.join(directory, n) for n in ("client-ca.key", "client-ca.pem"))
+    key, csr, pem = (os.path.join(directory, "client." + suffix)
+                     for suffix in ("key", "csr", "pem"))
+    ext = os.path.join(directory, "client.ext")
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", ca_key)
+    openssl("req", "-x509", "-new", "-key", ca_key, "-subj", "/CN=lb test client CA",
+            "-days", "2", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", ca_pem)
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
+    openssl("req", "-new", "-key", key, "-subj", "/CN=client.lbtest", "-out", csr)
+    with open(ext, "w") as f:
+        f.write("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                "extendedKeyUsage=clientAuth\nsubjectAltName=DNS:client.lbtest\n")
+    openssl("x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key, "-set_serial", "7",
+            "-days", "2", "-extfile", ext, "-out", pem)
+    return ca_pem, pem, key
+
+
+PEM_BLOCK_RE = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\n.*?\n-----END \1-----\n?", re.S)
+
+
+def pem_blocks(text):
+    """PEM text -> [(label, block text)] in file order; text outside blocks
+    (other than blank lines) is an error."""
+    blocks, rest, pos = [], [], 0
+    for m in PEM_BLOCK_RE.finditer(text):
+        rest.append(text[pos:m.start()])
+        blocks.append((m.group(1), m.group(0)))
+        pos = m.end()
+    rest.append(text[pos:])
+    if "".join(rest).strip():
+        raise AssertionError("text outside PEM blocks: %r" % "".join(rest).strip()[:200])
+    return blocks
 
 
 def der_info(der):
@@ -305,7 +355,7 @@ class Acme(harness.TestCase):
                              % (self.id(), p.log_text()[-6000:]))
         p.cleanup()
 
-    def config(self, pebble, challenge="http-01", plain=True):
+    def config(self, pebble, challenge="http-01", plain=True, tls_extra=""):
         plain_listener = f"""
   - name: plain
     listen: 127.0.0.1:{pebble.http_port}
@@ -318,7 +368,7 @@ access_log: {{ path: "off" }}
 listeners:{plain_listener}
   - name: public
     listen: 127.0.0.1:{pebble.tls_port}
-    tls:
+    tls:{tls_extra}
       acme:
         directory: {pebble.directory}
         email: ops@lbtest.example
@@ -338,10 +388,10 @@ pools:
         self.assertTrue(ok, "no certificate #%d after %.0f s; lb log:\n%s"
                         % (times, timeout, lb.stderr_text()[-4000:]))
 
-    def curl(self, port, name, cacert):
+    def curl(self, port, name, cacert, *args, path="/"):
         r = subprocess.run(["curl", "-sS", "--noproxy", "*", "--max-time", "10", "--cacert", cacert,
-                            "--resolve", "%s:%d:127.0.0.1" % (name, port),
-                            "https://%s:%d/" % (name, port)],
+                            "--resolve", "%s:%d:127.0.0.1" % (name, port)] + list(args) +
+                           ["https://%s:%d%s" % (name, port, path)],
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
         return r.returncode, r.stdout, r.stderr.decode("utf-8", "replace")
 
@@ -639,6 +689,111 @@ pools:
         self.assertEqual(lb2.metric("lb_acme_renewals_total", listener="public",
                                     result="failure"), 0)
         self.assertEqual(expiry(lb2.metrics_text(), "b.lbtest"), [leaf["not_after"]])
+
+    def test_storage_writable_by_others_is_refused_until_fixed(self):
+        # The storage directory exists before lb starts, open to everybody.
+        os.mkdir(self.storage)
+        os.chmod(self.storage, 0o777)
+        self.assertEqual(stat.S_IMODE(os.stat(self.storage).st_mode), 0o777)
+        pebble = self.pebble()
+        lb = self.lb(self.config(pebble, "http-01"))
+        ok = harness.wait_until(lambda: FAILED_RE.search(lb.stderr_text()), 15)
+        self.assertTrue(ok, lb.stderr_text())
+        m = FAILED_RE.search(lb.stderr_text())
+        self.assertIn("%s is writable by other users" % self.storage, m.group(1), m.group(0))
+        self.assertEqual((m.group(2), m.group(3)), ("2", "no certificate yet"), m.group(0))
+        self.assertGreaterEqual(lb.metric("lb_acme_renewals_total", listener="public",
+                                          result="failure"), 1)
+        self.assertEqual(lb.metric("lb_acme_renewals_total", listener="public",
+                                   result="success"), 0)
+        # Nothing was written there, nothing was asked of the ACME server, and
+        # lb left the directory's mode alone.
+        self.assertEqual(os.listdir(self.storage), [])
+        self.assertFalse(os.path.exists(self.stored()[0]))
+        self.assertEqual(pebble.count(r"POST /sign-me-up"), 0)
+        self.assertEqual(pebble.count(r"Added order "), 0)
+        self.assertEqual(stat.S_IMODE(os.stat(self.storage).st_mode), 0o777)
+        self.assertNotIn(LOADED, lb.stderr_text())
+
+        # Fixed: the next try (2 s after the first, then 4 s...) succeeds.
+        os.chmod(self.storage, 0o700)
+        self.wait_loaded(lb, timeout=20)
+        _, chain, _ = pebble.trust()
+        self.assert_curl_verifies(pebble.tls_port, chain)
+        for path in self.stored():
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600, path)
+        text = lb.stderr_text()
+        self.assertEqual(len(ISSUED_RE.findall(text)), 1, text)
+        for why, _, _ in FAILED_RE.findall(text):
+            self.assertIn("is writable by other users", why, text)
+        self.assertEqual(lb.metric("lb_acme_renewals_total", listener="public",
+                                   result="success"), 1)
+
+    def test_tls_alpn01_on_a_listener_requiring_client_certificates(self):
+        client_ca, client_cert, client_key = make_client_ca(self.storage_parent)
+        pebble = self.pebble()
+        lb = self.lb(self.config(pebble, "tls-alpn-01", plain=False,
+                                 tls_extra='\n      client_ca: "%s"\n      client_verify: required'
+                                           % client_ca))
+        self.assertEqual(list(lb.listeners), ["public"])
+        # The validator presents no client certificate: it must not be asked
+        # for one, or no certificate is ever issued.
+        self.wait_loaded(lb, timeout=30)
+        _, chain, _ = pebble.trust()
+        port = pebble.tls_port
+        plog = pebble.log_text()
+        self.assertEqual(pebble.count(r"set VALID by completed challenge"), 2, plog[-3000:])
+        self.assertNotIn("Attempting to validate w/ HTTP", plog)
+        self.assertIsNone(FAILED_RE.search(lb.stderr_text()), lb.stderr_text())
+        self.assertEqual(lb.metric("lb_acme_renewals_total", listener="public",
+                                   result="success"), 1)
+
+        # A client with a certificate of client_ca: a 200, lb's certificate verified.
+        for name in DOMAINS:
+            code, out, err = self.curl(port, name, chain, "--cert", client_cert,
+                                       "--key", client_key, path="/mtls/" + name)
+            self.assertEqual((code, out), (0, BODY), "curl --cert https://%s: %s" % (name, err))
+        # Without one: refused in the handshake, nothing reaches the origin.
+        code, out, err = self.curl(port, "a.lbtest", chain, path="/mtls/anonymous")
+        self.assertNotEqual(code, 0, "no client certificate, yet curl got %r" % out)
+        self.assertEqual(out, b"")
+        with self.assertRaises((ssl.SSLError, ConnectionError, OSError)):
+            with tls_connection(port, "a.lbtest", chain) as conn:
+                get(conn, "/mtls/python-anonymous")
+        self.assertEqual(sorted(e["target"] for e in self.web.log_entries()),
+                         ["/mtls/" + name for name in DOMAINS])
+        self.assertTrue(lb.running())
+
+    def test_stored_file_holds_the_key_then_the_chain(self):
+        pebble = self.pebble()
+        lb = self.lb(self.config(pebble, "http-01"))
+        self.wait_loaded(lb)
+        root, _, intermediate = pebble.trust()
+        path = self.stored()[1]
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        text = read(path)
+        blocks = pem_blocks(text)
+        labels = [label for label, _ in blocks]
+        self.assertIn(labels[0], ("PRIVATE KEY", "EC PRIVATE KEY"), labels)
+        self.assertGreaterEqual(len(labels), 3, labels)
+        self.assertEqual(labels[1:], ["CERTIFICATE"] * (len(labels) - 1),
+                         "the key first, then the chain: %r" % labels)
+        key, leaf_pem, issuer_pem = blocks[0][1], blocks[1][1], blocks[2][1]
+        # The leaf is what lb serves, and it belongs to the key stored with it.
+        leaf = cert_info(leaf_pem)
+        self.assertEqual(sorted(leaf["sans"]), DOMAINS)
+        self.assertEqual(served_serial(pebble.tls_port, "a.lbtest", root), leaf["serial"])
+        self.assertEqual(openssl("pkey", "-pubout", input=key.encode()),
+                         openssl("x509", "-noout", "-pubkey", input=leaf_pem.encode()),
+                         "the stored key does not match the stored certificate")
+        # Then its issuer, the ACME server's intermediate.
+        self.assertEqual(leaf["issuer"], cert_info(issuer_pem)["subject"])
+        self.assertEqual(cert_info(issuer_pem)["serial"], cert_info(intermediate)["serial"])
+        # No temporary file left behind.
+        names = sorted(os.listdir(self.storage))
+        self.assertEqual([n for n in names if n.endswith(".tmp") or ".tmp" in n], [], names)
+        self.assertIn("account.key", names)
+        self.assertIn("a.lbtest.pem", names)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,14 @@ rotation, as clients (real curl, Python ssl sockets) and the origins see them.
 - tls.watch: true: cert and key replaced by rename (key first, then cert) are
   served to new handshakes within ~5 s without a reload, every handshake in
   between succeeds, an open keep-alive connection keeps working; without watch
-  the certificate does not change when its files do.
+  the certificate does not change when its files do;
+- reloads and client certificates: a keep-alive mTLS connection (client_verify:
+  required, Python ssl with a client certificate) opened before a reload of
+  the same config gets its next request answered (200, the origin still sees
+  X-Forwarded-Client-Cert) with Connection: close, and lb closes it afterwards
+  (the client shakes hands again against the client_ca now in force); a new
+  connection with the certificate works. Without client_ca a reload closes
+  no keep-alive connection: no Connection: close, further requests work.
 """
 
 import hashlib
@@ -181,22 +188,25 @@ def values_seen(origin, target, name=XFCC):
     return [v for k, v in entries[0]["headers"] if k.lower() == name.lower()]
 
 
-def client_context(alpn=("http/1.1",)):
+def client_context(alpn=("http/1.1",), cert=None):
+    """cert: (cert path, key path) to present as a client certificate."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
+    if cert:
+        ctx.load_cert_chain(cert[0], cert[1])
     return ctx
 
 
 class TlsConn:
     """One TLS connection to lb speaking HTTP/1.1 keep-alive (Content-Length framed)."""
 
-    def __init__(self, port, timeout=10):
+    def __init__(self, port, timeout=10, cert=None):
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         try:
-            self.sock = client_context().wrap_socket(raw, server_hostname=SERVER_NAME)
+            self.sock = client_context(cert=cert).wrap_socket(raw, server_hostname=SERVER_NAME)
         except BaseException:
             raw.close()
             raise
@@ -230,6 +240,17 @@ class TlsConn:
         body, self.buf = self.buf[:n], self.buf[n:]
         return status, headers, body
 
+    def closed_by_peer(self, timeout=5.0):
+        """True if lb closes the connection (EOF, close_notify or a reset)
+        within `timeout` without sending anything more."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(1 << 16) == b""
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionError):
+            return True
+        except (socket.timeout, TimeoutError):
+            return False
+
     def close(self):
         try:
             self.sock.close()
@@ -258,6 +279,15 @@ def yaml_position(text, needle, value=True):
                     i += 1
             return n, i + 1
     raise AssertionError("%r not in the config" % needle)
+
+
+def reload_and_wait(test, lb, result):
+    """SIGHUP, then waits until lb counts one more reload with `result`."""
+    before = lb.metric("lb_config_reloads_total", result=result)
+    lb.reload()
+    test.assertTrue(wait_until(
+        lambda: lb.metric("lb_config_reloads_total", result=result) == before + 1,
+        timeout=10), "no reload %s counted; stderr:\n%s" % (result, lb.stderr_text()[-2000:]))
 
 
 PREAMBLE = """workers: 2
@@ -545,11 +575,7 @@ pools:
             os.replace(tmp, dst)
 
     def reload_and_wait(self, lb, result):
-        before = lb.metric("lb_config_reloads_total", result=result)
-        lb.reload()
-        self.assertTrue(wait_until(
-            lambda: lb.metric("lb_config_reloads_total", result=result) == before + 1,
-            timeout=10), "no reload %s counted; stderr:\n%s" % (result, lb.stderr_text()[-2000:]))
+        reload_and_wait(self, lb, result)
 
     def test_reload_rotates_the_certificate_and_keeps_open_connections(self):
         lb = self.start()
@@ -619,6 +645,97 @@ pools:
             self.assertEqual(handshake_der(lb.port()), self.der_a,
                              "the certificate changed without watch and without a reload")
         self.assert_keeps_working(old, "old", self.der_a)
+
+
+
+# ---------------------------------------------------------------------------
+
+class ReloadWithClientCertificates(harness.TestCase):
+    """A reload rebuilds a listener's TLS settings: a keep-alive connection
+    whose client certificate was checked against the old client_ca closes
+    after its next response; without client certificates it lives on."""
+
+    def setUp(self):
+        self.web = self.origin("web")
+
+    def start(self, client_verify=None):
+        return self.lb(PREAMBLE + """listeners:
+  - name: public
+    listen: 127.0.0.1:0
+""" + tls_block(client_verify) + """    routes: [ { pool: web } ]
+pools:
+  web: { backends: [ "%s" ] }
+""" % self.web.addr)
+
+    def connect(self, lb, cert=None):
+        conn = TlsConn(lb.port(), cert=cert)
+        self.addCleanup(conn.close)
+        return conn
+
+    def test_mtls_keepalive_connection_closes_after_a_reload(self):
+        lb = self.start("required")
+        conn = self.connect(lb, cert=Certs.alice)
+        status, headers, body = conn.get("/before/1")
+        self.assertEqual(status, 200, body)
+        self.assertNotEqual(headers.get("connection", "").lower(), "close")
+        self.assertEqual(values_seen(self.web, "/before/1"), [Certs.alice_xfcc])
+        status, headers, body = conn.get("/before/2")  # still keep-alive
+        self.assertEqual(status, 200, body)
+        self.assertNotEqual(headers.get("connection", "").lower(), "close")
+
+        reload_and_wait(self, lb, "success")  # the same config
+        # The next request is still answered, for the identity checked at the
+        # handshake, but it is the connection's last.
+        status, headers, body = conn.get("/after-reload")
+        self.assertEqual(status, 200, body)
+        with self.subTest("the response says Connection: close"):
+            self.assertEqual(headers.get("connection", "").lower(), "close",
+                             "the response after the reload: %r" % headers)
+        self.assertEqual(values_seen(self.web, "/after-reload"), [Certs.alice_xfcc])
+        self.assertTrue(conn.closed_by_peer(5.0),
+                        "the mTLS connection stays open after its Connection: close response")
+
+        # A new connection with the certificate works, on keep-alive again.
+        fresh = self.connect(lb, cert=Certs.alice)
+        for i in range(2):
+            status, headers, body = fresh.get("/fresh/%d" % i)
+            self.assertEqual(status, 200, body)
+            self.assertNotEqual(headers.get("connection", "").lower(), "close")
+            self.assertEqual(values_seen(self.web, "/fresh/%d" % i), [Certs.alice_xfcc])
+        # And it too closes after one more reload, not before.
+        reload_and_wait(self, lb, "success")
+        status, headers, body = fresh.get("/fresh/after-reload")
+        self.assertEqual(status, 200, body)
+        with self.subTest("the response says Connection: close (second reload)"):
+            self.assertEqual(headers.get("connection", "").lower(), "close",
+                             "the response after the second reload: %r" % headers)
+        self.assertTrue(fresh.closed_by_peer(5.0))
+        # Without a certificate the listener still refuses.
+        self.assertEqual(curl(lb.port(), "/anonymous")[1], 0)
+        self.assertEqual(self.web.requests_seen("/anonymous"), 0)
+        self.assertEqual(lb.metric("lb_config_reloads_total", result="failure"), 0)
+
+    def test_plain_tls_keepalive_connection_survives_a_reload(self):
+        lb = self.start()
+        conn = self.connect(lb)
+        status, headers, body = conn.get("/before")
+        self.assertEqual(status, 200, body)
+        self.assertNotEqual(headers.get("connection", "").lower(), "close")
+
+        reload_and_wait(self, lb, "success")  # the same config
+        for i in range(3):
+            status, headers, body = conn.get("/after-reload/%d" % i)
+            self.assertEqual(status, 200, body)
+            self.assertNotEqual(headers.get("connection", "").lower(), "close",
+                                "request %d after the reload: %r" % (i, headers))
+        self.assertFalse(conn.closed_by_peer(0.5), "lb closed the connection after a reload")
+        # Another reload: still the same connection.
+        reload_and_wait(self, lb, "success")
+        status, headers, body = conn.get("/after-second-reload")
+        self.assertEqual(status, 200, body)
+        self.assertNotEqual(headers.get("connection", "").lower(), "close")
+        self.assertEqual(self.web.requests_seen("/after-"), 4)
+        self.assertEqual(values_seen(self.web, "/before"), [])
 
 
 if __name__ == "__main__":

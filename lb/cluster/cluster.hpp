@@ -1,0 +1,91 @@
+#pragma once
+// Several lb instances as one tier, through Redis (`cluster: {redis: ...}`):
+// backend overrides (drain, enable, weight with `?scope=cluster`) are kept
+// in a Redis hash with a version number; every instance looks at the
+// version every 250 ms and applies a new set of overrides, and an instance
+// that starts reads them before it serves.
+//
+// One thread talks to Redis (hiredis, blocking with short timeouts), off the
+// data path: no request ever waits on Redis. When Redis cannot be reached
+// the instance keeps the overrides it has, logs once, counts the errors, and
+// logs again when Redis is back.
+
+#include "config/config_types.hpp"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+struct redisContext;
+
+namespace lb::cluster {
+
+// One backend's override, as every instance applies it.
+struct Override {
+  std::string pool;
+  std::string backend; // its label, host:port
+  int drained = -1;    // 1 drained, 0 enabled, -1 not set
+  int weight = -1;     // -1 not set
+};
+
+struct LinkStatus {
+  std::string redis; // host:port
+  bool connected = false;
+  uint64_t round_trips = 0;
+  uint64_t errors = 0;
+  int64_t version = -1; // of the overrides applied; -1: none read yet
+};
+
+class Cluster {
+public:
+  // `apply` runs on the cluster's thread with the whole set of overrides
+  // whenever their version changes.
+  Cluster(const config::Cluster& config, std::function<void(std::vector<Override>)> apply);
+  ~Cluster();
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
+
+  // Reads the overrides once, now (before serving), into `overrides`; false
+  // when Redis could not be reached (the instance starts without them and
+  // the thread tries again).
+  bool fetch_now(std::vector<Override>& overrides);
+  void start();
+  void stop();
+
+  // Writes one backend's override for the tier (admin `?scope=cluster`), on
+  // a connection of its own; "" on success, else why not.
+  std::string publish(const Override& o);
+
+  LinkStatus status() const;
+
+private:
+  void run();
+  bool poll(redisContext*& c, std::vector<Override>& out, bool& changed);
+  redisContext* connect(std::string& error) const;
+  void link_up(bool up, const std::string& why);
+
+  config::Cluster config_;
+  std::function<void(std::vector<Override>)> apply_;
+  std::thread thread_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stopping_ = false;
+  std::mutex publish_mutex_;
+  redisContext* poll_context_ = nullptr; // the thread's (and fetch_now's before it starts)
+  std::atomic<bool> connected_{false};
+  std::atomic<uint64_t> round_trips_{0};
+  std::atomic<uint64_t> errors_{0};
+  std::atomic<int64_t> version_{-1};
+  bool logged_down_ = false;
+};
+
+// The overrides hash's field for a backend: "POOL BACKEND".
+std::string override_field(const std::string& pool, const std::string& backend);
+
+} // namespace lb::cluster
