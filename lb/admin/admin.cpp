@@ -515,7 +515,7 @@ Response AdminServer::backend_action(const Request& request, const std::string& 
     if (cluster) {
       std::string why = cluster_publish_(pool_name, label, -1, static_cast<int>(value));
       if (!why.empty())
-        return text(503, "scope=cluster: not written, nothing changed: " + why);
+        return text(503, "scope=cluster: " + why);
     }
     pool->set_weight(static_cast<size_t>(b), value);
     io::log("admin: pool %s backend %s weight set to %u%s", pool_name.c_str(), label.c_str(), value,
@@ -525,7 +525,7 @@ Response AdminServer::backend_action(const Request& request, const std::string& 
     if (cluster) {
       std::string why = cluster_publish_(pool_name, label, drain ? 1 : 0, -1);
       if (!why.empty())
-        return text(503, "scope=cluster: not written, nothing changed: " + why);
+        return text(503, "scope=cluster: " + why);
     }
     pool->set_drained(static_cast<size_t>(b), drain);
     io::log("admin: pool %s backend %s %s%s", pool_name.c_str(), label.c_str(),

@@ -88,6 +88,7 @@ void Cluster::link_up(bool up, const std::string& why) {
 bool Cluster::poll(redisContext*& c, std::vector<Override>& out, bool& changed) {
   changed = false;
   std::string error;
+  bool fresh = !c; // a new connection reads the set whatever the version says
   if (!c && !(c = connect(error))) {
     errors_.fetch_add(1);
     link_up(false, error);
@@ -105,7 +106,7 @@ bool Cluster::poll(redisContext*& c, std::vector<Override>& out, bool& changed) 
   }
   link_up(true, "");
   int64_t version = v->type == REDIS_REPLY_NIL ? 0 : std::atoll(v->str);
-  if (version == version_.load())
+  if (version == version_.load() && !fresh)
     return true;
   std::string hash_key = config_.key_prefix + "overrides";
   Reply all = command(c, "HGETALL %b", hash_key.data(), hash_key.size());
@@ -132,16 +133,24 @@ bool Cluster::poll(redisContext*& c, std::vector<Override>& out, bool& changed) 
     Override& o = by_backend[{pool, backend}];
     o.pool = pool;
     o.backend = backend;
-    long n = std::atol(std::string(val->str, val->len).c_str());
-    if (field[0] == 'd')
+    // "VALUE@VERSION": the version that wrote it.
+    std::string text(val->str, val->len);
+    size_t at = text.find('@');
+    long n = std::atol(text.substr(0, at).c_str());
+    int64_t stamp = at == std::string::npos ? 0 : std::atoll(text.c_str() + at + 1);
+    if (field[0] == 'd') {
       o.drained = n ? 1 : 0;
-    else if (field[0] == 'w' && n >= 0 && n <= 1000)
+      o.drained_stamp = stamp;
+    } else if (field[0] == 'w' && n >= 0 && n <= 1000) {
       o.weight = static_cast<int>(n);
+      o.weight_stamp = stamp;
+    }
   }
   out.clear();
   for (auto& [k, o] : by_backend)
     out.push_back(std::move(o));
-  version_.store(version);
+  int64_t before = version_.exchange(version);
+  went_down_.store(before > 0 && version < before);
   changed = true;
   return true;
 }
@@ -183,44 +192,45 @@ std::string Cluster::publish(const Override& o) {
   redisContext* c = connect(error);
   if (!c) {
     errors_.fetch_add(1);
-    return "redis " + config_.host + ":" + std::to_string(config_.port) + ": " + error;
+    return "not written, nothing changed: redis " + config_.host + ":" +
+           std::to_string(config_.port) + ": " + error;
   }
   std::string hash_key = config_.key_prefix + "overrides";
   std::string version_key = config_.key_prefix + "overrides:version";
   std::string field = override_field(o.pool, o.backend);
-  // The change and the new version in one transaction.
-  redisAppendCommand(c, "MULTI");
+  // The new version and the fields stamped with it, in one script (atomic).
+  static const std::string script =
+      "local v = redis.call('INCR', KEYS[2]) "
+      "for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1] .. '@' .. v) end "
+      "return v";
+  std::vector<std::string> args = {"EVAL", script, "2", hash_key, version_key};
   if (o.drained >= 0) {
-    std::string f = "d:" + field, v = std::to_string(o.drained);
-    redisAppendCommand(c, "HSET %b %b %b", hash_key.data(), hash_key.size(), f.data(), f.size(),
-                       v.data(), v.size());
+    args.push_back("d:" + field);
+    args.push_back(std::to_string(o.drained));
   }
   if (o.weight >= 0) {
-    std::string f = "w:" + field, v = std::to_string(o.weight);
-    redisAppendCommand(c, "HSET %b %b %b", hash_key.data(), hash_key.size(), f.data(), f.size(),
-                       v.data(), v.size());
+    args.push_back("w:" + field);
+    args.push_back(std::to_string(o.weight));
   }
-  redisAppendCommand(c, "INCR %b", version_key.data(), version_key.size());
-  redisAppendCommand(c, "EXEC");
-  size_t replies = 3 + (o.drained >= 0) + (o.weight >= 0);
+  std::vector<const char*> argv;
+  std::vector<size_t> lens;
+  for (const auto& a : args) {
+    argv.push_back(a.data());
+    lens.push_back(a.size());
+  }
+  Reply r(static_cast<redisReply*>(
+      redisCommandArgv(c, static_cast<int>(argv.size()), argv.data(), lens.data())));
   std::string why;
-  for (size_t i = 0; i < replies; ++i) {
-    void* raw = nullptr;
-    if (redisGetReply(c, &raw) != REDIS_OK) {
-      why = failure(c, nullptr);
-      break;
-    }
-    Reply r(static_cast<redisReply*>(raw));
-    if (r->type == REDIS_REPLY_ERROR && why.empty())
-      why = failure(c, r.get());
-    if (i + 1 == replies && r->type != REDIS_REPLY_ARRAY && why.empty())
-      why = "the transaction was not applied";
-  }
+  if (!r)
+    why = failure(c, nullptr) + " (the write may or may not have been applied)";
+  else if (r->type != REDIS_REPLY_INTEGER)
+    why = failure(c, r.get());
   round_trips_.fetch_add(1);
   redisFree(c);
   if (!why.empty()) {
     errors_.fetch_add(1);
-    return "redis " + config_.host + ":" + std::to_string(config_.port) + ": " + why;
+    return (r ? "not written, nothing changed: redis " : "outcome unknown: redis ") + config_.host +
+           ":" + std::to_string(config_.port) + ": " + why;
   }
   return {};
 }

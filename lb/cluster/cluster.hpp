@@ -32,6 +32,9 @@ struct Override {
   std::string backend; // its label, host:port
   int drained = -1;    // 1 drained, 0 enabled, -1 not set
   int weight = -1;     // -1 not set
+  // The version that wrote each (a later write of the same value is newer).
+  int64_t drained_stamp = 0;
+  int64_t weight_stamp = 0;
 };
 
 struct LinkStatus {
@@ -51,6 +54,9 @@ public:
   Cluster(const Cluster&) = delete;
   Cluster& operator=(const Cluster&) = delete;
 
+  // Whether the last set read came with a lower version than the one before
+  // (Redis lost data, or a replica that lagged took over).
+  bool version_went_down() const { return went_down_.load(); }
   // Reads the overrides once, now (before serving), into `overrides`; false
   // when Redis could not be reached (the instance starts without them and
   // the thread tries again).
@@ -82,6 +88,7 @@ private:
   std::atomic<uint64_t> round_trips_{0};
   std::atomic<uint64_t> errors_{0};
   std::atomic<int64_t> version_{-1};
+  std::atomic<bool> went_down_{false};
   bool logged_down_ = false;
 };
 

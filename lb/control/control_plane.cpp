@@ -313,6 +313,8 @@ void ControlPlane::on_dns_answer(uint64_t generation, const std::string& key,
       return;
     }
     checker_->update(health_targets(*next));
+    if (cluster_)
+      reapply_overrides();
   });
 }
 
@@ -395,6 +397,8 @@ admin::ReloadResult ControlPlane::reload(const char* why) {
   }
   config_ = loaded.config;
   checker_->update(health_targets(*next));
+  if (cluster_)
+    reapply_overrides();
   acme_->update(*config_);
   watch_certificates();
   size_t backends = 0;
@@ -417,8 +421,18 @@ void ControlPlane::on_signal(const boost::system::error_code& ec, int sig) {
   if (ec)
     return;
   if (sig == SIGHUP) {
-    if (!stopping_)
+    // Until the drain, a lame duck still serves: it still reloads.
+    if (!stopping_ || lame_duck_)
       reload("SIGHUP");
+    else
+      io::log("SIGHUP: ignored while draining");
+    return do_wait_signal();
+  }
+  if (lame_duck_) {
+    // A second signal during the lame duck: drain now (a third stops at once).
+    lame_duck_ = false;
+    deadline_.cancel();
+    start_drain(sig == SIGTERM ? "second SIGTERM" : "second SIGINT");
     return do_wait_signal();
   }
   if (stopping_) {
@@ -436,10 +450,13 @@ void ControlPlane::on_signal(const boost::system::error_code& ec, int sig) {
             "draining (up to %lld ms)",
             name, static_cast<long long>(config_->shutdown_delay.count()),
             static_cast<long long>(config_->shutdown_timeout.count()));
+    lame_duck_ = true;
     deadline_.expires_after(config_->shutdown_delay);
     deadline_.async_wait([this](const boost::system::error_code& e) {
-      if (!e)
-        start_drain("shutdown_delay over");
+      if (e || !lame_duck_)
+        return;
+      lame_duck_ = false;
+      start_drain("shutdown_delay over");
     });
   } else {
     start_drain(name);
@@ -478,7 +495,8 @@ void ControlPlane::on_tick(const boost::system::error_code& ec) {
     for (const auto& pool : server_->runtime()->pools)
       pool->tick();
   }
-  if (++ticks_ % 10 == 0 && !watched_.empty() && !stopping_ && certificates_changed())
+  if (++ticks_ % 10 == 0 && !watched_.empty() && (!stopping_ || lame_duck_) &&
+      certificates_changed())
     refresh_certificates("tls.watch");
   do_tick();
 }
@@ -541,23 +559,21 @@ bool ControlPlane::certificates_changed() {
 
 void ControlPlane::apply_overrides(const std::vector<cluster::Override>& overrides) {
   std::lock_guard lock(control_);
-  // Only what changed since the last set: a local action on a backend stays
-  // until the tier changes that backend. Enables and weights go first, drains
-  // after, so that a set that moves traffic from one backend to another never
-  // leaves a pool empty in between.
-  std::vector<cluster::Override> changed;
-  for (const auto& o : overrides) {
-    std::string key = cluster::override_field(o.pool, o.backend);
-    cluster::Override& before = applied_overrides_[key];
-    cluster::Override delta = o;
-    if (before.drained == o.drained)
-      delta.drained = -1;
-    if (before.weight == o.weight)
-      delta.weight = -1;
-    before = o;
-    if (delta.drained >= 0 || delta.weight >= 0)
-      changed.push_back(delta);
+  tier_overrides_ = overrides;
+  if (cluster_->version_went_down()) {
+    io::log("cluster: the overrides' version went down (Redis lost data, or a replica that lagged "
+            "took over): applying the set as it is now");
+    applied_stamps_.clear();
   }
+  reapply_overrides();
+}
+
+// Each field of the tier's set that is newer than what this instance applied
+// (a local action on a backend stays until the tier writes that backend
+// again). Enables and weights go first, drains after, so that a set that
+// moves traffic from one backend to another never leaves a pool empty in
+// between. A backend this config lacks gets its override when a reload adds it.
+void ControlPlane::reapply_overrides() {
   auto find = [&](const cluster::Override& o) -> std::pair<upstream::Pool*, size_t> {
     for (const auto& pool : server_->runtime()->pools)
       if (pool->name() == o.pool)
@@ -566,27 +582,40 @@ void ControlPlane::apply_overrides(const std::vector<cluster::Override>& overrid
             return {pool.get(), b};
     return {nullptr, 0};
   };
+  auto fresh = [&](const std::string& field, int64_t stamp) {
+    auto it = applied_stamps_.find(field);
+    return it == applied_stamps_.end() || stamp > it->second;
+  };
   size_t applied = 0;
-  for (const auto& o : changed) {
+  std::vector<std::pair<upstream::Pool*, size_t>> drains;
+  for (const auto& o : tier_overrides_) {
     auto [pool, b] = find(o);
     if (!pool)
       continue;
-    ++applied;
-    if (o.weight >= 0)
+    std::string field = cluster::override_field(o.pool, o.backend);
+    if (o.weight >= 0 && fresh("w:" + field, o.weight_stamp)) {
       pool->set_weight(b, static_cast<uint32_t>(o.weight));
-    if (o.drained == 0)
-      pool->set_drained(b, false);
+      applied_stamps_["w:" + field] = o.weight_stamp;
+      ++applied;
+    }
+    if (o.drained >= 0 && fresh("d:" + field, o.drained_stamp)) {
+      if (o.drained == 1)
+        drains.emplace_back(pool, b);
+      else
+        pool->set_drained(b, false);
+      applied_stamps_["d:" + field] = o.drained_stamp;
+      ++applied;
+    }
   }
-  for (const auto& o : changed)
-    if (auto [pool, b] = find(o); pool && o.drained == 1)
-      pool->set_drained(b, true);
-  io::log("cluster: backend overrides version %lld applied (%zu changed, %zu of them in this "
-          "config)",
-          static_cast<long long>(cluster_->status().version), changed.size(), applied);
+  for (auto [pool, b] : drains)
+    pool->set_drained(b, true);
+  if (applied)
+    io::log("cluster: backend overrides version %lld: %zu change%s applied",
+            static_cast<long long>(cluster_->status().version), applied, applied == 1 ? "" : "s");
 }
 
 void ControlPlane::refresh_certificates(const char* why) {
-  if (stopping_ || !started_)
+  if ((stopping_ && !lame_duck_) || !started_)
     return;
   std::lock_guard lock(control_);
   auto next = std::make_shared<Runtime>(config_, registry_, discovered_, server_->runtime().get());

@@ -102,10 +102,13 @@ private:
   boost::asio::steady_timer deadline_;
   boost::asio::steady_timer tick_;
   bool stopping_ = false;
+  bool lame_duck_ = false; // stopping, but still serving (shutdown_delay)
   bool started_ = false;
   std::optional<acme::Manager> acme_;
   std::optional<cluster::Cluster> cluster_;
-  std::map<std::string, cluster::Override> applied_overrides_; // "POOL BACKEND" -> last applied
+  std::vector<cluster::Override> tier_overrides_; // the last set read
+  std::map<std::string, int64_t> applied_stamps_; // "d:POOL BACKEND" -> the version applied
+  void reapply_overrides();                       // (control_ held)
   // The tier's backend overrides (cluster:), applied to the pools in force.
   void apply_overrides(const std::vector<cluster::Override>& overrides);
   // tls.watch: each watched file with what stat() said (mtime, size, inode).

@@ -739,7 +739,7 @@ void ClientConnection::on_request_head() {
   const config::Route& rc = *route->config;
   if (route->limiter) {
     const config::HashKey& key = rc.rate_limit->key;
-    uint64_t hash = key.kind == config::HashKey::Kind::route ? 0 : upstream::hash64(key_of(key));
+    uint64_t hash = route->limiter->hash(key_of(key)); // (route: the empty key, one bucket)
     RateLimiter::Verdict v = route->limiter->take(hash, steady_us());
     if (!v.allowed)
       return respond_rate_limited(*route, v.retry_after_s);

@@ -1,5 +1,9 @@
 #include "lb/proxy/rate_limit.hpp"
 
+#include "lb/upstream/hashing.hpp"
+
+#include <random>
+
 #include <algorithm>
 #include <chrono>
 
@@ -29,11 +33,15 @@ int64_t steady_us() {
 
 RateLimiter::RateLimiter(const config::RateLimit& config)
     : config_(config), epoch_us_(steady_us() - 1) {
+  std::random_device random;
+  seed_ = (uint64_t(random()) << 32) | random();
   double per_us = config.per_second() / 1e6;
   interval_us_ = std::max<int64_t>(1, static_cast<int64_t>(1.0 / per_us + 0.5));
   tolerance_us_ = interval_us_ * static_cast<int64_t>(config.burst);
+  // Twice max_keys (rounded up to a power of two): the 8 slots a key may use
+  // are seldom all live before max_keys keys are.
   size_t n = 1;
-  while (n < config.max_keys)
+  while (n < 2 * static_cast<size_t>(config.max_keys))
     n <<= 1;
   slots_ = std::make_unique<std::atomic<uint64_t>[]>(n);
   mask_ = n - 1;
@@ -44,32 +52,53 @@ RateLimiter::Verdict RateLimiter::take(uint64_t key_hash, int64_t now_us) {
   int64_t now = std::max<int64_t>(1, now_us - epoch_us_);
   uint64_t fp = fingerprint(key_hash);
   size_t first = static_cast<size_t>(key_hash) & mask_;
-  for (unsigned p = 0; p < probes; ++p) {
-    std::atomic<uint64_t>& slot = slots_[(first + p) & mask_];
-    uint64_t v = slot.load(std::memory_order_relaxed);
-    for (;;) {
-      bool mine = v != 0 && (v >> fp_shift) == fp;
-      int64_t tat = static_cast<int64_t>(v & tat_mask);
-      if (!mine && v != 0 && tat > now)
-        break; // another key's bucket, not full yet: the next slot
-      // GCRA: the key may run up to `tolerance` ahead of now.
-      int64_t start = mine ? std::max(tat, now) : now;
-      int64_t next = start + interval_us_;
-      if (next - now > tolerance_us_ + interval_us_) {
-        int64_t wait = next - now - tolerance_us_ - interval_us_;
-        return {false, static_cast<uint32_t>(std::max<int64_t>(1, (wait + 999999) / 1000000))};
+  for (;;) {
+    // The key's own slot first (live or not): a key must never leave its
+    // bucket for a free slot while the bucket still holds it back.
+    std::atomic<uint64_t>* slot = nullptr;
+    std::atomic<uint64_t>* free_slot = nullptr;
+    uint64_t v = 0, free_v = 0;
+    for (unsigned p = 0; p < probes; ++p) {
+      std::atomic<uint64_t>& s = slots_[(first + p) & mask_];
+      uint64_t sv = s.load(std::memory_order_relaxed);
+      if (sv != 0 && (sv >> fp_shift) == fp) {
+        slot = &s;
+        v = sv;
+        break;
       }
-      uint64_t desired = (fp << fp_shift) | (static_cast<uint64_t>(next) & tat_mask);
-      if (slot.compare_exchange_weak(v, desired, std::memory_order_relaxed))
-        return {true, 0};
-      // v was reloaded: decide again.
+      if (!free_slot && (sv == 0 || static_cast<int64_t>(sv & tat_mask) <= now)) {
+        free_slot = &s; // empty, or another key's bucket that has filled up again
+        free_v = sv;
+      }
     }
+    bool mine = slot != nullptr;
+    if (!mine) {
+      if (!free_slot) {
+        // Every slot the key may use holds a live bucket of another key: the
+        // table is too small for the keys now active (max_keys). Let it
+        // through, counted.
+        untracked_.fetch_add(1, std::memory_order_relaxed);
+        return {true, 0};
+      }
+      slot = free_slot;
+      v = free_v;
+    }
+    // GCRA: the key may run up to `tolerance` ahead of now.
+    int64_t tat = static_cast<int64_t>(v & tat_mask);
+    int64_t start = mine ? std::max(tat, now) : now;
+    int64_t next = start + interval_us_;
+    if (next - now > tolerance_us_ + interval_us_) {
+      int64_t wait = next - now - tolerance_us_ - interval_us_;
+      return {false, static_cast<uint32_t>(std::max<int64_t>(1, (wait + 999999) / 1000000))};
+    }
+    uint64_t desired = (fp << fp_shift) | (static_cast<uint64_t>(next) & tat_mask);
+    if (slot->compare_exchange_strong(v, desired, std::memory_order_relaxed))
+      return {true, 0};
+    // Another worker changed the slot in between: look again.
   }
-  // Every slot the key may use holds a live bucket of another key: the table
-  // is too small for the keys now active (max_keys). Let it through, counted.
-  untracked_.fetch_add(1, std::memory_order_relaxed);
-  return {true, 0};
 }
+
+uint64_t RateLimiter::hash(std::string_view key) const { return upstream::hash64(key, seed_); }
 
 void RateLimiter::count_refused(unsigned worker) {
   refused_[worker % counters].n.fetch_add(1, std::memory_order_relaxed);

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace lb::proxy {
@@ -27,9 +28,12 @@ public:
     bool allowed = true;
     uint32_t retry_after_s = 0; // refused: whole seconds until a request would pass (>= 1)
   };
-  // One request of the key whose hash is `key_hash`, at `now_us` (a steady
-  // clock in microseconds).
+  // One request of the key whose hash is `key_hash` (see hash()), at
+  // `now_us` (a steady clock in microseconds).
   Verdict take(uint64_t key_hash, int64_t now_us);
+  // A key's hash, seeded per limiter at random: where a key lands cannot be
+  // worked out from outside (to crowd another key's slots, or share its bucket).
+  uint64_t hash(std::string_view key) const;
 
   const config::RateLimit& config() const { return config_; }
   // Requests refused (429) and keys not tracked for want of room (let through).
@@ -42,6 +46,7 @@ private:
   int64_t interval_us_;    // between two requests at the rate
   int64_t tolerance_us_;   // how far ahead of now a key may run: the burst
   const int64_t epoch_us_; // times are kept from here
+  uint64_t seed_;
   std::unique_ptr<std::atomic<uint64_t>[]> slots_;
   uint64_t mask_;
   std::atomic<uint64_t> untracked_{0};

@@ -22,7 +22,8 @@ clients, the origin and the admin port see them, against the real lb:
   a request passes;
 - metrics: lb_rate_limited_total{listener, route} equals the 429s seen, with
   the route's name as label, "#INDEX" for an unnamed route; with max_keys: 1
-  a second key passes untracked, counted in lb_rate_limit_untracked_total;
+  (two slots) a third key passes untracked, counted in
+  lb_rate_limit_untracked_total;
 - reload: an exhausted key stays limited after reloading the same config (and
   after routes are added before a named route); a changed rate, or a renamed
   route, starts with a fresh bucket;
@@ -498,9 +499,10 @@ class Metrics(harness.TestCase, LimitAsserts):
         self.assertEqual(seen_anon, [200] + [429] * 3)
         other = [get(lb.port("other"), "/y")[0] for _ in range(2)]
         self.assertEqual(other, [200, 429])
-        # max_keys 1: A holds the only slot, B passes untracked (twice), A is limited.
-        few = [get(port, "/few/x", headers={"X-Key": k})[0] for k in ("A", "B", "B", "A")]
-        self.assertEqual(few, [200, 200, 200, 429])
+        # max_keys 1: a table of 2 slots (twice max_keys); A and B hold them,
+        # C passes untracked (twice), A is limited.
+        few = [get(port, "/few/x", headers={"X-Key": k})[0] for k in ("A", "B", "C", "C", "A")]
+        self.assertEqual(few, [200, 200, 200, 200, 429])
 
         text = lb.metrics_text()
         say("metrics: " + "; ".join(line for line in text.splitlines()

@@ -617,6 +617,30 @@ class SingleInstance(harness.TestCase):
         self.assertIn("lb: shutdown_delay over: draining (up to 10000 ms), then exiting", log)
         self.assertIn("lb: drained: exiting", log)
 
+    def test_second_signal_ends_the_lame_duck_and_a_reload_still_works(self):
+        app = self.origin("app", log=False)
+        lb = self.lb(lb_config(app, shutdown_delay="30s", proxy_protocol=False))
+        port = lb.port()
+        lb.signal(signal.SIGTERM)
+        self.assertTrue(wait_until(lambda: "lame duck for 30000 ms" in lb.stderr_text(), 2),
+                        lb.stderr_text())
+        # A lame duck still serves, and still reloads on SIGHUP.
+        self.assertEqual(http(port, "GET", "/during", timeout=2)[0], 200)
+        lb.signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "SIGHUP: configuration reloaded" in lb.stderr_text(),
+                                   3), lb.stderr_text())
+        self.assertEqual(http(port, "GET", "/after-reload", timeout=2)[0], 200)
+        # A second SIGTERM: the drain starts now, not 30 s later.
+        t0 = time.monotonic()
+        lb.signal(signal.SIGTERM)
+        code = lb.wait_exit(5)
+        self.assertEqual(code, 0, "lb exit code %r\n%s" % (code, lb.stderr_text()))
+        self.assertLess(time.monotonic() - t0, 5)
+        log = lb.stderr_text()
+        self.assertIn("lb: second SIGTERM: draining (up to 10000 ms), then exiting", log)
+        self.assertNotIn("second signal: stopping now", log)
+        self.assertIn("lb: drained: exiting", log)
+
 
 if __name__ == "__main__":
     harness.main()

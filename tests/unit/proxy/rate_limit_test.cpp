@@ -68,7 +68,7 @@ TEST(RateLimiterTest, PerMinuteRatesAndLongWaits) {
 }
 
 TEST(RateLimiterTest, AFullTableLetsNewKeysThroughAndCountsThem) {
-  RateLimiter r(limit(1, 0, 8)); // 8 slots
+  RateLimiter r(limit(1, 0, 4)); // 8 slots (twice max_keys)
   int64_t t0 = steady_us();
   for (uint64_t k = 1; k <= 8; ++k)
     EXPECT_TRUE(r.take(upstream::hash64(std::to_string(k)), t0).allowed);
@@ -80,6 +80,28 @@ TEST(RateLimiterTest, AFullTableLetsNewKeysThroughAndCountsThem) {
   EXPECT_TRUE(r.take(upstream::hash64("9"), t0 + 2 * second).allowed);
   EXPECT_FALSE(r.take(upstream::hash64("9"), t0 + 2 * second).allowed);
   EXPECT_EQ(r.untracked(), 2u);
+}
+
+TEST(RateLimiterTest, AKeyKeepsItsBucketWhenAnEarlierSlotFrees) {
+  RateLimiter r(limit(1, 2, 4));
+  int64_t t0 = steady_us();
+  uint64_t b = uint64_t(1) << 48; // both start at slot 0, fingerprints 1 and 2
+  uint64_t a = uint64_t(2) << 48;
+  EXPECT_TRUE(r.take(b, t0).allowed); // b's bucket in slot 0 until t0 + 1 s
+  for (int i = 0; i < 3; ++i)
+    EXPECT_TRUE(r.take(a, t0).allowed); // a in slot 1: burst + 1
+  EXPECT_FALSE(r.take(a, t0).allowed);
+  // At 1.5 s b's slot is free again; a has earned one request back, not a new bucket.
+  int passed = 0;
+  for (int i = 0; i < 5; ++i)
+    passed += r.take(a, t0 + 3 * second / 2).allowed;
+  EXPECT_EQ(passed, 1);
+}
+
+TEST(RateLimiterTest, KeysHashDifferentlyInEachLimiter) {
+  RateLimiter one(limit(1, 0)), two(limit(1, 0));
+  EXPECT_EQ(one.hash("192.0.2.7"), one.hash("192.0.2.7"));
+  EXPECT_NE(one.hash("192.0.2.7"), two.hash("192.0.2.7"));
 }
 
 TEST(RateLimiterTest, ExactAcrossThreads) {
