@@ -8,7 +8,8 @@
 #    connections; f256: the same with 256; f80 / f80x256: at 80 % of HAProxy's
 #    req/s in (a) / (b) of the same run; idle: memory per idle keep-alive
 #    client connection; sys: system calls per keep-alive request, ab -k -c16;
-#    insn: user instructions per request, callgrind)
+#    insn: user instructions per request, callgrind; limit / climit: a rate
+#    limit that is never reached, local / shared through a local redis-server)
 #
 # Topology (everything on 127.0.0.1):
 #   wrk (CPU 1) -> proxy (CPU 0) -> 2 x fast_origin (CPU 1), round robin
@@ -180,6 +181,20 @@ fill() { # TEMPLATE OUT key=value...
     sed "${expr[@]}" "$tmpl" >"$out"
 }
 
+# start_redis: one redis-server for the run (scenario climit), on REDIS_PORT.
+REDIS_PORT=""
+start_redis() {
+    [[ -n $REDIS_PORT ]] && return 0
+    command -v redis-server >/dev/null || { log "run.sh: scenario climit needs redis-server"; return 1; }
+    local port
+    port=$(free_port) || return 1
+    taskset -c "$LOAD_CPU" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+        >"$TMP/redis.out" 2>&1 &
+    STARTED+=("$!")
+    wait_listening "$!" "$port" 10 || return 1
+    REDIS_PORT=$port
+}
+
 start_origins() {
     local i pid port
     ORIGINS=()
@@ -221,9 +236,18 @@ start_proxy() {
     local maxconn=4096
     ((IDLE)) && maxconn=8192
     vars+=(MAXCONN="$maxconn")
+    local lb_cluster=""
+    if ((LIMIT == 2)); then
+        start_redis || { START_ERR="redis-server did not start"; return 1; }
+        lb_cluster="cluster: { redis: 127.0.0.1:$REDIS_PORT, instances: 1 }"
+    fi
+    vars+=(LB_CLUSTER="$lb_cluster")
     if ((LIMIT)); then
-        # A rate limit per client address that nothing reaches: what the check costs.
-        vars+=(LB_ROUTES='routes: [ { pool: origin, rate_limit: { key: source_ip, rate: 1000000/s, burst: 1000000 } } ]'
+        # A rate limit per client address that nothing reaches: what the check
+        # costs (climit: shared through Redis; HAProxy and nginx as in limit).
+        local scope=local
+        ((LIMIT == 2)) && scope=cluster
+        vars+=(LB_ROUTES="routes: [ { pool: origin, rate_limit: { key: source_ip, rate: 1000000/s, burst: 1000000, scope: $scope } } ]"
             HAPROXY_RULES='stick-table type ip size 100k expire 30s store http_req_rate(1s)\n    http-request track-sc0 src\n    http-request deny deny_status 429 if { sc_http_req_rate(0) gt 1000000 }'
             NGINX_HTTP='limit_req_zone $binary_remote_addr zone=bench:10m rate=1000000r/s;'
             NGINX_LOCATION='/'
@@ -454,6 +478,8 @@ S_TITLE[insnrules]="(insnrules) as (insn), through the route of (rules)"
 S_TITLE[insnlimit]="(insnlimit) as (insn), through the route of (limit)"
 S_TITLE[limit]="(limit) as (a), through a route with a rate limit per client address that is never reached"
 S_CONNS[limit]=64 S_PATH[limit]=/ S_HEADER[limit]=""
+S_TITLE[climit]="(climit) as (limit), lb's limit with scope: cluster (shared through a local redis-server; HAProxy and nginx as in limit)"
+S_CONNS[climit]=64 S_PATH[climit]=/ S_HEADER[climit]=""
 S_TITLE[rules]="(rules) as (a), through a route with a path regex and three header rules (request set and remove, response set)"
 S_CONNS[rules]=64 S_PATH[rules]=/ S_HEADER[rules]=""
 S_TITLE[h2]="(h2) HTTP/2 over TLS: h2load, 64 connections x 10 streams, GET / (ALPN h2)"
@@ -469,7 +495,7 @@ declare -A S_H2=([h2]=1 [h2c]=1)
 declare -A S_RATE=([f]=1 [f256]=1 [f80]=1 [f80x256]=1)
 declare -A S_SYSCALLS=([sys]=1)
 declare -A S_INSN=([insn]=1 [insnrules]=1 [insnlimit]=1)
-declare -A S_LIMIT=([limit]=1 [insnlimit]=1)
+declare -A S_LIMIT=([limit]=1 [insnlimit]=1 [climit]=2)
 declare -A S_IDLE=([idle]=1)
 declare -A S_RULES=([rules]=1 [insnrules]=1)
 FIXED_RATE=0  # the scenario being measured paces requests (rate_client, not wrk)
@@ -479,7 +505,7 @@ SYSCALLS=0  # the scenario being measured counts system calls (ab, perf, strace)
 INSN=0  # the scenario being measured counts instructions (ab, callgrind)
 H2=0  # the scenario being measured speaks HTTP/2 to the proxy (h2load, not wrk)
 RULES=0  # the scenario being measured routes through listener rules
-LIMIT=0  # the scenario being measured routes through a rate limit
+LIMIT=0  # the scenario being measured routes through a rate limit (2: scope cluster)
 
 # One certificate and key for every proxy's HTTPS listener (HAProxy wants
 # both in one file).

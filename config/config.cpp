@@ -361,6 +361,7 @@ private:
   void access_log(const Item& item, AccessLog& log);
   void dns(const Item& item, Dns& dns);
   void cluster(const Item& item, Cluster& cluster);
+  std::optional<RateLimit::OnRedisError> on_redis_error(const Item& f);
   std::optional<std::string> dns_name(const Item& item, std::string_view text);
   void listener(const Item& item, Listener& listener);
   void tls(const Item& item, ListenerTls& tls);
@@ -406,6 +407,9 @@ private:
   std::set<std::string> listener_names_;
   std::map<std::string, std::string> listen_addresses_; // address text -> listener name
   std::optional<Item> admin_listen_;
+  // rate_limit items with scope: cluster (checked against the cluster block),
+  // and whether they say on_redis_error themselves.
+  std::vector<std::pair<Item, bool>> cluster_limits_; // (scope item, on_redis_error said)
 };
 
 void Loader::error(const YAML::Mark& mark, std::string message) {
@@ -789,6 +793,29 @@ void Loader::top(const YAML::Node& root, Config& config) {
     acme_checks(*list, config.listeners);
   }
 
+  // Cluster limits: the cluster block's instances and on_redis_error (unless
+  // the route says), in the order their items were read.
+  size_t k = 0;
+  for (auto& l : config.listeners)
+    for (auto& r : l.routes) {
+      if (!r.rate_limit || r.rate_limit->scope != RateLimit::Scope::cluster ||
+          k >= cluster_limits_.size())
+        continue;
+      const auto& [item, said] = cluster_limits_[k++];
+      RateLimit& limit = *r.rate_limit;
+      limit.instances = std::max<uint32_t>(1, config.cluster.instances);
+      if (!said)
+        limit.on_redis_error = config.cluster.on_redis_error;
+      if (!config.cluster.enabled)
+        error(item, "scope: cluster shares the limit through Redis: add a cluster block "
+                    "(cluster: {redis: HOST:PORT, instances: N}), or use scope: local");
+      else if (limit.on_redis_error == RateLimit::OnRedisError::local &&
+               config.cluster.instances == 0)
+        error(item, "scope: cluster with on_redis_error: local applies rate / cluster.instances "
+                    "on each instance while Redis is unreachable: set cluster.instances (how "
+                    "many lb instances share the limit), or on_redis_error: open");
+    }
+
   if (admin_listen_) {
     auto it = listen_addresses_.find(config.admin.listen.text());
     if (it != listen_addresses_.end())
@@ -834,9 +861,25 @@ void Loader::admin(const Item& item, Admin& admin) {
               "then needs the token), or listen on 127.0.0.1");
 }
 
-// cluster: { redis: HOST:PORT, password_file: FILE, key_prefix: "lb:" }
+std::optional<RateLimit::OnRedisError> Loader::on_redis_error(const Item& f) {
+  auto text = scalar(f, "local or open");
+  if (!text)
+    return std::nullopt;
+  if (*text == "local")
+    return RateLimit::OnRedisError::local;
+  if (*text == "open")
+    return RateLimit::OnRedisError::open;
+  error(f, "on_redis_error: expected local (rate / cluster.instances on each instance) or open "
+           "(let everything through), got '" +
+               *text + "'");
+  return std::nullopt;
+}
+
+// cluster: { redis: HOST:PORT, password_file: FILE, key_prefix: "lb:", instances: N,
+//            on_redis_error: local | open }
 void Loader::cluster(const Item& item, Cluster& cluster) {
-  auto items = fields(item, {"redis", "password_file", "key_prefix", "tls"});
+  auto items =
+      fields(item, {"redis", "password_file", "key_prefix", "instances", "on_redis_error", "tls"});
   if (!items)
     return;
   cluster.enabled = true;
@@ -895,6 +938,12 @@ void Loader::cluster(const Item& item, Cluster& cluster) {
                      *text + "'");
       else
         cluster.key_prefix = *text;
+    } else if (f.name == "instances") {
+      if (auto n = integer(f, 1, 1000))
+        cluster.instances = static_cast<uint32_t>(*n);
+    } else if (f.name == "on_redis_error") {
+      if (auto e = on_redis_error(f))
+        cluster.on_redis_error = *e;
     } else if (f.name == "tls") {
       error(f, "tls: TLS to Redis is not available in this version of lb (Debian 12's hiredis "
                "has none): reach Redis over a private network or a local tunnel");
@@ -1831,12 +1880,14 @@ void Loader::route(const Item& item, Route& route) {
 }
 
 // rate_limit: { key: source_ip | header:NAME | cookie:NAME | route, rate: 100/s | 6000/min,
-//               burst: N, scope: local, max_keys: N }
+//               burst: N, scope: local | cluster, on_redis_error: local | open, max_keys: N }
 void Loader::rate_limit(const Item& item, RateLimit& limit) {
-  auto items = fields(item, {"key", "rate", "burst", "scope", "max_keys"});
+  auto items = fields(item, {"key", "rate", "burst", "scope", "on_redis_error", "max_keys"});
   if (!items)
     return;
   bool has_rate = false;
+  const Item* scope_item = nullptr;
+  const Item* on_error_item = nullptr;
   for (const auto& f : *items) {
     if (f.name == "key") {
       if (f.value.IsScalar() && f.value.Scalar() == "route")
@@ -1873,16 +1924,28 @@ void Loader::rate_limit(const Item& item, RateLimit& limit) {
       if (auto n = integer(f, 1, 16777216))
         limit.max_keys = static_cast<uint32_t>(*n);
     } else if (f.name == "scope") {
-      auto text = scalar(f, "local");
+      auto text = scalar(f, "local or cluster");
       if (!text)
         continue;
-      if (*text == "cluster")
-        error(f, "scope: cluster (a limit shared by instances through Redis) is not available in "
-                 "this version of lb: use local (each instance counts on its own)");
-      else if (*text != "local")
-        error(f, "scope: expected local, got '" + *text + "'");
+      if (*text == "cluster") {
+        limit.scope = RateLimit::Scope::cluster;
+        scope_item = &f;
+      } else if (*text == "local")
+        limit.scope = RateLimit::Scope::local;
+      else
+        error(f, "scope: expected local or cluster, got '" + *text + "'");
+    } else if (f.name == "on_redis_error") {
+      if (auto e = on_redis_error(f)) {
+        limit.on_redis_error = *e;
+        on_error_item = &f;
+      }
     }
   }
+  if (on_error_item && limit.scope != RateLimit::Scope::cluster)
+    error(*on_error_item,
+          "on_redis_error: only with scope: cluster (a local limit never asks Redis)");
+  if (scope_item)
+    cluster_limits_.push_back({*scope_item, on_error_item != nullptr});
   if (!has_rate)
     error(item.key, "rate_limit: needs rate (like 100/s or 6000/min)");
 }

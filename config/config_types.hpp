@@ -134,6 +134,13 @@ struct RateLimit {
   Duration per{std::chrono::seconds(1)}; // 1s or 1min
   uint32_t burst = 0;                    // requests beyond the rate that may come at once
   uint32_t max_keys = 65536;             // distinct keys tracked at once
+  // local: each instance counts on its own; cluster: the limit holds for the
+  // sum over the instances sharing `cluster.redis`.
+  enum class Scope { local, cluster } scope = Scope::local;
+  // scope cluster, Redis unreachable: local (rate / cluster.instances on each
+  // instance) or open (everything passes).
+  enum class OnRedisError { local, open } on_redis_error = OnRedisError::local;
+  uint32_t instances = 1; // scope cluster: cluster.instances (the fallback's divisor)
   double per_second() const { return rate / std::chrono::duration<double>(per).count(); }
   bool operator==(const RateLimit&) const = default;
 };
@@ -311,6 +318,10 @@ struct Cluster {
   std::string password_file; // empty: no AUTH
   std::string password;      // read from password_file at load
   std::string key_prefix = "lb:";
+  uint32_t instances = 0; // how many instances share the rate limits; 0: not said
+  // Rate limits with scope: cluster while Redis is unreachable, unless a
+  // route says otherwise.
+  RateLimit::OnRedisError on_redis_error = RateLimit::OnRedisError::local;
   bool operator==(const Cluster&) const = default;
 };
 

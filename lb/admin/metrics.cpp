@@ -215,6 +215,11 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
                           "Requests a route's rate limit let through untracked: more keys were "
                           "active than its max_keys, by listener and route.",
                           MetricType::Counter);
+  auto shared = family("lb_rate_limit_shared",
+                       "1 while a route's scope: cluster rate limit is shared through Redis, 0 "
+                       "while Redis is unreachable and it falls back (on_redis_error), by "
+                       "listener and route.",
+                       MetricType::Gauge);
   for (const auto& l : runtime->listeners)
     for (const auto& r : l->router.routes())
       if (r.limiter) {
@@ -222,6 +227,9 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
                 static_cast<double>(r.limiter->refused()));
         counter(untracked, {{"listener", l->config.name}, {"route", r.label}},
                 static_cast<double>(r.limiter->untracked()));
+        if (r.limiter->shared())
+          gauge(shared, {{"listener", l->config.name}, {"route", r.label}},
+                r.limiter->mode() == proxy::RateLimiter::Mode::shared ? 1 : 0);
       }
   auto expiry = family("lb_certificate_expiry_seconds",
                        "When each certificate a TLS listener serves expires (notAfter, seconds "
@@ -307,7 +315,7 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
                           &build})
     out.push_back(std::move(*f));
   if (cluster_) // (only with a cluster: block)
-    for (MetricFamily* f : {&redis_up, &redis_trips, &redis_errors})
+    for (MetricFamily* f : {&redis_up, &redis_trips, &redis_errors, &shared})
       out.push_back(std::move(*f));
   return out;
 }

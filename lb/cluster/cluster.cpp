@@ -1,19 +1,27 @@
 #include "lb/cluster/cluster.hpp"
 
 #include "lb/io/log.hpp"
+#include "lb/proxy/rate_limit.hpp"
 
 #include <hiredis/hiredis.h>
 
 #include <chrono>
 #include <cstdarg>
+#include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <random>
 
 namespace lb::cluster {
 
 namespace {
 
 constexpr auto poll_interval = std::chrono::milliseconds(250);
+constexpr auto exchange_interval = std::chrono::milliseconds(100);
+constexpr auto reconnect_interval = std::chrono::milliseconds(500);
+// A peer whose counts have not moved for this long has stopped: its field is deleted.
+constexpr auto forget_after = std::chrono::seconds(10);
+constexpr size_t periods_kept = 4;
 constexpr timeval redis_timeout{0, 500 * 1000};
 
 struct ReplyFree {
@@ -37,6 +45,14 @@ std::string failure(redisContext* c, const redisReply* r) {
   return "no answer";
 }
 
+proxy::RateLimiter::Mode mode_for(const proxy::RateLimiter& l, bool up) {
+  if (up)
+    return proxy::RateLimiter::Mode::shared;
+  return l.config().on_redis_error == config::RateLimit::OnRedisError::open
+             ? proxy::RateLimiter::Mode::open
+             : proxy::RateLimiter::Mode::local;
+}
+
 } // namespace
 
 std::string override_field(const std::string& pool, const std::string& backend) {
@@ -44,7 +60,12 @@ std::string override_field(const std::string& pool, const std::string& backend) 
 }
 
 Cluster::Cluster(const config::Cluster& config, std::function<void(std::vector<Override>)> apply)
-    : config_(config), apply_(std::move(apply)) {}
+    : config_(config), apply_(std::move(apply)) {
+  std::random_device random;
+  char id[40];
+  std::snprintf(id, sizeof id, "%08x%08x", random(), random());
+  instance_ = id;
+}
 
 Cluster::~Cluster() {
   stop();
@@ -78,30 +99,71 @@ void Cluster::link_up(bool up, const std::string& why) {
     io::log("cluster: redis %s:%u reachable again", config_.host.c_str(), config_.port);
     logged_down_ = false;
   } else if (!up && !logged_down_) {
-    io::log("cluster: redis %s:%u unreachable (%s); keeping the overrides this instance has",
-            config_.host.c_str(), config_.port, why.c_str());
+    io::log("cluster: redis %s:%u unreachable (%s); keeping the overrides this instance has%s",
+            config_.host.c_str(), config_.port, why.c_str(),
+            thread_limits_.empty() ? ""
+                                   : "; rate limits with scope: cluster fall back "
+                                     "(on_redis_error) until it is back");
     logged_down_ = true;
   }
 }
 
-// One look: the version, and the overrides when it changed (into `out`, with `changed`).
-bool Cluster::poll(redisContext*& c, std::vector<Override>& out, bool& changed) {
-  changed = false;
+redisContext* Cluster::link() {
+  if (poll_context_)
+    return poll_context_;
+  auto now = std::chrono::steady_clock::now();
+  if (now < next_connect_)
+    return nullptr; // Redis was just found down: not every 100 ms
   std::string error;
-  bool fresh = !c; // a new connection reads the set whatever the version says
-  if (!c && !(c = connect(error))) {
+  redisContext* c = connect(error);
+  if (!c) {
+    next_connect_ = now + reconnect_interval;
     errors_.fetch_add(1);
     link_up(false, error);
-    return false;
+    return nullptr;
   }
+  // The tier's hash seed for shared rate limits: the first instance sets it.
+  std::string seed_key = config_.key_prefix + "ratelimit:seed";
+  std::random_device random;
+  std::string mine = std::to_string((uint64_t(random()) << 32 | random()) | 1);
+  Reply set =
+      command(c, "SET %b %b NX", seed_key.data(), seed_key.size(), mine.data(), mine.size());
+  Reply got = set ? command(c, "GET %b", seed_key.data(), seed_key.size()) : Reply();
+  round_trips_.fetch_add(2);
+  if (!got || got->type != REDIS_REPLY_STRING) {
+    next_connect_ = now + reconnect_interval;
+    errors_.fetch_add(1);
+    link_up(false, failure(c, got.get()));
+    redisFree(c);
+    return nullptr;
+  }
+  uint64_t seed = std::strtoull(got->str, nullptr, 10);
+  seed_.store(seed ? seed : 1);
+  poll_context_ = c;
+  return c;
+}
+
+void Cluster::drop(const std::string& why) {
+  errors_.fetch_add(1);
+  link_up(false, why);
+  if (poll_context_)
+    redisFree(poll_context_);
+  poll_context_ = nullptr;
+  next_connect_ = std::chrono::steady_clock::now() + reconnect_interval;
+}
+
+// One look: the version, and the overrides when it changed (into `out`, with `changed`).
+bool Cluster::poll(std::vector<Override>& out, bool& changed) {
+  changed = false;
+  bool fresh = !poll_context_; // a new connection reads the set whatever the version says
+  redisContext* c = link();
+  if (!c)
+    return false;
   std::string version_key = config_.key_prefix + "overrides:version";
   Reply v = command(c, "GET %b", version_key.data(), version_key.size());
   round_trips_.fetch_add(1);
   if (!v || (v->type != REDIS_REPLY_STRING && v->type != REDIS_REPLY_NIL)) {
-    errors_.fetch_add(1);
-    link_up(false, failure(c, v.get()));
-    redisFree(c);
-    c = nullptr;
+    drop(failure(c, v.get()));
     return false;
   }
   link_up(true, "");
@@ -112,10 +174,7 @@ bool Cluster::poll(redisContext*& c, std::vector<Override>& out, bool& changed) 
   Reply all = command(c, "HGETALL %b", hash_key.data(), hash_key.size());
   round_trips_.fetch_add(1);
   if (!all || all->type != REDIS_REPLY_ARRAY) {
-    errors_.fetch_add(1);
-    link_up(false, failure(c, all.get()));
-    redisFree(c);
-    c = nullptr;
+    drop(failure(c, all.get()));
     return false;
   }
   // Fields "d:POOL BACKEND" (1 drained, 0 enabled) and "w:POOL BACKEND" (weight).
@@ -157,7 +216,7 @@ bool Cluster::poll(redisContext*& c, std::vector<Override>& out, bool& changed) 
 
 bool Cluster::fetch_now(std::vector<Override>& overrides) {
   bool changed = false;
-  return poll(poll_context_, overrides, changed);
+  return poll(overrides, changed);
 }
 
 void Cluster::start() {
@@ -175,14 +234,172 @@ void Cluster::stop() {
 }
 
 void Cluster::run() {
+  auto next_poll = std::chrono::steady_clock::now();
+  auto next_exchange = next_poll;
   for (;;) {
-    std::vector<Override> overrides;
-    bool changed = false;
-    if (poll(poll_context_, overrides, changed) && changed)
-      apply_(std::move(overrides));
+    auto now = std::chrono::steady_clock::now();
+    if (now >= next_poll) {
+      std::vector<Override> overrides;
+      bool changed = false;
+      if (poll(overrides, changed) && changed)
+        apply_(std::move(overrides));
+      next_poll = now + poll_interval;
+    }
+    {
+      std::lock_guard lock(mutex_);
+      if (limits_changed_) {
+        thread_limits_ = limits_;
+        limits_changed_ = false;
+      }
+    }
+    auto wake = next_poll;
+    if (!thread_limits_.empty()) {
+      if (now >= next_exchange) {
+        exchange_counts();
+        next_exchange = now + exchange_interval;
+      }
+      wake = std::min(wake, next_exchange);
+    }
     std::unique_lock lock(mutex_);
-    if (wake_.wait_for(lock, poll_interval, [&] { return stopping_; }))
+    if (wake_.wait_until(lock, wake, [&] { return stopping_ || limits_changed_; }) && stopping_)
       return;
+  }
+}
+
+void Cluster::set_limits(std::vector<SharedLimit> limits) {
+  {
+    std::lock_guard lock(mutex_);
+    limits_ = limits;
+    limits_changed_ = true;
+  }
+  wake_.notify_all();
+  bool up = connected_.load();
+  uint64_t seed = seed_.load();
+  for (const auto& l : limits) {
+    if (seed)
+      l.limiter->set_seed(seed);
+    l.limiter->set_mode(mode_for(*l.limiter, up));
+  }
+}
+
+void Cluster::set_modes() {
+  bool up = connected_.load();
+  uint64_t seed = seed_.load();
+  for (const auto& l : thread_limits_) {
+    if (seed)
+      l.limiter->set_seed(seed);
+    l.limiter->set_mode(mode_for(*l.limiter, up));
+  }
+}
+
+// Every 100 ms: this instance's counts out, the others' in, in one round trip.
+void Cluster::exchange_counts() {
+  // What passed here since the last exchange: a new period.
+  ++sequence_;
+  std::string period;
+  char line[64];
+  for (const auto& l : thread_limits_)
+    l.limiter->drain_counts([&](uint64_t key, uint32_t n) {
+      int len = std::snprintf(line, sizeof line, "%llu %llx %u ",
+                              static_cast<unsigned long long>(sequence_),
+                              static_cast<unsigned long long>(key), n);
+      period.append(line, static_cast<size_t>(len));
+      period += l.id;
+      period += '\n';
+    });
+  periods_.push_back(std::move(period));
+  if (periods_.size() > periods_kept)
+    periods_.erase(periods_.begin());
+  redisContext* c = link();
+  if (!c) {
+    set_modes();
+    return;
+  }
+  std::string blob = "lb1 " + std::to_string(sequence_) + "\n";
+  for (const auto& p : periods_)
+    blob += p;
+  std::string key = config_.key_prefix + "ratelimit";
+  auto now = std::chrono::steady_clock::now();
+  std::vector<std::string> gone; // instances that stopped writing: their fields go
+  for (auto it = peers_.begin(); it != peers_.end();)
+    if (now - it->second.changed > forget_after) {
+      gone.push_back(it->first);
+      it = peers_.erase(it);
+    } else {
+      ++it;
+    }
+  // HSET, HDEL of the gone, PEXPIRE now and then, HGETALL last.
+  unsigned commands = 2;
+  redisAppendCommand(c, "HSET %b %b %b", key.data(), key.size(), instance_.data(), instance_.size(),
+                     blob.data(), blob.size());
+  for (const auto& g : gone) {
+    redisAppendCommand(c, "HDEL %b %b", key.data(), key.size(), g.data(), g.size());
+    ++commands;
+  }
+  if (exchanges_++ % 10 == 0) { // the counts go a minute after every instance has stopped
+    redisAppendCommand(c, "PEXPIRE %b 60000", key.data(), key.size());
+    ++commands;
+  }
+  redisAppendCommand(c, "HGETALL %b", key.data(), key.size());
+  round_trips_.fetch_add(1);
+  std::vector<Reply> replies;
+  for (unsigned i = 0; i < commands; ++i) {
+    void* r = nullptr;
+    if (redisGetReply(c, &r) != REDIS_OK) {
+      drop(failure(c, nullptr));
+      set_modes();
+      return;
+    }
+    replies.emplace_back(static_cast<redisReply*>(r));
+  }
+  const redisReply* all = replies.back().get();
+  if (replies[0]->type == REDIS_REPLY_ERROR || all->type != REDIS_REPLY_ARRAY) {
+    drop(failure(c, replies[0]->type == REDIS_REPLY_ERROR ? replies[0].get() : all));
+    set_modes();
+    return;
+  }
+  link_up(true, "");
+  set_modes();
+  int64_t now_us = proxy::steady_us();
+  for (size_t i = 0; i + 1 < all->elements; i += 2) {
+    const redisReply* f = all->element[i];
+    const redisReply* v = all->element[i + 1];
+    if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+      continue;
+    std::string_view field(f->str, f->len), text(v->str, v->len);
+    if (field == instance_ || !text.starts_with("lb1 "))
+      continue;
+    uint64_t seq = std::strtoull(text.data() + 4, nullptr, 10);
+    auto [it, fresh] = peers_.try_emplace(std::string(field));
+    Peer& peer = it->second;
+    if (!fresh && seq == peer.applied) {
+      continue; // nothing new (a peer that stopped is forgotten after a while)
+    }
+    if (!fresh && seq < peer.applied)
+      peer.applied = 0; // it started counting again
+    peer.changed = now;
+    size_t pos = text.find('\n');
+    while (pos != std::string_view::npos && pos + 1 < text.size()) {
+      size_t end = text.find('\n', pos + 1);
+      std::string_view l =
+          text.substr(pos + 1, end == std::string_view::npos ? end : end - pos - 1);
+      pos = end;
+      unsigned long long pseq = 0, hash = 0;
+      unsigned n = 0;
+      int used = 0;
+      std::string entry(l);
+      if (std::sscanf(entry.c_str(), "%llu %llx %u %n", &pseq, &hash, &n, &used) < 3 || used <= 0)
+        continue;
+      if (pseq <= peer.applied || n == 0)
+        continue;
+      std::string_view id = l.substr(static_cast<size_t>(used));
+      for (const auto& lim : thread_limits_)
+        if (lim.id == id) {
+          lim.limiter->add(hash, n, now_us);
+          break;
+        }
+    }
+    peer.applied = seq;
   }
 }
 

@@ -5,6 +5,14 @@
 // version every 250 ms and applies a new set of overrides, and an instance
 // that starts reads them before it serves.
 //
+// Rate limits with `scope: cluster` are exchanged every 100 ms in one
+// pipelined round trip: each instance writes what it let through in its last
+// four periods (key hash and count per limit) as one field of a hash, and
+// reads every other instance's field, adding their new periods to its own
+// buckets. Redis sees two commands per exchange however many requests and
+// keys there are. Redis unreachable: each limit falls back as configured
+// (on_redis_error) until an exchange succeeds again.
+//
 // One thread talks to Redis (hiredis, blocking with short timeouts), off the
 // data path: no request ever waits on Redis. When Redis cannot be reached
 // the instance keeps the overrides it has, logs once, counts the errors, and
@@ -13,10 +21,12 @@
 #include "config/config_types.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -24,7 +34,18 @@
 
 struct redisContext;
 
+namespace lb::proxy {
+class RateLimiter;
+}
+
 namespace lb::cluster {
+
+// A rate limit shared by the tier: its name in Redis ("LISTENER ROUTE") and
+// this instance's buckets.
+struct SharedLimit {
+  std::string id;
+  std::shared_ptr<proxy::RateLimiter> limiter;
+};
 
 // One backend's override, as every instance applies it.
 struct Override {
@@ -70,9 +91,18 @@ public:
 
   LinkStatus status() const;
 
+  // The limits with scope: cluster (after every change of the routes); they
+  // take the tier's seed and the link's state at once.
+  void set_limits(std::vector<SharedLimit> limits);
+
 private:
   void run();
-  bool poll(redisContext*& c, std::vector<Override>& out, bool& changed);
+  // The thread's connection, made when there is none (with the tier's seed).
+  redisContext* link();
+  void drop(const std::string& why);
+  bool poll(std::vector<Override>& out, bool& changed);
+  void exchange_counts();
+  void set_modes();
   redisContext* connect(std::string& error) const;
   void link_up(bool up, const std::string& why);
 
@@ -90,6 +120,22 @@ private:
   std::atomic<int64_t> version_{-1};
   std::atomic<bool> went_down_{false};
   bool logged_down_ = false;
+  std::chrono::steady_clock::time_point next_connect_{};
+
+  // Shared rate limits (set_limits() under mutex_; the thread works on a copy).
+  std::vector<SharedLimit> limits_;
+  bool limits_changed_ = false;
+  std::vector<SharedLimit> thread_limits_;
+  std::atomic<uint64_t> seed_{0};    // the tier's; 0: not read yet
+  std::string instance_;             // this instance's field in the counts hash
+  uint64_t sequence_ = 0;            // of this instance's periods
+  std::vector<std::string> periods_; // the last few, as written: "SEQ HASH COUNT ID" lines
+  struct Peer {
+    uint64_t applied = 0; // the last of its periods added here
+    std::chrono::steady_clock::time_point changed;
+  };
+  std::map<std::string, Peer> peers_;
+  unsigned exchanges_ = 0;
 };
 
 // The overrides hash's field for a backend: "POOL BACKEND".

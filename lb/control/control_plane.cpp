@@ -214,6 +214,7 @@ bool ControlPlane::start() {
     std::vector<cluster::Override> overrides;
     if (cluster_->fetch_now(overrides))
       apply_overrides(overrides);
+    share_limits();
     cluster_->start();
     admin_->set_cluster(
         [this] {
@@ -313,8 +314,10 @@ void ControlPlane::on_dns_answer(uint64_t generation, const std::string& key,
       return;
     }
     checker_->update(health_targets(*next));
-    if (cluster_)
+    if (cluster_) {
       reapply_overrides();
+      share_limits();
+    }
   });
 }
 
@@ -397,8 +400,10 @@ admin::ReloadResult ControlPlane::reload(const char* why) {
   }
   config_ = loaded.config;
   checker_->update(health_targets(*next));
-  if (cluster_)
+  if (cluster_) {
     reapply_overrides();
+    share_limits();
+  }
   acme_->update(*config_);
   watch_certificates();
   size_t backends = 0;
@@ -555,6 +560,15 @@ bool ControlPlane::certificates_changed() {
   watched_ = now;
   changed_.clear();
   return true;
+}
+
+void ControlPlane::share_limits() {
+  std::vector<cluster::SharedLimit> limits;
+  for (const auto& l : server_->runtime()->listeners)
+    for (const auto& r : l->router.routes())
+      if (r.limiter && r.limiter->shared())
+        limits.push_back({l->config.name + " " + r.label, r.limiter});
+  cluster_->set_limits(std::move(limits));
 }
 
 void ControlPlane::apply_overrides(const std::vector<cluster::Override>& overrides) {

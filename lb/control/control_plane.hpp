@@ -109,6 +109,7 @@ private:
   std::vector<cluster::Override> tier_overrides_; // the last set read
   std::map<std::string, int64_t> applied_stamps_; // "d:POOL BACKEND" -> the version applied
   void reapply_overrides();                       // (control_ held)
+  void share_limits(); // the routes' scope: cluster rate limits, to the cluster
   // The tier's backend overrides (cluster:), applied to the pools in force.
   void apply_overrides(const std::vector<cluster::Override>& overrides);
   // tls.watch: each watched file with what stat() said (mtime, size, inode).

@@ -6,6 +6,13 @@
 // updated with compare-and-swap: exact across workers, no lock, no
 // allocation per request. A slot whose time stamp has passed holds a full
 // bucket, so it is free for any key.
+//
+// With `scope: cluster` the limit holds for the sum over several instances
+// (see lb/cluster/): each slot also counts what this instance let through
+// since the last exchange (drain_counts()), and what the other instances let
+// through is added to the key's bucket (add()), as if it had passed here.
+// Keys hash with a seed the instances share. While Redis cannot be reached
+// the limiter falls back (set_mode()): rate / instances here, or open.
 
 #include "config/config_types.hpp"
 
@@ -35,6 +42,29 @@ public:
   // worked out from outside (to crowd another key's slots, or share its bucket).
   uint64_t hash(std::string_view key) const;
 
+  // scope: cluster --------------------------------------------------------
+  bool shared() const { return config_.scope == config::RateLimit::Scope::cluster; }
+  enum class Mode : int { shared, local, open };
+  // How take() counts: shared (with the other instances' counts added),
+  // local (rate / `instances`, Redis unreachable) or open (everything passes).
+  void set_mode(Mode m) { mode_.store(static_cast<int>(m), std::memory_order_relaxed); }
+  Mode mode() const { return static_cast<Mode>(mode_.load(std::memory_order_relaxed)); }
+  // The tier's hash seed (every instance hashes a key alike); a new seed
+  // starts every bucket afresh.
+  void set_seed(uint64_t seed);
+  // Adds `count` requests another instance let through to the key's bucket.
+  void add(uint64_t key_hash, uint32_t count, int64_t now_us);
+  // Calls f(key_hash, count) for every key this instance let through since
+  // the last call, and starts counting afresh.
+  template <class F> void drain_counts(F&& f) {
+    if (!counts_)
+      return;
+    for (size_t i = 0; i <= mask_; ++i)
+      if (counts_[i].load(std::memory_order_relaxed) != 0)
+        if (uint32_t n = counts_[i].exchange(0, std::memory_order_relaxed))
+          f(keys_[i].load(std::memory_order_relaxed), n);
+  }
+
   const config::RateLimit& config() const { return config_; }
   // Requests refused (429) and keys not tracked for want of room (let through).
   uint64_t refused() const;
@@ -42,13 +72,27 @@ public:
   void count_refused(unsigned worker);
 
 private:
+  // Where a key's bucket is: its own slot, else a free one it may take.
+  struct Probe {
+    std::atomic<uint64_t>* slot = nullptr; // none: every slot it may use is taken
+    uint64_t value = 0;
+    bool mine = false;
+  };
+  Probe probe(uint64_t key_hash, int64_t now) const;
+
   config::RateLimit config_;
-  int64_t interval_us_;    // between two requests at the rate
-  int64_t tolerance_us_;   // how far ahead of now a key may run: the burst
-  const int64_t epoch_us_; // times are kept from here
-  uint64_t seed_;
+  int64_t interval_us_;          // between two requests at the rate
+  int64_t tolerance_us_;         // how far ahead of now a key may run: the burst
+  const int64_t epoch_us_;       // times are kept from here
+  int64_t fallback_interval_us_; // Mode::local: interval x instances
+  std::atomic<uint64_t> seed_;
   std::unique_ptr<std::atomic<uint64_t>[]> slots_;
   uint64_t mask_;
+  // scope: cluster: each slot's key (whole hash) and what passed here since
+  // the last drain_counts().
+  std::unique_ptr<std::atomic<uint64_t>[]> keys_;
+  std::unique_ptr<std::atomic<uint32_t>[]> counts_;
+  std::atomic<int> mode_{0};
   std::atomic<uint64_t> untracked_{0};
   struct alignas(64) Counter {
     std::atomic<uint64_t> n{0};

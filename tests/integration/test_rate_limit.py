@@ -28,7 +28,7 @@ clients, the origin and the admin port see them, against the real lb:
   after routes are added before a named route); a changed rate, or a renamed
   route, starts with a fresh bucket;
 - lb check refuses rate 10/hour, 0/s, abc, 1000001/s, burst -1, scope cluster
-  (not available in this version: use local), scope global, key ip, a missing
+  without a cluster block, on_redis_error on a local limit, scope global, key ip, a missing
   rate and two routes of one listener with the same name, each at
   FILE:LINE:COL; it accepts every valid form;
 - HTTP/2 (h2c, python3-h2 and curl): streams are limited the same way, the
@@ -632,8 +632,11 @@ class Check(unittest.TestCase):
             "rate abc": case("rate: 10/s", "rate: abc", "abc", ["rate", "abc"]),
             "rate 1000001/s": case("rate: 10/s", "rate: 1000001/s", "1000001/s", ["rate"]),
             "burst -1": case("burst: 5", "burst: -1", "-1", ["burst", "-1"]),
-            "scope cluster": case("scope: local", "scope: cluster", "cluster",
-                                  ["cluster", "not available", "local"]),
+            "scope cluster without a cluster block": case(
+                "scope: local", "scope: cluster", "cluster", ["cluster block", "scope: local"]),
+            "on_redis_error on a local limit": case(
+                "scope: local", "scope: local\n          on_redis_error: open", "on_redis_error",
+                ["only with scope: cluster"], col_of="open"),
             "scope global": case("scope: local", "scope: global", "global", ["scope", "global"]),
             "key ip": case("key: source_ip", "key: ip", "key: ip", ["key", "ip"], col_of="ip"),
             "rate missing": case("          rate: 10/s\n", "", "rate_limit:", ["rate"]),

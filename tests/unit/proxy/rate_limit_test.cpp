@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <map>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -127,6 +129,115 @@ TEST(RateLimiterTest, RefusalsAreCountedPerWorker) {
   r.count_refused(1);
   r.count_refused(17);
   EXPECT_EQ(r.refused(), 3u);
+}
+
+config::RateLimit
+cluster_limit(uint32_t rate, uint32_t burst, uint32_t instances,
+              config::RateLimit::OnRedisError on_error = config::RateLimit::OnRedisError::local) {
+  config::RateLimit l = limit(rate, burst);
+  l.scope = config::RateLimit::Scope::cluster;
+  l.instances = instances;
+  l.on_redis_error = on_error;
+  return l;
+}
+
+TEST(RateLimiterTest, SharedCountsWhatPassedHereAndStartsAfresh) {
+  RateLimiter r(cluster_limit(100, 50, 3));
+  ASSERT_TRUE(r.shared());
+  int64_t t0 = steady_us();
+  for (int i = 0; i < 7; ++i)
+    EXPECT_TRUE(r.take(11, t0).allowed);
+  for (int i = 0; i < 3; ++i)
+    EXPECT_TRUE(r.take(22, t0).allowed);
+  std::map<uint64_t, uint32_t> seen;
+  r.drain_counts([&](uint64_t key, uint32_t n) { seen[key] += n; });
+  EXPECT_EQ(seen, (std::map<uint64_t, uint32_t>{{11, 7}, {22, 3}}));
+  seen.clear();
+  r.drain_counts([&](uint64_t key, uint32_t n) { seen[key] += n; });
+  EXPECT_TRUE(seen.empty());
+  // A local limit keeps no counts.
+  RateLimiter local(limit(100, 50));
+  EXPECT_FALSE(local.shared());
+  EXPECT_TRUE(local.take(11, t0).allowed);
+  local.drain_counts([&](uint64_t, uint32_t) { ADD_FAILURE() << "a local limit counted"; });
+}
+
+TEST(RateLimiterTest, WhatOtherInstancesLetThroughHoldsTheKeyBack) {
+  RateLimiter r(cluster_limit(10, 4, 3));
+  int64_t t0 = steady_us();
+  r.add(5, 5, t0); // the tier took the whole burst + 1
+  EXPECT_FALSE(r.take(5, t0).allowed);
+  EXPECT_TRUE(r.take(6, t0).allowed); // another key is not concerned
+  EXPECT_TRUE(r.take(5, t0 + second / 10).allowed);
+  // What the tier let through beyond the burst holds the key back longer.
+  r.add(7, 20, t0);
+  EXPECT_FALSE(r.take(7, t0 + second / 10 * 15).allowed);
+  EXPECT_TRUE(r.take(7, t0 + second / 10 * 16).allowed);
+}
+
+TEST(RateLimiterTest, ThreeInstancesExchangingEvery100msHoldTheRateTogether) {
+  // 300 requests/s offered for 10 s, spread over three instances that tell
+  // each other what they let through every 100 ms: ~1,000 pass in all.
+  std::vector<std::unique_ptr<RateLimiter>> tier;
+  for (int i = 0; i < 3; ++i)
+    tier.push_back(std::make_unique<RateLimiter>(cluster_limit(100, 0, 3)));
+  for (auto& r : tier)
+    r->set_seed(1234);
+  uint64_t key = tier[0]->hash("203.0.113.9");
+  for (auto& r : tier)
+    EXPECT_EQ(r->hash("203.0.113.9"), key); // one seed, one key everywhere
+  int64_t t0 = steady_us();
+  int passed = 0;
+  for (int ms = 0; ms < 10000; ++ms) {
+    int64_t now = t0 + ms * 1000;
+    if (ms % 10 == 0) // every 10 ms: one request at each instance
+      for (auto& r : tier)
+        passed += r->take(key, now).allowed;
+    if (ms % 100 == 99) { // the exchange
+      std::vector<std::vector<std::pair<uint64_t, uint32_t>>> sent(tier.size());
+      for (size_t i = 0; i < tier.size(); ++i)
+        tier[i]->drain_counts([&](uint64_t k, uint32_t n) { sent[i].push_back({k, n}); });
+      for (size_t i = 0; i < tier.size(); ++i)
+        for (size_t j = 0; j < tier.size(); ++j)
+          if (i != j)
+            for (auto [k, n] : sent[j])
+              tier[i]->add(k, n, now);
+    }
+  }
+  EXPECT_GE(passed, 1000 * 95 / 100);
+  EXPECT_LE(passed, 1000 * 105 / 100);
+}
+
+TEST(RateLimiterTest, FallbackDividesTheRateOrOpens) {
+  RateLimiter r(cluster_limit(100, 0, 4));
+  r.set_mode(RateLimiter::Mode::local);
+  int64_t t0 = steady_us();
+  int passed = 0;
+  for (int ms = 0; ms < 10000; ++ms)
+    passed += r.take(3, t0 + ms * 1000).allowed;
+  EXPECT_GE(passed, 250); // 25/s on this instance
+  EXPECT_LE(passed, 251);
+  RateLimiter open(cluster_limit(1, 0, 3, config::RateLimit::OnRedisError::open));
+  open.set_mode(RateLimiter::Mode::open);
+  for (int i = 0; i < 100; ++i)
+    EXPECT_TRUE(open.take(3, t0).allowed);
+  open.set_mode(RateLimiter::Mode::shared);
+  EXPECT_TRUE(open.take(3, t0).allowed);
+  EXPECT_FALSE(open.take(3, t0).allowed);
+}
+
+TEST(RateLimiterTest, ANewSeedStartsEveryBucketAfresh) {
+  RateLimiter r(cluster_limit(1, 0, 3));
+  int64_t t0 = steady_us();
+  uint64_t before = r.hash("k");
+  EXPECT_TRUE(r.take(before, t0).allowed);
+  EXPECT_FALSE(r.take(before, t0).allowed);
+  r.set_seed(99);
+  uint64_t after = r.hash("k");
+  EXPECT_NE(after, before);
+  EXPECT_TRUE(r.take(after, t0).allowed);
+  r.set_seed(99); // the same seed again changes nothing
+  EXPECT_FALSE(r.take(after, t0).allowed);
 }
 
 } // namespace
