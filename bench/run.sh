@@ -476,6 +476,7 @@ S_TITLE[sys]="(sys) system calls per keep-alive GET /: ab -k -c16 -n $SYSCALL_RE
 S_TITLE[insn]="(insn) user instructions per keep-alive GET / (callgrind: 12,000 requests minus 2,000, ab -k -c4)"
 S_TITLE[insnrules]="(insnrules) as (insn), through the route of (rules)"
 S_TITLE[insnlimit]="(insnlimit) as (insn), through the route of (limit)"
+S_TITLE[insnclimit]="(insnclimit) as (insn), through the route of (climit): lb only (HAProxy and nginx as in insnlimit)"
 S_TITLE[limit]="(limit) as (a), through a route with a rate limit per client address that is never reached"
 S_CONNS[limit]=64 S_PATH[limit]=/ S_HEADER[limit]=""
 S_TITLE[climit]="(climit) as (limit), lb's limit with scope: cluster (shared through a local redis-server; HAProxy and nginx as in limit)"
@@ -494,8 +495,8 @@ declare -A S_TLS=([e]=1 [h2]=1)
 declare -A S_H2=([h2]=1 [h2c]=1)
 declare -A S_RATE=([f]=1 [f256]=1 [f80]=1 [f80x256]=1)
 declare -A S_SYSCALLS=([sys]=1)
-declare -A S_INSN=([insn]=1 [insnrules]=1 [insnlimit]=1)
-declare -A S_LIMIT=([limit]=1 [insnlimit]=1 [climit]=2)
+declare -A S_INSN=([insn]=1 [insnrules]=1 [insnlimit]=1 [insnclimit]=1)
+declare -A S_LIMIT=([limit]=1 [insnlimit]=1 [climit]=2 [insnclimit]=2)
 declare -A S_IDLE=([idle]=1)
 declare -A S_RULES=([rules]=1 [insnrules]=1)
 FIXED_RATE=0  # the scenario being measured paces requests (rate_client, not wrk)

@@ -27,7 +27,9 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <fstream>
 #include <map>
+#include <sstream>
 
 namespace lb::acme {
 
@@ -67,6 +69,18 @@ std::string b64url(const unsigned char* p, size_t n) {
 
 std::string b64url(std::string_view s) {
   return b64url(reinterpret_cast<const unsigned char*>(s.data()), s.size());
+}
+
+// How long one instance may hold the tier's lock on an order (it lets go
+// when the order ends; a crashed instance's lock expires).
+constexpr std::chrono::seconds order_lock_ttl{600};
+
+// A whole file ("" when it cannot be read).
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return in ? out.str() : std::string();
 }
 
 std::string sha256(std::string_view s) {
@@ -558,31 +572,16 @@ std::string csr_der(EVP_PKEY* key, const std::vector<std::string>& domains) {
   return out;
 }
 
-// The TLS-ALPN-01 certificate's acmeIdentifier extension (RFC 8737 §3):
-// critical, the SHA-256 of the key authorization as a DER OCTET STRING.
-X509_EXTENSION* acme_identifier(const std::string& key_authorization) {
-  std::string digest = sha256(key_authorization);
-  unsigned char der[34] = {0x04, 0x20};
-  std::memcpy(der + 2, digest.data(), 32);
-  ASN1_OBJECT* oid = OBJ_txt2obj("1.3.6.1.5.5.7.1.31", 1);
-  ASN1_OCTET_STRING* value = ASN1_OCTET_STRING_new();
-  X509_EXTENSION* ext = nullptr;
-  if (oid && value && ASN1_OCTET_STRING_set(value, der, sizeof der) == 1)
-    ext = X509_EXTENSION_create_by_OBJ(nullptr, oid, 1, value);
-  ASN1_OBJECT_free(oid);
-  ASN1_OCTET_STRING_free(value);
-  return ext;
-}
-
 } // namespace
 
 // ---- One listener's client --------------------------------------------------------
 
 class Manager::Client {
 public:
-  Client(std::string listener, config::Acme acme, std::function<void()> on_certificate)
+  Client(std::string listener, config::Acme acme, std::function<void()> on_certificate,
+         std::shared_ptr<SharedStorage> shared)
       : listener_(std::move(listener)), acme_(std::move(acme)),
-        on_certificate_(std::move(on_certificate)) {
+        on_certificate_(std::move(on_certificate)), shared_(std::move(shared)) {
     thread_ = std::thread([this] { run(); });
   }
   ~Client() {
@@ -654,6 +653,8 @@ private:
   void run() {
     int failures = 0;
     while (!stopping()) {
+      if (shared_)
+        take_shared();
       int64_t expires = 0, lifetime = 0;
       int64_t at = due(expires, &lifetime);
       if (at > now()) {
@@ -668,6 +669,26 @@ private:
         continue;
       }
       std::string error;
+      bool holding = false; // the tier's lock on this order
+      if (shared_) {
+        int got = shared_->lock(acme_.domains[0], order_lock_ttl, error);
+        if (got == 0) {
+          // Another instance orders: its certificate comes through the store.
+          if (!said_waiting_)
+            io::log("listener %s: acme: another instance of the tier is ordering %s; waiting "
+                    "for its certificate",
+                    listener_.c_str(), join_domains().c_str());
+          said_waiting_ = true;
+          if (!sleep_ms(2000))
+            return;
+          continue;
+        }
+        if (got < 0)
+          unshared(error);
+        holding = got == 1;
+        error.clear();
+      }
+      said_waiting_ = false;
       bool issued = false;
       try {
         issued = order(error);
@@ -682,6 +703,13 @@ private:
         if (next > now()) {
           failures = 0;
           succeeded_.fetch_add(1);
+          if (shared_) {
+            std::string why, pem = read_file(io::acme_certificate_files(acme_).cert);
+            if (!shared_->store_certificate(acme_.domains[0], pem, why))
+              unshared(why);
+            if (holding)
+              shared_->unlock(acme_.domains[0]);
+          }
           io::log("listener %s: acme: certificate for %s issued, expires %s, renews at %s",
                   listener_.c_str(), join_domains().c_str(), format_time(next_expires).c_str(),
                   format_time(next).c_str());
@@ -706,6 +734,10 @@ private:
         int64_t floor = std::clamp<int64_t>(lifetime / 20, 1, 60);
         wait = std::max(floor, std::min(wait, (expires - now()) / 4));
       }
+      if (holding) { // the other instances wait as long as this one
+        std::string why;
+        shared_->lock(acme_.domains[0], std::chrono::seconds(wait), why);
+      }
       io::log(
           "listener %s: acme: order for %s failed: %s; trying again in %llds (%s)",
           listener_.c_str(), join_domains().c_str(), error.c_str(), static_cast<long long>(wait),
@@ -714,6 +746,71 @@ private:
       if (!sleep_until(now() + wait))
         return;
     }
+  }
+
+  void unshared(const std::string& why) {
+    if (!said_unshared_)
+      io::log("listener %s: acme: the tier's storage cannot be reached (%s); going on alone",
+              listener_.c_str(), why.c_str());
+    said_unshared_ = true;
+  }
+
+  // The tier's certificate, when it is newer than this instance's (another
+  // instance ordered it); this instance's, when the tier has none yet.
+  void take_shared() {
+    std::string pem, why;
+    if (!shared_->certificate(acme_.domains[0], pem, why))
+      return unshared(why);
+    said_unshared_ = false;
+    config::TlsCertificate files = io::acme_certificate_files(acme_);
+    std::string mine = read_file(files.cert);
+    if (pem == mine)
+      return;
+    int64_t theirs_expire = 0, mine_expire = 0;
+    bool theirs_ok = usable(pem, theirs_expire);
+    bool mine_ok = usable(mine, mine_expire);
+    if (!theirs_ok) {
+      if (mine_ok && !shared_->store_certificate(acme_.domains[0], mine, why))
+        unshared(why);
+      return;
+    }
+    if (mine_ok && mine_expire >= theirs_expire)
+      return;
+    std::string error;
+    if (!check_storage(acme_.storage, error) || !write_private(files.cert, pem, error)) {
+      io::log("listener %s: acme: cannot store the tier's certificate: %s", listener_.c_str(),
+              error.c_str());
+      return;
+    }
+    io::log("listener %s: acme: certificate for %s taken from the tier, expires %s",
+            listener_.c_str(), join_domains().c_str(), format_time(theirs_expire).c_str());
+    announced_ = true;
+    on_certificate_();
+  }
+
+  // Whether `pem` (key then chain) is a certificate for every domain with its
+  // key; `expires` its notAfter.
+  bool usable(const std::string& pem, int64_t& expires) const {
+    if (pem.empty())
+      return false;
+    BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+    EVP_PKEY* key = bio ? PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr) : nullptr;
+    BIO_free(bio);
+    bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+    X509* cert = bio ? PEM_read_bio_X509(bio, nullptr, nullptr, nullptr) : nullptr;
+    BIO_free(bio);
+    bool ok = key && cert && X509_check_private_key(cert, key) == 1;
+    if (ok) {
+      std::vector<std::string> names = io::certificate_names(cert);
+      ok = std::all_of(acme_.domains.begin(), acme_.domains.end(), [&](const auto& d) {
+        return std::find(names.begin(), names.end(), d) != names.end();
+      });
+      expires = io::not_after(cert);
+    }
+    ERR_clear_error();
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    return ok;
   }
 
   std::string join_domains() const {
@@ -800,7 +897,7 @@ private:
     if (!check_storage(acme_.storage, error))
       return false;
     if (account_key_)
-      return true;
+      return share_account(error);
     std::string path = acme_.storage + "/account.key";
     account_key_ = read_key(path);
     if (account_key_ &&
@@ -823,12 +920,50 @@ private:
       }
       io::log("listener %s: acme: new account key in %s", listener_.c_str(), path.c_str());
     }
+    return use_account_key(error) && share_account(error);
+  }
+
+  bool use_account_key(std::string& error) {
     jwk_ = jwk_of(account_key_);
     if (jwk_.find("\"x\":\"\"") != std::string::npos ||
         jwk_.find("\"y\":\"\"") != std::string::npos)
-      return fail(error, path + ": cannot read the key's public point");
+      return fail(error, acme_.storage + "/account.key: cannot read the key's public point");
     thumbprint_ = b64url(sha256(jwk_));
     return true;
+  }
+
+  // With a tier: one account for all instances (the first one's key).
+  bool share_account(std::string& error) {
+    if (!shared_ || account_shared_)
+      return true;
+    std::string mine = key_pem(account_key_), pem = mine, why;
+    if (!shared_->account_key(acme_.directory, pem, why)) {
+      unshared(why);
+      return true; // this instance's own account meanwhile
+    }
+    account_shared_ = true;
+    if (pem == mine)
+      return true;
+    BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+    EVP_PKEY* theirs = bio ? PEM_read_bio_PrivateKey(bio, nullptr, nullptr, nullptr) : nullptr;
+    BIO_free(bio);
+    ERR_clear_error();
+    if (!theirs || !EVP_PKEY_is_a(theirs, "EC") || EVP_PKEY_get_bits(theirs) != 256) {
+      EVP_PKEY_free(theirs);
+      return fail(error, "the tier's account key for " + acme_.directory +
+                             " is not a P-256 key: delete it from the store");
+    }
+    std::string path = acme_.storage + "/account.key";
+    if (!write_private(path, pem, error)) {
+      EVP_PKEY_free(theirs);
+      return false;
+    }
+    EVP_PKEY_free(account_key_);
+    account_key_ = theirs;
+    kid_.clear();
+    io::log("listener %s: acme: using the tier's account key (stored in %s)", listener_.c_str(),
+            path.c_str());
+    return use_account_key(error);
   }
 
   bool directory(std::string& error) {
@@ -930,31 +1065,32 @@ private:
     io::AcmeChallenges& challenges = io::AcmeChallenges::instance();
     if (acme_.challenge == config::Acme::Challenge::http_01) {
       challenges.put_http(token, key_authorization);
-    } else {
-      EVP_PKEY* key = io::new_ec_key();
-      X509_EXTENSION* ext = acme_identifier(key_authorization);
-      X509* cert = key && ext ? io::self_signed_certificate(key, domain, 1, ext) : nullptr;
-      X509_EXTENSION_free(ext);
-      if (!cert) {
-        EVP_PKEY_free(key);
-        return fail(error, "cannot make the TLS-ALPN-01 certificate: " + openssl_error());
-      }
-      challenges.put_alpn(domain, cert, key);
-      X509_free(cert);
-      EVP_PKEY_free(key);
+    } else if (std::string why = challenges.put_alpn_authorization(domain, key_authorization);
+               !why.empty()) {
+      return fail(error, why);
     }
+    bool http = acme_.challenge == config::Acme::Challenge::http_01;
+    std::string field = http ? "http " + token : "alpn " + domain;
     // Taken down however the validation ends (an exception included).
     struct Unpublish {
       bool http;
       const std::string& token;
       const std::string& domain;
+      SharedStorage* shared;
+      const std::string& field;
       ~Unpublish() {
         if (http)
           io::AcmeChallenges::instance().remove_http(token);
         else
           io::AcmeChallenges::instance().remove_alpn(domain);
+        if (shared)
+          shared->withdraw_challenge(field);
       }
-    } unpublish{acme_.challenge == config::Acme::Challenge::http_01, token, domain};
+    } unpublish{http, token, domain, shared_.get(), field};
+    // Every instance of the tier answers it before the CA is told to look:
+    // its validation may reach any of them.
+    if (std::string why; shared_ && !shared_->publish_challenge(field, key_authorization, why))
+      unshared(why);
     json ignored;
     return post_json(challenge_url, "{}", ignored, r, error) && poll(url, {"valid"}, authz, error);
   }
@@ -1020,6 +1156,10 @@ private:
   const std::string listener_;
   const config::Acme acme_;
   std::function<void()> on_certificate_;
+  std::shared_ptr<SharedStorage> shared_; // the tier's (cluster:), or none
+  bool account_shared_ = false;           // the account key is the tier's
+  bool said_waiting_ = false;             // "another instance orders" logged
+  bool said_unshared_ = false;            // "cannot reach the tier's storage" logged
   std::thread thread_;
   std::mutex mutex_;
   std::condition_variable wake_;
@@ -1063,7 +1203,7 @@ void Manager::update(const config::Config& config) {
       return c->listener() == name && c->settings() == acme;
     });
     if (!running)
-      keep.push_back(std::make_unique<Client>(name, acme, on_certificate_));
+      keep.push_back(std::make_unique<Client>(name, acme, on_certificate_, shared_));
   }
   clients_ = std::move(keep);
 }

@@ -11,9 +11,16 @@
 //
 // A stored certificate that covers the domains and is not due is used as it
 // is: a restart makes no new order.
+//
+// With a SharedStorage (a `cluster:` block: Redis) the instances of a tier
+// share the account, the certificates and the challenges: one instance
+// orders at a time (a lock with expiry), publishes each challenge to every
+// instance before it tells the CA, and stores the certificate for the others,
+// which take it from there. N instances behind one name make one order.
 
 #include "config/config_types.hpp"
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -24,6 +31,31 @@
 #include <vector>
 
 namespace lb::acme {
+
+// Where the instances of a tier share ACME state. Calls block briefly (a
+// client's thread, never the data path); false (or -1) with `error` when the
+// store cannot be reached, and the client then goes on alone.
+class SharedStorage {
+public:
+  virtual ~SharedStorage() = default;
+  // The tier's account key for `directory`: the stored one, else `pem`
+  // (this instance's) is stored. `pem` is set to the key to use.
+  virtual bool account_key(const std::string& directory, std::string& pem, std::string& error) = 0;
+  // The key and chain stored for `name` ("" when none).
+  virtual bool certificate(const std::string& name, std::string& pem, std::string& error) = 0;
+  virtual bool store_certificate(const std::string& name, const std::string& pem,
+                                 std::string& error) = 0;
+  // Takes (or keeps) the lock on ordering `name` for `ttl`: 1 this instance
+  // holds it, 0 another one does, -1 the store cannot be reached.
+  virtual int lock(const std::string& name, std::chrono::seconds ttl, std::string& error) = 0;
+  virtual void unlock(const std::string& name) = 0;
+  // A challenge every instance answers: `field` is "http TOKEN" or "alpn
+  // DOMAIN", the value the key authorization. Returns once every instance
+  // has it (cluster.instances of them), or after a few seconds.
+  virtual bool publish_challenge(const std::string& field, const std::string& key_authorization,
+                                 std::string& error) = 0;
+  virtual void withdraw_challenge(const std::string& field) = 0;
+};
 
 struct RenewalCount {
   std::string listener;
@@ -43,6 +75,8 @@ public:
   // Clients for `config`'s ACME listeners: unchanged ones go on, others stop
   // or start.
   void update(const config::Config& config);
+  // Shares the clients' state with other instances (before the first update()).
+  void set_shared(std::shared_ptr<SharedStorage> shared) { shared_ = std::move(shared); }
   void stop();
   std::vector<RenewalCount> counts() const;
 
@@ -50,6 +84,7 @@ public:
 
 private:
   std::function<void()> on_certificate_;
+  std::shared_ptr<SharedStorage> shared_;
   mutable std::mutex mutex_;
   std::vector<std::unique_ptr<Client>> clients_;
   std::vector<RenewalCount> retired_; // counts of clients that stopped

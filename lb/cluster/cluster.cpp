@@ -1,12 +1,11 @@
 #include "lb/cluster/cluster.hpp"
 
+#include "lb/cluster/redis.hpp"
+#include "lb/io/acme_challenges.hpp"
 #include "lb/io/log.hpp"
 #include "lb/proxy/rate_limit.hpp"
 
-#include <hiredis/hiredis.h>
-
 #include <chrono>
-#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -22,29 +21,6 @@ constexpr auto reconnect_interval = std::chrono::milliseconds(500);
 // A peer whose counts have not moved for this long has stopped: its field is deleted.
 constexpr auto forget_after = std::chrono::seconds(10);
 constexpr size_t periods_kept = 4;
-constexpr timeval redis_timeout{0, 500 * 1000};
-
-struct ReplyFree {
-  void operator()(redisReply* r) const { freeReplyObject(r); }
-};
-using Reply = std::unique_ptr<redisReply, ReplyFree>;
-
-Reply command(redisContext* c, const char* format, ...) {
-  va_list ap;
-  va_start(ap, format);
-  void* r = redisvCommand(c, format, ap);
-  va_end(ap);
-  return Reply(static_cast<redisReply*>(r));
-}
-
-std::string failure(redisContext* c, const redisReply* r) {
-  if (r && r->type == REDIS_REPLY_ERROR)
-    return std::string(r->str, r->len);
-  if (c && c->err)
-    return c->errstr;
-  return "no answer";
-}
-
 proxy::RateLimiter::Mode mode_for(const proxy::RateLimiter& l, bool up) {
   if (up)
     return proxy::RateLimiter::Mode::shared;
@@ -73,25 +49,7 @@ Cluster::~Cluster() {
     redisFree(poll_context_);
 }
 
-redisContext* Cluster::connect(std::string& error) const {
-  redisContext* c = redisConnectWithTimeout(config_.host.c_str(), config_.port, redis_timeout);
-  if (!c || c->err) {
-    error = c ? c->errstr : "cannot allocate a Redis context";
-    if (c)
-      redisFree(c);
-    return nullptr;
-  }
-  redisSetTimeout(c, redis_timeout);
-  if (!config_.password.empty()) {
-    Reply r = command(c, "AUTH %b", config_.password.data(), config_.password.size());
-    if (!r || r->type == REDIS_REPLY_ERROR) {
-      error = "AUTH: " + failure(c, r.get());
-      redisFree(c);
-      return nullptr;
-    }
-  }
-  return c;
-}
+redisContext* Cluster::connect(std::string& error) const { return connect_redis(config_, error); }
 
 void Cluster::link_up(bool up, const std::string& why) {
   bool was = connected_.exchange(up);
@@ -159,15 +117,23 @@ bool Cluster::poll(std::vector<Override>& out, bool& changed) {
   redisContext* c = link();
   if (!c)
     return false;
+  // The overrides' version and the ACME challenges' in one command.
   std::string version_key = config_.key_prefix + "overrides:version";
-  Reply v = command(c, "GET %b", version_key.data(), version_key.size());
+  std::string challenges_key = config_.key_prefix + "acme:challenges:version";
+  Reply v = command(c, "MGET %b %b", version_key.data(), version_key.size(), challenges_key.data(),
+                    challenges_key.size());
   round_trips_.fetch_add(1);
-  if (!v || (v->type != REDIS_REPLY_STRING && v->type != REDIS_REPLY_NIL)) {
+  if (!v || v->type != REDIS_REPLY_ARRAY || v->elements != 2) {
     drop(failure(c, v.get()));
     return false;
   }
   link_up(true, "");
-  int64_t version = v->type == REDIS_REPLY_NIL ? 0 : std::atoll(v->str);
+  int64_t challenges = std::atoll(text(v->element[1]).c_str());
+  if (challenges != challenges_version_ || fresh) {
+    if (!take_challenges(c, challenges))
+      return false;
+  }
+  int64_t version = std::atoll(text(v->element[0]).c_str()); // (none: 0)
   if (version == version_.load() && !fresh)
     return true;
   std::string hash_key = config_.key_prefix + "overrides";
@@ -211,6 +177,53 @@ bool Cluster::poll(std::vector<Override>& out, bool& changed) {
   int64_t before = version_.exchange(version);
   went_down_.store(before > 0 && version < before);
   changed = true;
+  return true;
+}
+
+// The tier's ACME challenges (another instance's order may be validated
+// through this one), then "this instance answers version V" in acme:seen.
+bool Cluster::take_challenges(redisContext* c, int64_t version) {
+  std::string hash = config_.key_prefix + "acme:challenges";
+  Reply all = command(c, "HGETALL %b", hash.data(), hash.size());
+  round_trips_.fetch_add(1);
+  if (!all || all->type != REDIS_REPLY_ARRAY) {
+    drop(failure(c, all.get()));
+    return false;
+  }
+  std::map<std::string, std::string> now;
+  for (size_t i = 0; i + 1 < all->elements; i += 2)
+    now[text(all->element[i])] = text(all->element[i + 1]);
+  io::AcmeChallenges& table = io::AcmeChallenges::instance();
+  for (const auto& [field, value] : challenges_)
+    if (!now.count(field)) {
+      if (field.starts_with("http "))
+        table.remove_http(field.substr(5));
+      else if (field.starts_with("alpn "))
+        table.remove_alpn(field.substr(5));
+    }
+  for (const auto& [field, value] : now) {
+    auto it = challenges_.find(field);
+    if (it != challenges_.end() && it->second == value)
+      continue;
+    if (field.starts_with("http "))
+      table.put_http(field.substr(5), value);
+    else if (field.starts_with("alpn "))
+      if (std::string why = table.put_alpn_authorization(field.substr(5), value); !why.empty())
+        io::log("cluster: acme challenge for %s: %s", field.c_str() + 5, why.c_str());
+  }
+  challenges_ = std::move(now);
+  challenges_version_ = version;
+  if (version > 0) {
+    std::string seen = config_.key_prefix + "acme:seen";
+    std::string v = std::to_string(version);
+    Reply r = command(c, "HSET %b %b %b", seen.data(), seen.size(), instance_.data(),
+                      instance_.size(), v.data(), v.size());
+    round_trips_.fetch_add(1);
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+      drop(failure(c, r.get()));
+      return false;
+    }
+  }
   return true;
 }
 

@@ -5,6 +5,9 @@
 // version every 250 ms and applies a new set of overrides, and an instance
 // that starts reads them before it serves.
 //
+// ACME challenges another instance publishes (lb/cluster/acme_share.hpp)
+// are read along with the overrides' version and answered here too.
+//
 // Rate limits with `scope: cluster` are exchanged every 100 ms in one
 // pipelined round trip: each instance writes what it let through in its last
 // four periods (key hash and count per limit) as one field of a hash, and
@@ -102,6 +105,7 @@ private:
   void drop(const std::string& why);
   bool poll(std::vector<Override>& out, bool& changed);
   void exchange_counts();
+  bool take_challenges(redisContext* c, int64_t version);
   void set_modes();
   redisContext* connect(std::string& error) const;
   void link_up(bool up, const std::string& why);
@@ -136,6 +140,9 @@ private:
   };
   std::map<std::string, Peer> peers_;
   unsigned exchanges_ = 0;
+  // The tier's ACME challenges this instance answers, and their version.
+  std::map<std::string, std::string> challenges_;
+  int64_t challenges_version_ = -1;
 };
 
 // The overrides hash's field for a backend: "POOL BACKEND".

@@ -1,5 +1,6 @@
 #include "lb/control/control_plane.hpp"
 
+#include "lb/cluster/acme_share.hpp"
 #include "lb/io/log.hpp"
 
 #include <boost/asio/post.hpp>
@@ -205,6 +206,9 @@ bool ControlPlane::start() {
   admin_->set_health_check_counts([this] { return health_check_counts(); });
   admin_->set_reload_handler([this] { return reload("POST /reload"); });
   acme_.emplace([this] { boost::asio::post(io_, [this] { refresh_certificates("acme"); }); });
+  if (config_->cluster
+          .enabled) // one order for the tier: the account, certificates and challenges in Redis
+    acme_->set_shared(std::make_shared<cluster::AcmeShare>(config_->cluster));
   acme_->update(*config_);
   if (config_->cluster.enabled) {
     // The tier's overrides are read before this instance serves.

@@ -1,8 +1,35 @@
 #include "lb/io/acme_challenges.hpp"
 
+#include "lb/io/tls.hpp"
+
+#include <openssl/evp.h>
+#include <openssl/x509v3.h>
 #include <unistd.h>
 
+#include <cstring>
+
 namespace lb::io {
+
+namespace {
+
+// The TLS-ALPN-01 certificate's acmeIdentifier extension (RFC 8737 §3):
+// critical, the SHA-256 of the key authorization as a DER OCTET STRING.
+X509_EXTENSION* acme_identifier(const std::string& key_authorization) {
+  unsigned char der[34] = {0x04, 0x20};
+  unsigned int n = 0;
+  EVP_Digest(key_authorization.data(), key_authorization.size(), der + 2, &n, EVP_sha256(),
+             nullptr);
+  ASN1_OBJECT* oid = OBJ_txt2obj("1.3.6.1.5.5.7.1.31", 1);
+  ASN1_OCTET_STRING* value = ASN1_OCTET_STRING_new();
+  X509_EXTENSION* ext = nullptr;
+  if (n == 32 && oid && value && ASN1_OCTET_STRING_set(value, der, sizeof der) == 1)
+    ext = X509_EXTENSION_create_by_OBJ(nullptr, oid, 1, value);
+  ASN1_OBJECT_free(oid);
+  ASN1_OCTET_STRING_free(value);
+  return ext;
+}
+
+} // namespace
 
 AcmeChallenges& AcmeChallenges::instance() {
   static AcmeChallenges* challenges = new AcmeChallenges; // lives as long as the process
@@ -45,6 +72,22 @@ void AcmeChallenges::put_alpn(const std::string& domain, X509* cert, EVP_PKEY* k
   EVP_PKEY_free(a.key);
   a = {cert, key};
   alpn_count_.store(static_cast<int>(alpn_.size()), std::memory_order_relaxed);
+}
+
+std::string AcmeChallenges::put_alpn_authorization(const std::string& domain,
+                                                   const std::string& key_authorization) {
+  EVP_PKEY* key = new_ec_key();
+  X509_EXTENSION* ext = acme_identifier(key_authorization);
+  X509* cert = key && ext ? self_signed_certificate(key, domain, 1, ext) : nullptr;
+  X509_EXTENSION_free(ext);
+  if (!cert) {
+    EVP_PKEY_free(key);
+    return "cannot make the TLS-ALPN-01 certificate: " + openssl_error();
+  }
+  put_alpn(domain, cert, key);
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  return {};
 }
 
 void AcmeChallenges::remove_alpn(const std::string& domain) {

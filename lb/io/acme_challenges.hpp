@@ -32,6 +32,10 @@ public:
   // TLS-ALPN-01: a handshake for `domain` offering ALPN "acme-tls/1" gets this
   // certificate (self-signed, with the acmeIdentifier extension). Takes a reference to both.
   void put_alpn(const std::string& domain, X509* cert, EVP_PKEY* key);
+  // The same, with a new key and certificate made for `key_authorization`
+  // (RFC 8737 §3); "" or why not.
+  std::string put_alpn_authorization(const std::string& domain,
+                                     const std::string& key_authorization);
   void remove_alpn(const std::string& domain);
   static bool alpn_pending() { return alpn_count_.load(std::memory_order_relaxed) > 0; }
   // Puts `domain`'s challenge certificate on `ssl`; false when there is none.

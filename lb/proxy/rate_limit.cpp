@@ -49,6 +49,8 @@ RateLimiter::RateLimiter(const config::RateLimit& config)
   if (shared()) {
     keys_ = std::make_unique<std::atomic<uint64_t>[]>(n);
     counts_ = std::make_unique<std::atomic<uint32_t>[]>(n);
+    dirty_words_ = ((n + 63) / 64 + 63) / 64;
+    dirty_ = std::make_unique<std::atomic<uint64_t>[]>(dirty_words_);
   }
 }
 
@@ -104,7 +106,12 @@ RateLimiter::Verdict RateLimiter::take(uint64_t key_hash, int64_t now_us) {
         size_t i = static_cast<size_t>(p.slot - slots_.get());
         if (keys_[i].load(std::memory_order_relaxed) != key_hash)
           keys_[i].store(key_hash, std::memory_order_relaxed);
-        counts_[i].fetch_add(1, std::memory_order_relaxed);
+        counts_[i].fetch_add(1);
+        // (Marked after the count: a drain that clears the mark sees the count.)
+        std::atomic<uint64_t>& word = dirty_[i >> 12];
+        uint64_t bit = uint64_t(1) << ((i >> 6) & 63);
+        if (!(word.load() & bit))
+          word.fetch_or(bit);
       }
       return {true, 0};
     }

@@ -59,10 +59,18 @@ public:
   template <class F> void drain_counts(F&& f) {
     if (!counts_)
       return;
-    for (size_t i = 0; i <= mask_; ++i)
-      if (counts_[i].load(std::memory_order_relaxed) != 0)
-        if (uint32_t n = counts_[i].exchange(0, std::memory_order_relaxed))
-          f(keys_[i].load(std::memory_order_relaxed), n);
+    // Only the groups of 64 slots marked since the last call.
+    for (size_t w = 0; w < dirty_words_; ++w) {
+      uint64_t bits = dirty_[w].exchange(0);
+      while (bits) {
+        size_t group = w * 64 + static_cast<size_t>(__builtin_ctzll(bits));
+        bits &= bits - 1;
+        for (size_t i = group * 64; i < group * 64 + 64 && i <= mask_; ++i)
+          if (counts_[i].load(std::memory_order_relaxed) != 0)
+            if (uint32_t n = counts_[i].exchange(0))
+              f(keys_[i].load(std::memory_order_relaxed), n);
+      }
+    }
   }
 
   const config::RateLimit& config() const { return config_; }
@@ -92,6 +100,9 @@ private:
   // the last drain_counts().
   std::unique_ptr<std::atomic<uint64_t>[]> keys_;
   std::unique_ptr<std::atomic<uint32_t>[]> counts_;
+  // One bit per group of 64 slots whose counts changed since drain_counts().
+  std::unique_ptr<std::atomic<uint64_t>[]> dirty_;
+  size_t dirty_words_ = 0;
   std::atomic<int> mode_{0};
   std::atomic<uint64_t> untracked_{0};
   struct alignas(64) Counter {

@@ -162,6 +162,29 @@ TEST(RateLimiterTest, SharedCountsWhatPassedHereAndStartsAfresh) {
   local.drain_counts([&](uint64_t, uint32_t) { ADD_FAILURE() << "a local limit counted"; });
 }
 
+TEST(RateLimiterTest, SharedCountsAreFoundWhereverTheKeysLand) {
+  // Keys all over the table (max_keys 4096: 8192 slots, 128 groups of 64),
+  // and a tiny table (2 slots).
+  for (uint32_t max_keys : {4096u, 1u}) {
+    config::RateLimit l = cluster_limit(100, 50, 3);
+    l.max_keys = max_keys;
+    RateLimiter r(l);
+    int64_t t0 = steady_us();
+    std::map<uint64_t, uint32_t> sent;
+    uint32_t keys = max_keys == 1 ? 1 : 1000; // (few enough that none goes untracked)
+    for (uint32_t k = 0; k < keys; ++k) {
+      uint64_t key = r.hash(std::to_string(k));
+      for (uint32_t i = 0; i <= k % 3; ++i)
+        if (r.take(key, t0).allowed)
+          ++sent[key];
+    }
+    std::map<uint64_t, uint32_t> seen;
+    r.drain_counts([&](uint64_t key, uint32_t n) { seen[key] += n; });
+    ASSERT_EQ(r.untracked(), 0u);
+    EXPECT_EQ(seen, sent) << max_keys;
+  }
+}
+
 TEST(RateLimiterTest, WhatOtherInstancesLetThroughHoldsTheKeyBack) {
   RateLimiter r(cluster_limit(10, 4, 3));
   int64_t t0 = steady_us();
