@@ -83,6 +83,16 @@ std::string read_file(const std::string& path) {
   return in ? out.str() : std::string();
 }
 
+std::string hex(std::string_view bytes) {
+  static const char digits[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out += digits[c >> 4];
+    out += digits[c & 15];
+  }
+  return out;
+}
+
 std::string sha256(std::string_view s) {
   unsigned char md[32];
   unsigned int n = 0;
@@ -582,6 +592,14 @@ public:
          std::shared_ptr<SharedStorage> shared)
       : listener_(std::move(listener)), acme_(std::move(acme)),
         on_certificate_(std::move(on_certificate)), shared_(std::move(shared)) {
+    // FIRST-DOMAIN@HASH: the hash of the directory and every domain, so that
+    // listeners ordering other names (or from another CA) share nothing.
+    std::vector<std::string> sorted = acme_.domains;
+    std::sort(sorted.begin(), sorted.end());
+    std::string what = acme_.directory;
+    for (const auto& d : sorted)
+      what += "\n" + d;
+    share_name_ = acme_.domains[0] + "@" + hex(sha256(what)).substr(0, 12);
     thread_ = std::thread([this] { run(); });
   }
   ~Client() {
@@ -669,9 +687,26 @@ private:
         continue;
       }
       std::string error;
-      bool holding = false; // the tier's lock on this order
+      holding_ = false; // the tier's lock on this order
       if (shared_) {
-        int got = shared_->lock(acme_.domains[0], order_lock_ttl, error);
+        int got = shared_->lock(share_name_, order_lock_ttl, error);
+        if (got > 0) {
+          // The holder before may have stored its certificate and let go
+          // just now: look again before ordering.
+          take_shared();
+          if (due(expires, &lifetime) > now()) {
+            shared_->unlock(share_name_);
+            continue;
+          }
+        }
+        if (got < 0 && expires - now() > std::max<int64_t>(lifetime / 6, 0)) {
+          // The store cannot be reached, and the certificate has time left:
+          // ordering alone now could make every instance order. Later.
+          unshared(error);
+          if (!sleep_ms(10000))
+            return;
+          continue;
+        }
         if (got == 0) {
           // Another instance orders: its certificate comes through the store.
           if (!said_waiting_)
@@ -684,8 +719,8 @@ private:
           continue;
         }
         if (got < 0)
-          unshared(error);
-        holding = got == 1;
+          unshared(error); // no certificate, or little time left: alone
+        holding_ = got == 1;
         error.clear();
       }
       said_waiting_ = false;
@@ -705,10 +740,12 @@ private:
           succeeded_.fetch_add(1);
           if (shared_) {
             std::string why, pem = read_file(io::acme_certificate_files(acme_).cert);
-            if (!shared_->store_certificate(acme_.domains[0], pem, why))
+            // (Stored: the others take it, the lock goes. Not stored: the
+            // lock stays until it expires, so that they do not order too.)
+            if (!shared_->store_certificate(share_name_, pem, next_expires, why))
               unshared(why);
-            if (holding)
-              shared_->unlock(acme_.domains[0]);
+            else if (holding_)
+              shared_->unlock(share_name_);
           }
           io::log("listener %s: acme: certificate for %s issued, expires %s, renews at %s",
                   listener_.c_str(), join_domains().c_str(), format_time(next_expires).c_str(),
@@ -722,8 +759,11 @@ private:
         error = "the new certificate is due for renewal already (it lacks a name, or this "
                 "machine's clock is off)";
       }
-      if (stopping())
+      if (stopping()) {
+        if (holding_) // the others need not wait for its expiry
+          shared_->unlock(share_name_);
         return;
+      }
       ++failures;
       failed_.fetch_add(1);
       // Backoff: 2 s doubling to an hour, and never past a quarter of what is
@@ -734,9 +774,9 @@ private:
         int64_t floor = std::clamp<int64_t>(lifetime / 20, 1, 60);
         wait = std::max(floor, std::min(wait, (expires - now()) / 4));
       }
-      if (holding) { // the other instances wait as long as this one
+      if (holding_) { // the other instances wait as long as this one, and then some
         std::string why;
-        shared_->lock(acme_.domains[0], std::chrono::seconds(wait), why);
+        shared_->lock(share_name_, std::chrono::seconds(wait + 60), why);
       }
       io::log(
           "listener %s: acme: order for %s failed: %s; trying again in %llds (%s)",
@@ -759,7 +799,7 @@ private:
   // instance ordered it); this instance's, when the tier has none yet.
   void take_shared() {
     std::string pem, why;
-    if (!shared_->certificate(acme_.domains[0], pem, why))
+    if (!shared_->certificate(share_name_, pem, why))
       return unshared(why);
     said_unshared_ = false;
     config::TlsCertificate files = io::acme_certificate_files(acme_);
@@ -769,12 +809,14 @@ private:
     int64_t theirs_expire = 0, mine_expire = 0;
     bool theirs_ok = usable(pem, theirs_expire);
     bool mine_ok = usable(mine, mine_expire);
-    if (!theirs_ok) {
-      if (mine_ok && !shared_->store_certificate(acme_.domains[0], mine, why))
+    if (mine_ok && (!theirs_ok || mine_expire > theirs_expire)) {
+      // The tier lacks it (a Redis emptied, an instance joining), or has an
+      // older one: this instance's goes there.
+      if (!shared_->store_certificate(share_name_, mine, mine_expire, why))
         unshared(why);
       return;
     }
-    if (mine_ok && mine_expire >= theirs_expire)
+    if (!theirs_ok || (mine_ok && mine_expire >= theirs_expire))
       return;
     std::string error;
     if (!check_storage(acme_.storage, error) || !write_private(files.cert, pem, error)) {
@@ -1095,6 +1137,20 @@ private:
     return post_json(challenge_url, "{}", ignored, r, error) && poll(url, {"valid"}, authz, error);
   }
 
+  // The tier's lock, renewed through a long order; false when another
+  // instance has taken it meanwhile (this order ran past the lock's life).
+  bool keep_lock(std::string& error) {
+    if (!holding_)
+      return true;
+    std::string why;
+    if (shared_->lock(share_name_, order_lock_ttl, why) == 0) {
+      holding_ = false;
+      return fail(error, "another instance of the tier took the order over (this one ran past " +
+                             std::to_string(order_lock_ttl.count()) + " s)");
+    }
+    return true;
+  }
+
   bool order(std::string& error) {
     if (!load_account(error) || !directory(error) || !account(error))
       return false;
@@ -1113,7 +1169,7 @@ private:
     if (order_url.empty())
       return fail(error, "new order: no Location");
     for (const auto& a : order.value("authorizations", json::array()))
-      if (!a.is_string() || !authorize(a.get<std::string>(), error))
+      if (!keep_lock(error) || !a.is_string() || !authorize(a.get<std::string>(), error))
         return a.is_string() ? false : fail(error, "new order: a malformed authorization");
     // The certificate's own key: new for every order.
     EVP_PKEY* key = io::new_ec_key();
@@ -1124,7 +1180,8 @@ private:
     if (!ok)
       error = "cannot make the CSR";
     std::string finalize = order.value("finalize", "");
-    ok = ok && post_json(finalize, json{{"csr", b64url(csr)}}.dump(), order, r, error) &&
+    ok = ok && keep_lock(error) &&
+         post_json(finalize, json{{"csr", b64url(csr)}}.dump(), order, r, error) &&
          poll(order_url, {"valid"}, order, error);
     std::string chain;
     if (ok) {
@@ -1158,6 +1215,8 @@ private:
   std::function<void()> on_certificate_;
   std::shared_ptr<SharedStorage> shared_; // the tier's (cluster:), or none
   bool account_shared_ = false;           // the account key is the tier's
+  std::string share_name_;                // the certificate's name in the store
+  bool holding_ = false;                  // this instance holds the tier's lock on the order
   bool said_waiting_ = false;             // "another instance orders" logged
   bool said_unshared_ = false;            // "cannot reach the tier's storage" logged
   std::thread thread_;

@@ -41,9 +41,12 @@ public:
   // The tier's account key for `directory`: the stored one, else `pem`
   // (this instance's) is stored. `pem` is set to the key to use.
   virtual bool account_key(const std::string& directory, std::string& pem, std::string& error) = 0;
-  // The key and chain stored for `name` ("" when none).
+  // The key and chain stored for `name` ("" when none); `name` is the first
+  // domain and a hash of the directory and all domains.
   virtual bool certificate(const std::string& name, std::string& pem, std::string& error) = 0;
-  virtual bool store_certificate(const std::string& name, const std::string& pem,
+  // Stores `pem` unless the store holds one that expires later (`expires`:
+  // its notAfter).
+  virtual bool store_certificate(const std::string& name, const std::string& pem, int64_t expires,
                                  std::string& error) = 0;
   // Takes (or keeps) the lock on ordering `name` for `ttl`: 1 this instance
   // holds it, 0 another one does, -1 the store cannot be reached.

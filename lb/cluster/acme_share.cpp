@@ -48,7 +48,7 @@ bool AcmeShare::certificate(const std::string& name, std::string& pem, std::stri
   if (!c)
     return false;
   std::string key = config_.key_prefix + "acme:cert:" + name;
-  Reply r = command(c.get(), "GET %b", key.data(), key.size());
+  Reply r = command(c.get(), "HGET %b pem", key.data(), key.size());
   if (!r || (r->type != REDIS_REPLY_STRING && r->type != REDIS_REPLY_NIL)) {
     error = "redis " + config_.host + ":" + std::to_string(config_.port) + ": " +
             failure(c.get(), r.get());
@@ -58,14 +58,23 @@ bool AcmeShare::certificate(const std::string& name, std::string& pem, std::stri
   return true;
 }
 
-bool AcmeShare::store_certificate(const std::string& name, const std::string& pem,
+bool AcmeShare::store_certificate(const std::string& name, const std::string& pem, int64_t expires,
                                   std::string& error) {
   Connection c(connect_redis(config_, error));
   if (!c)
     return false;
   std::string key = config_.key_prefix + "acme:cert:" + name;
-  Reply r = command(c.get(), "SET %b %b", key.data(), key.size(), pem.data(), pem.size());
-  if (!r || r->type == REDIS_REPLY_ERROR) {
+  std::string at = std::to_string(expires);
+  // Never a certificate that expires sooner over one that expires later (an
+  // instance that ordered alone while the store was away).
+  static const char* script =
+      "local cur = tonumber(redis.call('HGET', KEYS[1], 'expires') or '0') "
+      "if tonumber(ARGV[2]) > cur then "
+      "redis.call('HSET', KEYS[1], 'pem', ARGV[1], 'expires', ARGV[2]) return 1 end "
+      "return 0";
+  Reply r = command(c.get(), "EVAL %s 1 %b %b %b", script, key.data(), key.size(), pem.data(),
+                    pem.size(), at.data(), at.size());
+  if (!r || r->type != REDIS_REPLY_INTEGER) {
     error = "redis " + config_.host + ":" + std::to_string(config_.port) + ": " +
             failure(c.get(), r.get());
     return false;

@@ -24,7 +24,7 @@ public:
 
   bool account_key(const std::string& directory, std::string& pem, std::string& error) override;
   bool certificate(const std::string& name, std::string& pem, std::string& error) override;
-  bool store_certificate(const std::string& name, const std::string& pem,
+  bool store_certificate(const std::string& name, const std::string& pem, int64_t expires,
                          std::string& error) override;
   int lock(const std::string& name, std::chrono::seconds ttl, std::string& error) override;
   void unlock(const std::string& name) override;

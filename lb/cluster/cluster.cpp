@@ -80,25 +80,37 @@ redisContext* Cluster::link() {
     link_up(false, error);
     return nullptr;
   }
-  // The tier's hash seed for shared rate limits: the first instance sets it.
+  poll_context_ = c;
+  fresh_ = true;   // poll() reads the overrides and challenges whole again
+  seeded_ = false; // exchange_counts() reads the tier's seed again
+  for (auto& [id, peer] : peers_)
+    peer.changed = now; // (this instance was away: not they)
+  return c;
+}
+
+// The tier's hash seed for shared rate limits: the first instance sets it.
+bool Cluster::read_seed(redisContext* c) {
   std::string seed_key = config_.key_prefix + "ratelimit:seed";
   std::random_device random;
   std::string mine = std::to_string((uint64_t(random()) << 32 | random()) | 1);
   Reply set =
       command(c, "SET %b %b NX", seed_key.data(), seed_key.size(), mine.data(), mine.size());
-  Reply got = set ? command(c, "GET %b", seed_key.data(), seed_key.size()) : Reply();
+  if (!set || set->type == REDIS_REPLY_ERROR) {
+    drop(failure(c, set.get()));
+    return false;
+  }
+  Reply got = command(c, "GET %b", seed_key.data(), seed_key.size());
   round_trips_.fetch_add(2);
   if (!got || got->type != REDIS_REPLY_STRING) {
-    next_connect_ = now + reconnect_interval;
-    errors_.fetch_add(1);
-    link_up(false, failure(c, got.get()));
-    redisFree(c);
-    return nullptr;
+    drop(failure(c, got.get()));
+    return false;
   }
   uint64_t seed = std::strtoull(got->str, nullptr, 10);
-  seed_.store(seed ? seed : 1);
-  poll_context_ = c;
-  return c;
+  seed = seed ? seed : 1;
+  if (seed_.exchange(seed) != seed)
+    periods_.clear(); // hashed with the seed before: meaningless now
+  seeded_ = true;
+  return true;
 }
 
 void Cluster::drop(const std::string& why) {
@@ -113,21 +125,25 @@ void Cluster::drop(const std::string& why) {
 // One look: the version, and the overrides when it changed (into `out`, with `changed`).
 bool Cluster::poll(std::vector<Override>& out, bool& changed) {
   changed = false;
-  bool fresh = !poll_context_; // a new connection reads the set whatever the version says
   redisContext* c = link();
   if (!c)
     return false;
+  bool fresh = std::exchange(fresh_, false); // a new connection: read whole, whatever the versions
   // The overrides' version and the ACME challenges' in one command.
   std::string version_key = config_.key_prefix + "overrides:version";
   std::string challenges_key = config_.key_prefix + "acme:challenges:version";
-  Reply v = command(c, "MGET %b %b", version_key.data(), version_key.size(), challenges_key.data(),
-                    challenges_key.size());
+  std::string seed_key = config_.key_prefix + "ratelimit:seed";
+  Reply v = command(c, "MGET %b %b %b", version_key.data(), version_key.size(),
+                    challenges_key.data(), challenges_key.size(), seed_key.data(), seed_key.size());
   round_trips_.fetch_add(1);
-  if (!v || v->type != REDIS_REPLY_ARRAY || v->elements != 2) {
+  if (!v || v->type != REDIS_REPLY_ARRAY || v->elements != 3) {
     drop(failure(c, v.get()));
     return false;
   }
   link_up(true, "");
+  // The seed gone (Redis emptied) or changed: the next exchange reads it again.
+  if (std::strtoull(text(v->element[2]).c_str(), nullptr, 10) != seed_.load())
+    seeded_ = false;
   int64_t challenges = std::atoll(text(v->element[1]).c_str());
   if (challenges != challenges_version_ || fresh) {
     if (!take_challenges(c, challenges))
@@ -307,6 +323,10 @@ void Cluster::set_modes() {
 
 // Every 100 ms: this instance's counts out, the others' in, in one round trip.
 void Cluster::exchange_counts() {
+  redisContext* c = link();
+  if (c && !seeded_ && read_seed(c))
+    set_modes(); // a new seed starts the buckets afresh, before anything is drained
+  c = poll_context_;
   // What passed here since the last exchange: a new period.
   ++sequence_;
   std::string period;
@@ -323,12 +343,12 @@ void Cluster::exchange_counts() {
   periods_.push_back(std::move(period));
   if (periods_.size() > periods_kept)
     periods_.erase(periods_.begin());
-  redisContext* c = link();
   if (!c) {
     set_modes();
     return;
   }
-  std::string blob = "lb1 " + std::to_string(sequence_) + "\n";
+  // "lb1 SEQUENCE SEED": a peer that hashes with another seed is not read.
+  std::string blob = "lb1 " + std::to_string(sequence_) + " " + std::to_string(seed_.load()) + "\n";
   for (const auto& p : periods_)
     blob += p;
   std::string key = config_.key_prefix + "ratelimit";
@@ -342,18 +362,24 @@ void Cluster::exchange_counts() {
       ++it;
     }
   // HSET, HDEL of the gone, PEXPIRE now and then, HGETALL last.
-  unsigned commands = 2;
-  redisAppendCommand(c, "HSET %b %b %b", key.data(), key.size(), instance_.data(), instance_.size(),
-                     blob.data(), blob.size());
-  for (const auto& g : gone) {
-    redisAppendCommand(c, "HDEL %b %b", key.data(), key.size(), g.data(), g.size());
+  unsigned commands = 0;
+  bool queued = true;
+  auto queue = [&](int rc) {
+    queued = queued && rc == REDIS_OK;
     ++commands;
+  };
+  queue(redisAppendCommand(c, "HSET %b %b %b", key.data(), key.size(), instance_.data(),
+                           instance_.size(), blob.data(), blob.size()));
+  for (const auto& g : gone)
+    queue(redisAppendCommand(c, "HDEL %b %b", key.data(), key.size(), g.data(), g.size()));
+  if (exchanges_++ % 10 == 0) // the counts go a minute after every instance has stopped
+    queue(redisAppendCommand(c, "PEXPIRE %b 60000", key.data(), key.size()));
+  queue(redisAppendCommand(c, "HGETALL %b", key.data(), key.size()));
+  if (!queued) {
+    drop("cannot queue a command");
+    set_modes();
+    return;
   }
-  if (exchanges_++ % 10 == 0) { // the counts go a minute after every instance has stopped
-    redisAppendCommand(c, "PEXPIRE %b 60000", key.data(), key.size());
-    ++commands;
-  }
-  redisAppendCommand(c, "HGETALL %b", key.data(), key.size());
   round_trips_.fetch_add(1);
   std::vector<Reply> replies;
   for (unsigned i = 0; i < commands; ++i) {
@@ -382,15 +408,20 @@ void Cluster::exchange_counts() {
     std::string_view field(f->str, f->len), text(v->str, v->len);
     if (field == instance_ || !text.starts_with("lb1 "))
       continue;
-    uint64_t seq = std::strtoull(text.data() + 4, nullptr, 10);
+    char* end = nullptr;
+    uint64_t seq = std::strtoull(text.data() + 4, &end, 10);
+    uint64_t seed = std::strtoull(end, nullptr, 10);
     auto [it, fresh] = peers_.try_emplace(std::string(field));
     Peer& peer = it->second;
-    if (!fresh && seq == peer.applied) {
-      continue; // nothing new (a peer that stopped is forgotten after a while)
+    if (fresh || seq != peer.seen) {
+      peer.seen = seq;
+      peer.changed = now; // alive
     }
-    if (!fresh && seq < peer.applied)
-      peer.applied = 0; // it started counting again
-    peer.changed = now;
+    // Nothing new (a sequence that went back is Redis restored from older
+    // data: those periods were added already), or hashed with another seed
+    // (it reads the tier's seed again soon).
+    if ((!fresh && seq <= peer.applied) || seed != seed_.load())
+      continue;
     size_t pos = text.find('\n');
     while (pos != std::string_view::npos && pos + 1 < text.size()) {
       size_t end = text.find('\n', pos + 1);

@@ -105,6 +105,7 @@ private:
   void drop(const std::string& why);
   bool poll(std::vector<Override>& out, bool& changed);
   void exchange_counts();
+  bool read_seed(redisContext* c);
   bool take_challenges(redisContext* c, int64_t version);
   void set_modes();
   redisContext* connect(std::string& error) const;
@@ -125,6 +126,8 @@ private:
   std::atomic<bool> went_down_{false};
   bool logged_down_ = false;
   std::chrono::steady_clock::time_point next_connect_{};
+  bool fresh_ = false;  // a new connection: poll() reads everything whole
+  bool seeded_ = false; // the tier's seed read on this connection
 
   // Shared rate limits (set_limits() under mutex_; the thread works on a copy).
   std::vector<SharedLimit> limits_;
@@ -135,6 +138,7 @@ private:
   uint64_t sequence_ = 0;            // of this instance's periods
   std::vector<std::string> periods_; // the last few, as written: "SEQ HASH COUNT ID" lines
   struct Peer {
+    uint64_t seen = 0;    // its sequence, last read
     uint64_t applied = 0; // the last of its periods added here
     std::chrono::steady_clock::time_point changed;
   };

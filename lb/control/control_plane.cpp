@@ -608,9 +608,13 @@ void ControlPlane::reapply_overrides() {
   std::vector<std::pair<upstream::Pool*, size_t>> drains;
   for (const auto& o : tier_overrides_) {
     auto [pool, b] = find(o);
-    if (!pool)
-      continue;
     std::string field = cluster::override_field(o.pool, o.backend);
+    if (!pool) {
+      // Gone (DNS, a reload): when it comes back it gets the override again.
+      applied_stamps_.erase("w:" + field);
+      applied_stamps_.erase("d:" + field);
+      continue;
+    }
     if (o.weight >= 0 && fresh("w:" + field, o.weight_stamp)) {
       pool->set_weight(b, static_cast<uint32_t>(o.weight));
       applied_stamps_["w:" + field] = o.weight_stamp;

@@ -54,31 +54,42 @@ RateLimiter::RateLimiter(const config::RateLimit& config)
   }
 }
 
-RateLimiter::Probe RateLimiter::probe(uint64_t key_hash, int64_t now) const {
+RateLimiter::Probe RateLimiter::probe(uint64_t key_hash, int64_t now, bool exact) const {
   // The key's own slot first (live or not): a key must never leave its
   // bucket for a free slot while the bucket still holds it back.
   uint64_t fp = fingerprint(key_hash);
   size_t first = static_cast<size_t>(key_hash) & mask_;
   Probe free;
   for (unsigned p = 0; p < probes; ++p) {
-    std::atomic<uint64_t>& s = slots_[(first + p) & mask_];
+    size_t i = (first + p) & mask_;
+    std::atomic<uint64_t>& s = slots_[i];
     uint64_t sv = s.load(std::memory_order_relaxed);
-    if (sv != 0 && (sv >> fp_shift) == fp)
-      return {&s, sv, true};
-    if (!free.slot && (sv == 0 || static_cast<int64_t>(sv & tat_mask) <= now))
-      free = {&s, sv, false}; // empty, or another key's bucket that has filled up again
+    if (sv != 0 && (sv >> fp_shift) == fp) {
+      uint64_t whole = exact ? keys_[i].load(std::memory_order_relaxed) : 0;
+      if (whole == 0 || whole == key_hash)
+        return {&s, sv, true};
+      continue; // another key with the same fingerprint
+    }
+    // Empty, or another key's bucket that has filled up again; not while it
+    // holds counts the next exchange has not sent (they would go out under
+    // the new key's hash).
+    if (!free.slot && (sv == 0 || static_cast<int64_t>(sv & tat_mask) <= now) &&
+        (!counts_ || counts_[i].load(std::memory_order_relaxed) == 0))
+      free = {&s, sv, false};
   }
   return free;
 }
 
 RateLimiter::Verdict RateLimiter::take(uint64_t key_hash, int64_t now_us) {
   int64_t interval = interval_us_;
+  bool count = false; // what passes goes to the other instances
   if (counts_) {
     Mode m = mode();
     if (m == Mode::open)
       return {true, 0};
     if (m == Mode::local)
-      interval = fallback_interval_us_;
+      interval = fallback_interval_us_; // (not counted: the others do the same)
+    count = m == Mode::shared;
   }
   // Times start at 1 so that a used slot is never all zero.
   int64_t now = std::max<int64_t>(1, now_us - epoch_us_);
@@ -106,6 +117,8 @@ RateLimiter::Verdict RateLimiter::take(uint64_t key_hash, int64_t now_us) {
         size_t i = static_cast<size_t>(p.slot - slots_.get());
         if (keys_[i].load(std::memory_order_relaxed) != key_hash)
           keys_[i].store(key_hash, std::memory_order_relaxed);
+        if (!count)
+          return {true, 0};
         counts_[i].fetch_add(1);
         // (Marked after the count: a drain that clears the mark sees the count.)
         std::atomic<uint64_t>& word = dirty_[i >> 12];
@@ -123,7 +136,7 @@ void RateLimiter::add(uint64_t key_hash, uint32_t count, int64_t now_us) {
   int64_t now = std::max<int64_t>(1, now_us - epoch_us_);
   uint64_t fp = fingerprint(key_hash);
   for (;;) {
-    Probe p = probe(key_hash, now);
+    Probe p = probe(key_hash, now, true);
     if (!p.slot)
       return; // no room: the key goes untracked here, as in take()
     int64_t tat = static_cast<int64_t>(p.value & tat_mask);

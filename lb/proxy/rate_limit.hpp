@@ -66,7 +66,7 @@ public:
         size_t group = w * 64 + static_cast<size_t>(__builtin_ctzll(bits));
         bits &= bits - 1;
         for (size_t i = group * 64; i < group * 64 + 64 && i <= mask_; ++i)
-          if (counts_[i].load(std::memory_order_relaxed) != 0)
+          if (counts_[i].load() != 0)
             if (uint32_t n = counts_[i].exchange(0))
               f(keys_[i].load(std::memory_order_relaxed), n);
       }
@@ -86,7 +86,9 @@ private:
     uint64_t value = 0;
     bool mine = false;
   };
-  Probe probe(uint64_t key_hash, int64_t now) const;
+  // `exact`: a slot is the key's only when its whole hash matches too (the
+  // counts of other instances: their fingerprints must not charge a local key).
+  Probe probe(uint64_t key_hash, int64_t now, bool exact = false) const;
 
   config::RateLimit config_;
   int64_t interval_us_;          // between two requests at the rate
@@ -103,7 +105,7 @@ private:
   // One bit per group of 64 slots whose counts changed since drain_counts().
   std::unique_ptr<std::atomic<uint64_t>[]> dirty_;
   size_t dirty_words_ = 0;
-  std::atomic<int> mode_{0};
+  alignas(64) std::atomic<int> mode_{0}; // read by every take(): a line of its own
   std::atomic<uint64_t> untracked_{0};
   struct alignas(64) Counter {
     std::atomic<uint64_t> n{0};

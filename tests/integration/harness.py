@@ -86,6 +86,27 @@ def lb_bin():
     return os.path.join(SOURCE_DIR, "build", "lb", "lb")
 
 
+def port_free_on(hosts):
+    """A TCP port free on every host in `hosts` (to listen on several
+    loopback addresses with one port, as DNS-discovered backends do)."""
+    for _ in range(50):
+        s = socket.socket()
+        s.bind((hosts[0], 0))
+        port = s.getsockname()[1]
+        s.close()
+        ok = True
+        for h in hosts[1:]:
+            t = socket.socket()
+            try:
+                t.bind((h, port))
+            except OSError:
+                ok = False
+            finally:
+                t.close()
+        if ok:
+            return port
+    raise RuntimeError("no port free on all of %s" % hosts)
+
 def unused_port(host="127.0.0.1"):
     """A loopback port with nothing listening on it (bound to port 0, then closed):
     connecting to it is refused."""

@@ -41,16 +41,11 @@ CA (lb's acme.ca), resolving the names through dnsmasq:
     no temporary file (*.tmp) is left in the storage directory.
 """
 
-import calendar
-import http.client
-import json
 import os
 import re
 import shutil
-import socket
 import ssl
 import stat
-import subprocess
 import sys
 import tempfile
 import threading
@@ -59,62 +54,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
-from dns_server import Dnsmasq  # noqa: E402
-
-PEBBLE = "/usr/bin/pebble"
-DOMAINS = ["a.lbtest", "b.lbtest"]
-BODY = b"Hello from web\n"
-
-
-def openssl(*args, input=None):
-    r = subprocess.run(["openssl"] + list(args), input=input, capture_output=True, timeout=30)
-    if r.returncode != 0:
-        raise RuntimeError("openssl %s: %s" % (" ".join(args), r.stderr.decode("utf-8", "replace")))
-    return r.stdout.decode("utf-8", "replace")
-
-
-def make_test_ca(directory):
-    """A P-256 CA and, signed by it, the ACME server's own HTTPS certificate
-    (CN=localhost, SAN DNS:localhost, IP:127.0.0.1) -> (ca.pem, wfe.pem, wfe.key)."""
-    ca_key, ca_pem = os.path.join(directory, "ca.key"), os.path.join(directory, "ca.pem")
-    key, csr, pem = (os.path.join(directory, n) for n in ("wfe.key", "wfe.csr", "wfe.pem"))
-    ext = os.path.join(directory, "wfe.ext")
-    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", ca_key)
-    openssl("req", "-x509", "-new", "-key", ca_key, "-subj", "/CN=lb test CA", "-days", "2",
-            "-out", ca_pem)
-    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key)
-    openssl("req", "-new", "-key", key, "-subj", "/CN=localhost", "-out", csr)
-    with open(ext, "w") as f:
-        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                "extendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key, "-CAcreateserial",
-            "-days", "2", "-extfile", ext, "-out", pem)
-    return ca_pem, pem, key
-
-
-def cert_info(pem):
-    """The first certificate of PEM text -> {subject, issuer, serial (int), not_before,
-    not_after (unix seconds), sans [names]}."""
-    out = openssl("x509", "-noout", "-nameopt", "RFC2253", "-subject", "-issuer", "-serial",
-                  "-startdate", "-enddate", "-ext", "subjectAltName", input=pem.encode())
-    info = {"sans": []}
-    lines = out.splitlines()
-    for i, line in enumerate(lines):
-        key, _, value = line.partition("=")
-        if key == "subject":
-            info["subject"] = value.strip()
-        elif key == "issuer":
-            info["issuer"] = value.strip()
-        elif key == "serial":
-            info["serial"] = int(value.strip(), 16)
-        elif key == "notBefore":
-            info["not_before"] = int(ssl.cert_time_to_seconds(value.strip()))
-        elif key == "notAfter":
-            info["not_after"] = int(ssl.cert_time_to_seconds(value.strip()))
-        elif "Subject Alternative Name" in line and i + 1 < len(lines):
-            info["sans"] = [s.strip()[4:] for s in lines[i + 1].split(",")
-                            if s.strip().startswith("DNS:")]
-    return info
+from acme_support import (BODY, DOMAINS, FAILED_RE, ISSUED_RE, LOADED, AcmeCase,  # noqa: E402
+                          cert_info, client_context, der_info, log_time, openssl,
+                          peer_certificate, read, served_serial)
 
 
 def make_client_ca(directory):
@@ -155,49 +97,12 @@ def pem_blocks(text):
     return blocks
 
 
-def der_info(der):
-    return cert_info(ssl.DER_cert_to_PEM_cert(der))
-
-
 def expiry(metrics, name):
     """lb_certificate_expiry_seconds of listener "public" and `name` (a label
     metric_value cannot take) -> [values]: one expected."""
     return [v for n, labels, v in harness.parse_metrics(metrics)
             if n == "lb_certificate_expiry_seconds"
             and labels == {"listener": "public", "name": name, "source": "acme"}]
-
-
-def read(path):
-    with open(path) as f:
-        return f.read()
-
-
-def log_time(text):
-    """"2026-12-07T06:19:53Z" -> unix seconds."""
-    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
-
-
-def client_context(cafile=None):
-    """HTTP/1.1 only; verifying name and chain against `cafile`, or nothing at all."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if cafile:
-        ctx.load_verify_locations(cafile)
-    else:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
-
-
-def peer_certificate(port, name, cafile=None):
-    """A new TLS handshake with SNI `name` -> the DER certificate lb served."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as plain:
-        with client_context(cafile).wrap_socket(plain, server_hostname=name) as s:
-            return s.getpeercert(binary_form=True)
-
-
-def served_serial(port, name, cafile):
-    return der_info(peer_certificate(port, name, cafile))["serial"]
 
 
 def tls_connection(port, name, cafile):
@@ -214,146 +119,12 @@ def get(conn, path, name="a.lbtest", close=False):
     return status, body
 
 
-class Pebble:
-    """pebble (the ACME server for tests) on loopback ports: `port` (ACME,
-    https://127.0.0.1:PORT/dir), `management_port` (/roots/0, /intermediates/0);
-    it validates HTTP-01 at `http_port` and TLS-ALPN-01 at `tls_port` (lb's
-    listeners). Started through harness._popen: killed at test end whatever
-    happens. Its log (stdout) survives restarts."""
-
-    def __init__(self, ca, wfe_cert, wfe_key, dns_port, validity=3600):
-        self.ca = ca
-        self.dir = tempfile.mkdtemp(prefix="pebble-")
-        self.port, self.management_port, self.http_port, self.tls_port = \
-            (harness.unused_port() for _ in range(4))
-        self.config_path = os.path.join(self.dir, "pebble.json")
-        self.log_path = os.path.join(self.dir, "pebble.log")
-        with open(self.config_path, "w") as f:
-            json.dump({"pebble": {
-                "listenAddress": "127.0.0.1:%d" % self.port,
-                "managementListenAddress": "127.0.0.1:%d" % self.management_port,
-                "certificate": wfe_cert, "privateKey": wfe_key,
-                "httpPort": self.http_port, "tlsPort": self.tls_port,
-                "ocspResponderURL": "", "externalAccountBindingRequired": False,
-                "certificateValidityPeriod": validity}}, f)
-        self.dns_port = dns_port
-        self.proc = None
-        self._log = None
-        self.starts = 0
-
-    @property
-    def directory(self):
-        return "https://127.0.0.1:%d/dir" % self.port
-
-    def start(self, timeout=15.0):
-        """Starts pebble (again: same ports, a new root and no accounts) and
-        waits for "Listening on"."""
-        deadline = time.monotonic() + timeout
-        while True:
-            offset = len(self.log_text())
-            env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0",
-                       PEBBLE_AUTHZREUSE="0")
-            self._log = open(self.log_path, "ab")
-            self.proc = harness._popen(
-                [PEBBLE, "-config", self.config_path, "-dnsserver", "127.0.0.1:%d" % self.dns_port],
-                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                cwd=self.dir)
-            harness.wait_until(lambda: "Listening on" in self.log_text()[offset:]
-                               or self.proc.poll() is not None,
-                               max(1.0, deadline - time.monotonic()))
-            if "Listening on" in self.log_text()[offset:] and self.proc.poll() is None:
-                self.starts += 1
-                return self
-            self.kill()
-            if time.monotonic() >= deadline:
-                raise RuntimeError("pebble did not start:\n" + self.log_text()[offset:][-3000:])
-            time.sleep(0.2)
-
-    def kill(self):
-        if self.proc is not None:
-            harness.kill_and_wait(self.proc)
-            harness._unregister(self.proc)
-            self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def cleanup(self):
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def log_text(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def count(self, pattern):
-        return len(re.findall(pattern, self.log_text()))
-
-    def _get(self, path):
-        ctx = ssl.create_default_context(cafile=self.ca)
-        conn = http.client.HTTPSConnection("127.0.0.1", self.management_port, timeout=10,
-                                           context=ctx)
-        try:
-            conn.request("GET", path)
-            r = conn.getresponse()
-            body = r.read().decode()
-            if r.status != 200:
-                raise RuntimeError("pebble %s: %d" % (path, r.status))
-            return body
-        finally:
-            conn.close()
-
-    def trust(self):
-        """Fetches the current issuing root and intermediate -> (root.pem path,
-        root+intermediate path, intermediate PEM text)."""
-        root, intermediate = self._get("/roots/0"), self._get("/intermediates/0")
-        root_path = os.path.join(self.dir, "root-%d.pem" % self.starts)
-        chain_path = os.path.join(self.dir, "root-intermediate-%d.pem" % self.starts)
-        with open(root_path, "w") as f:
-            f.write(root)
-        with open(chain_path, "w") as f:
-            f.write(root.rstrip("\n") + "\n" + intermediate)
-        return root_path, chain_path, intermediate
-
-
-ISSUED_RE = re.compile(r"^lb: listener public: acme: certificate for a\.lbtest, b\.lbtest issued, "
-                       r"expires (\S+), renews at (\S+)\s*$", re.M)
-LOADED = "acme: certificates loaded again"
-FAILED_RE = re.compile(r"^lb: listener public: acme: order for a\.lbtest, b\.lbtest failed: (.+); "
-                       r"trying again in (\d+)s \((.*)\)\s*$", re.M)
-
-
-class Acme(harness.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp(prefix="lb-acme-")
-        cls.addClassCleanup(shutil.rmtree, cls.dir, True)
-        cls.ca, cls.wfe_cert, cls.wfe_key = make_test_ca(cls.dir)
-        cls.dns = Dnsmasq({"a.lbtest": ["127.0.0.1"], "b.lbtest": ["127.0.0.1"]})
-        cls.addClassCleanup(cls.dns.cleanup)
-        cls.dns.start()
-
+class Acme(AcmeCase):
     def setUp(self):
         self.web = self.origin("web")
         self.storage_parent = tempfile.mkdtemp(prefix="lb-acme-storage-")
         self.addCleanup(shutil.rmtree, self.storage_parent, True)
         self.storage = os.path.join(self.storage_parent, "acme")  # lb creates it
-
-    def pebble(self, validity=3600, start=True):
-        p = Pebble(self.ca, self.wfe_cert, self.wfe_key, self.dns.port, validity)
-        self.addCleanup(self._pebble_cleanup, p)
-        if start:
-            p.start()
-        return p
-
-    def _pebble_cleanup(self, p):
-        if self.failed_so_far() or os.environ.get("LB_TEST_VERBOSE"):
-            sys.stderr.write("---- ACME server log (%s) ----\n%s\n"
-                             % (self.id(), p.log_text()[-6000:]))
-        p.cleanup()
 
     def config(self, pebble, challenge="http-01", plain=True, tls_extra=""):
         plain_listener = f"""
@@ -388,18 +159,6 @@ pools:
         self.assertTrue(ok, "no certificate #%d after %.0f s; lb log:\n%s"
                         % (times, timeout, lb.stderr_text()[-4000:]))
 
-    def curl(self, port, name, cacert, *args, path="/"):
-        r = subprocess.run(["curl", "-sS", "--noproxy", "*", "--max-time", "10", "--cacert", cacert,
-                            "--resolve", "%s:%d:127.0.0.1" % (name, port)] + list(args) +
-                           ["https://%s:%d%s" % (name, port, path)],
-                           stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
-        return r.returncode, r.stdout, r.stderr.decode("utf-8", "replace")
-
-    def assert_curl_verifies(self, port, cacert):
-        for name in DOMAINS:
-            code, out, err = self.curl(port, name, cacert)
-            self.assertEqual((code, out), (0, BODY), "curl https://%s: %s" % (name, err))
-
     def stored(self):
         return (os.path.join(self.storage, "account.key"),
                 os.path.join(self.storage, "a.lbtest.pem"))
@@ -407,7 +166,7 @@ pools:
     # ------------------------------------------------------------------------
 
     def test_http01_serves_a_verified_certificate_for_both_names(self):
-        pebble = self.pebble()
+        pebble = self.new_pebble()
         self.assertFalse(os.path.exists(self.storage))
         lb = self.lb(self.config(pebble, "http-01"))
         self.wait_loaded(lb)
@@ -468,7 +227,7 @@ pools:
     def test_tls_alpn01_without_a_plain_listener(self):
         # The ACME server is not up yet: the listener serves its placeholder
         # and the first order fails.
-        pebble = self.pebble(start=False)
+        pebble = self.new_pebble(start=False)
         lb = self.lb(self.config(pebble, "tls-alpn-01", plain=False))
         self.assertEqual(list(lb.listeners), ["public"])
         ok = harness.wait_until(lambda: FAILED_RE.search(lb.stderr_text()), 10)
@@ -501,7 +260,7 @@ pools:
     def test_renewal_under_load(self):
         # A 24 s certificate renews 16 s after its notBefore. Default challenge
         # (tls-alpn-01): the validations share the listener with the load.
-        pebble = self.pebble(validity=24)
+        pebble = self.new_pebble(validity=24)
         lb = self.lb(self.config(pebble, challenge=None, plain=False))
         self.wait_loaded(lb)
         root, _, _ = pebble.trust()
@@ -593,7 +352,7 @@ pools:
         self.assertEqual(expiry(lb.metrics_text(), "a.lbtest"), [second["not_after"]])
 
     def test_acme_server_down_at_renewal(self):
-        pebble = self.pebble(validity=24)
+        pebble = self.new_pebble(validity=24)
         lb = self.lb(self.config(pebble, "http-01"))
         self.wait_loaded(lb)
         root, _, _ = pebble.trust()
@@ -645,7 +404,7 @@ pools:
                                    result="success"), 2)
 
     def test_restart_reuses_the_stored_account_and_certificate(self):
-        pebble = self.pebble()
+        pebble = self.new_pebble()
         config = self.config(pebble, "http-01")
         lb = self.lb(config)
         self.wait_loaded(lb)
@@ -653,10 +412,7 @@ pools:
         port = pebble.tls_port
         serial = served_serial(port, "a.lbtest", root)
         files = {p: read(p) for p in self.stored()}
-        counts = lambda: {what: pebble.count(what) for what in  # noqa: E731
-                          ("Added order ", "Issued certificate serial ", "POST /order-plz",
-                           r"There are now \d+ accounts", "POST /sign-me-up")}
-        before = counts()
+        before = pebble.counts()
         self.assertEqual(before["Added order "], 1, before)
         self.assertEqual(lb.terminate(), 0)
 
@@ -681,7 +437,7 @@ pools:
         self.assertNotIn("new account key", text)
         self.assertNotIn("acme: account ", text)
         self.assertIsNone(FAILED_RE.search(text), text)
-        self.assertEqual(counts(), before, "the ACME server saw a new order or account")
+        self.assertEqual(pebble.counts(), before, "the ACME server saw a new order or account")
         self.assertEqual({p: read(p) for p in self.stored()}, files, "stored files changed")
         self.assertEqual(served_serial(port, "a.lbtest", root), serial)
         self.assertEqual(lb2.metric("lb_acme_renewals_total", listener="public",
@@ -695,7 +451,7 @@ pools:
         os.mkdir(self.storage)
         os.chmod(self.storage, 0o777)
         self.assertEqual(stat.S_IMODE(os.stat(self.storage).st_mode), 0o777)
-        pebble = self.pebble()
+        pebble = self.new_pebble()
         lb = self.lb(self.config(pebble, "http-01"))
         ok = harness.wait_until(lambda: FAILED_RE.search(lb.stderr_text()), 15)
         self.assertTrue(ok, lb.stderr_text())
@@ -731,7 +487,7 @@ pools:
 
     def test_tls_alpn01_on_a_listener_requiring_client_certificates(self):
         client_ca, client_cert, client_key = make_client_ca(self.storage_parent)
-        pebble = self.pebble()
+        pebble = self.new_pebble()
         lb = self.lb(self.config(pebble, "tls-alpn-01", plain=False,
                                  tls_extra='\n      client_ca: "%s"\n      client_verify: required'
                                            % client_ca))
@@ -765,7 +521,7 @@ pools:
         self.assertTrue(lb.running())
 
     def test_stored_file_holds_the_key_then_the_chain(self):
-        pebble = self.pebble()
+        pebble = self.new_pebble()
         lb = self.lb(self.config(pebble, "http-01"))
         self.wait_loaded(lb)
         root, _, intermediate = pebble.trust()

@@ -55,8 +55,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,124 +63,11 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
-from harness import http, lb_check, wait_until  # noqa: E402
-
-REDIS_SERVER = os.environ.get("REDIS_SERVER_BIN", "/usr/bin/redis-server")
-HAVE_REDIS = os.path.exists(REDIS_SERVER)
-needs_redis = unittest.skipUnless(HAVE_REDIS, "no redis-server at %s" % REDIS_SERVER)
+from harness import http, lb_check, port_free_on, wait_until  # noqa: E402
+from dns_server import Dnsmasq  # noqa: E402
+from redis_server import Redis, RedisError, needs_redis, redis_cmd  # noqa: E402
 
 PROPAGATION = 1.0  # seconds: every instance follows a cluster change within this
-
-
-# ---------------------------------------------------------------------------
-# Redis: the server process and a minimal RESP client to look inside it
-
-class RedisError(Exception):
-    pass
-
-
-def _read_reply(f):
-    line = f.readline()
-    if not line.endswith(b"\r\n"):
-        raise ConnectionError("redis closed the connection")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest.decode()
-    if kind == b"-":
-        raise RedisError(rest.decode())
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        n = int(rest)
-        if n < 0:
-            return None
-        data = f.read(n + 2)
-        return data[:-2].decode()
-    if kind == b"*":
-        n = int(rest)
-        if n < 0:
-            return None
-        return [_read_reply(f) for _ in range(n)]
-    raise RedisError("unexpected reply %r" % line)
-
-
-def redis_cmd(port, *args, password=None, timeout=3.0):
-    """One command (after AUTH when password is given) on a fresh connection."""
-    def encode(parts):
-        out = b"*%d\r\n" % len(parts)
-        for p in parts:
-            p = p if isinstance(p, bytes) else str(p).encode()
-            out += b"$%d\r\n%s\r\n" % (len(p), p)
-        return out
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        f = s.makefile("rb")
-        try:
-            if password is not None:
-                s.sendall(encode(["AUTH", password]))
-                _read_reply(f)
-            s.sendall(encode(list(args)))
-            return _read_reply(f)
-        finally:
-            f.close()
-
-
-class Redis:
-    """redis-server on 127.0.0.1:port, nothing saved; killed at exit."""
-
-    def __init__(self, port=None, password=None):
-        self.port = port or harness.unused_port()
-        self.password = password
-        self.dir = tempfile.mkdtemp(prefix="lb-test-redis-")
-        self.proc = None
-        self.start()
-
-    @property
-    def addr(self):
-        return "127.0.0.1:%d" % self.port
-
-    def start(self, timeout=10.0):
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--daemonize", "no",
-                "--dir", self.dir, "--logfile", ""]
-        if self.password is not None:
-            args += ["--requirepass", self.password]
-        self.log = open(os.path.join(self.dir, "redis.log"), "ab")
-        self.proc = harness._popen(args, stdin=subprocess.DEVNULL, stdout=self.log,
-                                   stderr=subprocess.STDOUT, cwd=self.dir)
-        if not wait_until(lambda: self.cmd("PING") == "PONG" or self.proc.poll() is not None,
-                          timeout) or self.proc.poll() is not None:
-            self.kill()
-            with open(os.path.join(self.dir, "redis.log"), "rb") as f:
-                raise RuntimeError("redis-server did not start: " + f.read().decode()[-2000:])
-
-    def cmd(self, *args):
-        return redis_cmd(self.port, *args, password=self.password)
-
-    def kill(self):
-        """SIGKILL (no goodbye to its clients), then reap."""
-        if self.proc is not None:
-            harness.kill_and_wait(self.proc)
-            harness._unregister(self.proc)
-            try:
-                self.log.close()
-            except Exception:
-                pass
-
-    def restart(self, timeout=10.0):
-        """Starts again on the same port (empty: nothing was saved)."""
-        self.kill()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.start(timeout=max(1.0, deadline - time.monotonic()))
-            except RuntimeError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.1)
-
-    def cleanup(self):
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------
@@ -537,6 +422,49 @@ class TierOverrides(ClusterTestCase):
         self.wait_everywhere(lbs, lambda lb: backend_status(lb, a.addr)["in_rotation"],
                              "A enabled after Redis came back", since=t0)
         self.assert_both_serve(lbs, "enabled")
+
+
+    def test_a_backend_dns_brings_back_is_drained_again(self):
+        """A backend drained for the tier that leaves its pool's DNS answer and
+        comes back is drained again when it returns (a new backend for lb)."""
+        redis = self.redis()
+        hosts = ["127.0.0.2", "127.0.0.3"]
+        port = port_free_on(hosts)
+        for h in hosts:
+            self.origin("o" + h[-1], listen="%s:%d" % (h, port), log=False)
+        dns = Dnsmasq({"app.test": hosts}, ttl=1)
+        dns.start()
+        self.addCleanup(dns.cleanup)
+        lb = self.lb(f"""
+workers: 1
+access_log: {{ path: "off" }}
+admin: {{ listen: 127.0.0.1:0 }}
+dns: {{ servers: ["127.0.0.1:{dns.port}"], min_ttl: 1s, max_ttl: 2s }}
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    routes: [ {{ pool: web }} ]
+pools:
+  web:
+    backends: [ {{ dns: "app.test:{port}" }} ]
+cluster:
+{cluster_block(redis)}""")
+        o2 = "127.0.0.2:%d" % port
+
+        def listed():
+            return {b["address"] for p in lb.status_json()["pools"] for b in p["backends"]}
+        self.assertTrue(wait_until(lambda: listed() == {o2, "127.0.0.3:%d" % port}, 10), listed())
+        self.admin_ok(lb, "POST", "/pools/web/backends/%s/drain?scope=cluster" % o2)
+        self.assertEqual(set(self.served(lb, 6, "drained")), {"o3"})
+
+        dns.restart(a_records={"app.test": ["127.0.0.3"]})
+        self.assertTrue(wait_until(lambda: o2 not in listed(), 8), listed())
+        dns.restart(a_records={"app.test": hosts})
+        self.assertTrue(wait_until(lambda: o2 in listed(), 8), listed())
+        # Back in the pool, and drained again at once: no request reaches it.
+        self.assertTrue(backend_status(lb, o2)["drained"], lb.status_json()["pools"])
+        self.assertEqual(set(self.served(lb, 10, "back")), {"o3"})
+        self.assertIn("cluster: backend overrides version", lb.stderr_text())
 
 
 @needs_redis

@@ -38,6 +38,11 @@ Tests:
     the window: the rate sync (one pipelined round trip every 100 ms) and the
     override polling share a budget of ~25/s, so a tier does not load Redis
     in proportion to its traffic;
+  - Redis loses its data (FLUSHALL) while the instances stay connected, and
+    instance 1's connection is cut (CLIENT KILL): it sets a new hash seed on
+    reconnecting; the others see the seed change in their polling and hash
+    with it too, so a 5 s load through the tier still gets the rate (+-8%):
+    instances hashing apart would each let the rate through;
   - Redis dies and comes back (on_redis_error: local, instances: 3): 300
     req/s to instance 1 alone (the other two run idle, part of the cluster),
     in three phases of 3 s. Shared: 100/s pass (+-10%), since instance 1 is
@@ -69,14 +74,11 @@ tests/origin/origin.py serves); REDIS_SERVER_BIN (default
 that need them are skipped without them.
 """
 
-import csv
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
@@ -85,15 +87,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
 from harness import lb_check, wait_until  # noqa: E402
+from haproxy_tier import CLIENT_IP, HAProxy, needs_haproxy, read_response  # noqa: E402
+from redis_server import Redis, needs_redis  # noqa: E402
 
-REDIS_SERVER = os.environ.get("REDIS_SERVER_BIN", "/usr/bin/redis-server")
-HAVE_REDIS = os.path.exists(REDIS_SERVER)
-needs_redis = unittest.skipUnless(HAVE_REDIS, "no redis-server at %s" % REDIS_SERVER)
-HAPROXY = os.environ.get("HAPROXY_BIN", "/usr/sbin/haproxy")
-HAVE_HAPROXY = os.access(HAPROXY, os.X_OK)
-needs_haproxy = unittest.skipUnless(HAVE_HAPROXY, "no HAProxy at %s" % HAPROXY)
-
-CLIENT_IP = "127.0.0.2"  # the clients' address behind HAProxy (HAProxy connects from 127.0.0.1)
 RATE = 100               # the route's limit, per second, for the whole tier
 INSTANCES = 3
 SYNC_PERIOD = 0.1        # each instance exchanges its counts with Redis this often
@@ -117,256 +113,7 @@ def say(msg):
 
 
 # ---------------------------------------------------------------------------
-# Redis: the server process and a minimal RESP client (as in test_cluster.py)
-
-class RedisError(Exception):
-    pass
-
-
-def _read_reply(f):
-    line = f.readline()
-    if not line.endswith(b"\r\n"):
-        raise ConnectionError("redis closed the connection")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest.decode()
-    if kind == b"-":
-        raise RedisError(rest.decode())
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        n = int(rest)
-        if n < 0:
-            return None
-        data = f.read(n + 2)
-        return data[:-2].decode("utf-8", "replace")
-    if kind == b"*":
-        n = int(rest)
-        if n < 0:
-            return None
-        return [_read_reply(f) for _ in range(n)]
-    raise RedisError("unexpected reply %r" % line)
-
-
-def redis_cmd(port, *args, timeout=3.0):
-    """One command on a fresh connection -> its reply."""
-    out = b"*%d\r\n" % len(args)
-    for p in args:
-        p = p if isinstance(p, bytes) else str(p).encode()
-        out += b"$%d\r\n%s\r\n" % (len(p), p)
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        f = s.makefile("rb")
-        try:
-            s.sendall(out)
-            return _read_reply(f)
-        finally:
-            f.close()
-
-
-class Redis:
-    """redis-server on 127.0.0.1:port, nothing saved; killed at exit."""
-
-    def __init__(self):
-        self.port = harness.unused_port()
-        self.dir = tempfile.mkdtemp(prefix="lb-test-redis-")
-        self.proc = None
-        self.log = None
-        self.start()
-
-    @property
-    def addr(self):
-        return "127.0.0.1:%d" % self.port
-
-    def start(self, timeout=10.0):
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--daemonize", "no",
-                "--dir", self.dir, "--logfile", ""]
-        self.log = open(os.path.join(self.dir, "redis.log"), "ab")
-        self.proc = harness._popen(args, stdin=subprocess.DEVNULL, stdout=self.log,
-                                   stderr=subprocess.STDOUT, cwd=self.dir)
-        if not wait_until(lambda: self.cmd("PING") == "PONG" or self.proc.poll() is not None,
-                          timeout) or self.proc.poll() is not None:
-            self.kill()
-            with open(os.path.join(self.dir, "redis.log"), "rb") as f:
-                raise RuntimeError("redis-server did not start: " + f.read().decode()[-2000:])
-
-    def cmd(self, *args):
-        return redis_cmd(self.port, *args)
-
-    def kill(self):
-        """SIGKILL (no goodbye to its clients), then reap."""
-        if self.proc is not None:
-            harness.kill_and_wait(self.proc)
-            harness._unregister(self.proc)
-            try:
-                self.log.close()
-            except Exception:
-                pass
-
-    def restart(self, timeout=10.0):
-        """Starts again on the same port (empty: nothing was saved)."""
-        self.kill()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.start(timeout=max(1.0, deadline - time.monotonic()))
-            except RuntimeError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.1)
-
-    def commands_served(self):
-        """Commands Redis has executed so far: calls= summed over every
-        cmdstat_ line of INFO commandstats (this INFO itself not included)."""
-        total = 0
-        for line in self.cmd("INFO", "commandstats").splitlines():
-            if line.startswith("cmdstat_"):
-                m = re.search(r"(?:^|[:,])calls=(\d+)", line)
-                if m:
-                    total += int(m.group(1))
-        return total
-
-    def cleanup(self):
-        self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------
-# HAProxy in TCP mode (as in test_tier.py)
-
-class HAProxy:
-    """HAProxy in TCP mode in front of `servers` [(name, listener port, admin
-    port)]: roundrobin, send-proxy-v2 on the traffic, GET /healthz checks on
-    the admin port (no PROXY header); in the foreground (-db)."""
-
-    def __init__(self, servers):
-        self.dir = tempfile.mkdtemp(prefix="haproxy-rl-")
-        self.port = harness.unused_port()
-        self.socket_path = os.path.join(self.dir, "stats.sock")
-        self.config_path = os.path.join(self.dir, "haproxy.cfg")
-        self.stderr_path = os.path.join(self.dir, "stderr.txt")
-        lines = [
-            "global",
-            "  maxconn 1000",
-            "  stats socket %s mode 600 level admin" % self.socket_path,
-            "defaults",
-            "  mode tcp",
-            "  timeout connect 2s",
-            "  timeout client 30s",
-            "  timeout server 30s",
-            "  timeout check 2s",
-            "frontend fe",
-            "  bind 127.0.0.1:%d" % self.port,
-            "  default_backend lbs",
-            "backend lbs",
-            "  balance roundrobin",
-            "  option httpchk GET /healthz",
-            "  http-check expect status 200",
-            "  default-server inter 300ms fall 2 rise 2 send-proxy-v2",
-        ]
-        for name, port, admin_port in servers:
-            lines.append("  server %s 127.0.0.1:%d check port %d" % (name, port, admin_port))
-        with open(self.config_path, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        self._err = open(self.stderr_path, "wb")
-        self.proc = harness._popen([HAPROXY, "-db", "-f", self.config_path],
-                                   stdin=subprocess.DEVNULL, stdout=self._err, stderr=self._err,
-                                   cwd=self.dir)
-        if not wait_until(lambda: self.servers() or not self.running(), 10) \
-                or not self.running():
-            text = self.stderr_text()
-            self.cleanup()
-            raise RuntimeError("HAProxy did not start; its output:\n" + text)
-
-    def running(self):
-        return self.proc.poll() is None
-
-    def stderr_text(self):
-        try:
-            with open(self.stderr_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def command(self, line, timeout=2.0):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(self.socket_path)
-            s.sendall(line.encode() + b"\n")
-            out = b""
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    return out.decode("utf-8", "replace")
-                out += b
-        finally:
-            s.close()
-
-    def servers(self):
-        """{server name: its "show stat" row} of backend lbs."""
-        text = self.command("show stat")
-        lines = [l for l in text.splitlines() if l.strip()]
-        if not lines or not lines[0].startswith("# "):
-            return {}
-        out = {}
-        for r in csv.DictReader([lines[0][2:]] + lines[1:]):
-            if r.get("pxname") == "lbs" and r.get("svname") not in ("BACKEND", "FRONTEND"):
-                r["check_status"] = (r.get("check_status") or "").lstrip("* ")
-                out[r["svname"]] = r
-        return out
-
-    def all_checked_up(self, names):
-        s = self.servers()
-        return all(n in s and s[n]["status"] == "UP" and s[n]["check_status"] == "L7OK"
-                   for n in names)
-
-    def cleanup(self):
-        harness.kill_and_wait(self.proc)
-        harness._unregister(self.proc)
-        try:
-            self._err.close()
-        except Exception:
-            pass
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------
 # paced keep-alive load
-
-class ClosedBeforeResponse(ConnectionError):
-    pass
-
-
-def read_response(sock):
-    """One response framed by Content-Length -> (status, {lower-case name:
-    value}, body, the server closes after it)."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            if not buf:
-                raise ClosedBeforeResponse("EOF before the response")
-            raise ConnectionError("closed inside the response head: %r" % buf[:200])
-        buf += chunk
-    head, _, body = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    version, status = lines[0].split(" ")[0], int(lines[0].split(" ")[1])
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    length = int(headers["content-length"])
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed inside the body (%d of %d bytes)" % (len(body), length))
-        body += chunk
-    if len(body) != length:
-        raise ConnectionError("%d bytes more than Content-Length" % (len(body) - length))
-    close = version == "HTTP/1.0" or headers.get("connection", "").lower() == "close"
-    return status, headers, body, close
-
 
 class Record:
     __slots__ = ("sent", "answered", "status", "retry_after", "error", "conn")
@@ -639,23 +386,15 @@ class ClusterRateLimitCase(harness.TestCase):
 class Tier(ClusterRateLimitCase):
     CLIENTS, PER_CLIENT, DURATION = 6, 50, 10.0
 
-    def _haproxy_cleanup(self, haproxy):
-        if self.failed_so_far() or os.environ.get("LB_TEST_VERBOSE"):
-            sys.stderr.write("---- HAProxy output (%s) ----\n%s\n"
-                             % (self.id(), haproxy.stderr_text()[-6000:]))
-        haproxy.cleanup()
-
     def test_global_limit_through_haproxy(self):
         redis = self.redis()
         addr, body = self.backend()
         lbs = [self.lb(rl_config(addr, redis)) for _ in range(INSTANCES)]
         names = ["lb%d" % (k + 1) for k in range(INSTANCES)]
-        haproxy = HAProxy([(n, lb.port(), lb.admin_port) for n, lb in zip(names, lbs)])
-        self.addCleanup(self._haproxy_cleanup, haproxy)
-        self.assertTrue(wait_until(lambda: haproxy.all_checked_up(names), 5, 0.1),
-                        "HAProxy's checks of lb's /healthz do not pass: %r\n%s"
-                        % ({n: (r["status"], r["check_status"])
-                            for n, r in haproxy.servers().items()}, haproxy.stderr_text()))
+        haproxy = HAProxy([("lbs", None, [(n, lb.port(), lb.admin_port)
+                                          for n, lb in zip(names, lbs)])])
+        self.addCleanup(haproxy.cleanup_after, self)
+        haproxy.wait_checked_up(names)
         self.wait_shared(lbs, 1, 3.0, "before the load")
 
         ok_before = [ok_served(lb) for lb in lbs]
@@ -717,6 +456,60 @@ class Tier(ClusterRateLimitCase):
                              % (calls1 - calls0 - 1, t_info1 - t_info0, INSTANCES, figures))
         for lb in lbs:
             self.assertEqual(shared(lb), 1)
+
+    def redis_connections_of(self, redis, pid):
+        """The local ports of `pid`'s connections to `redis` (ss -tnp)."""
+        out = subprocess.run(["ss", "-Htnp", "dst", "127.0.0.1:%d" % redis.port],
+                             capture_output=True, text=True, timeout=10).stdout
+        return [line.split()[3] for line in out.splitlines() if "pid=%d," % pid in line]
+
+    def test_limit_still_holds_after_redis_loses_its_data(self):
+        """Redis emptied (FLUSHALL) while the instances stay connected, then one
+        instance's connection cut: it sets a new seed when it reconnects; the
+        others see the seed change and hash with it too, so the limit still
+        holds for the tier (hashed apart, each would let the rate through)."""
+        redis = self.redis()
+        addr, body = self.backend()
+        lbs = [self.lb(rl_config(addr, redis)) for _ in range(INSTANCES)]
+        names = ["lb%d" % (k + 1) for k in range(INSTANCES)]
+        haproxy = HAProxy([("lbs", None, [(n, lb.port(), lb.admin_port)
+                                          for n, lb in zip(names, lbs)])])
+        self.addCleanup(haproxy.cleanup_after, self)
+        haproxy.wait_checked_up(names)
+        self.wait_shared(lbs, 1, 3.0, "before the flush")
+        old_seed = redis.cmd("GET", "lb:ratelimit:seed")
+        self.assertTrue(old_seed)
+
+        redis.cmd("FLUSHALL")
+        ports = self.redis_connections_of(redis, lbs[0].proc.pid)
+        self.assertTrue(ports, "no connection of instance 1 to Redis found")
+        for local in ports:
+            redis.cmd("CLIENT", "KILL", "ADDR", local)
+        self.assertTrue(wait_until(lambda: redis.cmd("GET", "lb:ratelimit:seed"), 3),
+                        "no seed set again")
+        new_seed = redis.cmd("GET", "lb:ratelimit:seed")
+        self.assertNotEqual(new_seed, old_seed)
+        self.wait_shared(lbs, 1, 3.0, "after the flush")
+        time.sleep(1.0)  # every instance's poll (250 ms) has seen the new seed
+
+        duration = 5.0
+        load = self.load(haproxy.port, self.CLIENTS, self.PER_CLIENT, source=CLIENT_IP,
+                         expect_body=body)
+        load.start(duration)
+        self.assertTrue(load.join(duration + 15), "a client thread hangs")
+        records = load.window()
+        summary = self.assert_answers(records, "tier load after the flush")
+        passed = tally(records).get(200, 0)
+        d_up = max(r.answered for r in records) - min(r.sent for r in records)
+        d_low = max(r.sent for r in records) - min(r.answered for r in records)
+        lower = int(RATE * d_low * 0.92)
+        upper = int(RATE * d_up * 1.08) + STARTUP_ALLOWANCE
+        figures = ("%d passed in a window of %.2f..%.2f s (allowed %d..%d); seed %s -> %s; %s"
+                   % (passed, d_low, d_up, lower, upper, old_seed, new_seed, summary))
+        say("after the flush: " + figures)
+        self.assertGreaterEqual(passed, lower, "fewer than the rate passed; " + figures)
+        self.assertLessEqual(passed, upper, "more than the rate passed (the instances hash "
+                             "apart?); " + figures)
 
 
 # ---------------------------------------------------------------------------

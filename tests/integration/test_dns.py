@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
 from dns_server import Dnsmasq  # noqa: E402
-from harness import KeepAliveClient, http, wait_until  # noqa: E402
+from harness import KeepAliveClient, http, port_free_on, wait_until  # noqa: E402
 
 CHECK = "{ path: /healthz, interval: 300ms, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 1 }"
 
@@ -54,27 +54,6 @@ pools:
     backends:
       - {backend}
 """
-
-
-def port_free_on(hosts):
-    """A TCP port free on every host in `hosts`."""
-    for _ in range(50):
-        s = socket.socket()
-        s.bind((hosts[0], 0))
-        port = s.getsockname()[1]
-        s.close()
-        ok = True
-        for h in hosts[1:]:
-            t = socket.socket()
-            try:
-                t.bind((h, port))
-            except OSError:
-                ok = False
-            finally:
-                t.close()
-        if ok:
-            return port
-    raise RuntimeError("no port free on all of %s" % hosts)
 
 
 def who(port):

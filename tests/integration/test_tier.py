@@ -41,15 +41,11 @@ Environment: LB_BIN, LB_SOURCE_DIR; HAPROXY_BIN (default /usr/sbin/haproxy;
 the tier tests are skipped without it).
 """
 
-import csv
 import json
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
@@ -58,10 +54,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
 from harness import RawConnection, http, wait_until  # noqa: E402
+from haproxy_tier import (CLIENT_IP, ClosedBeforeResponse, HAProxy, needs_haproxy,  # noqa: E402
+                          read_response)
 
-HAPROXY = os.environ.get("HAPROXY_BIN", "/usr/sbin/haproxy")
-HAVE_HAPROXY = os.access(HAPROXY, os.X_OK)
-CLIENT_IP = "127.0.0.2"  # the clients' address; HAProxy connects to lb from 127.0.0.1
 SHUTDOWN_DELAY_S = 3.0
 
 
@@ -99,154 +94,7 @@ def public_requests(lb, timeout=2):
 
 
 # ---------------------------------------------------------------------------
-# HAProxy
-
-class HAProxy:
-    """HAProxy in TCP mode in front of `servers` [(name, listener port, admin
-    port)], in the foreground (-db), killed at test end."""
-
-    def __init__(self, servers):
-        self.dir = tempfile.mkdtemp(prefix="haproxy-tier-")
-        self.port = harness.unused_port()
-        self.socket_path = os.path.join(self.dir, "stats.sock")
-        self.config_path = os.path.join(self.dir, "haproxy.cfg")
-        self.stderr_path = os.path.join(self.dir, "stderr.txt")
-        lines = [
-            "global",
-            "  maxconn 1000",
-            "  stats socket %s mode 600 level admin" % self.socket_path,
-            "defaults",
-            "  mode tcp",
-            "  timeout connect 2s",
-            "  timeout client 30s",
-            "  timeout server 30s",
-            # The whole check may take this long (else: inter, 300ms), so a
-            # busy machine does not fail checks of healthy instances.
-            "  timeout check 2s",
-            "frontend fe",
-            "  bind 127.0.0.1:%d" % self.port,
-            "  default_backend lbs",
-            "backend lbs",
-            "  balance roundrobin",
-            "  option httpchk GET /healthz",
-            "  http-check expect status 200",
-            # send-proxy-v2 for the traffic; with "port" on the server line the
-            # check goes to the admin port without a PROXY header.
-            "  default-server inter 300ms fall 2 rise 2 send-proxy-v2",
-        ]
-        for name, port, admin_port in servers:
-            lines.append("  server %s 127.0.0.1:%d check port %d" % (name, port, admin_port))
-        with open(self.config_path, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        self._err = open(self.stderr_path, "wb")
-        self.proc = harness._popen([HAPROXY, "-db", "-f", self.config_path],
-                                   stdin=subprocess.DEVNULL, stdout=self._err, stderr=self._err,
-                                   cwd=self.dir)
-        if not wait_until(lambda: self.servers() or not self.running(), 10):
-            text = self.stderr_text()
-            self.cleanup()
-            raise RuntimeError("HAProxy did not start; its output:\n" + text)
-        if not self.running():
-            text = self.stderr_text()
-            self.cleanup()
-            raise RuntimeError("HAProxy exited; its output:\n" + text)
-
-    def running(self):
-        return self.proc.poll() is None
-
-    def stderr_text(self):
-        try:
-            with open(self.stderr_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def command(self, line, timeout=2.0):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        try:
-            s.connect(self.socket_path)
-            s.sendall(line.encode() + b"\n")
-            out = b""
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    return out.decode("utf-8", "replace")
-                out += b
-        finally:
-            s.close()
-
-    def servers(self):
-        """{server name: its "show stat" row} of backend lbs; check_status
-        without the "* " HAProxy puts in front while a check runs."""
-        text = self.command("show stat")
-        lines = [l for l in text.splitlines() if l.strip()]
-        if not lines or not lines[0].startswith("# "):
-            return {}
-        rows = csv.DictReader([lines[0][2:]] + lines[1:])
-        out = {}
-        for r in rows:
-            if r.get("pxname") == "lbs" and r.get("svname") not in ("BACKEND", "FRONTEND"):
-                r["check_status"] = (r.get("check_status") or "").lstrip("* ")
-                out[r["svname"]] = r
-        return out
-
-    def all_checked_up(self, names):
-        s = self.servers()
-        return all(n in s and s[n]["status"] == "UP" and s[n]["check_status"] == "L7OK"
-                   for n in names)
-
-    def cleanup(self):
-        harness.kill_and_wait(self.proc)
-        harness._unregister(self.proc)
-        try:
-            self._err.close()
-        except Exception:
-            pass
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------
 # a client from CLIENT_IP
-
-class ClosedBeforeResponse(ConnectionError):
-    """The connection closed (EOF, reset, broken pipe) before any byte of the response."""
-
-
-def read_response(sock):
-    """One response with Content-Length (every answer here has one) ->
-    (status, {lowercase name: value}, body, server closes after it)."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError as e:
-            if not buf:
-                raise ClosedBeforeResponse("reset before the response") from e
-            raise
-        if not chunk:
-            if not buf:
-                raise ClosedBeforeResponse("EOF before the response")
-            raise ConnectionError("closed inside the response head: %r" % buf[:200])
-        buf += chunk
-    head, _, body = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    version, status = lines[0].split(" ")[0], int(lines[0].split(" ")[1])
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    length = int(headers["content-length"])
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed inside the body (%d of %d bytes)" % (len(body), length))
-        body += chunk
-    if len(body) != length:
-        raise ConnectionError("%d bytes more than Content-Length" % (len(body) - length))
-    close = version == "HTTP/1.0" or headers.get("connection", "").lower() == "close"
-    return status, headers, body, close
-
 
 class Client:
     """GETs to port from CLIENT_IP. keep_alive=False: a new connection per
@@ -312,28 +160,18 @@ class Client:
 
 # ---------------------------------------------------------------------------
 
-@unittest.skipUnless(HAVE_HAPROXY, "no HAProxy at %s" % HAPROXY)
+@needs_haproxy
 class Tier(harness.TestCase):
     def start_tier(self, log=True):
         self.apps = [self.origin("app%d" % i, log=log) for i in (1, 2, 3)]
         self.lbs = [self.lb(lb_config(app)) for app in self.apps]
         self.names = ["lb1", "lb2", "lb3"]
-        self.haproxy = HAProxy([(name, lb.port(), lb.admin_port)
-                                for name, lb in zip(self.names, self.lbs)])
-        self.addCleanup(self._haproxy_cleanup, self.haproxy)
+        self.haproxy = HAProxy([("lbs", None, [(name, lb.port(), lb.admin_port)
+                                               for name, lb in zip(self.names, self.lbs)])])
+        self.addCleanup(self.haproxy.cleanup_after, self)
         # HAProxy's checks of every instance's /healthz pass (admin port, no PROXY header).
-        self.assertTrue(wait_until(lambda: self.haproxy.all_checked_up(self.names), 5, 0.1),
-                        "HAProxy's checks of lb's /healthz do not pass: %r\n%s"
-                        % ({n: (r["status"], r["check_status"], r.get("check_code"),
-                                r.get("last_chk")) for n, r in self.haproxy.servers().items()},
-                           self.haproxy.stderr_text()))
+        self.haproxy.wait_checked_up(self.names)
         return self.haproxy
-
-    def _haproxy_cleanup(self, haproxy):
-        if self.failed_so_far() or os.environ.get("LB_TEST_VERBOSE"):
-            sys.stderr.write("---- HAProxy output (%s) ----\n%s\n"
-                             % (self.id(), haproxy.stderr_text()[-6000:]))
-        haproxy.cleanup()
 
     def test_tier_spreads_and_lb_sees_the_client_address(self):
         haproxy = self.start_tier()
