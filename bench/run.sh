@@ -19,7 +19,8 @@
 # of every run to bench/results/latest-wrk/ (rate_client's for scenario f,
 # idle_client.py's for idle).
 #
-# Environment overrides: LB_BIN, LB_BASE_BIN (--proxies "lb lb-base ..."), ORIGIN_BIN, RATE_CLIENT, HAPROXY, NGINX, WRK,
+# Environment overrides: LB_BIN, LB_BASE_BIN (--proxies "lb lb-base ..."), FORWARD_PROBE (--proxies
+# "relay-epoll relay-uring": an L4 relay on epoll or io_uring), ORIGIN_BIN, RATE_CLIENT, HAPROXY, NGINX, WRK,
 # PYTHON, PROXY_CPU, LOAD_CPU, AB, VALGRIND.
 
 # shellcheck disable=SC2059 # HEAD_FMT: one printf format shared by header and rows
@@ -65,6 +66,7 @@ LB_BIN=${LB_BIN:-$BUILD_DIR/lb/lb}
 LB_BASE_BIN=${LB_BASE_BIN:-}  # proxy "lb-base": another lb build, for before/after in one run
 ORIGIN_BIN=${ORIGIN_BIN:-$BUILD_DIR/bench/fast_origin}
 RATE_CLIENT=${RATE_CLIENT:-$BUILD_DIR/bench/rate_client}
+FORWARD_PROBE=${FORWARD_PROBE:-$BUILD_DIR/bench/forward_probe}
 IDLE_CLIENT=$BENCH_DIR/idle_client.py
 PYTHON=${PYTHON:-/usr/bin/python3}
 HAPROXY=${HAPROXY:-/usr/sbin/haproxy}
@@ -319,6 +321,19 @@ start_proxy() {
                 sleep 0.05
             done
         fi
+        ;;
+    relay-epoll | relay-uring)
+        # bench/forward_probe: an L4 relay, no HTTP, with lb's epoll discipline
+        # or with io_uring: what io_uring would save lb's loop (one worker).
+        [[ -x $FORWARD_PROBE ]] || { START_ERR="no binary $FORWARD_PROBE (needs liburing-dev)"; return 1; }
+        local io=epoll
+        [[ $name == relay-uring ]] && io=io_uring
+        taskset -c "$cpus" "${PROXY_WRAP[@]}" "$FORWARD_PROBE" --io "$io" --listen "127.0.0.1:$PROXY_PORT" \
+            --origin "${ORIGINS[0]}" --origin "${ORIGINS[1]}" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+        PROXY_PID=$!
+        STARTED+=("$PROXY_PID")
+        local ok=0
+        wait_listening "$PROXY_PID" "$PROXY_PORT" 10 && ok=1
         ;;
     *)
         START_ERR="unknown proxy"
@@ -857,8 +872,8 @@ ratio() { # A B -> "x1.23" or "n/a"
     awk -v a="${1:-}" -v b="${2:-}" 'BEGIN { if (a == "" || b == "" || b + 0 == 0 || a == "nan" || b == "nan") print "n/a"; else printf "x%.2f", a / b }'
 }
 
-ratio_cells() { # SCN OTHER -> "req/s CPU/req p99" ratios of lb to OTHER
-    local a=$1:lb b=$1:$2
+ratio_cells() { # SCN OTHER [ONE] -> "req/s CPU/req p99" ratios of ONE (default lb) to OTHER
+    local a=$1:${3:-lb} b=$1:$2
     if [[ ${R_STATUS[$a]:-} != ok || ${R_STATUS[$b]:-} != ok ]]; then
         echo "n/a n/a n/a"
         return
@@ -883,6 +898,7 @@ version_of() {
         ;;
     haproxy) "$HAPROXY" -v 2>/dev/null | head -1 | cut -d' ' -f1-3 ;;
     nginx) "$NGINX" -v 2>&1 | head -1 | sed 's/^nginx version: //' ;;
+    relay-epoll | relay-uring) echo "bench/forward_probe --io ${1#relay-} (an L4 relay, no HTTP)" ;;
     esac
 }
 
@@ -973,6 +989,17 @@ for scn in $SCENARIOS; do
             fi
             SUMMARY+=("$scn $other $r $c $l")
         done
+    fi
+    if [[ " $PROXIES " == *" relay-epoll "* && " $PROXIES " == *" relay-uring "* ]] && ! ((IDLE || INSN)); then
+        if ((SYSCALLS)); then
+            b="n/a"
+            [[ ${R_STATUS[$scn:relay-uring]:-} == ok && ${R_STATUS[$scn:relay-epoll]:-} == ok ]] &&
+                b=$(ratio "${R_SC[$scn:relay-uring]}" "${R_SC[$scn:relay-epoll]}")
+            say "  relay io_uring/epoll: syscalls/req $b"
+        else
+            read -r r c l <<<"$(ratio_cells "$scn" relay-epoll relay-uring)"  # uring over epoll
+            say "  relay io_uring/epoll: req/s $r  CPU/req $c  p99 $l"
+        fi
     fi
     TLS=0 FIXED_RATE=0 IDLE=0 SYSCALLS=0 INSN=0 H2=0 RULES=0
 done
