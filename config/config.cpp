@@ -362,6 +362,7 @@ private:
   void dns(const Item& item, Dns& dns);
   void cluster(const Item& item, Cluster& cluster);
   std::optional<RateLimit::OnRedisError> on_redis_error(const Item& f);
+  void redis_tls(const Item& item, RedisTls& tls);
   std::optional<std::string> dns_name(const Item& item, std::string_view text);
   void listener(const Item& item, Listener& listener);
   void tls(const Item& item, ListenerTls& tls);
@@ -861,6 +862,54 @@ void Loader::admin(const Item& item, Admin& admin) {
               "then needs the token), or listen on 127.0.0.1");
 }
 
+// cluster.tls: true | false | { ca, sni, verify, cert, key }
+void Loader::redis_tls(const Item& item, RedisTls& tls) {
+  if (item.value.IsScalar()) {
+    if (auto on = boolean(item))
+      tls.enabled = *on;
+    return;
+  }
+  tls.enabled = true;
+  if (is_empty(item.value))
+    return; // `tls: {}`: verified against the system's trust store
+  auto items = fields(item, {"verify", "ca", "sni", "cert", "key"});
+  if (!items)
+    return;
+  const Item* cert_item = nullptr;
+  const Item* key_item = nullptr;
+  for (const auto& f : *items) {
+    if (f.name == "verify") {
+      if (auto b = boolean(f))
+        tls.verify = *b;
+    } else if (f.name == "ca") {
+      auto text = scalar(f, "a file path");
+      if (!text)
+        continue;
+      tls.ca = resolve(*text);
+      if (std::string why = check_ca(tls.ca); !why.empty())
+        error(f, "ca: " + why);
+    } else if (f.name == "sni") {
+      if (auto text = scalar(f, "a host name"))
+        if (auto name = dns_name(f, *text))
+          tls.sni = *name;
+    } else if (f.name == "cert" || f.name == "key") {
+      auto text = scalar(f, "a file path");
+      if (!text)
+        continue;
+      (f.name == "cert" ? tls.cert : tls.key) = resolve(*text);
+      (f.name == "cert" ? cert_item : key_item) = &f;
+    }
+  }
+  if (!cert_item != !key_item)
+    error(cert_item ? *cert_item : *key_item,
+          "tls: cert and key go together (a client certificate for Redis's tls-auth-clients)");
+  else if (cert_item) {
+    std::string why = check_certificate(tls.cert, tls.key);
+    if (!why.empty())
+      error(why.rfind("key:", 0) == 0 ? *key_item : *cert_item, why);
+  }
+}
+
 std::optional<RateLimit::OnRedisError> Loader::on_redis_error(const Item& f) {
   auto text = scalar(f, "local or open");
   if (!text)
@@ -945,8 +994,7 @@ void Loader::cluster(const Item& item, Cluster& cluster) {
       if (auto e = on_redis_error(f))
         cluster.on_redis_error = *e;
     } else if (f.name == "tls") {
-      error(f, "tls: TLS to Redis is not available in this version of lb (Debian 12's hiredis "
-               "has none): reach Redis over a private network or a local tunnel");
+      redis_tls(f, cluster.tls);
     }
   }
   if (!has_redis)

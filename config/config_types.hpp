@@ -310,6 +310,17 @@ struct Admin {
                                           // localhost (lower case)
 };
 
+// TLS to Redis (`cluster.tls`).
+struct RedisTls {
+  bool enabled = false;
+  bool verify = true; // check Redis's certificate chain and name
+  std::string ca;     // PEM bundle to verify against; empty: the system's trust store
+  std::string sni;    // the name sent and verified; empty: the redis host (an IP: verified as such)
+  std::string cert;   // a client certificate (Redis's tls-auth-clients), with its key
+  std::string key;
+  bool operator==(const RedisTls&) const = default;
+};
+
 // Several instances as one tier through Redis (`cluster:`).
 struct Cluster {
   bool enabled = false;
@@ -318,6 +329,7 @@ struct Cluster {
   std::string password_file; // empty: no AUTH
   std::string password;      // read from password_file at load
   std::string key_prefix = "lb:";
+  RedisTls tls;
   uint32_t instances = 0; // how many instances share the rate limits; 0: not said
   // Rate limits with scope: cluster while Redis is unreachable, unless a
   // route says otherwise.

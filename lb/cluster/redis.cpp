@@ -1,5 +1,7 @@
 #include "lb/cluster/redis.hpp"
 
+#include "lb/cluster/tls_pipe.hpp"
+
 #include <cstdarg>
 
 namespace lb::cluster {
@@ -9,7 +11,15 @@ constexpr timeval redis_timeout{0, 500 * 1000};
 }
 
 redisContext* connect_redis(const config::Cluster& config, std::string& error) {
-  redisContext* c = redisConnectWithTimeout(config.host.c_str(), config.port, redis_timeout);
+  redisContext* c = nullptr;
+  if (config.tls.enabled) {
+    int fd = tls_pipe(config, static_cast<int>(redis_timeout.tv_usec / 1000), error);
+    if (fd < 0)
+      return nullptr;
+    c = redisConnectFd(fd); // (freeing the context closes the pipe's end)
+  } else {
+    c = redisConnectWithTimeout(config.host.c_str(), config.port, redis_timeout);
+  }
   if (!c || c->err) {
     error = c ? c->errstr : "cannot allocate a Redis context";
     if (c)
@@ -39,8 +49,10 @@ Reply command(redisContext* c, const char* format, ...) {
 std::string failure(redisContext* c, const redisReply* r) {
   if (r && r->type == REDIS_REPLY_ERROR)
     return std::string(r->str, r->len);
-  if (c && c->err)
-    return c->errstr;
+  if (c && c->err) {
+    std::string why = tls_pipe_reason(c->fd); // over TLS: what Redis's end said
+    return why.empty() ? std::string(c->errstr) : std::string(c->errstr) + " (TLS: " + why + ")";
+  }
   return "no answer";
 }
 

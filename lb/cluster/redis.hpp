@@ -21,8 +21,9 @@ struct ContextFree {
 };
 using Connection = std::unique_ptr<redisContext, ContextFree>;
 
-// Connects to `config`'s Redis (500 ms timeouts for the connection and each
-// command) and authenticates; null with `error` when it cannot.
+// Connects to `config`'s Redis (500 ms timeouts for the connection, the TLS
+// handshake with `tls`, and each command) and authenticates; null with
+// `error` when it cannot.
 redisContext* connect_redis(const config::Cluster& config, std::string& error);
 
 // One command, printf-like as redisCommand (%s, %b with a length).

@@ -6,7 +6,7 @@ minimal RESP client to look inside it (Python stdlib only).
     @needs_redis
     class T(harness.TestCase):
         def test_x(self):
-            redis = Redis()                  # or Redis(password="...")
+            redis = Redis()                  # or Redis(password="...", extra_args=[...])
             self.addCleanup(redis.cleanup)
             # lb config:  cluster: { redis: <redis.addr> }
             redis.cmd("HGETALL", "lb:overrides")   # -> ["d:web 127.0.0.1:1", "1@1"]
@@ -108,9 +108,10 @@ class Redis:
     """redis-server on 127.0.0.1:port (an unused one unless given), nothing
     saved, with requirepass when `password` is given; started at once."""
 
-    def __init__(self, port=None, password=None):
+    def __init__(self, port=None, password=None, extra_args=()):
         self.port = port or harness.unused_port()
         self.password = password
+        self.extra_args = list(extra_args)  # e.g. --tls-port and its files
         self.dir = tempfile.mkdtemp(prefix="lb-test-redis-")
         self.proc = None
         self.log = None
@@ -132,6 +133,7 @@ class Redis:
                 "--dir", self.dir, "--logfile", ""]
         if self.password is not None:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self.log = open(os.path.join(self.dir, "redis.log"), "ab")
         self.proc = harness._popen(args, stdin=subprocess.DEVNULL, stdout=self.log,
                                    stderr=subprocess.STDOUT, cwd=self.dir)

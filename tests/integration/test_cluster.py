@@ -44,7 +44,8 @@ Tests:
     effect at the next restart (and the running instance keeps its Redis
     key prefix);
   - lb check: redis "a b:1" and "h:99999", a missing redis, a missing or
-    empty password_file, key_prefix "" and tls: true are refused with
+    empty password_file, key_prefix "", tls: maybe, a missing tls.ca, a cert
+    without its key and a missing key are refused with
     FILE:LINE:COL; a complete block passes.
 
 Environment: LB_BIN, LB_SOURCE_DIR; REDIS_SERVER_BIN (default
@@ -55,6 +56,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -467,6 +469,92 @@ cluster:
         self.assertIn("cluster: backend overrides version", lb.stderr_text())
 
 
+def make_cert(directory, name, ca=False, signer=None, ip=None):
+    """NAME.pem and NAME.key in `directory` (P-256): a CA when `ca`, else a
+    certificate signed by `signer` (a CA's name) for IP `ip` (or a client's)."""
+    key, pem = (os.path.join(directory, name + ext) for ext in (".key", ".pem"))
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", key],
+                   check=True, capture_output=True)
+    if ca:
+        subprocess.run(["openssl", "req", "-x509", "-new", "-key", key, "-out", pem, "-days", "2",
+                        "-subj", "/CN=%s" % name], check=True, capture_output=True)
+        return pem, key
+    csr = os.path.join(directory, name + ".csr")
+    ext = os.path.join(directory, name + ".ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:%s\n" % ip if ip else "extendedKeyUsage=clientAuth\n")
+    subprocess.run(["openssl", "req", "-new", "-key", key, "-out", csr, "-subj", "/CN=%s" % name],
+                   check=True, capture_output=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", os.path.join(directory, signer + ".pem"),
+                    "-CAkey", os.path.join(directory, signer + ".key"), "-CAcreateserial",
+                    "-out", pem, "-days", "2", "-extfile", ext], check=True, capture_output=True)
+    return pem, key
+
+
+@needs_redis
+class RedisOverTls(ClusterTestCase):
+    """cluster.tls: Redis with only a TLS port for lb (tls-auth-clients yes:
+    a client certificate is required), its plain port kept for the test."""
+
+    def setUp(self):
+        self.pki = tempfile.mkdtemp(prefix="lb-test-redis-tls-")
+        self.addCleanup(shutil.rmtree, self.pki, True)
+        self.ca, _ = make_cert(self.pki, "ca", ca=True)
+        self.other_ca, _ = make_cert(self.pki, "other-ca", ca=True)
+        self.server = make_cert(self.pki, "redis", signer="ca", ip="127.0.0.1")
+        self.client = make_cert(self.pki, "lb", signer="ca")
+        self.tls_port = harness.unused_port()
+        self.redis_server = self.redis(extra_args=[
+            "--tls-port", str(self.tls_port), "--tls-cert-file", self.server[0],
+            "--tls-key-file", self.server[1], "--tls-ca-cert-file", self.ca,
+            "--tls-auth-clients", "yes"])
+
+    def block(self, ca=None, client=True, extra=""):
+        tls = ["ca: %s" % (ca or self.ca)]
+        if client:
+            tls += ["cert: %s" % self.client[0], "key: %s" % self.client[1]]
+        return "  redis: 127.0.0.1:%d\n  tls: { %s%s }\n" % (self.tls_port, ", ".join(tls), extra)
+
+    def connected(self, lb):
+        return lb.status_json().get("cluster", {}).get("connected")
+
+    def test_drain_for_the_tier_over_tls(self):
+        a, b = self.two_origins()
+        lbs = [self.lb(tier_config([a, b], self.block())) for _ in range(2)]
+        for lb in lbs:
+            self.assertTrue(wait_until(lambda: self.connected(lb) is True, 3), lb.stderr_text())
+        self.admin_ok(lbs[0], "POST", action_path(a, "drain"))
+        self.wait_everywhere(lbs, lambda lb: backend_status(lb, a.addr)["drained"], "drain")
+        for k, lb in enumerate(lbs):
+            self.assertEqual(set(self.served(lb, 4, "tls-%d" % k)), {"B"})
+        # What went over TLS is in Redis (read through its plain port).
+        self.assertEqual(self.redis_server.cmd("HGET", "lb:overrides", "d:web " + a.addr)[:2], "1@")
+        self.admin_ok(lbs[1], "POST", action_path(a, "enable"))
+        self.wait_everywhere(lbs, lambda lb: not backend_status(lb, a.addr)["drained"], "enable")
+
+    def test_a_certificate_that_does_not_verify_keeps_lb_off_redis(self):
+        a, b = self.two_origins()
+        for what, block, words in (
+                ("another CA", self.block(ca=self.other_ca),
+                 "TLS handshake with 127.0.0.1:%d: self-signed certificate in certificate chain"
+                 % self.tls_port),
+                ("no client certificate", self.block(client=False), "certificate required"),
+                ("the wrong name", self.block(extra=", sni: redis.example"),
+                 "TLS handshake with 127.0.0.1:%d: hostname mismatch" % self.tls_port)):
+            with self.subTest(what):
+                lb = self.lb(tier_config([a, b], block))
+                self.assertTrue(wait_until(lambda: "unreachable" in lb.stderr_text(), 3),
+                                lb.stderr_text())
+                self.assertIn(words, lb.stderr_text())
+                self.assertIs(self.connected(lb), False)
+                status, _, text = lb.admin("POST", action_path(a, "drain"))
+                self.assertEqual(status, 503, text)
+                self.assertEqual(set(self.served(lb, 4, "still")), {"A", "B"})
+        # verify: false takes any certificate (a client certificate is still needed).
+        lb = self.lb(tier_config([a, b], self.block(ca=self.other_ca, extra=", verify: false")))
+        self.assertTrue(wait_until(lambda: self.connected(lb) is True, 3), lb.stderr_text())
+
+
 @needs_redis
 class RedisAuth(ClusterTestCase):
     def test_password_file(self):
@@ -580,6 +668,8 @@ class ClusterCheck(unittest.TestCase):
         with open(self.good, "w") as f:
             f.write("secret\n")
         self.missing = os.path.join(self.dir, "missing.pass")
+        self.ca = os.path.join(self.dir, "ca.pem")
+        make_cert(self.dir, "ca", ca=True)
 
     def base(self):
         return tier_config([_Backend("127.0.0.1:8080"), _Backend("127.0.0.1:8081")])
@@ -621,8 +711,13 @@ class ClusterCheck(unittest.TestCase):
              "key_prefix: expected up to 64 printable characters without spaces, got ''"),
             ('  redis: 127.0.0.1:6379\n  key_prefix: "a b"\n', "key_prefix",
              "key_prefix: expected up to 64 printable characters"),
-            ("  redis: 127.0.0.1:6379\n  tls: true\n", "tls",
-             "tls: TLS to Redis is not available in this version of lb"),
+            ("  redis: 127.0.0.1:6379\n  tls: maybe\n", "tls", "expected true or false"),
+            ("  redis: 127.0.0.1:6379\n  tls:\n    ca: %s\n" % self.missing, "  ca",
+             "ca: cannot read %s" % self.missing),
+            ("  redis: 127.0.0.1:6379\n  tls:\n    cert: %s\n" % self.ca, "  cert",
+             "tls: cert and key go together"),
+            ("  redis: 127.0.0.1:6379\n  tls:\n    cert: %s\n    key: %s\n"
+             % (self.ca, self.missing), "  key", "key: cannot read %s" % self.missing),
         ]
         for block, key, message in cases:
             with self.subTest(block=block):
@@ -631,7 +726,11 @@ class ClusterCheck(unittest.TestCase):
     def test_good_block_passes(self):
         for block in ("  redis: 127.0.0.1:6379\n",
                       "  redis: redis.internal:6380\n  password_file: %s\n  key_prefix: \"t1:\"\n"
-                      % self.good):
+                      % self.good,
+                      "  redis: 127.0.0.1:6379\n  tls: true\n",
+                      "  redis: 127.0.0.1:6379\n  tls: {}\n",
+                      "  redis: 127.0.0.1:6379\n  tls: { ca: %s, sni: redis.internal, verify: true }\n"
+                      % self.ca):
             with self.subTest(block=block):
                 code, out, _ = lb_check(self.base() + "cluster:\n" + block)
                 self.assertEqual((code, out.strip()), (0, "ok"), out)
