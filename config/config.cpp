@@ -715,8 +715,8 @@ void Loader::top(const YAML::Node& root, Config& config) {
     return;
   }
   auto items = fields({"config", root, root},
-                      {"workers", "shutdown_timeout", "shutdown_delay", "sticky_secret", "admin",
-                       "access_log", "listeners", "pools", "dns", "cluster"});
+                      {"workers", "io", "shutdown_timeout", "shutdown_delay", "sticky_secret",
+                       "admin", "access_log", "listeners", "pools", "dns", "cluster"});
   if (!items)
     return;
   const Item* listeners = nullptr;
@@ -732,6 +732,19 @@ void Loader::top(const YAML::Node& root, Config& config) {
       } else if (auto n = integer(item, 1, 1024)) {
         config.workers = unsigned(*n);
       }
+    } else if (item.name == "io") {
+      auto text = scalar(item, "auto or epoll");
+      if (!text)
+        continue;
+      if (*text == "auto")
+        config.io = Config::Io::auto_;
+      else if (*text == "epoll")
+        config.io = Config::Io::epoll;
+      else if (*text == "io_uring")
+        error(item, "io: io_uring is not built into lb: measured against its epoll loop it saved "
+                    "no CPU per request (bench/README.md); use auto or epoll");
+      else
+        error(item, "io: expected auto or epoll, got '" + *text + "'");
     } else if (item.name == "shutdown_timeout") {
       if (auto d = duration(item, false))
         config.shutdown_timeout = *d;

@@ -344,6 +344,9 @@ struct Config {
   // SIGTERM/SIGINT: /healthz answers 503 at once while every listener keeps
   // serving this long (lame duck), then the drain; 0 = drain at once.
   Duration shutdown_delay{0};
+  // The workers' I/O: auto and epoll both mean lb's epoll loop (io_uring was
+  // measured and not built in: bench/README.md).
+  enum class Io { auto_, epoll } io = Io::auto_;
   std::string sticky_secret; // keys the sticky cookie's backend hash; empty = unkeyed
   Admin admin;
   AccessLog access_log;

@@ -213,6 +213,17 @@ TEST(Config, WorkersAuto) {
             "t.yaml:1:10: workers: expected auto or a number of threads 1..1024, got 'many'");
 }
 
+TEST(Config, IoAutoOrEpoll) {
+  EXPECT_EQ(valid(std::string("io: auto\n") + minimal)->io, Config::Io::auto_);
+  EXPECT_EQ(valid(std::string("io: epoll\n") + minimal)->io, Config::Io::epoll);
+  EXPECT_EQ(valid(minimal)->io, Config::Io::auto_);
+  EXPECT_EQ(only_error(std::string("io: io_uring\n") + minimal),
+            "t.yaml:1:5: io: io_uring is not built into lb: measured against its epoll loop it "
+            "saved no CPU per request (bench/README.md); use auto or epoll");
+  EXPECT_EQ(only_error(std::string("io: kqueue\n") + minimal),
+            "t.yaml:1:5: io: expected auto or epoll, got 'kqueue'");
+}
+
 TEST(Config, OffAndOnSpellings) {
   for (const char* off : {"off", "\"off\"", "false"}) {
     auto config = valid(with_listener_lines(std::string("    headers: { request_id: ") + off +
