@@ -699,14 +699,21 @@ private:
             continue;
           }
         }
-        if (got < 0 && expires - now() > std::max<int64_t>(lifetime / 6, 0)) {
+        int64_t alone_at = expires - lifetime / 6; // ordering alone from here on
+        if (got < 0 && alone_at > now()) {
           // The store cannot be reached, and the certificate has time left:
           // ordering alone now could make every instance order. Later.
           unshared(error);
-          if (!sleep_ms(10000))
+          if (!said_holding_off_)
+            io::log("listener %s: acme: %s is due; waiting for the tier's storage until %s "
+                    "(then this instance orders alone)",
+                    listener_.c_str(), join_domains().c_str(), format_time(alone_at).c_str());
+          said_holding_off_ = true;
+          if (!sleep_until(std::min(now() + 10, alone_at)))
             return;
           continue;
         }
+        said_holding_off_ = false;
         if (got == 0) {
           // Another instance orders: its certificate comes through the store.
           if (!said_waiting_)
@@ -790,8 +797,8 @@ private:
 
   void unshared(const std::string& why) {
     if (!said_unshared_)
-      io::log("listener %s: acme: the tier's storage cannot be reached (%s); going on alone",
-              listener_.c_str(), why.c_str());
+      io::log("listener %s: acme: the tier's storage cannot be reached (%s)", listener_.c_str(),
+              why.c_str());
     said_unshared_ = true;
   }
 
@@ -1219,6 +1226,7 @@ private:
   bool holding_ = false;                  // this instance holds the tier's lock on the order
   bool said_waiting_ = false;             // "another instance orders" logged
   bool said_unshared_ = false;            // "cannot reach the tier's storage" logged
+  bool said_holding_off_ = false;         // "waiting for the tier's storage" logged
   std::thread thread_;
   std::mutex mutex_;
   std::condition_variable wake_;

@@ -34,7 +34,8 @@ namespace lb::acme {
 
 // Where the instances of a tier share ACME state. Calls block briefly (a
 // client's thread, never the data path); false (or -1) with `error` when the
-// store cannot be reached, and the client then goes on alone.
+// store cannot be reached; the client then waits, or orders alone when it
+// has no certificate or little time left.
 class SharedStorage {
 public:
   virtual ~SharedStorage() = default;

@@ -46,6 +46,10 @@ Tests:
     its own, not behind HAProxy) takes the certificate from Redis at start
     ("taken from the tier", loaded within 10 s), asks pebble for nothing (no
     order, no account: the counts stay), serves the same serial, verified;
+  - the store away when a 30 s certificate falls due: no instance orders
+    while more than a sixth of its lifetime is left (each logs that it
+    waits for the tier's storage, and until when); from then on each
+    orders alone;
   - tls-alpn-01 without plain listeners: the same three-instance start;
     exactly one order, 2 "set VALID by completed challenge" and no HTTP
     validation in pebble's log, HAProxy spread the validation connections
@@ -367,6 +371,37 @@ pools:
         self.assertNotIn("new account key", text)
         self.assertEqual(self.stored_cert(), cert)
         self.assert_redis_clean()
+
+    def test_store_away_when_due_holds_orders_back_until_a_sixth_is_left(self):
+        """Redis gone when a 30 s certificate falls due (at 2/3 of its life):
+        no instance orders while more than a sixth of the lifetime is left
+        (ordering alone, every instance would order); each says it waits and
+        until when; from that moment on it orders alone."""
+        self.pebble.kill()
+        self.pebble = self.new_pebble(validity=30)
+        tier = self.start_tier("http-01")
+        self.wait_loaded(tier, 40)
+        self.assert_one_order(tier)
+        info = cert_info(read(tier[0].certificate()))
+        life = info["not_after"] - info["not_before"]
+        due, alone = info["not_before"] + life * 2 / 3, info["not_after"] - life // 6
+        self.redis.kill()
+        self.assertGreater(due - time.time(), 1.0, "the certificate was due before Redis went")
+        # Until shortly before `alone`: still the one order, and every
+        # instance says it is holding back.
+        time.sleep(max(0.0, alone - 1.5 - time.time()))
+        self.assertEqual(self.pebble.counts()["Added order "], 1,
+                         "an instance ordered while the tier's storage was away and time was left")
+        for inst in tier:
+            self.assertIn("acme: a.lbtest, b.lbtest is due; waiting for the tier's storage until",
+                          inst.log(), inst.name)
+            self.assertIn("the tier's storage cannot be reached", inst.log(), inst.name)
+        # From `alone` on, each orders alone (whether its validation reaches
+        # it through the balancer is another matter: Redis is away).
+        ok = wait_until(lambda: self.pebble.counts()["Added order "] >= 1 + INSTANCES,
+                        max(1.0, alone + 8 - time.time()), 0.1)
+        self.assertTrue(ok, "no instance ordered alone once a sixth of the lifetime was left: %r"
+                        % self.pebble.counts())
 
     def test_tls_alpn01_one_order_without_plain_listeners(self):
         tier = self.start_tier("tls-alpn-01", plain=False)
