@@ -46,7 +46,7 @@ Tests:
     its own, not behind HAProxy) takes the certificate from Redis at start
     ("taken from the tier", loaded within 10 s), asks pebble for nothing (no
     order, no account: the counts stay), serves the same serial, verified;
-  - the store away when a 30 s certificate falls due: no instance orders
+  - the store away when an 18 s certificate falls due: no instance orders
     while more than a sixth of its lifetime is left (each logs that it
     waits for the tier's storage, and until when); from then on each
     orders alone;
@@ -373,12 +373,12 @@ pools:
         self.assert_redis_clean()
 
     def test_store_away_when_due_holds_orders_back_until_a_sixth_is_left(self):
-        """Redis gone when a 30 s certificate falls due (at 2/3 of its life):
+        """Redis gone when an 18 s certificate falls due (at 2/3 of its life):
         no instance orders while more than a sixth of the lifetime is left
         (ordering alone, every instance would order); each says it waits and
         until when; from that moment on it orders alone."""
         self.pebble.kill()
-        self.pebble = self.new_pebble(validity=30)
+        self.pebble = self.new_pebble(validity=18)
         tier = self.start_tier("http-01")
         self.wait_loaded(tier, 40)
         self.assert_one_order(tier)
