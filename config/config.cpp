@@ -392,6 +392,7 @@ private:
   void sticky_cookie(const Item& item, std::string& cookie);
   void pool_timeouts(const Item& item, PoolTimeouts& timeouts);
   void pool_tls(const Item& item, PoolTls& tls);
+  bool tls_client_field(const Item& f, bool& verify, std::string& ca, std::string& sni);
   void tls_version(const Item& item, ListenerTls::Version& version);
   void health_check(const Item& item, HealthCheck& check);
   bool expect_status(const Item& item, std::vector<std::pair<int, int>>& ranges);
@@ -891,21 +892,9 @@ void Loader::redis_tls(const Item& item, RedisTls& tls) {
   const Item* cert_item = nullptr;
   const Item* key_item = nullptr;
   for (const auto& f : *items) {
-    if (f.name == "verify") {
-      if (auto b = boolean(f))
-        tls.verify = *b;
-    } else if (f.name == "ca") {
-      auto text = scalar(f, "a file path");
-      if (!text)
-        continue;
-      tls.ca = resolve(*text);
-      if (std::string why = check_ca(tls.ca); !why.empty())
-        error(f, "ca: " + why);
-    } else if (f.name == "sni") {
-      if (auto text = scalar(f, "a host name"))
-        if (auto name = dns_name(f, *text))
-          tls.sni = *name;
-    } else if (f.name == "cert" || f.name == "key") {
+    if (tls_client_field(f, tls.verify, tls.ca, tls.sni))
+      continue;
+    if (f.name == "cert" || f.name == "key") {
       auto text = scalar(f, "a file path");
       if (!text)
         continue;
@@ -1401,6 +1390,28 @@ void Loader::acme(const Item& item, Acme& acme) {
 }
 
 // The CA bundle is loaded here, so `lb check` reports a missing or bad file at its node.
+// `verify`, `ca` or `sni` of a block lb connects out with (a pool's tls,
+// the cluster's); false for any other field.
+bool Loader::tls_client_field(const Item& f, bool& verify, std::string& ca, std::string& sni) {
+  if (f.name == "verify") {
+    if (auto b = boolean(f))
+      verify = *b;
+  } else if (f.name == "ca") {
+    if (auto text = scalar(f, "a file path")) {
+      ca = resolve(*text);
+      if (std::string why = check_ca(ca); !why.empty())
+        error(f, "ca: " + why);
+    }
+  } else if (f.name == "sni") {
+    if (auto text = scalar(f, "a host name"))
+      if (auto name = dns_name(f, *text))
+        sni = *name;
+  } else {
+    return false;
+  }
+  return true;
+}
+
 void Loader::pool_tls(const Item& item, PoolTls& tls) {
   tls.enabled = true;
   if (is_empty(item.value))
@@ -1409,23 +1420,9 @@ void Loader::pool_tls(const Item& item, PoolTls& tls) {
   if (!items)
     return;
   for (const auto& f : *items) {
-    if (f.name == "verify") {
-      if (auto b = boolean(f))
-        tls.verify = *b;
-    } else if (f.name == "ca") {
-      auto text = scalar(f, "a file path");
-      if (!text)
-        continue;
-      tls.ca = resolve(*text);
-      std::string why = check_ca(tls.ca);
-      if (!why.empty())
-        error(f, "ca: " + why);
-    } else if (f.name == "sni") {
-      auto text = scalar(f, "a host name");
-      if (text)
-        if (auto name = dns_name(f, *text))
-          tls.sni = *name;
-    } else if (f.name == "min_version") {
+    if (tls_client_field(f, tls.verify, tls.ca, tls.sni))
+      continue;
+    if (f.name == "min_version") {
       tls_version(f, tls.min_version);
     }
   }
