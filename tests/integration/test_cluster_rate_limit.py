@@ -386,7 +386,9 @@ class ClusterRateLimitCase(harness.TestCase):
 class Tier(ClusterRateLimitCase):
     CLIENTS, PER_CLIENT, DURATION = 6, 50, 10.0
 
-    def test_global_limit_through_haproxy(self):
+    def start_tier(self):
+        """Redis, the three instances and HAProxy in front, every check up ->
+        (redis, the origin's body, the instances, haproxy)."""
         redis = self.redis()
         addr, body = self.backend()
         lbs = [self.lb(rl_config(addr, redis)) for _ in range(INSTANCES)]
@@ -395,6 +397,10 @@ class Tier(ClusterRateLimitCase):
                                           for n, lb in zip(names, lbs)])])
         self.addCleanup(haproxy.cleanup_after, self)
         haproxy.wait_checked_up(names)
+        return redis, body, lbs, haproxy
+
+    def test_global_limit_through_haproxy(self):
+        redis, body, lbs, haproxy = self.start_tier()
         self.wait_shared(lbs, 1, 3.0, "before the load")
 
         ok_before = [ok_served(lb) for lb in lbs]
@@ -468,14 +474,7 @@ class Tier(ClusterRateLimitCase):
         instance's connection cut: it sets a new seed when it reconnects; the
         others see the seed change and hash with it too, so the limit still
         holds for the tier (hashed apart, each would let the rate through)."""
-        redis = self.redis()
-        addr, body = self.backend()
-        lbs = [self.lb(rl_config(addr, redis)) for _ in range(INSTANCES)]
-        names = ["lb%d" % (k + 1) for k in range(INSTANCES)]
-        haproxy = HAProxy([("lbs", None, [(n, lb.port(), lb.admin_port)
-                                          for n, lb in zip(names, lbs)])])
-        self.addCleanup(haproxy.cleanup_after, self)
-        haproxy.wait_checked_up(names)
+        redis, body, lbs, haproxy = self.start_tier()
         self.wait_shared(lbs, 1, 3.0, "before the flush")
         old_seed = redis.cmd("GET", "lb:ratelimit:seed")
         self.assertTrue(old_seed)
