@@ -18,7 +18,7 @@ run: build
 	@bash tests/demo/run.sh $(BUILD_DIR)
 
 test: build
-	@cd $(BUILD_DIR) && ctest --output-on-failure --timeout 600
+	@cd $(BUILD_DIR) && ctest --output-on-failure --timeout 600 -j $(JOBS)
 
 bench: build
 	@bash bench/run.sh $(BUILD_DIR)
