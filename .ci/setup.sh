@@ -9,7 +9,7 @@ packages=(
   libc-ares-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libxxhash-dev
   python3 curl dnsmasq wrk haproxy nginx-light openssl chromium
   apache2-utils strace valgrind linux-perf
-  libnghttp2-dev nghttp2-client python3-h2 libre2-dev pebble prometheus redis-server libhiredis-dev liburing-dev
+  libnghttp2-dev nghttp2-client nghttp2-server python3-h2 python3-grpcio libre2-dev pebble prometheus redis-server libhiredis-dev liburing-dev
   clang libclang-rt-14-dev clang-format
 )
 

@@ -2120,13 +2120,29 @@ void Loader::pool(const Item& item, Pool& pool) {
   if (!is_name(item.name))
     error(item.key, "pool name '" + item.name +
                         "' is not valid (use up to 128 letters, digits, '-', '_' and '.')");
-  auto items =
-      fields(item, {"balance", "hash_key", "sticky_cookie", "slow_start", "timeouts", "retries",
-                    "max_connections_per_backend", "queue_timeout", "maintenance", "fail_open",
-                    "health_check", "outlier_detection", "overprovisioning", "backends", "regions",
-                    "tls", "retry_on", "retry_budget", "per_try_timeout"});
+  auto items = fields(item, {"balance",
+                             "hash_key",
+                             "sticky_cookie",
+                             "slow_start",
+                             "timeouts",
+                             "retries",
+                             "max_connections_per_backend",
+                             "queue_timeout",
+                             "maintenance",
+                             "fail_open",
+                             "health_check",
+                             "outlier_detection",
+                             "overprovisioning",
+                             "backends",
+                             "regions",
+                             "tls",
+                             "retry_on",
+                             "retry_budget",
+                             "per_try_timeout",
+                             "protocol"});
   if (!items)
     return;
+  const Item* protocol_item = nullptr;
   const Item* backend_list = nullptr;
   const Item* region_list = nullptr;
   bool balance_refused = false;
@@ -2151,6 +2167,19 @@ void Loader::pool(const Item& item, Pool& pool) {
       pool_timeouts(f, pool.timeouts);
     } else if (f.name == "tls") {
       pool_tls(f, pool.tls);
+    } else if (f.name == "protocol") {
+      protocol_item = &f;
+      auto text = scalar(f, "http1, h2 or h2c");
+      if (!text)
+        continue;
+      if (*text == "http1")
+        pool.protocol = Protocol::http1;
+      else if (*text == "h2")
+        pool.protocol = Protocol::h2;
+      else if (*text == "h2c")
+        pool.protocol = Protocol::h2c;
+      else
+        error(f, "protocol: expected http1, h2 or h2c, got '" + *text + "'");
     } else if (f.name == "retries") {
       if (auto n = integer(f, 0, 10))
         pool.retries = uint32_t(*n);
@@ -2194,6 +2223,16 @@ void Loader::pool(const Item& item, Pool& pool) {
     error(hash_key_item->key, "hash_key applies to balance ring_hash or maglev only");
   if (queue_timeout_item && !has_max_connections)
     error(queue_timeout_item->key, "queue_timeout needs max_connections_per_backend");
+  if (pool.protocol == Protocol::h2 && !pool.tls.enabled)
+    error(protocol_item->key, "protocol: h2 needs the pool's tls (ALPN h2); HTTP/2 without TLS "
+                              "is h2c");
+  if (pool.protocol == Protocol::h2c && pool.tls.enabled)
+    error(protocol_item->key, "protocol: h2c is HTTP/2 without TLS; with the pool's tls use h2");
+  pool.tls.http2 = pool.protocol == Protocol::h2;
+  if (pool.health_check.enabled && pool.health_check.type == HealthCheck::Type::grpc &&
+      pool.protocol == Protocol::http1)
+    error(item.key, "pool '" + pool.name +
+                        "': health_check type grpc needs protocol h2 or h2c (gRPC is HTTP/2)");
   if (per_try_item && pool.per_try_timeout > pool.timeouts.response)
     error(*per_try_item, "per_try_timeout: " + format_duration(pool.per_try_timeout) +
                              " is longer than timeouts.response (" +
@@ -2345,22 +2384,38 @@ void Loader::pool_timeouts(const Item& item, PoolTimeouts& timeouts) {
 void Loader::health_check(const Item& item, HealthCheck& check) {
   check.enabled = true;
   auto items = fields(item, {"type", "path", "host", "interval", "timeout", "healthy_threshold",
-                             "unhealthy_threshold", "expect_status"});
+                             "unhealthy_threshold", "expect_status", "service"});
   if (!items)
     return;
   const Item* timeout_item = nullptr;
   std::vector<const Item*> http_only;
+  const Item* service_item = nullptr;
   for (const auto& f : *items) {
     if (f.name == "type") {
-      auto text = scalar(f, "http or tcp");
+      auto text = scalar(f, "http, tcp or grpc");
       if (!text)
         continue;
       if (*text == "http")
         check.type = HealthCheck::Type::http;
       else if (*text == "tcp")
         check.type = HealthCheck::Type::tcp;
+      else if (*text == "grpc")
+        check.type = HealthCheck::Type::grpc;
       else
-        error(f, "type: expected http or tcp, got '" + *text + "'");
+        error(f, "type: expected http, tcp or grpc, got '" + *text + "'");
+    } else if (f.name == "service") {
+      service_item = &f;
+      auto text = scalar(f, "a gRPC service name like pkg.Service, or \"\"");
+      if (!text)
+        continue;
+      bool ok = text->size() <= 200;
+      for (char c : *text)
+        ok &= std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' ||
+              c == '/';
+      if (ok)
+        check.service = *text;
+      else
+        error(f, "service: expected a gRPC service name like pkg.Service, got '" + *text + "'");
     } else if (f.name == "path") {
       http_only.push_back(&f);
       auto text = scalar(f, "a path starting with '/'");
@@ -2403,6 +2458,11 @@ void Loader::health_check(const Item& item, HealthCheck& check) {
   if (check.type == HealthCheck::Type::tcp)
     for (const Item* f : http_only)
       error(f->key, f->name + ": applies to type http only (a tcp check only connects)");
+  if (check.type == HealthCheck::Type::grpc)
+    for (const Item* f : http_only)
+      error(f->key, f->name + ": applies to type http only (a grpc check asks for `service`)");
+  if (service_item && check.type != HealthCheck::Type::grpc)
+    error(service_item->key, "service: applies to type grpc only");
   // A check must end before the next one is due. Without an explicit timeout, a short
   // interval shortens the default timeout rather than making the config invalid.
   if (!timeout_item)

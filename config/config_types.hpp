@@ -212,6 +212,7 @@ struct PoolTls {
   std::string sni;    // the name sent and verified; empty: a dns:/srv: backend's host
                       // name, else none sent and the backend's IP address verified
   ListenerTls::Version min_version = ListenerTls::Version::tls1_2;
+  bool http2 = false; // ALPN offers h2 alone (a pool with protocol: h2)
   bool operator==(const PoolTls&) const = default;
 };
 
@@ -242,9 +243,12 @@ struct PoolTimeouts {
 
 struct HealthCheck {
   bool enabled = false;
-  enum class Type { http, tcp } type = Type::http;
+  // grpc: grpc.health.v1.Health/Check for `service` over the pool's protocol
+  // (h2 or h2c); SERVING is a pass.
+  enum class Type { http, tcp, grpc } type = Type::http;
   std::string path = "/healthz";
-  std::string host; // Host header of the check; empty: the backend address
+  std::string service; // grpc: the service asked about ("" = the server as a whole)
+  std::string host;    // Host header of the check; empty: the backend address
   Duration interval{std::chrono::seconds(2)};
   Duration timeout{std::chrono::seconds(1)};
   uint32_t healthy_threshold = 2;
@@ -268,8 +272,13 @@ inline constexpr std::string_view balance_names[] = {"round_robin", "least_conn"
 inline std::string_view balance_name(Balance b) { return balance_names[static_cast<size_t>(b)]; }
 inline bool hashing(Balance b) { return b == Balance::ring_hash || b == Balance::maglev; }
 
+// What a pool speaks to its backends: HTTP/1.1, HTTP/2 over its tls (ALPN h2), or
+// HTTP/2 over cleartext with prior knowledge.
+enum class Protocol { http1, h2, h2c };
+
 struct Pool {
   std::string name;
+  Protocol protocol = Protocol::http1;
   Balance balance = Balance::round_robin;
   HashKey hash_key;          // used by ring_hash and maglev only
   std::string sticky_cookie; // cookie that pins a client to a backend; empty = off

@@ -6,6 +6,8 @@
 // themselves stale and do nothing.
 #include "healthcheck/checker.hpp"
 
+#include "healthcheck/h2_check.hpp"
+
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
@@ -77,6 +79,10 @@ struct Checker::State {
       request = what + " HTTP/1.1\r\nHost: " +
                 (target.check.host.empty() ? target.label : target.check.host) +
                 "\r\nUser-Agent: lb-health-check\r\nConnection: close\r\n\r\n";
+    } else if (target.check.type == config::HealthCheck::Type::grpc) {
+      what = "gRPC Health/Check";
+      if (!target.check.service.empty())
+        what += " of " + target.check.service;
     } else {
       what = "connect";
     }
@@ -104,8 +110,9 @@ struct Checker::State {
   size_t interim_bytes = 0; // of interim responses so far, in this check
   uint64_t generation = 0;
   bool connected = false;
-  SSL* ssl = nullptr; // HTTPS checks: this check's TLS connection
-  size_t sent = 0;    // of `request`, over TLS
+  SSL* ssl = nullptr;          // HTTPS checks: this check's TLS connection
+  std::unique_ptr<H2Check> h2; // checks of a pool that speaks HTTP/2: this check's request
+  size_t sent = 0;             // of `request`, over TLS
   uint32_t passes_in_row = 0;
   uint32_t failures_in_row = 0;
   bool ever_passed = false;
@@ -149,7 +156,7 @@ void Checker::apply(std::vector<Target> targets) {
       const Target& o = (*old)->target;
       if (o.endpoint == t.endpoint && o.check == t.check && o.label == t.label &&
           o.tls_config == t.tls_config && bool(o.tls) == bool(t.tls) &&
-          o.host_name == t.host_name) {
+          o.host_name == t.host_name && o.http2 == t.http2) {
         next.push_back(std::move(*old));
         continue;
       }
@@ -284,6 +291,16 @@ void Checker::on_connect(State& s, const error_code& ec) {
   if (ec)
     return finish(s, false, "connect: " + describe(ec));
   s.connected = true;
+  const auto& check = s.target.check;
+  if (check.type == config::HealthCheck::Type::grpc)
+    s.h2 = std::make_unique<H2Check>(H2Check::Kind::grpc, check.service, s.target.label,
+                                     s.target.tls != nullptr);
+  else if (check.type == config::HealthCheck::Type::http && s.target.http2)
+    s.h2 = std::make_unique<H2Check>(H2Check::Kind::get, check.path,
+                                     check.host.empty() ? s.target.label : check.host,
+                                     s.target.tls != nullptr);
+  if (s.h2)
+    s.request = s.h2->request();
   // Close with a reset, as HAProxy's checks do: no TIME_WAIT left behind per check.
   error_code ignored;
   s.socket.set_option(tcp::socket::linger(true, 0), ignored);
@@ -427,6 +444,21 @@ bool Checker::on_read(State& s, const error_code& ec, size_t n) {
     finish(s, passed, std::move(result));
     return false;
   };
+  if (s.h2) {
+    // HTTP/2: every byte goes to the request, which says when the answer is known.
+    if (n && s.h2->feed(s.head.data(), n)) {
+      if (s.target.check.type == config::HealthCheck::Type::grpc)
+        return end(s.h2->passed(), s.what + ": " + s.h2->result());
+      int code = s.h2->http_status();
+      return end(code > 0 && expected(s.target.check, code), s.what + ": " + s.h2->result());
+    }
+    s.head_size = 0;
+    if (ec == boost::asio::error::eof)
+      return end(false, s.what + ": connection closed without an answer");
+    if (ec)
+      return end(false, s.what + ": " + describe(ec));
+    return true;
+  }
   s.head_size += n;
   for (;;) {
     const bool whole = !s.in_interim || skip_interim(s);
@@ -473,6 +505,7 @@ void Checker::finish(State& s, bool passed, std::string result) {
     SSL_free(s.ssl);
     s.ssl = nullptr;
   }
+  s.h2.reset();
   error_code ignored;
   s.socket.close(ignored); // its pending operations end stale: schedule() bumps the generation
   schedule(s, Clock::now() + jittered(s.target.check.interval));

@@ -1,7 +1,8 @@
 #pragma once
 // Active health checks. One thread runs one io_context; every target has its own timer and
 // at most one check in flight (HTTP: connect, GET the path, read the status line of the final
-// response, past any 1xx; TCP: connect). Rise/fall counters turn results into
+// response, past any 1xx; HTTP/2 pools: the same GET, or a gRPC Health/Check, as HTTP/2 frames
+// (h2_check.hpp); TCP: connect). Rise/fall counters turn results into
 // healthy/unhealthy transitions, which are reported through a callback: the proxy maps
 // (pool, backend) to its own state. The targets can be replaced while it runs (update):
 // those that stay keep their state.
@@ -48,6 +49,7 @@ struct Target {
   std::shared_ptr<const io::TlsClient> tls;
   config::PoolTls tls_config; // what `tls` was built from (to compare targets)
   std::string host_name;      // the backend's DNS name, if any (SNI)
+  bool http2 = false;         // the pool speaks HTTP/2 (h2, h2c): so do its HTTP checks
 };
 
 struct Transition {

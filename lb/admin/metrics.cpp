@@ -135,6 +135,10 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
   auto fail_open =
       family("lb_fail_open_requests_total",
              "Requests served while no backend was in rotation (fail_open).", MetricType::Counter);
+  auto grpc = family("lb_grpc_responses_total",
+                     "gRPC calls answered, by pool and grpc-status (the backend's, or lb's own: "
+                     "14 no backend or a failed connect, 4 a timeout; \"other\": above 16).",
+                     MetricType::Counter);
   auto ejections =
       family("lb_outlier_ejections_total",
              "Times the backend was ejected by passive outlier detection.", MetricType::Counter);
@@ -161,6 +165,12 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
     if (pool.config().has_retry_budget)
       counter(budget_exhausted, {{"pool", pool.name()}}, static_cast<double>(pt.budget_exhausted));
     counter(fail_open, {{"pool", pool.name()}}, static_cast<double>(pt.fail_open));
+    for (size_t g = 0; g < pt.grpc.size(); ++g)
+      if (pt.grpc[g])
+        counter(grpc,
+                {{"pool", pool.name()},
+                 {"grpc_status", g + 1 < pt.grpc.size() ? std::to_string(g) : "other"}},
+                static_cast<double>(pt.grpc[g]));
 
     const upstream::Selection& selection = pool.selection();
     const auto& regions = pool.config().regions;
@@ -288,31 +298,15 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
   gauge(build, {{"version", lb::version}}, 1);
 
   std::vector<MetricFamily> out;
-  for (MetricFamily* f : {&requests,
-                          &duration,
-                          &upstream_requests,
-                          &connect_errors,
-                          &healthy,
-                          &active,
-                          &pooled,
-                          &weight,
-                          &share,
-                          &connections,
-                          &h2_connections,
-                          &h2_streams,
-                          &h2_goaways,
-                          &bytes,
-                          &retries,
-                          &budget_exhausted,
-                          &fail_open,
-                          &health_checks,
-                          &ejections,
-                          &rate_limited,
-                          &untracked,
-                          &expiry,
-                          &acme,
-                          &reloads,
-                          &build})
+  for (MetricFamily* f : {&requests,         &duration,       &upstream_requests,
+                          &connect_errors,   &healthy,        &active,
+                          &pooled,           &weight,         &share,
+                          &connections,      &h2_connections, &h2_streams,
+                          &h2_goaways,       &bytes,          &retries,
+                          &budget_exhausted, &fail_open,      &grpc,
+                          &health_checks,    &ejections,      &rate_limited,
+                          &untracked,        &expiry,         &acme,
+                          &reloads,          &build})
     out.push_back(std::move(*f));
   if (cluster_) // (only with a cluster: block)
     for (MetricFamily* f : {&redis_up, &redis_trips, &redis_errors, &shared})

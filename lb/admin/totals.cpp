@@ -66,6 +66,8 @@ Totals gather(const proxy::Runtime& runtime,
           to.retries[r] += from->retries[r].get();
         to.budget_exhausted += from->budget_exhausted.get();
         to.fail_open += from->fail_open.get();
+        for (size_t g = 0; g < to.grpc.size(); ++g)
+          to.grpc[g] += from->grpc[g].get();
       }
       for (size_t b = 0; b < to.backends.size(); ++b) {
         const proxy::BackendMetrics* fb = w->backends.find(pool.backends()[b].id);

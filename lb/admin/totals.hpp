@@ -29,6 +29,7 @@ struct PoolTotals {
   std::array<uint64_t, proxy::retry_reason_count> retries{}; // by RetryReason
   uint64_t budget_exhausted = 0;                             // retries the retry budget refused
   uint64_t fail_open = 0;
+  std::array<uint64_t, proxy::PoolMetrics::grpc_codes> grpc{}; // gRPC calls by grpc-status
   uint64_t all_retries() const;
   std::vector<BackendTotals> backends; // as pool->backends()
 };

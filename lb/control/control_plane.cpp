@@ -34,6 +34,7 @@ std::vector<healthcheck::Target> health_targets(const Runtime& runtime) {
       t.endpoint = backend.endpoint;
       t.label = backend.label;
       t.check = pool->config().health_check;
+      t.http2 = pool->config().protocol != config::Protocol::http1;
       // Health as the pool has it now, for a check that starts over (its
       // settings changed): read when the checker takes the new targets.
       t.start_healthy = pool->state(b).healthy.load();

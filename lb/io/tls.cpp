@@ -436,7 +436,11 @@ std::unique_ptr<TlsClient> TlsClient::create(const config::PoolTls& config, std:
   // As on the server side: pooled connections give their buffers back on the sweep.
   SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
   static const unsigned char http11[] = "\x08http/1.1";
-  SSL_CTX_set_alpn_protos(ctx, http11, sizeof http11 - 1);
+  static const unsigned char h2[] = "\x02h2";
+  if (config.http2)
+    SSL_CTX_set_alpn_protos(ctx, h2, sizeof h2 - 1);
+  else
+    SSL_CTX_set_alpn_protos(ctx, http11, sizeof http11 - 1);
   if (config.verify) {
     int ok = config.ca.empty() ? SSL_CTX_set_default_verify_paths(ctx)
                                : SSL_CTX_load_verify_locations(ctx, config.ca.c_str(), nullptr);

@@ -81,7 +81,8 @@ int64_t not_before(const X509* cert);
 
 // Client-side TLS toward one pool's backends (pool `tls:`): the trust store
 // (the pool's `ca` or the system's), verification of the chain and of the
-// backend's name or address, the minimum version, ALPN "http/1.1".
+// backend's name or address, the minimum version, ALPN "http/1.1" (or "h2"
+// for a pool that speaks HTTP/2).
 class TlsClient {
 public:
   // nullptr (with `error`) when the CA bundle cannot be used.

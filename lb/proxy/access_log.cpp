@@ -171,6 +171,10 @@ void AccessLog::write(const AccessRecord& r) {
     append(r.http2                ? std::string_view(",\"protocol\":\"HTTP/2\"")
            : r.version_minor == 0 ? std::string_view(",\"protocol\":\"HTTP/1.0\"")
                                   : std::string_view(",\"protocol\":\"HTTP/1.1\""));
+    if (r.grpc_status >= 0) {
+      int g = std::snprintf(num, sizeof num, ",\"grpc_status\":%d", r.grpc_status);
+      append({num, static_cast<size_t>(g)});
+    }
     int n = std::snprintf(num, sizeof num,
                           ",\"status\":%d,\"bytes_in\":%llu,\"bytes_out\":%llu,"
                           "\"upstream_ms\":%.3f,\"total_ms\":%.3f}\n",

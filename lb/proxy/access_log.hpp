@@ -32,6 +32,7 @@ struct AccessRecord {
   int version_minor = 1;
   bool http2 = false; // the request came on an HTTP/2 stream
   int status = 0;
+  int grpc_status = -1; // a gRPC call's grpc-status; < 0: none
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
   double upstream_ms = -1; // < 0: no upstream involved

@@ -682,7 +682,10 @@ void ClientConnection::on_request_head() {
     return respond_error(line.status, line.reason, true);
   }
   x_->authority_ = line.authority;
-  uint64_t max_body = listener_->config.limits.max_body_bytes;
+  find_grpc(head);
+  // A gRPC call is a stream of messages (its servers bound each one):
+  // max_body_bytes does not cut it.
+  uint64_t max_body = x_->grpc_ ? 0 : listener_->config.limits.max_body_bytes;
   if (max_body && head.has_content_length && head.content_length > max_body) {
     keep_client_ = false;
     return respond_error(413, "request body larger than max_body_bytes", true);
@@ -829,7 +832,7 @@ void ClientConnection::read_request_body() {
       return close();
     return respond_error(400, x_->req_.error_reason(), true);
   }
-  uint64_t max_body = listener_->config.limits.max_body_bytes;
+  uint64_t max_body = x_->grpc_ ? 0 : listener_->config.limits.max_body_bytes;
   if (max_body && x_->req_.body_bytes() > max_body) {
     keep_client_ = false;
     if (x_->resp_started_)
@@ -1026,6 +1029,17 @@ void ClientConnection::respond_error(int status, const char* reason, bool close_
   // an id: it gets one now, for the answer and the access log.
   if (!x_->request_id_len_)
     assign_request_id();
+  if (x_->grpc_) {
+    // A gRPC client reads grpc-status, not an HTTP error page.
+    x_->status_ = 200;
+    x_->grpc_status_ = grpc_status_for(status);
+    if ((status == 504 || status == 408) && x_->grpc_timeout_.count() > 0 &&
+        worker_.loop.now() >= x_->started_ + x_->grpc_timeout_)
+      reason = "the call's grpc-timeout passed";
+    GrpcAnswer answer{x_->grpc_status_, reason ? reason : "", request_id(), keep_client_};
+    write_grpc_error(answer, x_->answer_, x_->to_client_);
+    return send_local_answer();
+  }
   ErrorAnswer answer;
   answer.status = status;
   answer.reason = reason ? reason : "";
@@ -1066,6 +1080,11 @@ void ClientConnection::finish_request_log() {
       m.pools.at(x_->pool_->id())
           .duration.observe(
               std::chrono::duration<double>(worker_.loop.now() - x_->started_).count());
+    if (x_->pool_ && x_->grpc_ && x_->grpc_status_ >= 0)
+      m.pools.at(x_->pool_->id())
+          .grpc[std::min<size_t>(static_cast<size_t>(x_->grpc_status_),
+                                 PoolMetrics::grpc_codes - 1)]
+          .add();
   }
   count_bytes();
   if (worker_.access_log.enabled() && (x_->status_ || c_len_)) {
@@ -1092,6 +1111,7 @@ void ClientConnection::finish_request_log() {
     }
     rec.http2 = of_stream_;
     rec.status = x_->status_;
+    rec.grpc_status = x_->grpc_ ? x_->grpc_status_ : -1;
     rec.bytes_in = x_->bytes_in_;
     rec.bytes_out = x_->bytes_out_;
     rec.upstream_ms = x_->upstream_ms_;
@@ -1198,6 +1218,12 @@ void ClientConnection::arm(Timer t) {
     break;
   case Timer::exchange:
     d = x_->pool_->config().timeouts.response;
+    if (x_->grpc_timeout_.count() > 0) {
+      // grpc-timeout: a deadline for the whole call, from its head.
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          x_->started_ + x_->grpc_timeout_ - worker_.loop.now());
+      d = std::clamp(left, std::chrono::milliseconds(0), d);
+    }
     break;
   case Timer::linger:
     d = std::chrono::seconds(2);
@@ -1257,9 +1283,61 @@ void ClientConnection::timed_out() {
     return respond_error(503, x_->reason_, !x_->req_done_);
   case Timer::exchange:
     keep_client_ = false;
+    if (x_->grpc_timeout_.count() > 0 && worker_.loop.now() >= x_->started_ + x_->grpc_timeout_)
+      return respond_error(504, "the call's grpc-timeout passed", true);
     if (!x_->req_done_)
       return respond_error(408, "request body not received in time", true);
     return respond_error(504, "backend did not respond within timeouts.response", true);
+  }
+}
+
+// content-type application/grpc (or application/grpc+proto, ...): lb's own
+// answers to it are gRPC-shaped; its grpc-timeout ("100m": digits and a
+// unit, H M S m u n) bounds the response.
+void ClientConnection::find_grpc(const http::Head& head) {
+  x_->grpc_ = false;
+  x_->grpc_timeout_ = std::chrono::milliseconds(0);
+  for (unsigned i = 0; i < head.count; ++i) {
+    const http::Header& h = head.headers[i];
+    if (h.name.n != 12)
+      continue;
+    std::string_view name = h.name.view(), value = h.value.view();
+    if (http::iequals(name, "content-type")) {
+      x_->grpc_ = value.size() >= 16 && http::iequals(value.substr(0, 16), "application/grpc") &&
+                  (value.size() == 16 || value[16] == '+' || value[16] == ';');
+    } else if (http::iequals(name, "grpc-timeout") && value.size() >= 2 && value.size() <= 9) {
+      uint64_t n = 0;
+      bool digits = true;
+      for (char c : value.substr(0, value.size() - 1)) {
+        digits &= c >= '0' && c <= '9';
+        n = n * 10 + static_cast<uint64_t>(c - '0');
+      }
+      uint64_t ms = 0;
+      switch (value.back()) {
+      case 'H':
+        ms = n * 3600000;
+        break;
+      case 'M':
+        ms = n * 60000;
+        break;
+      case 'S':
+        ms = n * 1000;
+        break;
+      case 'm':
+        ms = n;
+        break;
+      case 'u':
+        ms = (n + 999) / 1000;
+        break;
+      case 'n':
+        ms = (n + 999999) / 1000000;
+        break;
+      default:
+        digits = false;
+      }
+      if (digits)
+        x_->grpc_timeout_ = std::chrono::milliseconds(std::max<uint64_t>(ms, 1));
+    }
   }
 }
 

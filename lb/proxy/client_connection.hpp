@@ -158,6 +158,8 @@ private:
   void on_connect();
   void connect_failed(int error);
   void on_connected();
+  void do_open_stream();
+  void on_stream_open();
   // Sending the request.
   void do_send_request_head();
   void do_write_backend();
@@ -214,6 +216,7 @@ private:
   std::string_view request_id() const;
   // A new request id, unless the client sent one or request ids are off.
   void assign_request_id();
+  void find_grpc(const http::Head& head);
 
   WorkerContext& worker_;
   const ListenerRuntime* listener_;        // in runtime_

@@ -17,6 +17,7 @@
 #include "lb/upstream/balancer.hpp"
 #include "lb/upstream/connection.hpp"
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 
@@ -27,6 +28,7 @@ class Pool;
 namespace lb::proxy {
 
 class ClientConnection;
+class H2Call;
 struct CompiledRoute;
 // A step of a request, run when a socket is ready (or on the loop's next pass).
 using Step = void (ClientConnection::*)();
@@ -43,7 +45,12 @@ struct ExchangeFields {
   const CompiledRoute* rule_ = nullptr; // ... itself (in the request's snapshot)
   int backend_ = -1;
   upstream::Connection* conn_ = nullptr;
+  H2Call* h2_ = nullptr; // a pool that speaks HTTP/2: the stream (conn_'s watch is its readiness)
   bool conn_reused_ = false;
+  bool grpc_ = false;    // content-type application/grpc*: lb's own answers are gRPC-shaped
+  int grpc_status_ = -1; // the response's grpc-status (access log, metrics)
+  // grpc-timeout: the response must come within this (0: no such field).
+  std::chrono::milliseconds grpc_timeout_{0};
   upstream::TriedSet tried_;
   RetryState retry_;
   bool req_done_ = false;       // the whole request was read from the client

@@ -21,6 +21,10 @@ constexpr int32_t connection_window = 1 << 20;
 // before their answer. Spent per frame, refilled per second and by work done.
 constexpr double control_burst = 1000, control_per_second = 100;
 constexpr double reset_burst = 200, reset_per_second = 20;
+// WINDOW_UPDATEs are free up to this many per DATA frame lb sent (as
+// Envoy's max_inbound_window_update_frames_per_data_frame_sent), the
+// credit held at most; beyond it they pay from the control budget.
+constexpr double window_credit_per_data = 10, window_credit_max = 10000;
 
 bool is_connection_field(std::string_view lower) {
   return lower == "connection" || lower == "keep-alive" || lower == "proxy-connection" ||
@@ -135,7 +139,7 @@ void H2Stream::take_response_bytes(const char* p, size_t n) {
       data_off_ = 0;
     }
     if (chunked_resp_)
-      dechunk(p, n);
+      chunks_.feed(p, n, data_, trailers_);
     else
       data_.append(p, n);
     if (deferred_) {
@@ -164,60 +168,6 @@ void H2Stream::take_response_bytes(const char* p, size_t n) {
   }
 }
 
-// A chunked body (lb passes the backend's framing on; llhttp checked it):
-// the chunks' bytes become DATA, the trailer section trailing HEADERS.
-void H2Stream::dechunk(const char* p, size_t n) {
-  const char* end = p + n;
-  while (p < end) {
-    switch (chunk_state_) {
-    case Chunk::size: {
-      char c = *p++;
-      int digit = c >= '0' && c <= '9'   ? c - '0'
-                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                  : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                         : -1;
-      if (digit >= 0)
-        chunk_left_ = chunk_left_ * 16 + static_cast<uint64_t>(digit);
-      else if (c == '\n')
-        chunk_state_ = chunk_left_ ? Chunk::data : Chunk::trailers;
-      else if (c != '\r')
-        chunk_state_ = Chunk::extension;
-      break;
-    }
-    case Chunk::extension:
-      if (*p++ == '\n')
-        chunk_state_ = chunk_left_ ? Chunk::data : Chunk::trailers;
-      break;
-    case Chunk::data: {
-      size_t take = static_cast<size_t>(std::min<uint64_t>(chunk_left_, end - p));
-      data_.append(p, take);
-      p += take;
-      chunk_left_ -= take;
-      if (!chunk_left_)
-        chunk_state_ = Chunk::data_end;
-      break;
-    }
-    case Chunk::data_end: // the CRLF after a chunk's bytes
-      if (*p++ == '\n')
-        chunk_state_ = Chunk::size;
-      break;
-    case Chunk::trailers: {
-      // Up to the empty line; kept whole (a trailer section is small: lb's
-      // parser bounds it with the head's limit).
-      const char* lf = static_cast<const char*>(std::memchr(p, '\n', end - p));
-      const char* stop = lf ? lf + 1 : end;
-      trailers_.append(p, stop);
-      p = stop;
-      if (lf && (trailers_ == "\r\n" || trailers_.ends_with("\r\n\r\n")))
-        chunk_state_ = Chunk::done;
-      break;
-    }
-    case Chunk::done:
-      return;
-    }
-  }
-}
-
 // The head lb wrote (its own, so well-formed), the first `len` bytes of
 // resp_head_: "HTTP/1.1 200 OK\r\n" and "Name: value\r\n" lines. The names
 // are lowered in place and the fields submitted from where they are (nghttp2
@@ -239,7 +189,13 @@ bool H2Stream::parse_response_head(size_t len) {
   size_t n = 0;
   list[n++] = nv(":status", std::string_view(code, 3));
   n += fields_to_nv(line_end + 1, h + len, list + n, std::size(list) - n, chunked_resp_);
-  session_.submit_response(*this, list, n);
+  // No body follows (a HEAD, 204, 304, Content-Length: 0): END_STREAM goes
+  // with the HEADERS, as a gRPC trailers-only response must.
+  bool empty = method_ == "HEAD" || status == 204 || status == 304;
+  for (size_t i = 1; i < n && !empty && !chunked_resp_; ++i)
+    empty = list[i].namelen == 14 && list[i].valuelen == 1 && list[i].value[0] == '0' &&
+            std::memcmp(list[i].name, "content-length", 14) == 0;
+  session_.submit_response(*this, list, n, empty);
   return true;
 }
 
@@ -571,8 +527,7 @@ void H2Stream::reset() {
   data_off_ = 0;
   resp_head_sent_ = resp_complete_ = deferred_ = reset_ = conn_waits_ = false;
   chunked_resp_ = false;
-  chunk_state_ = Chunk::size;
-  chunk_left_ = 0;
+  chunks_.reset();
   clear(trailers_);
 }
 
@@ -604,6 +559,10 @@ bool H2Session::scan(const char* p, size_t n) {
           // Frames with content are paid by their work; empty ones do nothing
           // but cost (an empty DATA that ends a stream is fine).
           costs = payload_left_ == 0 && !(flags & NGHTTP2_FLAG_END_STREAM);
+        if (type == NGHTTP2_WINDOW_UPDATE && window_credit_ >= 1) {
+          window_credit_ -= 1; // earned by DATA lb sent
+          costs = false;
+        }
         if (costs && !charge(budget_, 1))
           return false;
       }
@@ -751,12 +710,12 @@ void H2Session::start_pending() {
   }
 }
 
-void H2Session::submit_response(H2Stream& s, const nghttp2_nv* list, size_t n) {
+void H2Session::submit_response(H2Stream& s, const nghttp2_nv* list, size_t n, bool empty) {
   s.resp_head_sent_ = true;
   nghttp2_data_provider provider;
   provider.source.ptr = &s;
   provider.read_callback = read_data;
-  nghttp2_submit_response(session_, s.id_, list, n, &provider);
+  nghttp2_submit_response(session_, s.id_, list, n, empty ? nullptr : &provider);
   schedule();
 }
 
@@ -922,6 +881,9 @@ int H2Session::on_frame_sent(nghttp2_session*, const nghttp2_frame* frame, void*
   }
   if (frame->hd.type == NGHTTP2_DATA) {
     h->budget_ = std::min(control_burst, h->budget_ + 1);
+    // ... and the WINDOW_UPDATEs a client sends for it (gRPC clients send
+    // more than one per frame: the stream's and the connection's, by message).
+    h->window_credit_ = std::min(window_credit_max, h->window_credit_ + window_credit_per_data);
   } else if (frame->hd.type == NGHTTP2_GOAWAY) {
     // Counted as sent (lb's own, and nghttp2's on a protocol error).
     ListenerMetrics& m = worker_metrics(*h);

@@ -26,10 +26,12 @@
 // SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, empty frames, invalid
 // ones) are paid from a budget that requests, DATA sent and time refill
 // (counted from the frame headers as the bytes come, so frames nghttp2
-// ignores pay too); streams reset by the client before their answer (Rapid
-// Reset) are paid from another. nghttp2 bounds CONTINUATION frames and
-// unanswered ACKs.
+// ignores pay too), but for up to 10 WINDOW_UPDATEs per DATA frame lb sent
+// (what a client reading a stream sends); streams reset by the client before
+// their answer (Rapid Reset) are paid from another. nghttp2 bounds
+// CONTINUATION frames and unanswered ACKs.
 
+#include "lb/http/chunked.hpp"
 #include "lb/io/event_loop.hpp"
 #include "lb/proxy/outbox.hpp"
 #include "lb/proxy/worker_context.hpp"
@@ -71,7 +73,6 @@ private:
   void reset(); // back to a fresh stream (keeping its buffers' room)
   void take_response_bytes(const char* p, size_t n);
   bool parse_response_head(size_t len);
-  void dechunk(const char* p, size_t n);
   bool submit_trailers();
 
   H2Session& session_;
@@ -105,9 +106,7 @@ private:
   bool conn_waits_ = false; // the ClientConnection waits for room in data_
   // A chunked response body: decoded here, its trailers kept for HEADERS.
   bool chunked_resp_ = false;
-  enum class Chunk : uint8_t { size, extension, data, data_end, trailers, done };
-  Chunk chunk_state_ = Chunk::size;
-  uint64_t chunk_left_ = 0;
+  http::ChunkDecoder chunks_;
   std::string trailers_;
 };
 
@@ -155,7 +154,8 @@ private:
   void end_request_head(H2Stream& s, bool end_stream);
   void end_request_body(H2Stream& s);
   void start_pending();
-  void submit_response(H2Stream& s, const nghttp2_nv* list, size_t n);
+  // `empty`: no body follows (END_STREAM with the HEADERS).
+  void submit_response(H2Stream& s, const nghttp2_nv* list, size_t n, bool empty = false);
   void answer_locally(H2Stream& s, int status, const char* reason);
   void wake_conn(H2Stream& s);
   void schedule(); // on_event on the loop's next pass
@@ -187,6 +187,7 @@ private:
   // Flood budgets (see the file comment), refilled with time and work.
   double budget_ = 0;
   double resets_ = 0;
+  double window_credit_ = 0; // WINDOW_UPDATEs earned by DATA sent
   io::Clock::time_point budget_at_{};
   bool dead_ = false;     // a fatal error: flush what is queued, then close
   bool draining_ = false; // GOAWAY sent: close once the streams are done

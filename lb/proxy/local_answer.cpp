@@ -215,6 +215,75 @@ void write_error(const ErrorAnswer& a, AnswerBuffer& buf, Outbox& out) {
     out.add(body.text());
 }
 
+int grpc_status_for(int status) {
+  switch (status) {
+  case 408:
+  case 504:
+    return 4;
+  case 502:
+  case 503:
+    return 14;
+  case 413:
+  case 414:
+  case 429:
+  case 431:
+    return 8;
+  case 403:
+    return 7;
+  case 404:
+    return 12;
+  case 400:
+    return 13;
+  default:
+    return 2;
+  }
+}
+
+namespace {
+constexpr std::string_view grpc_head =
+    "HTTP/1.1 200 OK\r\nContent-Type: application/grpc\r\nGrpc-Status: ";
+constexpr std::string_view grpc_message_field = "\r\nGrpc-Message: ";
+constexpr std::string_view grpc_id = " (request id ";
+constexpr std::string_view grpc_length = "\r\nContent-Length: 0\r\n";
+// The message percent-encoded: at most 3 bytes per byte of the reason and
+// the id, each cut to these first.
+constexpr size_t grpc_max_reason = 160, grpc_max_id = 64;
+constexpr size_t grpc_max = grpc_head.size() + max_number + grpc_message_field.size() +
+                            3 * (grpc_max_reason + grpc_id.size() + grpc_max_id + 1) +
+                            grpc_length.size() + keep_alive_end.size();
+static_assert(grpc_max <= AnswerBuffer::capacity);
+
+// grpc-message's encoding: printable ASCII but '%' as is, the rest %XX.
+void put_percent_encoded(Writer& w, std::string_view s) {
+  static constexpr char hex[] = "0123456789ABCDEF";
+  for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u <= 0x7e && c != '%') {
+      w.put(std::string_view(&c, 1));
+    } else {
+      char e[3] = {'%', hex[u >> 4], hex[u & 15]};
+      w.put(std::string_view(e, 3));
+    }
+  }
+}
+} // namespace
+
+void write_grpc_error(const GrpcAnswer& a, AnswerBuffer& buf, Outbox& out) {
+  Writer w(buf.data, AnswerBuffer::capacity);
+  w.put(grpc_head);
+  w.put(static_cast<uint64_t>(std::clamp(a.grpc_status, 0, 99)));
+  w.put(grpc_message_field);
+  // Cut so that the encoded message fits whatever its bytes are.
+  put_percent_encoded(w, cut(a.message, grpc_max_reason));
+  w.put(grpc_id);
+  put_percent_encoded(w, cut(a.request_id, grpc_max_id));
+  w.put(")");
+  w.put(grpc_length);
+  w.put(a.keep_alive ? keep_alive_end : close_end);
+  out.clear();
+  out.add(w.text());
+}
+
 void write_maintenance(const MaintenanceAnswer& a, AnswerBuffer& buf, Outbox& out) {
   std::string_view id =
       !a.request_id_header.empty() && plainly_an_id(a.request_id) ? a.request_id : "";

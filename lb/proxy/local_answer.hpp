@@ -47,6 +47,22 @@ struct ErrorAnswer {
 // id. A 405 names what is allowed (RFC 9110 §15.5.6).
 void write_error(const ErrorAnswer& answer, AnswerBuffer& buf, Outbox& out);
 
+// A gRPC call lb answers itself (no backend, a failed connect, a timeout):
+// HTTP 200 with no body, grpc-status and grpc-message (percent-encoded) in
+// the head, which an HTTP/2 client gets as a trailers-only response.
+struct GrpcAnswer {
+  int grpc_status = 2;         // UNKNOWN
+  std::string_view message;    // cut to max_reason
+  std::string_view request_id; // added to the message
+  bool keep_alive = true;
+};
+void write_grpc_error(const GrpcAnswer& answer, AnswerBuffer& buf, Outbox& out);
+// The gRPC status for an error lb would answer with this HTTP status:
+// timeouts (408, 504) DEADLINE_EXCEEDED (4), 502 and 503 UNAVAILABLE (14),
+// 429 and the size limits RESOURCE_EXHAUSTED (8), 403 PERMISSION_DENIED (7),
+// 404 UNIMPLEMENTED (12), 400 INTERNAL (13), others UNKNOWN (2).
+int grpc_status_for(int http_status);
+
 struct MaintenanceAnswer {
   std::string_view pool;
   std::string_view request_id_header; // empty: request ids are off

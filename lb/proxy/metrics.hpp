@@ -153,6 +153,10 @@ struct PoolMetrics {
   Counter retries[retry_reason_count]; // lb_retries_total{pool,reason}, by RetryReason
   Counter budget_exhausted;            // lb_retry_budget_exhausted_total{pool}
   Counter fail_open;                   // requests served while no backend was in rotation
+  // lb_grpc_responses_total{pool,grpc_status}: gRPC calls by grpc-status
+  // (0..16; [17]: any other number).
+  static constexpr size_t grpc_codes = 18;
+  Counter grpc[grpc_codes];
 };
 
 struct ListenerMetrics {

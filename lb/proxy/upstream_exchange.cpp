@@ -34,6 +34,8 @@ HeaderVars ClientConnection::header_vars() const {
 }
 
 ssize_t ClientConnection::backend_recv(char* p, size_t n) {
+  if (x_->h2_)
+    return x_->h2_->recv(p, n);
   if (!x_->conn_->ssl)
     return plain_recv(x_->conn_->watch, p, n);
   return tls_recv(x_->conn_->watch, x_->conn_->ssl, p, n);
@@ -41,6 +43,17 @@ ssize_t ClientConnection::backend_recv(char* p, size_t n) {
 
 int ClientConnection::backend_write(Outbox& out, uint64_t& written) {
   write_wants_read_ = false;
+  if (x_->h2_) {
+    while (!out.empty()) {
+      const iovec& v = out.v[out.first];
+      ssize_t n = x_->h2_->send(static_cast<const char*>(v.iov_base), v.iov_len);
+      if (n < 0)
+        return errno == EAGAIN ? 0 : -1;
+      written += static_cast<uint64_t>(n);
+      out.advance(static_cast<size_t>(n));
+    }
+    return 1;
+  }
   if (!x_->conn_->ssl)
     return write_some(x_->conn_->watch, out, written);
   return tls_write(x_->conn_->watch, x_->conn_->ssl, out, x_->backend_tls_stage_, written);
@@ -113,6 +126,8 @@ void ClientConnection::do_attempt() {
   x_->req_sent_ = false;
   x_->dechunk_ = false;
   x_->in_response_head_ = false;
+  if (x_->pool_->config().protocol != config::Protocol::http1)
+    return do_open_stream();
   // A request that is not replayed if the backend closes the connection
   // under it gets one that was checked just now.
   bool verify = !idempotent(x_->req_.head().method.view());
@@ -189,6 +204,52 @@ void ClientConnection::connect_failed(int error) {
 void ClientConnection::on_connected() {
   if (x_->pool_->config().tls.enabled)
     return start_backend_tls();
+  arm(Timer::exchange);
+  do_send_request_head();
+}
+
+// A pool that speaks HTTP/2: a stream on one of the worker's connections to
+// the backend (a new connection connects under the connect timeout; its
+// failure counts as a failed connect). The exchange's backend "socket" is a
+// watch with no fd that the stream makes ready.
+void ClientConnection::do_open_stream() {
+  const upstream::Backend& backend = x_->pool_->backends()[static_cast<size_t>(x_->backend_)];
+  x_->conn_ = new upstream::Connection(worker_.loop);
+  x_->conn_->backend = backend.id;
+  own_backend_socket();
+  if (x_->pool_->config().tls.enabled && !x_->pool_->tls()) {
+    std::snprintf(x_->reason_, sizeof x_->reason_, "TLS to %s cannot be set up: %s",
+                  backend.label.c_str(), x_->pool_->tls_error().c_str());
+    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);
+    return backend_failed(Failure::connect, x_->reason_);
+  }
+  x_->h2_ = worker_.h2.open(backend, x_->pool_->shared_tls(), x_->pool_->config().timeouts.idle,
+                            x_->conn_->watch);
+  x_->conn_reused_ = x_->h2_->reused();
+  if (x_->h2_->pending()) {
+    arm(Timer::connect);
+    return wait_backend_out(&ClientConnection::on_stream_open, false);
+  }
+  on_stream_open();
+}
+
+void ClientConnection::on_stream_open() {
+  H2Call& call = *x_->h2_;
+  if (call.pending()) {
+    x_->conn_->watch.out_ready = false; // (the stream says when the connection is up)
+    return wait_backend_out(&ClientConnection::on_stream_open, false);
+  }
+  if (call.error() && call.failure().empty())
+    return connect_failed(call.error());
+  if (call.error()) {
+    std::snprintf(x_->reason_, sizeof x_->reason_, "TLS handshake with %s failed: %s",
+                  x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
+                  call.failure().c_str());
+    io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);
+    backend_metrics().connect_errors.add();
+    x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::connect_failure);
+    return backend_failed(Failure::connect, x_->reason_);
+  }
   arm(Timer::exchange);
   do_send_request_head();
 }
@@ -358,6 +419,13 @@ void ClientConnection::read_response() {
       return;
     }
     bool nothing_received = x_->u_len_ == 0 && !x_->resp_started_ && !x_->resp_.in_message();
+    if (x_->h2_ && x_->h2_->refused() && nothing_received) {
+      // Not processed (REFUSED_STREAM, or past the backend's GOAWAY): any
+      // request may go elsewhere.
+      std::snprintf(x_->reason_, sizeof x_->reason_, "%s refused the stream",
+                    x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str());
+      return backend_failed(Failure::connect, x_->reason_);
+    }
     std::snprintf(x_->reason_, sizeof x_->reason_, "%s %s",
                   x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
                   n == 0 ? (nothing_received ? "closed the connection without a response"
@@ -633,7 +701,9 @@ void ClientConnection::backend_failed(Failure failure, const char* reason) {
   if (closed_)
     return;
   const config::Pool& pc = x_->pool_->config();
-  RetryRequest request{idempotent(x_->req_.head().method.view()), x_->body_discarded_};
+  // A gRPC call goes to another backend when nothing of its response came
+  // (whatever its method: gRPC is all POST).
+  RetryRequest request{idempotent(x_->req_.head().method.view()) || x_->grpc_, x_->body_discarded_};
   RetryLimits limits = retry_limits(pc, x_->pool_->backends().size(), x_->tried_.full());
   Retry next = after_failure(failure, request, limits, x_->retry_);
   if (next == Retry::another_backend && failure == Failure::try_timeout && !another_backend_left())
@@ -673,6 +743,12 @@ void ClientConnection::release_backend(bool reusable) {
     x_->active_backend_ = -1;
   }
   x_->acquired_ = false;
+  if (x_->h2_) {
+    if (x_->h2_->grpc_status() >= 0)
+      x_->grpc_status_ = x_->h2_->grpc_status();
+    worker_.h2.release(std::exchange(x_->h2_, nullptr));
+    reusable = false; // (the stream's watch; the connection stays with the worker)
+  }
   if (x_->conn_) {
     if (reusable && !closed_) {
       ++x_->conn_->requests;

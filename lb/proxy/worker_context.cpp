@@ -8,7 +8,7 @@ WorkerContext::WorkerContext(io::EventLoop& event_loop, unsigned worker_id,
                              std::shared_ptr<const Runtime> rt, uint32_t buffer_size,
                              LogWriter* log_writer)
     : loop(event_loop), id(worker_id), runtime(std::move(rt)), buffers(buffer_size, 4096),
-      access_log(log_writer, runtime->config->access_log.format) {
+      h2(event_loop), access_log(log_writer, runtime->config->access_log.format) {
   metrics = std::make_unique<WorkerMetrics>();
   connections.count_idle_with(
       [](void* m, uint32_t backend, int delta) {

@@ -8,6 +8,7 @@
 #include "lb/io/timeouts.hpp"
 #include "lb/proxy/access_log.hpp"
 #include "lb/proxy/exchange.hpp"
+#include "lb/proxy/h2_upstream.hpp"
 #include "lb/proxy/metrics.hpp"
 #include "lb/proxy/runtime.hpp"
 #include "lb/upstream/connection.hpp"
@@ -36,6 +37,7 @@ struct WorkerContext {
   ExchangePool exchanges; // the requests in flight borrow theirs from here
   io::Timeouts timeouts;
   upstream::ConnectionPool connections;
+  H2Client h2; // HTTP/2 connections to backends (pools with protocol h2, h2c)
   AccessLog access_log;
   std::unique_ptr<WorkerMetrics> metrics; // written by this worker only
 

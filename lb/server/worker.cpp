@@ -47,6 +47,7 @@ Worker::~Worker() {
   context_.queue.clear();
   each_session(&proxy::ClientConnection::close_now);
   context_.connections.close_all();
+  context_.h2.close_all();
 }
 
 void Worker::each_session(void (proxy::ClientConnection::*step)()) {
@@ -165,6 +166,7 @@ void Worker::adopt(std::shared_ptr<const proxy::Runtime> next,
         live[b.id] = true;
       }
     context_.connections.retain(live);
+    context_.h2.retain(live);
   });
 }
 
@@ -231,6 +233,7 @@ void Worker::run() {
   do_tick();
   loop_->run();
   context_.connections.close_all();
+  context_.h2.close_all();
   context_.access_log.flush();
 }
 
@@ -285,6 +288,7 @@ void Worker::on_tick() {
   context_.timeouts.expire(now);
   if (++ticks_ % 10 == 0) {
     context_.connections.sweep(now);
+    context_.h2.sweep(now);
     for (proxy::ClientConnection* s = context_.sessions; s; s = s->next_in_worker)
       s->trim_if_idle();
     // Buffers and exchanges a burst left unused for a second go back to the
@@ -336,6 +340,7 @@ void Worker::drain(std::function<void()> done) {
         return;
       *finished = true;
       context_.connections.close_all();
+      context_.h2.close_all();
       context_.access_log.flush();
       tick_.when = io::Clock::time_point::max();
       done();

@@ -14,7 +14,7 @@ Chromium and python3-h2 (Debian), against the real lb and origins.
   concurrent streams on the same connection: hashes match; a client that
   reads a 50 MiB download slowly keeps lb's RSS within 16 MiB of its start;
 - floods (100,000 HEADERS+RST_STREAM pairs, an endless CONTINUATION, 100,000
-  SETTINGS, PING, PRIORITY and empty DATA frames): each connection ends with
+  SETTINGS, PING, WINDOW_UPDATE, PRIORITY and empty DATA frames): each connection ends with
   GOAWAY ENHANCE_YOUR_CALM, lb's RSS stays bounded, and h2load running beside
   them keeps 0 failures; more streams at once than SETTINGS allow: GOAWAY
   PROTOCOL_ERROR; clients that never open their window (20 connections x 10
@@ -708,9 +708,13 @@ class Floods(harness.TestCase):
         def ping(i):
             return frame(6, 0, 0, struct.pack(">Q", i))
 
+        def window_update(i):
+            return frame(8, 0, 0, struct.pack(">I", 1))
+
         floods = [("rapid reset", "HEADERS+RST_STREAM x 100,000", headers_rst),
                   ("continuation", "endless CONTINUATION", continuation),
                   ("settings", "SETTINGS x 100,000", settings), ("ping", "PING x 100,000", ping),
+                  ("window update", "WINDOW_UPDATE x 100,000", window_update),
                   ("priority", "PRIORITY x 100,000", priority),
                   ("empty data", "empty DATA x 100,000", empty_data)]
         time.sleep(0.3)  # h2load is under way

@@ -659,7 +659,7 @@ TEST(Config, HealthCheckErrors) {
   auto error_of = [](const std::string& check) {
     return only_error(std::string(minimal) + "    health_check: { " + check + " }\n");
   };
-  EXPECT_EQ(error_of("type: udp"), "t.yaml:10:27: type: expected http or tcp, got 'udp'");
+  EXPECT_EQ(error_of("type: udp"), "t.yaml:10:27: type: expected http, tcp or grpc, got 'udp'");
   EXPECT_EQ(error_of("path: healthz"),
             "t.yaml:10:27: path: expected a path starting with '/', got 'healthz'");
   EXPECT_EQ(error_of("path: \"/a b\""),
@@ -1144,4 +1144,31 @@ TEST(ConfigRules, RetryOptions) {
   EXPECT_EQ(only_error(std::string(minimal) + "    per_try_timeout: 31s\n"),
             "t.yaml:10:22: per_try_timeout: 31s is longer than timeouts.response (30s), which "
             "bounds every attempt together");
+}
+
+TEST(Config, PoolProtocol) {
+  auto base = std::string(minimal);
+  EXPECT_EQ(valid(base)->pools[0].protocol, Protocol::http1);
+  auto h2c = valid(base + "    protocol: h2c\n    health_check: { type: grpc, service: a.B }\n");
+  EXPECT_EQ(h2c->pools[0].protocol, Protocol::h2c);
+  EXPECT_EQ(h2c->pools[0].health_check.type, HealthCheck::Type::grpc);
+  EXPECT_EQ(h2c->pools[0].health_check.service, "a.B");
+  EXPECT_FALSE(h2c->pools[0].tls.http2);
+  auto h2 = valid(base + "    protocol: h2\n    tls: { verify: false }\n");
+  EXPECT_EQ(h2->pools[0].protocol, Protocol::h2);
+  EXPECT_TRUE(h2->pools[0].tls.http2); // ALPN offers h2
+  EXPECT_EQ(only_error(base + "    protocol: http2\n"),
+            "t.yaml:10:15: protocol: expected http1, h2 or h2c, got 'http2'");
+  EXPECT_EQ(only_error(base + "    protocol: h2\n"),
+            "t.yaml:10:5: protocol: h2 needs the pool's tls (ALPN h2); HTTP/2 without TLS is h2c");
+  EXPECT_EQ(only_error(base + "    protocol: h2c\n    tls: {}\n"),
+            "t.yaml:10:5: protocol: h2c is HTTP/2 without TLS; with the pool's tls use h2");
+  EXPECT_EQ(only_error(base + "    health_check: { type: grpc }\n"),
+            "t.yaml:8:3: pool 'web': health_check type grpc needs protocol h2 or h2c (gRPC is "
+            "HTTP/2)");
+  EXPECT_EQ(only_error(base + "    protocol: h2c\n    health_check: { service: a.B }\n"),
+            "t.yaml:11:21: service: applies to type grpc only");
+  EXPECT_EQ(
+      only_error(base + "    protocol: h2c\n    health_check: { type: grpc, service: \"a b\" }\n"),
+      "t.yaml:11:42: service: expected a gRPC service name like pkg.Service, got 'a b'");
 }

@@ -1,0 +1,196 @@
+"""gRPC and HTTP/2 backends for lb's tests: tests/origin/grpc_origin.py (python3-grpcio),
+nghttpd (nghttp2-server) as a cleartext h2 web server, a python3-h2 server that sends
+GOAWAY every few streams, and a backend that accepts and never answers.
+
+    GrpcOrigin(name, tls=(cert, key) or None, health_file=None)  .addr .port .kill()
+    Nghttpd(docroot)   .addr .port
+    GoawayServer(every=N)   .addr .streams .connections
+    SilentServer()     .addr
+    established_to(port): how many TCP connections to 127.0.0.1:port are established
+"""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+
+import harness
+
+GRPC_ORIGIN_PY = os.path.join(os.path.dirname(harness.ORIGIN_PY), "grpc_origin.py")
+
+
+class GrpcOrigin:
+    def __init__(self, name, tls=None, health_file=None, timeout=15.0):
+        self.name = name
+        args = ["/usr/bin/python3", GRPC_ORIGIN_PY, "--name", name]
+        if tls:
+            args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
+        if health_file:
+            args += ["--health-file", health_file]
+        self.stderr = tempfile.TemporaryFile()
+        self.proc = harness._popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=self.stderr)
+        line = []
+        t = threading.Thread(target=lambda: line.append(self.proc.stdout.readline()), daemon=True)
+        t.start()
+        t.join(timeout)
+        m = re.match(rb"listening on 127\.0\.0\.1:(\d+)", line[0] if line else b"")
+        if not m:
+            self.kill()
+            self.stderr.seek(0)
+            raise RuntimeError("grpc origin %s did not start: %r %s"
+                               % (name, line, self.stderr.read()[-2000:]))
+        self.port = int(m.group(1))
+        self.addr = "127.0.0.1:%d" % self.port
+
+    def kill(self):
+        harness.kill_and_wait(self.proc)
+
+    def cleanup(self):
+        self.kill()
+        for f in (self.proc.stdout, self.stderr):
+            f.close()
+
+
+class Nghttpd:
+    """nghttpd --no-tls: HTTP/2 with prior knowledge, files from `docroot`."""
+
+    def __init__(self, docroot, timeout=10.0):
+        self.port = harness.unused_port()
+        self.addr = "127.0.0.1:%d" % self.port
+        self.proc = harness._popen(["nghttpd", "--no-tls", "-a", "127.0.0.1", "-d", docroot,
+                                    str(self.port)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        harness.wait_until(lambda: _can_connect(self.port), timeout)
+
+    def cleanup(self):
+        harness.kill_and_wait(self.proc)
+
+
+def _can_connect(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def established_to(port):
+    """Established TCP connections whose remote end is 127.0.0.1:port (/proc/net/tcp)."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            remote, state = parts[2], parts[3]
+            if state == "01" and remote == "0100007F:%04X" % port:
+                n += 1
+    return n
+
+
+class _ThreadedServer:
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.addr = "127.0.0.1:%d" % self.port
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.stopped = False
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+                self.conns.append(c)
+            threading.Thread(target=self.serve, args=(c,), daemon=True).start()
+
+    def serve(self, c):
+        raise NotImplementedError
+
+    def cleanup(self):
+        self.stopped = True
+        self.sock.close()
+        with self.lock:
+            for c in self.conns:
+                try:
+                    c.close()
+                except OSError:
+                    pass
+
+
+class SilentServer(_ThreadedServer):
+    """Accepts and reads, never answers (an h2c backend that hangs)."""
+
+    def serve(self, c):
+        try:
+            while c.recv(65536):
+                pass
+        except OSError:
+            pass
+
+
+class GoawayServer(_ThreadedServer):
+    """HTTP/2 with prior knowledge (python3-h2): answers every request 200 with
+    "ok STREAM" and, after every `every` streams on a connection, sends GOAWAY
+    naming the last stream it took, answers the streams it took, refuses
+    the later ones (REFUSED_STREAM) and closes once they are answered."""
+
+    def __init__(self, every=10):
+        self.every = every
+        self.streams = 0
+        super().__init__()
+
+    def serve(self, c):
+        import h2.config
+        import h2.connection
+        import h2.errors
+        import h2.events
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+                                                                    header_encoding=None))
+        conn.initiate_connection()
+        taken = 0
+        last = None
+        open_streams = set()
+        try:
+            c.sendall(conn.data_to_send())
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    return
+                for e in conn.receive_data(data):
+                    if isinstance(e, h2.events.RequestReceived):
+                        if last is not None and e.stream_id > last:
+                            conn.reset_stream(e.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                            continue
+                        taken += 1
+                        open_streams.add(e.stream_id)
+                        if taken == self.every:
+                            last = e.stream_id
+                            conn.close_connection(last_stream_id=last)
+                    elif isinstance(e, h2.events.StreamEnded) and e.stream_id in open_streams:
+                        open_streams.discard(e.stream_id)
+                        body = b"ok %d" % e.stream_id
+                        conn.send_headers(e.stream_id, [(":status", "200"),
+                                                        ("content-length", str(len(body)))])
+                        conn.send_data(e.stream_id, body, end_stream=True)
+                        with self.lock:
+                            self.streams += 1
+                c.sendall(conn.data_to_send())
+                if last is not None and not open_streams:
+                    return
+        except Exception:
+            return
+        finally:
+            c.close()
