@@ -9,7 +9,9 @@
 #    req/s in (a) / (b) of the same run; idle: memory per idle keep-alive
 #    client connection; sys: system calls per keep-alive request, ab -k -c16;
 #    insn: user instructions per request, callgrind; limit / climit: a rate
-#    limit that is never reached, local / shared through a local redis-server)
+#    limit that is never reached, local / shared through a local redis-server;
+#    grpc: gRPC unary calls over h2c, h2load posting one fixed message, to 2
+#    x grpc_origin: lb protocol h2c, HAProxy proto h2, nginx grpc_pass)
 #
 # Topology (everything on 127.0.0.1):
 #   wrk (CPU 1) -> proxy (CPU 0) -> 2 x fast_origin (CPU 1), round robin
@@ -65,6 +67,7 @@ BUILD_DIR=$(cd "$BUILD_DIR" 2>/dev/null && pwd) || { echo "run.sh: no build dir:
 LB_BIN=${LB_BIN:-$BUILD_DIR/lb/lb}
 LB_BASE_BIN=${LB_BASE_BIN:-}  # proxy "lb-base": another lb build, for before/after in one run
 ORIGIN_BIN=${ORIGIN_BIN:-$BUILD_DIR/bench/fast_origin}
+GRPC_ORIGIN_BIN=${GRPC_ORIGIN_BIN:-$BUILD_DIR/bench/grpc_origin}
 RATE_CLIENT=${RATE_CLIENT:-$BUILD_DIR/bench/rate_client}
 FORWARD_PROBE=${FORWARD_PROBE:-$BUILD_DIR/bench/forward_probe}
 IDLE_CLIENT=$BENCH_DIR/idle_client.py
@@ -222,6 +225,30 @@ start_origins() {
     done
 }
 
+# start_grpc_origins: two grpc_origin (scenario grpc), once per run: GRPC_ORIGINS.
+GRPC_ORIGINS=()
+start_grpc_origins() {
+    ((${#GRPC_ORIGINS[@]})) && return 0
+    [[ -x $GRPC_ORIGIN_BIN ]] || { log "run.sh: scenario grpc needs $GRPC_ORIGIN_BIN"; return 1; }
+    local i pid port n
+    for i in 1 2; do
+        taskset -c "$LOAD_CPU" "$GRPC_ORIGIN_BIN" --listen 127.0.0.1:0 >"$TMP/grpc_origin$i.out" 2>&1 &
+        pid=$!
+        STARTED+=("$pid")
+        ORIGIN_PIDS+=("$pid")
+        port=""
+        for ((n = 0; n < 100; n++)); do
+            port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$TMP/grpc_origin$i.out")
+            [[ -n $port ]] && break
+            sleep 0.05
+        done
+        [[ -n $port ]] || { log "run.sh: grpc_origin did not start"; return 1; }
+        GRPC_ORIGINS+=("127.0.0.1:$port")
+    done
+    # The call h2load posts: one gRPC message of 16 bytes.
+    printf '\0\0\0\0\x100123456789abcdef' >"$TMP/grpc-call.bin"
+}
+
 # start_proxy NAME WORKERS CPUS: sets PROXY_PID and PROXY_PORT, or returns 1
 # with START_ERR set.
 start_proxy() {
@@ -231,7 +258,15 @@ start_proxy() {
     PROXY_PORT=$(free_port) || { START_ERR="no free port"; return 1; }
     PROXY_PID=""
     START_ERR=""
-    local vars=(PORT="$PROXY_PORT" ORIGIN1="${ORIGINS[0]}" ORIGIN2="${ORIGINS[1]}" WORKERS="$workers" DIR="$dir")
+    local vars=(PORT="$PROXY_PORT" WORKERS="$workers" DIR="$dir")
+    if ((GRPC)); then
+        # gRPC to the backends: h2c in lb, "proto h2" in HAProxy, grpc_pass in nginx.
+        vars+=(ORIGIN1="${GRPC_ORIGINS[0]}" ORIGIN2="${GRPC_ORIGINS[1]}" LB_POOL="protocol: h2c"
+            HAPROXY_SERVER="proto h2" NGINX_PASS='grpc_pass grpc://origin;')
+    else
+        vars+=(ORIGIN1="${ORIGINS[0]}" ORIGIN2="${ORIGINS[1]}" LB_POOL="" HAPROXY_SERVER=""
+            NGINX_PASS='proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection "";')
+    fi
     # HAProxy's maxconn (4096) is below the idle scenario's connections: raised
     # for that scenario only (nginx's worker_connections 8192 and lb's
     # max_connections 100000 are enough for it).
@@ -502,12 +537,15 @@ S_TITLE[h2]="(h2) HTTP/2 over TLS: h2load, 64 connections x 10 streams, GET / (A
 S_CONNS[h2]=64 S_PATH[h2]=/ S_HEADER[h2]=""
 S_TITLE[h2c]="(h2c) HTTP/2 cleartext (prior knowledge): h2load, 64 connections x 10 streams, GET /"
 S_CONNS[h2c]=64 S_PATH[h2c]=/ S_HEADER[h2c]=""
+S_TITLE[grpc]="(grpc) gRPC unary calls, h2c both sides: h2load posting a 16-byte message, 64 connections x 10 streams, to 2 x grpc_origin"
+S_CONNS[grpc]=64 S_PATH[grpc]=/bench.Echo/Unary S_HEADER[grpc]=""
 H2_STREAMS=10  # scenarios h2, h2c: concurrent streams per connection
 IDLE_CONNS=5000  # scenario idle: client connections held open
 IDLE_WINDOW=64   # ... of which at most this many connecting or awaiting their response at once
 S_TITLE[idle]="(idle) memory per idle keep-alive client connection: $IDLE_CONNS connections, one GET / each, then idle"
 declare -A S_TLS=([e]=1 [h2]=1)
-declare -A S_H2=([h2]=1 [h2c]=1)
+declare -A S_H2=([h2]=1 [h2c]=1 [grpc]=1)
+declare -A S_GRPC=([grpc]=1)
 declare -A S_RATE=([f]=1 [f256]=1 [f80]=1 [f80x256]=1)
 declare -A S_SYSCALLS=([sys]=1)
 declare -A S_INSN=([insn]=1 [insnrules]=1 [insnlimit]=1 [insnclimit]=1)
@@ -520,6 +558,7 @@ IDLE=0  # the scenario being measured holds idle connections (idle_client.py, no
 SYSCALLS=0  # the scenario being measured counts system calls (ab, perf, strace)
 INSN=0  # the scenario being measured counts instructions (ab, callgrind)
 H2=0  # the scenario being measured speaks HTTP/2 to the proxy (h2load, not wrk)
+GRPC=0  # the scenario being measured makes gRPC calls (h2load posts, grpc_origin answers)
 RULES=0  # the scenario being measured routes through listener rules
 LIMIT=0  # the scenario being measured routes through a rate limit (2: scope cluster)
 
@@ -549,8 +588,10 @@ measure() {
         return
     fi
     local url="http$( ((TLS)) && echo s)://127.0.0.1:$PROXY_PORT$path"
+    local h2args=()
+    ((GRPC)) && h2args=(-d "$TMP/grpc-call.bin" -H "content-type: application/grpc" -H "te: trailers")
     if ((H2)); then
-        taskset -c "$wcpus" "$H2LOAD" -t"$wthreads" -c"$conns" -m"$H2_STREAMS" -D"$WARMUP" "$url" >"$TMP/warmup.txt" 2>&1
+        taskset -c "$wcpus" "$H2LOAD" -t"$wthreads" -c"$conns" -m"$H2_STREAMS" -D"$WARMUP" "${h2args[@]}" "$url" >"$TMP/warmup.txt" 2>&1
     else
         taskset -c "$wcpus" "$WRK" -t"$wthreads" -c"$conns" -d"${WARMUP}s" "${hdr[@]}" "$url" >"$TMP/warmup.txt" 2>&1
     fi
@@ -574,7 +615,7 @@ measure() {
         out=$TMP/h2load-${key//[^a-z0-9]/_}.txt
         rm -f "$out.log"
         taskset -c "$wcpus" "$H2LOAD" -t"$wthreads" -c"$conns" -m"$H2_STREAMS" -D"$DURATION" \
-            --log-file="$out.log" "$url" >"$out" 2>&1
+            --log-file="$out.log" "${h2args[@]}" "$url" >"$out" 2>&1
     else
         taskset -c "$wcpus" "$WRK" -t"$wthreads" -c"$conns" -d"${DURATION}s" --latency "${hdr[@]}" "$url" >"$out" 2>&1
     fi
@@ -932,12 +973,14 @@ for scn in $SCENARIOS; do
     SYSCALLS=${S_SYSCALLS[$scn]:-0}
     INSN=${S_INSN[$scn]:-0}
     H2=${S_H2[$scn]:-0}
+    GRPC=${S_GRPC[$scn]:-0}
     RULES=${S_RULES[$scn]:-0}
     LIMIT=${S_LIMIT[$scn]:-0}
     if ((H2)) && ! command -v "$H2LOAD" >/dev/null; then log "run.sh: scenario $scn needs h2load (nghttp2-client)"; continue; fi
     if ((SYSCALLS)) && ! command -v "$AB" >/dev/null; then log "run.sh: scenario sys needs ab (apache2-utils)"; continue; fi
     if ((INSN)) && ! command -v "$VALGRIND" >/dev/null; then log "run.sh: scenario insn needs valgrind"; continue; fi
     ((TLS)) && { make_cert || continue; }
+    ((GRPC)) && { start_grpc_origins || continue; }
     for ((i = 1; i <= REPEAT; i++)); do
         for p in $PROXIES; do
             if ((IDLE)); then
@@ -1001,7 +1044,7 @@ for scn in $SCENARIOS; do
             say "  relay io_uring/epoll: req/s $r  CPU/req $c  p99 $l"
         fi
     fi
-    TLS=0 FIXED_RATE=0 IDLE=0 SYSCALLS=0 INSN=0 H2=0 RULES=0
+    TLS=0 FIXED_RATE=0 IDLE=0 SYSCALLS=0 INSN=0 H2=0 RULES=0 GRPC=0
 done
 
 if [[ " $SCENARIOS " == *" scale "* && " $PROXIES " == *" lb "* ]]; then
