@@ -16,6 +16,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <bit>
 #include <charconv>
 #include <cstdio>
 #include <cstring>
@@ -683,9 +684,7 @@ void ClientConnection::on_request_head() {
   }
   x_->authority_ = line.authority;
   find_grpc(head);
-  // A gRPC call is a stream of messages (its servers bound each one):
-  // max_body_bytes does not cut it.
-  uint64_t max_body = x_->grpc_ ? 0 : listener_->config.limits.max_body_bytes;
+  uint64_t max_body = listener_->config.limits.max_body_bytes;
   if (max_body && head.has_content_length && head.content_length > max_body) {
     keep_client_ = false;
     return respond_error(413, "request body larger than max_body_bytes", true);
@@ -832,7 +831,10 @@ void ClientConnection::read_request_body() {
       return close();
     return respond_error(400, x_->req_.error_reason(), true);
   }
-  uint64_t max_body = x_->grpc_ ? 0 : listener_->config.limits.max_body_bytes;
+  // A gRPC call from an HTTP/2 client to a pool that speaks HTTP/2 is a
+  // stream of messages (its servers bound each one): max_body_bytes does
+  // not cut it.
+  uint64_t max_body = grpc_stream() ? 0 : listener_->config.limits.max_body_bytes;
   if (max_body && x_->req_.body_bytes() > max_body) {
     keep_client_ = false;
     if (x_->resp_started_)
@@ -1080,6 +1082,8 @@ void ClientConnection::finish_request_log() {
       m.pools.at(x_->pool_->id())
           .duration.observe(
               std::chrono::duration<double>(worker_.loop.now() - x_->started_).count());
+    if (x_->h2_ && x_->h2_->grpc_status() >= 0) // (a stream still held: the client went)
+      x_->grpc_status_ = x_->h2_->grpc_status();
     if (x_->pool_ && x_->grpc_ && x_->grpc_status_ >= 0)
       m.pools.at(x_->pool_->id())
           .grpc[std::min<size_t>(static_cast<size_t>(x_->grpc_status_),
@@ -1218,11 +1222,19 @@ void ClientConnection::arm(Timer t) {
     break;
   case Timer::exchange:
     d = x_->pool_->config().timeouts.response;
+    x_->grpc_deadline_armed_ = false;
     if (x_->grpc_timeout_.count() > 0) {
-      // grpc-timeout: a deadline for the whole call, from its head.
+      // grpc-timeout: a deadline for the whole call, from its head. The
+      // timer queues are one per duration: what is left is rounded down to
+      // a power of two (few queues); timed_out() arms again until the
+      // deadline is there.
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           x_->started_ + x_->grpc_timeout_ - worker_.loop.now());
-      d = std::clamp(left, std::chrono::milliseconds(0), d);
+      if (left < d) {
+        auto ms = static_cast<uint64_t>(std::max<int64_t>(left.count(), 0));
+        d = std::chrono::milliseconds(ms ? std::bit_floor(ms) : 0);
+        x_->grpc_deadline_armed_ = true;
+      }
     }
     break;
   case Timer::linger:
@@ -1268,8 +1280,10 @@ void ClientConnection::timed_out() {
     return respond_error(408, "request head not received within timeouts.header", true);
   case Timer::connect:
     std::snprintf(x_->reason_, sizeof x_->reason_,
-                  x_->conn_ && x_->conn_->ssl ? "TLS handshake with %s timed out"
-                                              : "connect to %s timed out",
+                  x_->h2_ ? "HTTP/2 connection to %s not up in time (connect, "
+                            "TLS, ALPN)"
+                  : x_->conn_ && x_->conn_->ssl ? "TLS handshake with %s timed out"
+                                                : "connect to %s timed out",
                   x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str());
     io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);
     backend_metrics().connect_errors.add();
@@ -1282,9 +1296,13 @@ void ClientConnection::timed_out() {
                   x_->pool_->name().c_str());
     return respond_error(503, x_->reason_, !x_->req_done_);
   case Timer::exchange:
-    keep_client_ = false;
-    if (x_->grpc_timeout_.count() > 0 && worker_.loop.now() >= x_->started_ + x_->grpc_timeout_)
+    if (x_->grpc_deadline_armed_) {
+      if (worker_.loop.now() < x_->started_ + x_->grpc_timeout_)
+        return arm(Timer::exchange); // (a step of the rounded-down wait)
+      keep_client_ = false;
       return respond_error(504, "the call's grpc-timeout passed", true);
+    }
+    keep_client_ = false;
     if (!x_->req_done_)
       return respond_error(408, "request body not received in time", true);
     return respond_error(504, "backend did not respond within timeouts.response", true);
@@ -1335,10 +1353,20 @@ void ClientConnection::find_grpc(const http::Head& head) {
       default:
         digits = false;
       }
+      // (At most a day: the clock's arithmetic stays far from overflow, and
+      // every pool's timeouts.response is shorter anyway.)
       if (digits)
-        x_->grpc_timeout_ = std::chrono::milliseconds(std::max<uint64_t>(ms, 1));
+        x_->grpc_timeout_ =
+            std::chrono::milliseconds(std::clamp<uint64_t>(ms, 1, uint64_t{86400} * 1000));
     }
   }
+  if (!x_->grpc_)
+    x_->grpc_timeout_ = std::chrono::milliseconds(0); // (only a gRPC call's counts)
+}
+
+bool ClientConnection::grpc_stream() const {
+  return x_->grpc_ && of_stream_ && x_->pool_ &&
+         x_->pool_->config().protocol != config::Protocol::http1;
 }
 
 void ClientConnection::assign_request_id() {

@@ -160,6 +160,7 @@ private:
   void on_connected();
   void do_open_stream();
   void on_stream_open();
+  void stream_refused();
   // Sending the request.
   void do_send_request_head();
   void do_write_backend();
@@ -217,6 +218,8 @@ private:
   // A new request id, unless the client sent one or request ids are off.
   void assign_request_id();
   void find_grpc(const http::Head& head);
+  // A gRPC call from an HTTP/2 client to a pool that speaks HTTP/2.
+  bool grpc_stream() const;
 
   WorkerContext& worker_;
   const ListenerRuntime* listener_;        // in runtime_

@@ -51,6 +51,7 @@ struct ExchangeFields {
   int grpc_status_ = -1; // the response's grpc-status (access log, metrics)
   // grpc-timeout: the response must come within this (0: no such field).
   std::chrono::milliseconds grpc_timeout_{0};
+  bool grpc_deadline_armed_ = false; // the exchange timer waits for the grpc-timeout
   upstream::TriedSet tried_;
   RetryState retry_;
   bool req_done_ = false;       // the whole request was read from the client

@@ -107,6 +107,7 @@ public:
   nghttp2_session* session() const { return session_; }
   uint32_t backend() const { return backend_; }
   uint64_t served() const { return served_; }
+  const std::string& label() const { return label_; }
 
 private:
   enum class State : uint8_t { connecting, handshake, open, dead };
@@ -141,6 +142,7 @@ private:
   std::chrono::milliseconds idle_timeout_;
   io::Clock::time_point idle_since_{};
   bool settings_seen_ = false; // the backend's SETTINGS came
+  std::string label_;          // the backend's host:port
   std::string out_;            // frames the socket did not take yet
   size_t out_off_ = 0;
 };
@@ -181,6 +183,7 @@ H2Connection::~H2Connection() {
 // Starts the connect: 0, or the errno of a connect that failed at once
 // (with `why` for TLS).
 int H2Connection::start(const upstream::Backend& b, std::string& why) {
+  label_ = b.label;
   const auto& endpoint = b.endpoint;
   int fd = ::socket(endpoint.protocol().family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0)
@@ -227,7 +230,10 @@ void H2Connection::detach(H2Call* c) {
   c->conn_ = nullptr;
   if (c->id_ > 0 && state_ != State::dead) {
     nghttp2_session_set_stream_user_data(session_, c->id_, nullptr);
-    if (!c->ended_ && !c->reset_ && !c->eof_)
+    // A stream still open (its response not whole, or its request not: a
+    // backend that answered early) is reset, so that it stops counting
+    // against the backend's concurrent streams.
+    if (!c->stream_closed_)
       nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, c->id_, NGHTTP2_CANCEL);
   }
   if (--streams_ == 0) {
@@ -245,6 +251,10 @@ void H2Connection::close(bool reset) {
     H2Call* next = c->next_;
     c->prev_ = c->next_ = nullptr;
     c->conn_ = nullptr;
+    // A stream whose HEADERS never went out never reached the backend.
+    if (!c->final_head_ && c->status_ == 0 && !c->stream_closed_ &&
+        (c->id_ <= 0 || !nghttp2_session_find_stream(session_, c->id_)))
+      c->refused_ = true;
     c->fail(reset);
     c = next;
   }
@@ -555,7 +565,10 @@ int H2Connection::on_data_chunk(nghttp2_session* s, uint8_t, int32_t id, const u
 
 int H2Connection::on_stream_close(nghttp2_session* s, int32_t id, uint32_t error, void*) {
   auto* c = static_cast<H2Call*>(nghttp2_session_get_stream_user_data(s, id));
-  if (!c || c->ended_)
+  if (!c)
+    return 0;
+  c->stream_closed_ = true;
+  if (c->ended_)
     return 0;
   // Ended before the response did: refused (never processed) or reset.
   c->refused_ = error == NGHTTP2_REFUSED_STREAM && !c->final_head_ && c->status_ == 0;
@@ -609,6 +622,7 @@ void H2Call::clear() {
   status_ = 0;
   grpc_status_ = -1;
   has_length_ = final_head_ = chunked_ = ended_ = reset_ = eof_ = refused_ = reused_ = false;
+  stream_closed_ = head_request_ = false;
 }
 
 // The head lb wrote (its own, so well-formed): "POST /path HTTP/1.1\r\n" and
@@ -618,6 +632,7 @@ bool H2Call::submit_head() {
   char* end = h + head_.size() - 2; // the fields end before the empty line
   char* line_end = static_cast<char*>(std::memchr(h, '\r', head_.size()));
   char* sp1 = static_cast<char*>(std::memchr(h, ' ', static_cast<size_t>(line_end - h)));
+  errno = EPROTO;
   if (!sp1)
     return false;
   char* sp2 =
@@ -625,6 +640,7 @@ bool H2Call::submit_head() {
   if (!sp2)
     return false;
   std::string_view method(h, static_cast<size_t>(sp1 - h));
+  head_request_ = method == "HEAD";
   std::string_view target(sp1 + 1, static_cast<size_t>(sp2 - sp1 - 1));
   std::string_view authority;
   constexpr size_t max_fields = 128;
@@ -656,8 +672,10 @@ bool H2Call::submit_head() {
             body_left_ = body_left_ * 10 + static_cast<uint64_t>(ch - '0');
       }
       if (!is_connection_field(name)) {
-        if (n == max_fields + 4)
+        if (n == max_fields + 4) {
+          errno = E2BIG;
           return false;
+        }
         list[n++] = nv(name, value);
       }
     }
@@ -667,7 +685,8 @@ bool H2Call::submit_head() {
     body_kind_ = Body::none;
   list[0] = nv(":method", method);
   list[1] = nv(":scheme", tls_scheme_ ? "https" : "http");
-  list[2] = nv(":authority", authority);
+  // (RFC 9113 §8.3.1: never empty; a request without Host names the backend.)
+  list[2] = nv(":authority", authority.empty() ? std::string_view(conn_->label()) : authority);
   list[3] = nv(":path", target);
   // lb takes trailers (and gRPC servers ask for this).
   list[n++] = nv("te", "trailers");
@@ -678,6 +697,7 @@ bool H2Call::submit_head() {
                                       body_kind_ == Body::none ? nullptr : &provider, this);
   if (id < 0) {
     conn_->stop_new_streams(); // (stream ids used up)
+    errno = ECONNRESET;
     return false;
   }
   id_ = id;
@@ -722,10 +742,8 @@ ssize_t H2Call::send(const char* p, size_t n) {
       return static_cast<ssize_t>(n);
     head_.resize(at + 4);
     taken = at + 4 - before;
-    if (!submit_head()) {
-      errno = EPROTO;
-      return -1;
-    }
+    if (!submit_head())
+      return -1; // (errno set)
     p += taken;
     n -= taken;
   }
@@ -795,7 +813,7 @@ void H2Call::head_done(bool end_stream) {
   }
   final_head_ = true;
   if (end_stream) {
-    if (!has_length_ && status_ != 204 && status_ != 304)
+    if (!has_length_ && status_ != 204 && status_ != 304 && !head_request_)
       in_.append("content-length: 0\r\n");
     in_.append("\r\n");
     return ended();

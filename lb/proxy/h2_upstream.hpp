@@ -60,7 +60,8 @@ public:
 
   // Takes bytes of the HTTP/1.1 request. Returns how many (> 0); -1 with
   // EAGAIN when 64 KiB of body wait already (the watch's out_ready comes
-  // back with room), or another errno when the stream or connection failed.
+  // back with room), E2BIG for a head of more than 128 fields, or another
+  // errno when the stream or connection failed.
   ssize_t send(const char* p, size_t n);
   // The HTTP/1.1 response's bytes: > 0; -1 with EAGAIN (none yet); 0 after
   // the response ended, or when the connection closed before it did; -1
@@ -116,7 +117,9 @@ private:
   bool eof_ = false; // the connection closed before the response ended
   bool refused_ = false;
   bool reused_ = false;
-  bool tls_scheme_ = false; // :scheme https (h2) or http (h2c)
+  bool tls_scheme_ = false;    // :scheme https (h2) or http (h2c)
+  bool stream_closed_ = false; // nghttp2 closed the stream (both sides ended, or reset)
+  bool head_request_ = false;  // a HEAD: no body follows its response head
 };
 
 // A worker's HTTP/2 connections to backends. Not thread-safe: one per worker.

@@ -126,8 +126,16 @@ void ClientConnection::do_attempt() {
   x_->req_sent_ = false;
   x_->dechunk_ = false;
   x_->in_response_head_ = false;
-  if (x_->pool_->config().protocol != config::Protocol::http1)
+  if (x_->pool_->config().protocol != config::Protocol::http1) {
+    if (x_->upgrade_requested_) {
+      leave_queue();
+      return respond_error(501,
+                           "the pool speaks HTTP/2 to its backends: upgrades (WebSocket) are not "
+                           "carried to it",
+                           true);
+    }
     return do_open_stream();
+  }
   // A request that is not replayed if the backend closes the connection
   // under it gets one that was checked just now.
   bool verify = !idempotent(x_->req_.head().method.view());
@@ -231,6 +239,16 @@ void ClientConnection::do_open_stream() {
     return wait_backend_out(&ClientConnection::on_stream_open, false);
   }
   on_stream_open();
+}
+
+// The backend did not take the stream (REFUSED_STREAM, past its GOAWAY, or
+// its connection closed before the stream's HEADERS went out): nothing was
+// processed, so any request may go elsewhere, as after a failed connect.
+// Unless body bytes it had were dropped already: those cannot be sent again.
+void ClientConnection::stream_refused() {
+  std::snprintf(x_->reason_, sizeof x_->reason_, "%s refused the stream",
+                x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str());
+  backend_failed(x_->body_discarded_ ? Failure::before_response : Failure::connect, x_->reason_);
 }
 
 void ClientConnection::on_stream_open() {
@@ -339,6 +357,12 @@ void ClientConnection::do_write_backend() {
   }
   if (x_->reading_response_)
     return stop_request_body();
+  if (x_->h2_ && errno == E2BIG) {
+    keep_client_ = false;
+    return respond_error(400, "request has too many header fields to forward", true);
+  }
+  if (x_->h2_ && x_->h2_->refused() && x_->u_len_ == 0 && !x_->resp_started_)
+    return stream_refused();
   std::snprintf(x_->reason_, sizeof x_->reason_, "sending to %s failed: %s",
                 x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
                 std::strerror(errno));
@@ -419,13 +443,8 @@ void ClientConnection::read_response() {
       return;
     }
     bool nothing_received = x_->u_len_ == 0 && !x_->resp_started_ && !x_->resp_.in_message();
-    if (x_->h2_ && x_->h2_->refused() && nothing_received) {
-      // Not processed (REFUSED_STREAM, or past the backend's GOAWAY): any
-      // request may go elsewhere.
-      std::snprintf(x_->reason_, sizeof x_->reason_, "%s refused the stream",
-                    x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str());
-      return backend_failed(Failure::connect, x_->reason_);
-    }
+    if (x_->h2_ && x_->h2_->refused() && nothing_received)
+      return stream_refused();
     std::snprintf(x_->reason_, sizeof x_->reason_, "%s %s",
                   x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
                   n == 0 ? (nothing_received ? "closed the connection without a response"
@@ -701,9 +720,12 @@ void ClientConnection::backend_failed(Failure failure, const char* reason) {
   if (closed_)
     return;
   const config::Pool& pc = x_->pool_->config();
-  // A gRPC call goes to another backend when nothing of its response came
-  // (whatever its method: gRPC is all POST).
-  RetryRequest request{idempotent(x_->req_.head().method.view()) || x_->grpc_, x_->body_discarded_};
+  // A gRPC call to an HTTP/2 pool goes to another backend when nothing of
+  // its answer came (whatever its method: gRPC is all POST), unless the
+  // pool's retry_on leaves out reset.
+  bool grpc_retry = x_->grpc_ && pc.retry_reset && pc.protocol != config::Protocol::http1;
+  RetryRequest request{idempotent(x_->req_.head().method.view()) || grpc_retry,
+                       x_->body_discarded_};
   RetryLimits limits = retry_limits(pc, x_->pool_->backends().size(), x_->tried_.full());
   Retry next = after_failure(failure, request, limits, x_->retry_);
   if (next == Retry::another_backend && failure == Failure::try_timeout && !another_backend_left())

@@ -370,6 +370,29 @@ pools:
         self.assertLessEqual(established_to(server.port), 4)
         self.assertGreaterEqual(established_to(server.port), 1)
 
+    def test_head_and_upgrades_through_an_h2c_pool(self):
+        docroot = os.path.join(self.dir, "docroot-head")
+        os.makedirs(docroot, exist_ok=True)
+        with open(os.path.join(docroot, "index.html"), "w") as f:
+            f.write("hello from nghttpd\n")
+        server = Nghttpd(docroot)
+        self.addCleanup(server.cleanup)
+        lb = self.lb(self.config([server.addr]))
+        c = harness.KeepAliveClient(lb.port())
+        self.addCleanup(c.close)
+        status, headers, body = c.request("HEAD", "/index.html")
+        self.assertEqual((status, body), (200, b""))
+        self.assertEqual(headers.get("content-length"), "19")
+        status, _, body = c.request("GET", "/index.html")  # the connection goes on
+        self.assertEqual((status, body), (200, b"hello from nghttpd\n"))
+        self.assertEqual(c.connects, 1)
+        # A WebSocket upgrade cannot be carried over HTTP/2 to the backend: 501, said why.
+        status, _, body = harness.http(lb.port(), "GET", "/chat", headers={
+            "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        self.assertEqual(status, 501)
+        self.assertIn(b"upgrades (WebSocket) are not carried", body)
+
     def test_goaway_moves_new_streams_to_a_new_connection(self):
         server = GoawayServer(every=10)
         self.addCleanup(server.cleanup)

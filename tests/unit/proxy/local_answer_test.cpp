@@ -40,6 +40,45 @@ TEST(LocalAnswerTest, ErrorNamesTheReasonAndTheRequestId) {
   EXPECT_EQ(a.field("Content-Type"), "text/plain; charset=utf-8");
 }
 
+TEST(LocalAnswerTest, GrpcCallsGetGrpcStatusAndMessage) {
+  AnswerBuffer buf;
+  Outbox out;
+  write_grpc_error({14, "connect to 10.0.0.1:50051 failed: Connection refused", "id7", true}, buf,
+                   out);
+  Answer a(out);
+  EXPECT_EQ(a.head.substr(0, 17), "HTTP/1.1 200 OK\r\n");
+  EXPECT_EQ(a.body, "");
+  EXPECT_EQ(a.field("Content-Type"), "application/grpc");
+  EXPECT_EQ(a.field("Grpc-Status"), "14");
+  EXPECT_EQ(a.field("Grpc-Message"),
+            "connect to 10.0.0.1:50051 failed: Connection refused (request id id7)");
+  EXPECT_EQ(a.field("Content-Length"), "0");
+  EXPECT_EQ(a.field("Connection"), "keep-alive");
+  // grpc-message is percent-encoded: '%' and bytes outside printable ASCII.
+  write_grpc_error({4, "100% \xff\r\n", "x", false}, buf, out);
+  Answer b(out);
+  EXPECT_EQ(b.field("Grpc-Message"), "100%25 %FF%0D%0A (request id x)");
+  EXPECT_EQ(b.field("Connection"), "close");
+  // Whatever its bytes, a long reason fits (cut before encoding).
+  std::string worst(2000, '\x01');
+  write_grpc_error({2, worst, std::string(500, '\x02'), true}, buf, out);
+  Answer c(out);
+  EXPECT_EQ(c.field("Content-Length"), "0");
+  EXPECT_LE(out.text().size(), AnswerBuffer::capacity);
+}
+
+TEST(LocalAnswerTest, GrpcStatusForLbsOwnErrors) {
+  EXPECT_EQ(grpc_status_for(503), 14); // UNAVAILABLE
+  EXPECT_EQ(grpc_status_for(502), 14);
+  EXPECT_EQ(grpc_status_for(504), 4); // DEADLINE_EXCEEDED
+  EXPECT_EQ(grpc_status_for(408), 4);
+  EXPECT_EQ(grpc_status_for(429), 8); // RESOURCE_EXHAUSTED
+  EXPECT_EQ(grpc_status_for(403), 7);
+  EXPECT_EQ(grpc_status_for(404), 12);
+  EXPECT_EQ(grpc_status_for(400), 13);
+  EXPECT_EQ(grpc_status_for(500), 2);
+}
+
 TEST(LocalAnswerTest, HeadRequestGetsTheHeadOnly) {
   AnswerBuffer buf;
   Outbox out;
