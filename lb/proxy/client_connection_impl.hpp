@@ -1,7 +1,8 @@
 #pragma once
 // What the files that implement ClientConnection share (client_connection.cpp,
 // upstream_exchange.cpp, tunnel.cpp): the reference a running step holds,
-// reads and writes that keep the socket's readiness. Not for other modules.
+// reads and writes that keep the socket's readiness (h2_upstream.cpp reads
+// its backend connections with them too). Not for other modules.
 
 #include "lb/proxy/client_connection.hpp"
 

@@ -2,6 +2,7 @@
 
 #include "lb/proxy/client_connection.hpp"
 #include "lb/proxy/client_connection_impl.hpp"
+#include "lb/proxy/h2_fields.hpp"
 
 #include <openssl/err.h>
 
@@ -25,54 +26,6 @@ constexpr double reset_burst = 200, reset_per_second = 20;
 // Envoy's max_inbound_window_update_frames_per_data_frame_sent), the
 // credit held at most; beyond it they pay from the control budget.
 constexpr double window_credit_per_data = 10, window_credit_max = 10000;
-
-bool is_connection_field(std::string_view lower) {
-  return lower == "connection" || lower == "keep-alive" || lower == "proxy-connection" ||
-         lower == "transfer-encoding" || lower == "upgrade" || lower == "te";
-}
-
-void append_hex(std::string& out, size_t n) {
-  char buf[20];
-  int len = std::snprintf(buf, sizeof buf, "%zx\r\n", n);
-  out.append(buf, static_cast<size_t>(len));
-}
-
-nghttp2_nv nv(std::string_view name, std::string_view value) {
-  return {reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
-          reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
-          NGHTTP2_NV_FLAG_NONE};
-}
-
-// "Name: value\r\n" lines in [at, end) (a head's fields or a trailer section,
-// as lb wrote them) to `list`: names lowered in place, the connection's own
-// fields left out. Returns how many were added (at most `room`); `chunked`
-// says whether a transfer-encoding was among them.
-size_t fields_to_nv(char* at, char* end, nghttp2_nv* list, size_t room, bool& chunked) {
-  size_t n = 0;
-  while (at < end && n < room) {
-    char* e = static_cast<char*>(std::memchr(at, '\r', static_cast<size_t>(end - at)));
-    if (!e)
-      e = end;
-    char* colon = static_cast<char*>(std::memchr(at, ':', static_cast<size_t>(e - at)));
-    if (colon) {
-      for (char* c = at; c < colon; ++c)
-        *c = static_cast<char>(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
-      const char* v = colon + 1;
-      while (v < e && (*v == ' ' || *v == '\t'))
-        ++v;
-      const char* ve = e;
-      while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
-        --ve;
-      std::string_view name(at, static_cast<size_t>(colon - at));
-      if (name == "transfer-encoding")
-        chunked = true; // (lb passes on only "chunked" as the last coding)
-      if (!is_connection_field(name))
-        list[n++] = nv(name, std::string_view(v, static_cast<size_t>(ve - v)));
-    }
-    at = e + 2;
-  }
-  return n;
-}
 
 } // namespace
 

@@ -1,5 +1,7 @@
 #include "lb/proxy/h2_upstream.hpp"
 
+#include "lb/proxy/client_connection_impl.hpp"
+#include "lb/proxy/h2_fields.hpp"
 #include "lb/proxy/local_answer.hpp"
 
 #include <openssl/err.h>
@@ -26,36 +28,6 @@ constexpr int32_t stream_window = 256 * 1024;
 constexpr int32_t connection_window = 16 * 1024 * 1024;
 // Streams per connection before the backend's SETTINGS say how many.
 constexpr uint32_t assumed_max_streams = 100;
-
-bool is_connection_field(std::string_view lower) {
-  return lower == "connection" || lower == "keep-alive" || lower == "proxy-connection" ||
-         lower == "transfer-encoding" || lower == "upgrade" || lower == "te" || lower == "host";
-}
-
-nghttp2_nv nv(std::string_view name, std::string_view value) {
-  return {reinterpret_cast<uint8_t*>(const_cast<char*>(name.data())),
-          reinterpret_cast<uint8_t*>(const_cast<char*>(value.data())), name.size(), value.size(),
-          NGHTTP2_NV_FLAG_NONE};
-}
-
-bool equals_lower(std::string_view a, std::string_view lower) {
-  if (a.size() != lower.size())
-    return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    char c = a[i];
-    if (c >= 'A' && c <= 'Z')
-      c = static_cast<char>(c + 32);
-    if (c != lower[i])
-      return false;
-  }
-  return true;
-}
-
-void append_hex(std::string& out, size_t n) {
-  char buf[20];
-  int len = std::snprintf(buf, sizeof buf, "%zx\r\n", n);
-  out.append(buf, static_cast<size_t>(len));
-}
 
 template <class T> void release_memory(T& s) {
   if (s.capacity() > 64 * 1024)
@@ -340,47 +312,10 @@ void H2Connection::failed_to_connect(int error, std::string why) {
   close(false);
 }
 
+// Reads as the exchange reads its sockets (client_connection_impl.hpp): the
+// readiness kept in the watch, a short read means drained.
 ssize_t H2Connection::sock_recv(char* p, size_t n) {
-  if (!ssl_) {
-    if (!watch_.in_ready) {
-      errno = EAGAIN;
-      return -1;
-    }
-    ssize_t r = ::recv(watch_.fd, p, n, 0);
-    if (r < 0 ? errno == EAGAIN || errno == EWOULDBLOCK : static_cast<size_t>(r) < n)
-      watch_.drained();
-    return r;
-  }
-  if (!watch_.in_ready && !SSL_has_pending(ssl_) &&
-      !(watch_.read_needs_write && watch_.out_ready)) {
-    errno = EAGAIN;
-    return -1;
-  }
-  watch_.read_needs_write = false;
-  ERR_clear_error();
-  int r = SSL_read(ssl_, p, static_cast<int>(n));
-  if (r > 0)
-    return r;
-  switch (SSL_get_error(ssl_, r)) {
-  case SSL_ERROR_ZERO_RETURN:
-    return 0;
-  case SSL_ERROR_WANT_READ:
-    watch_.drained();
-    errno = EAGAIN;
-    return -1;
-  case SSL_ERROR_WANT_WRITE:
-    watch_.blocked();
-    watch_.read_needs_write = true;
-    errno = EAGAIN;
-    return -1;
-  case SSL_ERROR_SYSCALL:
-    if (errno == 0)
-      return 0;
-    return -1;
-  default:
-    errno = ECONNRESET;
-    return -1;
-  }
+  return ssl_ ? tls_recv(watch_, ssl_, p, n) : plain_recv(watch_, p, n);
 }
 
 ssize_t H2Connection::sock_send(const char* p, size_t n) {
@@ -642,44 +577,33 @@ bool H2Call::submit_head() {
   std::string_view method(h, static_cast<size_t>(sp1 - h));
   head_request_ = method == "HEAD";
   std::string_view target(sp1 + 1, static_cast<size_t>(sp2 - sp1 - 1));
-  std::string_view authority;
   constexpr size_t max_fields = 128;
-  nghttp2_nv list[max_fields + 5];
-  size_t n = 4;
-  for (char* at = line_end + 2; at < end;) {
-    char* e = static_cast<char*>(std::memchr(at, '\r', static_cast<size_t>(end - at)));
-    if (!e)
-      e = end;
-    char* colon = static_cast<char*>(std::memchr(at, ':', static_cast<size_t>(e - at)));
-    if (colon) {
-      for (char* c = at; c < colon; ++c)
-        *c = static_cast<char>(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
-      const char* v = colon + 1;
-      while (v < e && (*v == ' ' || *v == '\t'))
-        ++v;
-      std::string_view name(at, static_cast<size_t>(colon - at));
-      std::string_view value(v, static_cast<size_t>(e - v));
-      if (name == "host") {
-        authority = value;
-      } else if (name == "transfer-encoding") {
-        if (value.size() >= 7 && equals_lower(value.substr(value.size() - 7), "chunked"))
-          body_kind_ = Body::chunked;
-      } else if (name == "content-length") {
-        body_kind_ = Body::length;
-        body_left_ = 0;
-        for (char ch : value)
-          if (ch >= '0' && ch <= '9')
-            body_left_ = body_left_ * 10 + static_cast<uint64_t>(ch - '0');
-      }
-      if (!is_connection_field(name)) {
-        if (n == max_fields + 4) {
-          errno = E2BIG;
-          return false;
-        }
-        list[n++] = nv(name, value);
-      }
+  nghttp2_nv list[max_fields + 6];
+  bool chunked = false;
+  size_t n = 4 + fields_to_nv(line_end + 2, end, list + 4, max_fields + 1, chunked);
+  if (n > 4 + max_fields) {
+    errno = E2BIG;
+    return false;
+  }
+  // Host becomes :authority; Content-Length or chunked says how the body ends.
+  std::string_view authority;
+  body_kind_ = chunked ? Body::chunked : Body::none;
+  for (size_t i = 4; i < n;) {
+    std::string_view name = name_of(list[i]);
+    if (name == "host") {
+      authority = value_of(list[i]);
+      std::memmove(list + i, list + i + 1, (n - i - 1) * sizeof list[0]);
+      --n;
+      continue;
     }
-    at = e + 2;
+    if (name == "content-length" && !chunked) {
+      body_kind_ = Body::length;
+      body_left_ = 0;
+      for (char ch : value_of(list[i]))
+        if (ch >= '0' && ch <= '9')
+          body_left_ = body_left_ * 10 + static_cast<uint64_t>(ch - '0');
+    }
+    ++i;
   }
   if (body_kind_ == Body::length && body_left_ == 0)
     body_kind_ = Body::none;

@@ -23,7 +23,9 @@ Retry after_failure(Failure failure, const RetryRequest& request, const RetryLim
   case Failure::refused:
     return may_retry && limits.on_connect_failure ? Retry::another_backend : Retry::none;
   case Failure::reused_early:
-    if (!request.idempotent || request.body_dropped || state.replays >= max_replays)
+  case Failure::unprocessed:
+    if ((!request.idempotent && failure == Failure::reused_early) || request.body_dropped ||
+        state.replays >= max_replays)
       return Retry::none;
     ++state.replays;
     --state.attempts;
@@ -52,6 +54,7 @@ RetryReason reason_of(Failure failure, int status) {
   case Failure::refused:
     return RetryReason::connect_failure;
   case Failure::reused_early:
+  case Failure::unprocessed:
     return RetryReason::replay;
   case Failure::status:
     return status == 502   ? RetryReason::s502

@@ -18,6 +18,8 @@ enum class Failure {
   connect,         // nothing was sent: any request may go to another backend
   refused,         // ... and the backend refused at once: does not use up a retry
   reused_early,    // a pooled connection failed before any response byte: replay
+  unprocessed,     // an HTTP/2 backend did not take the stream (REFUSED_STREAM, GOAWAY):
+                   // replay, whatever the method
   before_response, // a fresh connection failed before any response byte
   status,          // the response's status is one the pool retries on (retry_on: 502 ...)
   try_timeout,     // no response head within per_try_timeout (a 504 for retry_on)

@@ -243,12 +243,12 @@ void ClientConnection::do_open_stream() {
 
 // The backend did not take the stream (REFUSED_STREAM, past its GOAWAY, or
 // its connection closed before the stream's HEADERS went out): nothing was
-// processed, so any request may go elsewhere, as after a failed connect.
-// Unless body bytes it had were dropped already: those cannot be sent again.
+// processed, so any request is sent again (the same backend may take it on
+// a new connection), unless body bytes it had were dropped already.
 void ClientConnection::stream_refused() {
   std::snprintf(x_->reason_, sizeof x_->reason_, "%s refused the stream",
                 x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str());
-  backend_failed(x_->body_discarded_ ? Failure::before_response : Failure::connect, x_->reason_);
+  backend_failed(Failure::unprocessed, x_->reason_);
 }
 
 void ClientConnection::on_stream_open() {

@@ -618,6 +618,25 @@ def rss_bytes(pid):
     raise AssertionError("no VmRSS for %d" % pid)
 
 
+def make_ca_and_leaf(d, name="app.test", ip="127.0.0.1"):
+    """A test CA and a leaf it signed for DNS `name` and IP `ip` (openssl CLI, RSA 2048,
+    2 days), written to directory d -> (ca.pem, leaf.pem, leaf.key) paths."""
+    def openssl(*args):
+        subprocess.run(["openssl"] + list(args), check=True, capture_output=True)
+    ca, ca_key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=lb test CA", "-keyout", ca_key, "-out", ca)
+    cert, key, csr = (os.path.join(d, "app" + ext) for ext in (".pem", ".key", ".csr"))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=" + name,
+            "-keyout", key, "-out", csr)
+    ext = os.path.join(d, "san.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:%s,IP:%s\n" % (name, ip))
+    openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+            "-days", "2", "-extfile", ext, "-out", cert)
+    return ca, cert, key
+
+
 def lb_check(yaml_text, timeout=30.0, binary=None):
     """Runs `lb check -c FILE` on yaml_text -> (exit_code, stdout+stderr text, path)."""
     d = tempfile.mkdtemp(prefix="lb-check-")

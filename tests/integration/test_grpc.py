@@ -47,10 +47,6 @@ from grpc_support import (GoawayServer, GrpcOrigin, Nghttpd, SilentServer,  # no
 from harness import lb_check, wait_until  # noqa: E402
 
 
-def openssl(*args):
-    subprocess.run(["openssl"] + list(args), check=True, capture_output=True)
-
-
 def pattern_sha(total):
     import hashlib
     h = hashlib.sha256()
@@ -66,20 +62,8 @@ def pattern_sha(total):
 class Grpc(harness.TestCase):
     @classmethod
     def setUpClass(cls):
-        d = cls.dir = tempfile.mkdtemp(prefix="lb-grpc-")
-        cls.ca = os.path.join(d, "ca.pem")
-        ca_key = os.path.join(d, "ca.key")
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                "-subj", "/CN=lb grpc test CA", "-keyout", ca_key, "-out", cls.ca)
-        cls.cert, cls.key = os.path.join(d, "app.pem"), os.path.join(d, "app.key")
-        csr = os.path.join(d, "app.csr")
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=app.test",
-                "-keyout", cls.key, "-out", csr)
-        ext = os.path.join(d, "san.ext")
-        with open(ext, "w") as f:
-            f.write("subjectAltName=DNS:app.test,IP:127.0.0.1\n")
-        openssl("x509", "-req", "-in", csr, "-CA", cls.ca, "-CAkey", ca_key, "-CAcreateserial",
-                "-days", "2", "-extfile", ext, "-out", cls.cert)
+        cls.dir = tempfile.mkdtemp(prefix="lb-grpc-")
+        cls.ca, cls.cert, cls.key = harness.make_ca_and_leaf(cls.dir)
         with open(cls.ca, "rb") as f:
             cls.ca_bytes = f.read()
 

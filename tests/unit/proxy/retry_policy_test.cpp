@@ -55,6 +55,24 @@ TEST(RetryPolicyTest, ReusedConnectionsReplayIdempotentRequestsThreeTimes) {
       << "a body no longer held cannot be sent again";
 }
 
+TEST(RetryPolicyTest, StreamsTheBackendDidNotTakeAreReplayedWhateverTheMethod) {
+  RetryLimits limits{0, 1, false}; // no retries, one backend: a replay still goes
+  RetryState s;
+  s.attempts = 1;
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(after_failure(Failure::unprocessed, post, limits, s), Retry::replay);
+    EXPECT_EQ(s.attempts, 0u);
+    s.attempts = 1;
+  }
+  EXPECT_EQ(after_failure(Failure::unprocessed, post, limits, s), Retry::none)
+      << "at most three replays";
+  RetryState t;
+  t.attempts = 1;
+  EXPECT_EQ(after_failure(Failure::unprocessed, {false, true}, limits, t), Retry::none)
+      << "a body no longer held cannot be sent again";
+  EXPECT_EQ(reason_of(Failure::unprocessed, 0), RetryReason::replay);
+}
+
 TEST(RetryPolicyTest, BeforeAnyResponseByteOnlyIdempotentRequests) {
   RetryLimits limits{1, 2, false};
   RetryState s;
