@@ -51,17 +51,21 @@ public:
   int start(const upstream::Backend& b, std::string& why);
   void failed_to_connect(int error, std::string why);
   bool open() const { return state_ == State::open; }
+  const upstream::Backend& target() const { return target_; }
+  const std::shared_ptr<const io::TlsClient>& tls() const { return tls_; }
+  std::chrono::milliseconds idle_timeout() const { return idle_timeout_; }
   bool usable(const io::TlsClient* tls) const {
     return state_ != State::dead && !goaway_ && tls == tls_.get();
   }
-  uint32_t room() const {
-    uint32_t limit = assumed_max_streams;
-    if (settings_seen_)
-      limit = std::min<uint32_t>(
-          nghttp2_session_get_remote_settings(session_, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS),
-          1000);
-    return limit > streams_ ? limit - streams_ : 0;
+  // How many streams it takes at once (the backend's SETTINGS, or assumed).
+  uint32_t limit() const {
+    if (!settings_seen_)
+      return assumed_max_streams;
+    return std::min<uint32_t>(
+        nghttp2_session_get_remote_settings(session_, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS),
+        1000);
   }
+  uint32_t room() const { return limit() > streams_ ? limit() - streams_ : 0; }
   void attach(H2Call* c);
   void detach(H2Call* c);
   // Frames to send: written on the loop's next pass (several streams' at once).
@@ -82,11 +86,14 @@ public:
   const std::string& label() const { return label_; }
 
 private:
-  enum class State : uint8_t { connecting, handshake, open, dead };
+  // settings: connected (and TLS done), the preface sent, the backend's
+  // SETTINGS awaited (how many streams it takes).
+  enum class State : uint8_t { connecting, handshake, settings, open, dead };
   static void on_event(void* self, uint32_t events);
   void event();
   void connected();
   void handshake();
+  void start_settings();
   void up();
   bool read();
   bool flush();
@@ -115,6 +122,7 @@ private:
   io::Clock::time_point idle_since_{};
   bool settings_seen_ = false; // the backend's SETTINGS came
   std::string label_;          // the backend's host:port
+  upstream::Backend target_;   // where it connects (for calls moved to another connection)
   std::string out_;            // frames the socket did not take yet
   size_t out_off_ = 0;
 };
@@ -156,6 +164,7 @@ H2Connection::~H2Connection() {
 // (with `why` for TLS).
 int H2Connection::start(const upstream::Backend& b, std::string& why) {
   label_ = b.label;
+  target_ = b;
   const auto& endpoint = b.endpoint;
   int fd = ::socket(endpoint.protocol().family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0)
@@ -218,6 +227,15 @@ void H2Connection::detach(H2Call* c) {
 }
 
 void H2Connection::close(bool reset) {
+  if (state_ == State::settings) {
+    // Connected, but no HTTP/2 came back: a connect that failed, for the
+    // calls (which sent nothing).
+    for (H2Call* c = calls_; c; c = c->next_)
+      if (!c->error_) {
+        c->error_ = EPROTO;
+        c->failure_ = "no HTTP/2 SETTINGS from the backend (not an HTTP/2 server?)";
+      }
+  }
   state_ = State::dead;
   for (H2Call* c = calls_; c;) {
     H2Call* next = c->next_;
@@ -254,11 +272,14 @@ void H2Connection::event() {
     return handshake();
   case State::dead:
     return;
+  case State::settings:
   case State::open:
     break;
   }
   if (!read())
     return; // closed
+  if (state_ == State::settings && settings_seen_)
+    up();
   if (!flush())
     return;
   if (!nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_) &&
@@ -268,9 +289,16 @@ void H2Connection::event() {
 
 void H2Connection::connected() {
   if (!ssl_)
-    return up();
+    return start_settings();
   state_ = State::handshake;
   handshake();
+}
+
+// The preface and lb's SETTINGS go out; the streams wait for the backend's
+// SETTINGS, which say how many it takes at once.
+void H2Connection::start_settings() {
+  state_ = State::settings;
+  event();
 }
 
 void H2Connection::handshake() {
@@ -282,7 +310,7 @@ void H2Connection::handshake() {
     SSL_get0_alpn_selected(ssl_, &alpn, &alpn_len);
     if (alpn_len != 2 || std::memcmp(alpn, "h2", 2) != 0)
       return failed_to_connect(EPROTO, "the backend did not choose h2 by ALPN");
-    return up();
+    return start_settings();
   }
   int e = SSL_get_error(ssl_, r);
   if (e == SSL_ERROR_WANT_READ) {
@@ -293,15 +321,24 @@ void H2Connection::handshake() {
     watch_.blocked();
     return;
   }
-  failed_to_connect(ECONNRESET, io::TlsClient::failure(ssl_));
+  failed_to_connect(ECONNRESET, "TLS handshake: " + io::TlsClient::failure(ssl_));
 }
 
+// The backend's SETTINGS came: as many waiting streams as it takes go on
+// this connection, the others to another one (they have sent nothing yet).
 void H2Connection::up() {
   state_ = State::open;
-  for (H2Call* c = calls_; c; c = c->next_)
-    c->wake(false, true);
-  // The preface and SETTINGS go now; a response may be due already (TLS 1.3 tickets).
-  event();
+  uint32_t keep = std::max<uint32_t>(limit(), 1);
+  for (H2Call* c = calls_; c;) {
+    H2Call* next = c->next_;
+    if (keep) {
+      --keep;
+      c->wake(false, true);
+    } else {
+      client_.move(c, *this);
+    }
+    c = next;
+  }
 }
 
 void H2Connection::failed_to_connect(int error, std::string why) {
@@ -813,6 +850,14 @@ H2Call* H2Client::open(const upstream::Backend& backend,
   c->watch_ = &watch;
   c->loop_ = &loop_;
   c->tls_scheme_ = tls != nullptr;
+  place(c, backend, tls, idle_timeout);
+  return c;
+}
+
+// Puts `c` on a connection to `backend` with room, or on a new one.
+void H2Client::place(H2Call* c, const upstream::Backend& backend,
+                     const std::shared_ptr<const io::TlsClient>& tls,
+                     std::chrono::milliseconds idle_timeout) {
   if (backend.id >= by_backend_.size())
     by_backend_.resize(backend.id + 1);
   auto& list = by_backend_[backend.id];
@@ -821,7 +866,7 @@ H2Call* H2Client::open(const upstream::Backend& backend,
       conn->attach(c);
       if (conn->open())
         c->wake(false, true);
-      return c;
+      return;
     }
   // Connections that cannot take this stream (another pool's TLS settings
   // after a reload) take no new ones.
@@ -835,7 +880,11 @@ H2Call* H2Client::open(const upstream::Backend& backend,
   std::string why;
   if (int error = conn->start(backend, why))
     conn->failed_to_connect(error, why); // (gone; the call says why)
-  return c;
+}
+
+void H2Client::move(H2Call* c, H2Connection& from) {
+  from.detach(c);
+  place(c, from.target(), from.tls(), from.idle_timeout());
 }
 
 void H2Client::release(H2Call* c) {

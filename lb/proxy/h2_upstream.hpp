@@ -150,6 +150,11 @@ public:
 
 private:
   friend class H2Connection;
+  void place(H2Call* c, const upstream::Backend& backend,
+             const std::shared_ptr<const io::TlsClient>& tls,
+             std::chrono::milliseconds idle_timeout);
+  // A call that sent nothing yet goes to another connection (`from` has no room).
+  void move(H2Call* c, H2Connection& from);
   void forget(H2Connection* c);
   io::EventLoop& loop_;
   std::vector<std::vector<H2Connection*>> by_backend_;

@@ -260,7 +260,7 @@ void ClientConnection::on_stream_open() {
   if (call.error() && call.failure().empty())
     return connect_failed(call.error());
   if (call.error()) {
-    std::snprintf(x_->reason_, sizeof x_->reason_, "TLS handshake with %s failed: %s",
+    std::snprintf(x_->reason_, sizeof x_->reason_, "HTTP/2 connection to %s failed: %s",
                   x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
                   call.failure().c_str());
     io::log("pool %s: %s", x_->pool_->name().c_str(), x_->reason_);

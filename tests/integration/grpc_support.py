@@ -5,17 +5,20 @@ GOAWAY every few streams, and a backend that accepts and never answers.
     GrpcOrigin(name, tls=(cert, key) or None, health_file=None)  .addr .port .kill()
     Nghttpd(docroot)   .addr .port
     GoawayServer(every=N)   .addr .streams .connections
+    LimitedServer(max_streams=N, delay=S)   .addr .connections .most_at_once
     SilentServer()     .addr
     established_to(port): how many TCP connections to 127.0.0.1:port are established
 """
 
 import os
 import re
+import select
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import harness
 
@@ -131,10 +134,12 @@ class _ThreadedServer:
 
 
 class SilentServer(_ThreadedServer):
-    """Accepts and reads, never answers (an h2c backend that hangs)."""
+    """Accepts, sends an empty SETTINGS frame (its side of the HTTP/2 preface) and
+    reads, never answers (an h2c backend that hangs)."""
 
     def serve(self, c):
         try:
+            c.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
             while c.recv(65536):
                 pass
         except OSError:
@@ -190,6 +195,59 @@ class GoawayServer(_ThreadedServer):
                 c.sendall(conn.data_to_send())
                 if last is not None and not open_streams:
                     return
+        except Exception:
+            return
+        finally:
+            c.close()
+
+
+class LimitedServer(_ThreadedServer):
+    """HTTP/2 with prior knowledge (python3-h2) that allows `max_streams`
+    concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS) and
+    answers each request `delay` seconds after it ended, 200 "ok"."""
+
+    def __init__(self, max_streams=2, delay=0.3):
+        self.max_streams = max_streams
+        self.delay = delay
+        self.most_at_once = 0  # the most streams open at once on one connection
+        super().__init__()
+
+    def serve(self, c):
+        import h2.config
+        import h2.connection
+        import h2.events
+        import h2.settings
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+                                                                    header_encoding=None))
+        conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
+        conn.initiate_connection()
+        due = []  # (when, stream id)
+        open_streams = set()
+        try:
+            c.sendall(conn.data_to_send())
+            while True:
+                timeout = max(0.0, min(d[0] for d in due) - time.monotonic()) if due else None
+                ready, _, _ = select.select([c], [], [], timeout)
+                if ready:
+                    data = c.recv(65536)
+                    if not data:
+                        return
+                    for e in conn.receive_data(data):
+                        if isinstance(e, h2.events.RequestReceived):
+                            open_streams.add(e.stream_id)
+                            with self.lock:
+                                self.most_at_once = max(self.most_at_once, len(open_streams))
+                        if isinstance(e, h2.events.StreamEnded):
+                            due.append((time.monotonic() + self.delay, e.stream_id))
+                now = time.monotonic()
+                for item in [d for d in due if d[0] <= now]:
+                    due.remove(item)
+                    sid = item[1]
+                    conn.send_headers(sid, [(":status", "200"), ("content-length", "2")])
+                    conn.send_data(sid, b"ok", end_stream=True)
+                    open_streams.discard(sid)
+                c.sendall(conn.data_to_send())
         except Exception:
             return
         finally:

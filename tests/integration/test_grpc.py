@@ -19,7 +19,8 @@ python3-grpcio servers (tests/origin/grpc_origin.py) and clients from Debian:
 - HTTP/1.1 clients (wrk, keep-alive) through an h2c pool to nghttpd: 0
   errors, one or two connections to the backend per worker;
 - a backend that sends GOAWAY every 10 streams: every request answered, new
-  streams go to a new connection;
+  streams go to a new connection; one that allows 2 concurrent streams gets
+  another connection for more;
 - grpc-status in the access log and lb_grpc_responses_total;
 - `lb check` refuses h2 without tls, h2c with tls, a grpc check on an
   HTTP/1.1 pool, unknown protocols and service on an http check.
@@ -42,8 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 
 import harness  # noqa: E402
-from grpc_support import (GoawayServer, GrpcOrigin, Nghttpd, SilentServer,  # noqa: E402
-                          established_to)
+from grpc_support import (GoawayServer, GrpcOrigin, LimitedServer, Nghttpd,  # noqa: E402
+                          SilentServer, established_to)
 from harness import lb_check, wait_until  # noqa: E402
 
 
@@ -376,6 +377,33 @@ pools:
             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
         self.assertEqual(status, 501)
         self.assertIn(b"upgrades (WebSocket) are not carried", body)
+
+    def test_streams_beyond_the_backends_limit_open_another_connection(self):
+        server = LimitedServer(max_streams=2, delay=0.5)
+        self.addCleanup(server.cleanup)
+        lb = self.lb(self.config([server.addr]))
+        results = []
+        lock = threading.Lock()
+
+        def get():
+            status, _, body = harness.http(lb.port(), "GET", "/", timeout=10)
+            with lock:
+                results.append((status, body))
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=get) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - started
+        self.maxDiff = None
+        self.assertEqual(results, [(200, b"ok")] * 8)
+        # 8 requests at once, 2 streams per connection: 4 connections, all
+        # answered together (not 4 rounds of 0.5 s on one connection).
+        self.assertGreaterEqual(server.connections, 4)
+        self.assertLessEqual(server.most_at_once, 2)
+        self.assertLess(elapsed, 1.6)
 
     def test_goaway_moves_new_streams_to_a_new_connection(self):
         server = GoawayServer(every=10)
