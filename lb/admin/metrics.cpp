@@ -117,6 +117,10 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
   auto pooled = family("lb_backend_pooled_connections",
                        "Idle keep-alive connections to the backend, ready for the next request.",
                        MetricType::Gauge);
+  auto h2_backend = family("lb_backend_http2_connections",
+                           "HTTP/2 connections to the backend (pools with protocol h2 or h2c), "
+                           "each carrying many streams.",
+                           MetricType::Gauge);
   auto weight =
       family("lb_backend_weight",
              "The backend's current weight (from the config or the admin API).", MetricType::Gauge);
@@ -198,6 +202,9 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
             static_cast<double>(bt.active));
       gauge(pooled, {{"pool", pool.name()}, {"backend", backend.label}},
             static_cast<double>(bt.pooled));
+      if (pool.config().protocol != config::Protocol::http1)
+        gauge(h2_backend, {{"pool", pool.name()}, {"backend", backend.label}},
+              static_cast<double>(bt.h2_connections));
       gauge(weight, {{"pool", pool.name()}, {"backend", backend.label}},
             st.weight.load(std::memory_order_relaxed));
       counter(ejections, {{"pool", pool.name()}, {"backend", backend.label}},
@@ -298,15 +305,15 @@ std::vector<MetricFamily> MetricsCollector::Collect() const {
   gauge(build, {{"version", lb::version}}, 1);
 
   std::vector<MetricFamily> out;
-  for (MetricFamily* f : {&requests,         &duration,       &upstream_requests,
-                          &connect_errors,   &healthy,        &active,
-                          &pooled,           &weight,         &share,
-                          &connections,      &h2_connections, &h2_streams,
-                          &h2_goaways,       &bytes,          &retries,
-                          &budget_exhausted, &fail_open,      &grpc,
-                          &health_checks,    &ejections,      &rate_limited,
-                          &untracked,        &expiry,         &acme,
-                          &reloads,          &build})
+  for (MetricFamily* f : {&requests,       &duration,         &upstream_requests,
+                          &connect_errors, &healthy,          &active,
+                          &pooled,         &h2_backend,       &weight,
+                          &share,          &connections,      &h2_connections,
+                          &h2_streams,     &h2_goaways,       &bytes,
+                          &retries,        &budget_exhausted, &fail_open,
+                          &grpc,           &health_checks,    &ejections,
+                          &rate_limited,   &untracked,        &expiry,
+                          &acme,           &reloads,          &build})
     out.push_back(std::move(*f));
   if (cluster_) // (only with a cluster: block)
     for (MetricFamily* f : {&redis_up, &redis_trips, &redis_errors, &shared})

@@ -67,6 +67,7 @@ std::string status_json(const server::Server& server, double uptime_seconds, boo
                           {"in_rotation", effective > 0},
                           {"active_requests", bt.active},
                           {"pooled_connections", bt.pooled},
+                          {"http2_connections", bt.h2_connections},
                           {"requests", bt.requests()},
                           {"errors_5xx", bt.errors_5xx()},
                           {"connect_errors", bt.connect_errors},

@@ -78,6 +78,7 @@ Totals gather(const proxy::Runtime& runtime,
         tb.connect_errors += fb->connect_errors.get();
         tb.active += fb->active.get();
         tb.pooled += fb->pooled.get();
+        tb.h2_connections += fb->h2_connections.get();
       }
     }
   }

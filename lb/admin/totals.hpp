@@ -17,7 +17,8 @@ struct BackendTotals {
   std::map<int, uint64_t> responses; // by status code
   uint64_t connect_errors = 0;
   int64_t active = 0;
-  int64_t pooled = 0; // idle keep-alive connections
+  int64_t pooled = 0;         // idle keep-alive connections
+  int64_t h2_connections = 0; // HTTP/2 connections (pools with protocol h2, h2c)
   uint64_t requests() const;
   uint64_t errors_5xx() const;
 };

@@ -151,6 +151,7 @@ H2Connection::H2Connection(H2Client& client, uint32_t backend,
                                        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, stream_window}};
   nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, 2);
   nghttp2_session_set_local_window_size(session_, NGHTTP2_FLAG_NONE, 0, connection_window);
+  client_.counted(backend_, +1);
 }
 
 H2Connection::~H2Connection() {
@@ -158,6 +159,7 @@ H2Connection::~H2Connection() {
   if (ssl_)
     SSL_free(ssl_);
   client_.loop_.close(watch_);
+  client_.counted(backend_, -1);
 }
 
 // Starts the connect: 0, or the errno of a connect that failed at once

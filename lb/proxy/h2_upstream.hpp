@@ -147,6 +147,13 @@ public:
   // Closes every connection (its streams fail).
   void close_all();
   size_t connection_count() const;
+  // Told of every connection opened (+1) and closed (-1), by backend id (for
+  // a per-worker gauge).
+  using Counter = void (*)(void* context, uint32_t backend, int delta);
+  void count_connections_with(Counter counter, void* context) {
+    counter_ = counter;
+    counter_context_ = context;
+  }
 
 private:
   friend class H2Connection;
@@ -159,6 +166,12 @@ private:
   io::EventLoop& loop_;
   std::vector<std::vector<H2Connection*>> by_backend_;
   std::vector<H2Call*> free_calls_;
+  Counter counter_ = nullptr;
+  void* counter_context_ = nullptr;
+  void counted(uint32_t backend, int delta) {
+    if (counter_)
+      counter_(counter_context_, backend, delta);
+  }
 };
 
 } // namespace lb::proxy

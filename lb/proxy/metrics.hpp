@@ -146,6 +146,7 @@ struct BackendMetrics {
   Counter connect_errors; // lb_upstream_connect_errors_total
   Gauge active;           // lb_backend_active_requests
   Gauge pooled;           // lb_backend_pooled_connections: idle keep-alive connections
+  Gauge h2_connections;   // lb_backend_http2_connections: HTTP/2 connections (h2, h2c pools)
 };
 
 struct PoolMetrics {

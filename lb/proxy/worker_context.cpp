@@ -15,11 +15,20 @@ WorkerContext::WorkerContext(io::EventLoop& event_loop, unsigned worker_id,
         static_cast<WorkerMetrics*>(m)->backends.at(backend).pooled.add(delta);
       },
       metrics.get());
+  h2.count_connections_with(
+      [](void* m, uint32_t backend, int delta) {
+        static_cast<WorkerMetrics*>(m)->backends.at(backend).h2_connections.add(delta);
+      },
+      metrics.get());
   std::random_device rd;
   id_prefix = rd();
 }
 
 // The metrics go before the idle connections (declared after them).
-WorkerContext::~WorkerContext() { connections.count_idle_with(nullptr, nullptr); }
+WorkerContext::~WorkerContext() {
+  // (The counters' metrics go before the pools that call them.)
+  connections.count_idle_with(nullptr, nullptr);
+  h2.count_connections_with(nullptr, nullptr);
+}
 
 } // namespace lb::proxy

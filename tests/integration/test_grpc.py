@@ -351,9 +351,12 @@ pools:
         self.assertGreater(requests, 1000, out)
         self.assertNotIn("Non-2xx", out)
         self.assertNotIn("Socket errors", out)
-        # Few connections carry them all (at most one or two per worker).
+        # Few connections carry them all (at most one or two per worker), and
+        # the metric says how many.
         self.assertLessEqual(established_to(server.port), 4)
         self.assertGreaterEqual(established_to(server.port), 1)
+        self.assertEqual(lb.metric("lb_backend_http2_connections", pool="app",
+                                   backend=server.addr), established_to(server.port))
 
     def test_head_and_upgrades_through_an_h2c_pool(self):
         docroot = os.path.join(self.dir, "docroot-head")
@@ -403,6 +406,8 @@ pools:
         # answered together (not 4 rounds of 0.5 s on one connection).
         self.assertGreaterEqual(server.connections, 4)
         self.assertLessEqual(server.most_at_once, 2)
+        backend = [b for p in lb.status_json()["pools"] for b in p["backends"]][0]
+        self.assertEqual(backend["http2_connections"], server.connections)
         self.assertLess(elapsed, 1.6)
 
     def test_goaway_moves_new_streams_to_a_new_connection(self):
