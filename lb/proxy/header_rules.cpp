@@ -37,17 +37,18 @@ bool add_lines(const std::vector<std::pair<std::string, config::HeaderValue>>& l
   bool ok = true;
   for (const auto& [name, value] : lines) {
     if (!value.line.empty()) {
-      ok &= out.add(value.line);
+      ok &= out.put(value.line);
       continue;
     }
-    ok &= out.add(name);
-    ok &= out.add(std::string_view(": "));
+    ok &= out.put(name);
+    ok &= out.put(std::string_view(": "));
+    // The host and a request id may be the client's bytes: by reference.
     for (const auto& [part, text] : value.parts)
-      ok &= out.add(part == Part::text        ? std::string_view(text)
-                    : part == Part::client_ip ? vars.client_ip
-                    : part == Part::host      ? vars.host
-                                              : vars.request_id);
-    ok &= out.add(std::string_view("\r\n"));
+      ok &= part == Part::text        ? out.put(text)
+            : part == Part::client_ip ? out.put(vars.client_ip)
+            : part == Part::host      ? out.add(vars.host)
+                                      : out.add(vars.request_id);
+    ok &= out.put(std::string_view("\r\n"));
   }
   return ok;
 }
@@ -132,10 +133,10 @@ bool write_request_head(const http::Head& head, const RequestRules& rules, Outbo
     ok &= out.add(seg, static_cast<size_t>(head.target.p - seg));
     std::string_view rest(path, static_cast<size_t>(target_end - path));
     if (rewrite_path && rest.starts_with(route->match.path_prefix)) {
-      ok &= out.add(route->rewrite_prefix);
+      ok &= out.put(route->rewrite_prefix);
       path += route->match.path_prefix.size();
     } else if (path == target_end || *path != '/') {
-      ok &= out.add(std::string_view("/"));
+      ok &= out.put(std::string_view("/"));
     }
     if (path != target_end)
       ok &= out.add(path, static_cast<size_t>(target_end - path));
@@ -152,9 +153,9 @@ bool write_request_head(const http::Head& head, const RequestRules& rules, Outbo
                (h.field == Field::host && rewrite_host) || edited_away(edits, h.name.view());
     if (static_cast<int>(i) == last_xff) {
       ok &= out.add(seg, static_cast<size_t>(h.value.end() - seg));
-      ok &= out.add(std::string_view(", "));
-      ok &= out.add(rules.client_ip);
-      ok &= out.add(std::string_view("\r\n"));
+      ok &= out.put(std::string_view(", "));
+      ok &= out.put(rules.client_ip);
+      ok &= out.put(std::string_view("\r\n"));
       seg = h.line_end;
     } else if (cut) {
       ok &= out.add(seg, static_cast<size_t>(h.line_start - seg));
@@ -164,60 +165,60 @@ bool write_request_head(const http::Head& head, const RequestRules& rules, Outbo
   ok &= out.add(seg, static_cast<size_t>(head.end_of_fields() - seg));
 
   if (rules.forwarded_for != FF::off && last_xff < 0) {
-    ok &= out.add(std::string_view("X-Forwarded-For: "));
-    ok &= out.add(rules.client_ip);
-    ok &= out.add(std::string_view("\r\n"));
+    ok &= out.put(std::string_view("X-Forwarded-For: "));
+    ok &= out.put(rules.client_ip);
+    ok &= out.put(std::string_view("\r\n"));
   }
-  ok &= out.add(rules.https ? std::string_view("X-Forwarded-Proto: https\r\n")
+  ok &= out.put(rules.https ? std::string_view("X-Forwarded-Proto: https\r\n")
                             : std::string_view("X-Forwarded-Proto: http\r\n"));
   http::Span host = rules.authority;
   if (rules.authority.empty())
     if (const http::Header* h = head.find(Field::host))
       host = h->value;
   if (rewrite_host) {
-    ok &= out.add(std::string_view("Host: "));
-    ok &= out.add(route->rewrite_host);
-    ok &= out.add(std::string_view("\r\n"));
+    ok &= out.put(std::string_view("Host: "));
+    ok &= out.put(route->rewrite_host);
+    ok &= out.put(std::string_view("\r\n"));
   } else if (!rules.authority.empty()) {
-    ok &= out.add(std::string_view("Host: "));
+    ok &= out.put(std::string_view("Host: "));
     ok &= out.add(rules.authority.p, rules.authority.n);
-    ok &= out.add(std::string_view("\r\n"));
+    ok &= out.put(std::string_view("\r\n"));
   }
   if (!host.empty()) {
-    ok &= out.add(std::string_view("X-Forwarded-Host: "));
+    ok &= out.put(std::string_view("X-Forwarded-Host: "));
     ok &= out.add(host.p, host.n);
-    ok &= out.add(std::string_view("\r\n"));
+    ok &= out.put(std::string_view("\r\n"));
   }
   if (!rules.client_cert.empty()) {
-    ok &= out.add(std::string_view("X-Forwarded-Client-Cert: "));
-    ok &= out.add(rules.client_cert);
-    ok &= out.add(std::string_view("\r\n"));
+    ok &= out.put(std::string_view("X-Forwarded-Client-Cert: "));
+    ok &= out.put(rules.client_cert);
+    ok &= out.put(std::string_view("\r\n"));
   }
-  ok &= out.add(rules.max_forwards_line);
+  ok &= out.put(rules.max_forwards_line);
   const http::Header* te = head.find(Field::te);
   bool te_trailers = te && http::has_token(te->value.view(), "trailers");
   if (te_trailers)
-    ok &= out.add(std::string_view("TE: trailers\r\n"));
+    ok &= out.put(std::string_view("TE: trailers\r\n"));
   if (rules.via)
-    ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
+    ok &= out.put(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
                                   : std::string_view("Via: 1.1 lb\r\n"));
   if (!rules.request_id.empty()) {
-    ok &= out.add(rules.request_id_header);
-    ok &= out.add(std::string_view(": "));
-    ok &= out.add(rules.request_id);
-    ok &= out.add(std::string_view("\r\n"));
+    ok &= out.put(rules.request_id_header);
+    ok &= out.put(std::string_view(": "));
+    ok &= out.put(rules.request_id);
+    ok &= out.put(std::string_view("\r\n"));
   }
   ok &= add_edited_fields(edits, rules.vars, out);
   // TE is a connection option: whoever sends it names it in Connection (RFC 9110 §10.1.4).
   if (rules.upgrade)
-    ok &= out.add(te_trailers ? std::string_view("Connection: upgrade, TE\r\n")
+    ok &= out.put(te_trailers ? std::string_view("Connection: upgrade, TE\r\n")
                               : std::string_view("Connection: upgrade\r\n"));
   else if (head.minor == 0)
-    ok &= out.add(te_trailers ? std::string_view("Connection: keep-alive, TE\r\n")
+    ok &= out.put(te_trailers ? std::string_view("Connection: keep-alive, TE\r\n")
                               : std::string_view("Connection: keep-alive\r\n"));
   else if (te_trailers)
-    ok &= out.add(std::string_view("Connection: TE\r\n"));
-  ok &= out.add(std::string_view("\r\n"));
+    ok &= out.put(std::string_view("Connection: TE\r\n"));
+  ok &= out.put(std::string_view("\r\n"));
   return ok;
 }
 
@@ -255,19 +256,19 @@ bool write_response_head(const http::Head& head, const ResponseShape& shape,
   ok &= add_edited_fields(edits, rules.vars, out);
   if (shape.switching) {
     if (rules.via)
-      ok &= out.add(std::string_view("Via: 1.1 lb\r\n"));
-    ok &= out.add(std::string_view("Connection: upgrade\r\n"));
+      ok &= out.put(std::string_view("Via: 1.1 lb\r\n"));
+    ok &= out.put(std::string_view("Connection: upgrade\r\n"));
   } else if (!shape.interim) {
     if (rules.via)
-      ok &= out.add(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
+      ok &= out.put(head.minor == 0 ? std::string_view("Via: 1.0 lb\r\n")
                                     : std::string_view("Via: 1.1 lb\r\n"));
-    ok &= out.add(rules.set_cookie_line);
+    ok &= out.put(rules.set_cookie_line);
     if (!rules.keep_client)
-      ok &= out.add(std::string_view("Connection: close\r\n"));
+      ok &= out.put(std::string_view("Connection: close\r\n"));
     else if (rules.client_http10)
-      ok &= out.add(std::string_view("Connection: keep-alive\r\n"));
+      ok &= out.put(std::string_view("Connection: keep-alive\r\n"));
   }
-  ok &= out.add(std::string_view("\r\n"));
+  ok &= out.put(std::string_view("\r\n"));
   return ok;
 }
 

@@ -280,6 +280,43 @@ TEST(OutboxTest, IsBounded) {
   EXPECT_EQ(out.text(), "x");
 }
 
+TEST(OutboxTest, LbsOwnBytesJoinIntoOneSliceAndThePeersStayInPlace) {
+  std::string peer = "GET / HTTP/1.1\r\nHost: h\r\n";
+  Outbox out;
+  ASSERT_TRUE(out.add(peer));
+  ASSERT_TRUE(out.put("X-Forwarded-For: "));
+  std::string ip = "192.0.2.7";
+  ASSERT_TRUE(out.put(ip));
+  ip = "changed"; // put() copied it
+  ASSERT_TRUE(out.put("\r\n"));
+  ASSERT_TRUE(out.add(peer.data() + 22, 1)); // the peer's "h": by reference
+  ASSERT_TRUE(out.put("\r\n\r\n"));
+  EXPECT_EQ(out.count, 4u);
+  EXPECT_EQ(out.v[0].iov_base, peer.data());
+  EXPECT_EQ(out.v[2].iov_base, peer.data() + 22);
+  EXPECT_EQ(out.text(), "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 192.0.2.7\r\nh\r\n\r\n");
+  // Written in part, then added to: the written part is not joined again.
+  out.advance(out.text().size() - 2);
+  ASSERT_TRUE(out.put("ab"));
+  EXPECT_EQ(out.text(), "\r\nab");
+  out.clear();
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(out.own_used, 0u);
+}
+
+TEST(OutboxTest, PutBeyondItsSpaceAddsByReference) {
+  Outbox out;
+  std::string big(sizeof out.own - 10, 'a');
+  ASSERT_TRUE(out.put(big));
+  std::string more(20, 'b');
+  ASSERT_TRUE(out.put(more)); // does not fit: a slice of `more` itself
+  ASSERT_EQ(out.count, 2u);
+  EXPECT_EQ(out.v[1].iov_base, more.data());
+  ASSERT_TRUE(out.put("c")); // fits: copied, after the referenced slice
+  EXPECT_EQ(out.count, 3u);
+  EXPECT_EQ(out.text(), big + more + "c");
+}
+
 config::HeaderValue
 value_of(std::initializer_list<std::pair<config::HeaderValue::Part, std::string>> parts) {
   config::HeaderValue v;
