@@ -1,5 +1,6 @@
 #include "lb/http/parser.hpp"
 
+#include <array>
 #include <cstring>
 
 namespace lb::http {
@@ -14,6 +15,45 @@ void extend(Span& s, const char* at, size_t len) {
   if (!s.p)
     s.p = at;
   s.n = static_cast<uint32_t>(at + len - s.p);
+}
+
+// What a byte may be, looked up once per byte on the hot path.
+enum : uint8_t {
+  kToken = 1,      // tchar (RFC 9110 §5.6.2)
+  kHostChar = 2,   // in a Host value: reg-name characters, an IP literal, a port
+  kNotInValue = 4, // CR, LF, NUL: never inside a field value
+};
+
+constexpr std::array<uint8_t, 256> make_classes() {
+  std::array<uint8_t, 256> t{};
+  for (int c = 0; c < 256; ++c) {
+    bool alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+    if (alnum)
+      t[c] |= kToken | kHostChar;
+  }
+  for (unsigned char c : std::string_view("!#$%&'*+-.^_`|~"))
+    t[c] |= kToken;
+  for (unsigned char c : std::string_view("-._~!$&'()*+,;=:[]%"))
+    t[c] |= kHostChar;
+  t['\r'] |= kNotInValue;
+  t['\n'] |= kNotInValue;
+  t[0] |= kNotInValue;
+  return t;
+}
+
+constexpr std::array<uint8_t, 256> kClasses = make_classes();
+
+inline bool has_class(char c, uint8_t cls) { return kClasses[static_cast<unsigned char>(c)] & cls; }
+
+// Whether a token equals a lowercase name (letters and '-') of the same
+// length, whatever the token's case. For a token character, c | 0x20 is its
+// lowercase when c is a letter, and no other token character becomes a
+// letter or '-' that way.
+template <size_t N> bool is_name(std::string_view token, const char (&name)[N]) {
+  for (size_t i = 0; i + 1 < N; ++i)
+    if ((token[i] | 0x20) != name[i])
+      return false;
+  return true;
 }
 
 Span trim(Span s) {
@@ -56,17 +96,11 @@ Parser::Parser(Kind kind) : kind_(kind) {
   parser_.data = this;
 }
 
-// RFC 9110 §5.6.2: tchar.
-static bool is_tchar(unsigned char c) {
-  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-         (c != 0 && std::strchr("!#$%&'*+-.^_`|~", c) != nullptr);
-}
-
 // Whether [p, end) continues a request line with a well-formed method token
 // (from p on), target and HTTP/1.x version: then an unknown method is a 501,
 // not a malformed request (RFC 9110 §15.6.2).
 static bool well_formed_request_line(const char* p, const char* end) {
-  while (p < end && is_tchar(static_cast<unsigned char>(*p)))
+  while (p < end && has_class(*p, kToken))
     ++p;
   if (p == end || *p++ != ' ')
     return false;
@@ -201,12 +235,9 @@ int Parser::on_header_field(llhttp_t* p, const char* at, size_t len) {
 static bool is_token(std::string_view s) {
   if (s.empty())
     return false;
-  for (unsigned char c : s) {
-    bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              std::strchr("!#$%&'*+-.^_`|~", c) != nullptr;
-    if (!ok || c == 0)
+  for (char c : s)
+    if (!has_class(c, kToken))
       return false;
-  }
   return true;
 }
 
@@ -241,7 +272,7 @@ int Parser::on_header_value_complete(llhttp_t* p) {
   // proxy refuse it, and we do, rather than forward a line others may split.
   for (uint32_t i = 0; i < h.value.n; ++i) {
     char c = h.value.p[i];
-    if (c == '\r' || c == '\n' || c == '\0') {
+    if (has_class(c, kNotInValue)) {
       s.error_reason_ = c == '\0' ? "NUL in a header value" : "folded or broken header line";
       return -1;
     }
@@ -336,12 +367,9 @@ const char* Parser::check_framing() const {
     if (++hosts > 1)
       return "more than one Host header";
     // uri-host [ ":" port ]: reg-name characters, an IP literal, digits.
-    for (char c : h.value.view()) {
-      bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                std::strchr("-._~!$&'()*+,;=:[]%", c) != nullptr;
-      if (!ok || c == 0)
+    for (char c : h.value.view())
+      if (!has_class(c, kHostChar))
         return "invalid Host header";
-    }
   }
   if (head_.major == 1 && head_.minor == 1 && hosts == 0)
     return "missing Host header";
@@ -349,59 +377,59 @@ const char* Parser::check_framing() const {
 }
 
 Field Parser::classify(std::string_view n) const {
-  if (!request_id_name_.empty() && iequals(n, request_id_name_))
+  if (n.size() == request_id_name_.size() && !n.empty() && iequals(n, request_id_name_))
     return Field::request_id;
   switch (n.size()) {
   case 2:
-    if (iequals(n, "te"))
+    if (is_name(n, "te"))
       return Field::te;
     break;
   case 3:
-    if (iequals(n, "via"))
+    if (is_name(n, "via"))
       return Field::via;
     break;
   case 4:
-    if (iequals(n, "host"))
+    if (is_name(n, "host"))
       return Field::host;
     break;
   case 7:
-    if (iequals(n, "trailer"))
+    if (is_name(n, "trailer"))
       return Field::trailer;
-    if (iequals(n, "upgrade"))
+    if (is_name(n, "upgrade"))
       return Field::upgrade;
     break;
   case 10:
-    if (iequals(n, "connection"))
+    if (is_name(n, "connection"))
       return Field::connection;
-    if (iequals(n, "keep-alive"))
+    if (is_name(n, "keep-alive"))
       return Field::keep_alive;
     break;
   case 12:
-    if (iequals(n, "max-forwards"))
+    if (is_name(n, "max-forwards"))
       return Field::max_forwards;
     break;
   case 14:
-    if (iequals(n, "content-length"))
+    if (is_name(n, "content-length"))
       return Field::content_length;
     break;
   case 15:
-    if (iequals(n, "x-forwarded-for"))
+    if (is_name(n, "x-forwarded-for"))
       return Field::x_forwarded_for;
     break;
   case 16:
-    if (iequals(n, "proxy-connection"))
+    if (is_name(n, "proxy-connection"))
       return Field::proxy_connection;
-    if (iequals(n, "x-forwarded-host"))
+    if (is_name(n, "x-forwarded-host"))
       return Field::x_forwarded_host;
     break;
   case 17:
-    if (iequals(n, "transfer-encoding"))
+    if (is_name(n, "transfer-encoding"))
       return Field::transfer_encoding;
-    if (iequals(n, "x-forwarded-proto"))
+    if (is_name(n, "x-forwarded-proto"))
       return Field::x_forwarded_proto;
     break;
   case 23:
-    if (iequals(n, "x-forwarded-client-cert"))
+    if (is_name(n, "x-forwarded-client-cert"))
       return Field::x_forwarded_client_cert;
     break;
   }

@@ -118,6 +118,51 @@ TEST(ParserTest, SmugglingFormsAreErrors) {
   }
 }
 
+TEST(ParserTest, FieldNamesAreKnownWhateverTheirCaseAndOnlyThen) {
+  Parser p(Parser::Kind::request);
+  p.set_request_id_header("X-Request-Id");
+  std::string text =
+      "GET / HTTP/1.1\r\nhOsT: h\r\nCONTENT-length: 0\r\nX-FORWARDED-FOR: 1.2.3.4\r\n"
+      "Transfer_Encoding: chunked\r\nX-Forwarded~For: x\r\nConnectio^: close\r\n"
+      "Keep-Alive0: x\r\nx-request-id: abc\r\nTE: trailers\r\n\r\n";
+  ASSERT_EQ(parse_head(p, text), text.size());
+  const Head& h = p.head();
+  ASSERT_EQ(h.count, 9u);
+  EXPECT_EQ(h.headers[0].field, Field::host);
+  EXPECT_EQ(h.headers[1].field, Field::content_length);
+  EXPECT_EQ(h.headers[2].field, Field::x_forwarded_for);
+  // Token characters that are not letters never stand for one or for '-'.
+  EXPECT_EQ(h.headers[3].field, Field::other);
+  EXPECT_EQ(h.headers[4].field, Field::other);
+  EXPECT_EQ(h.headers[5].field, Field::other);
+  EXPECT_FALSE(h.headers[5].hop_by_hop);
+  EXPECT_EQ(h.headers[6].field, Field::other);
+  EXPECT_EQ(h.headers[7].field, Field::request_id);
+  EXPECT_EQ(h.headers[8].field, Field::te);
+  EXPECT_FALSE(h.chunked);
+}
+
+TEST(ParserTest, BadBytesInNamesAndValuesAreErrors) {
+  const std::string bad[] = {
+      std::string("GET / HTTP/1.1\r\nHost: h\r\nX-A\x01: x\r\n\r\n"),
+      std::string("GET / HTTP/1.1\r\nHost: h\r\nX-\x80: x\r\n\r\n"),
+      std::string("GET / HTTP/1.1\r\nHost: h\r\nX-A: a") + '\0' + "b\r\n\r\n",
+      std::string("GET / HTTP/1.1\r\nHost: h\r\nX-A: a\rb\r\n\r\n"),
+      std::string("GET / HTTP/1.1\r\nHost: h/x\r\n\r\n"),
+      std::string("GET / HTTP/1.1\r\nHost: h\"x\r\n\r\n"),
+  };
+  for (const std::string& s : bad) {
+    Parser p(Parser::Kind::request);
+    auto r = p.feed(s.data(), s.data() + s.size());
+    EXPECT_EQ(r.event, Event::error) << s;
+    EXPECT_NE(p.error_reason(), nullptr) << s;
+  }
+  // Every Host character RFC 3986 allows in a reg-name, an IP literal and a port.
+  Parser p(Parser::Kind::request);
+  std::string ok = "GET / HTTP/1.1\r\nHost: a-b.c_d~e!f$g&h'i(j)k*l+m,n;o=p%41[::1]:80\r\n\r\n";
+  EXPECT_EQ(parse_head(p, ok), ok.size());
+}
+
 TEST(ParserTest, RequestLinePartsAreSeparatedBySingleSpaces) {
   const char* bad[] = {
       "GET  / HTTP/1.1\r\nHost: h\r\n\r\n",
