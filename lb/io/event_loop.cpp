@@ -1,5 +1,7 @@
 #include "lb/io/event_loop.hpp"
 
+#include "lb/io/sys.hpp"
+
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -184,7 +186,7 @@ int EventLoop::wait_ms() const {
 void EventLoop::run() {
   epoll_event events[max_events];
   while (!stopped_.load(std::memory_order_acquire)) {
-    int n = ::epoll_wait(epfd_, events, max_events, wait_ms());
+    int n = sys::epoll_wait(epfd_, events, max_events, wait_ms());
     now_ = Clock::now();
     ++passes_;
     for (int i = 0; i < n; ++i)

@@ -6,6 +6,8 @@
 
 #include "lb/proxy/client_connection.hpp"
 
+#include "lb/io/sys.hpp"
+
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -53,7 +55,7 @@ inline int write_some(io::Watch& w, Outbox& out, uint64_t& written) {
     size_t asked = 0;
     for (unsigned i = out.first; i < out.count; ++i)
       asked += out.v[i].iov_len;
-    ssize_t n = ::sendmsg(w.fd, &m, MSG_NOSIGNAL);
+    ssize_t n = io::sys::sendmsg(w.fd, &m, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR)
         continue;
@@ -78,7 +80,7 @@ inline ssize_t plain_recv(io::Watch& w, char* p, size_t n) {
     errno = EAGAIN;
     return -1;
   }
-  ssize_t r = ::recv(w.fd, p, n, 0);
+  ssize_t r = io::sys::recv(w.fd, p, n, 0);
   if (r < 0 ? errno == EAGAIN || errno == EWOULDBLOCK : static_cast<size_t>(r) < n)
     w.drained();
   return r;
