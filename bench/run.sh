@@ -22,7 +22,7 @@
 # idle_client.py's for idle).
 #
 # Environment overrides: LB_BIN, LB_BASE_BIN (--proxies "lb lb-base ..."), FORWARD_PROBE (--proxies
-# "relay-epoll relay-uring": an L4 relay on epoll or io_uring), ORIGIN_BIN, RATE_CLIENT, HAPROXY, NGINX, WRK,
+# "relay-epoll relay-uring relay-splice": an L4 relay on epoll, io_uring, or epoll moving bytes by splice), ORIGIN_BIN, RATE_CLIENT, HAPROXY, NGINX, WRK,
 # PYTHON, PROXY_CPU, LOAD_CPU, AB, VALGRIND.
 
 # shellcheck disable=SC2059 # HEAD_FMT: one printf format shared by header and rows
@@ -357,12 +357,14 @@ start_proxy() {
             done
         fi
         ;;
-    relay-epoll | relay-uring)
-        # bench/forward_probe: an L4 relay, no HTTP, with lb's epoll discipline
-        # or with io_uring: what io_uring would save lb's loop (one worker).
+    relay-epoll | relay-uring | relay-splice)
+        # bench/forward_probe: an L4 relay, no HTTP, with lb's epoll discipline,
+        # with io_uring, or with lb's discipline moving the bytes by splice
+        # through a pipe: what io_uring or splice would save lb (one worker).
         [[ -x $FORWARD_PROBE ]] || { START_ERR="no binary $FORWARD_PROBE (needs liburing-dev)"; return 1; }
         local io=epoll
         [[ $name == relay-uring ]] && io=io_uring
+        [[ $name == relay-splice ]] && io=splice
         taskset -c "$cpus" "${PROXY_WRAP[@]}" "$FORWARD_PROBE" --io "$io" --listen "127.0.0.1:$PROXY_PORT" \
             --origin "${ORIGINS[0]}" --origin "${ORIGINS[1]}" >"$dir/stdout.log" 2>"$dir/stderr.log" &
         PROXY_PID=$!
@@ -939,7 +941,7 @@ version_of() {
         ;;
     haproxy) "$HAPROXY" -v 2>/dev/null | head -1 | cut -d' ' -f1-3 ;;
     nginx) "$NGINX" -v 2>&1 | head -1 | sed 's/^nginx version: //' ;;
-    relay-epoll | relay-uring) echo "bench/forward_probe --io ${1#relay-} (an L4 relay, no HTTP)" ;;
+    relay-epoll | relay-uring | relay-splice) echo "bench/forward_probe --io ${1#relay-} (an L4 relay, no HTTP)" ;;
     esac
 }
 
@@ -1033,17 +1035,18 @@ for scn in $SCENARIOS; do
             SUMMARY+=("$scn $other $r $c $l")
         done
     fi
-    if [[ " $PROXIES " == *" relay-epoll "* && " $PROXIES " == *" relay-uring "* ]] && ! ((IDLE || INSN)); then
+    for relay in uring splice; do
+        [[ " $PROXIES " == *" relay-epoll "* && " $PROXIES " == *" relay-$relay "* ]] && ! ((IDLE || INSN)) || continue
         if ((SYSCALLS)); then
             b="n/a"
-            [[ ${R_STATUS[$scn:relay-uring]:-} == ok && ${R_STATUS[$scn:relay-epoll]:-} == ok ]] &&
-                b=$(ratio "${R_SC[$scn:relay-uring]}" "${R_SC[$scn:relay-epoll]}")
-            say "  relay io_uring/epoll: syscalls/req $b"
+            [[ ${R_STATUS[$scn:relay-$relay]:-} == ok && ${R_STATUS[$scn:relay-epoll]:-} == ok ]] &&
+                b=$(ratio "${R_SC[$scn:relay-$relay]}" "${R_SC[$scn:relay-epoll]}")
+            say "  relay $relay/epoll: syscalls/req $b"
         else
-            read -r r c l <<<"$(ratio_cells "$scn" relay-epoll relay-uring)"  # uring over epoll
-            say "  relay io_uring/epoll: req/s $r  CPU/req $c  p99 $l"
+            read -r r c l <<<"$(ratio_cells "$scn" relay-epoll "relay-$relay")" # relay-$relay over epoll
+            say "  relay $relay/epoll: req/s $r  CPU/req $c  p99 $l"
         fi
-    fi
+    done
     TLS=0 FIXED_RATE=0 IDLE=0 SYSCALLS=0 INSN=0 H2=0 RULES=0 GRPC=0
 done
 
