@@ -1,5 +1,6 @@
 #include "lb/http/parser.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -167,6 +168,19 @@ void Parser::reset() {
   upgrade_ = false;
   too_many_headers_ = false;
   error_reason_ = nullptr;
+}
+
+uint64_t Parser::body_left() const {
+  bool by_length = (parser_.flags & F_CONTENT_LENGTH) && !(parser_.flags & F_CHUNKED);
+  return in_message_ && !in_head_ && !body_until_eof_ && by_length ? parser_.content_length : 0;
+}
+
+void Parser::skip_body(uint64_t n) {
+  n = std::min<uint64_t>(n, body_left());
+  parser_.content_length -= n;
+  body_bytes_ += n;
+  if (parser_.content_length == 0)
+    in_message_ = false; // (the next message starts from reset())
 }
 
 bool Parser::finish_at_eof() {

@@ -50,6 +50,12 @@ public:
   bool body_until_eof() const { return body_until_eof_; }
   bool upgrade() const { return upgrade_; }
   uint64_t body_bytes() const { return body_bytes_; }
+  // A body framed by Content-Length under way: its bytes still to come (0
+  // for any other framing, or outside a body).
+  uint64_t body_left() const;
+  // `n` (at most body_left()) of those bytes went by without feed() (spliced
+  // from socket to socket); the message ends with the last of them.
+  void skip_body(uint64_t n);
   // Responses to HTTP/1.0 clients: body bytes of the next feed() are moved down
   // to `out` as they are decoded, without the chunk framing (the caller sends
   // [out, dechunked_end()) instead of the raw bytes). nullptr: off.

@@ -283,7 +283,7 @@ void ClientConnection::release_exchange() {
   if (!x_)
     return;
   client_out_ = nullptr; // a write of this exchange
-  if (x_->conn_ || x_->active_backend_ >= 0)
+  if (x_->conn_ || x_->active_backend_ >= 0 || x_->pipe_)
     release_backend(false);
   worker_.buffers.release(x_->client_tls_stage_);
   worker_.buffers.release(x_->backend_tls_stage_);
@@ -1160,7 +1160,7 @@ void ClientConnection::finish_request_state() {
   bool keep = keep_client_ && !closed_ && x_->req_done_ && !worker_.draining && !stream_;
   bool request_read = x_->req_done_;
   // Per-request state back to its start (a backend still held is let go).
-  if (x_->conn_ || x_->active_backend_ >= 0 || x_->ubuf_)
+  if (x_->conn_ || x_->active_backend_ >= 0 || x_->ubuf_ || x_->pipe_)
     release_backend(false);
   worker_.buffers.release(x_->client_tls_stage_);
   worker_.buffers.release(x_->backend_tls_stage_);

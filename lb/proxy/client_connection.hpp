@@ -174,6 +174,10 @@ private:
   void on_response_head();
   void on_response_bytes_sent();
   void on_response_complete();
+  // A long Content-Length body, socket to socket through a pipe (splice).
+  bool splice_possible() const;
+  void splice_body();
+  void on_splice_writable();
   // ---- Upgraded connections (tunnel.cpp): bytes both ways until either side ends.
   void start_tunnel();
   void pump_up();   // client -> backend

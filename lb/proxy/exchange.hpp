@@ -10,6 +10,7 @@
 
 #include "lb/http/parser.hpp"
 #include "lb/io/buffer_pool.hpp"
+#include "lb/io/pipe_pool.hpp"
 #include "lb/io/timeouts.hpp"
 #include "lb/proxy/local_answer.hpp"
 #include "lb/proxy/outbox.hpp"
@@ -89,6 +90,7 @@ struct ExchangeFields {
   io::Buffer* client_tls_stage_ = nullptr;  // gathers a write for SSL_write (HTTPS listener)
   io::Buffer* backend_tls_stage_ = nullptr; // ... toward an HTTPS backend
   io::Buffer* ubuf_ = nullptr;              // response bytes from the backend
+  io::Pipe* pipe_ = nullptr;                // ... or a long body's, spliced to the client
   uint32_t u_len_ = 0;
   uint32_t u_parsed_ = 0;
   uint32_t u_sent_ = 0; // response bytes of the buffer queued to the client

@@ -410,6 +410,91 @@ void ClientConnection::on_request_bytes_sent() {
 
 void ClientConnection::do_read_response() { read_response(); }
 
+// Long response bodies are not copied through lb: once a response's head and
+// the body bytes read with it are out, a body framed by Content-Length with
+// at least this much still to come goes from the backend's socket to the
+// client's through a pipe (splice_body). Below it, copying costs less than
+// the pipe's extra system calls. A response's first read takes at most this
+// much too, so a long body is spliced from there on.
+static constexpr uint64_t splice_from = 16 * 1024;
+
+// Splicing needs plain sockets on both sides (TLS encrypts in user space), an
+// HTTP/1.1 client connection and backend (HTTP/2 frames the bytes) and the
+// body passed on as it comes (no dechunking for an HTTP/1.0 client).
+bool ClientConnection::splice_possible() const {
+  return !ssl_ && !stream_ && !x_->h2_ && x_->conn_ && !x_->conn_->ssl && !x_->dechunk_ &&
+         !x_->tunnel_pending_ && !x_->in_response_head_;
+}
+
+void ClientConnection::splice_body() {
+  io::Pipe& pipe = *x_->pipe_;
+  io::Watch& from = x_->conn_->watch;
+  for (;;) {
+    if (pipe.held > 0) {
+      ssize_t n = client_.out_ready ? ::splice(pipe.r, nullptr, client_.fd, nullptr, pipe.held,
+                                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+                                    : (errno = EAGAIN, -1);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n > 0) {
+        pipe.held -= static_cast<size_t>(n);
+        x_->bytes_out_ += static_cast<uint64_t>(n);
+      }
+      if (n <= 0 && errno != EAGAIN)
+        return close(); // the client is gone
+      if (pipe.held > 0) {
+        // The client's socket is full: wait for room (the pipe holds the rest).
+        client_.blocked();
+        x_->client_writing_ = true;
+        return wait_client_out(&ClientConnection::on_splice_writable, false);
+      }
+    }
+    uint64_t left = x_->resp_.body_left();
+    if (left == 0) {
+      // The whole body is with the client.
+      worker_.pipes.release(std::exchange(x_->pipe_, nullptr));
+      x_->resp_done_ = true;
+      return on_response_complete();
+    }
+    if (!from.in_ready && !from.hangup)
+      return wait_backend_in(&ClientConnection::splice_body);
+    ssize_t n = ::splice(from.fd, nullptr, pipe.w, nullptr,
+                         static_cast<size_t>(std::min<uint64_t>(left, io::PipePool::capacity)),
+                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+      pipe.held = static_cast<size_t>(n);
+      x_->resp_.skip_body(static_cast<uint64_t>(n));
+      arm(Timer::exchange);
+      // Long bodies on fast sockets: let other connections run now and then.
+      if (++x_->response_chain_ % 16 == 0) {
+        if (x_->resp_.body_left() > 0 || pipe.held > 0)
+          return backend_in_next_pass(&ClientConnection::splice_body);
+      }
+      continue;
+    }
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && errno == EAGAIN) {
+      // (A short splice is not taken as drained: the pipe may have run out
+      // of slots before the socket ran out of bytes. EAGAIN says it.)
+      from.drained();
+      return wait_backend_in(&ClientConnection::splice_body);
+    }
+    std::snprintf(x_->reason_, sizeof x_->reason_, "%s %s",
+                  x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
+                  n == 0 ? "closed the connection mid-response" : "reset the connection");
+    x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::server_error);
+    return backend_failed(Failure::backend, x_->reason_);
+  }
+}
+
+void ClientConnection::on_splice_writable() {
+  x_->client_writing_ = false;
+  if (timer_kind_ == Timer::exchange)
+    arm(Timer::exchange);
+  splice_body();
+}
+
 void ClientConnection::read_response() {
   for (;;) {
     if (!x_->ubuf_)
@@ -418,7 +503,10 @@ void ClientConnection::read_response() {
       // Only a head can fill the buffer (a body is sent on as it comes).
       return backend_failed(Failure::backend, "response head too large");
     }
-    ssize_t n = backend_recv(x_->ubuf_->data() + x_->u_len_, x_->ubuf_->capacity - x_->u_len_);
+    size_t room = x_->ubuf_->capacity - x_->u_len_;
+    if (x_->u_len_ == 0 && !x_->resp_started_ && splice_possible())
+      room = std::min<size_t>(room, splice_from); // a long body is spliced after this
+    ssize_t n = backend_recv(x_->ubuf_->data() + x_->u_len_, room);
     if (n > 0) {
       x_->u_len_ += static_cast<uint32_t>(n);
       arm(Timer::exchange);
@@ -613,6 +701,13 @@ void ClientConnection::on_response_bytes_sent() {
   }
   if (x_->resp_done_)
     return on_response_complete();
+  if (x_->resp_.body_left() >= splice_from && splice_possible() && !x_->pipe_ &&
+      (x_->pipe_ = worker_.pipes.acquire())) {
+    // The rest of a long body goes by splice; the buffer is not needed for it.
+    worker_.buffers.release(std::exchange(x_->ubuf_, nullptr));
+    x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
+    return splice_body();
+  }
   // Head and body so far are sent: the whole buffer is free for more body.
   x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
   if (++x_->response_chain_ % 16 == 0) // let other connections run
@@ -780,6 +875,7 @@ void ClientConnection::release_backend(bool reusable) {
     }
     x_->conn_ = nullptr;
   }
+  worker_.pipes.release(std::exchange(x_->pipe_, nullptr)); // (closed when it holds bytes)
   worker_.buffers.release(x_->ubuf_);
   x_->ubuf_ = nullptr;
   x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;

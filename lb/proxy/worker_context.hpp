@@ -5,6 +5,7 @@
 
 #include "lb/io/buffer_pool.hpp"
 #include "lb/io/event_loop.hpp"
+#include "lb/io/pipe_pool.hpp"
 #include "lb/io/timeouts.hpp"
 #include "lb/proxy/access_log.hpp"
 #include "lb/proxy/exchange.hpp"
@@ -34,6 +35,7 @@ struct WorkerContext {
   unsigned workers = 1;                   // worker threads in the process
   std::shared_ptr<const Runtime> runtime; // the newest snapshot; replaced by Worker::adopt
   io::BufferPool buffers;
+  io::PipePool pipes;     // long response bodies go through these by splice
   ExchangePool exchanges; // the requests in flight borrow theirs from here
   io::Timeouts timeouts;
   upstream::ConnectionPool connections;

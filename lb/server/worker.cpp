@@ -295,6 +295,7 @@ void Worker::on_tick() {
     // system: their number follows the requests in flight.
     if (context_.buffers.trim() + context_.exchanges.trim() > 0)
       ::malloc_trim(0);
+    context_.pipes.trim(); // and pipes (splice), their descriptors
     // Acceptors paused for lack of descriptors get another chance.
     for (auto& a : acceptors_)
       if (a)

@@ -163,6 +163,45 @@ TEST(ParserTest, BadBytesInNamesAndValuesAreErrors) {
   EXPECT_EQ(parse_head(p, ok), ok.size());
 }
 
+TEST(ParserTest, BodyLeftCountsAContentLengthBodyAndSkipEndsIt) {
+  Parser p(Parser::Kind::response);
+  std::string text = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789";
+  auto r = p.feed(text.data(), text.data() + text.size());
+  ASSERT_EQ(r.event, Event::head_complete);
+  EXPECT_EQ(p.body_left(), 100u); // the head's end: no body byte parsed yet
+  r = p.feed(r.stop, text.data() + text.size());
+  EXPECT_EQ(r.event, Event::need_more);
+  EXPECT_EQ(p.body_left(), 90u);
+  p.skip_body(40);
+  EXPECT_TRUE(p.in_message());
+  EXPECT_EQ(p.body_left(), 50u);
+  p.skip_body(50);
+  EXPECT_FALSE(p.in_message());
+  EXPECT_EQ(p.body_left(), 0u);
+  EXPECT_EQ(p.body_bytes(), 100u);
+  // The next message starts from reset().
+  p.reset();
+  std::string next = "HTTP/1.1 204 No Content\r\n\r\n";
+  r = p.feed(next.data(), next.data() + next.size());
+  EXPECT_EQ(r.event, Event::head_complete);
+}
+
+TEST(ParserTest, BodyLeftIsZeroForOtherFramings) {
+  const char* heads[] = {
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+      "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+      "HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n",
+  };
+  for (const char* h : heads) {
+    Parser p(Parser::Kind::response);
+    std::string text = h;
+    auto r = p.feed(text.data(), text.data() + text.size());
+    ASSERT_EQ(r.event, Event::head_complete) << h;
+    p.feed(r.stop, text.data() + text.size());
+    EXPECT_EQ(p.body_left(), 0u) << h;
+  }
+}
+
 TEST(ParserTest, RequestLinePartsAreSeparatedBySingleSpaces) {
   const char* bad[] = {
       "GET  / HTTP/1.1\r\nHost: h\r\n\r\n",
