@@ -100,6 +100,17 @@ pools:
         cls.lb.cleanup()
         cls.origin.cleanup()
 
+    def read_rest(self, s, h, got, size):
+        """Reads the body to its end; it must be /bytes/size, whole."""
+        while got < size:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+            got += len(chunk)
+        self.assertEqual(got, size)
+        self.assertEqual(h.hexdigest(), harness.pattern_sha256(size))
+
     def test_sizes_arrive_whole_and_the_connections_stay_reusable(self):
         before = self.origin.stats()["connections"]
         sizes = (16 * KiB - 1, 16 * KiB, 16 * KiB + 1, 32 * KiB + 17, 64 * KiB,
@@ -140,14 +151,7 @@ pools:
             # (and in the sockets), not in lb's memory.
             self.assertTrue(wait_until(lambda: self.splice_pipes() >= 2, timeout=5), "no pipe")
             self.assertEqual(harness.http(self.port, "GET", "/")[0], 200)
-            while got < size:
-                chunk = s.recv(1 << 20)
-                if not chunk:
-                    break
-                h.update(chunk)
-                got += len(chunk)
-            self.assertEqual(got, size)
-            self.assertEqual(h.hexdigest(), harness.pattern_sha256(size))
+            self.read_rest(s, h, got, size)
         finally:
             s.close()
 
@@ -166,14 +170,7 @@ pools:
             got = len(body)
             time.sleep(0.5)  # lb has read what the sockets hold by now
             self.assertEqual(self.splice_pipes(), 0)
-            while got < size:
-                chunk = s.recv(1 << 20)
-                if not chunk:
-                    break
-                h.update(chunk)
-                got += len(chunk)
-            self.assertEqual(got, size)
-            self.assertEqual(h.hexdigest(), harness.pattern_sha256(size))
+            self.read_rest(s, h, got, size)
         finally:
             s.close()
 
