@@ -45,6 +45,8 @@ struct Outbox {
   // so `s` must outlive the write all the same.
   // Inlined: most calls add a literal, whose copy then takes a few moves.
   [[gnu::always_inline]] bool put(std::string_view s) {
+    if (s.empty())
+      return true; // (an empty view may have no data: no memcpy from null)
     if (s.size() > sizeof own - own_used)
       return add(s);
     char* at = own + own_used;
