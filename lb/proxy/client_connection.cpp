@@ -283,7 +283,7 @@ void ClientConnection::release_exchange() {
   if (!x_)
     return;
   client_out_ = nullptr; // a write of this exchange
-  if (x_->conn_ || x_->active_backend_ >= 0 || x_->pipe_)
+  if (x_->conn_ || x_->active_backend_ >= 0 || x_->pipe_ || x_->up_pipe_)
     release_backend(false);
   worker_.buffers.release(x_->client_tls_stage_);
   worker_.buffers.release(x_->backend_tls_stage_);
@@ -794,6 +794,10 @@ void ClientConnection::do_read_request_body() {
   if (x_->msg_end_ > x_->head_end_)
     x_->body_discarded_ = true;
   c_len_ = x_->c_parsed_ = x_->msg_end_ = x_->head_end_;
+  if (request_splice_possible() && (x_->up_pipe_ = worker_.pipes.acquire())) {
+    x_->body_discarded_ = true; // (no replay: the body goes on as it comes)
+    return splice_request_body();
+  }
   if (++x_->request_chain_ % 16 == 0) {
     // Bytes keep coming without blocking: continue from the event loop so the
     // stack does not grow with the body.
@@ -1160,7 +1164,7 @@ void ClientConnection::finish_request_state() {
   bool keep = keep_client_ && !closed_ && x_->req_done_ && !worker_.draining && !stream_;
   bool request_read = x_->req_done_;
   // Per-request state back to its start (a backend still held is let go).
-  if (x_->conn_ || x_->active_backend_ >= 0 || x_->ubuf_ || x_->pipe_)
+  if (x_->conn_ || x_->active_backend_ >= 0 || x_->ubuf_ || x_->pipe_ || x_->up_pipe_)
     release_backend(false);
   worker_.buffers.release(x_->client_tls_stage_);
   worker_.buffers.release(x_->backend_tls_stage_);

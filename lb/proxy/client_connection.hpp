@@ -174,14 +174,22 @@ private:
   void on_response_head();
   void on_response_bytes_sent();
   void on_response_complete();
-  // A long Content-Length body, socket to socket through a pipe (splice).
+  // A long Content-Length body, socket to socket through a pipe (splice):
+  // the response's, the request's.
   bool splice_possible() const;
   void splice_body();
   void on_splice_writable();
+  bool request_splice_possible() const;
+  void splice_request_body();
+  void on_request_splice_writable();
+  void request_send_failed();
   // ---- Upgraded connections (tunnel.cpp): bytes both ways until either side ends.
   void start_tunnel();
   void pump_up();   // client -> backend
   void pump_down(); // backend -> client
+  bool tunnel_splice_possible() const;
+  void splice_up(); // ... by splice, once a direction carries bulk data
+  void splice_down();
   void tunnel_half_closed();
   // Ends.
   void backend_failed(Failure failure, const char* reason);

@@ -91,6 +91,8 @@ struct ExchangeFields {
   io::Buffer* backend_tls_stage_ = nullptr; // ... toward an HTTPS backend
   io::Buffer* ubuf_ = nullptr;              // response bytes from the backend
   io::Pipe* pipe_ = nullptr;                // ... or a long body's, spliced to the client
+  io::Pipe* up_pipe_ =
+      nullptr; // a long request body's (or a tunnel's upstream), spliced to the backend
   uint32_t u_len_ = 0;
   uint32_t u_parsed_ = 0;
   uint32_t u_sent_ = 0; // response bytes of the buffer queued to the client

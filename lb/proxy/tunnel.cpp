@@ -6,10 +6,21 @@
 
 #include <sys/socket.h>
 
+#include <cstdint>
+
 namespace lb::proxy {
 
 // Upgraded connections (WebSocket): after a 101, bytes both ways until
 // either side ends; each end is passed on as a half close.
+//
+// A direction that fills lb's whole buffer in one read carries bulk data:
+// from then on its bytes go socket to socket through a pipe (splice), never
+// copied through lb. Plain sockets on both sides only (TLS is copied).
+// Small messages stay on the copying path, which costs them less.
+
+bool ClientConnection::tunnel_splice_possible() const {
+  return !ssl_ && !stream_ && !x_->h2_ && !x_->conn_->ssl;
+}
 
 void ClientConnection::start_tunnel() {
   x_->tunnel_pending_ = false;
@@ -43,11 +54,15 @@ void ClientConnection::pump_up() {
       return client_in_next_pass(&ClientConnection::pump_up);
     if (!cbuf_)
       cbuf_ = worker_.buffers.acquire();
+    if (x_->up_pipe_)
+      return splice_up(); // (what the buffer held is sent)
     ssize_t n = client_recv(cbuf_->data(), cbuf_->capacity);
     if (n > 0) {
       x_->bytes_in_ += static_cast<uint64_t>(n);
       x_->to_backend_.clear();
       x_->to_backend_.add(cbuf_->data(), static_cast<size_t>(n));
+      if (static_cast<size_t>(n) == cbuf_->capacity && tunnel_splice_possible())
+        x_->up_pipe_ = worker_.pipes.acquire(); // (none: copying goes on)
       continue;
     }
     if (n < 0 && errno == EINTR)
@@ -77,10 +92,14 @@ void ClientConnection::pump_down() {
     }
     if (budget == 16)
       return backend_in_next_pass(&ClientConnection::pump_down);
+    if (x_->pipe_)
+      return splice_down();
     ssize_t n = backend_recv(x_->ubuf_->data(), x_->ubuf_->capacity);
     if (n > 0) {
       x_->to_client_.clear();
       x_->to_client_.add(x_->ubuf_->data(), static_cast<size_t>(n));
+      if (static_cast<size_t>(n) == x_->ubuf_->capacity && tunnel_splice_possible())
+        x_->pipe_ = worker_.pipes.acquire();
       continue;
     }
     if (n < 0 && errno == EINTR)
@@ -92,6 +111,55 @@ void ClientConnection::pump_down() {
     x_->down_done_ = true;
     ::shutdown(client_.fd, SHUT_WR);
     return tunnel_half_closed();
+  }
+}
+
+void ClientConnection::splice_up() {
+  io::SpliceMoved moved;
+  io::SpliceStep step =
+      io::splice_step(*x_->up_pipe_, client_, x_->conn_->watch, UINT64_MAX, moved);
+  x_->bytes_in_ += moved.in;
+  if (moved.in > 0 || moved.out > 0)
+    arm(Timer::tunnel);
+  switch (step) {
+  case io::SpliceStep::wait_in:
+    return wait_client_in(&ClientConnection::splice_up);
+  case io::SpliceStep::wait_out:
+    return wait_backend_out(&ClientConnection::splice_up, false);
+  case io::SpliceStep::done:
+  case io::SpliceStep::yield:
+    return client_in_next_pass(&ClientConnection::splice_up);
+  case io::SpliceStep::in_ended: // the client is done sending: pass the end on
+    x_->up_done_ = true;
+    ::shutdown(x_->conn_->watch.fd, SHUT_WR);
+    return tunnel_half_closed();
+  case io::SpliceStep::in_failed:
+  case io::SpliceStep::out_failed:
+    return close();
+  }
+}
+
+void ClientConnection::splice_down() {
+  io::SpliceMoved moved;
+  io::SpliceStep step = io::splice_step(*x_->pipe_, x_->conn_->watch, client_, UINT64_MAX, moved);
+  x_->bytes_out_ += moved.out;
+  if (moved.in > 0 || moved.out > 0)
+    arm(Timer::tunnel);
+  switch (step) {
+  case io::SpliceStep::wait_in:
+    return wait_backend_in(&ClientConnection::splice_down);
+  case io::SpliceStep::wait_out:
+    return wait_client_out(&ClientConnection::splice_down, false);
+  case io::SpliceStep::done:
+  case io::SpliceStep::yield:
+    return backend_in_next_pass(&ClientConnection::splice_down);
+  case io::SpliceStep::in_ended:
+    x_->down_done_ = true;
+    ::shutdown(client_.fd, SHUT_WR);
+    return tunnel_half_closed();
+  case io::SpliceStep::in_failed:
+  case io::SpliceStep::out_failed:
+    return close();
   }
 }
 

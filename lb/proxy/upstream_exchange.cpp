@@ -355,12 +355,17 @@ void ClientConnection::do_write_backend() {
     x_->backend_writing_ = true;
     return wait_backend_out(&ClientConnection::on_backend_writable, write_wants_read_);
   }
-  if (x_->reading_response_)
-    return stop_request_body();
-  if (x_->h2_ && errno == E2BIG) {
+  if (x_->h2_ && errno == E2BIG && !x_->reading_response_) {
     keep_client_ = false;
     return respond_error(400, "request has too many header fields to forward", true);
   }
+  request_send_failed();
+}
+
+// Writing the request (head or body) to the backend failed (errno).
+void ClientConnection::request_send_failed() {
+  if (x_->reading_response_)
+    return stop_request_body();
   if (x_->h2_ && x_->h2_->refused() && x_->u_len_ == 0 && !x_->resp_started_)
     return stream_refused();
   std::snprintf(x_->reason_, sizeof x_->reason_, "sending to %s failed: %s",
@@ -427,65 +432,80 @@ bool ClientConnection::splice_possible() const {
 }
 
 void ClientConnection::splice_body() {
-  io::Pipe& pipe = *x_->pipe_;
-  io::Watch& from = x_->conn_->watch;
-  for (;;) {
-    if (pipe.held > 0) {
-      ssize_t n = client_.out_ready ? ::splice(pipe.r, nullptr, client_.fd, nullptr, pipe.held,
-                                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
-                                    : (errno = EAGAIN, -1);
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n > 0) {
-        pipe.held -= static_cast<size_t>(n);
-        x_->bytes_out_ += static_cast<uint64_t>(n);
-      }
-      if (n <= 0 && errno != EAGAIN)
-        return close(); // the client is gone
-      if (pipe.held > 0) {
-        // The client's socket is full: wait for room (the pipe holds the rest).
-        client_.blocked();
-        x_->client_writing_ = true;
-        return wait_client_out(&ClientConnection::on_splice_writable, false);
-      }
-    }
-    uint64_t left = x_->resp_.body_left();
-    if (left == 0) {
-      // The whole body is with the client.
-      worker_.pipes.release(std::exchange(x_->pipe_, nullptr));
-      x_->resp_done_ = true;
-      return on_response_complete();
-    }
-    if (!from.in_ready && !from.hangup)
-      return wait_backend_in(&ClientConnection::splice_body);
-    ssize_t n = ::splice(from.fd, nullptr, pipe.w, nullptr,
-                         static_cast<size_t>(std::min<uint64_t>(left, io::PipePool::capacity)),
-                         SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-    if (n > 0) {
-      pipe.held = static_cast<size_t>(n);
-      x_->resp_.skip_body(static_cast<uint64_t>(n));
-      arm(Timer::exchange);
-      // Long bodies on fast sockets: let other connections run now and then.
-      if (++x_->response_chain_ % 16 == 0) {
-        if (x_->resp_.body_left() > 0 || pipe.held > 0)
-          return backend_in_next_pass(&ClientConnection::splice_body);
-      }
-      continue;
-    }
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n < 0 && errno == EAGAIN) {
-      // (A short splice is not taken as drained: the pipe may have run out
-      // of slots before the socket ran out of bytes. EAGAIN says it.)
-      from.drained();
-      return wait_backend_in(&ClientConnection::splice_body);
-    }
-    std::snprintf(x_->reason_, sizeof x_->reason_, "%s %s",
-                  x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
-                  n == 0 ? "closed the connection mid-response" : "reset the connection");
-    x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::server_error);
-    return backend_failed(Failure::backend, x_->reason_);
+  io::SpliceMoved moved;
+  io::SpliceStep step =
+      io::splice_step(*x_->pipe_, x_->conn_->watch, client_, x_->resp_.body_left(), moved);
+  x_->resp_.skip_body(moved.in);
+  x_->bytes_out_ += moved.out;
+  if (moved.in > 0 || (moved.out > 0 && timer_kind_ == Timer::exchange))
+    arm(Timer::exchange);
+  switch (step) {
+  case io::SpliceStep::done: // the whole body is with the client
+    worker_.pipes.release(std::exchange(x_->pipe_, nullptr));
+    x_->resp_done_ = true;
+    return on_response_complete();
+  case io::SpliceStep::wait_in:
+    return wait_backend_in(&ClientConnection::splice_body);
+  case io::SpliceStep::wait_out: // the client's socket is full: the pipe holds the rest
+    x_->client_writing_ = true;
+    return wait_client_out(&ClientConnection::on_splice_writable, false);
+  case io::SpliceStep::yield:
+    return backend_in_next_pass(&ClientConnection::splice_body);
+  case io::SpliceStep::out_failed:
+    return close(); // the client is gone
+  case io::SpliceStep::in_ended:
+  case io::SpliceStep::in_failed:
+    break;
   }
+  std::snprintf(x_->reason_, sizeof x_->reason_, "%s %s",
+                x_->pool_->backends()[static_cast<size_t>(x_->backend_)].label.c_str(),
+                step == io::SpliceStep::in_ended ? "closed the connection mid-response"
+                                                 : "reset the connection");
+  x_->pool_->report(static_cast<size_t>(x_->backend_), upstream::Outcome::server_error);
+  backend_failed(Failure::backend, x_->reason_);
+}
+
+// A request body framed by Content-Length with at least splice_from still to
+// come once the head (and the body bytes read with it) went out: the rest
+// goes from the client's socket to the backend's through a pipe. Plain
+// sockets on both sides, HTTP/1.1 both ways, no protocol switch asked for.
+bool ClientConnection::request_splice_possible() const {
+  return !ssl_ && !stream_ && !x_->h2_ && x_->conn_ && !x_->conn_->ssl && !x_->upgrade_requested_ &&
+         x_->req_.body_left() >= splice_from;
+}
+
+void ClientConnection::splice_request_body() {
+  io::SpliceMoved moved;
+  io::SpliceStep step =
+      io::splice_step(*x_->up_pipe_, client_, x_->conn_->watch, x_->req_.body_left(), moved);
+  x_->req_.skip_body(moved.in);
+  x_->bytes_in_ += moved.in;
+  if (moved.in > 0 || moved.out > 0)
+    arm(Timer::exchange);
+  switch (step) {
+  case io::SpliceStep::done: // the whole body is with the backend
+    worker_.pipes.release(std::exchange(x_->up_pipe_, nullptr));
+    x_->req_done_ = true;
+    return on_request_bytes_sent();
+  case io::SpliceStep::wait_in:
+    return wait_client_in(&ClientConnection::splice_request_body);
+  case io::SpliceStep::wait_out: // the backend's socket is full: the pipe holds the rest
+    x_->backend_writing_ = true;
+    return wait_backend_out(&ClientConnection::on_request_splice_writable, false);
+  case io::SpliceStep::yield:
+    return client_in_next_pass(&ClientConnection::splice_request_body);
+  case io::SpliceStep::in_ended:
+  case io::SpliceStep::in_failed:
+    return close(); // the client left before its request was complete
+  case io::SpliceStep::out_failed:
+    x_->backend_writing_ = false;
+    return request_send_failed();
+  }
+}
+
+void ClientConnection::on_request_splice_writable() {
+  x_->backend_writing_ = false;
+  splice_request_body();
 }
 
 void ClientConnection::on_splice_writable() {
@@ -846,7 +866,8 @@ void ClientConnection::backend_failed(Failure failure, const char* reason) {
 }
 
 void ClientConnection::release_backend(bool reusable) {
-  if (client_in_ == &ClientConnection::read_request_body)
+  if (client_in_ == &ClientConnection::read_request_body ||
+      client_in_ == &ClientConnection::splice_request_body)
     client_in_ = nullptr; // this attempt's body pump
   if (!x_)
     return;
@@ -876,6 +897,7 @@ void ClientConnection::release_backend(bool reusable) {
     x_->conn_ = nullptr;
   }
   worker_.pipes.release(std::exchange(x_->pipe_, nullptr)); // (closed when it holds bytes)
+  worker_.pipes.release(std::exchange(x_->up_pipe_, nullptr));
   worker_.buffers.release(x_->ubuf_);
   x_->ubuf_ = nullptr;
   x_->u_len_ = x_->u_parsed_ = x_->u_sent_ = 0;
