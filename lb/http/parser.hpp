@@ -85,12 +85,13 @@ private:
   const char* check_framing() const;
   Field classify(std::string_view name) const;
 
+  static const llhttp_settings_t* settings_for(Kind kind);
+  static llhttp_settings_t make_settings(Kind kind);
+
+  // What every message touches first, then the head with its long field
+  // array last (only its first `count` entries are ever touched).
   llhttp_t parser_;
-  llhttp_settings_t settings_;
   Kind kind_;
-  Head head_;
-  std::string_view request_id_name_;
-  Header* current_ = nullptr;
   bool head_request_ = false;
   bool in_message_ = false;
   bool in_head_ = false;
@@ -98,10 +99,13 @@ private:
   bool upgrade_ = false;
   bool too_many_headers_ = false;
   bool target_complete_ = false;
+  int error_status_ = 400;
+  std::string_view request_id_name_;
+  Header* current_ = nullptr;
   char* dechunk_out_ = nullptr;
   uint64_t body_bytes_ = 0;
   const char* error_reason_ = nullptr;
-  int error_status_ = 400;
+  Head head_;
 };
 
 } // namespace lb::http

@@ -23,11 +23,12 @@ struct Outbox {
   Outbox() = default;
   Outbox(const Outbox&) = delete; // slices point into `own`
   Outbox& operator=(const Outbox&) = delete;
-  iovec v[capacity];
+  // (The counts first, beside the first slices: one cache line for a short list.)
   unsigned count = 0;
   unsigned first = 0;
-  char own[512]; // put()'s bytes (the fields lb adds to a head)
   size_t own_used = 0;
+  iovec v[capacity];
+  char own[512]; // put()'s bytes (the fields lb adds to a head)
   // False when the list is full (the slice is not added).
   bool add(const void* p, size_t n) {
     if (n == 0)
