@@ -715,9 +715,10 @@ void Loader::top(const YAML::Node& root, Config& config) {
     error(YAML::Mark(), "the config is empty: expected a map with 'listeners' and 'pools'");
     return;
   }
-  auto items = fields({"config", root, root},
-                      {"workers", "io", "shutdown_timeout", "shutdown_delay", "sticky_secret",
-                       "admin", "access_log", "listeners", "pools", "dns", "cluster"});
+  auto items =
+      fields({"config", root, root},
+             {"workers", "io", "splice", "shutdown_timeout", "shutdown_delay", "sticky_secret",
+              "admin", "access_log", "listeners", "pools", "dns", "cluster"});
   if (!items)
     return;
   const Item* listeners = nullptr;
@@ -746,6 +747,9 @@ void Loader::top(const YAML::Node& root, Config& config) {
                     "no CPU per request (bench/README.md); use auto or epoll");
       else
         error(item, "io: expected auto or epoll, got '" + *text + "'");
+    } else if (item.name == "splice") {
+      if (auto on = boolean(item))
+        config.splice = *on;
     } else if (item.name == "shutdown_timeout") {
       if (auto d = duration(item, false))
         config.shutdown_timeout = *d;

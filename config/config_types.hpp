@@ -356,6 +356,9 @@ struct Config {
   // The workers' I/O: auto and epoll both mean lb's epoll loop (io_uring was
   // measured and not built in: bench/README.md).
   enum class Io { auto_, epoll } io = Io::auto_;
+  // Long bodies and bulk tunnels socket to socket by splice(2) (plain TCP and
+  // HTTP/1.1 both sides); false: every byte is copied through lb.
+  bool splice = true;
   std::string sticky_secret; // keys the sticky cookie's backend hash; empty = unkeyed
   Admin admin;
   AccessLog access_log;

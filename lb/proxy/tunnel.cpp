@@ -19,7 +19,7 @@ namespace lb::proxy {
 // Small messages stay on the copying path, which costs them less.
 
 bool ClientConnection::tunnel_splice_possible() const {
-  return !ssl_ && !stream_ && !x_->h2_ && !x_->conn_->ssl;
+  return !ssl_ && !stream_ && !x_->h2_ && !x_->conn_->ssl && runtime_->config->splice;
 }
 
 void ClientConnection::start_tunnel() {

@@ -428,7 +428,7 @@ static constexpr uint64_t splice_from = 16 * 1024;
 // body passed on as it comes (no dechunking for an HTTP/1.0 client).
 bool ClientConnection::splice_possible() const {
   return !ssl_ && !stream_ && !x_->h2_ && x_->conn_ && !x_->conn_->ssl && !x_->dechunk_ &&
-         !x_->tunnel_pending_ && !x_->in_response_head_;
+         !x_->tunnel_pending_ && !x_->in_response_head_ && runtime_->config->splice;
 }
 
 void ClientConnection::splice_body() {
@@ -471,7 +471,7 @@ void ClientConnection::splice_body() {
 // sockets on both sides, HTTP/1.1 both ways, no protocol switch asked for.
 bool ClientConnection::request_splice_possible() const {
   return !ssl_ && !stream_ && !x_->h2_ && x_->conn_ && !x_->conn_->ssl && !x_->upgrade_requested_ &&
-         x_->req_.body_left() >= splice_from;
+         x_->req_.body_left() >= splice_from && runtime_->config->splice;
 }
 
 void ClientConnection::splice_request_body() {

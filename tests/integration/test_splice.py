@@ -32,6 +32,9 @@ Tunnels (WebSocket): a direction that fills lb's buffer in one read goes on
 by splice (20 MiB each way while the client stops reading: pipes both ways,
 every byte back in order, the half close passed on); small messages never
 take a pipe.
+
+`splice: false`: a paused download, a paused upload and a bulk tunnel hold no
+pipe and arrive whole; a reload to `splice: true` brings pipes back.
 """
 
 import hashlib
@@ -473,6 +476,109 @@ pools:
             self.assertEqual(self.splice_pipes(), 0)
         finally:
             s.close()
+
+
+class SpliceOff(unittest.TestCase):
+    CONFIG = """
+workers: 1
+splice: {splice}
+access_log: {{ path: "off" }}
+admin: {{ listen: 127.0.0.1:0 }}
+listeners:
+  - name: public
+    listen: 127.0.0.1:0
+    limits: {{ max_body_bytes: 100MiB }}
+    routes: [ {{ pool: web }} ]
+pools:
+  web:
+    backends: [ {{ address: "{addr}" }} ]
+"""
+
+    def setUp(self):
+        self.origin = harness.Origin("big", log=True)
+        self.addCleanup(self.origin.cleanup)
+        self.lb = harness.Lb(self.CONFIG.format(splice="false", addr=self.origin.addr))
+        self.addCleanup(self.lb.cleanup)
+        self.port = self.lb.port("public")
+        self.own_pipes = set(pipes_of(self.lb.proc.pid).values())
+
+    def splice_pipes(self):
+        return sum(1 for t in pipes_of(self.lb.proc.pid).values() if t not in self.own_pipes)
+
+    def paused_download(self, size):
+        """GET /bytes/size, read 256 KiB, pause; returns the pipes lb held
+        meanwhile. The body must then arrive whole."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * KiB)
+        try:
+            s.sendall(b"GET /bytes/%d HTTP/1.1\r\nHost: x\r\n\r\n" % size)
+            head, body = read_head(s)
+            h = hashlib.sha256(body)
+            got = len(body)
+            while got < 256 * KiB:
+                chunk = s.recv(65536)
+                self.assertTrue(chunk)
+                h.update(chunk)
+                got += len(chunk)
+            wait_until(lambda: self.splice_pipes() >= 2, timeout=2)
+            held = self.splice_pipes()
+            while got < size:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+                got += len(chunk)
+            self.assertEqual(got, size)
+            self.assertEqual(h.hexdigest(), harness.pattern_sha256(size))
+            return held
+        finally:
+            s.close()
+
+    def test_no_pipe_for_anything_then_a_reload_turns_splice_on(self):
+        self.assertEqual(self.paused_download(20 * MiB), 0)
+        # A paused upload: copied, no pipe; it arrives whole.
+        size = 8 * MiB
+        body = harness.pattern_bytes(size)
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        try:
+            s.sendall(b"POST /off-upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                      % size + body[:MiB])
+            time.sleep(0.5)
+            self.assertEqual(self.splice_pipes(), 0)
+            s.sendall(body[MiB:])
+            head, _ = read_head(s)
+            self.assertTrue(head.startswith("HTTP/1.1 200"), head)
+        finally:
+            s.close()
+        entries = [e for e in self.origin.log_entries() if e["target"] == "/off-upload"]
+        self.assertEqual([(e["body_len"], e["body_sha256"]) for e in entries],
+                         [(size, harness.pattern_sha256(size))])
+        # A bulk tunnel: copied both ways, no pipe.
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        try:
+            s.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      b"Sec-WebSocket-Version: 13\r\n\r\n")
+            head, _ = read_head(s)
+            self.assertTrue(head.startswith("HTTP/1.1 101"), head)
+            data = harness.pattern_bytes(4 * MiB)
+            s.sendall(data[:2 * MiB])  # (the echo backs up: the client reads nothing yet)
+            time.sleep(0.5)
+            self.assertEqual(self.splice_pipes(), 0)
+            threading.Thread(target=lambda: s.sendall(data[2 * MiB:]), daemon=True).start()
+            got = bytearray()
+            while len(got) < len(data):
+                chunk = s.recv(1 << 20)
+                self.assertTrue(chunk)
+                got += chunk
+            self.assertEqual(bytes(got), data)
+        finally:
+            s.close()
+        # Turned on by a reload: the next long body goes by splice.
+        self.lb.reload(self.CONFIG.format(splice="true", addr=self.origin.addr))
+        self.assertTrue(wait_until(
+            lambda: self.lb.metric("lb_config_reloads_total", result="success") >= 1, timeout=10))
+        self.assertGreaterEqual(self.paused_download(20 * MiB), 2)
 
 
 if __name__ == "__main__":
