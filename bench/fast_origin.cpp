@@ -8,7 +8,8 @@
 // Every thread runs its own epoll loop on its own SO_REUSEPORT listening
 // socket, so the kernel spreads connections and threads share nothing.
 // Requests are parsed just enough: the head ends at "\r\n\r\n"; the request
-// line gives method, path and version; Content-Length bodies are skipped;
+// line gives method, path and version; Content-Length bodies are skipped and
+// answered once their last byte is in (as an upload endpoint would);
 // "Connection: close" (and HTTP/1.0 without keep-alive) closes after the
 // answer; pipelined requests are answered in order. Chunked request bodies
 // are not supported: the origin answers 501 and closes.
@@ -125,6 +126,11 @@ struct Conn {
   std::size_t out_head = 0;       // first unwritten slice in out
   bool close_after_write = false; // stop reading; close once out is flushed
   bool want_write = false;        // registered for EPOLLOUT instead of EPOLLIN
+  // The answer to a request whose body is still being skipped.
+  bool answer_pending = false;
+  bool answer_big = false;
+  bool answer_head_only = false;
+  ConnMode answer_mode = ConnMode::keep_alive_11;
 };
 
 class Worker {
@@ -280,8 +286,20 @@ private:
       mode = ConnMode::keep_alive_10;
     }
     const bool big = path.starts_with("/64k");
-    queue_response(c, big, method == "HEAD", mode);
     c->body_to_skip = content_length;
+    if (content_length > 0) {
+      c->answer_pending = true;
+      c->answer_big = big;
+      c->answer_head_only = method == "HEAD";
+      c->answer_mode = mode;
+      return true;
+    }
+    return answer(c, big, method == "HEAD", mode);
+  }
+
+  // Queues the answer; false when the connection closes after it.
+  bool answer(Conn* c, bool big, bool head_only, ConnMode mode) {
+    queue_response(c, big, head_only, mode);
     if (mode == ConnMode::close) {
       c->close_after_write = true;
       return false;
@@ -298,6 +316,10 @@ private:
         c->body_to_skip -= k;
         p += k;
         n -= k;
+        if (c->body_to_skip == 0 && c->answer_pending) {
+          c->answer_pending = false;
+          answer(c, c->answer_big, c->answer_head_only, c->answer_mode);
+        }
         continue;
       }
       if (!c->pending_in.empty()) {

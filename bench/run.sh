@@ -11,7 +11,8 @@
 #    insn: user instructions per request, callgrind; limit / climit: a rate
 #    limit that is never reached, local / shared through a local redis-server;
 #    grpc: gRPC unary calls over h2c, h2load posting one fixed message, to 2
-#    x grpc_origin: lb protocol h2c, HAProxy proto h2, nginx grpc_pass)
+#    x grpc_origin: lb protocol h2c, HAProxy proto h2, nginx grpc_pass; u:
+#    256 KiB uploads, wrk -s conf/post-256k.lua, 16 connections)
 #
 # Topology (everything on 127.0.0.1):
 #   wrk (CPU 1) -> proxy (CPU 0) -> 2 x fast_origin (CPU 1), round robin
@@ -514,6 +515,8 @@ S_TITLE[c]="(c) new connection per request (Connection: close), 64 connections"
 S_CONNS[c]=64 S_PATH[c]=/ S_HEADER[c]="Connection: close"
 S_TITLE[d]="(d) 64 KiB responses (GET /64k), keep-alive, 64 connections"
 S_CONNS[d]=64 S_PATH[d]=/64k S_HEADER[d]=""
+S_TITLE[u]="(u) 256 KiB uploads (POST / with a Content-Length body), keep-alive, 16 connections"
+S_CONNS[u]=16 S_PATH[u]=/ S_HEADER[u]=""
 S_TITLE[e]="(e) HTTPS keep-alive GET /, 64 connections (TLS 1.3, the same ECDSA P-256 certificate for all)"
 S_CONNS[e]=64 S_PATH[e]=/ S_HEADER[e]=""
 S_TITLE[f]="(f) latency at a fixed rate: keep-alive GET /, 64 connections, RATE req/s (open loop)"
@@ -554,6 +557,7 @@ declare -A S_INSN=([insn]=1 [insnrules]=1 [insnlimit]=1 [insnclimit]=1)
 declare -A S_LIMIT=([limit]=1 [insnlimit]=1 [climit]=2 [insnclimit]=2)
 declare -A S_IDLE=([idle]=1)
 declare -A S_RULES=([rules]=1 [insnrules]=1)
+declare -A S_SCRIPT=([u]=$BENCH_DIR/conf/post-256k.lua) # wrk -s: what each request is
 FIXED_RATE=0  # the scenario being measured paces requests (rate_client, not wrk)
 TLS=0  # the scenario being measured terminates HTTPS
 IDLE=0  # the scenario being measured holds idle connections (idle_client.py, not wrk)
@@ -563,6 +567,7 @@ H2=0  # the scenario being measured speaks HTTP/2 to the proxy (h2load, not wrk)
 GRPC=0  # the scenario being measured makes gRPC calls (h2load posts, grpc_origin answers)
 RULES=0  # the scenario being measured routes through listener rules
 LIMIT=0  # the scenario being measured routes through a rate limit (2: scope cluster)
+WRK_SCRIPT=""  # the scenario being measured shapes wrk's requests with this script
 
 # One certificate and key for every proxy's HTTPS listener (HAProxy wants
 # both in one file).
@@ -583,6 +588,7 @@ measure() {
     local key=$1 proxy=$2 workers=$3 pcpus=$4 wcpus=$5 wthreads=$6 conns=$7 path=$8 header=$9
     local hdr=() pids=() t0 t1 out req rps p99 err
     [[ -n $header ]] && hdr=(-H "$header")
+    [[ -n $WRK_SCRIPT ]] && hdr+=(-s "$WRK_SCRIPT")
     log "  $key: $proxy (workers $workers) ..."
     if ! start_proxy "$proxy" "$workers" "$pcpus"; then
         R_STATUS[$key]="$proxy failed to start${START_ERR:+: $START_ERR}"
@@ -978,6 +984,7 @@ for scn in $SCENARIOS; do
     GRPC=${S_GRPC[$scn]:-0}
     RULES=${S_RULES[$scn]:-0}
     LIMIT=${S_LIMIT[$scn]:-0}
+    WRK_SCRIPT=${S_SCRIPT[$scn]:-}
     if ((H2)) && ! command -v "$H2LOAD" >/dev/null; then log "run.sh: scenario $scn needs h2load (nghttp2-client)"; continue; fi
     if ((SYSCALLS)) && ! command -v "$AB" >/dev/null; then log "run.sh: scenario sys needs ab (apache2-utils)"; continue; fi
     if ((INSN)) && ! command -v "$VALGRIND" >/dev/null; then log "run.sh: scenario insn needs valgrind"; continue; fi
@@ -1047,7 +1054,7 @@ for scn in $SCENARIOS; do
             say "  relay $relay/epoll: req/s $r  CPU/req $c  p99 $l"
         fi
     done
-    TLS=0 FIXED_RATE=0 IDLE=0 SYSCALLS=0 INSN=0 H2=0 RULES=0 GRPC=0
+    TLS=0 FIXED_RATE=0 IDLE=0 SYSCALLS=0 INSN=0 H2=0 RULES=0 GRPC=0 WRK_SCRIPT=""
 done
 
 if [[ " $SCENARIOS " == *" scale "* && " $PROXIES " == *" lb "* ]]; then
