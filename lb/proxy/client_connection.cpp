@@ -794,10 +794,8 @@ void ClientConnection::do_read_request_body() {
   if (x_->msg_end_ > x_->head_end_)
     x_->body_discarded_ = true;
   c_len_ = x_->c_parsed_ = x_->msg_end_ = x_->head_end_;
-  if (request_splice_possible() && (x_->up_pipe_ = worker_.pipes.acquire())) {
-    x_->body_discarded_ = true; // (no replay: the body goes on as it comes)
+  if (request_splice_possible() && (x_->up_pipe_ = worker_.pipes.acquire()))
     return splice_request_body();
-  }
   if (++x_->request_chain_ % 16 == 0) {
     // Bytes keep coming without blocking: continue from the event loop so the
     // stack does not grow with the body.

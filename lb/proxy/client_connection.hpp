@@ -178,9 +178,11 @@ private:
   // the response's, the request's.
   bool splice_possible() const;
   void splice_body();
+  void resume_splice_body();
   void on_splice_writable();
   bool request_splice_possible() const;
   void splice_request_body();
+  void resume_request_splice();
   void on_request_splice_writable();
   void request_send_failed();
   // ---- Upgraded connections (tunnel.cpp): bytes both ways until either side ends.

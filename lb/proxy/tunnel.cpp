@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 
 #include <cstdint>
+#include <utility>
 
 namespace lb::proxy {
 
@@ -123,7 +124,10 @@ void ClientConnection::splice_up() {
     arm(Timer::tunnel);
   switch (step) {
   case io::SpliceStep::wait_in:
-    return wait_client_in(&ClientConnection::splice_up);
+    // The pipe is empty: back to the pool while the client is silent; the
+    // next read that fills the buffer takes one again.
+    worker_.pipes.release(std::exchange(x_->up_pipe_, nullptr));
+    return wait_client_in(&ClientConnection::pump_up);
   case io::SpliceStep::wait_out:
     return wait_backend_out(&ClientConnection::splice_up, false);
   case io::SpliceStep::done:
@@ -147,7 +151,8 @@ void ClientConnection::splice_down() {
     arm(Timer::tunnel);
   switch (step) {
   case io::SpliceStep::wait_in:
-    return wait_backend_in(&ClientConnection::splice_down);
+    worker_.pipes.release(std::exchange(x_->pipe_, nullptr));
+    return wait_backend_in(&ClientConnection::pump_down);
   case io::SpliceStep::wait_out:
     return wait_client_out(&ClientConnection::splice_down, false);
   case io::SpliceStep::done:

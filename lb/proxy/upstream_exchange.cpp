@@ -445,7 +445,9 @@ void ClientConnection::splice_body() {
     x_->resp_done_ = true;
     return on_response_complete();
   case io::SpliceStep::wait_in:
-    return wait_backend_in(&ClientConnection::splice_body);
+    // The pipe is empty: back to the pool while the backend is silent.
+    worker_.pipes.release(std::exchange(x_->pipe_, nullptr));
+    return wait_backend_in(&ClientConnection::resume_splice_body);
   case io::SpliceStep::wait_out: // the client's socket is full: the pipe holds the rest
     x_->client_writing_ = true;
     return wait_client_out(&ClientConnection::on_splice_writable, false);
@@ -480,15 +482,23 @@ void ClientConnection::splice_request_body() {
       io::splice_step(*x_->up_pipe_, client_, x_->conn_->watch, x_->req_.body_left(), moved);
   x_->req_.skip_body(moved.in);
   x_->bytes_in_ += moved.in;
-  if (moved.in > 0 || moved.out > 0)
+  if (moved.in > 0) {
+    x_->body_discarded_ = true; // (no replay: the body goes on as it comes)
     arm(Timer::exchange);
+  } else if (moved.out > 0) {
+    arm(Timer::exchange);
+  }
   switch (step) {
   case io::SpliceStep::done: // the whole body is with the backend
     worker_.pipes.release(std::exchange(x_->up_pipe_, nullptr));
+    x_->req_.reset(); // (llhttp did not see the body: the next request starts afresh)
     x_->req_done_ = true;
     return on_request_bytes_sent();
   case io::SpliceStep::wait_in:
-    return wait_client_in(&ClientConnection::splice_request_body);
+    // The pipe is empty: back to the pool while the client is silent (a
+    // paused upload holds no pipe).
+    worker_.pipes.release(std::exchange(x_->up_pipe_, nullptr));
+    return wait_client_in(&ClientConnection::resume_request_splice);
   case io::SpliceStep::wait_out: // the backend's socket is full: the pipe holds the rest
     x_->backend_writing_ = true;
     return wait_backend_out(&ClientConnection::on_request_splice_writable, false);
@@ -503,9 +513,21 @@ void ClientConnection::splice_request_body() {
   }
 }
 
+void ClientConnection::resume_request_splice() {
+  if (!(x_->up_pipe_ = worker_.pipes.acquire()))
+    return read_request_body(); // no pipe to be had: the rest is copied
+  splice_request_body();
+}
+
 void ClientConnection::on_request_splice_writable() {
   x_->backend_writing_ = false;
   splice_request_body();
+}
+
+void ClientConnection::resume_splice_body() {
+  if (!(x_->pipe_ = worker_.pipes.acquire()))
+    return read_response(); // no pipe to be had: the rest is copied
+  splice_body();
 }
 
 void ClientConnection::on_splice_writable() {
@@ -867,7 +889,8 @@ void ClientConnection::backend_failed(Failure failure, const char* reason) {
 
 void ClientConnection::release_backend(bool reusable) {
   if (client_in_ == &ClientConnection::read_request_body ||
-      client_in_ == &ClientConnection::splice_request_body)
+      client_in_ == &ClientConnection::splice_request_body ||
+      client_in_ == &ClientConnection::resume_request_splice)
     client_in_ = nullptr; // this attempt's body pump
   if (!x_)
     return;
