@@ -517,7 +517,7 @@ pools:
             s.close()
 
 
-class SpliceOff(unittest.TestCase):
+class SpliceDisabled(unittest.TestCase):
     CONFIG = """
 workers: 1
 splice: {splice}
