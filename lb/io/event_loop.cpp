@@ -61,7 +61,7 @@ void EventLoop::close(Watch& w) {
   // Closing the only descriptor of the socket takes it out of epoll too.
   ::close(w.fd);
   w.fd = -1;
-  w.in_ready = w.out_ready = false;
+  w.in_ready = w.out_ready = w.write_deferred = false;
 }
 
 void EventLoop::schedule(Watch& w) {
@@ -155,6 +155,10 @@ void EventLoop::run_queue() {
   while (queue_head_ && queue_head_->queued_epoch == epoch) {
     Watch* w = queue_head_;
     unqueue(*w);
+    if (w->write_deferred) {
+      w->write_deferred = false;
+      w->out_ready = true;
+    }
     w->handler(w->owner, 0);
   }
 }
@@ -189,8 +193,10 @@ void EventLoop::run() {
     int n = sys::epoll_wait(epfd_, events, max_events, wait_ms());
     now_ = Clock::now();
     ++passes_;
+    batching_ = n > 1;
     for (int i = 0; i < n; ++i)
       dispatch(events[i].data.u64, events[i].events);
+    batching_ = false;
     run_queue();
     fire_timers();
   }

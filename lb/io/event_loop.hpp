@@ -13,6 +13,12 @@
 // and its number reused, is recognised by the generation carried in the
 // event's data (fd in the high half, generation in the low half).
 //
+// Writes of one batch go out together: while a pass dispatches more than one
+// event, a write is held back (`defer_write`) and made at the end of the
+// pass. A peer asleep in its own event loop is then woken once for all the
+// sends it gets in the pass, not once per send; on a loaded worker that
+// wake-up (another CPU interrupted) was the largest single cost of a send.
+//
 // Besides the sockets: a few timers (the worker's tick), a run queue for
 // work that continues on the next pass ("from the event loop": a long body,
 // a chain of pipelined requests), and tasks posted from other threads
@@ -47,6 +53,7 @@ struct Watch {
   bool hangup = false;           // the peer ended its side or the socket failed: reads end at once
   bool read_needs_write = false; // TLS: the last read must write first (a reader waits for out)
   bool queued = false;           // in the run queue
+  bool write_deferred = false;   // a write waits for the end of the pass (EventLoop::defer_write)
   uint32_t queued_epoch = 0;
   Watch* prev_queued = nullptr;
   Watch* next_queued = nullptr;
@@ -73,6 +80,19 @@ public:
   void close(Watch& w);
   // Runs `w`'s handler (with no events) on the next pass, once.
   void schedule(Watch& w);
+  // While the loop dispatches a batch of several events: holds back a write
+  // to `w` until the batch is through (the writer waits as after a short
+  // write, and its handler runs at the end of the pass with `out_ready`).
+  // So the sends of one pass go out together, and a peer asleep in its own
+  // loop is woken once for all of them. False: write now.
+  bool defer_write(Watch& w) {
+    if (!batching_ || !w.out_ready)
+      return false;
+    w.out_ready = false;
+    w.write_deferred = true;
+    schedule(w);
+    return true;
+  }
 
   // A timer of the loop: fires once at `when` (re-arm it from `fire`).
   struct Timer {
@@ -115,6 +135,7 @@ private:
   std::vector<Timer*> timers_;
   Clock::time_point now_;
   uint64_t passes_ = 0;
+  bool batching_ = false; // dispatching a batch of more than one event
   std::atomic<bool> stopped_{false};
   std::mutex posted_mutex_;
   std::vector<std::function<void()>> posted_;

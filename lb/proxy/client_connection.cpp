@@ -390,6 +390,8 @@ int ClientConnection::client_write(Outbox& out, uint64_t& written) {
       client_.blocked();
     return r;
   }
+  if (!out.empty() && worker_.loop.defer_write(client_))
+    return 0;
   if (!ssl_)
     return write_some(client_, out, written);
   return tls_write(client_, ssl_, out, x_->client_tls_stage_, written);

@@ -54,6 +54,8 @@ int ClientConnection::backend_write(Outbox& out, uint64_t& written) {
     }
     return 1;
   }
+  if (!out.empty() && worker_.loop.defer_write(x_->conn_->watch))
+    return 0;
   if (!x_->conn_->ssl)
     return write_some(x_->conn_->watch, out, written);
   return tls_write(x_->conn_->watch, x_->conn_->ssl, out, x_->backend_tls_stage_, written);

@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 namespace lb::io {
@@ -225,6 +227,159 @@ TEST(EventLoop, ClosingAQueuedWatchTakesItOutOfTheQueue) {
   run_for(loop, 50ms);
   for (uint32_t e : seen.events)
     EXPECT_NE(e, 0u);
+}
+
+// Writes held back while a batch is dispatched (defer_write): the writer's
+// handler runs once more at the end of the same pass, writable again.
+struct Deferring {
+  EventLoop* loop = nullptr;
+  Watch* w = nullptr;
+  const char* name = "";
+  std::vector<std::string>* log = nullptr;
+  bool defer = true;
+  bool deferred = false;
+  uint64_t pass_deferred = 0;
+  uint64_t pass_flushed = 0;
+};
+
+void deferring(void* owner, uint32_t events) {
+  auto* d = static_cast<Deferring*>(owner);
+  if (events == 0) { // the end of the pass: the held-back write goes now
+    EXPECT_TRUE(d->w->out_ready);
+    EXPECT_FALSE(d->w->write_deferred);
+    d->pass_flushed = d->loop->passes();
+    d->log->push_back(std::string(d->name) + " flush");
+    char buf[8];
+    EXPECT_EQ(::read(d->w->fd, buf, sizeof buf), 1);
+    EXPECT_EQ(::write(d->w->fd, "!", 1), 1);
+    return;
+  }
+  if (!(events & EPOLLIN))
+    return;
+  d->log->push_back(std::string(d->name) + " in");
+  if (d->defer && !d->deferred) {
+    d->deferred = d->loop->defer_write(*d->w);
+    d->pass_deferred = d->loop->passes();
+    if (d->deferred) {
+      EXPECT_FALSE(d->w->out_ready); // a writer waits as after a short write
+      EXPECT_TRUE(d->w->write_deferred);
+    }
+  }
+}
+
+TEST(EventLoop, WritesHeldBackInABatchGoOutTogetherAtTheEndOfThePass) {
+  EventLoop loop;
+  Pair a, b;
+  Watch wa, wb;
+  std::vector<std::string> log;
+  Deferring da{&loop, &wa, "a", &log}, db{&loop, &wb, "b", &log};
+  for (auto [w, d, fd] : {std::tuple{&wa, &da, a.mine}, std::tuple{&wb, &db, b.mine}}) {
+    w->fd = fd;
+    w->handler = &deferring;
+    w->owner = d;
+    ASSERT_TRUE(loop.add(*w));
+  }
+  // Both readable before the loop runs: one batch of two events.
+  ASSERT_EQ(::write(a.peer, "x", 1), 1);
+  ASSERT_EQ(::write(b.peer, "y", 1), 1);
+  EventLoop::Timer stop;
+  stop.when = Clock::now() + 50ms;
+  stop.fire = [](void* l) { static_cast<EventLoop*>(l)->stop(); };
+  stop.context = &loop;
+  loop.add_timer(stop);
+  loop.run();
+  ASSERT_TRUE(da.deferred);
+  ASSERT_TRUE(db.deferred);
+  // Both reads first, then both writes, in the pass of the reads.
+  ASSERT_EQ(log.size(), 4u);
+  EXPECT_EQ(log[0].substr(2), "in");
+  EXPECT_EQ(log[1].substr(2), "in");
+  EXPECT_EQ(log[2].substr(2), "flush");
+  EXPECT_EQ(log[3].substr(2), "flush");
+  EXPECT_EQ(da.pass_flushed, da.pass_deferred);
+  EXPECT_EQ(db.pass_flushed, db.pass_deferred);
+  char c;
+  EXPECT_EQ(::read(a.peer, &c, 1), 1);
+  EXPECT_EQ(::read(b.peer, &c, 1), 1);
+  loop.close(wa);
+  loop.close(wb);
+}
+
+TEST(EventLoop, AWriteAloneInItsPassOrOutsideABatchGoesAtOnce) {
+  EventLoop loop;
+  Pair a;
+  Watch wa;
+  std::vector<std::string> log;
+  Deferring da{&loop, &wa, "a", &log};
+  wa.fd = a.mine;
+  wa.handler = &deferring;
+  wa.owner = &da;
+  ASSERT_TRUE(loop.add(wa));
+  ASSERT_EQ(::write(a.peer, "x", 1), 1);
+  run_for(loop, 50ms);
+  EXPECT_FALSE(da.deferred); // one event in its pass: nothing to gather
+  EXPECT_TRUE(wa.out_ready);
+  // Nor from a timer, after the batch.
+  EventLoop::Timer t;
+  struct Ctx {
+    EventLoop* loop;
+    Watch* w;
+    bool deferred = true;
+  } ctx{&loop, &wa};
+  t.when = Clock::now();
+  t.fire = [](void* c) {
+    auto* x = static_cast<Ctx*>(c);
+    x->deferred = x->loop->defer_write(*x->w);
+    x->loop->stop();
+  };
+  t.context = &ctx;
+  loop.add_timer(t);
+  run_for(loop, 2s);
+  EXPECT_FALSE(ctx.deferred);
+  loop.close(wa);
+}
+
+TEST(EventLoop, ClosingAWatchWhoseWriteIsHeldBackDropsTheWrite) {
+  EventLoop loop;
+  Pair a, b;
+  Watch wa, wb;
+  struct Ctx {
+    EventLoop* loop;
+    Watch* a;
+    Watch* b;
+    int a_calls = 0;
+    bool deferred = false;
+  } ctx{&loop, &wa, &wb};
+  wa.fd = a.mine;
+  wb.fd = b.mine;
+  wa.owner = wb.owner = &ctx;
+  // Whichever comes first holds back a's write; the second closes a.
+  auto handler = [](void* owner, uint32_t events) {
+    auto* c = static_cast<Ctx*>(owner);
+    if (events == 0) {
+      ++c->a_calls;
+      return;
+    }
+    if (!c->deferred) {
+      c->deferred = c->loop->defer_write(*c->a);
+      return;
+    }
+    if (c->a->fd >= 0)
+      c->loop->close(*c->a);
+  };
+  wa.handler = wb.handler = handler;
+  wa.out_ready = true; // whatever the order of the two events
+  ASSERT_TRUE(loop.add(wa));
+  ASSERT_TRUE(loop.add(wb));
+  ASSERT_EQ(::write(a.peer, "x", 1), 1);
+  ASSERT_EQ(::write(b.peer, "y", 1), 1);
+  run_for(loop, 50ms);
+  ASSERT_TRUE(ctx.deferred);
+  EXPECT_EQ(wa.fd, -1);
+  EXPECT_FALSE(wa.queued);
+  EXPECT_FALSE(wa.write_deferred);
+  EXPECT_EQ(ctx.a_calls, 0);
+  loop.close(wb);
 }
 
 TEST(EventLoop, TasksPostedFromAnotherThreadRunOnTheLoop) {
