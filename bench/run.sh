@@ -911,7 +911,8 @@ pick_median() {
             arr2[$key]=$(median_of "$key" "$a")
         done
     fi
-    if ((REPEAT > 1)); then
+    # insn is exact and measured once (the first round): no median to give.
+    if ((REPEAT > 1 && !INSN)); then
         R_ALL[$key]="${#ok[@]} runs ($what $(for a in "${sorted[@]}"; do printf '%s\n' "${sortby[${a#* }]}"; done | awk '{ printf ($1 >= 100 ? "%.0f\n" : "%s\n"), $1 }' | paste -sd' '))"
         ((${#ok[@]} < REPEAT)) && R_ALL[$key]+=", $((REPEAT - ${#ok[@]})) failed"
     fi

@@ -53,6 +53,7 @@ bool EventLoop::add(Watch& w) {
 
 void EventLoop::close(Watch& w) {
   unqueue(w);
+  w.write_deferred = false;
   if (w.fd < 0)
     return;
   size_t fd = static_cast<size_t>(w.fd);
@@ -61,7 +62,7 @@ void EventLoop::close(Watch& w) {
   // Closing the only descriptor of the socket takes it out of epoll too.
   ::close(w.fd);
   w.fd = -1;
-  w.in_ready = w.out_ready = w.write_deferred = false;
+  w.in_ready = w.out_ready = false;
 }
 
 void EventLoop::schedule(Watch& w) {

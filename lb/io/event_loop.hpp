@@ -63,7 +63,10 @@ struct Watch {
     if (!hangup)
       in_ready = false;
   }
-  void blocked() { out_ready = false; }
+  void blocked() {
+    out_ready = false;
+    write_deferred = false; // a write found the socket full: its EPOLLOUT decides now
+  }
 };
 
 class EventLoop {

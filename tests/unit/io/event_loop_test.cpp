@@ -382,6 +382,54 @@ TEST(EventLoop, ClosingAWatchWhoseWriteIsHeldBackDropsTheWrite) {
   loop.close(wb);
 }
 
+TEST(EventLoop, AHeldBackWriteWhoseSocketFillsMeanwhileWaitsForEpollout) {
+  EventLoop loop;
+  Pair a, b;
+  Watch wa, wb;
+  struct Ctx {
+    EventLoop* loop;
+    Watch* a;
+    bool deferred = false;
+    bool blocked = false;
+    int queued_calls = 0;
+    bool ready_then = true;
+  } ctx{&loop, &wa};
+  wa.fd = a.mine;
+  wb.fd = b.mine;
+  wa.owner = wb.owner = &ctx;
+  // The first event holds back a's write; the second finds a's socket full
+  // (a TLS read that had to write, say).
+  wa.handler = wb.handler = [](void* owner, uint32_t events) {
+    auto* c = static_cast<Ctx*>(owner);
+    if (events == 0) {
+      ++c->queued_calls;
+      c->ready_then = c->a->out_ready;
+      return;
+    }
+    if (!c->deferred) {
+      c->deferred = c->loop->defer_write(*c->a);
+    } else if (!c->blocked) {
+      c->a->blocked();
+      c->blocked = true;
+    }
+  };
+  wa.out_ready = true;
+  ASSERT_TRUE(loop.add(wa));
+  ASSERT_TRUE(loop.add(wb));
+  ASSERT_EQ(::write(a.peer, "x", 1), 1);
+  ASSERT_EQ(::write(b.peer, "y", 1), 1);
+  run_for(loop, 50ms);
+  ASSERT_TRUE(ctx.deferred);
+  ASSERT_TRUE(ctx.blocked);
+  EXPECT_FALSE(wa.write_deferred);
+  // Its turn at the end of the pass does not say writable: EPOLLOUT will.
+  EXPECT_EQ(ctx.queued_calls, 1);
+  EXPECT_FALSE(ctx.ready_then);
+  EXPECT_FALSE(wa.out_ready);
+  loop.close(wa);
+  loop.close(wb);
+}
+
 TEST(EventLoop, TasksPostedFromAnotherThreadRunOnTheLoop) {
   EventLoop loop;
   std::thread::id ran_on;
