@@ -339,6 +339,21 @@ TEST(EventLoop, AWriteAloneInItsPassOrOutsideABatchGoesAtOnce) {
   loop.close(wa);
 }
 
+// Two watches with `handler`, both readable before the loop runs: their
+// events come in one batch, in either order. `wa` starts writable.
+void batch_of_two(EventLoop& loop, Pair& a, Pair& b, Watch& wa, Watch& wb, void* owner,
+                  Watch::Handler handler) {
+  wa.fd = a.mine;
+  wb.fd = b.mine;
+  wa.owner = wb.owner = owner;
+  wa.handler = wb.handler = handler;
+  wa.out_ready = true;
+  ASSERT_TRUE(loop.add(wa));
+  ASSERT_TRUE(loop.add(wb));
+  ASSERT_EQ(::write(a.peer, "x", 1), 1);
+  ASSERT_EQ(::write(b.peer, "y", 1), 1);
+}
+
 TEST(EventLoop, ClosingAWatchWhoseWriteIsHeldBackDropsTheWrite) {
   EventLoop loop;
   Pair a, b;
@@ -350,9 +365,6 @@ TEST(EventLoop, ClosingAWatchWhoseWriteIsHeldBackDropsTheWrite) {
     int a_calls = 0;
     bool deferred = false;
   } ctx{&loop, &wa, &wb};
-  wa.fd = a.mine;
-  wb.fd = b.mine;
-  wa.owner = wb.owner = &ctx;
   // Whichever comes first holds back a's write; the second closes a.
   auto handler = [](void* owner, uint32_t events) {
     auto* c = static_cast<Ctx*>(owner);
@@ -367,12 +379,7 @@ TEST(EventLoop, ClosingAWatchWhoseWriteIsHeldBackDropsTheWrite) {
     if (c->a->fd >= 0)
       c->loop->close(*c->a);
   };
-  wa.handler = wb.handler = handler;
-  wa.out_ready = true; // whatever the order of the two events
-  ASSERT_TRUE(loop.add(wa));
-  ASSERT_TRUE(loop.add(wb));
-  ASSERT_EQ(::write(a.peer, "x", 1), 1);
-  ASSERT_EQ(::write(b.peer, "y", 1), 1);
+  batch_of_two(loop, a, b, wa, wb, &ctx, handler);
   run_for(loop, 50ms);
   ASSERT_TRUE(ctx.deferred);
   EXPECT_EQ(wa.fd, -1);
@@ -394,12 +401,9 @@ TEST(EventLoop, AHeldBackWriteWhoseSocketFillsMeanwhileWaitsForEpollout) {
     int queued_calls = 0;
     bool ready_then = true;
   } ctx{&loop, &wa};
-  wa.fd = a.mine;
-  wb.fd = b.mine;
-  wa.owner = wb.owner = &ctx;
   // The first event holds back a's write; the second finds a's socket full
   // (a TLS read that had to write, say).
-  wa.handler = wb.handler = [](void* owner, uint32_t events) {
+  auto handler = [](void* owner, uint32_t events) {
     auto* c = static_cast<Ctx*>(owner);
     if (events == 0) {
       ++c->queued_calls;
@@ -413,11 +417,7 @@ TEST(EventLoop, AHeldBackWriteWhoseSocketFillsMeanwhileWaitsForEpollout) {
       c->blocked = true;
     }
   };
-  wa.out_ready = true;
-  ASSERT_TRUE(loop.add(wa));
-  ASSERT_TRUE(loop.add(wb));
-  ASSERT_EQ(::write(a.peer, "x", 1), 1);
-  ASSERT_EQ(::write(b.peer, "y", 1), 1);
+  batch_of_two(loop, a, b, wa, wb, &ctx, handler);
   run_for(loop, 50ms);
   ASSERT_TRUE(ctx.deferred);
   ASSERT_TRUE(ctx.blocked);
