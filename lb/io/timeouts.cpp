@@ -21,9 +21,12 @@ Timeouts::Queue& Timeouts::queue_for(std::chrono::milliseconds d) {
 }
 
 void Timeouts::arm(Entry& e, std::chrono::milliseconds d, Clock::time_point now) {
+  Clock::time_point when = now + d;
+  if (e.prev && e.when == when)
+    return; // already due then, in deadline order in its queue
   disarm(e);
   Queue& q = queue_for(d);
-  e.when = now + d;
+  e.when = when;
   e.prev = q.head.prev;
   e.next = &q.head;
   q.head.prev->next = &e;

@@ -4,8 +4,11 @@
 // All connections of a worker that wait with the same duration (a listener's
 // header timeout, a pool's response timeout, ...) are kept in one FIFO list:
 // appending "now + d" keeps that list sorted, so arming, re-arming and
-// disarming are O(1) list operations and no syscall. One periodic tick of the
-// worker fires what is due. Not thread-safe: one instance per worker thread.
+// disarming are O(1) list operations and no syscall. Arming an entry again for
+// the deadline it has (one step of a request re-arming, in the same loop
+// pass, what the step before it armed) leaves it in place and touches no
+// other entry. One periodic tick of the worker fires what is due. Not thread-safe:
+// one instance per worker thread.
 
 #include <chrono>
 #include <cstdint>

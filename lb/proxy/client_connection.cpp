@@ -596,6 +596,10 @@ void ClientConnection::read_request_head() {
     }
   }
   ensure_exchange(); // what the request needs, from its first byte on
+  // The header timer runs from the head's first byte; it is armed only if the
+  // head is still incomplete when the read waits (the same pass: the same
+  // deadline). A head read whole goes straight to the exchange's timer.
+  bool head_started = false;
   for (;;) {
     if (x_->c_parsed_ == 0 && c_len_ > 0 && listener_->config.http2 && !stream_ &&
         std::memcmp(cbuf_->data(), h2_preface.data(),
@@ -635,7 +639,7 @@ void ClientConnection::read_request_head() {
       if (x_->c_parsed_ == 0)
         skip_empty_lines();
       if (was_empty && c_len_ > 0)
-        arm(Timer::header);
+        head_started = true;
       continue;
     }
     if (n == 0)
@@ -649,6 +653,8 @@ void ClientConnection::read_request_head() {
       cbuf_ = nullptr;
       release_exchange();
     }
+    if (head_started)
+      arm(Timer::header);
     return wait_client_in(&ClientConnection::read_request_head);
   }
 }

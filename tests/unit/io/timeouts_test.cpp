@@ -61,6 +61,46 @@ TEST(TimeoutsTest, RearmMovesTheDeadlineAndDisarmCancels) {
   EXPECT_EQ(fired, (std::vector<int>{1}));
 }
 
+// Re-arming in the same pass (the same `now`) for the same duration keeps the
+// entry where it is: entries armed after it still fire after it. A later
+// re-arm moves it behind them. The same deadline reached through another
+// duration leaves it in its queue, where it is due as asked.
+TEST(TimeoutsTest, RearmInTheSamePassKeepsItsPlace) {
+  Timeouts t;
+  std::vector<int> fired;
+  Probe a, b, c;
+  for (Probe* p : {&a, &b, &c}) {
+    p->fire = record;
+    p->fired = &fired;
+  }
+  a.id = 1;
+  b.id = 2;
+  c.id = 3;
+  auto now = Clock::now();
+  auto d = std::chrono::milliseconds(100);
+  t.arm(a, d, now);
+  t.arm(b, d, now);
+  t.arm(a, d, now); // the same pass: stays first
+  t.expire(now + d);
+  EXPECT_EQ(fired, (std::vector<int>{1, 2}));
+
+  fired.clear();
+  t.arm(a, d, now);
+  t.arm(b, d, now);
+  t.arm(a, d, now + std::chrono::milliseconds(5)); // a later pass: behind b
+  t.expire(now + d);
+  EXPECT_EQ(fired, (std::vector<int>{2}));
+  t.expire(now + d + std::chrono::milliseconds(5));
+  EXPECT_EQ(fired, (std::vector<int>{2, 1}));
+
+  fired.clear();
+  t.arm(c, std::chrono::milliseconds(50), now + std::chrono::milliseconds(50));
+  t.arm(c, d, now); // the same deadline through another duration
+  t.expire(now + d);
+  EXPECT_EQ(fired, (std::vector<int>{3}));
+  EXPECT_FALSE(c.armed());
+}
+
 // A fired entry that arms another with a duration never used before adds a
 // queue while expire() walks them (a 408 whose lingering close is the first
 // 2 s timer of the worker): the walk must survive the queues growing.
