@@ -99,7 +99,10 @@ void mark_connection_options(Head& head) {
         token.remove_prefix(1);
       while (!token.empty() && (token.back() == ' ' || token.back() == '\t'))
         token.remove_suffix(1);
-      if (token.empty())
+      // Options naming fields the parser marks hop-by-hop anyway: the usual
+      // "Connection: keep-alive" of browsers costs no scan of the head.
+      if (token.empty() || iequals(token, "keep-alive") || iequals(token, "upgrade") ||
+          iequals(token, "te"))
         continue;
       for (unsigned j = 0; j < head.count; ++j) {
         Header& h = head.headers[j];

@@ -57,6 +57,24 @@ TEST(ParserTest, RequestHeadAsSpans) {
   EXPECT_FALSE(mutable_head.headers[3].hop_by_hop); // Content-Length stays
 }
 
+// The options that name fields hop-by-hop by definition (Keep-Alive, Upgrade,
+// TE) leave those fields marked, and the head's other fields as they were; a
+// field named by a less usual option, in any case, is marked too.
+TEST(ParserTest, ConnectionOptionsOfHopByHopFields) {
+  Parser p(Parser::Kind::request);
+  std::string text = "GET / HTTP/1.1\r\nHost: h\r\nConnection: Keep-Alive, upgrade, TE, close\r\n"
+                     "Keep-Alive: timeout=5\r\nUpgrade: websocket\r\nTE: trailers\r\n"
+                     "Close: x\r\nX-Keep: 1\r\n\r\n";
+  ASSERT_EQ(parse_head(p, text), text.size());
+  Head& h = p.head();
+  mark_connection_options(h);
+  ASSERT_EQ(h.count, 7u);
+  EXPECT_FALSE(h.headers[0].hop_by_hop); // Host
+  for (unsigned i = 1; i <= 5; ++i)
+    EXPECT_TRUE(h.headers[i].hop_by_hop) << h.headers[i].name.view();
+  EXPECT_FALSE(h.headers[6].hop_by_hop); // X-Keep
+}
+
 TEST(ParserTest, ByteByByteGivesTheSameSpans) {
   std::string text = "POST /upload HTTP/1.1\r\nHost: h\r\nX-Long-Header-Name: some value\r\n\r\n";
   Parser whole(Parser::Kind::request), bytes(Parser::Kind::request);
