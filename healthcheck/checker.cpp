@@ -97,7 +97,7 @@ struct Checker::State {
 
   Target target;
   std::string what;    // names the step after connecting in results: "GET /healthz"
-  std::string request; // HTTP only: built once
+  std::string request; // HTTP/1.1: built once; HTTP/2: this connection's next bytes to send
   tcp::socket socket;
   boost::asio::steady_timer timer; // the next check, then the deadline of the one in flight
   // The start of the response (13 bytes decide its status code), and room to
@@ -315,6 +315,13 @@ void Checker::on_connect(State& s, const error_code& ec) {
   }
   if (s.target.check.type == config::HealthCheck::Type::tcp)
     return finish(s, true, "connect: ok");
+  do_write(s);
+}
+
+void Checker::do_write(State& s) {
+  s.sent = 0;
+  if (s.ssl)
+    return tls_write(s);
   const uint64_t g = s.generation;
   boost::asio::async_write(s.socket, boost::asio::buffer(s.request),
                            [this, &s, g](const error_code& ec, size_t) {
@@ -457,6 +464,13 @@ bool Checker::on_read(State& s, const error_code& ec, size_t n) {
       return end(false, s.what + ": connection closed without an answer");
     if (ec)
       return end(false, s.what + ": " + describe(ec));
+    // What the backend's frames ask back (the acknowledgement of its
+    // SETTINGS, which it may wait for: RFC 9113 §6.5.3) goes out before
+    // reading on.
+    if (s.h2->take_output(s.request)) {
+      do_write(s);
+      return false;
+    }
     return true;
   }
   s.head_size += n;

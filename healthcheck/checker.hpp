@@ -113,6 +113,8 @@ private:
   void schedule(State& s, Clock::time_point when);
   void do_connect(State& s);
   void on_connect(State& s, const boost::system::error_code& ec);
+  // Sends the state's `request` (plain or TLS), then reads.
+  void do_write(State& s);
   void on_write(State& s, const boost::system::error_code& ec);
   void do_read(State& s);
   // False once the check is finished; true when it needs more bytes.

@@ -73,16 +73,22 @@ H2Check::H2Check(Kind kind, std::string_view what, std::string_view authority, b
     body.read_callback = &H2Check::read_body;
     nghttp2_submit_request(session_, nullptr, head, std::size(head), &body, this);
   }
+  take_output(request_);
+}
+
+H2Check::~H2Check() { nghttp2_session_del(session_); }
+
+bool H2Check::take_output(std::string& out) {
+  out.clear();
   for (;;) {
     const uint8_t* data = nullptr;
     ssize_t n = nghttp2_session_mem_send(session_, &data);
     if (n <= 0)
       break;
-    request_.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
+    out.append(reinterpret_cast<const char*>(data), static_cast<size_t>(n));
   }
+  return !out.empty();
 }
-
-H2Check::~H2Check() { nghttp2_session_del(session_); }
 
 ssize_t H2Check::read_body(nghttp2_session*, int32_t, uint8_t* buf, size_t length, uint32_t* flags,
                            nghttp2_data_source* source, void*) {

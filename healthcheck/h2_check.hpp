@@ -1,7 +1,9 @@
 #pragma once
 // A health check over HTTP/2 (a pool with protocol h2 or h2c) as bytes: the
 // connection preface, SETTINGS and one request to send (built once with
-// libnghttp2), then the answer read from the bytes that come back.
+// libnghttp2), then the answer read from the bytes that come back, and what
+// those ask back (the acknowledgement of the backend's SETTINGS, PING replies,
+// WINDOW_UPDATE) to send while the answer is awaited.
 //
 // gRPC (grpc.health.v1.Health/Check): SERVING passes; NOT_SERVING,
 // SERVICE_UNKNOWN, a grpc-status other than OK, an HTTP status other than
@@ -30,6 +32,8 @@ public:
   const std::string& request() const { return request_; }
   // The response's bytes as they come. True once the answer is known.
   bool feed(const char* p, size_t n);
+  // Frames to send now (after feed): replaces `out`; false when there are none.
+  bool take_output(std::string& out);
   // gRPC: whether it passed, and "SERVING", "NOT_SERVING", "grpc-status 12:
   // unknown service", "HTTP status 404", ...; get: "status 200" (or why none).
   bool passed() const { return passed_; }

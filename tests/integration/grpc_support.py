@@ -201,6 +201,49 @@ class GoawayServer(_ThreadedServer):
             c.close()
 
 
+class AckWaitingServer(_ThreadedServer):
+    """HTTP/2 with prior knowledge (python3-h2) that answers a request (200
+    "ok") only once the client has acknowledged its SETTINGS, as RFC 9113
+    §6.5.3 lets a server insist on; counts the requests it answered."""
+
+    def __init__(self):
+        self.answered = 0
+        super().__init__()
+
+    def serve(self, c):
+        import h2.config
+        import h2.connection
+        import h2.events
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+                                                                    header_encoding=None))
+        conn.initiate_connection()
+        acked = False
+        waiting = []
+        try:
+            c.sendall(conn.data_to_send())
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    return
+                for e in conn.receive_data(data):
+                    if isinstance(e, h2.events.SettingsAcknowledged):
+                        acked = True
+                    elif isinstance(e, h2.events.StreamEnded):
+                        waiting.append(e.stream_id)
+                if acked:
+                    for sid in waiting:
+                        conn.send_headers(sid, [(":status", "200"), ("content-length", "2")])
+                        conn.send_data(sid, b"ok", end_stream=True)
+                        with self.lock:
+                            self.answered += 1
+                    waiting = []
+                c.sendall(conn.data_to_send())
+        except Exception:
+            return
+        finally:
+            c.close()
+
+
 class LimitedServer(_ThreadedServer):
     """HTTP/2 with prior knowledge (python3-h2) that allows `max_streams`
     concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS) and

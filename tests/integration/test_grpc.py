@@ -15,7 +15,8 @@ python3-grpcio servers (tests/origin/grpc_origin.py) and clients from Debian:
   against a backend that never answers);
 - a server whose health service says NOT_SERVING leaves the rotation and
   comes back with SERVING (health_check type grpc); an http check of an h2c
-  pool speaks HTTP/2 (nghttpd: 200, then 404);
+  pool speaks HTTP/2 (nghttpd: 200, then 404) and acknowledges the
+  backend's SETTINGS (a backend that answers only then passes);
 - HTTP/1.1 clients (wrk, keep-alive) through an h2c pool to nghttpd: 0
   errors, one or two connections to the backend per worker;
 - a backend that sends GOAWAY every 10 streams: every request answered, new
@@ -43,8 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grpc  # noqa: E402
 
 import harness  # noqa: E402
-from grpc_support import (GoawayServer, GrpcOrigin, LimitedServer, Nghttpd,  # noqa: E402
-                          SilentServer, established_to)
+from grpc_support import (AckWaitingServer, GoawayServer, GrpcOrigin,  # noqa: E402
+                          LimitedServer, Nghttpd, SilentServer, established_to)
 from harness import lb_check, wait_until  # noqa: E402
 
 
@@ -331,6 +332,27 @@ pools:
                 pool)
         self.assertIn("GET /healthz: status 200", lb.stderr_text())
         self.assertIn("GET /missing: status 404", lb.stderr_text())
+
+    def test_http2_check_acknowledges_the_backends_settings(self):
+        # A backend that answers only once its SETTINGS are acknowledged: the
+        # check sends the acknowledgement and passes; requests get through.
+        server = AckWaitingServer()
+        self.addCleanup(server.cleanup)
+        check = ("    health_check: { path: /healthz, interval: 500ms, timeout: 500ms,"
+                 " healthy_threshold: 1, unhealthy_threshold: 1 }\n")
+        lb = self.lb(self.config([server.addr], pool_extra=check))
+        self.assertTrue(wait_until(lambda: "GET /healthz: status 200" in lb.stderr_text(), 10),
+                        lb.stderr_text()[-2000:])
+        self.assertTrue(wait_until(lambda: server.answered >= 3, 10))
+        self.assertNotIn("GET /healthz: timeout", lb.stderr_text())
+        self.assertEqual(harness.metric_value(lb.metrics_text(), "lb_backend_healthy",
+                                              pool="app", backend=server.addr), 1)
+        c = harness.KeepAliveClient(lb.port())
+        try:
+            status, _, body = c.request("GET", "/")
+        finally:
+            c.close()
+        self.assertEqual((status, body), (200, b"ok"))
 
     # ---- HTTP/1.1 clients, GOAWAY
 
