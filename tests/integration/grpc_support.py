@@ -146,6 +146,22 @@ class SilentServer(_ThreadedServer):
             pass
 
 
+def h2_server_connection(max_streams=None):
+    """The server side of an HTTP/2 connection with prior knowledge
+    (python3-h2), its SETTINGS queued (with SETTINGS_MAX_CONCURRENT_STREAMS
+    when given)."""
+    import h2.config
+    import h2.connection
+    import h2.settings
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+                                                                header_encoding=None))
+    if max_streams is not None:
+        conn.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams})
+    conn.initiate_connection()
+    return conn
+
+
 class GoawayServer(_ThreadedServer):
     """HTTP/2 with prior knowledge (python3-h2): answers every request 200 with
     "ok STREAM" and, after every `every` streams on a connection, sends GOAWAY
@@ -158,13 +174,9 @@ class GoawayServer(_ThreadedServer):
         super().__init__()
 
     def serve(self, c):
-        import h2.config
-        import h2.connection
         import h2.errors
         import h2.events
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
-                                                                    header_encoding=None))
-        conn.initiate_connection()
+        conn = h2_server_connection()
         taken = 0
         last = None
         open_streams = set()
@@ -211,12 +223,8 @@ class AckWaitingServer(_ThreadedServer):
         super().__init__()
 
     def serve(self, c):
-        import h2.config
-        import h2.connection
         import h2.events
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
-                                                                    header_encoding=None))
-        conn.initiate_connection()
+        conn = h2_server_connection()
         acked = False
         waiting = []
         try:
@@ -256,15 +264,8 @@ class LimitedServer(_ThreadedServer):
         super().__init__()
 
     def serve(self, c):
-        import h2.config
-        import h2.connection
         import h2.events
-        import h2.settings
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
-                                                                    header_encoding=None))
-        conn.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
-        conn.initiate_connection()
+        conn = h2_server_connection(max_streams=self.max_streams)
         due = []  # (when, stream id)
         open_streams = set()
         try:

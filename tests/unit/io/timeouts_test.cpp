@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <initializer_list>
 #include <vector>
 
 namespace lb::io {
@@ -19,17 +20,21 @@ void record(Timeouts::Entry* e) {
   p->fired->push_back(p->id);
 }
 
+// Probes numbered 1, 2, ... in the order given, each recording into `fired`.
+void number(std::vector<int>& fired, std::initializer_list<Probe*> probes) {
+  int id = 0;
+  for (Probe* p : probes) {
+    p->fire = record;
+    p->fired = &fired;
+    p->id = ++id;
+  }
+}
+
 TEST(TimeoutsTest, FiresOnlyWhatIsDueInDeadlineOrder) {
   Timeouts t;
   std::vector<int> fired;
   Probe a, b, c;
-  for (Probe* p : {&a, &b, &c}) {
-    p->fire = record;
-    p->fired = &fired;
-  }
-  a.id = 1;
-  b.id = 2;
-  c.id = 3;
+  number(fired, {&a, &b, &c});
   t.arm(a, std::chrono::milliseconds(100));
   t.arm(b, std::chrono::milliseconds(10));
   t.arm(c, std::chrono::milliseconds(100));
@@ -47,10 +52,7 @@ TEST(TimeoutsTest, RearmMovesTheDeadlineAndDisarmCancels) {
   Timeouts t;
   std::vector<int> fired;
   Probe a, b;
-  a.fire = b.fire = record;
-  a.fired = b.fired = &fired;
-  a.id = 1;
-  b.id = 2;
+  number(fired, {&a, &b});
   t.arm(a, std::chrono::milliseconds(10));
   t.arm(b, std::chrono::milliseconds(10));
   t.arm(a, std::chrono::seconds(10)); // re-armed to another duration
@@ -69,13 +71,7 @@ TEST(TimeoutsTest, RearmInTheSamePassKeepsItsPlace) {
   Timeouts t;
   std::vector<int> fired;
   Probe a, b, c;
-  for (Probe* p : {&a, &b, &c}) {
-    p->fire = record;
-    p->fired = &fired;
-  }
-  a.id = 1;
-  b.id = 2;
-  c.id = 3;
+  number(fired, {&a, &b, &c});
   auto now = Clock::now();
   auto d = std::chrono::milliseconds(100);
   t.arm(a, d, now);
