@@ -14,9 +14,10 @@ python3-grpcio servers (tests/origin/grpc_origin.py) and clients from Debian:
   slow server: DEADLINE_EXCEEDED in about 100 ms (lb's own deadline shown
   against a backend that never answers);
 - a server whose health service says NOT_SERVING leaves the rotation and
-  comes back with SERVING (health_check type grpc); an http check of an h2c
-  pool speaks HTTP/2 (nghttpd: 200, then 404) and acknowledges the
-  backend's SETTINGS (a backend that answers only then passes);
+  comes back with SERVING (health_check type grpc, over h2c and over TLS);
+  an http check of an h2c pool speaks HTTP/2 (nghttpd: 200, then 404) and
+  acknowledges the backend's SETTINGS (a backend that answers only then
+  passes);
 - HTTP/1.1 clients (wrk, keep-alive) through an h2c pool to nghttpd: 0
   errors, one or two connections to the backend per worker;
 - a backend that sends GOAWAY every 10 streams: every request answered, new
@@ -311,6 +312,30 @@ pools:
         self.assertTrue(wait_until(lambda: harness.metric_value(
             lb.metrics_text(), "lb_backend_healthy", region="default", **label) == 1, 10))
         self.assertGreater(names(20)[b"b"], 0)
+
+    def test_grpc_check_over_tls(self):
+        # protocol h2: the check's handshake, request, SETTINGS acknowledgement
+        # and answer all over TLS; NOT_SERVING fails it, SERVING passes again.
+        health = os.path.join(self.dir, "health-tls")
+        if os.path.exists(health):
+            os.unlink(health)
+        origin = self.grpc_origin("t", tls=(self.cert, self.key), health_file=health)
+        lb = self.lb(self.config([origin.addr], protocol="h2", pool_extra=(
+            "    health_check: { type: grpc, service: lbtest.Echo, interval: 200ms,"
+            " healthy_threshold: 1, unhealthy_threshold: 1 }\n")))
+        label = {"pool": "app", "backend": origin.addr}
+
+        def healthy():
+            return harness.metric_value(lb.metrics_text(), "lb_backend_healthy",
+                                        region="default", **label)
+
+        self.assertTrue(wait_until(lambda: healthy() == 1, 10), lb.stderr_text()[-2000:])
+        with open(health, "w") as f:
+            f.write("NOT_SERVING\n")
+        self.assertTrue(wait_until(lambda: healthy() == 0, 10))
+        os.unlink(health)
+        self.assertTrue(wait_until(lambda: healthy() == 1, 10))
+        self.assertIn("gRPC Health/Check of lbtest.Echo: NOT_SERVING", lb.stderr_text())
 
     def test_http_check_of_an_h2c_pool_speaks_http2(self):
         docroot = os.path.join(self.dir, "docroot-health")
