@@ -162,6 +162,26 @@ def h2_server_connection(max_streams=None):
     return conn
 
 
+def serve_h2(c, conn, handle):
+    """Runs the server side `conn` on socket `c`: sends what it queued, then
+    passes the events of every read to `handle(events)` and sends what that
+    queued, until the client closes or `handle` returns True. Closes `c`."""
+    try:
+        c.sendall(conn.data_to_send())
+        while True:
+            data = c.recv(65536)
+            if not data:
+                return
+            done = handle(conn.receive_data(data))
+            c.sendall(conn.data_to_send())
+            if done:
+                return
+    except Exception:
+        return
+    finally:
+        c.close()
+
+
 class GoawayServer(_ThreadedServer):
     """HTTP/2 with prior knowledge (python3-h2): answers every request 200 with
     "ok STREAM" and, after every `every` streams on a connection, sends GOAWAY
@@ -180,37 +200,30 @@ class GoawayServer(_ThreadedServer):
         taken = 0
         last = None
         open_streams = set()
-        try:
-            c.sendall(conn.data_to_send())
-            while True:
-                data = c.recv(65536)
-                if not data:
-                    return
-                for e in conn.receive_data(data):
-                    if isinstance(e, h2.events.RequestReceived):
-                        if last is not None and e.stream_id > last:
-                            conn.reset_stream(e.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-                            continue
-                        taken += 1
-                        open_streams.add(e.stream_id)
-                        if taken == self.every:
-                            last = e.stream_id
-                            conn.close_connection(last_stream_id=last)
-                    elif isinstance(e, h2.events.StreamEnded) and e.stream_id in open_streams:
-                        open_streams.discard(e.stream_id)
-                        body = b"ok %d" % e.stream_id
-                        conn.send_headers(e.stream_id, [(":status", "200"),
-                                                        ("content-length", str(len(body)))])
-                        conn.send_data(e.stream_id, body, end_stream=True)
-                        with self.lock:
-                            self.streams += 1
-                c.sendall(conn.data_to_send())
-                if last is not None and not open_streams:
-                    return
-        except Exception:
-            return
-        finally:
-            c.close()
+
+        def handle(events):
+            nonlocal taken, last
+            for e in events:
+                if isinstance(e, h2.events.RequestReceived):
+                    if last is not None and e.stream_id > last:
+                        conn.reset_stream(e.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                        continue
+                    taken += 1
+                    open_streams.add(e.stream_id)
+                    if taken == self.every:
+                        last = e.stream_id
+                        conn.close_connection(last_stream_id=last)
+                elif isinstance(e, h2.events.StreamEnded) and e.stream_id in open_streams:
+                    open_streams.discard(e.stream_id)
+                    body = b"ok %d" % e.stream_id
+                    conn.send_headers(e.stream_id, [(":status", "200"),
+                                                    ("content-length", str(len(body)))])
+                    conn.send_data(e.stream_id, body, end_stream=True)
+                    with self.lock:
+                        self.streams += 1
+            return last is not None and not open_streams
+
+        serve_h2(c, conn, handle)
 
 
 class AckWaitingServer(_ThreadedServer):
@@ -227,29 +240,23 @@ class AckWaitingServer(_ThreadedServer):
         conn = h2_server_connection()
         acked = False
         waiting = []
-        try:
-            c.sendall(conn.data_to_send())
-            while True:
-                data = c.recv(65536)
-                if not data:
-                    return
-                for e in conn.receive_data(data):
-                    if isinstance(e, h2.events.SettingsAcknowledged):
-                        acked = True
-                    elif isinstance(e, h2.events.StreamEnded):
-                        waiting.append(e.stream_id)
-                if acked:
-                    for sid in waiting:
-                        conn.send_headers(sid, [(":status", "200"), ("content-length", "2")])
-                        conn.send_data(sid, b"ok", end_stream=True)
-                        with self.lock:
-                            self.answered += 1
-                    waiting = []
-                c.sendall(conn.data_to_send())
-        except Exception:
-            return
-        finally:
-            c.close()
+
+        def handle(events):
+            nonlocal acked
+            for e in events:
+                if isinstance(e, h2.events.SettingsAcknowledged):
+                    acked = True
+                elif isinstance(e, h2.events.StreamEnded):
+                    waiting.append(e.stream_id)
+            if acked:
+                for sid in waiting:
+                    conn.send_headers(sid, [(":status", "200"), ("content-length", "2")])
+                    conn.send_data(sid, b"ok", end_stream=True)
+                    with self.lock:
+                        self.answered += 1
+                waiting.clear()
+
+        serve_h2(c, conn, handle)
 
 
 class LimitedServer(_ThreadedServer):
