@@ -29,6 +29,8 @@ const char* Head::end_of_fields() const {
 }
 
 const Header* Head::find(Field f) const {
+  if (!has(f))
+    return nullptr;
   for (unsigned i = 0; i < count; ++i)
     if (headers[i].field == f)
       return &headers[i];
@@ -87,6 +89,8 @@ bool has_token(std::string_view v, std::string_view token) {
 }
 
 void mark_connection_options(Head& head) {
+  if (!head.has(Field::connection))
+    return;
   for (unsigned i = 0; i < head.count; ++i) {
     if (head.headers[i].field != Field::connection)
       continue;

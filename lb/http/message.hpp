@@ -35,6 +35,7 @@ enum class Field : uint8_t {
   max_forwards,
   request_id, // the listener's configured request id header
 };
+static_assert(static_cast<unsigned>(Field::request_id) < 32, "Head::fields has a bit for each");
 
 struct Header {
   Span name;
@@ -59,6 +60,7 @@ struct Head {
   bool chunked = false;
   bool has_content_length = false;
   uint64_t content_length = 0;
+  uint32_t fields = 0; // a bit (1 << Field) for each kind of field present
   unsigned count = 0;
   Header headers[max_headers];
 
@@ -72,8 +74,12 @@ struct Head {
     keep_alive = true;
     chunked = has_content_length = false;
     content_length = 0;
+    fields = 0;
     count = 0;
   }
+  // Whether a field of this kind is present: most heads lack most of them,
+  // and this answers without a walk over the fields.
+  bool has(Field f) const { return fields & (1u << static_cast<unsigned>(f)); }
   // Ends of the start line: one past its line terminator.
   const char* start_line_end() const { return count ? headers[0].line_start : end_of_fields(); }
   // Where the empty line that ends the head begins.

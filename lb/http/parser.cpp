@@ -277,6 +277,7 @@ int Parser::on_header_field_complete(llhttp_t* p) {
     return -1;
   }
   s.current_->field = s.classify(s.current_->name.view());
+  s.head_.fields |= 1u << static_cast<unsigned>(s.current_->field);
   return 0;
 }
 

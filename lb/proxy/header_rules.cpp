@@ -10,6 +10,8 @@ using http::Field;
 namespace {
 
 void set_hop_by_hop(http::Head& head, Field field, bool hop_by_hop) {
+  if (!head.has(field))
+    return;
   for (unsigned i = 0; i < head.count; ++i)
     if (head.headers[i].field == field)
       head.headers[i].hop_by_hop = hop_by_hop;
@@ -113,7 +115,7 @@ bool write_request_head(const http::Head& head, const RequestRules& rules, Outbo
   // The client goes onto the last X-Forwarded-For line, in place (one the
   // client named in Connection is cut, not appended to).
   int last_xff = -1;
-  if (rules.forwarded_for == FF::append)
+  if (rules.forwarded_for == FF::append && head.has(Field::x_forwarded_for))
     for (unsigned i = 0; i < head.count; ++i)
       if (head.headers[i].field == Field::x_forwarded_for && !head.headers[i].hop_by_hop)
         last_xff = static_cast<int>(i);

@@ -107,6 +107,46 @@ TEST(ParserTest, PipelinedMessagesStopAtEachEnd) {
   EXPECT_EQ(r.stop, text.data() + text.size());
 }
 
+// Head::has() and find() answer for the message at hand: what the previous one
+// on the connection carried is forgotten, and trailer fields add nothing.
+TEST(ParserTest, KindsOfFieldsPresentArePerMessage) {
+  Parser p(Parser::Kind::request);
+  std::string text = "POST /1 HTTP/1.1\r\nHost: h\r\nCONNECTION: X-A\r\nX-A: 1\r\n"
+                     "x-forwarded-for: 10.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     "0\r\nConnection: x\r\nTE: trailers\r\n\r\n"
+                     "GET /2 HTTP/1.1\r\nHost: h\r\nX-A: 2\r\n\r\n";
+  size_t head_end = parse_head(p, text);
+  ASSERT_NE(head_end, std::string::npos);
+  Head& first = p.head();
+  EXPECT_TRUE(first.has(Field::host));
+  EXPECT_TRUE(first.has(Field::connection));
+  EXPECT_TRUE(first.has(Field::x_forwarded_for));
+  EXPECT_TRUE(first.has(Field::transfer_encoding));
+  EXPECT_TRUE(first.has(Field::other));
+  EXPECT_FALSE(first.has(Field::te));
+  EXPECT_FALSE(first.has(Field::content_length));
+  ASSERT_NE(first.find(Field::x_forwarded_for), nullptr);
+  EXPECT_EQ(first.find(Field::x_forwarded_for)->value.view(), "10.0.0.1");
+  mark_connection_options(first);
+  EXPECT_TRUE(first.headers[2].hop_by_hop); // X-A, named by Connection
+
+  auto r = p.feed(text.data() + head_end, text.data() + text.size());
+  ASSERT_EQ(r.event, Event::message_complete) << p.error_reason();
+  EXPECT_FALSE(p.head().has(Field::te)); // a trailer field, not the head's
+  r = p.feed(r.stop, text.data() + text.size());
+  ASSERT_EQ(r.event, Event::head_complete);
+  Head& second = p.head();
+  EXPECT_EQ(second.target.view(), "/2");
+  EXPECT_TRUE(second.has(Field::host));
+  EXPECT_FALSE(second.has(Field::connection));
+  EXPECT_FALSE(second.has(Field::x_forwarded_for));
+  EXPECT_FALSE(second.has(Field::transfer_encoding));
+  EXPECT_EQ(second.find(Field::connection), nullptr);
+  EXPECT_EQ(second.find(Field::x_forwarded_for), nullptr);
+  mark_connection_options(second);
+  EXPECT_FALSE(second.headers[1].hop_by_hop); // X-A: no Connection field this time
+}
+
 TEST(ParserTest, ChunkedBodyEndsAfterLastChunkAndTrailers) {
   Parser p(Parser::Kind::request);
   std::string text = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
