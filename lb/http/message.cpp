@@ -28,9 +28,7 @@ const char* Head::end_of_fields() const {
   return p;
 }
 
-const Header* Head::find(Field f) const {
-  if (!has(f))
-    return nullptr;
+const Header* Head::find_present(Field f) const {
   for (unsigned i = 0; i < count; ++i)
     if (headers[i].field == f)
       return &headers[i];
@@ -95,6 +93,10 @@ void mark_connection_options(Head& head) {
     if (head.headers[i].field != Field::connection)
       continue;
     std::string_view v = head.headers[i].value.view();
+    // The usual whole value of browsers and HTTP/1.0 keep-alive clients,
+    // without taking it apart (the loop below skips it too).
+    if (iequals(v, "keep-alive"))
+      continue;
     while (!v.empty()) {
       size_t comma = v.find(',');
       std::string_view token = v.substr(0, comma);

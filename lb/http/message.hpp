@@ -33,7 +33,7 @@ enum class Field : uint8_t {
   x_forwarded_client_cert, // always cut; lb sets it from a verified client certificate
   via,
   max_forwards,
-  request_id, // the listener's configured request id header
+  request_id, // the listener's configured request id header (keep it last: see below)
 };
 static_assert(static_cast<unsigned>(Field::request_id) < 32, "Head::fields has a bit for each");
 
@@ -80,11 +80,15 @@ struct Head {
   // Whether a field of this kind is present: most heads lack most of them,
   // and this answers without a walk over the fields.
   bool has(Field f) const { return fields & (1u << static_cast<unsigned>(f)); }
+  // The first field of this kind, or nullptr.
+  const Header* find(Field f) const { return has(f) ? find_present(f) : nullptr; }
   // Ends of the start line: one past its line terminator.
   const char* start_line_end() const { return count ? headers[0].line_start : end_of_fields(); }
   // Where the empty line that ends the head begins.
   const char* end_of_fields() const;
-  const Header* find(Field f) const;
+
+private:
+  const Header* find_present(Field f) const;
 };
 
 // ASCII case-insensitive equality.

@@ -75,6 +75,30 @@ TEST(ParserTest, ConnectionOptionsOfHopByHopFields) {
   EXPECT_FALSE(h.headers[6].hop_by_hop); // X-Keep
 }
 
+// "Connection: keep-alive" alone (browsers, HTTP/1.0 clients) names no other
+// field, whatever its case; a field that happens to share a name with
+// another option is still cut when that option is named.
+TEST(ParserTest, ConnectionKeepAliveAloneNamesNoOtherField) {
+  Parser p(Parser::Kind::request);
+  std::string text = "GET / HTTP/1.0\r\nConnection: KEEP-Alive\r\nKeep-Alive: timeout=5\r\n"
+                     "X-Keep: 1\r\nHost: h\r\n\r\n";
+  ASSERT_EQ(parse_head(p, text), text.size());
+  Head& h = p.head();
+  mark_connection_options(h);
+  ASSERT_EQ(h.count, 4u);
+  EXPECT_TRUE(h.headers[0].hop_by_hop);  // Connection
+  EXPECT_TRUE(h.headers[1].hop_by_hop);  // Keep-Alive
+  EXPECT_FALSE(h.headers[2].hop_by_hop); // X-Keep
+  EXPECT_FALSE(h.headers[3].hop_by_hop); // Host
+
+  Parser q(Parser::Kind::request);
+  std::string two = "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\n"
+                    "Connection: X-Keep\r\nX-Keep: 1\r\n\r\n";
+  ASSERT_EQ(parse_head(q, two), two.size());
+  mark_connection_options(q.head());
+  EXPECT_TRUE(q.head().headers[3].hop_by_hop); // named by the second Connection line
+}
+
 TEST(ParserTest, ByteByByteGivesTheSameSpans) {
   std::string text = "POST /upload HTTP/1.1\r\nHost: h\r\nX-Long-Header-Name: some value\r\n\r\n";
   Parser whole(Parser::Kind::request), bytes(Parser::Kind::request);
@@ -312,14 +336,20 @@ TEST(ParserTest, ResponseToHeadHasNoBody) {
 
 TEST(ParserTest, InterimResponseThenFinal) {
   Parser p(Parser::Kind::response);
-  std::string text = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  std::string text = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\nConnection: Link\r\n\r\n"
+                     "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
   size_t first = parse_head(p, text);
-  EXPECT_EQ(p.head().status, 100);
+  EXPECT_EQ(p.head().status, 103);
+  EXPECT_TRUE(p.head().has(Field::connection));
   auto r = p.feed(text.data() + first, text.data() + text.size());
   ASSERT_EQ(r.event, Event::message_complete);
   r = p.feed(r.stop, text.data() + text.size());
   ASSERT_EQ(r.event, Event::head_complete);
   EXPECT_EQ(p.head().status, 200);
+  // The final head's own fields, not the interim one's.
+  EXPECT_FALSE(p.head().has(Field::connection));
+  EXPECT_EQ(p.head().find(Field::connection), nullptr);
+  EXPECT_TRUE(p.head().has(Field::content_length));
   r = p.feed(r.stop, text.data() + text.size());
   EXPECT_EQ(r.event, Event::message_complete);
 }
